@@ -1,0 +1,35 @@
+//! Errors of the Linux backend.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why a sandbox could not be set up. Nothing runs when any of these is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The kernel refused to create the namespaces the policy needs.
+    #[error("cannot create a user namespace: {cause}\nfix: {fix}")]
+    UserNamespaces { cause: String, fix: String },
+
+    /// A setup step in the supervisor failed.
+    #[error("failed to {op} {object}: {source}")]
+    Setup { op: &'static str, object: String, source: io::Error },
+
+    /// A setup step inside the new namespaces failed; the message comes from the sandbox's init.
+    #[error("{0}")]
+    Sandbox(String),
+
+    /// The policy asks for something this build cannot enforce yet.
+    #[error("{feature} is not enforced by this build of palisade; refusing to run without it")]
+    Unsupported { feature: String },
+
+    /// A path that must be a directory or file is neither, or cannot be used as a mount source.
+    #[error("cannot use {path} in the sandbox: {reason}")]
+    Path { path: PathBuf, reason: String },
+}
+
+impl Error {
+    pub(crate) fn setup(op: &'static str, object: impl std::fmt::Display, source: io::Error) -> Error {
+        Error::Setup { op, object: object.to_string(), source }
+    }
+}

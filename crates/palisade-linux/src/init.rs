@@ -1,0 +1,297 @@
+//! The sandbox's init (PID 1 of the new PID namespace) and the final stage that becomes the
+//! command.
+//!
+//! Init builds the filesystem, forks the command, forwards signals to it, reaps every orphan,
+//! and exits as soon as the command does. Its exit tears the whole PID namespace down, so no
+//! process of the run outlives it, whatever it did to detach (`setsid`, double fork, `nohup`).
+//!
+//! Both stages run in a child forked from the single-threaded supervisor, so allocating is safe.
+//! They report to the supervisor over a pipe, one line per message (see [`Message`]).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use palisade_policy::Policy;
+
+use crate::mounts::{self, Owner};
+use crate::plan::MountPlan;
+use crate::sys;
+use crate::Identity;
+
+/// Exit status of init when setup failed; the supervisor reads the reason from the pipe.
+const SETUP_FAILED: i32 = 125;
+
+/// A report from the sandbox to the supervisor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Setup failed; nothing ran.
+    Error(String),
+    /// The command could not be executed; the supervisor exits with `code` (126 or 127).
+    Exec { code: i32, reason: String },
+    /// A placeholder directory was created on the host and must be removed after the run.
+    Placeholder(PathBuf),
+    /// The command exited with this status.
+    Exited(i32),
+    /// The command was killed by this signal.
+    Signaled(i32),
+}
+
+impl Message {
+    fn encode(&self) -> Vec<u8> {
+        let one_line = |text: &str| text.replace('\n', " ");
+        let mut line = match self {
+            Message::Error(text) => format!("error {}", one_line(text)).into_bytes(),
+            Message::Exec { code, reason } => format!("exec {code} {}", one_line(reason)).into_bytes(),
+            Message::Placeholder(path) => {
+                let mut bytes = b"placeholder ".to_vec();
+                bytes.extend_from_slice(path.as_os_str().as_bytes());
+                bytes
+            }
+            Message::Exited(code) => format!("exited {code}").into_bytes(),
+            Message::Signaled(signal) => format!("signaled {signal}").into_bytes(),
+        };
+        line.push(b'\n');
+        line
+    }
+
+    /// Parses every message in `bytes`, skipping lines that do not parse.
+    pub fn decode_all(bytes: &[u8]) -> Vec<Message> {
+        bytes.split(|&b| b == b'\n').filter_map(Message::decode).collect()
+    }
+
+    fn decode(line: &[u8]) -> Option<Message> {
+        let space = line.iter().position(|&b| b == b' ')?;
+        let (kind, rest) = (&line[..space], &line[space + 1..]);
+        let text = || String::from_utf8_lossy(rest).into_owned();
+        match kind {
+            b"error" => Some(Message::Error(text())),
+            b"exec" => {
+                let text = text();
+                let (code, reason) = text.split_once(' ')?;
+                Some(Message::Exec { code: code.parse().ok()?, reason: reason.to_owned() })
+            }
+            b"placeholder" => Some(Message::Placeholder(PathBuf::from(OsStr::from_bytes(rest)))),
+            b"exited" => Some(Message::Exited(text().parse().ok()?)),
+            b"signaled" => Some(Message::Signaled(text().parse().ok()?)),
+            _ => None,
+        }
+    }
+}
+
+/// Everything init needs, prepared by the supervisor before the fork.
+pub struct InitContext<'a> {
+    pub policy: &'a Policy,
+    pub plan: &'a MountPlan,
+    pub argv: &'a [OsString],
+    pub identity: Identity,
+    /// Read end of the pipe on which the supervisor says "maps are written, go on".
+    pub go: Option<OwnedFd>,
+    /// Write end of the report pipe.
+    pub report: OwnedFd,
+    /// The user namespace for idmapped mounts, when palisade runs as root.
+    pub idmap_userns: Option<OwnedFd>,
+}
+
+fn send(report: &OwnedFd, message: &Message) {
+    let mut file = std::fs::File::from(report.try_clone().expect("duplicate report pipe"));
+    // The supervisor may already be gone; there is no one else to tell.
+    let _ = file.write_all(&message.encode());
+}
+
+fn fail(report: &OwnedFd, text: String) -> ! {
+    send(report, &Message::Error(text));
+    sys::exit_now(SETUP_FAILED)
+}
+
+/// Runs as PID 1 of the new PID namespace. Never returns.
+pub fn main(mut context: InitContext<'_>) -> ! {
+    // If the supervisor dies, init dies, and with it every process in the namespace. The
+    // supervisor may have died before this call; the read below then sees end-of-file.
+    if let Err(error) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
+        fail(&context.report, format!("failed to set the parent-death signal: {error}"));
+    }
+    let mut go = [0u8; 1];
+    let go_pipe = context.go.take().expect("start pipe is set");
+    match std::fs::File::from(go_pipe).read(&mut go) {
+        Ok(1) => {}
+        _ => sys::exit_now(SETUP_FAILED),
+    }
+
+    if let Err(text) = setup(&context) {
+        fail(&context.report, text);
+    }
+
+    let signals = [
+        libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1,
+        libc::SIGUSR2, libc::SIGWINCH, libc::SIGCONT, libc::SIGALRM,
+    ];
+    let signal_fd = match sys::block_into_signalfd(&signals) {
+        Ok(fd) => fd,
+        Err(error) => fail(&context.report, format!("failed to set up signal forwarding: {error}")),
+    };
+
+    // SAFETY of forking here: init is single-threaded (it is a clone of the single-threaded
+    // supervisor and starts no threads).
+    let command_pid = match sys::clone_fork(0) {
+        Ok(0) => {
+            drop(signal_fd);
+            command_stage(context.policy, context.argv, context.identity, &context.report)
+        }
+        Ok(pid) => pid,
+        Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
+    };
+    supervise(command_pid, &signal_fd, &context.report)
+}
+
+/// Prepares the namespaces: hostname, loopback, and the new root.
+fn setup(context: &InitContext<'_>) -> Result<(), String> {
+    rustix::system::sethostname(b"palisade").map_err(|error| format!("failed to set the hostname: {error}"))?;
+    sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
+
+    let (uid, gid) = context.identity.sandbox_ids();
+    let owner = Owner { uid, gid, idmap: context.idmap_userns.as_ref().map(|fd| fd.as_fd()) };
+    let report = &context.report;
+    mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
+        .map_err(|error| error.0)
+}
+
+/// Forwards signals to the command and reaps children until the command exits, then exits
+/// with the command's status.
+fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) -> ! {
+    loop {
+        let (signal, _from_kernel) = match sys::read_signal(signal_fd.as_fd()) {
+            Ok(received) => received,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => fail(report, format!("failed to read signals: {error}")),
+        };
+        if signal != libc::SIGCHLD {
+            let _ = sys::kill(command_pid, signal);
+            continue;
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into a valid local integer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if pid == command_pid {
+                if libc::WIFSIGNALED(status) {
+                    let signal = libc::WTERMSIG(status);
+                    send(report, &Message::Signaled(signal));
+                    sys::exit_now(128 + signal);
+                }
+                let code = libc::WEXITSTATUS(status);
+                send(report, &Message::Exited(code));
+                sys::exit_now(code);
+            }
+        }
+    }
+}
+
+/// Becomes the command: drops every privilege, then executes it. Never returns.
+fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, report: &OwnedFd) -> ! {
+    if let Err(text) = drop_privileges(identity) {
+        fail(report, text);
+    }
+    if let Err(error) = rustix::process::chdir(&policy.cwd) {
+        fail(report, format!("failed to enter the working directory {}: {error}", policy.cwd.display()));
+    }
+    // Everything above descriptor 2 closes at exec, including anything palisade inherited.
+    if let Err(error) = sys::cloexec_from(3) {
+        fail(report, format!("failed to mark inherited descriptors close-on-exec: {error}"));
+    }
+
+    let to_cstring = |value: &OsStr| CString::new(value.as_bytes()).ok();
+    let Some(args) = argv.iter().map(|arg| to_cstring(arg)).collect::<Option<Vec<_>>>() else {
+        fail(report, "an argument contains a NUL byte".into());
+    };
+    let envp: Vec<CString> = policy
+        .env
+        .iter()
+        .filter_map(|var| {
+            let mut entry = var.name.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(var.value.as_bytes());
+            CString::new(entry).ok()
+        })
+        .collect();
+    let path_var = policy
+        .env
+        .iter()
+        .find(|var| var.name == "PATH")
+        .map(|var| var.value.clone())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+
+    let program = &argv[0];
+    let candidates: Vec<PathBuf> = if program.as_bytes().contains(&b'/') {
+        vec![PathBuf::from(program)]
+    } else {
+        std::env::split_paths(&path_var).filter(|dir| !dir.as_os_str().is_empty()).map(|dir| dir.join(program)).collect()
+    };
+    let mut last_error = std::io::Error::from_raw_os_error(libc::ENOENT);
+    for candidate in &candidates {
+        let Some(path) = to_cstring(candidate.as_os_str()) else { continue };
+        let error = sys::execve(&path, &args, &envp);
+        // Keep looking after "not found" and "not a directory", as a shell does; any other
+        // failure on an existing file is the one to report.
+        match error.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
+            _ => {
+                last_error = error;
+                if !program.as_bytes().contains(&b'/') && last_error.raw_os_error() == Some(libc::EACCES) {
+                    continue;
+                }
+                break;
+            }
+        }
+    }
+    let name = Path::new(program).display();
+    let (code, reason) = match last_error.raw_os_error() {
+        Some(libc::ENOENT) if candidates.len() == 1 => (127, format!("{name}: not found inside the sandbox")),
+        Some(libc::ENOENT) => (127, format!("{name}: command not found in the sandbox's PATH ({})", Path::new(&path_var).display())),
+        _ => (126, format!("{name}: cannot execute: {last_error}")),
+    };
+    send(report, &Message::Exec { code, reason });
+    sys::exit_now(code)
+}
+
+/// Leaves the command with no capabilities, no way to gain any (`no_new_privs`, locked
+/// securebits), and, when palisade runs as root, the identity of an unprivileged user.
+fn drop_privileges(identity: Identity) -> Result<(), String> {
+    sys::reset_signals().map_err(|error| format!("failed to reset signal handling: {error}"))?;
+    sys::lock_capabilities().map_err(|error| format!("failed to drop the capability bounding set: {error}"))?;
+    if let Identity::Root { sandbox_uid } = identity {
+        let id = rustix::thread::Gid::from_raw(sandbox_uid);
+        rustix::thread::set_thread_groups(&[]).map_err(|error| format!("failed to drop supplementary groups: {error}"))?;
+        rustix::thread::set_thread_res_gid(id, id, id).map_err(|error| format!("failed to switch to gid {sandbox_uid}: {error}"))?;
+        let id = rustix::thread::Uid::from_raw(sandbox_uid);
+        rustix::thread::set_thread_res_uid(id, id, id).map_err(|error| format!("failed to switch to uid {sandbox_uid}: {error}"))?;
+    }
+    sys::clear_capabilities().map_err(|error| format!("failed to clear capabilities: {error}"))?;
+    rustix::thread::set_no_new_privs(true).map_err(|error| format!("failed to set no_new_privs: {error}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Message;
+
+    #[test]
+    fn messages_round_trip() {
+        let messages = vec![
+            Message::Error("failed to mount\nsomething".into()),
+            Message::Exec { code: 127, reason: "foo: not found".into() },
+            Message::Placeholder("/ws/.claude".into()),
+            Message::Exited(3),
+            Message::Signaled(9),
+        ];
+        let bytes: Vec<u8> = messages.iter().flat_map(Message::encode).collect();
+        let decoded = Message::decode_all(&bytes);
+        assert_eq!(decoded[0], Message::Error("failed to mount something".into()));
+        assert_eq!(&decoded[1..], &messages[1..]);
+    }
+}

@@ -1,0 +1,153 @@
+//! The Linux backend of palisade: runs one command inside user, mount, PID, network, IPC, UTS
+//! and cgroup namespaces, on a root assembled from the policy's visible paths only.
+//!
+//! The flow, from [`run`] to `execve`:
+//! 1. [`plan::build`] turns the resolved policy into an ordered list of mount operations.
+//! 2. The supervisor ([`supervisor::run`]) forks init into new namespaces and, for an
+//!    unprivileged caller, writes the user mapping.
+//! 3. Init ([`init`]) builds the root ([`mounts`]), forks the command stage, which drops every
+//!    privilege and calls `execve`; init then forwards signals and reaps until the command
+//!    exits.
+
+mod error;
+mod init;
+mod mounts;
+pub mod plan;
+mod supervisor;
+mod sys;
+mod unconfined;
+mod userns;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::Error;
+use palisade_policy::{NetworkMode, Policy, Profile};
+use plan::{Kind, MountPlan};
+
+/// The unprivileged uid and gid a command runs as when palisade itself runs as root. It owns
+/// nothing on the host; idmapped mounts make the workspace appear owned by it.
+pub const ROOT_SANDBOX_UID: u32 = 0x7ff0_0000;
+
+/// Who the command runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// An unprivileged caller: a user namespace maps the caller's ids to themselves.
+    User { uid: u32, gid: u32 },
+    /// Palisade runs as root: the command runs as [`ROOT_SANDBOX_UID`] with no capabilities,
+    /// so it gets no more than an unprivileged user would.
+    Root { sandbox_uid: u32 },
+}
+
+impl Identity {
+    /// The identity for the current process.
+    pub fn current() -> Identity {
+        let uid = rustix::process::geteuid().as_raw();
+        if uid == 0 {
+            Identity::Root { sandbox_uid: ROOT_SANDBOX_UID }
+        } else {
+            Identity::User { uid, gid: rustix::process::getegid().as_raw() }
+        }
+    }
+
+    /// The kernel uid and gid of the command.
+    pub fn sandbox_ids(self) -> (u32, u32) {
+        match self {
+            Identity::User { uid, gid } => (uid, gid),
+            Identity::Root { sandbox_uid } => (sandbox_uid, sandbox_uid),
+        }
+    }
+}
+
+impl MountPlan {
+    /// Whether any operation asks for an idmapped mount.
+    pub fn needs_idmap(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, plan::MountOp::Bind { idmap: true, .. } | plan::MountOp::Overlay { idmap: true, .. }))
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The command exited with this code.
+    Code(i32),
+    /// The command was killed by this signal.
+    Signal(i32),
+    /// The wall-clock timeout expired and every process of the run was killed.
+    TimedOut,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub wall_time: Duration,
+    /// Set when the command could not be executed: the exit code (126 or 127) and the reason.
+    pub exec_error: Option<(i32, String)>,
+}
+
+/// Refuses settings this build cannot enforce, rather than running without them.
+fn check_supported(policy: &Policy) -> Result<(), Error> {
+    let unsupported = |feature: &str| Err(Error::Unsupported { feature: feature.to_owned() });
+    if let NetworkMode::Allowlist { .. } = policy.network {
+        return unsupported("network mode 'allowlist' (--allow-domain)");
+    }
+    let limits = &policy.limits;
+    for (set, name) in [
+        (limits.cpu_time.is_some(), "a CPU time limit (--cpu-time)"),
+        (limits.memory.is_some(), "a memory limit (--memory)"),
+        (limits.max_procs.is_some(), "a process limit (--max-procs)"),
+        (limits.max_file_size.is_some(), "a file size limit (--max-file-size)"),
+        (limits.max_open_files.is_some(), "an open file limit (max_open_files)"),
+    ] {
+        if set {
+            return unsupported(name);
+        }
+    }
+    Ok(())
+}
+
+/// Builds the mount plan for `policy` against the real host.
+pub fn plan_for(policy: &Policy, identity: Identity) -> MountPlan {
+    let inspect = |path: &Path| match path.symlink_metadata() {
+        Ok(meta) if meta.is_dir() => Kind::Dir,
+        Ok(_) => Kind::File,
+        Err(_) => Kind::Missing,
+    };
+    let readlink = |path: &Path| match path.symlink_metadata() {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::read_link(path).ok(),
+        _ => None,
+    };
+    plan::build(policy, matches!(identity, Identity::Root { .. }), &inspect, &readlink)
+}
+
+/// Runs `argv` under `policy` and waits for it to finish.
+pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
+    assert!(!argv.is_empty(), "the command line is empty");
+    check_supported(policy)?;
+    if policy.profile == Profile::Unconfined {
+        return unconfined::run(policy, argv);
+    }
+    if policy.network == NetworkMode::Full {
+        return Err(Error::Unsupported { feature: "network mode 'full'".into() });
+    }
+    let identity = Identity::current();
+    let plan = plan_for(policy, identity);
+    supervisor::run(policy, &plan, identity, argv)
+}
+
+/// Marks every descriptor above stderr close-on-exec, so nothing the caller leaked to palisade
+/// reaches the command. Call it first thing in `main`.
+pub fn close_inherited_descriptors() -> Result<(), Error> {
+    sys::cloexec_from(3).map_err(|e| Error::setup("mark close-on-exec", "inherited descriptors", e))
+}
+
+/// Whether this machine lets the current user create the namespaces a sandbox needs, and if
+/// not, why and how to fix it.
+pub fn user_namespaces_available() -> Result<(), Error> {
+    match userns::diagnose() {
+        Some((cause, fix)) if rustix::process::geteuid().as_raw() != 0 => Err(Error::UserNamespaces { cause, fix }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,481 @@
+//! Carrying out a [`MountPlan`] inside the sandbox's new mount namespace.
+//!
+//! Runs in the sandbox's init, before the command exists. The order matters:
+//! 1. The whole tree becomes a slave of the host's, so nothing mounted here reaches the host.
+//! 2. Every host path the plan binds is opened and cloned into a detached mount *first*, while
+//!    the host's paths are still visible, refusing any symlink on the way
+//!    (`RESOLVE_NO_SYMLINKS`): the resolver already made them canonical, so a symlink now means
+//!    something changed since then.
+//! 3. A tmpfs at `/tmp` becomes the new root; the plan's operations attach the detached mounts
+//!    and build `/dev`, `/proc` and the private temporary directories, parents first.
+//! 4. `pivot_root` swaps the roots and the host's tree is detached.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{CWD, FileType, Mode, OFlags, ResolveFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags};
+
+use crate::plan::{Kind, MountOp, MountPlan};
+use crate::sys;
+
+/// Where the new root is assembled before `pivot_root`. Any directory that exists on every
+/// host works, because the tmpfs mounted on it is visible only in the sandbox's namespace.
+const NEW_ROOT: &str = "/tmp";
+/// Scratch space inside the new root for overlay layers and empty mask sources; detached before
+/// the command starts.
+const STAGE: &str = "/tmp/.palisade-stage";
+
+/// A failed step, already phrased as "failed to <op> <object>: <cause>".
+#[derive(Debug)]
+pub struct StepError(pub String);
+
+fn step<T>(op: &str, object: impl AsRef<OsStr>, result: io::Result<T>) -> Result<T, StepError> {
+    result.map_err(|error| StepError(format!("failed to {op} {}: {error}", Path::new(object.as_ref()).display())))
+}
+
+fn step_rustix<T>(op: &str, object: impl AsRef<OsStr>, result: rustix::io::Result<T>) -> Result<T, StepError> {
+    step(op, object, result.map_err(io::Error::from))
+}
+
+/// Who owns what the setup creates, and how host files appear to the command.
+pub struct Owner<'a> {
+    /// The uid and gid that own the home tmpfs and overlay roots, as seen by the kernel.
+    pub uid: u32,
+    pub gid: u32,
+    /// A user namespace whose mapping sends the calling root user to the sandbox user; set only
+    /// when palisade runs as root, see `Identity`.
+    pub idmap: Option<BorrowedFd<'a>>,
+}
+
+/// Builds the new root from `plan` and pivots into it. Each placeholder directory created on
+/// the host is passed to `report_placeholder`, for removal after the run.
+pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut dyn FnMut(&Path)) -> Result<(), StepError> {
+    // Step 1: no mount event from here on propagates back to the host.
+    step_rustix(
+        "make private",
+        "/",
+        rustix::mount::mount_change("/", MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC),
+    )?;
+
+    // Step 2: clone every host tree the plan binds while host paths are still reachable.
+    let mut detached: Vec<Option<OwnedFd>> = Vec::with_capacity(plan.ops.len());
+    for op in &plan.ops {
+        detached.push(match op {
+            MountOp::Bind { path, writable, idmap, .. } => {
+                let idmap = if *idmap { owner.idmap } else { None };
+                Some(clone_host_tree(path, !*writable, idmap)?)
+            }
+            MountOp::Overlay { path, idmap, .. } => {
+                let idmap = if *idmap { owner.idmap } else { None };
+                Some(clone_host_tree(path, true, idmap)?)
+            }
+            _ => None,
+        });
+    }
+    let dev_nodes = clone_dev_nodes()?;
+
+    // Step 3: the new root.
+    mount_tmpfs(NEW_ROOT, "mode=0755,size=16m", MountFlags::NOSUID | MountFlags::NODEV)?;
+    let root = step_rustix(
+        "open",
+        NEW_ROOT,
+        rustix::fs::open(NEW_ROOT, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+    )?;
+    step("create", STAGE, fs::create_dir(STAGE))?;
+    mount_tmpfs(STAGE, "mode=0700", MountFlags::NOSUID | MountFlags::NODEV)?;
+    let mut stage = Stage { next: 0, owner };
+
+    for (op, tree) in plan.ops.iter().zip(detached) {
+        match op {
+            MountOp::Proc => attach_proc(&root)?,
+            MountOp::Dev => attach_dev(&root, &dev_nodes)?,
+            MountOp::Tmp { path, writable, size } => attach_tmp(&root, path, *writable, *size)?,
+            MountOp::HomeTmpfs { path } => attach_home(&root, path, owner)?,
+            MountOp::Bind { path, kind, .. } => {
+                let target = open_target(&root, path, *kind)?;
+                attach(tree.as_ref().expect("bind was cloned"), &target, path)?;
+            }
+            MountOp::Overlay { path, hidden, .. } => {
+                let lower = tree.as_ref().expect("overlay lower was cloned");
+                stage.attach_overlay(&root, path, lower, hidden)?;
+            }
+            MountOp::Hide { path, kind } => {
+                let target = target_or_placeholder(&root, path, *kind, owner, report_placeholder)?;
+                let mask = stage.empty_mask(if *kind == Kind::File { Kind::File } else { Kind::Dir })?;
+                attach(&mask, &target, path)?;
+            }
+            MountOp::Protect { path, kind } => {
+                let target = target_or_placeholder(&root, path, *kind, owner, report_placeholder)?;
+                if *kind == Kind::Missing {
+                    let mask = stage.empty_mask(Kind::Dir)?;
+                    attach(&mask, &target, path)?;
+                } else {
+                    protect_in_place(&target, path)?;
+                }
+            }
+        }
+    }
+    for (link, target) in &plan.symlinks {
+        let at = new_root_path(link);
+        step("create symlink", &at, std::os::unix::fs::symlink(target, &at))?;
+    }
+
+    // Overlays keep their layers referenced, so the stage can be detached now.
+    step_rustix("detach", STAGE, rustix::mount::unmount(STAGE, UnmountFlags::DETACH))?;
+    step("remove", STAGE, fs::remove_dir(STAGE))?;
+
+    // Step 4: swap roots and drop every reference to the host's tree.
+    step_rustix("enter", NEW_ROOT, rustix::process::chdir(NEW_ROOT))?;
+    step_rustix("pivot root to", NEW_ROOT, rustix::process::pivot_root(".", "."))?;
+    step_rustix("detach the host root", "/", rustix::mount::unmount(".", UnmountFlags::DETACH))?;
+    step_rustix("enter", "/", rustix::process::chdir("/"))?;
+    // The root directory itself is a tmpfs of palisade's; nothing may be created in it.
+    let new_root = step_rustix("open", "/", rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
+    step("make read-only", "/", sys::mount_setattr(new_root.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))?;
+    Ok(())
+}
+
+/// Returns `path` as seen from the new root before the pivot.
+fn new_root_path(path: &Path) -> PathBuf {
+    Path::new(NEW_ROOT).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn mount_tmpfs(target: &str, options: &str, flags: MountFlags) -> Result<(), StepError> {
+    let options = std::ffi::CString::new(options).expect("mount options contain no NUL");
+    step_rustix(
+        "mount tmpfs on",
+        target,
+        rustix::mount::mount("tmpfs", target, "tmpfs", flags, Some(options.as_c_str())),
+    )
+}
+
+/// Opens a host path without following any symlink and clones its mount tree into a detached
+/// mount, read-only and without setuid or device files, idmapped when `idmap` is given.
+fn clone_host_tree(path: &Path, read_only: bool, idmap: Option<BorrowedFd<'_>>) -> Result<OwnedFd, StepError> {
+    let source = step_rustix(
+        "open",
+        path,
+        rustix::fs::openat2(CWD, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS),
+    )?;
+    let tree = step_rustix(
+        "clone the mount tree of",
+        path,
+        rustix::mount::open_tree(
+            source.as_fd(),
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH | OpenTreeFlags::AT_RECURSIVE,
+        ),
+    )?;
+    let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    if read_only {
+        attrs |= sys::MOUNT_ATTR_RDONLY;
+    }
+    step("restrict", path, sys::mount_setattr(tree.as_fd(), true, attrs, None))?;
+    if let Some(userns) = idmap {
+        step(
+            "idmap",
+            path,
+            sys::mount_setattr(tree.as_fd(), true, sys::MOUNT_ATTR_IDMAP, Some(userns)),
+        )?;
+    }
+    Ok(tree)
+}
+
+/// The device nodes a sandbox gets, cloned from the host's `/dev`.
+const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn clone_dev_nodes() -> Result<Vec<(&'static str, OwnedFd)>, StepError> {
+    let mut nodes = Vec::new();
+    for name in DEV_NODES {
+        let path = Path::new("/dev").join(name);
+        if path.exists() {
+            // Device nodes must keep working, so only nosuid is added here.
+            let source = step_rustix(
+                "open",
+                &path,
+                rustix::fs::openat2(CWD, &path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS),
+            )?;
+            let tree = step_rustix(
+                "clone",
+                &path,
+                rustix::mount::open_tree(source.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
+            )?;
+            step("restrict", &path, sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_NOSUID, None))?;
+            nodes.push((*name, tree));
+        }
+    }
+    Ok(nodes)
+}
+
+/// Opens `path` inside the new root for use as a mount point, creating missing parents and the
+/// final component (a directory, or an empty file for a file bind) on palisade's own tmpfs.
+/// No symlink is followed, so nothing planted in a bound directory can redirect a mount.
+fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd, StepError> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let mut current = step_rustix("open", NEW_ROOT, rustix::fs::openat(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
+    let components: Vec<&OsStr> = relative
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(part) => Some(part),
+            _ => None,
+        })
+        .collect();
+    for (index, part) in components.iter().enumerate() {
+        let last = index + 1 == components.len();
+        let flags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
+        match rustix::fs::openat2(&current, *part, flags, Mode::empty(), resolve) {
+            Ok(next) => current = next,
+            Err(rustix::io::Errno::NOENT) => {
+                if last && kind == Kind::File {
+                    let file = step_rustix(
+                        "create mount point",
+                        path,
+                        rustix::fs::openat(&current, *part, OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::EXCL, Mode::from_raw_mode(0o444)),
+                    )?;
+                    drop(file);
+                } else {
+                    step_rustix("create mount point", path, rustix::fs::mkdirat(&current, *part, Mode::from_raw_mode(0o755)))?;
+                }
+                current = step_rustix("open", path, rustix::fs::openat2(&current, *part, flags, Mode::empty(), resolve))?;
+            }
+            Err(error) => return step_rustix("open mount point", path, Err(error)),
+        }
+    }
+    Ok(current)
+}
+
+/// Opens an existing path in the new root, or creates an inaccessible placeholder directory for
+/// a missing one. The placeholder lands on the host (the path is inside a writable root), so it
+/// is reported for removal after the run.
+fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<'_>, report: &mut dyn FnMut(&Path)) -> Result<OwnedFd, StepError> {
+    if kind != Kind::Missing {
+        return open_target(root, path, kind);
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().ok_or_else(|| StepError(format!("cannot protect {}: no file name", path.display())))?;
+    let relative_parent = parent.strip_prefix("/").unwrap_or(parent);
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
+    let parent_fd = match rustix::fs::openat2(root, relative_parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), resolve) {
+        Ok(fd) => fd,
+        // The parent does not exist either (for example .git/hooks without .git). Creating the
+        // whole chain on the host would leave more behind than one placeholder.
+        // NOTE: so a protected name under a missing parent can still be created by the command;
+        // the most common case is a repository the command creates itself with `git init`.
+        Err(rustix::io::Errno::NOENT) => return open_scratch_target(),
+        Err(error) => return step_rustix("open", parent, Err(error)),
+    };
+    // Created as the sandbox user: on an idmapped writable root only that user maps to a
+    // host owner, and the placeholder then belongs to the workspace's owner on the host.
+    let previous = sys::set_fs_ids(owner.uid, owner.gid);
+    let created = rustix::fs::mkdirat(&parent_fd, name, Mode::empty());
+    sys::set_fs_ids(previous.0, previous.1);
+    match created {
+        Ok(()) => report(path),
+        // Created between planning and now; protect whatever is there.
+        Err(rustix::io::Errno::EXIST) => {}
+        Err(error) => return step_rustix("create placeholder", path, Err(error)),
+    }
+    step_rustix(
+        "open placeholder",
+        path,
+        rustix::fs::openat2(&parent_fd, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve),
+    )
+}
+
+/// A harmless mount target for a mask that has nowhere to go.
+fn open_scratch_target() -> Result<OwnedFd, StepError> {
+    let scratch = Path::new(STAGE).join("unused");
+    let _ = fs::create_dir(&scratch);
+    step_rustix("open", &scratch, rustix::fs::open(&scratch, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))
+}
+
+/// Attaches a detached mount on top of `target`.
+fn attach(tree: &OwnedFd, target: &OwnedFd, path: &Path) -> Result<(), StepError> {
+    step_rustix(
+        "mount on",
+        path,
+        rustix::mount::move_mount(tree.as_fd(), "", target.as_fd(), "", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH),
+    )
+}
+
+/// Binds a path onto itself read-only, so it stays visible but cannot change.
+fn protect_in_place(target: &OwnedFd, path: &Path) -> Result<(), StepError> {
+    let tree = step_rustix(
+        "clone",
+        path,
+        rustix::mount::open_tree(target.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH | OpenTreeFlags::AT_RECURSIVE),
+    )?;
+    step("make read-only", path, sys::mount_setattr(tree.as_fd(), true, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, None))?;
+    attach(&tree, target, path)
+}
+
+fn attach_proc(root: &OwnedFd) -> Result<(), StepError> {
+    let _ = open_target(root, Path::new("/proc"), Kind::Dir)?;
+    step_rustix(
+        "mount proc on",
+        "/proc",
+        rustix::mount::mount("proc", new_root_path(Path::new("/proc")), "proc", MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC, None),
+    )
+}
+
+fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)]) -> Result<(), StepError> {
+    let _ = open_target(root, Path::new("/dev"), Kind::Dir)?;
+    let dev = new_root_path(Path::new("/dev"));
+    let dev_text = dev.to_string_lossy().into_owned();
+    mount_tmpfs(&dev_text, "mode=0755,size=64k", MountFlags::NOSUID | MountFlags::NOEXEC)?;
+    for (name, tree) in nodes {
+        let target = open_target(root, &Path::new("/dev").join(name), Kind::File)?;
+        attach(tree, &target, &dev.join(name))?;
+    }
+    for dir in ["pts", "shm"] {
+        step("create", dev.join(dir), fs::create_dir(dev.join(dir)))?;
+    }
+    let pts_options = c"newinstance,ptmxmode=0666,mode=0620";
+    step_rustix(
+        "mount devpts on",
+        dev.join("pts"),
+        rustix::mount::mount("devpts", dev.join("pts"), "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some(pts_options)),
+    )?;
+    mount_tmpfs(&format!("{dev_text}/shm"), "mode=1777", MountFlags::NOSUID | MountFlags::NODEV)?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        step("create symlink", dev.join(link), std::os::unix::fs::symlink(target, dev.join(link)))?;
+    }
+    let dev_fd = step_rustix("open", &dev, rustix::fs::open(&dev, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
+    step("make read-only", &dev, sys::mount_setattr(dev_fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))
+}
+
+fn attach_tmp(root: &OwnedFd, path: &Path, writable: bool, size: Option<u64>) -> Result<(), StepError> {
+    let _ = open_target(root, path, Kind::Dir)?;
+    let mut options = String::from("mode=1777");
+    if let Some(bytes) = size {
+        options.push_str(&format!(",size={bytes}"));
+    }
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    if !writable {
+        flags |= MountFlags::RDONLY;
+    }
+    mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, flags)
+}
+
+fn attach_home(root: &OwnedFd, path: &Path, owner: &Owner<'_>) -> Result<(), StepError> {
+    let _ = open_target(root, path, Kind::Dir)?;
+    let options = format!("mode=0755,uid={},gid={}", owner.uid, owner.gid);
+    mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, MountFlags::NOSUID | MountFlags::NODEV)
+}
+
+/// Scratch directories and mask sources on the stage tmpfs.
+struct Stage<'a> {
+    next: usize,
+    owner: &'a Owner<'a>,
+}
+
+impl Stage<'_> {
+    fn fresh_dir(&mut self, label: &str) -> Result<PathBuf, StepError> {
+        self.next += 1;
+        let path = Path::new(STAGE).join(format!("{label}{}", self.next));
+        step("create", &path, fs::create_dir(&path))?;
+        Ok(path)
+    }
+
+    /// Returns a detached, read-only mount of an empty file or directory that nobody, not even
+    /// its owner without capabilities, can open.
+    fn empty_mask(&mut self, kind: Kind) -> Result<OwnedFd, StepError> {
+        self.next += 1;
+        let path = Path::new(STAGE).join(format!("mask{}", self.next));
+        match kind {
+            Kind::File => step("create", &path, fs::File::create(&path).map(drop))?,
+            _ => step("create", &path, fs::create_dir(&path))?,
+        }
+        step_rustix("restrict", &path, rustix::fs::chmod(&path, Mode::empty()))?;
+        let source = step_rustix("open", &path, rustix::fs::open(&path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
+        let tree = step_rustix(
+            "clone",
+            &path,
+            rustix::mount::open_tree(source.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
+        )?;
+        step(
+            "make read-only",
+            &path,
+            sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, None),
+        )?;
+        Ok(tree)
+    }
+
+    /// Mounts an overlay at `path` with the host tree as its only lower layer and an upper layer
+    /// on the stage tmpfs. Hidden entries become whiteouts, which overlayfs shows as absent.
+    fn attach_overlay(&mut self, root: &OwnedFd, path: &Path, lower_tree: &OwnedFd, hidden: &[PathBuf]) -> Result<(), StepError> {
+        let lower = self.fresh_dir("lower")?;
+        let lower_fd = step_rustix("open", &lower, rustix::fs::open(&lower, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
+        attach(lower_tree, &lower_fd, &lower)?;
+        let upper = self.fresh_dir("upper")?;
+        let work = self.fresh_dir("work")?;
+        // The merged root takes its owner and mode from the upper directory.
+        let meta = step("inspect", &lower, fs::metadata(&lower))?;
+        step_rustix(
+            "set owner of",
+            &upper,
+            rustix::fs::chown(&upper, Some(rustix::fs::Uid::from_raw(self.owner.uid)), Some(rustix::fs::Gid::from_raw(self.owner.gid))),
+        )?;
+        step_rustix("set mode of", &upper, rustix::fs::chmod(&upper, Mode::from_raw_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777)))?;
+        for relative in hidden {
+            let whiteout = upper.join(relative);
+            if let Some(parent) = whiteout.parent() {
+                step("create", parent, fs::create_dir_all(parent))?;
+            }
+            step_rustix(
+                "create whiteout",
+                &whiteout,
+                rustix::fs::mknodat(CWD, &whiteout, FileType::CharacterDevice, Mode::empty(), 0),
+            )?;
+        }
+        let target = open_target(root, path, Kind::Dir)?;
+        // Mounting through the descriptor keeps a symlink swapped in since `open_target` from
+        // redirecting the mount.
+        let target_path = format!("/proc/self/fd/{}", target.as_raw_fd());
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            escape_overlay(&lower),
+            escape_overlay(&upper),
+            escape_overlay(&work)
+        );
+        let options = std::ffi::CString::new(options).map_err(|_| StepError(format!("path with NUL byte: {}", path.display())))?;
+        let result = rustix::mount::mount("overlay", target_path.as_str(), "overlay", MountFlags::NOSUID | MountFlags::NODEV, Some(options.as_c_str()));
+        // `userxattr` is required inside user namespaces and refused outside them.
+        let result = match result {
+            Err(rustix::io::Errno::INVAL) => {
+                let plain = options.to_str().unwrap_or_default().trim_end_matches(",userxattr").to_owned();
+                let plain = std::ffi::CString::new(plain).expect("no NUL");
+                rustix::mount::mount("overlay", target_path.as_str(), "overlay", MountFlags::NOSUID | MountFlags::NODEV, Some(plain.as_c_str()))
+            }
+            other => other,
+        };
+        step_rustix("mount a copy-on-write layer on", path, result)
+    }
+}
+
+/// Escapes the characters overlayfs treats specially in its options.
+fn escape_overlay(path: &Path) -> String {
+    let mut out = String::new();
+    for byte in path.as_os_str().as_bytes() {
+        match byte {
+            b',' | b':' | b'\\' => {
+                out.push('\\');
+                out.push(*byte as char);
+            }
+            _ => out.push(*byte as char),
+        }
+    }
+    out
+}

@@ -1,0 +1,284 @@
+//! The mount plan: the list of filesystem operations that builds a sandbox's root, computed
+//! from a resolved policy before any system call runs.
+//!
+//! Keeping the plan pure lets its order and contents be unit-tested without privileges. Every
+//! operation targets the same absolute path inside the sandbox that it has on the host, so
+//! users see familiar paths and error messages name real locations.
+
+use std::path::{Path, PathBuf};
+
+use palisade_policy::Policy;
+
+/// What exists at a host path, as far as planning needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Missing,
+}
+
+/// One step of building the sandbox's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOp {
+    /// A fresh `/proc` for the sandbox's PID namespace.
+    Proc,
+    /// A minimal `/dev`: null, zero, full, random, urandom, tty, a private pts instance, shm.
+    Dev,
+    /// A private tmpfs, discarded at the end of the run (`/tmp`, `/var/tmp`).
+    Tmp { path: PathBuf, writable: bool, size: Option<u64> },
+    /// An empty, writable tmpfs for the home directory; allowed parts of the real home are bound
+    /// on top.
+    HomeTmpfs { path: PathBuf },
+    /// The host path, bound at the same path. `idmap` maps files owned by the calling root user
+    /// to the sandbox user, see [`crate::Identity`].
+    Bind { path: PathBuf, kind: Kind, writable: bool, idmap: bool },
+    /// The host directory under a copy-on-write layer that is discarded at the end of the run.
+    /// `hidden` lists paths (relative to `path`) that read as absent.
+    Overlay { path: PathBuf, hidden: Vec<PathBuf>, idmap: bool },
+    /// Hides a path: an existing one is covered by an empty, inaccessible file or directory; a
+    /// missing one inside a writable root gets a placeholder directory so it cannot be created.
+    Hide { path: PathBuf, kind: Kind },
+    /// Keeps a path inside a writable root read-only; a missing one gets a placeholder directory
+    /// so it cannot be created.
+    Protect { path: PathBuf, kind: Kind },
+}
+
+impl MountOp {
+    pub fn path(&self) -> &Path {
+        match self {
+            MountOp::Proc => Path::new("/proc"),
+            MountOp::Dev => Path::new("/dev"),
+            MountOp::Tmp { path, .. }
+            | MountOp::HomeTmpfs { path }
+            | MountOp::Bind { path, .. }
+            | MountOp::Overlay { path, .. }
+            | MountOp::Hide { path, .. }
+            | MountOp::Protect { path, .. } => path,
+        }
+    }
+
+    /// Order among operations at the same depth: containers first, then masks.
+    fn rank(&self) -> u8 {
+        match self {
+            MountOp::Proc | MountOp::Dev | MountOp::Tmp { .. } | MountOp::HomeTmpfs { .. } => 0,
+            MountOp::Bind { .. } | MountOp::Overlay { .. } => 1,
+            MountOp::Hide { .. } | MountOp::Protect { .. } => 2,
+        }
+    }
+
+    /// Whether writes to this operation's path reach the host.
+    fn writes_reach_host(&self) -> bool {
+        matches!(self, MountOp::Bind { writable: true, .. })
+    }
+}
+
+/// The complete plan: mounts in the order they must happen, and the top-level symlinks of the
+/// host (`/bin -> usr/bin` on merged-/usr systems) to recreate in the new root.
+#[derive(Debug, Clone, Default)]
+pub struct MountPlan {
+    pub ops: Vec<MountOp>,
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Top-level paths that are often symlinks into `/usr`.
+const ROOT_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+
+/// Builds the plan for `policy`. `inspect` reports what exists on the host and `readlink` reads a
+/// host symlink; both are parameters so tests can describe a host without touching one.
+pub fn build(
+    policy: &Policy,
+    idmap: bool,
+    inspect: &dyn Fn(&Path) -> Kind,
+    readlink: &dyn Fn(&Path) -> Option<PathBuf>,
+) -> MountPlan {
+    let fs = &policy.filesystem;
+    let mut ops = vec![
+        MountOp::Proc,
+        MountOp::Dev,
+        MountOp::Tmp { path: "/tmp".into(), writable: fs.tmp_writable, size: policy.limits.tmp_size },
+        MountOp::Tmp { path: "/var/tmp".into(), writable: fs.tmp_writable, size: policy.limits.tmp_size },
+    ];
+
+    let home_writable = fs.writable.iter().any(|root| policy.home.starts_with(root));
+    if !home_writable {
+        ops.push(MountOp::HomeTmpfs { path: policy.home.clone() });
+    }
+    for path in &fs.read_only {
+        // The private /tmp and /var/tmp replace whatever the host has there.
+        if path == Path::new("/tmp") || path == Path::new("/var/tmp") {
+            continue;
+        }
+        ops.push(MountOp::Bind { path: path.clone(), kind: inspect(path), writable: false, idmap: false });
+    }
+    for path in &fs.copy_on_write {
+        let hidden = fs
+            .hidden
+            .iter()
+            .filter_map(|hidden| hidden.strip_prefix(path).ok())
+            .filter(|relative| !relative.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .collect();
+        ops.push(MountOp::Overlay { path: path.clone(), hidden, idmap });
+    }
+    for path in &fs.writable {
+        ops.push(MountOp::Bind { path: path.clone(), kind: inspect(path), writable: true, idmap });
+    }
+    // A later operation on the same path replaces an earlier one: a writable root that is also
+    // readable stays writable, and a cache listed as writable is bound directly.
+    dedup_keep_last(&mut ops);
+
+    let containers: Vec<MountOp> = ops.clone();
+    for path in &fs.hidden {
+        let Some(container) = deepest_container(&containers, path) else { continue };
+        let kind = inspect(path);
+        match container {
+            // Overlays hide with whiteouts; in the home tmpfs, unbound entries do not exist.
+            MountOp::Overlay { .. } | MountOp::HomeTmpfs { .. } | MountOp::Tmp { .. } => continue,
+            _ if kind == Kind::Missing && !container.writes_reach_host() => continue,
+            _ => ops.push(MountOp::Hide { path: path.clone(), kind }),
+        }
+    }
+    for path in &fs.protected {
+        let Some(container) = deepest_container(&containers, path) else { continue };
+        let kind = inspect(path);
+        let needed = match container {
+            MountOp::Bind { writable: true, .. } => true,
+            // Inside a copy-on-write layer, writes never reach the host, but the command could
+            // still change what its own later tools run; existing entries stay read-only.
+            MountOp::Overlay { .. } => kind != Kind::Missing,
+            _ => false,
+        };
+        if needed && !fs.hidden.iter().any(|hidden| path.starts_with(hidden)) {
+            ops.push(MountOp::Protect { path: path.clone(), kind });
+        }
+    }
+
+    // Parents before children, so every mount lands on top of the one that contains it.
+    ops.sort_by_key(|op| (op.path().components().count(), op.rank()));
+
+    let symlinks = ROOT_LINKS
+        .iter()
+        .filter_map(|link| readlink(Path::new(link)).map(|target| (PathBuf::from(link), target)))
+        .collect();
+    MountPlan { ops, symlinks }
+}
+
+fn dedup_keep_last(ops: &mut Vec<MountOp>) {
+    let mut kept: Vec<MountOp> = Vec::with_capacity(ops.len());
+    for op in ops.drain(..).rev() {
+        if !kept.iter().any(|existing| existing.path() == op.path()) {
+            kept.push(op);
+        }
+    }
+    kept.reverse();
+    *ops = kept;
+}
+
+/// Returns the operation whose path most closely contains `path`, if any is visible there.
+fn deepest_container<'a>(ops: &'a [MountOp], path: &Path) -> Option<&'a MountOp> {
+    ops.iter()
+        .filter(|op| !matches!(op, MountOp::Proc | MountOp::Dev))
+        .filter(|op| path.starts_with(op.path()))
+        .max_by_key(|op| op.path().components().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_policy::{Filesystem, Limits, NetworkMode, Policy, Profile};
+
+    fn policy(fs: Filesystem) -> Policy {
+        Policy {
+            profile: Profile::WorkspaceWrite,
+            workspace: "/work/ws".into(),
+            cwd: "/work/ws".into(),
+            home: "/home/u".into(),
+            filesystem: fs,
+            network: NetworkMode::None,
+            limits: Limits::default(),
+            env: Vec::new(),
+            dropped_env: Vec::new(),
+            allow_degraded: false,
+        }
+    }
+
+    fn host(path: &Path) -> Kind {
+        match path.to_str().unwrap() {
+            "/work/ws/.git/hooks" | "/home/u/.cargo" | "/usr" | "/work/ws" => Kind::Dir,
+            "/work/ws/.git/config" | "/home/u/.gitconfig" => Kind::File,
+            _ => Kind::Missing,
+        }
+    }
+
+    fn plan(fs: Filesystem) -> MountPlan {
+        build(&policy(fs), false, &host, &|path| (path == Path::new("/bin")).then(|| PathBuf::from("usr/bin")))
+    }
+
+    fn position(plan: &MountPlan, path: &str) -> usize {
+        plan.ops.iter().position(|op| op.path() == Path::new(path)).unwrap_or_else(|| panic!("{path} not planned"))
+    }
+
+    #[test]
+    fn parents_are_mounted_before_children() {
+        let plan = plan(Filesystem {
+            read_only: vec!["/usr".into(), "/home/u/.gitconfig".into()],
+            writable: vec!["/work/ws".into()],
+            protected: vec!["/work/ws/.git/hooks".into()],
+            ..Default::default()
+        });
+        assert!(position(&plan, "/home/u") < position(&plan, "/home/u/.gitconfig"));
+        assert!(position(&plan, "/work/ws") < position(&plan, "/work/ws/.git/hooks"));
+        assert!(position(&plan, "/tmp") < position(&plan, "/work/ws"));
+    }
+
+    #[test]
+    fn missing_protected_name_in_writable_root_is_planned() {
+        let plan = plan(Filesystem {
+            writable: vec!["/work/ws".into()],
+            protected: vec!["/work/ws/.claude".into(), "/work/ws/.git/config".into()],
+            ..Default::default()
+        });
+        assert!(plan.ops.contains(&MountOp::Protect { path: "/work/ws/.claude".into(), kind: Kind::Missing }));
+        assert!(plan.ops.contains(&MountOp::Protect { path: "/work/ws/.git/config".into(), kind: Kind::File }));
+    }
+
+    #[test]
+    fn hidden_paths_in_caches_become_whiteouts() {
+        let plan = plan(Filesystem {
+            copy_on_write: vec!["/home/u/.cargo".into()],
+            hidden: vec!["/home/u/.cargo/credentials.toml".into(), "/home/u/.ssh".into()],
+            ..Default::default()
+        });
+        assert!(plan.ops.contains(&MountOp::Overlay {
+            path: "/home/u/.cargo".into(),
+            hidden: vec!["credentials.toml".into()],
+            idmap: false
+        }));
+        // ~/.ssh lies in the home tmpfs, where nothing unbound exists: no mask is needed.
+        assert!(!plan.ops.iter().any(|op| matches!(op, MountOp::Hide { .. })));
+    }
+
+    #[test]
+    fn missing_hidden_path_outside_writable_roots_needs_nothing() {
+        let plan = plan(Filesystem {
+            read_only: vec!["/usr".into()],
+            writable: vec!["/work/ws".into()],
+            hidden: vec!["/usr/secret".into(), "/work/ws/token".into()],
+            ..Default::default()
+        });
+        assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/usr/secret")));
+        assert!(plan.ops.contains(&MountOp::Hide { path: "/work/ws/token".into(), kind: Kind::Missing }));
+    }
+
+    #[test]
+    fn root_symlinks_are_recreated() {
+        let plan = plan(Filesystem::default());
+        assert_eq!(plan.symlinks, vec![(PathBuf::from("/bin"), PathBuf::from("usr/bin"))]);
+    }
+
+    #[test]
+    fn home_inside_writable_root_gets_no_tmpfs() {
+        let plan = plan(Filesystem { writable: vec!["/home".into()], ..Default::default() });
+        assert!(!plan.ops.iter().any(|op| matches!(op, MountOp::HomeTmpfs { .. })));
+    }
+}

@@ -1,0 +1,191 @@
+//! The supervisor: the palisade process on the host side. It forks the sandbox's init into new
+//! namespaces, writes its user mapping, enforces the wall-clock timeout, forwards signals, and
+//! turns what init reports into an [`Outcome`].
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use palisade_policy::Policy;
+use rustix::event::{PollFd, PollFlags};
+
+use crate::init::{self, InitContext, Message};
+use crate::plan::MountPlan;
+use crate::userns;
+use crate::{sys, Error, Exit, Identity, Outcome};
+
+/// Signals the supervisor handles instead of dying from them.
+const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Runs `argv` in a new sandbox and waits for it.
+pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsString]) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let pipe = |what| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", what, e.into()));
+    let (go_read, go_write) = pipe("the start pipe")?;
+    let (report_read, report_write) = pipe("the report pipe")?;
+    let idmap_userns = match identity {
+        Identity::Root { sandbox_uid } if plan.needs_idmap() => {
+            Some(userns::idmap_namespace(sandbox_uid).map_err(Error::Sandbox)?)
+        }
+        _ => None,
+    };
+    let signal_fd = sys::block_into_signalfd(HANDLED_SIGNALS).map_err(|e| Error::setup("block", "signals", e))?;
+
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+    if matches!(identity, Identity::User { .. }) {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    // The supervisor is single-threaded here: the palisade binary starts no threads before
+    // this point, which `clone_fork` requires.
+    let pid = match sys::clone_fork(flags) {
+        Ok(0) => {
+            drop(go_write);
+            drop(report_read);
+            drop(signal_fd);
+            init::main(InitContext { policy, plan, argv, identity, go: Some(go_read), report: report_write, idmap_userns })
+        }
+        Ok(pid) => pid,
+        Err(error) => return Err(userns::explain_clone_failure(error)),
+    };
+    drop(go_read);
+    drop(report_write);
+    drop(idmap_userns);
+    let child = rustix::process::Pid::from_raw(pid).expect("clone returned a positive pid");
+    let pidfd = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
+        .map_err(|e| Error::setup("open a pidfd for", format!("process {pid}"), e.into()));
+    let pidfd = match pidfd {
+        Ok(fd) => fd,
+        Err(error) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            return Err(error);
+        }
+    };
+
+    if let Identity::User { uid, gid } = identity {
+        if let Err(error) = userns::write_maps(pid, uid, gid) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            reap(pid);
+            return Err(error);
+        }
+    }
+    if rustix::io::write(&go_write, b"1").is_err() {
+        let _ = sys::kill(pid, libc::SIGKILL);
+    }
+    drop(go_write);
+
+    let timed_out = wait_for_exit(pid, &pidfd, &signal_fd, policy.limits.timeout);
+    let status = reap(pid);
+    let mut bytes = Vec::new();
+    let _ = std::fs::File::from(report_read).read_to_end(&mut bytes);
+    let messages = Message::decode_all(&bytes);
+    remove_placeholders(&messages);
+
+    let wall_time = started.elapsed();
+    if timed_out {
+        return Ok(Outcome { exit: Exit::TimedOut, wall_time, exec_error: None });
+    }
+    let mut exec_error = None;
+    for message in &messages {
+        match message {
+            Message::Error(text) => return Err(Error::Sandbox(text.clone())),
+            Message::Exec { code, reason } => exec_error = Some((*code, reason.clone())),
+            _ => {}
+        }
+    }
+    let exit = messages
+        .iter()
+        .find_map(|message| match message {
+            Message::Exited(code) => Some(Exit::Code(*code)),
+            Message::Signaled(signal) => Some(Exit::Signal(*signal)),
+            _ => None,
+        })
+        .unwrap_or_else(|| match status {
+            Some(WaitStatus::Signaled(signal)) => Exit::Signal(signal),
+            Some(WaitStatus::Exited(code)) => Exit::Code(code),
+            None => Exit::Signal(libc::SIGKILL),
+        });
+    Ok(Outcome { exit, wall_time, exec_error })
+}
+
+/// Waits until init exits, forwarding signals meanwhile. Returns true when the timeout
+/// expired, in which case init, and with it every process of the run, has been killed.
+fn wait_for_exit(pid: libc::pid_t, pidfd: &OwnedFd, signal_fd: &OwnedFd, timeout: Option<Duration>) -> bool {
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    loop {
+        let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            // Killing PID 1 of the namespace makes the kernel kill every other process in it.
+            let _ = sys::kill(pid, libc::SIGKILL);
+            return true;
+        }
+        let timespec = remaining.map(|left| rustix::fs::Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        });
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN), PollFd::new(signal_fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, timespec.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                return false;
+            }
+        }
+        if !fds[0].revents().is_empty() {
+            return false;
+        }
+        if !fds[1].revents().is_empty() {
+            if let Ok((signal, from_terminal)) = sys::read_signal(signal_fd.as_fd()) {
+                // A terminal's Ctrl-C already reached the command, which shares our process
+                // group; forwarding it again would deliver it twice.
+                if !from_terminal {
+                    let _ = sys::kill(pid, signal);
+                }
+            }
+        }
+    }
+}
+
+enum WaitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+fn reap(pid: libc::pid_t) -> Option<WaitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into a valid local integer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        Some(WaitStatus::Signaled(libc::WTERMSIG(status)))
+    } else {
+        Some(WaitStatus::Exited(libc::WEXITSTATUS(status)))
+    }
+}
+
+/// Removes the placeholder directories init created on the host. Each is removed only if it is
+/// still an empty directory; a failure leaves an empty directory with mode 000 behind, which is
+/// reported on stderr.
+fn remove_placeholders(messages: &[Message]) {
+    for message in messages {
+        if let Message::Placeholder(path) = message {
+            remove_placeholder(path);
+        }
+    }
+}
+
+fn remove_placeholder(path: &PathBuf) {
+    match std::fs::remove_dir(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => eprintln!("palisade: warning: failed to remove placeholder directory {}: {error}", path.display()),
+    }
+}

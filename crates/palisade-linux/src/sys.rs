@@ -1,0 +1,267 @@
+//! System calls that rustix does not wrap, each in one small function with its safety argument.
+//! Everything `unsafe` in this crate lives here.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `clone(2)` with fork semantics (no new stack) and the given namespace flags. Returns the
+/// child's PID in the parent and 0 in the child.
+///
+/// The caller must be single-threaded: the child continues with a copy of this thread only, and
+/// any lock another thread held would stay locked forever.
+pub fn clone_fork(namespace_flags: libc::c_int) -> io::Result<libc::pid_t> {
+    // SAFETY: with a null stack pointer, clone behaves like fork: the child runs on a copy of
+    // the caller's stack. The remaining pointer arguments are unused for these flags. The caller
+    // guarantees the process is single-threaded, so the child inherits no held locks.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (namespace_flags | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(pid as libc::pid_t) }
+}
+
+/// `unshare(CLONE_NEWUSER)`: moves the calling process into a new user namespace.
+///
+/// The caller must be single-threaded, which the kernel also enforces for this flag.
+pub fn unshare_user() -> io::Result<()> {
+    // SAFETY: unshare takes a plain flag word; CLONE_NEWUSER changes only this process's
+    // credentials, which no Rust object caches.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Sets the filesystem uid and gid of the calling thread, which decide the owner of files it
+/// creates and the checks on idmapped mounts. Returns the previous pair.
+pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
+    // SAFETY: setfsuid and setfsgid take plain integers and cannot fail in a way that corrupts
+    // memory; they return the previous value.
+    unsafe { (libc::setfsuid(uid) as u32, libc::setfsgid(gid) as u32) }
+}
+
+/// Mount attribute bits for [`mount_setattr`].
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(2)`: sets `attr_set` on the mount at `fd` (an `open_tree` result or an
+/// `O_PATH` descriptor), on every mount below it too when `recursive`. With
+/// [`MOUNT_ATTR_IDMAP`], `userns` names the user namespace whose mapping the mount takes.
+pub fn mount_setattr(fd: BorrowedFd<'_>, recursive: bool, attr_set: u64, userns: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: the path is an empty C string, `attr` is a properly laid-out `struct mount_attr`
+    // that outlives the call, and its size is passed alongside.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Marks every descriptor from `first` upwards close-on-exec, so nothing the caller inherited
+/// leaks into the command while the descriptors the setup still needs stay usable until
+/// `execve`.
+pub fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags; it frees no
+    // memory that Rust code might still reference.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Locks the securebits that would let a uid-0 process regain capabilities through `execve`
+/// or a uid change, and empties the bounding and ambient sets. The permitted and effective
+/// sets stay until [`clear_capabilities`], so the caller can still change its uid in between.
+pub fn lock_capabilities() -> io::Result<()> {
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
+    // Securebits need CAP_SETPCAP, so they come before the capabilities are dropped.
+    let secure = libc::SECBIT_NOROOT
+        | libc::SECBIT_NOROOT_LOCKED
+        | libc::SECBIT_NO_SETUID_FIXUP
+        | libc::SECBIT_NO_SETUID_FIXUP_LOCKED
+        | libc::SECBIT_KEEP_CAPS_LOCKED
+        | libc::SECBIT_NO_CAP_AMBIENT_RAISE
+        | libc::SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    prctl(libc::PR_SET_SECUREBITS, secure as libc::c_ulong, 0)?;
+    for cap in 0..=last_cap {
+        match prctl(libc::PR_CAPBSET_DROP, cap, 0) {
+            // EINVAL: the kernel has fewer capabilities than cap_last_cap claimed.
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => break,
+            other => other?,
+        }
+    }
+    prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0)
+}
+
+/// Empties the permitted, effective and inheritable capability sets of the calling thread.
+pub fn clear_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: version 3 capability data is an array of two structs, which `data` provides;
+    // both pointers are valid for the duration of the call.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut _, data.as_ptr()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn prctl(option: libc::c_int, arg2: libc::c_ulong, arg3: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the options used here take integer arguments only; no pointers are passed.
+    let rc = unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Blocks `signals` for the calling thread and returns a signalfd that reads them.
+pub fn block_into_signalfd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
+    let set = signal_set(signals);
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: -1 asks for a new descriptor; `set` is initialised.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Unblocks every signal and restores default dispositions, undoing what the supervisor and
+/// init set up, so the command starts with the signal state a shell would give it.
+pub fn reset_signals() -> io::Result<()> {
+    for signal in 1..libc::SIGRTMIN() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; failures for reserved signals are
+        // harmless and ignored.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    let set = signal_set(&[]);
+    // SAFETY: `set` is an initialised, empty sigset_t.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set before sigaddset reads it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &signal in signals {
+            libc::sigaddset(set.as_mut_ptr(), signal);
+        }
+        set.assume_init()
+    }
+}
+
+/// Reads one `signalfd_siginfo` record: the signal number, whether the kernel raised it (for
+/// example a terminal's Ctrl-C) rather than a process calling `kill`, and the sender's PID.
+pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<(libc::c_int, bool)> {
+    let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::zeroed();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: the buffer is exactly one signalfd_siginfo, as signalfd requires.
+    let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+    if n != size as isize {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the whole record.
+    let info = unsafe { info.assume_init() };
+    Ok((info.ssi_signo as libc::c_int, info.ssi_code == libc::SI_KERNEL))
+}
+
+/// Sends `signal` to `pid`. Errors are returned, not logged.
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes plain integers.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Brings the loopback interface of the current network namespace up; the kernel then assigns
+/// 127.0.0.1 and ::1 itself.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket takes plain integers; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq passed by pointer, which
+    // lives across both calls.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `execve(2)`. Returns only on failure.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|var| var.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: both arrays are null-terminated and point into CStrings that outlive the call.
+    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Terminates the calling process immediately, without running destructors or flushing
+/// buffers shared with the parent's copy of this address space.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust-managed state.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,112 @@
+//! User namespaces: writing the sandbox's id mapping, and explaining why the kernel refused to
+//! create one.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use crate::sys;
+
+use crate::Error;
+
+/// Maps the caller's uid and gid to themselves inside the sandbox's user namespace. `setgroups`
+/// is denied first, as the kernel requires for an unprivileged writer.
+pub fn write_maps(pid: libc::pid_t, uid: u32, gid: u32) -> Result<(), Error> {
+    let write = |file: &str, content: String| {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, content).map_err(|error| explain_map_failure(&path, error))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{uid} {uid} 1\n"))?;
+    write("gid_map", format!("{gid} {gid} 1\n"))?;
+    Ok(())
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|text| text.trim().to_owned())
+}
+
+/// Names the host setting that blocks user namespaces, with the command that lifts it.
+pub fn diagnose() -> Option<(String, String)> {
+    if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some((
+            "the sysctl user.max_user_namespaces is 0".into(),
+            "run `sudo sysctl -w user.max_user_namespaces=15000` (and set it in /etc/sysctl.d to keep it), or run palisade where user namespaces are allowed".into(),
+        ));
+    }
+    if read_sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Some((
+            "the sysctl kernel.unprivileged_userns_clone is 0".into(),
+            "run `sudo sysctl -w kernel.unprivileged_userns_clone=1` (and set it in /etc/sysctl.d to keep it)".into(),
+        ));
+    }
+    if read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return Some((
+            "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1, the default on Ubuntu 23.10 and later)".into(),
+            "install an AppArmor profile that grants `userns` to the palisade binary (see docs/security.md), or run `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`".into(),
+        ));
+    }
+    None
+}
+
+/// Turns a failed `clone` into an error that names the cause and the fix.
+pub fn explain_clone_failure(error: io::Error) -> Error {
+    let (cause, fix) = diagnose().unwrap_or_else(|| {
+        let cause = match error.raw_os_error() {
+            Some(libc::EPERM) => "the kernel refused (EPERM); palisade may be running in a container or under a seccomp filter that forbids new namespaces".to_owned(),
+            Some(libc::ENOSPC) | Some(libc::EUSERS) => "the limit on nested user namespaces is reached (ENOSPC)".to_owned(),
+            Some(libc::EINVAL) => "the kernel lacks user, mount, PID or network namespace support (EINVAL); it needs CONFIG_USER_NS, CONFIG_PID_NS and CONFIG_NET_NS".to_owned(),
+            _ => error.to_string(),
+        };
+        (cause, "run palisade on a host that allows unprivileged user namespaces, or as root".to_owned())
+    });
+    Error::UserNamespaces { cause: format!("{cause} ({error})"), fix }
+}
+
+fn explain_map_failure(path: &str, error: io::Error) -> Error {
+    match diagnose() {
+        Some((cause, fix)) => Error::UserNamespaces { cause: format!("{cause}; writing {path} failed: {error}"), fix },
+        None => Error::setup("write", path, error),
+    }
+}
+
+/// Creates a user namespace whose only mapping sends uid and gid 0 to the sandbox user, for
+/// idmapped mounts: through them, files the calling root user owns appear owned by the sandbox
+/// user, so the workspace stays writable while root-only host files stay out of reach.
+pub fn idmap_namespace(sandbox_uid: u32) -> Result<OwnedFd, String> {
+    let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("failed to create a pipe: {e}"))?;
+    let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("failed to create a pipe: {e}"))?;
+    let pid = match sys::clone_fork(0) {
+        Ok(0) => {
+            drop(ready_read);
+            drop(hold_write);
+            let ok = sys::unshare_user().is_ok();
+            let _ = rustix::io::write(&ready_write, if ok { b"1" } else { b"0" });
+            // Wait until the parent has taken a reference to the namespace.
+            let mut byte = [0u8; 1];
+            let _ = rustix::io::read(&hold_read, &mut byte);
+            sys::exit_now(0)
+        }
+        Ok(pid) => pid,
+        Err(error) => return Err(format!("failed to fork the idmap helper: {error}")),
+    };
+    drop(ready_write);
+    drop(hold_read);
+    let result = (|| {
+        let mut byte = [0u8; 1];
+        match rustix::io::read(&ready_read, &mut byte) {
+            Ok(1) if byte[0] == b'1' => {}
+            _ => return Err("failed to create the user namespace for idmapped mounts".to_owned()),
+        }
+        let map = format!("0 {sandbox_uid} 1\n");
+        for file in ["uid_map", "gid_map"] {
+            let path = format!("/proc/{pid}/{file}");
+            std::fs::write(&path, &map).map_err(|error| format!("failed to write {path}: {error}"))?;
+        }
+        let path = format!("/proc/{pid}/ns/user");
+        std::fs::File::open(&path).map(OwnedFd::from).map_err(|error| format!("failed to open {path}: {error}"))
+    })();
+    drop(hold_write);
+    let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
+    result
+}
+

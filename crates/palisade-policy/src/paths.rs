@@ -1,0 +1,143 @@
+//! Path expansion and canonicalisation.
+//!
+//! Paths are made absolute and resolved through symlinks on the host before any backend sees
+//! them, so a mount or rule is always placed on the real location. A path that does not exist
+//! yet is resolved as far as it exists and the rest is appended, which lets a hidden or
+//! protected name be enforced before anything creates it.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// Removes `.` components and rejects `..`, which would make the meaning of a path depend on
+/// symlinks that do not exist yet.
+fn normalize_lexically(path: &Path) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir => out.push("/"),
+            Component::CurDir => {}
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                if !out.pop() || out.as_os_str().is_empty() {
+                    return Err("'..' climbs above the root".into());
+                }
+            }
+            Component::Prefix(_) => return Err("path prefixes are not supported".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Returns the canonical form of an absolute path that may not exist: the longest existing
+/// ancestor is canonicalised and the missing components are appended unchanged.
+pub fn canonicalize_lenient(path: &Path) -> Result<PathBuf, String> {
+    if !path.is_absolute() {
+        return Err("path is not absolute".into());
+    }
+    // `..` is resolved against the host's real directories first, as the kernel would.
+    match std::fs::canonicalize(path) {
+        Ok(real) => return Ok(real),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error.to_string()),
+    }
+    let path = normalize_lexically(path)?;
+    let mut existing = path.as_path();
+    let mut missing = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(real) => {
+                let mut out = real;
+                for part in missing.iter().rev() {
+                    out.push(part);
+                }
+                return Ok(out);
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                // A dangling symlink is not "missing": creating it would create its target.
+                if existing.symlink_metadata().is_ok() {
+                    return Err("path is a dangling symlink".into());
+                }
+                let Some(name) = existing.file_name() else {
+                    return Err("no part of the path exists".into());
+                };
+                missing.push(name.to_owned());
+                existing = existing.parent().ok_or("no part of the path exists")?;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+/// Expands `~`, `~/...` and `{workspace}` at the start of a path written in a policy.
+pub fn expand(text: &str, home: &Path, workspace: &Path) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err("empty path".into());
+    }
+    if text.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    let expanded = if text == "~" {
+        home.to_path_buf()
+    } else if let Some(rest) = text.strip_prefix("~/") {
+        home.join(rest)
+    } else if text.starts_with('~') {
+        return Err("'~user' is not supported; write the path out".into());
+    } else if let Some(rest) = text.strip_prefix("{workspace}") {
+        if rest.is_empty() {
+            workspace.to_path_buf()
+        } else if let Some(rest) = rest.strip_prefix('/') {
+            workspace.join(rest)
+        } else {
+            return Err("'{workspace}' must be followed by '/' or nothing".into());
+        }
+    } else {
+        PathBuf::from(text)
+    };
+    if !expanded.is_absolute() {
+        return Err("path must be absolute or start with '~' or '{workspace}'".into());
+    }
+    Ok(expanded)
+}
+
+/// Returns true when `path` is `root` or lies below it, comparing whole components (so
+/// `/ws-evil` is not inside `/ws`).
+pub fn is_within(path: &Path, root: &Path) -> bool {
+    path.starts_with(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sibling_with_shared_prefix_is_outside() {
+        assert!(!is_within(Path::new("/work/ws-evil/x"), Path::new("/work/ws")));
+        assert!(!is_within(Path::new("/work/ws.bak"), Path::new("/work/ws")));
+        assert!(is_within(Path::new("/work/ws/x"), Path::new("/work/ws")));
+        assert!(is_within(Path::new("/work/ws"), Path::new("/work/ws")));
+    }
+
+    #[test]
+    fn expand_handles_home_and_workspace() {
+        let home = Path::new("/home/u");
+        let ws = Path::new("/w");
+        assert_eq!(expand("~", home, ws).unwrap(), PathBuf::from("/home/u"));
+        assert_eq!(expand("~/.cache/pip", home, ws).unwrap(), PathBuf::from("/home/u/.cache/pip"));
+        assert_eq!(expand("{workspace}/build", home, ws).unwrap(), PathBuf::from("/w/build"));
+        assert!(expand("relative/path", home, ws).is_err());
+        assert!(expand("~bob/x", home, ws).is_err());
+        assert!(expand("{workspace}x", home, ws).is_err());
+    }
+
+    #[test]
+    fn lenient_canonicalisation_keeps_missing_tail() {
+        let dir = std::env::temp_dir().join(format!("palisade-paths-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("alias")).unwrap();
+        let resolved = canonicalize_lenient(&dir.join("alias/missing/file")).unwrap();
+        assert_eq!(resolved, std::fs::canonicalize(dir.join("real")).unwrap().join("missing/file"));
+        std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("dangling")).unwrap();
+        assert!(canonicalize_lenient(&dir.join("dangling")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,743 @@
+//! Resolution: raw policy file plus command-line overrides, merged over a built-in profile,
+//! into the [`Policy`] that backends enforce.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use toml::Spanned;
+
+use crate::builtin;
+use crate::env::looks_secret;
+use crate::error::PolicyError;
+use crate::git;
+use crate::parse::{parse_duration, parse_size};
+use crate::paths::{canonicalize_lenient, expand, is_within};
+use crate::raw::RawPolicy;
+
+/// A built-in starting point for a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// The system and toolchains readable, the workspace readable, nothing writable.
+    ReadOnly,
+    /// As `read-only`, plus the workspace and `--allow-write` roots writable and a private `/tmp`.
+    WorkspaceWrite,
+    /// No sandbox: the command runs with the caller's full access. Only on explicit request.
+    Unconfined,
+}
+
+impl Profile {
+    pub fn parse(name: &str) -> Result<Profile, String> {
+        match name {
+            "read-only" => Ok(Profile::ReadOnly),
+            "workspace-write" => Ok(Profile::WorkspaceWrite),
+            "unconfined" => Ok(Profile::Unconfined),
+            _ => Err("expected read-only, workspace-write or unconfined".into()),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::ReadOnly => "read-only",
+            Profile::WorkspaceWrite => "workspace-write",
+            Profile::Unconfined => "unconfined",
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the sandbox reaches the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum NetworkMode {
+    /// A private network namespace with only a loopback interface.
+    None,
+    /// Only the listed destinations, through palisade's proxy.
+    Allowlist { allow: Vec<String>, deny: Vec<String> },
+    /// The host's network.
+    Full,
+}
+
+impl NetworkMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Allowlist { .. } => "allowlist",
+            NetworkMode::Full => "full",
+        }
+    }
+}
+
+/// Command-line settings, applied over the policy file. `None` and empty lists leave the file's
+/// value (or the profile's default) in place.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub profile: Option<String>,
+    pub workspace: Option<PathBuf>,
+    pub allow_write: Vec<PathBuf>,
+    pub allow_read: Vec<PathBuf>,
+    pub deny_read: Vec<PathBuf>,
+    pub net: Option<String>,
+    pub allow_domain: Vec<String>,
+    pub timeout: Option<String>,
+    pub cpu_time: Option<String>,
+    pub memory: Option<String>,
+    pub max_procs: Option<u64>,
+    pub max_file_size: Option<String>,
+    /// `NAME` passes a variable through; `NAME=VALUE` sets it.
+    pub env: Vec<String>,
+    pub allow_degraded: bool,
+}
+
+/// Facts about the caller that resolution depends on.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The directory palisade was started in.
+    pub cwd: PathBuf,
+    /// The caller's home directory (`$HOME`).
+    pub home: Option<PathBuf>,
+    /// The caller's environment.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl Context {
+    /// Captures the current process's directory, home and environment.
+    pub fn from_process() -> std::io::Result<Context> {
+        Ok(Context {
+            cwd: std::env::current_dir()?,
+            home: std::env::var_os("HOME").map(PathBuf::from),
+            env: std::env::vars_os().collect(),
+        })
+    }
+}
+
+/// The filesystem view of a sandbox. Every path is absolute and canonical.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Filesystem {
+    /// Visible read-only. Only paths that exist.
+    pub read_only: Vec<PathBuf>,
+    /// Visible through a copy-on-write layer that is discarded after the run. Only paths that
+    /// exist.
+    pub copy_on_write: Vec<PathBuf>,
+    /// Visible read-write. Only paths that exist.
+    pub writable: Vec<PathBuf>,
+    /// Hidden, even inside a visible or writable path. May not exist yet.
+    pub hidden: Vec<PathBuf>,
+    /// Read-only and impossible to create, even inside a writable root. May not exist yet.
+    pub protected: Vec<PathBuf>,
+    /// Whether the private `/tmp` (and `/var/tmp`) accepts writes.
+    pub tmp_writable: bool,
+}
+
+/// Resource limits. `None` means no limit beyond the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Option<Duration>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub cpu_time: Option<Duration>,
+    pub memory: Option<u64>,
+    pub max_procs: Option<u64>,
+    pub max_file_size: Option<u64>,
+    pub max_open_files: Option<u64>,
+    pub tmp_size: Option<u64>,
+}
+
+fn serialize_duration<S: serde::Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(duration) if duration.subsec_millis() == 0 => serializer.serialize_some(&format!("{}s", duration.as_secs())),
+        Some(duration) => serializer.serialize_some(&format!("{}ms", duration.as_millis())),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// One variable of the sandbox's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: OsString,
+    pub value: OsString,
+}
+
+/// A resolved policy, ready for a backend.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub profile: Profile,
+    pub workspace: PathBuf,
+    /// The working directory of the command inside the sandbox.
+    pub cwd: PathBuf,
+    pub home: PathBuf,
+    pub filesystem: Filesystem,
+    pub network: NetworkMode,
+    pub limits: Limits,
+    /// The complete environment of the command.
+    pub env: Vec<EnvVar>,
+    /// Names of the caller's variables that were dropped because they look like credentials.
+    pub dropped_env: Vec<String>,
+    pub allow_degraded: bool,
+}
+
+/// Where a setting came from, for error messages.
+struct Origin<'a> {
+    raw: &'a RawPolicy,
+}
+
+impl Origin<'_> {
+    fn of<T>(&self, value: &Spanned<T>) -> String {
+        match &self.raw.source {
+            Some(source) => source.origin(value.span().start),
+            None => "in the policy".into(),
+        }
+    }
+}
+
+const FLAG: &str = "on the command line";
+
+/// Merges `raw` and `overrides` over the chosen profile and resolves every path.
+pub fn resolve(raw: &RawPolicy, overrides: &Overrides, context: &Context) -> Result<Policy, PolicyError> {
+    let origin = Origin { raw };
+    let home = context.home.clone().filter(|home| home.is_absolute()).ok_or(PolicyError::NoHome)?;
+    let home = canonicalize_lenient(&home).map_err(|reason| PolicyError::InvalidValue {
+        what: "home directory",
+        value: home.display().to_string(),
+        origin: "from HOME".into(),
+        reason,
+    })?;
+
+    let profile = resolve_profile(raw, overrides, &origin)?;
+    let workspace = resolve_workspace(overrides, context)?;
+    let network = resolve_network(raw, overrides, &origin)?;
+    let limits = resolve_limits(raw, overrides, &origin)?;
+    let allow_degraded = overrides.allow_degraded || raw.allow_degraded.unwrap_or(false);
+    let (env, dropped_env) = resolve_env(raw, overrides, context, &home);
+
+    let filesystem = if profile == Profile::Unconfined {
+        reject_filesystem_rules_when_unconfined(raw, overrides)?;
+        Filesystem::default()
+    } else {
+        resolve_filesystem(raw, overrides, context, profile, &home, &workspace, &origin)?
+    };
+
+    let cwd = if is_within(&context.cwd, &workspace) { context.cwd.clone() } else { workspace.clone() };
+    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    let mut env = env;
+    set_env(&mut env, "PWD", cwd.as_os_str());
+
+    Ok(Policy { profile, workspace, cwd, home, filesystem, network, limits, env, dropped_env, allow_degraded })
+}
+
+fn resolve_profile(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<Profile, PolicyError> {
+    if let Some(name) = &overrides.profile {
+        return Profile::parse(name).map_err(|reason| PolicyError::InvalidValue {
+            what: "profile",
+            value: name.clone(),
+            origin: FLAG.into(),
+            reason,
+        });
+    }
+    match &raw.profile {
+        Some(name) => Profile::parse(name.get_ref()).map_err(|reason| PolicyError::InvalidValue {
+            what: "profile",
+            value: name.get_ref().clone(),
+            origin: origin.of(name),
+            reason,
+        }),
+        None => Ok(Profile::WorkspaceWrite),
+    }
+}
+
+fn resolve_workspace(overrides: &Overrides, context: &Context) -> Result<PathBuf, PolicyError> {
+    let given = overrides.workspace.clone().unwrap_or_else(|| context.cwd.clone());
+    let absolute = context.cwd.join(&given);
+    match std::fs::canonicalize(&absolute) {
+        Ok(path) if path.is_dir() => Ok(path),
+        Ok(path) => Err(PolicyError::InvalidValue {
+            what: "workspace",
+            value: path.display().to_string(),
+            origin: FLAG.into(),
+            reason: "not a directory".into(),
+        }),
+        Err(_) => Err(PolicyError::MissingPath { what: "workspace", path: absolute, origin: FLAG.into() }),
+    }
+}
+
+fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<NetworkMode, PolicyError> {
+    let (mode, mode_origin) = match (&overrides.net, &raw.network.mode) {
+        (Some(mode), _) => (Some(mode.clone()), FLAG.to_owned()),
+        (None, Some(mode)) => (Some(mode.get_ref().clone()), origin.of(mode)),
+        (None, None) => (None, String::new()),
+    };
+    let mut allow: Vec<String> = raw.network.allow.iter().map(|entry| entry.get_ref().clone()).collect();
+    allow.extend(overrides.allow_domain.iter().cloned());
+    let deny: Vec<String> = raw.network.deny.iter().map(|entry| entry.get_ref().clone()).collect();
+    let mode = match mode.as_deref() {
+        None if allow.is_empty() => NetworkMode::None,
+        None | Some("allowlist") => NetworkMode::Allowlist { allow, deny },
+        Some("none") | Some("full") if !allow.is_empty() => {
+            return Err(PolicyError::Contradiction(format!(
+                "network mode '{}' {mode_origin} conflicts with allowed domains ({}); allowed domains need mode 'allowlist'",
+                mode.unwrap_or_default(),
+                allow.join(", ")
+            )));
+        }
+        Some("none") => NetworkMode::None,
+        Some("full") => NetworkMode::Full,
+        Some(other) => {
+            return Err(PolicyError::InvalidValue {
+                what: "network mode",
+                value: other.into(),
+                origin: mode_origin,
+                reason: "expected none, allowlist or full".into(),
+            });
+        }
+    };
+    Ok(mode)
+}
+
+fn resolve_limits(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<Limits, PolicyError> {
+    fn pick<T: Clone>(
+        flag: &Option<T>,
+        file: &Option<Spanned<T>>,
+        origin: &Origin,
+    ) -> Option<(T, String)> {
+        match (flag, file) {
+            (Some(value), _) => Some((value.clone(), FLAG.into())),
+            (None, Some(value)) => Some((value.get_ref().clone(), origin.of(value))),
+            (None, None) => None,
+        }
+    }
+    let duration = |what: &'static str, pair: Option<(String, String)>| -> Result<Option<Duration>, PolicyError> {
+        pair.map(|(text, origin)| {
+            parse_duration(&text).map_err(|reason| PolicyError::InvalidValue { what, value: text, origin, reason })
+        })
+        .transpose()
+    };
+    let size = |what: &'static str, pair: Option<(String, String)>| -> Result<Option<u64>, PolicyError> {
+        pair.map(|(text, origin)| {
+            parse_size(&text).map_err(|reason| PolicyError::InvalidValue { what, value: text, origin, reason })
+        })
+        .transpose()
+    };
+    let count = |what: &'static str, pair: Option<(u64, String)>| -> Result<Option<u64>, PolicyError> {
+        match pair {
+            Some((0, origin)) => Err(PolicyError::InvalidValue {
+                what,
+                value: "0".into(),
+                origin,
+                reason: "must be greater than zero".into(),
+            }),
+            other => Ok(other.map(|(value, _)| value)),
+        }
+    };
+    let file = &raw.limits;
+    Ok(Limits {
+        timeout: duration("timeout", pick(&overrides.timeout, &file.timeout, origin))?,
+        cpu_time: duration("CPU time", pick(&overrides.cpu_time, &file.cpu_time, origin))?,
+        memory: size("memory size", pick(&overrides.memory, &file.memory, origin))?,
+        max_procs: count("process limit", pick(&overrides.max_procs, &file.max_procs, origin))?,
+        max_file_size: size("file size", pick(&overrides.max_file_size, &file.max_file_size, origin))?,
+        max_open_files: count("open file limit", pick(&None, &file.max_open_files, origin))?,
+        tmp_size: size("/tmp size", pick(&None, &file.tmp_size, origin))?,
+    })
+}
+
+fn set_env(env: &mut Vec<EnvVar>, name: &str, value: &std::ffi::OsStr) {
+    env.retain(|var| var.name != name);
+    env.push(EnvVar { name: name.into(), value: value.to_owned() });
+}
+
+fn resolve_env(raw: &RawPolicy, overrides: &Overrides, context: &Context, home: &Path) -> (Vec<EnvVar>, Vec<String>) {
+    let mut passed: BTreeSet<String> = raw.env.pass.iter().map(|name| name.get_ref().clone()).collect();
+    let mut set: Vec<(String, String)> = raw.env.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for entry in &overrides.env {
+        match entry.split_once('=') {
+            Some((name, value)) => set.push((name.to_owned(), value.to_owned())),
+            None => {
+                passed.insert(entry.clone());
+            }
+        }
+    }
+
+    let mut env = Vec::new();
+    let mut dropped = Vec::new();
+    for (name, value) in &context.env {
+        let text = name.to_string_lossy();
+        if passed.contains(text.as_ref()) || !looks_secret(&text) {
+            env.push(EnvVar { name: name.clone(), value: value.clone() });
+        } else {
+            dropped.push(text.into_owned());
+        }
+    }
+    set_env(&mut env, "HOME", home.as_os_str());
+    // The host's TMPDIR usually names a directory the sandbox cannot see.
+    if let Some(tmpdir) = env.iter().find(|var| var.name == "TMPDIR") {
+        if !Path::new(&tmpdir.value).starts_with("/tmp") {
+            set_env(&mut env, "TMPDIR", "/tmp".as_ref());
+        }
+    }
+    for (name, value) in set {
+        set_env(&mut env, &name, value.as_ref());
+    }
+    dropped.sort();
+    (env, dropped)
+}
+
+fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Overrides) -> Result<(), PolicyError> {
+    let fs = &raw.filesystem;
+    let has_rules = !(fs.writable.is_empty()
+        && fs.readable.is_empty()
+        && fs.deny_read.is_empty()
+        && fs.protected.is_empty()
+        && fs.copy_on_write.is_empty())
+        || !(overrides.allow_write.is_empty() && overrides.allow_read.is_empty() && overrides.deny_read.is_empty());
+    if has_rules {
+        return Err(PolicyError::Contradiction(
+            "the unconfined profile enforces no filesystem rules, but some were given; choose workspace-write or read-only".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Collects paths in order, without duplicates.
+#[derive(Default)]
+struct PathSet {
+    paths: Vec<PathBuf>,
+}
+
+impl PathSet {
+    fn add(&mut self, path: PathBuf) {
+        if !self.paths.contains(&path) {
+            self.paths.push(path);
+        }
+    }
+}
+
+/// A user-supplied path with the place it came from.
+struct Entry {
+    path: PathBuf,
+    origin: String,
+}
+
+fn user_paths(
+    what: &'static str,
+    from_file: &[Spanned<String>],
+    from_flags: &[PathBuf],
+    context: &Context,
+    home: &Path,
+    workspace: &Path,
+    origin: &Origin,
+) -> Result<Vec<Entry>, PolicyError> {
+    let mut entries = Vec::new();
+    for value in from_file {
+        let text = value.get_ref();
+        let invalid = |reason| PolicyError::InvalidValue { what, value: text.clone(), origin: origin.of(value), reason };
+        let expanded = expand(text, home, workspace).map_err(invalid)?;
+        let path = canonicalize_lenient(&expanded).map_err(invalid)?;
+        entries.push(Entry { path, origin: origin.of(value) });
+    }
+    for flag in from_flags {
+        let text = flag.to_string_lossy().into_owned();
+        let invalid = |reason| PolicyError::InvalidValue { what, value: text.clone(), origin: FLAG.into(), reason };
+        let expanded = if text.starts_with('~') || text.starts_with("{workspace}") {
+            expand(&text, home, workspace).map_err(invalid)?
+        } else {
+            context.cwd.join(flag)
+        };
+        let path = canonicalize_lenient(&expanded).map_err(invalid)?;
+        entries.push(Entry { path, origin: FLAG.into() });
+    }
+    Ok(entries)
+}
+
+fn require_existing(what: &'static str, entries: &[Entry]) -> Result<(), PolicyError> {
+    for entry in entries {
+        if entry.path.symlink_metadata().is_err() {
+            return Err(PolicyError::MissingPath { what, path: entry.path.clone(), origin: entry.origin.clone() });
+        }
+    }
+    Ok(())
+}
+
+fn resolve_filesystem(
+    raw: &RawPolicy,
+    overrides: &Overrides,
+    context: &Context,
+    profile: Profile,
+    home: &Path,
+    workspace: &Path,
+    origin: &Origin,
+) -> Result<Filesystem, PolicyError> {
+    let fs = &raw.filesystem;
+    let writable_entries = user_paths("writable path", &fs.writable, &overrides.allow_write, context, home, workspace, origin)?;
+    let readable_entries = user_paths("readable path", &fs.readable, &overrides.allow_read, context, home, workspace, origin)?;
+    let hidden_entries = user_paths("hidden path", &fs.deny_read, &overrides.deny_read, context, home, workspace, origin)?;
+    let cow_entries = user_paths("copy-on-write path", &fs.copy_on_write, &[], context, home, workspace, origin)?;
+    // A missing allow target is an error rather than silently dropped; a missing hidden path is
+    // fine, because hiding it also keeps it from being created.
+    require_existing("writable path", &writable_entries)?;
+    require_existing("readable path", &readable_entries)?;
+    require_existing("copy-on-write path", &cow_entries)?;
+
+    if profile == Profile::ReadOnly {
+        if let Some(entry) = writable_entries.first() {
+            return Err(PolicyError::Contradiction(format!(
+                "the read-only profile allows no writes, but '{}' {} is writable; use workspace-write",
+                entry.path.display(),
+                entry.origin
+            )));
+        }
+    }
+
+    let mut hidden = PathSet::default();
+    for name in builtin::CREDENTIAL_STORES {
+        hidden.add(canonicalize_lenient(&home.join(name)).unwrap_or_else(|_| home.join(name)));
+    }
+    for entry in &hidden_entries {
+        hidden.add(entry.path.clone());
+    }
+
+    let mut writable = PathSet::default();
+    if profile == Profile::WorkspaceWrite {
+        writable.add(workspace.to_path_buf());
+    }
+    for entry in &writable_entries {
+        if entry.path == Path::new("/") {
+            return Err(PolicyError::Contradiction(format!(
+                "'/' {} would make the whole system writable; use the unconfined profile instead",
+                entry.origin
+            )));
+        }
+        writable.add(entry.path.clone());
+    }
+
+    let mut read_only = PathSet::default();
+    for path in builtin::SYSTEM_READ {
+        if let Ok(real) = std::fs::canonicalize(path) {
+            read_only.add(real);
+        }
+    }
+    for name in builtin::HOME_TOOLCHAIN {
+        if let Ok(real) = std::fs::canonicalize(home.join(name)) {
+            read_only.add(real);
+        }
+    }
+    if profile == Profile::ReadOnly {
+        read_only.add(workspace.to_path_buf());
+    }
+    for entry in &readable_entries {
+        read_only.add(entry.path.clone());
+    }
+
+    let mut copy_on_write = PathSet::default();
+    for name in builtin::HOME_CACHES {
+        if let Ok(real) = std::fs::canonicalize(home.join(name)) {
+            if real.is_dir() {
+                copy_on_write.add(real);
+            }
+        }
+    }
+    for entry in &cow_entries {
+        copy_on_write.add(entry.path.clone());
+    }
+
+    // Everything visible must stay clear of hidden paths: a hidden path may sit inside a visible
+    // one, but a visible one inside a hidden one is a contradiction to report, not to guess at.
+    for hidden_path in &hidden.paths {
+        for (what, list) in [("writable", &writable.paths), ("readable", &read_only.paths), ("copy-on-write", &copy_on_write.paths)] {
+            if let Some(inside) = list.iter().find(|path| is_within(path, hidden_path)) {
+                let is_builtin = !hidden_entries.iter().any(|entry| &entry.path == hidden_path);
+                return Err(PolicyError::Contradiction(format!(
+                    "{what} path '{}' is inside hidden path '{}'{}",
+                    inside.display(),
+                    hidden_path.display(),
+                    if is_builtin { " (a built-in credential store)" } else { "" }
+                )));
+            }
+        }
+    }
+
+    let mut protected = PathSet::default();
+    for root in &writable.paths {
+        protect_in_root(root, &fs.protected, &mut protected, home);
+    }
+    let mut worktree_roots = Vec::new();
+    for root in &writable.paths {
+        if let Some(linked) = git::linked_git_dir(&root.join(".git")) {
+            if !writable.paths.iter().any(|w| is_within(&linked.git_dir, w)) {
+                worktree_roots.push(linked);
+            }
+        }
+    }
+    for linked in &worktree_roots {
+        // A linked worktree keeps its index and HEAD in the main repository; commits need its
+        // objects, refs and logs too. The main repository's config and hooks stay read-only.
+        for path in [
+            linked.git_dir.clone(),
+            linked.common_dir.join("objects"),
+            linked.common_dir.join("refs"),
+            linked.common_dir.join("logs"),
+        ] {
+            if path.is_dir() {
+                writable.add(path);
+            }
+        }
+        protected.add(linked.git_dir.join("config.worktree"));
+        protected.add(linked.git_dir.join("hooks"));
+    }
+    for name in builtin::PROTECTED_IN_HOME {
+        let path = home.join(name);
+        if writable.paths.iter().any(|root| is_within(&path, root)) {
+            protected.add(canonicalize_lenient(&path).unwrap_or(path));
+        }
+    }
+    for name in builtin::HOME_EXEC_CONFIG {
+        if let Ok(real) = std::fs::canonicalize(home.join(name)) {
+            protected.add(real);
+        }
+    }
+    // Absolute protected entries from the policy file apply as written.
+    for value in &fs.protected {
+        let text = value.get_ref();
+        if text.starts_with('/') || text.starts_with('~') || text.starts_with("{workspace}") {
+            let invalid = |reason| PolicyError::InvalidValue {
+                what: "protected path",
+                value: text.clone(),
+                origin: origin.of(value),
+                reason,
+            };
+            let expanded = expand(text, home, workspace).map_err(invalid)?;
+            protected.add(canonicalize_lenient(&expanded).map_err(invalid)?);
+        } else {
+            validate_relative_name(text).map_err(|reason| PolicyError::InvalidValue {
+                what: "protected name",
+                value: text.clone(),
+                origin: origin.of(value),
+                reason,
+            })?;
+        }
+    }
+
+    Ok(Filesystem {
+        read_only: read_only.paths,
+        copy_on_write: copy_on_write.paths,
+        writable: writable.paths,
+        hidden: hidden.paths,
+        protected: protected.paths,
+        tmp_writable: profile == Profile::WorkspaceWrite,
+    })
+}
+
+fn validate_relative_name(text: &str) -> Result<(), String> {
+    let path = Path::new(text);
+    if text.is_empty() || path.is_absolute() {
+        return Err("expected a name relative to each writable root".into());
+    }
+    if path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err("'.' and '..' are not allowed in protected names".into());
+    }
+    if text.as_bytes().contains(&0) || OsString::from(text).as_bytes().contains(&b'\n') {
+        return Err("control characters are not allowed".into());
+    }
+    Ok(())
+}
+
+/// Adds the protected names of one writable root: the built-in list, the policy's relative
+/// names, the pointer file of a linked worktree, and the directories `core.hooksPath` names.
+fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathSet, home: &Path) {
+    let add = |protected: &mut PathSet, path: PathBuf| {
+        if let Ok(path) = canonicalize_lenient(&path) {
+            // A protected name that resolves outside the root (a symlink planted there) is
+            // protected where it really is, and only if that place is inside this root.
+            if is_within(&path, root) && path != root {
+                protected.add(path);
+            }
+        }
+    };
+    for name in builtin::PROTECTED_IN_WRITABLE {
+        add(protected, root.join(name));
+    }
+    for value in extra {
+        let text = value.get_ref();
+        if validate_relative_name(text).is_ok() {
+            add(protected, root.join(text));
+        }
+    }
+    let dot_git = root.join(".git");
+    if dot_git.symlink_metadata().map(|m| m.file_type().is_file()).unwrap_or(false) {
+        protected.add(dot_git.clone());
+    }
+    let mut hooks = git::hooks_paths(&dot_git.join("config"));
+    hooks.extend(git::hooks_paths(&home.join(".gitconfig")));
+    hooks.extend(git::hooks_paths(&home.join(".config/git/config")));
+    for hook_dir in hooks {
+        let path = if let Some(rest) = hook_dir.strip_prefix("~/") { home.join(rest) } else { root.join(hook_dir) };
+        add(protected, path);
+    }
+}
+
+impl Policy {
+    /// Renders the effective policy as a TOML policy file that palisade accepts again.
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct Rendered<'a> {
+            profile: &'a str,
+            allow_degraded: bool,
+            filesystem: RenderedFilesystem<'a>,
+            network: RenderedNetwork<'a>,
+            limits: &'a Limits,
+            env: RenderedEnv,
+        }
+        #[derive(Serialize)]
+        struct RenderedFilesystem<'a> {
+            writable: &'a [PathBuf],
+            readable: &'a [PathBuf],
+            copy_on_write: &'a [PathBuf],
+            deny_read: &'a [PathBuf],
+            protected: &'a [PathBuf],
+        }
+        #[derive(Serialize)]
+        struct RenderedNetwork<'a> {
+            mode: &'a str,
+            allow: &'a [String],
+            deny: &'a [String],
+        }
+        #[derive(Serialize)]
+        struct RenderedEnv {
+            pass: Vec<String>,
+        }
+        let (allow, deny) = match &self.network {
+            NetworkMode::Allowlist { allow, deny } => (allow.as_slice(), deny.as_slice()),
+            _ => (&[][..], &[][..]),
+        };
+        let rendered = Rendered {
+            profile: self.profile.name(),
+            allow_degraded: self.allow_degraded,
+            filesystem: RenderedFilesystem {
+                writable: &self.filesystem.writable,
+                readable: &self.filesystem.read_only,
+                copy_on_write: &self.filesystem.copy_on_write,
+                deny_read: &self.filesystem.hidden,
+                protected: &self.filesystem.protected,
+            },
+            network: RenderedNetwork { mode: self.network.name(), allow, deny },
+            limits: &self.limits,
+            env: RenderedEnv { pass: self.env.iter().map(|var| var.name.to_string_lossy().into_owned()).collect() },
+        };
+        let body = toml::to_string_pretty(&rendered).unwrap_or_else(|error| format!("# failed to render policy: {error}\n"));
+        format!(
+            "# Effective palisade policy: profile {}, workspace {}\n# [env] lists the names passed; values are not printed.\n# Dropped because they look like credentials: {}\n{body}",
+            self.profile,
+            self.workspace.display(),
+            if self.dropped_env.is_empty() { "none".to_owned() } else { self.dropped_env.join(", ") }
+        )
+    }
+}

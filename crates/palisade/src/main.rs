@@ -1,0 +1,54 @@
+//! The `palisade` command: parses the command line, runs, prints any error once, and maps the
+//! outcome to the documented exit status.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// Exit status when palisade itself failed: bad policy, setup failure, missing layer.
+const EXIT_PALISADE_FAILED: u8 = 125;
+/// Exit status when the wall-clock timeout ended the run.
+const EXIT_TIMED_OUT: u8 = 124;
+
+fn main() -> ExitCode {
+    // Sanitise first: nothing inherited may leak into the sandbox.
+    if let Err(error) = palisade_linux::close_inherited_descriptors() {
+        eprintln!("palisade: error: {error}");
+        return ExitCode::from(EXIT_PALISADE_FAILED);
+    }
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("palisade: error: {error:#}");
+            ExitCode::from(EXIT_PALISADE_FAILED)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => cli::run(args),
+        Command::Policy(args) => cli::print_policy(args),
+        Command::Check(args) => cli::check(args),
+    }
+}
+
+pub(crate) fn exit_code_for(exit: palisade_linux::Exit) -> u8 {
+    match exit {
+        palisade_linux::Exit::Code(code) => code.clamp(0, 255) as u8,
+        palisade_linux::Exit::Signal(signal) => (128 + signal).clamp(0, 255) as u8,
+        palisade_linux::Exit::TimedOut => EXIT_TIMED_OUT,
+    }
+}
