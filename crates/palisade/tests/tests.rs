@@ -1,0 +1,5 @@
+//! Integration tests: every test runs the real `palisade` binary against real processes and
+//! checks the outside world afterwards. See `suite/harness.rs` for how each test runs once as
+//! root and once as an unprivileged user.
+
+mod suite;
