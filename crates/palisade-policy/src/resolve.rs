@@ -741,3 +741,196 @@ impl Policy {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A temporary home and workspace, removed on drop.
+    struct World {
+        root: PathBuf,
+    }
+
+    impl World {
+        fn new(name: &str) -> World {
+            let root = std::env::temp_dir().join(format!("palisade-resolve-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(root.join("home/.cargo/bin")).unwrap();
+            std::fs::create_dir_all(root.join("home/.ssh")).unwrap();
+            std::fs::create_dir_all(root.join("ws/.git/hooks")).unwrap();
+            std::fs::write(root.join("ws/.git/config"), "[core]\n\thooksPath = .husky/_\n").unwrap();
+            let root = std::fs::canonicalize(&root).unwrap();
+            World { root }
+        }
+
+        fn context(&self) -> Context {
+            Context {
+                cwd: self.root.join("ws"),
+                home: Some(self.root.join("home")),
+                env: vec![
+                    ("PATH".into(), "/usr/bin:/bin".into()),
+                    ("GITHUB_TOKEN".into(), "ghp_secret".into()),
+                    ("AWS_REGION".into(), "eu-west-1".into()),
+                    ("LANG".into(), "C.UTF-8".into()),
+                    ("TMPDIR".into(), "/run/user/1000".into()),
+                ],
+            }
+        }
+
+        fn resolve(&self, file: &str, overrides: Overrides) -> Result<Policy, PolicyError> {
+            let raw = RawPolicy::from_str_at(file, Path::new("test.toml")).unwrap();
+            resolve(&raw, &overrides, &self.context())
+        }
+    }
+
+    impl Drop for World {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn env_value<'a>(policy: &'a Policy, name: &str) -> Option<&'a OsString> {
+        policy.env.iter().find(|var| var.name == name).map(|var| &var.value)
+    }
+
+    #[test]
+    fn default_profile_writes_only_the_workspace() {
+        let world = World::new("default");
+        let policy = world.resolve("", Overrides::default()).unwrap();
+        assert_eq!(policy.profile, Profile::WorkspaceWrite);
+        assert_eq!(policy.filesystem.writable, vec![world.root.join("ws")]);
+        assert_eq!(policy.network, NetworkMode::None);
+        assert!(policy.filesystem.tmp_writable);
+    }
+
+    #[test]
+    fn credential_stores_are_hidden() {
+        let world = World::new("hidden");
+        let policy = world.resolve("", Overrides::default()).unwrap();
+        for name in [".ssh", ".aws", ".cargo/credentials.toml", ".npmrc", ".config/gh"] {
+            assert!(policy.filesystem.hidden.contains(&world.root.join("home").join(name)), "{name} not hidden");
+        }
+    }
+
+    #[test]
+    fn git_metadata_and_hooks_path_are_protected() {
+        let world = World::new("protected");
+        let policy = world.resolve("", Overrides::default()).unwrap();
+        let ws = world.root.join("ws");
+        for path in [ws.join(".git/hooks"), ws.join(".git/config"), ws.join(".husky/_"), ws.join(".claude")] {
+            assert!(policy.filesystem.protected.contains(&path), "{} not protected", path.display());
+        }
+        assert!(policy.filesystem.protected.contains(&world.root.join("home/.cargo/bin")));
+    }
+
+    #[test]
+    fn secret_variables_are_dropped_unless_passed() {
+        let world = World::new("env");
+        let policy = world.resolve("", Overrides::default()).unwrap();
+        assert_eq!(env_value(&policy, "GITHUB_TOKEN"), None);
+        assert_eq!(env_value(&policy, "AWS_REGION"), None);
+        assert_eq!(env_value(&policy, "LANG").map(|v| v.to_str().unwrap()), Some("C.UTF-8"));
+        assert_eq!(env_value(&policy, "TMPDIR").map(|v| v.to_str().unwrap()), Some("/tmp"));
+        assert!(policy.dropped_env.contains(&"GITHUB_TOKEN".to_owned()));
+
+        let passed = world
+            .resolve("", Overrides { env: vec!["GITHUB_TOKEN".into(), "FOO=bar".into()], ..Default::default() })
+            .unwrap();
+        assert_eq!(env_value(&passed, "GITHUB_TOKEN").map(|v| v.to_str().unwrap()), Some("ghp_secret"));
+        assert_eq!(env_value(&passed, "FOO").map(|v| v.to_str().unwrap()), Some("bar"));
+    }
+
+    #[test]
+    fn missing_writable_path_is_an_error() {
+        let world = World::new("missing");
+        let error = world
+            .resolve("", Overrides { allow_write: vec!["does-not-exist".into()], ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("does-not-exist") && error.contains("does not exist"), "{error}");
+    }
+
+    #[test]
+    fn relative_path_in_file_names_the_line() {
+        let world = World::new("relative");
+        let error = world.resolve("[filesystem]\n\nreadable = [\"data\"]\n", Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("'data'") && error.contains("test.toml line 3"), "{error}");
+    }
+
+    #[test]
+    fn read_only_profile_rejects_writable_roots() {
+        let world = World::new("readonly");
+        let overrides = Overrides { profile: Some("read-only".into()), allow_write: vec![".".into()], ..Default::default() };
+        assert!(matches!(world.resolve("", overrides), Err(PolicyError::Contradiction(_))));
+        let policy = world.resolve("", Overrides { profile: Some("read-only".into()), ..Default::default() }).unwrap();
+        assert!(policy.filesystem.writable.is_empty());
+        assert!(!policy.filesystem.tmp_writable);
+        assert!(policy.filesystem.read_only.contains(&world.root.join("ws")));
+    }
+
+    #[test]
+    fn network_none_with_domains_is_a_contradiction() {
+        let world = World::new("net");
+        let overrides = Overrides { net: Some("none".into()), allow_domain: vec!["example.com".into()], ..Default::default() };
+        assert!(matches!(world.resolve("", overrides), Err(PolicyError::Contradiction(_))));
+        let implied = world.resolve("", Overrides { allow_domain: vec!["example.com".into()], ..Default::default() }).unwrap();
+        assert!(matches!(implied.network, NetworkMode::Allowlist { .. }));
+        let error = world.resolve("[network]\nmode = \"open\"\n", Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("'open'") && error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn visible_path_inside_hidden_one_is_a_contradiction() {
+        let world = World::new("inside-hidden");
+        let overrides = Overrides { allow_read: vec!["~/.ssh".into()], ..Default::default() };
+        let error = world.resolve("", overrides).unwrap_err().to_string();
+        assert!(error.contains(".ssh") && error.contains("built-in credential store"), "{error}");
+    }
+
+    #[test]
+    fn whole_system_writable_is_refused() {
+        let world = World::new("root-writable");
+        let overrides = Overrides { allow_write: vec!["/".into()], ..Default::default() };
+        assert!(matches!(world.resolve("", overrides), Err(PolicyError::Contradiction(_))));
+    }
+
+    #[test]
+    fn unknown_profile_is_an_error() {
+        let world = World::new("profile");
+        let error = world.resolve("profile = \"yolo\"\n", Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("'yolo'") && error.contains("line 1"), "{error}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let world = World::new("override");
+        let policy = world
+            .resolve("[limits]\ntimeout = \"10m\"\n", Overrides { timeout: Some("30s".into()), ..Default::default() })
+            .unwrap();
+        assert_eq!(policy.limits.timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn rendered_policy_parses_again() {
+        let world = World::new("render");
+        let policy = world.resolve("[limits]\ntimeout = \"90s\"\n", Overrides::default()).unwrap();
+        let text = policy.to_toml();
+        let reparsed = RawPolicy::from_str_at(&text, Path::new("rendered.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let again = resolve(&reparsed, &Overrides::default(), &world.context()).unwrap();
+        assert_eq!(again.filesystem.writable, policy.filesystem.writable);
+        assert_eq!(again.filesystem.hidden, policy.filesystem.hidden);
+        assert_eq!(again.limits, policy.limits);
+    }
+
+    #[test]
+    fn cwd_outside_workspace_falls_back_to_workspace() {
+        let world = World::new("cwd");
+        let mut context = world.context();
+        context.cwd = world.root.clone();
+        let raw = RawPolicy::default();
+        let overrides = Overrides { workspace: Some(world.root.join("ws")), ..Default::default() };
+        let policy = resolve(&raw, &overrides, &context).unwrap();
+        assert_eq!(policy.cwd, world.root.join("ws"));
+    }
+}
