@@ -41,10 +41,12 @@ pub enum Identity {
 }
 
 impl Identity {
-    /// The identity for the current process.
+    /// The identity for the current process. Root mode needs CAP_SYS_ADMIN as well as uid 0: a
+    /// uid-0 process without it (inside a container's user namespace, say) must create a user
+    /// namespace like any unprivileged caller.
     pub fn current() -> Identity {
         let uid = rustix::process::geteuid().as_raw();
-        if uid == 0 {
+        if uid == 0 && has_sys_admin() {
             Identity::Root { sandbox_uid: ROOT_SANDBOX_UID }
         } else {
             Identity::User { uid, gid: rustix::process::getegid().as_raw() }
@@ -58,6 +60,17 @@ impl Identity {
             Identity::Root { sandbox_uid } => (sandbox_uid, sandbox_uid),
         }
     }
+}
+
+/// Whether the effective capability set holds CAP_SYS_ADMIN, read from `/proc/self/status`.
+fn has_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|effective| effective & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 impl MountPlan {
@@ -147,7 +160,7 @@ pub fn close_inherited_descriptors() -> Result<(), Error> {
 /// not, why and how to fix it.
 pub fn user_namespaces_available() -> Result<(), Error> {
     match userns::diagnose() {
-        Some((cause, fix)) if rustix::process::geteuid().as_raw() != 0 => Err(Error::UserNamespaces { cause, fix }),
+        Some((cause, fix)) if matches!(Identity::current(), Identity::User { .. }) => Err(Error::UserNamespaces { cause, fix }),
         _ => Ok(()),
     }
 }

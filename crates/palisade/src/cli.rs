@@ -155,7 +155,8 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
         Err(error) => (false, error.to_string()),
     };
     if args.json {
-        println!("{{\"user_namespaces\":{{\"available\":{ok},\"detail\":{:?}}}}}", detail);
+        let report = serde_json::json!({ "user_namespaces": { "available": ok, "detail": detail } });
+        println!("{report}");
     } else {
         println!("user namespaces: {detail}");
     }

@@ -1,2 +1,3 @@
 pub mod harness;
 pub mod smoke;
+pub mod failclosed;

@@ -1,0 +1,72 @@
+//! Palisade refuses to run, rather than running weaker, when a layer is missing or a setting
+//! cannot be enforced; and its own command-line surface behaves as documented.
+
+use crate::both_identities;
+use crate::suite::harness::{palisade_binary, skip, Fixture};
+
+// Codex ran commands without a sandbox, or panicked, when the kernel refused user namespaces
+// (openai/codex#15057, #6828). This reproduces a host without user namespaces: a user namespace
+// of the test's own whose `max_user_namespaces` is 0 and whose process holds no capability.
+both_identities!(missing_user_namespaces_fail_closed, |f: &Fixture| {
+    let marker = f.ws.join("ran");
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- {} run -- touch {}",
+        palisade_binary().display(),
+        marker.display()
+    );
+    let probe = f.host("/".as_ref(), "unshare", &["-Ur", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Ur is not permitted here: {}", probe.stderr.trim()));
+        return;
+    }
+    let run = f.host(&f.ws, "unshare", &["-Ur", "sh", "-c", &script]);
+    assert_eq!(run.code, Some(125), "expected exit 125\nstderr: {}", run.stderr);
+    assert!(run.stderr.contains("max_user_namespaces"), "the message must name the cause: {}", run.stderr);
+    assert!(run.stderr.contains("fix:"), "the message must name a fix: {}", run.stderr);
+    assert!(!marker.exists(), "the command ran although the sandbox could not be built");
+});
+
+both_identities!(unenforced_limits_are_refused, |f: &Fixture| {
+    let marker = f.ws.join("ran");
+    for flags in [
+        vec!["--memory", "512M"],
+        vec!["--cpu-time", "10s"],
+        vec!["--max-procs", "10"],
+        vec!["--max-file-size", "1M"],
+        vec!["--allow-domain", "example.com"],
+        vec!["--report", "report.json"],
+    ] {
+        let run = f.sandbox_sh(&flags, &format!("touch {}", marker.display()));
+        assert_eq!(run.code, Some(125), "{flags:?} must be refused\nstderr: {}", run.stderr);
+        assert!(!marker.exists(), "{flags:?}: the command ran without the limit");
+    }
+});
+
+both_identities!(policy_errors_name_file_and_line, |f: &Fixture| {
+    let policy = f.root.join("policy.toml");
+    f.write(&policy, "[filesystem]\nwritable = [\"{workspace}\"]\nreadble = [\"/srv\"]\n");
+    let run = f.palisade(&["run", "--policy", policy.to_str().unwrap(), "--", "true"]);
+    assert_eq!(run.code, Some(125));
+    assert!(run.stderr.contains("readble"), "{}", run.stderr);
+    assert!(run.stderr.contains("line 3"), "{}", run.stderr);
+});
+
+both_identities!(policy_command_prints_effective_policy, |f: &Fixture| {
+    let run = f.palisade(&["policy", "--deny-read", "secrets"]);
+    run.expect_code(0);
+    let home = f.home.display().to_string();
+    assert!(run.stdout.contains(&format!("{home}/.ssh")), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("{}/secrets", f.ws.display())), "{}", run.stdout);
+    assert!(run.stdout.contains("profile = \"workspace-write\""), "{}", run.stdout);
+    // The printed policy is itself a valid policy file.
+    let policy = f.root.join("printed.toml");
+    f.write(&policy, &run.stdout);
+    f.palisade(&["policy", "--policy", policy.to_str().unwrap()]).expect_code(0);
+});
+
+both_identities!(check_reports_user_namespaces, |f: &Fixture| {
+    let run = f.palisade(&["check", "--json"]);
+    run.expect_code(0);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).expect("check --json prints JSON");
+    assert_eq!(value["user_namespaces"]["available"], serde_json::Value::Bool(true));
+});
