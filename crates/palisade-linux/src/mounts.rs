@@ -89,12 +89,20 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
     step("create", STAGE, fs::create_dir(STAGE))?;
     mount_tmpfs(STAGE, "mode=0700", MountFlags::NOSUID | MountFlags::NODEV)?;
     let mut stage = Stage { next: 0, owner };
+    // Read-only temporary directories are mounted writable first, so mount points for deeper
+    // operations (a workspace under /tmp) can still be created, and sealed at the end.
+    let mut seal_later: Vec<PathBuf> = Vec::new();
 
     for (op, tree) in plan.ops.iter().zip(detached) {
         match op {
             MountOp::Proc => attach_proc(&root)?,
             MountOp::Dev => attach_dev(&root, &dev_nodes)?,
-            MountOp::Tmp { path, writable, size } => attach_tmp(&root, path, *writable, *size)?,
+            MountOp::Tmp { path, writable, size } => {
+                attach_tmp(&root, path, *size)?;
+                if !writable {
+                    seal_later.push(path.clone());
+                }
+            }
             MountOp::HomeTmpfs { path } => attach_home(&root, path, owner)?,
             MountOp::Bind { path, kind, .. } => {
                 let target = open_target(&root, path, *kind)?;
@@ -105,14 +113,14 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
                 stage.attach_overlay(&root, path, lower, hidden)?;
             }
             MountOp::Hide { path, kind } => {
-                let target = target_or_placeholder(&root, path, *kind, owner, report_placeholder)?;
-                let mask = stage.empty_mask(if *kind == Kind::File { Kind::File } else { Kind::Dir })?;
+                let Some(target) = target_or_placeholder(&root, path, *kind, owner, report_placeholder)? else { continue };
+                let mask = stage.empty_mask(if *kind == Kind::Dir { Kind::Dir } else { Kind::File })?;
                 attach(&mask, &target, path)?;
             }
             MountOp::Protect { path, kind } => {
-                let target = target_or_placeholder(&root, path, *kind, owner, report_placeholder)?;
+                let Some(target) = target_or_placeholder(&root, path, *kind, owner, report_placeholder)? else { continue };
                 if *kind == Kind::Missing {
-                    let mask = stage.empty_mask(Kind::Dir)?;
+                    let mask = stage.empty_mask(Kind::File)?;
                     attach(&mask, &target, path)?;
                 } else {
                     protect_in_place(&target, path)?;
@@ -123,6 +131,11 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
     for (link, target) in &plan.symlinks {
         let at = new_root_path(link);
         step("create symlink", &at, std::os::unix::fs::symlink(target, &at))?;
+    }
+    for path in &seal_later {
+        let at = new_root_path(path);
+        let fd = step_rustix("open", &at, rustix::fs::open(&at, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
+        step("make read-only", path, sys::mount_setattr(fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))?;
     }
 
     // Overlays keep their layers referenced, so the stage can be detached now.
@@ -250,12 +263,16 @@ fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd, StepE
     Ok(current)
 }
 
-/// Opens an existing path in the new root, or creates an inaccessible placeholder directory for
-/// a missing one. The placeholder lands on the host (the path is inside a writable root), so it
-/// is reported for removal after the run.
-fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<'_>, report: &mut dyn FnMut(&Path)) -> Result<OwnedFd, StepError> {
+/// Opens an existing path in the new root, or creates an inaccessible placeholder for a missing
+/// one. The placeholder lands on the host (the path is inside a writable root), so it is
+/// reported for removal after the run.
+///
+/// The placeholder is an empty regular file with mode 000 rather than a directory: creating
+/// and removing a file costs a fraction of a directory on ext4, and a file blocks `mkdir`,
+/// `open(O_CREAT)` and creating anything below it just as well.
+fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<'_>, report: &mut dyn FnMut(&Path)) -> Result<Option<OwnedFd>, StepError> {
     if kind != Kind::Missing {
-        return open_target(root, path, kind);
+        return open_target(root, path, kind).map(Some);
     }
     let parent = path.parent().unwrap_or(Path::new("/"));
     let name = path.file_name().ok_or_else(|| StepError(format!("cannot protect {}: no file name", path.display())))?;
@@ -267,18 +284,26 @@ fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<
         // whole chain on the host would leave more behind than one placeholder.
         // NOTE: so a protected name under a missing parent can still be created by the command;
         // the most common case is a repository the command creates itself with `git init`.
-        Err(rustix::io::Errno::NOENT) => return open_scratch_target(),
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(error) => return step_rustix("open", parent, Err(error)),
     };
     // Created as the sandbox user: on an idmapped writable root only that user maps to a
     // host owner, and the placeholder then belongs to the workspace's owner on the host.
     let previous = sys::set_fs_ids(owner.uid, owner.gid);
-    let created = rustix::fs::mkdirat(&parent_fd, name, Mode::empty());
+    let created = rustix::fs::openat(&parent_fd, name, OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty());
     sys::set_fs_ids(previous.0, previous.1);
     match created {
-        Ok(()) => report(path),
-        // Created between planning and now; protect whatever is there.
-        Err(rustix::io::Errno::EXIST) => {}
+        Ok(file) => {
+            drop(file);
+            report(path);
+        }
+        // Created between planning and now, or left by a run that was killed before cleaning
+        // up: adopt a stale placeholder, protect anything else as it is.
+        Err(rustix::io::Errno::EXIST) => {
+            if is_placeholder(&parent_fd, name) {
+                report(path);
+            }
+        }
         Err(error) => return step_rustix("create placeholder", path, Err(error)),
     }
     step_rustix(
@@ -286,13 +311,15 @@ fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<
         path,
         rustix::fs::openat2(&parent_fd, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve),
     )
+    .map(Some)
 }
 
-/// A harmless mount target for a mask that has nowhere to go.
-fn open_scratch_target() -> Result<OwnedFd, StepError> {
-    let scratch = Path::new(STAGE).join("unused");
-    let _ = fs::create_dir(&scratch);
-    step_rustix("open", &scratch, rustix::fs::open(&scratch, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))
+/// Whether `name` in `dir` looks like a palisade placeholder: an empty regular file, mode 000.
+fn is_placeholder(dir: &OwnedFd, name: &OsStr) -> bool {
+    match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile && stat.st_mode & 0o7777 == 0 && stat.st_size == 0,
+        Err(_) => false,
+    }
 }
 
 /// Attaches a detached mount on top of `target`.
@@ -356,17 +383,13 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)]) -> Result<(), S
     step("make read-only", &dev, sys::mount_setattr(dev_fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))
 }
 
-fn attach_tmp(root: &OwnedFd, path: &Path, writable: bool, size: Option<u64>) -> Result<(), StepError> {
+fn attach_tmp(root: &OwnedFd, path: &Path, size: Option<u64>) -> Result<(), StepError> {
     let _ = open_target(root, path, Kind::Dir)?;
     let mut options = String::from("mode=1777");
     if let Some(bytes) = size {
         options.push_str(&format!(",size={bytes}"));
     }
-    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
-    if !writable {
-        flags |= MountFlags::RDONLY;
-    }
-    mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, flags)
+    mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, MountFlags::NOSUID | MountFlags::NODEV)
 }
 
 fn attach_home(root: &OwnedFd, path: &Path, owner: &Owner<'_>) -> Result<(), StepError> {

@@ -126,6 +126,7 @@ pub fn build(
     // A later operation on the same path replaces an earlier one: a writable root that is also
     // readable stays writable, and a cache listed as writable is bound directly.
     dedup_keep_last(&mut ops);
+    drop_redundant_read_only(&mut ops);
 
     let containers: Vec<MountOp> = ops.clone();
     for path in &fs.hidden {
@@ -172,6 +173,21 @@ fn dedup_keep_last(ops: &mut Vec<MountOp>) {
     }
     kept.reverse();
     *ops = kept;
+}
+
+/// Drops read-only binds that another read-only bind already shows unchanged (`/usr/bin` on a
+/// merged-/usr host, whose `/bin` resolves into `/usr`). Each bind costs a mount at start.
+fn drop_redundant_read_only(ops: &mut Vec<MountOp>) {
+    let snapshot = ops.clone();
+    ops.retain(|op| {
+        let MountOp::Bind { path, writable: false, .. } = op else { return true };
+        let container = snapshot
+            .iter()
+            .filter(|other| other.path() != path.as_path() && path.starts_with(other.path()))
+            .filter(|other| !matches!(other, MountOp::Proc | MountOp::Dev))
+            .max_by_key(|other| other.path().components().count());
+        !matches!(container, Some(MountOp::Bind { writable: false, .. }))
+    });
 }
 
 /// Returns the operation whose path most closely contains `path`, if any is visible there.
@@ -268,6 +284,18 @@ mod tests {
         });
         assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/usr/secret")));
         assert!(plan.ops.contains(&MountOp::Hide { path: "/work/ws/token".into(), kind: Kind::Missing }));
+    }
+
+    #[test]
+    fn read_only_bind_inside_read_only_bind_is_dropped() {
+        let plan = plan(Filesystem {
+            read_only: vec!["/usr".into(), "/usr/bin".into(), "/home/u/.gitconfig".into()],
+            writable: vec!["/usr/src/ws".into()],
+            ..Default::default()
+        });
+        assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/usr/bin")));
+        assert!(plan.ops.iter().any(|op| op.path() == Path::new("/home/u/.gitconfig")));
+        assert!(plan.ops.iter().any(|op| op.path() == Path::new("/usr/src/ws")));
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::path::{Component, Path, PathBuf};
 
 /// Removes `.` components and rejects `..`, which would make the meaning of a path depend on
 /// symlinks that do not exist yet.
+///
+/// NOTE: `..` is applied lexically, so `/a/link/..` means `/a` even when `link` is a symlink;
+/// the kernel would go to the link target's parent. Policies rarely contain `..`.
 fn normalize_lexically(path: &Path) -> Result<PathBuf, String> {
     let mut out = PathBuf::new();
     for component in path.components() {
@@ -30,42 +33,38 @@ fn normalize_lexically(path: &Path) -> Result<PathBuf, String> {
 
 /// Returns the canonical form of an absolute path that may not exist: the longest existing
 /// ancestor is canonicalised and the missing components are appended unchanged.
+///
+/// Walks the path one component at a time with `lstat`, resolving only the components that are
+/// symlinks, because `realpath` on every ancestor costs a `readlink` per component and
+/// resolution runs for dozens of built-in paths on every start.
 pub fn canonicalize_lenient(path: &Path) -> Result<PathBuf, String> {
     if !path.is_absolute() {
         return Err("path is not absolute".into());
     }
-    // `..` is resolved against the host's real directories first, as the kernel would.
-    match std::fs::canonicalize(path) {
-        Ok(real) => return Ok(real),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error.to_string()),
-    }
     let path = normalize_lexically(path)?;
-    let mut existing = path.as_path();
-    let mut missing = Vec::new();
-    loop {
-        match std::fs::canonicalize(existing) {
-            Ok(real) => {
-                let mut out = real;
-                for part in missing.iter().rev() {
-                    out.push(part);
-                }
-                return Ok(out);
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+    let mut resolved = PathBuf::from("/");
+    let mut components = path.components().skip(1);
+    while let Some(component) = components.next() {
+        let candidate = resolved.join(component);
+        match candidate.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_symlink() => match std::fs::canonicalize(&candidate) {
+                Ok(real) => resolved = real,
                 // A dangling symlink is not "missing": creating it would create its target.
-                if existing.symlink_metadata().is_ok() {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
                     return Err("path is a dangling symlink".into());
                 }
-                let Some(name) = existing.file_name() else {
-                    return Err("no part of the path exists".into());
-                };
-                missing.push(name.to_owned());
-                existing = existing.parent().ok_or("no part of the path exists")?;
+                Err(error) => return Err(error.to_string()),
+            },
+            Ok(_) => resolved = candidate,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                resolved = candidate;
+                resolved.extend(components);
+                return Ok(resolved);
             }
             Err(error) => return Err(error.to_string()),
         }
     }
+    Ok(resolved)
 }
 
 /// Expands `~`, `~/...` and `{workspace}` at the start of a path written in a policy.

@@ -407,6 +407,12 @@ fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Override
     Ok(())
 }
 
+/// Returns the canonical path of `path` if it exists.
+fn existing(path: &Path) -> Option<PathBuf> {
+    let real = canonicalize_lenient(path).ok()?;
+    real.symlink_metadata().is_ok().then_some(real)
+}
+
 /// Collects paths in order, without duplicates.
 #[derive(Default)]
 struct PathSet {
@@ -521,12 +527,12 @@ fn resolve_filesystem(
 
     let mut read_only = PathSet::default();
     for path in builtin::SYSTEM_READ {
-        if let Ok(real) = std::fs::canonicalize(path) {
+        if let Some(real) = existing(Path::new(path)) {
             read_only.add(real);
         }
     }
     for name in builtin::HOME_TOOLCHAIN {
-        if let Ok(real) = std::fs::canonicalize(home.join(name)) {
+        if let Some(real) = existing(&home.join(name)) {
             read_only.add(real);
         }
     }
@@ -539,7 +545,7 @@ fn resolve_filesystem(
 
     let mut copy_on_write = PathSet::default();
     for name in builtin::HOME_CACHES {
-        if let Ok(real) = std::fs::canonicalize(home.join(name)) {
+        if let Some(real) = existing(&home.join(name)) {
             if real.is_dir() {
                 copy_on_write.add(real);
             }
@@ -600,7 +606,7 @@ fn resolve_filesystem(
         }
     }
     for name in builtin::HOME_EXEC_CONFIG {
-        if let Ok(real) = std::fs::canonicalize(home.join(name)) {
+        if let Some(real) = existing(&home.join(name)) {
             protected.add(real);
         }
     }
