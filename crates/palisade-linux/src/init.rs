@@ -152,7 +152,12 @@ fn setup(context: &InitContext<'_>) -> Result<(), String> {
     sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
 
     let (uid, gid) = context.identity.sandbox_ids();
-    let owner = Owner { uid, gid, idmap: context.idmap_userns.as_ref().map(|fd| fd.as_fd()) };
+    let owner = Owner {
+        uid,
+        gid,
+        idmap: context.idmap_userns.as_ref().map(|fd| fd.as_fd()),
+        in_user_namespace: matches!(context.identity, Identity::User { .. }),
+    };
     let report = &context.report;
     mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
         .map_err(|error| error.0)

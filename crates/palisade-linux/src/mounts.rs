@@ -50,6 +50,8 @@ pub struct Owner<'a> {
     /// A user namespace whose mapping sends the calling root user to the sandbox user; set only
     /// when palisade runs as root, see `Identity`.
     pub idmap: Option<BorrowedFd<'a>>,
+    /// Whether setup runs inside a new user namespace (an unprivileged caller).
+    pub in_user_namespace: bool,
 }
 
 /// Builds the new root from `plan` and pivots into it. Each placeholder directory created on
@@ -467,23 +469,19 @@ impl Stage<'_> {
         // Mounting through the descriptor keeps a symlink swapped in since `open_target` from
         // redirecting the mount.
         let target_path = format!("/proc/self/fd/{}", target.as_raw_fd());
+        // Inside a user namespace overlayfs needs `userxattr`, which it refuses outside one.
         let options = format!(
-            "lowerdir={},upperdir={},workdir={},userxattr",
+            "lowerdir={},upperdir={},workdir={}{}",
             escape_overlay(&lower),
             escape_overlay(&upper),
-            escape_overlay(&work)
+            escape_overlay(&work),
+            if self.owner.in_user_namespace { ",userxattr" } else { "" }
         );
         let options = std::ffi::CString::new(options).map_err(|_| StepError(format!("path with NUL byte: {}", path.display())))?;
+        // NOTE: copying up an entry whose owner has no mapping in the sandbox (a file in the
+        // cache owned by another user or group) fails with EOVERFLOW, so writing to it fails
+        // inside the sandbox; the host's cache is never affected.
         let result = rustix::mount::mount("overlay", target_path.as_str(), "overlay", MountFlags::NOSUID | MountFlags::NODEV, Some(options.as_c_str()));
-        // `userxattr` is required inside user namespaces and refused outside them.
-        let result = match result {
-            Err(rustix::io::Errno::INVAL) => {
-                let plain = options.to_str().unwrap_or_default().trim_end_matches(",userxattr").to_owned();
-                let plain = std::ffi::CString::new(plain).expect("no NUL");
-                rustix::mount::mount("overlay", target_path.as_str(), "overlay", MountFlags::NOSUID | MountFlags::NODEV, Some(plain.as_c_str()))
-            }
-            other => other,
-        };
         step_rustix("mount a copy-on-write layer on", path, result)
     }
 }

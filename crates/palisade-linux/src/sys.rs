@@ -27,16 +27,6 @@ pub fn clone_fork(namespace_flags: libc::c_int) -> io::Result<libc::pid_t> {
     if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(pid as libc::pid_t) }
 }
 
-/// `unshare(CLONE_NEWUSER)`: moves the calling process into a new user namespace.
-///
-/// The caller must be single-threaded, which the kernel also enforces for this flag.
-pub fn unshare_user() -> io::Result<()> {
-    // SAFETY: unshare takes a plain flag word; CLONE_NEWUSER changes only this process's
-    // credentials, which no Rust object caches.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// Sets the filesystem uid and gid of the calling thread, which decide the owner of files it
 /// creates and the checks on idmapped mounts. Returns the previous pair.
 pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {

@@ -72,31 +72,24 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 /// Creates a user namespace whose only mapping sends uid and gid 0 to the sandbox user, for
 /// idmapped mounts: through them, files the calling root user owns appear owned by the sandbox
 /// user, so the workspace stays writable while root-only host files stay out of reach.
+///
+/// A child is cloned straight into a new user namespace and waits on a pipe while the mapping
+/// is written and the namespace opened; closing the pipe ends it.
 pub fn idmap_namespace(sandbox_uid: u32) -> Result<OwnedFd, String> {
-    let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("failed to create a pipe: {e}"))?;
-    let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("failed to create a pipe: {e}"))?;
-    let pid = match sys::clone_fork(0) {
+    let (hold_read, hold_write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("failed to create a pipe: {e}"))?;
+    let pid = match sys::clone_fork(libc::CLONE_NEWUSER) {
         Ok(0) => {
-            drop(ready_read);
             drop(hold_write);
-            let ok = sys::unshare_user().is_ok();
-            let _ = rustix::io::write(&ready_write, if ok { b"1" } else { b"0" });
-            // Wait until the parent has taken a reference to the namespace.
             let mut byte = [0u8; 1];
             let _ = rustix::io::read(&hold_read, &mut byte);
             sys::exit_now(0)
         }
         Ok(pid) => pid,
-        Err(error) => return Err(format!("failed to fork the idmap helper: {error}")),
+        Err(error) => return Err(format!("failed to create the user namespace for idmapped mounts: {error}")),
     };
-    drop(ready_write);
     drop(hold_read);
     let result = (|| {
-        let mut byte = [0u8; 1];
-        match rustix::io::read(&ready_read, &mut byte) {
-            Ok(1) if byte[0] == b'1' => {}
-            _ => return Err("failed to create the user namespace for idmapped mounts".to_owned()),
-        }
         let map = format!("0 {sandbox_uid} 1\n");
         for file in ["uid_map", "gid_map"] {
             let path = format!("/proc/{pid}/{file}");
@@ -106,7 +99,8 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<OwnedFd, String> {
         std::fs::File::open(&path).map(OwnedFd::from).map_err(|error| format!("failed to open {path}: {error}"))
     })();
     drop(hold_write);
-    let _ = rustix::process::waitpid(rustix::process::Pid::from_raw(pid), rustix::process::WaitOptions::empty());
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    }
     result
 }
-

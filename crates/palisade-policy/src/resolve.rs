@@ -663,6 +663,8 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
         if let Ok(path) = canonicalize_lenient(&path) {
             // A protected name that resolves outside the root (a symlink planted there) is
             // protected where it really is, and only if that place is inside this root.
+            // NOTE: the symlink itself stays in a writable directory, so the command can
+            // replace it with a real directory that host tools then use.
             if is_within(&path, root) && path != root {
                 protected.add(path);
             }
