@@ -113,6 +113,12 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     if let Err(error) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
         fail(&context.report, format!("failed to set the parent-death signal: {error}"));
     }
+    // Init is a copy of palisade and holds its whole environment, credentials included. A
+    // non-dumpable process's /proc files (environ, mem, fd) are closed to processes without
+    // CAP_SYS_PTRACE, so the command, which runs as the same user, cannot read them.
+    if let Err(error) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        fail(&context.report, format!("failed to make init non-dumpable: {error}"));
+    }
     let mut go = [0u8; 1];
     let go_pipe = context.go.take().expect("start pipe is set");
     match std::fs::File::from(go_pipe).read(&mut go) {
