@@ -31,7 +31,7 @@ pub enum Message {
     Error(String),
     /// The command could not be executed; the supervisor exits with `code` (126 or 127).
     Exec { code: i32, reason: String },
-    /// A placeholder directory was created on the host and must be removed after the run.
+    /// A placeholder was created on the host and must be removed after the run.
     Placeholder(PathBuf),
     /// The command exited with this status.
     Exited(i32),
@@ -113,17 +113,18 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     if let Err(error) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
         fail(&context.report, format!("failed to set the parent-death signal: {error}"));
     }
-    // Init is a copy of palisade and holds its whole environment, credentials included. A
-    // non-dumpable process's /proc files (environ, mem, fd) are closed to processes without
-    // CAP_SYS_PTRACE, so the command, which runs as the same user, cannot read them.
-    if let Err(error) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
-        fail(&context.report, format!("failed to make init non-dumpable: {error}"));
-    }
     let mut go = [0u8; 1];
     let go_pipe = context.go.take().expect("start pipe is set");
     match std::fs::File::from(go_pipe).read(&mut go) {
         Ok(1) => {}
         _ => sys::exit_now(SETUP_FAILED),
+    }
+    // Init is a copy of palisade and carries its whole environment, credentials included. A
+    // non-dumpable process's /proc files (environ, mem, fd) are closed to processes without
+    // CAP_SYS_PTRACE, so the command, which runs as the same user, cannot read them. This
+    // comes only after the go byte: it also closes init's uid_map to the supervisor.
+    if let Err(error) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        fail(&context.report, format!("failed to make init non-dumpable: {error}"));
     }
 
     if let Err(text) = setup(&context) {

@@ -129,9 +129,17 @@ pub fn build(
     drop_redundant_read_only(&mut ops);
 
     let containers: Vec<MountOp> = ops.clone();
+    // A missing path under a protected or hidden one cannot be created anyway: its ancestor is
+    // read-only or inaccessible in the sandbox, so it needs no placeholder.
+    let sealed_ancestor = |path: &Path| {
+        fs.protected.iter().chain(&fs.hidden).any(|other| other != path && path.starts_with(other))
+    };
     for path in &fs.hidden {
         let Some(container) = deepest_container(&containers, path) else { continue };
         let kind = inspect(path);
+        if kind == Kind::Missing && sealed_ancestor(path) {
+            continue;
+        }
         match container {
             // Overlays hide with whiteouts; in the home tmpfs, unbound entries do not exist.
             MountOp::Overlay { .. } | MountOp::HomeTmpfs { .. } | MountOp::Tmp { .. } => continue,
@@ -142,6 +150,9 @@ pub fn build(
     for path in &fs.protected {
         let Some(container) = deepest_container(&containers, path) else { continue };
         let kind = inspect(path);
+        if kind == Kind::Missing && sealed_ancestor(path) {
+            continue;
+        }
         let needed = match container {
             MountOp::Bind { writable: true, .. } => true,
             // Inside a copy-on-write layer, writes never reach the host, but the command could
@@ -296,6 +307,19 @@ mod tests {
         assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/usr/bin")));
         assert!(plan.ops.iter().any(|op| op.path() == Path::new("/home/u/.gitconfig")));
         assert!(plan.ops.iter().any(|op| op.path() == Path::new("/usr/src/ws")));
+    }
+
+    #[test]
+    fn missing_path_under_protected_one_needs_no_placeholder() {
+        let plan = plan(Filesystem {
+            writable: vec!["/work/ws".into()],
+            protected: vec!["/work/ws/.git/hooks".into(), "/work/ws/.git/hooks/extra".into()],
+            hidden: vec!["/work/ws/.git/hooks/token".into()],
+            ..Default::default()
+        });
+        assert!(plan.ops.iter().any(|op| op.path() == Path::new("/work/ws/.git/hooks")));
+        assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/work/ws/.git/hooks/extra")));
+        assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/work/ws/.git/hooks/token")));
     }
 
     #[test]

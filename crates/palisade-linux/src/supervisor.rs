@@ -172,8 +172,8 @@ fn reap(pid: libc::pid_t) -> Option<WaitStatus> {
 }
 
 /// Removes the placeholders init created on the host. Each is removed only while it is still an
-/// empty regular file with mode 000; a failure is reported on stderr, and the next run in the
-/// same workspace adopts and removes a leftover.
+/// empty directory with mode 000. A failure is reported on stderr, and the next run in the same
+/// workspace adopts and removes a leftover.
 fn remove_placeholders(messages: &[Message]) {
     for message in messages {
         if let Message::Placeholder(path) = message {
@@ -185,11 +185,12 @@ fn remove_placeholders(messages: &[Message]) {
 fn remove_placeholder(path: &PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = path.symlink_metadata() else { return };
-    if !meta.is_file() || meta.len() != 0 || meta.permissions().mode() & 0o7777 != 0 {
+    if !meta.is_dir() || meta.permissions().mode() & 0o7777 != 0 {
         eprintln!("palisade: warning: placeholder {} was changed on the host; leaving it in place", path.display());
         return;
     }
-    match std::fs::remove_file(path) {
+    // remove_dir fails on a directory that is not empty, so nothing written there is lost.
+    match std::fs::remove_dir(path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => eprintln!("palisade: warning: failed to remove placeholder {}: {error}", path.display()),
