@@ -12,7 +12,7 @@ pub enum Error {
     UserNamespaces { cause: String, fix: String },
 
     /// A setup step in the supervisor failed.
-    #[error("failed to {op} {object}: {source}")]
+    #[error("failed to {op} {object}")]
     Setup { op: &'static str, object: String, source: io::Error },
 
     /// A setup step inside the new namespaces failed; the message comes from the sandbox's init.

@@ -9,7 +9,7 @@
 //! They report to the supervisor over a pipe, one line per message (see [`Message`]).
 
 use std::ffi::{CString, OsStr, OsString};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -115,7 +115,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     }
     let mut go = [0u8; 1];
     let go_pipe = context.go.take().expect("start pipe is set");
-    match std::fs::File::from(go_pipe).read(&mut go) {
+    match rustix::io::read(&go_pipe, &mut go) {
         Ok(1) => {}
         _ => sys::exit_now(SETUP_FAILED),
     }
@@ -130,6 +130,18 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     if let Err(text) = setup(&context) {
         fail(&context.report, text);
     }
+    // Changing the filesystem uid during setup (for placeholders on idmapped mounts) clears the
+    // parent-death signal, so it is set again. The supervisor keeps its end of the start pipe
+    // open for the whole run: a hang-up there means it died before the signal was back.
+    if let Err(error) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
+        fail(&context.report, format!("failed to set the parent-death signal: {error}"));
+    }
+    let mut lifeline = [rustix::event::PollFd::new(&go_pipe, rustix::event::PollFlags::IN)];
+    let zero = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 0 };
+    if rustix::event::poll(&mut lifeline, Some(&zero)).is_ok() && !lifeline[0].revents().is_empty() {
+        sys::exit_now(SETUP_FAILED);
+    }
+    drop(go_pipe);
 
     let signals = [
         libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1,
@@ -206,6 +218,14 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) ->
 
 /// Becomes the command: drops every privilege, then executes it. Never returns.
 fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, report: &OwnedFd) -> ! {
+    // A new session: the command leaves palisade's process group, so `kill 0` and terminal job
+    // control cannot reach processes outside the sandbox, and it has no controlling terminal,
+    // which TIOCSTI keystroke injection needs. Init forwards the terminal's signals instead.
+    // NOTE: programs that open /dev/tty (password prompts, some editors) fail without a
+    // controlling terminal; an interactive mode with its own pseudo-terminal is still missing.
+    if let Err(error) = rustix::process::setsid() {
+        fail(report, format!("failed to start a new session: {error}"));
+    }
     if let Err(text) = drop_privileges(identity) {
         fail(report, text);
     }

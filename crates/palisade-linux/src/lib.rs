@@ -124,6 +124,9 @@ fn check_supported(policy: &Policy) -> Result<(), Error> {
 /// Builds the mount plan for `policy` against the real host.
 pub fn plan_for(policy: &Policy, identity: Identity) -> MountPlan {
     let inspect = |path: &Path| match path.symlink_metadata() {
+        // A placeholder left by a run that was killed counts as missing, so this run adopts it
+        // and removes it afterwards.
+        Ok(meta) if is_stale_placeholder(&meta) => Kind::Missing,
         Ok(meta) if meta.is_dir() => Kind::Dir,
         Ok(_) => Kind::File,
         Err(_) => Kind::Missing,
@@ -133,6 +136,12 @@ pub fn plan_for(policy: &Policy, identity: Identity) -> MountPlan {
         _ => None,
     };
     plan::build(policy, matches!(identity, Identity::Root { .. }), &inspect, &readlink)
+}
+
+/// Reports whether `meta` describes a palisade placeholder: an empty directory with mode 000.
+fn is_stale_placeholder(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.is_dir() && meta.mode() & 0o7777 == 0 && meta.nlink() <= 2
 }
 
 /// Runs `argv` under `policy` and waits for it to finish.

@@ -129,8 +129,12 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
                     let mask = stage.empty_placeholder_cover()?;
                     attach(&mask, &target, path)?;
                 } else {
-                    protect_in_place(&target, path)?;
+                    bind_in_place(&target, path, true)?;
                 }
+            }
+            MountOp::Pin { path } => {
+                let target = open_target(&root, path, Kind::Dir)?;
+                bind_in_place(&target, path, false)?;
             }
         }
     }
@@ -336,14 +340,17 @@ fn attach(tree: &OwnedFd, target: &OwnedFd, path: &Path) -> Result<(), StepError
     )
 }
 
-/// Binds a path onto itself read-only, so it stays visible but cannot change.
-fn protect_in_place(target: &OwnedFd, path: &Path) -> Result<(), StepError> {
+/// Binds a path onto itself, read-only when `read_only`. Either way it becomes a mount point,
+/// which cannot be renamed, removed or replaced.
+fn bind_in_place(target: &OwnedFd, path: &Path, read_only: bool) -> Result<(), StepError> {
     let tree = step_rustix(
         "clone",
         path,
         rustix::mount::open_tree(target.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH | OpenTreeFlags::AT_RECURSIVE),
     )?;
-    step("make read-only", path, sys::mount_setattr(tree.as_fd(), true, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, None))?;
+    if read_only {
+        step("make read-only", path, sys::mount_setattr(tree.as_fd(), true, sys::MOUNT_ATTR_RDONLY, None))?;
+    }
     attach(&tree, target, path)
 }
 

@@ -41,6 +41,10 @@ pub enum MountOp {
     /// Keeps a path inside a writable root read-only; a missing one gets a placeholder directory
     /// so it cannot be created.
     Protect { path: PathBuf, kind: Kind },
+    /// Binds a writable directory onto itself. A mount point cannot be renamed or removed, so
+    /// a directory between a writable root and a protected path (`.git` for `.git/hooks`)
+    /// cannot be moved aside and rebuilt without the protection.
+    Pin { path: PathBuf },
 }
 
 impl MountOp {
@@ -53,7 +57,8 @@ impl MountOp {
             | MountOp::Bind { path, .. }
             | MountOp::Overlay { path, .. }
             | MountOp::Hide { path, .. }
-            | MountOp::Protect { path, .. } => path,
+            | MountOp::Protect { path, .. }
+            | MountOp::Pin { path } => path,
         }
     }
 
@@ -61,7 +66,7 @@ impl MountOp {
     fn rank(&self) -> u8 {
         match self {
             MountOp::Proc | MountOp::Dev | MountOp::Tmp { .. } | MountOp::HomeTmpfs { .. } => 0,
-            MountOp::Bind { .. } | MountOp::Overlay { .. } => 1,
+            MountOp::Bind { .. } | MountOp::Overlay { .. } | MountOp::Pin { .. } => 1,
             MountOp::Hide { .. } | MountOp::Protect { .. } => 2,
         }
     }
@@ -165,6 +170,8 @@ pub fn build(
         }
     }
 
+    pin_parents_of_masks(&mut ops, &containers, inspect);
+
     // Parents before children, so every mount lands on top of the one that contains it.
     ops.sort_by_key(|op| (op.path().components().count(), op.rank()));
 
@@ -173,6 +180,28 @@ pub fn build(
         .filter_map(|link| readlink(Path::new(link)).map(|target| (PathBuf::from(link), target)))
         .collect();
     MountPlan { ops, symlinks }
+}
+
+/// Adds a [`MountOp::Pin`] for every existing directory between a writable root and a hidden or
+/// protected path inside it.
+fn pin_parents_of_masks(ops: &mut Vec<MountOp>, containers: &[MountOp], inspect: &dyn Fn(&Path) -> Kind) {
+    let mut pins: Vec<PathBuf> = Vec::new();
+    for op in ops.iter() {
+        if !matches!(op, MountOp::Hide { .. } | MountOp::Protect { .. }) {
+            continue;
+        }
+        let path = op.path();
+        let Some(root @ MountOp::Bind { writable: true, .. }) = deepest_container(containers, path) else { continue };
+        for ancestor in path.ancestors().skip(1) {
+            if ancestor == root.path() || !ancestor.starts_with(root.path()) {
+                break;
+            }
+            if inspect(ancestor) == Kind::Dir && !pins.iter().any(|pin| pin == ancestor) {
+                pins.push(ancestor.to_path_buf());
+            }
+        }
+    }
+    ops.extend(pins.into_iter().map(|path| MountOp::Pin { path }));
 }
 
 fn dedup_keep_last(ops: &mut Vec<MountOp>) {
@@ -231,7 +260,7 @@ mod tests {
 
     fn host(path: &Path) -> Kind {
         match path.to_str().unwrap() {
-            "/work/ws/.git/hooks" | "/home/u/.cargo" | "/usr" | "/work/ws" => Kind::Dir,
+            "/work/ws/.git/hooks" | "/work/ws/.git" | "/home/u/.cargo" | "/usr" | "/work/ws" => Kind::Dir,
             "/work/ws/.git/config" | "/home/u/.gitconfig" => Kind::File,
             _ => Kind::Missing,
         }
@@ -320,6 +349,18 @@ mod tests {
         assert!(plan.ops.iter().any(|op| op.path() == Path::new("/work/ws/.git/hooks")));
         assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/work/ws/.git/hooks/extra")));
         assert!(!plan.ops.iter().any(|op| op.path() == Path::new("/work/ws/.git/hooks/token")));
+    }
+
+    #[test]
+    fn directories_above_protected_paths_are_pinned() {
+        let plan = plan(Filesystem {
+            writable: vec!["/work/ws".into()],
+            protected: vec!["/work/ws/.git/hooks".into(), "/work/ws/.git/config".into()],
+            ..Default::default()
+        });
+        let pins: Vec<&Path> = plan.ops.iter().filter(|op| matches!(op, MountOp::Pin { .. })).map(MountOp::path).collect();
+        assert_eq!(pins, vec![Path::new("/work/ws/.git")]);
+        assert!(position(&plan, "/work/ws/.git") < position(&plan, "/work/ws/.git/hooks"));
     }
 
     #[test]

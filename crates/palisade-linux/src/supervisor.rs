@@ -17,7 +17,7 @@ use crate::userns;
 use crate::{sys, Error, Exit, Identity, Outcome};
 
 /// Signals the supervisor handles instead of dying from them.
-const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGWINCH];
 
 /// Runs `argv` in a new sandbox and waits for it.
 pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsString]) -> Result<Outcome, Error> {
@@ -73,14 +73,17 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     if rustix::io::write(&go_write, b"1").is_err() {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
-    drop(go_write);
+    // `go_write` stays open until the run ends: init treats its hang-up as this process's death.
+    let revert = RevertList::capture(&policy.filesystem.revert_if_created);
 
     let timed_out = wait_for_exit(pid, &pidfd, &signal_fd, policy.limits.timeout);
     let status = reap(pid);
     let mut bytes = Vec::new();
     let _ = std::fs::File::from(report_read).read_to_end(&mut bytes);
     let messages = Message::decode_all(&bytes);
+    drop(go_write);
     remove_placeholders(&messages);
+    revert.apply();
 
     let wall_time = started.elapsed();
     if timed_out {
@@ -136,12 +139,10 @@ fn wait_for_exit(pid: libc::pid_t, pidfd: &OwnedFd, signal_fd: &OwnedFd, timeout
             return false;
         }
         if !fds[1].revents().is_empty() {
-            if let Ok((signal, from_terminal)) = sys::read_signal(signal_fd.as_fd()) {
-                // A terminal's Ctrl-C already reached the command, which shares our process
-                // group; forwarding it again would deliver it twice.
-                if !from_terminal {
-                    let _ = sys::kill(pid, signal);
-                }
+            // The command runs in its own session, so even a terminal's Ctrl-C reaches it only
+            // through init.
+            if let Ok((signal, _from_terminal)) = sys::read_signal(signal_fd.as_fd()) {
+                let _ = sys::kill(pid, signal);
             }
         }
     }
@@ -194,5 +195,39 @@ fn remove_placeholder(path: &PathBuf) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => eprintln!("palisade: warning: failed to remove placeholder {}: {error}", path.display()),
+    }
+}
+
+/// Names that must not be created but cannot be covered while missing, with whether each
+/// existed before the run.
+struct RevertList {
+    entries: Vec<(PathBuf, bool)>,
+}
+
+impl RevertList {
+    fn capture(paths: &[PathBuf]) -> RevertList {
+        RevertList { entries: paths.iter().map(|path| (path.clone(), path.symlink_metadata().is_ok())).collect() }
+    }
+
+    /// Removes every listed name the run created. Only files, symlinks and empty directories are
+    /// removed; anything else is reported and left for the user to inspect.
+    fn apply(&self) {
+        for (path, existed) in &self.entries {
+            if *existed {
+                continue;
+            }
+            let Ok(meta) = path.symlink_metadata() else { continue };
+            let removed = if meta.is_dir() { std::fs::remove_dir(path) } else { std::fs::remove_file(path) };
+            match removed {
+                Ok(()) => eprintln!(
+                    "palisade: removed {}, which the command created: git would read it from outside the sandbox",
+                    path.display()
+                ),
+                Err(error) => eprintln!(
+                    "palisade: warning: the command created {}, which git reads from outside the sandbox, and removing it failed: {error}; inspect it before running git there",
+                    path.display()
+                ),
+            }
+        }
     }
 }

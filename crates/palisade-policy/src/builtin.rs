@@ -39,7 +39,9 @@ pub const CREDENTIAL_STORES: &[&str] = &[
     ".gradle/gradle.properties", ".m2/settings-security.xml", ".password-store",
     ".local/share/keyrings", ".config/op", ".config/1Password", ".config/Bitwarden CLI",
     ".claude/.credentials.json", ".codex/auth.json", ".config/anthropic", ".config/openai",
-    ".config/palisade", ".cache/palisade",
+    ".config/palisade", ".cache/palisade", ".ethereum", ".bitcoin", ".electrum",
+    ".config/solana", ".mozilla", ".config/google-chrome",
+    ".config/chromium", ".thunderbird",
 ];
 
 /// Names inside every writable root that stay read-only and cannot be created, because the host

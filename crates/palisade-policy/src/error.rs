@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    #[error("failed to read policy file {path}: {source}")]
+    #[error("failed to read policy file {path}")]
     Read { path: PathBuf, source: std::io::Error },
 
     #[error("invalid policy {origin}: {message}")]

@@ -59,6 +59,78 @@ pub fn linked_git_dir(pointer_file: &Path) -> Option<LinkedGitDir> {
     Some(LinkedGitDir { git_dir, common_dir })
 }
 
+/// Directory names the search for nested repositories never enters: they are large, generated,
+/// or git's own metadata.
+const SKIPPED_DIRS: &[&str] = &[".git", "node_modules", "target", ".venv", "venv", "__pycache__", ".tox", ".cache"];
+
+/// How deep below a writable root nested repositories are searched for.
+const SEARCH_DEPTH: usize = 4;
+
+/// How many directories the search reads at most, so a huge workspace cannot slow every start.
+const SEARCH_BUDGET: usize = 2000;
+
+/// Returns every git directory a host-side git may use for repositories in `root`: `.git`
+/// directories of the root and of nested repositories, and the module directories of
+/// submodules under them. Also returns `.git` pointer files (worktrees and submodules).
+///
+/// NOTE: the search stops at [`SEARCH_DEPTH`] levels and [`SEARCH_BUDGET`] directories, so a
+/// repository nested deeper in a very large workspace keeps writable hooks.
+pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut git_dirs = Vec::new();
+    let mut pointer_files = Vec::new();
+    let mut budget = SEARCH_BUDGET;
+    let mut pending = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = pending.pop() {
+        if budget == 0 {
+            break;
+        }
+        budget -= 1;
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Ok(kind) = entry.file_type() else { continue };
+            if name == ".git" {
+                if kind.is_dir() {
+                    collect_modules(&entry.path(), &mut git_dirs);
+                    git_dirs.push(entry.path());
+                } else if kind.is_file() {
+                    pointer_files.push(entry.path());
+                }
+            } else if kind.is_dir() && depth < SEARCH_DEPTH && !SKIPPED_DIRS.iter().any(|skip| name == *skip) {
+                pending.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    (git_dirs, pointer_files)
+}
+
+/// Adds the git directories of submodules (`.git/modules/<name>`, nested to any depth).
+fn collect_modules(git_dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(git_dir.join("modules")) else { return };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            let module = entry.path();
+            if module.join("HEAD").exists() {
+                collect_modules(&module, found);
+                found.push(module);
+            } else {
+                // Submodule names may contain slashes, which nest the module directories.
+                collect_modules(&module.join(".."), &mut Vec::new());
+                let mut nested = Vec::new();
+                let fake_git_dir = module.clone();
+                if let Ok(inner) = std::fs::read_dir(&fake_git_dir) {
+                    for child in inner.flatten() {
+                        if child.path().join("HEAD").exists() {
+                            nested.push(child.path());
+                        }
+                    }
+                }
+                found.extend(nested);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +142,23 @@ mod tests {
         let file = dir.join("config");
         std::fs::write(&file, "[core]\n\tbare = false\n\thooksPath = .husky/_\n[alias]\n\thookspath = nope\n").unwrap();
         assert_eq!(hooks_paths(&file), vec![".husky/_".to_owned()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nested_repositories_and_modules_are_found() {
+        let dir = std::env::temp_dir().join(format!("palisade-git-nested-{}", std::process::id()));
+        for path in [".git/modules/lib/refs", "vendor/lib/.git/hooks", "node_modules/x/.git", "sub"] {
+            std::fs::create_dir_all(dir.join(path)).unwrap();
+        }
+        std::fs::write(dir.join(".git/modules/lib/HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(dir.join("sub/.git"), "gitdir: ../.git/modules/lib\n").unwrap();
+        let (git_dirs, pointers) = repositories(&dir);
+        assert!(git_dirs.contains(&dir.join(".git")));
+        assert!(git_dirs.contains(&dir.join(".git/modules/lib")));
+        assert!(git_dirs.contains(&dir.join("vendor/lib/.git")));
+        assert!(!git_dirs.contains(&dir.join("node_modules/x/.git")));
+        assert_eq!(pointers, vec![dir.join("sub/.git")]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

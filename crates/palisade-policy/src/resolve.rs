@@ -135,6 +135,10 @@ pub struct Filesystem {
     pub hidden: Vec<PathBuf>,
     /// Read-only and impossible to create, even inside a writable root. May not exist yet.
     pub protected: Vec<PathBuf>,
+    /// Files inside writable roots that must not appear, but that cannot be covered while
+    /// missing because tools fail on a placeholder (git's `commondir`). One created during the
+    /// run is removed when the run ends.
+    pub revert_if_created: Vec<PathBuf>,
     /// Whether the private `/tmp` (and `/var/tmp`) accepts writes.
     pub tmp_writable: bool,
 }
@@ -146,11 +150,22 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     #[serde(serialize_with = "serialize_duration")]
     pub cpu_time: Option<Duration>,
+    #[serde(serialize_with = "serialize_size")]
     pub memory: Option<u64>,
     pub max_procs: Option<u64>,
+    #[serde(serialize_with = "serialize_size")]
     pub max_file_size: Option<u64>,
     pub max_open_files: Option<u64>,
+    #[serde(serialize_with = "serialize_size")]
     pub tmp_size: Option<u64>,
+}
+
+/// Writes a size as the string form the policy file takes back (`"536870912"`).
+fn serialize_size<S: serde::Serializer>(value: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(bytes) => serializer.serialize_some(&bytes.to_string()),
+        None => serializer.serialize_none(),
+    }
 }
 
 fn serialize_duration<S: serde::Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -215,7 +230,17 @@ pub fn resolve(raw: &RawPolicy, overrides: &Overrides, context: &Context) -> Res
 
     let profile = resolve_profile(raw, overrides, &origin)?;
     let workspace = resolve_workspace(overrides, context)?;
-    let network = resolve_network(raw, overrides, &origin)?;
+    let mut network = resolve_network(raw, overrides, &origin)?;
+    if profile == Profile::Unconfined {
+        let explicit = overrides.net.is_some() || raw.network.mode.is_some();
+        if explicit && network != NetworkMode::Full {
+            return Err(PolicyError::Contradiction(format!(
+                "the unconfined profile uses the host network, but network mode '{}' was given; use --net full or another profile",
+                network.name()
+            )));
+        }
+        network = NetworkMode::Full;
+    }
     let limits = resolve_limits(raw, overrides, &origin)?;
     let allow_degraded = overrides.allow_degraded || raw.allow_degraded.unwrap_or(false);
     let (env, dropped_env) = resolve_env(raw, overrides, context, &home);
@@ -429,7 +454,10 @@ impl PathSet {
 
 /// A user-supplied path with the place it came from.
 struct Entry {
+    /// The canonical path.
     path: PathBuf,
+    /// The absolute path as given, before symlinks were resolved.
+    lexical: PathBuf,
     origin: String,
 }
 
@@ -448,7 +476,7 @@ fn user_paths(
         let invalid = |reason| PolicyError::InvalidValue { what, value: text.clone(), origin: origin.of(value), reason };
         let expanded = expand(text, home, workspace).map_err(invalid)?;
         let path = canonicalize_lenient(&expanded).map_err(invalid)?;
-        entries.push(Entry { path, origin: origin.of(value) });
+        entries.push(Entry { path, lexical: expanded, origin: origin.of(value) });
     }
     for flag in from_flags {
         let text = flag.to_string_lossy().into_owned();
@@ -459,7 +487,7 @@ fn user_paths(
             context.cwd.join(flag)
         };
         let path = canonicalize_lenient(&expanded).map_err(invalid)?;
-        entries.push(Entry { path, origin: FLAG.into() });
+        entries.push(Entry { path, lexical: expanded, origin: FLAG.into() });
     }
     Ok(entries)
 }
@@ -492,6 +520,14 @@ fn resolve_filesystem(
     require_existing("writable path", &writable_entries)?;
     require_existing("readable path", &readable_entries)?;
     require_existing("copy-on-write path", &cow_entries)?;
+    if let Some(entry) = cow_entries.iter().find(|entry| !entry.path.is_dir()) {
+        return Err(PolicyError::InvalidValue {
+            what: "copy-on-write path",
+            value: entry.path.display().to_string(),
+            origin: entry.origin.clone(),
+            reason: "not a directory".into(),
+        });
+    }
 
     if profile == Profile::ReadOnly {
         if let Some(entry) = writable_entries.first() {
@@ -509,6 +545,11 @@ fn resolve_filesystem(
     }
     for entry in &hidden_entries {
         hidden.add(entry.path.clone());
+    }
+
+    let base_roots = [workspace.to_path_buf()];
+    for entries in [&writable_entries, &readable_entries, &cow_entries] {
+        reject_planted_symlinks(entries, &base_roots)?;
     }
 
     let mut writable = PathSet::default();
@@ -572,8 +613,9 @@ fn resolve_filesystem(
     }
 
     let mut protected = PathSet::default();
+    let mut revert = PathSet::default();
     for root in &writable.paths {
-        protect_in_root(root, &fs.protected, &mut protected, home);
+        protect_in_root(root, &fs.protected, &mut protected, &mut revert, home);
     }
     let mut worktree_roots = Vec::new();
     for root in &writable.paths {
@@ -585,7 +627,9 @@ fn resolve_filesystem(
     }
     for linked in &worktree_roots {
         // A linked worktree keeps its index and HEAD in the main repository; commits need its
-        // objects, refs and logs too. The main repository's config and hooks stay read-only.
+        // objects, refs and logs too. The rest of the main repository's git directory (its
+        // configuration, hooks and packed refs) is visible read-only.
+        read_only.add(linked.common_dir.clone());
         for path in [
             linked.git_dir.clone(),
             linked.common_dir.join("objects"),
@@ -596,13 +640,19 @@ fn resolve_filesystem(
                 writable.add(path);
             }
         }
-        protected.add(linked.git_dir.join("config.worktree"));
-        protected.add(linked.git_dir.join("hooks"));
+        for name in ["config.worktree", "hooks", "commondir", "gitdir"] {
+            let path = linked.git_dir.join(name);
+            if path.symlink_metadata().is_ok() {
+                protected.add(path);
+            } else {
+                revert.add(path);
+            }
+        }
     }
     for name in builtin::PROTECTED_IN_HOME {
-        let path = home.join(name);
-        if writable.paths.iter().any(|root| is_within(&path, root)) {
-            protected.add(canonicalize_lenient(&path).unwrap_or(path));
+        let path = canonicalize_lenient(&home.join(name)).unwrap_or_else(|_| home.join(name));
+        if let Some(root) = writable.paths.iter().filter(|root| is_within(&path, root)).max_by_key(|root| root.components().count()) {
+            protected.add(highest_missing_ancestor(&path, root));
         }
     }
     for name in builtin::HOME_EXEC_CONFIG {
@@ -638,6 +688,7 @@ fn resolve_filesystem(
         writable: writable.paths,
         hidden: hidden.paths,
         protected: protected.paths,
+        revert_if_created: revert.paths,
         tmp_writable: profile == Profile::WorkspaceWrite,
     })
 }
@@ -657,8 +708,11 @@ fn validate_relative_name(text: &str) -> Result<(), String> {
 }
 
 /// Adds the protected names of one writable root: the built-in list, the policy's relative
-/// names, the pointer file of a linked worktree, and the directories `core.hooksPath` names.
-fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathSet, home: &Path) {
+/// names, the configuration, hooks and `info` of every git directory found in the root (nested
+/// repositories and submodules included), `.git` pointer files, and the directories
+/// `core.hooksPath` names. Also records the names that cannot be covered (see
+/// [`Filesystem::revert_if_created`]).
+fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathSet, revert: &mut PathSet, home: &Path) {
     let add = |protected: &mut PathSet, path: PathBuf| {
         if let Ok(path) = canonicalize_lenient(&path) {
             // A protected name that resolves outside the root (a symlink planted there) is
@@ -666,7 +720,7 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
             // NOTE: the symlink itself stays in a writable directory, so the command can
             // replace it with a real directory that host tools then use.
             if is_within(&path, root) && path != root {
-                protected.add(path);
+                protected.add(highest_missing_ancestor(&path, root));
             }
         }
     };
@@ -679,17 +733,81 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
             add(protected, root.join(text));
         }
     }
-    let dot_git = root.join(".git");
-    if dot_git.symlink_metadata().map(|m| m.file_type().is_file()).unwrap_or(false) {
-        protected.add(dot_git.clone());
+    let (git_dirs, pointer_files) = git::repositories(root);
+    for git_dir in &git_dirs {
+        for name in ["hooks", "config", "info"] {
+            add(protected, git_dir.join(name));
+        }
+        // Git reads `commondir` to find the configuration and hooks, and `config.worktree` as
+        // configuration; it fails on anything but a readable file at either name, so a missing
+        // one cannot be covered by a placeholder.
+        for name in ["commondir", "config.worktree"] {
+            let path = git_dir.join(name);
+            if path.symlink_metadata().is_ok() {
+                protected.add(path);
+            } else {
+                revert.add(path);
+            }
+        }
     }
-    let mut hooks = git::hooks_paths(&dot_git.join("config"));
+    for pointer in pointer_files {
+        protected.add(pointer);
+    }
+    let mut hooks = git::hooks_paths(&root.join(".git/config"));
     hooks.extend(git::hooks_paths(&home.join(".gitconfig")));
     hooks.extend(git::hooks_paths(&home.join(".config/git/config")));
     for hook_dir in hooks {
         let path = if let Some(rest) = hook_dir.strip_prefix("~/") { home.join(rest) } else { root.join(hook_dir) };
         add(protected, path);
     }
+}
+
+/// Returns the highest missing ancestor of a missing `path` below `root`, or `path` itself.
+/// Protecting that ancestor keeps the whole chain from being created (`.husky` for a missing
+/// `.husky/_`). Paths inside `.git` are the exception: a missing `.git` must stay creatable so
+/// `git init` works, which leaves a repository created inside the sandbox unprotected.
+fn highest_missing_ancestor(path: &Path, root: &Path) -> PathBuf {
+    let mut highest = path.to_path_buf();
+    for ancestor in path.ancestors().skip(1) {
+        if ancestor == root || !ancestor.starts_with(root) || ancestor.symlink_metadata().is_ok() {
+            break;
+        }
+        if ancestor.file_name().is_some_and(|name| name == ".git") {
+            return path.to_path_buf();
+        }
+        highest = ancestor.to_path_buf();
+    }
+    highest
+}
+
+/// Rejects a user-given path that passes through a symlink inside a writable root: the command
+/// can plant such a link in one run to aim a later run's mount anywhere.
+fn reject_planted_symlinks(entries: &[Entry], writable_roots: &[PathBuf]) -> Result<(), PolicyError> {
+    for entry in entries {
+        let mut current = PathBuf::from("/");
+        for component in entry.lexical.components().skip(1) {
+            current.push(component);
+            let is_link = current.symlink_metadata().is_ok_and(|meta| meta.file_type().is_symlink());
+            if is_link && writable_roots.iter().any(|root| current.starts_with(root) && &current != root) {
+                return Err(PolicyError::InvalidValue {
+                    what: "path",
+                    value: entry.lexical.display().to_string(),
+                    origin: entry.origin.clone(),
+                    reason: format!(
+                        "{} is a symlink inside the writable root, which a sandboxed command may have planted; give the real path instead",
+                        current.display()
+                    ),
+                });
+            }
+            if is_link {
+                match std::fs::canonicalize(&current) {
+                    Ok(real) => current = real,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Policy {
@@ -826,10 +944,21 @@ mod tests {
         let world = World::new("protected");
         let policy = world.resolve("", Overrides::default()).unwrap();
         let ws = world.root.join("ws");
-        for path in [ws.join(".git/hooks"), ws.join(".git/config"), ws.join(".husky/_"), ws.join(".claude")] {
+        // `.husky/_` is missing, so its highest missing ancestor is protected instead.
+        for path in [ws.join(".git/hooks"), ws.join(".git/config"), ws.join(".husky"), ws.join(".claude")] {
             assert!(policy.filesystem.protected.contains(&path), "{} not protected", path.display());
         }
         assert!(policy.filesystem.protected.contains(&world.root.join("home/.cargo/bin")));
+        assert!(policy.filesystem.revert_if_created.contains(&ws.join(".git/commondir")));
+    }
+
+    #[test]
+    fn symlink_planted_in_workspace_is_rejected() {
+        let world = World::new("planted");
+        std::os::unix::fs::symlink(&world.root, world.root.join("ws/build")).unwrap();
+        let overrides = Overrides { allow_write: vec![world.root.join("ws/build")], ..Default::default() };
+        let error = world.resolve("", overrides).unwrap_err().to_string();
+        assert!(error.contains("symlink inside the writable root"), "{error}");
     }
 
     #[test]

