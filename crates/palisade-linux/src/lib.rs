@@ -138,10 +138,10 @@ pub fn plan_for(policy: &Policy, identity: Identity) -> MountPlan {
     plan::build(policy, matches!(identity, Identity::Root { .. }), &inspect, &readlink)
 }
 
-/// Reports whether `meta` describes a palisade placeholder: an empty directory with mode 000.
+/// Reports whether `meta` describes a palisade placeholder: a FIFO with mode 000.
 fn is_stale_placeholder(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    meta.is_dir() && meta.mode() & 0o7777 == 0 && meta.nlink() <= 2
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_fifo() && meta.mode() & 0o7777 == 0
 }
 
 /// Runs `argv` under `policy` and waits for it to finish.

@@ -172,9 +172,9 @@ fn reap(pid: libc::pid_t) -> Option<WaitStatus> {
     }
 }
 
-/// Removes the placeholders init created on the host. Each is removed only while it is still an
-/// empty directory with mode 000. A failure is reported on stderr, and the next run in the same
-/// workspace adopts and removes a leftover.
+/// Removes the placeholders init created on the host. Each is removed only while it is still a
+/// FIFO with mode 000. A failure is reported on stderr, and the next run in the same workspace
+/// adopts and removes a leftover.
 fn remove_placeholders(messages: &[Message]) {
     for message in messages {
         if let Message::Placeholder(path) = message {
@@ -184,14 +184,13 @@ fn remove_placeholders(messages: &[Message]) {
 }
 
 fn remove_placeholder(path: &PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let Ok(meta) = path.symlink_metadata() else { return };
-    if !meta.is_dir() || meta.permissions().mode() & 0o7777 != 0 {
+    if !meta.file_type().is_fifo() || meta.permissions().mode() & 0o7777 != 0 {
         eprintln!("palisade: warning: placeholder {} was changed on the host; leaving it in place", path.display());
         return;
     }
-    // remove_dir fails on a directory that is not empty, so nothing written there is lost.
-    match std::fs::remove_dir(path) {
+    match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => eprintln!("palisade: warning: failed to remove placeholder {}: {error}", path.display()),
