@@ -20,7 +20,16 @@ fn main() -> ExitCode {
         eprintln!("palisade: error: {error}");
         return ExitCode::from(EXIT_PALISADE_FAILED);
     }
-    let cli = Cli::parse();
+    // Usage errors exit with 125 like every other failure of palisade itself, so a harness can
+    // tell them from the command's own statuses; help and version still exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { EXIT_PALISADE_FAILED } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
     init_logging();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
