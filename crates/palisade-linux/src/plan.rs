@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use palisade_policy::Policy;
+use palisade_policy::{is_within, Policy};
 
 /// What exists at a host path, as far as planning needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ pub fn build(
         MountOp::Tmp { path: "/var/tmp".into(), writable: fs.tmp_writable, size: policy.limits.tmp_size },
     ];
 
-    let home_writable = fs.writable.iter().any(|root| policy.home.starts_with(root));
+    let home_writable = fs.writable.iter().any(|root| is_within(&policy.home, root));
     if !home_writable {
         ops.push(MountOp::HomeTmpfs { path: policy.home.clone() });
     }
@@ -137,7 +137,7 @@ pub fn build(
     // A missing path under a protected or hidden one cannot be created anyway: its ancestor is
     // read-only or inaccessible in the sandbox, so it needs no placeholder.
     let sealed_ancestor = |path: &Path| {
-        fs.protected.iter().chain(&fs.hidden).any(|other| other != path && path.starts_with(other))
+        fs.protected.iter().chain(&fs.hidden).any(|other| other != path && is_within(path, other))
     };
     for path in &fs.hidden {
         let Some(container) = deepest_container(&containers, path) else { continue };
@@ -165,7 +165,7 @@ pub fn build(
             MountOp::Overlay { .. } => kind != Kind::Missing,
             _ => false,
         };
-        if needed && !fs.hidden.iter().any(|hidden| path.starts_with(hidden)) {
+        if needed && !fs.hidden.iter().any(|hidden| is_within(path, hidden)) {
             ops.push(MountOp::Protect { path: path.clone(), kind });
         }
     }
@@ -193,7 +193,7 @@ fn pin_parents_of_masks(ops: &mut Vec<MountOp>, containers: &[MountOp], inspect:
         let path = op.path();
         let Some(root @ MountOp::Bind { writable: true, .. }) = deepest_container(containers, path) else { continue };
         for ancestor in path.ancestors().skip(1) {
-            if ancestor == root.path() || !ancestor.starts_with(root.path()) {
+            if ancestor == root.path() || !is_within(ancestor, root.path()) {
                 break;
             }
             if inspect(ancestor) == Kind::Dir && !pins.iter().any(|pin| pin == ancestor) {
@@ -223,7 +223,7 @@ fn drop_redundant_read_only(ops: &mut Vec<MountOp>) {
         let MountOp::Bind { path, writable: false, .. } = op else { return true };
         let container = snapshot
             .iter()
-            .filter(|other| other.path() != path.as_path() && path.starts_with(other.path()))
+            .filter(|other| other.path() != path.as_path() && is_within(path, other.path()))
             .filter(|other| !matches!(other, MountOp::Proc | MountOp::Dev))
             .max_by_key(|other| other.path().components().count());
         !matches!(container, Some(MountOp::Bind { writable: false, .. }))
@@ -234,7 +234,7 @@ fn drop_redundant_read_only(ops: &mut Vec<MountOp>) {
 fn deepest_container<'a>(ops: &'a [MountOp], path: &Path) -> Option<&'a MountOp> {
     ops.iter()
         .filter(|op| !matches!(op, MountOp::Proc | MountOp::Dev))
-        .filter(|op| path.starts_with(op.path()))
+        .filter(|op| is_within(path, op.path()))
         .max_by_key(|op| op.path().components().count())
 }
 

@@ -18,6 +18,7 @@ pub use builtin::{CREDENTIAL_STORES, HOME_CACHES, HOME_EXEC_CONFIG, HOME_TOOLCHA
 pub use env::looks_secret;
 pub use error::PolicyError;
 pub use parse::{parse_duration, parse_size};
+pub use paths::is_within;
 pub use raw::{RawPolicy, RawSource};
 pub use resolve::{
     resolve, Context, EnvVar, Filesystem, Limits, NetworkMode, Overrides, Policy, Profile,

@@ -100,8 +100,17 @@ pub fn expand(text: &str, home: &Path, workspace: &Path) -> Result<PathBuf, Stri
 
 /// Returns true when `path` is `root` or lies below it, comparing whole components (so
 /// `/ws-evil` is not inside `/ws`).
+///
+/// Both paths must be normalised (no `.`, `..`, repeated or trailing slashes), as resolved
+/// paths are. Comparing bytes instead of `Path::starts_with` matters because resolution and
+/// planning compare every hidden path with every visible one on each start.
 pub fn is_within(path: &Path, root: &Path) -> bool {
-    path.starts_with(root)
+    use std::os::unix::ffi::OsStrExt;
+    let (path, root) = (path.as_os_str().as_bytes(), root.as_os_str().as_bytes());
+    if root == b"/" {
+        return path.first() == Some(&b'/');
+    }
+    path.starts_with(root) && (path.len() == root.len() || path[root.len()] == b'/')
 }
 
 #[cfg(test)]
@@ -114,6 +123,15 @@ mod tests {
         assert!(!is_within(Path::new("/work/ws.bak"), Path::new("/work/ws")));
         assert!(is_within(Path::new("/work/ws/x"), Path::new("/work/ws")));
         assert!(is_within(Path::new("/work/ws"), Path::new("/work/ws")));
+    }
+
+    #[test]
+    fn within_matches_components_only() {
+        assert!(is_within(Path::new("/a/b"), Path::new("/")));
+        assert!(is_within(Path::new("/"), Path::new("/")));
+        assert!(is_within(Path::new("/a/b/c"), Path::new("/a/b")));
+        assert!(!is_within(Path::new("/a/bc"), Path::new("/a/b")));
+        assert!(!is_within(Path::new("/a"), Path::new("/a/b")));
     }
 
     #[test]

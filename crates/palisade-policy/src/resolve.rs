@@ -442,11 +442,12 @@ fn existing(path: &Path) -> Option<PathBuf> {
 #[derive(Default)]
 struct PathSet {
     paths: Vec<PathBuf>,
+    seen: std::collections::HashSet<PathBuf>,
 }
 
 impl PathSet {
     fn add(&mut self, path: PathBuf) {
-        if !self.paths.contains(&path) {
+        if self.seen.insert(path.clone()) {
             self.paths.push(path);
         }
     }
@@ -769,7 +770,7 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
 fn highest_missing_ancestor(path: &Path, root: &Path) -> PathBuf {
     let mut highest = path.to_path_buf();
     for ancestor in path.ancestors().skip(1) {
-        if ancestor == root || !ancestor.starts_with(root) || ancestor.symlink_metadata().is_ok() {
+        if ancestor == root || !is_within(ancestor, root) || ancestor.symlink_metadata().is_ok() {
             break;
         }
         if ancestor.file_name().is_some_and(|name| name == ".git") {
@@ -788,7 +789,7 @@ fn reject_planted_symlinks(entries: &[Entry], writable_roots: &[PathBuf]) -> Res
         for component in entry.lexical.components().skip(1) {
             current.push(component);
             let is_link = current.symlink_metadata().is_ok_and(|meta| meta.file_type().is_symlink());
-            if is_link && writable_roots.iter().any(|root| current.starts_with(root) && &current != root) {
+            if is_link && writable_roots.iter().any(|root| is_within(&current, root) && &current != root) {
                 return Err(PolicyError::InvalidValue {
                     what: "path",
                     value: entry.lexical.display().to_string(),

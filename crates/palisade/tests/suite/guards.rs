@@ -30,7 +30,7 @@ fn assert_unchanged(dir: &Path, before: &Snapshot, after: &Snapshot) {
     panic!("{} changed on the host: {changed:#?}", dir.display());
 }
 
-/// Whether the fixture's owner can execute `program` on the host.
+/// Returns true when the fixture's owner can execute `program` on the host.
 fn owner_can_execute(f: &Fixture, program: &Path) -> bool {
     f.host(&f.ws.clone(), "/bin/sh", &["-c", r#"test -x "$0""#, program.to_str().unwrap()]).code == Some(0)
 }
@@ -81,7 +81,7 @@ git -c user.email=t@example.invalid -c user.name=t commit -q -m second
     assert_unchanged(&f.home, &before, &f.snapshot(&f.home));
 });
 
-// `git add -A` indexes every untracked file it sees, so anything palisade shows in the
+// `git add -A` indexes every untracked file it finds, so anything palisade shows in the
 // workspace that the command did not create makes the add fail or end up in the commit.
 both_identities!(git_add_all_commits_only_workspace_files, |f: &Fixture| {
     let before = f.snapshot(&f.home);
@@ -189,7 +189,7 @@ ls "$HOME/.npm/_cacache"
     assert!(!f.home.join(".npm/_cacache").exists(), "npm's cache on the host was written");
 });
 
-/// The active Rust toolchain: its root directory and the `RUSTUP_HOME` that contains it, if any.
+/// Finds the active Rust toolchain: its root directory and the `RUSTUP_HOME` that contains it, if any.
 fn rust_toolchain() -> Option<(PathBuf, Option<PathBuf>)> {
     let output = Command::new("rustc").args(["--print", "sysroot"]).output().ok()?;
     if !output.status.success() {

@@ -94,14 +94,27 @@ pub fn test_user_ids() -> Option<(u32, u32)> {
 
 /// A copy of the binary under test that every user can execute: the build directory may sit
 /// under a home directory the test user cannot enter.
+///
+/// `cp` writes the copy in its own process. Written from this multithreaded process, the open
+/// file could leak into a child another test thread forks at that moment, and executing the
+/// copy would then fail with ETXTBSY.
 pub fn palisade_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = PathBuf::from(format!("/var/tmp/palisade-test-bin-{}", std::process::id()));
+        let dir = PathBuf::from("/var/tmp/palisade-test-bin");
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.join("palisade");
-        fs::copy(env!("CARGO_BIN_EXE_palisade"), &bin).unwrap();
+        // Copies left by earlier test runs whose process is gone.
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("palisade-").and_then(|pid| pid.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let bin = dir.join(format!("palisade-{}", std::process::id()));
+        let status = Command::new("cp").arg(env!("CARGO_BIN_EXE_palisade")).arg(&bin).status().unwrap();
+        assert!(status.success(), "failed to copy the palisade binary to {}", bin.display());
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         bin
     })
