@@ -57,6 +57,7 @@ pub struct Owner<'a> {
 /// Builds the new root from `plan` and pivots into it. Each placeholder directory created on
 /// the host is passed to `report_placeholder`, for removal after the run.
 pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut dyn FnMut(&Path)) -> Result<(), StepError> {
+    let mut placeholders = Placeholders::default();
     // Step 1: no mount event from here on propagates back to the host.
     step_rustix(
         "make private",
@@ -115,7 +116,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
                 stage.attach_overlay(&root, path, lower, hidden)?;
             }
             MountOp::Hide { path, kind } => {
-                let Some(target) = target_or_placeholder(&root, path, *kind, owner, report_placeholder)? else { continue };
+                let Some(target) = target_or_placeholder(&root, path, *kind, owner, &mut placeholders, report_placeholder)? else { continue };
                 let mask = match kind {
                     Kind::Missing => stage.empty_placeholder_cover()?,
                     Kind::Dir => stage.empty_mask(Kind::Dir)?,
@@ -124,7 +125,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
                 attach(&mask, &target, path)?;
             }
             MountOp::Protect { path, kind } => {
-                let Some(target) = target_or_placeholder(&root, path, *kind, owner, report_placeholder)? else { continue };
+                let Some(target) = target_or_placeholder(&root, path, *kind, owner, &mut placeholders, report_placeholder)? else { continue };
                 if *kind == Kind::Missing {
                     let mask = stage.empty_placeholder_cover()?;
                     attach(&mask, &target, path)?;
@@ -281,7 +282,14 @@ fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd, StepE
 /// costs about a third of a directory to create and remove on ext4 (no data block), blocks
 /// `mkdir` and `open(O_CREAT)` at that name and anything below it, and git ignores FIFOs, so
 /// `git status` and `git add -A` in the sandbox neither list nor fail on it.
-fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<'_>, report: &mut dyn FnMut(&Path)) -> Result<Option<OwnedFd>, StepError> {
+fn target_or_placeholder(
+    root: &OwnedFd,
+    path: &Path,
+    kind: Kind,
+    owner: &Owner<'_>,
+    placeholders: &mut Placeholders,
+    report: &mut dyn FnMut(&Path),
+) -> Result<Option<OwnedFd>, StepError> {
     if kind != Kind::Missing {
         return open_target(root, path, kind).map(Some);
     }
@@ -301,7 +309,7 @@ fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<
     // Created as the sandbox user: on an idmapped writable root only that user maps to a
     // host owner, and the placeholder then belongs to the workspace's owner on the host.
     let previous = sys::set_fs_ids(owner.uid, owner.gid);
-    let created = rustix::fs::mknodat(&parent_fd, name, FileType::Fifo, Mode::empty(), 0);
+    let created = placeholders.create(&parent_fd, name);
     sys::set_fs_ids(previous.0, previous.1);
     match created {
         Ok(()) => report(path),
@@ -320,6 +328,34 @@ fn target_or_placeholder(root: &OwnedFd, path: &Path, kind: Kind, owner: &Owner<
         rustix::fs::openat2(&parent_fd, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve),
     )
     .map(Some)
+}
+
+/// The placeholders created so far in this run.
+#[derive(Default)]
+struct Placeholders {
+    /// The directory and name of the first one, which later ones link to.
+    first: Option<(OwnedFd, std::ffi::OsString)>,
+}
+
+impl Placeholders {
+    /// Creates a placeholder FIFO at `name` in `dir`. After the first, each is a hard link to
+    /// the first: ext4 allocates a new inode slowly after recent deletions (it skips recently
+    /// freed inodes), and every run deletes its placeholders. A link to another filesystem
+    /// fails with EXDEV and falls back to a new FIFO.
+    fn create(&mut self, dir: &OwnedFd, name: &OsStr) -> rustix::io::Result<()> {
+        if let Some((first_dir, first_name)) = &self.first {
+            match rustix::fs::linkat(first_dir, first_name.as_os_str(), dir, name, rustix::fs::AtFlags::empty()) {
+                Err(rustix::io::Errno::XDEV) => {}
+                other => return other,
+            }
+        }
+        rustix::fs::mknodat(dir, name, FileType::Fifo, Mode::empty(), 0)?;
+        if self.first.is_none() {
+            let dir = rustix::fs::openat(dir, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            self.first = Some((dir, name.to_owned()));
+        }
+        Ok(())
+    }
 }
 
 /// Reports whether `name` in `dir` looks like a palisade placeholder: a FIFO with mode 000.

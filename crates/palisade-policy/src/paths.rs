@@ -42,8 +42,22 @@ pub fn canonicalize_lenient(path: &Path) -> Result<PathBuf, String> {
         return Err("path is not absolute".into());
     }
     let path = normalize_lexically(path)?;
-    let mut resolved = PathBuf::from("/");
-    let mut components = path.components().skip(1);
+    resolve_below(PathBuf::from("/"), path.components().skip(1))
+}
+
+/// Returns the canonical form of `base.join(relative)`, where `base` is already canonical, so
+/// only the components of `relative` are looked at. Resolution uses it for the dozens of
+/// built-in names under the home directory.
+pub fn canonicalize_below(base: &Path, relative: &str) -> Result<PathBuf, String> {
+    let relative = normalize_lexically(Path::new(relative))?;
+    if relative.is_absolute() {
+        return Err("expected a relative path".into());
+    }
+    resolve_below(base.to_path_buf(), relative.components())
+}
+
+fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Component<'a>>) -> Result<PathBuf, String> {
+    let mut components = components;
     while let Some(component) = components.next() {
         let candidate = resolved.join(component);
         match candidate.symlink_metadata() {

@@ -16,7 +16,7 @@ use crate::env::looks_secret;
 use crate::error::PolicyError;
 use crate::git;
 use crate::parse::{parse_duration, parse_size};
-use crate::paths::{canonicalize_lenient, expand, is_within};
+use crate::paths::{canonicalize_below, canonicalize_lenient, expand, is_within};
 use crate::raw::RawPolicy;
 
 /// A built-in starting point for a policy.
@@ -432,6 +432,12 @@ fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Override
     Ok(())
 }
 
+/// Returns the canonical path of `base/name` if it exists; `base` must be canonical.
+fn existing_below(base: &Path, name: &str) -> Option<PathBuf> {
+    let real = canonicalize_below(base, name).ok()?;
+    real.symlink_metadata().is_ok().then_some(real)
+}
+
 /// Returns the canonical path of `path` if it exists.
 fn existing(path: &Path) -> Option<PathBuf> {
     let real = canonicalize_lenient(path).ok()?;
@@ -542,7 +548,7 @@ fn resolve_filesystem(
 
     let mut hidden = PathSet::default();
     for name in builtin::CREDENTIAL_STORES {
-        hidden.add(canonicalize_lenient(&home.join(name)).unwrap_or_else(|_| home.join(name)));
+        hidden.add(canonicalize_below(home, name).unwrap_or_else(|_| home.join(name)));
     }
     for entry in &hidden_entries {
         hidden.add(entry.path.clone());
@@ -574,7 +580,7 @@ fn resolve_filesystem(
         }
     }
     for name in builtin::HOME_TOOLCHAIN {
-        if let Some(real) = existing(&home.join(name)) {
+        if let Some(real) = existing_below(home, name) {
             read_only.add(real);
         }
     }
@@ -587,7 +593,7 @@ fn resolve_filesystem(
 
     let mut copy_on_write = PathSet::default();
     for name in builtin::HOME_CACHES {
-        if let Some(real) = existing(&home.join(name)) {
+        if let Some(real) = existing_below(home, name) {
             if real.is_dir() {
                 copy_on_write.add(real);
             }
@@ -651,13 +657,13 @@ fn resolve_filesystem(
         }
     }
     for name in builtin::PROTECTED_IN_HOME {
-        let path = canonicalize_lenient(&home.join(name)).unwrap_or_else(|_| home.join(name));
+        let path = canonicalize_below(home, name).unwrap_or_else(|_| home.join(name));
         if let Some(root) = writable.paths.iter().filter(|root| is_within(&path, root)).max_by_key(|root| root.components().count()) {
             protected.add(highest_missing_ancestor(&path, root));
         }
     }
     for name in builtin::HOME_EXEC_CONFIG {
-        if let Some(real) = existing(&home.join(name)) {
+        if let Some(real) = existing_below(home, name) {
             protected.add(real);
         }
     }
