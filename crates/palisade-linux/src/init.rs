@@ -87,7 +87,8 @@ pub struct InitContext<'a> {
     pub plan: &'a MountPlan,
     pub argv: &'a [OsString],
     pub identity: Identity,
-    /// Read end of the pipe on which the supervisor says "maps are written, go on".
+    /// Read end of the start pipe: the supervisor writes one byte once the id maps are written,
+    /// and keeps its end open until the run ends.
     pub go: Option<OwnedFd>,
     /// Write end of the report pipe.
     pub report: OwnedFd,
@@ -109,7 +110,7 @@ fn fail(report: &OwnedFd, text: String) -> ! {
 /// Runs as PID 1 of the new PID namespace. Never returns.
 pub fn main(mut context: InitContext<'_>) -> ! {
     // If the supervisor dies, init dies, and with it every process in the namespace. The
-    // supervisor may have died before this call; the read below then sees end-of-file.
+    // supervisor may have died before this call, and the read below then returns end-of-file.
     if let Err(error) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
         fail(&context.report, format!("failed to set the parent-death signal: {error}"));
     }

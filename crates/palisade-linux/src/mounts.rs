@@ -3,9 +3,9 @@
 //! Runs in the sandbox's init, before the command exists. The order matters:
 //! 1. The whole tree becomes a slave of the host's, so nothing mounted here reaches the host.
 //! 2. Every host path the plan binds is opened and cloned into a detached mount *first*, while
-//!    the host's paths are still visible, refusing any symlink on the way
-//!    (`RESOLVE_NO_SYMLINKS`): the resolver already made them canonical, so a symlink now means
-//!    something changed since then.
+//!    the host's paths are still visible. Any symlink on the way is refused
+//!    (`RESOLVE_NO_SYMLINKS`), because the resolver already made the paths canonical and a
+//!    symlink now means something changed since then.
 //! 3. A tmpfs at `/tmp` becomes the new root; the plan's operations attach the detached mounts
 //!    and build `/dev`, `/proc` and the private temporary directories, parents first.
 //! 4. `pivot_root` swaps the roots and the host's tree is detached.
@@ -23,8 +23,9 @@ use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeF
 use crate::plan::{Kind, MountOp, MountPlan};
 use crate::sys;
 
-/// Where the new root is assembled before `pivot_root`. Any directory that exists on every
-/// host works, because the tmpfs mounted on it is visible only in the sandbox's namespace.
+/// Mount point of the new root while it is assembled, before `pivot_root`. Any directory that
+/// exists on every host works, because the tmpfs mounted on it is visible only in the
+/// sandbox's namespace.
 const NEW_ROOT: &str = "/tmp";
 /// Scratch space inside the new root for overlay layers and empty mask sources; detached before
 /// the command starts.
@@ -42,7 +43,8 @@ fn step_rustix<T>(op: &str, object: impl AsRef<OsStr>, result: rustix::io::Resul
     step(op, object, result.map_err(io::Error::from))
 }
 
-/// Who owns what the setup creates, and how host files appear to the command.
+/// The owner of what the setup creates, and the mapping through which host files appear to the
+/// command.
 pub struct Owner<'a> {
     /// The uid and gid that own the home tmpfs and overlay roots, as seen by the kernel.
     pub uid: u32,
@@ -301,8 +303,8 @@ fn target_or_placeholder(
         Ok(fd) => fd,
         // The parent does not exist either (for example .git/hooks without .git). Creating the
         // whole chain on the host would leave more behind than one placeholder.
-        // NOTE: so a protected name under a missing parent can still be created by the command;
-        // the most common case is a repository the command creates itself with `git init`.
+        // NOTE: a protected name under a missing parent can therefore still be created by the
+        // command. The common case is a repository the command creates with `git init`.
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(error) => return step_rustix("open", parent, Err(error)),
     };
@@ -468,8 +470,8 @@ impl Stage<'_> {
         self.read_only_clone(&path)
     }
 
-    /// Returns a detached, read-only mount of an empty file or directory that nobody, not even
-    /// its owner without capabilities, can open.
+    /// Returns a detached, read-only mount of an empty file or directory with mode 000, which
+    /// no process without capabilities can open, its owner included.
     fn empty_mask(&mut self, kind: Kind) -> Result<OwnedFd, StepError> {
         self.next += 1;
         let path = Path::new(STAGE).join(format!("mask{}", self.next));
@@ -486,12 +488,12 @@ impl Stage<'_> {
         let source = step_rustix("open", path, rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
         let tree = step_rustix(
             "clone",
-            &path,
+            path,
             rustix::mount::open_tree(source.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
         )?;
         step(
             "make read-only",
-            &path,
+            path,
             sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, None),
         )?;
         Ok(tree)
@@ -538,8 +540,8 @@ impl Stage<'_> {
         );
         let options = std::ffi::CString::new(options).map_err(|_| StepError(format!("path with NUL byte: {}", path.display())))?;
         // NOTE: copying up an entry whose owner has no mapping in the sandbox (a file in the
-        // cache owned by another user or group) fails with EOVERFLOW, so writing to it fails
-        // inside the sandbox; the host's cache is never affected.
+        // cache owned by another user or group) fails with EOVERFLOW. Writing to such an entry
+        // then fails inside the sandbox, and the host's cache is not affected either way.
         let result = rustix::mount::mount("overlay", target_path.as_str(), "overlay", MountFlags::NOSUID | MountFlags::NODEV, Some(options.as_c_str()));
         step_rustix("mount a copy-on-write layer on", path, result)
     }

@@ -104,7 +104,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
             Message::Signaled(signal) => Some(Exit::Signal(*signal)),
             _ => None,
         })
-        .unwrap_or_else(|| match status {
+        .unwrap_or(match status {
             Some(WaitStatus::Signaled(signal)) => Exit::Signal(signal),
             Some(WaitStatus::Exited(code)) => Exit::Code(code),
             None => Exit::Signal(libc::SIGKILL),

@@ -30,8 +30,8 @@ pub fn clone_fork(namespace_flags: libc::c_int) -> io::Result<libc::pid_t> {
 /// Sets the filesystem uid and gid of the calling thread, which decide the owner of files it
 /// creates and the checks on idmapped mounts. Returns the previous pair.
 pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
-    // SAFETY: setfsuid and setfsgid take plain integers and cannot fail in a way that corrupts
-    // memory; they return the previous value.
+    // SAFETY: setfsuid and setfsgid take plain integers, touch no memory of the caller, and
+    // return the previous value.
     unsafe { (libc::setfsuid(uid) as u32, libc::setfsgid(gid) as u32) }
 }
 
@@ -149,7 +149,7 @@ pub fn block_into_signalfd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: -1 asks for a new descriptor; `set` is initialised.
+    // SAFETY: -1 requests a new descriptor, and `set` is initialised.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());

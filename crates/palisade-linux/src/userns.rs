@@ -70,7 +70,7 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 }
 
 /// Creates a user namespace whose only mapping sends uid and gid 0 to the sandbox user, for
-/// idmapped mounts: through them, files the calling root user owns appear owned by the sandbox
+/// idmapped mounts. Through them, files the calling root user owns appear owned by the sandbox
 /// user, so the workspace stays writable while root-only host files stay out of reach.
 ///
 /// A child is cloned straight into a new user namespace and waits on a pipe while the mapping
