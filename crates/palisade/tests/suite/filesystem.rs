@@ -837,3 +837,36 @@ try file-root 'ls "$OUT/other" && cat "$OUT/other/existing.txt" && touch "$OUT/o
     let names: BTreeSet<String> = fs::read_dir(f.out.join("data/x")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, BTreeSet::from(["existing.txt".to_owned(), "f".to_owned()]));
 });
+
+// Public reports: QwenLM/qwen-code#5373 and #5453 (BL-10). A string-prefix containment check
+// treated `/repo/app-tools` as inside `/repo/app`. Siblings that share the workspace's name as
+// a prefix must stay unwritable, whether they are absent from the sandbox or visible read-only,
+// and a writable root given on the command line must not widen to them.
+both_identities!(sibling_with_shared_prefix_stays_outside, |f: &Fixture| {
+    let dash = PathBuf::from(format!("{}-evil", f.ws.display()));
+    let dot = PathBuf::from(format!("{}.bak", f.ws.display()));
+    make_dir(f, &dash);
+    make_dir(f, &dot);
+    let parent = f.ws.parent().unwrap().display().to_string();
+    for flags in [vec![], vec!["--allow-read", parent.as_str()]] {
+        let run = sandbox(
+            f,
+            &flags,
+            r#"try dash 'touch "$WS-evil/x"'
+try dot 'touch "$WS.bak/x"'
+try remove 'rm -r "$WS-evil"'
+try mkdir 'mkdir "$WS-evil/sub"'
+"#,
+        );
+        assert_denied(&run, &["dash", "dot", "remove", "mkdir"]);
+    }
+    // The workspace given as a path that merely shares the prefix is a different directory.
+    let run = run_script(f, &f.ws, &["-w", dash.to_str().unwrap()], r#"try inside 'touch "$WS/x"'
+"#);
+    assert_denied(&run, &["inside"]);
+    for dir in [&dash, &dot] {
+        assert!(dir.is_dir(), "{} was removed", dir.display());
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 0, "{} is not empty", dir.display());
+    }
+    assert!(!f.ws.join("x").exists(), "the workspace was written through its sibling");
+});
