@@ -49,8 +49,12 @@ macro_rules! both_identities {
 }
 
 /// Prints a visible skip notice. Tests call it and return; they never pass silently.
+///
+/// It writes to the stderr descriptor directly: the test harness captures `eprintln!` output
+/// of passing tests, which would hide the notice.
 pub fn skip(test: &str, reason: &str) {
-    eprintln!("SKIP {test}: {reason}");
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("SKIP {test}: {reason}\n").as_bytes());
 }
 
 fn is_root() -> bool {
