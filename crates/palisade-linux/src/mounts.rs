@@ -335,26 +335,28 @@ fn target_or_placeholder(
 /// The placeholders created so far in this run.
 #[derive(Default)]
 struct Placeholders {
-    /// The directory and name of the first one, which later ones link to.
-    first: Option<(OwnedFd, std::ffi::OsString)>,
+    /// The first one, opened before anything covers it; later ones link to its inode.
+    first: Option<OwnedFd>,
 }
 
 impl Placeholders {
     /// Creates a placeholder FIFO at `name` in `dir`. After the first, each is a hard link to
     /// the first: ext4 allocates a new inode slowly after recent deletions (it skips recently
-    /// freed inodes), and every run deletes its placeholders. A link to another filesystem
-    /// fails with EXDEV and falls back to a new FIFO.
+    /// freed inodes), and every run deletes its placeholders. The link goes through the first
+    /// one's descriptor, because its name is covered by a mount by then. A link to another
+    /// filesystem fails with EXDEV and falls back to a new FIFO.
     fn create(&mut self, dir: &OwnedFd, name: &OsStr) -> rustix::io::Result<()> {
-        if let Some((first_dir, first_name)) = &self.first {
-            match rustix::fs::linkat(first_dir, first_name.as_os_str(), dir, name, rustix::fs::AtFlags::empty()) {
+        if let Some(first) = &self.first {
+            let source = format!("/proc/self/fd/{}", first.as_raw_fd());
+            match rustix::fs::linkat(CWD, source.as_str(), dir, name, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
                 Err(rustix::io::Errno::XDEV) => {}
                 other => return other,
             }
         }
         rustix::fs::mknodat(dir, name, FileType::Fifo, Mode::empty(), 0)?;
         if self.first.is_none() {
-            let dir = rustix::fs::openat(dir, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-            self.first = Some((dir, name.to_owned()));
+            let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
+            self.first = Some(rustix::fs::openat2(dir, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve)?);
         }
         Ok(())
     }

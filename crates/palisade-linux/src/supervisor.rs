@@ -139,10 +139,13 @@ fn wait_for_exit(pid: libc::pid_t, pidfd: &OwnedFd, signal_fd: &OwnedFd, timeout
             return false;
         }
         if !fds[1].revents().is_empty() {
-            // The command runs in its own session, so even a terminal's Ctrl-C reaches it only
-            // through init.
-            if let Ok((signal, _from_terminal)) = sys::read_signal(signal_fd.as_fd()) {
-                let _ = sys::kill(pid, signal);
+            // Init shares this process's group, so a terminal's signals (Ctrl-C, a resize)
+            // reach it directly and it forwards them to the command, which runs in its own
+            // session. Only signals sent to palisade itself are passed on from here.
+            if let Ok((signal, from_terminal)) = sys::read_signal(signal_fd.as_fd()) {
+                if !from_terminal {
+                    let _ = sys::kill(pid, signal);
+                }
             }
         }
     }

@@ -92,6 +92,7 @@ pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
             if name == ".git" {
                 if kind.is_dir() {
                     collect_modules(&entry.path(), &mut git_dirs);
+                    collect_worktrees(&entry.path(), &mut git_dirs);
                     git_dirs.push(entry.path());
                 } else if kind.is_file() {
                     pointer_files.push(entry.path());
@@ -102,6 +103,18 @@ pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         }
     }
     (git_dirs, pointer_files)
+}
+
+/// Adds the metadata directories of linked worktrees (`.git/worktrees/<name>`): each has its
+/// own `commondir`, `gitdir`, `config.worktree` and possibly hooks that git run in that
+/// worktree follows.
+fn collect_worktrees(git_dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(git_dir.join("worktrees")) else { return };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            found.push(entry.path());
+        }
+    }
 }
 
 /// Adds the git directories of submodules (`.git/modules/<name>`, nested to any depth).

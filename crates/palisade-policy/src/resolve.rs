@@ -233,6 +233,7 @@ pub fn resolve(raw: &RawPolicy, overrides: &Overrides, context: &Context) -> Res
     let mut network = resolve_network(raw, overrides, &origin)?;
     if profile == Profile::Unconfined {
         let explicit = overrides.net.is_some() || raw.network.mode.is_some();
+        let explicit = explicit || !overrides.allow_domain.is_empty() || !raw.network.allow.is_empty();
         if explicit && network != NetworkMode::Full {
             return Err(PolicyError::Contradiction(format!(
                 "the unconfined profile uses the host network, but network mode '{}' was given; use --net full or another profile",
@@ -553,6 +554,7 @@ fn resolve_filesystem(
     for entry in &hidden_entries {
         hidden.add(entry.path.clone());
     }
+    let mut covered_hidden = PathSet::default();
 
     let base_roots = [workspace.to_path_buf()];
     for entries in [&writable_entries, &readable_entries, &cow_entries] {
@@ -678,7 +680,8 @@ fn resolve_filesystem(
                 reason,
             };
             let expanded = expand(text, home, workspace).map_err(invalid)?;
-            protected.add(canonicalize_lenient(&expanded).map_err(invalid)?);
+            let path = canonicalize_lenient(&expanded).map_err(invalid)?;
+            protected.add(covering_path(&path, &writable.paths));
         } else {
             validate_relative_name(text).map_err(|reason| PolicyError::InvalidValue {
                 what: "protected name",
@@ -689,11 +692,16 @@ fn resolve_filesystem(
         }
     }
 
+    // A hidden path that does not exist yet is kept from being created at its highest missing
+    // ancestor inside a writable root (`secrets` for `secrets/token`).
+    for path in &hidden.paths {
+        covered_hidden.add(covering_path(path, &writable.paths));
+    }
     Ok(Filesystem {
         read_only: read_only.paths,
         copy_on_write: copy_on_write.paths,
         writable: writable.paths,
-        hidden: hidden.paths,
+        hidden: covered_hidden.paths,
         protected: protected.paths,
         revert_if_created: revert.paths,
         tmp_writable: profile == Profile::WorkspaceWrite,
@@ -748,7 +756,7 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
         // Git reads `commondir` to find the configuration and hooks, and `config.worktree` as
         // configuration; it fails on anything but a readable file at either name, so a missing
         // one cannot be covered by a placeholder.
-        for name in ["commondir", "config.worktree"] {
+        for name in ["commondir", "config.worktree", "gitdir"] {
             let path = git_dir.join(name);
             if path.symlink_metadata().is_ok() {
                 protected.add(path);
@@ -785,6 +793,15 @@ fn highest_missing_ancestor(path: &Path, root: &Path) -> PathBuf {
         highest = ancestor.to_path_buf();
     }
     highest
+}
+
+/// Returns the path to cover so that `path` cannot be created: its highest missing ancestor
+/// inside the innermost writable root containing it, or `path` itself.
+fn covering_path(path: &Path, writable_roots: &[PathBuf]) -> PathBuf {
+    match writable_roots.iter().filter(|root| is_within(path, root)).max_by_key(|root| root.components().count()) {
+        Some(root) if path != root => highest_missing_ancestor(path, root),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Rejects a user-given path that passes through a symlink inside a writable root: the command
@@ -1022,6 +1039,19 @@ mod tests {
         assert!(matches!(implied.network, NetworkMode::Allowlist { .. }));
         let error = world.resolve("[network]\nmode = \"open\"\n", Overrides::default()).unwrap_err().to_string();
         assert!(error.contains("'open'") && error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn unconfined_uses_host_network_only() {
+        let world = World::new("unconfined");
+        let policy = world.resolve("", Overrides { profile: Some("unconfined".into()), ..Default::default() }).unwrap();
+        assert_eq!(policy.network, NetworkMode::Full);
+        for overrides in [
+            Overrides { profile: Some("unconfined".into()), net: Some("none".into()), ..Default::default() },
+            Overrides { profile: Some("unconfined".into()), allow_domain: vec!["example.com".into()], ..Default::default() },
+        ] {
+            assert!(matches!(world.resolve("", overrides), Err(PolicyError::Contradiction(_))));
+        }
     }
 
     #[test]

@@ -870,3 +870,24 @@ try mkdir 'mkdir "$WS-evil/sub"'
     }
     assert!(!f.ws.join("x").exists(), "the workspace was written through its sibling");
 });
+
+// Public reports: anthropics/claude-code#53209 and #45570 (BL-14). A read-deny must hold for
+// paths that do not exist yet too: creating the denied path, or a missing parent of it, inside
+// a writable root would hand the command a file the user asked to keep out of reach. The same
+// holds for a protected path given absolutely in a policy file.
+both_identities!(missing_denied_paths_cannot_be_created, |f: &Fixture| {
+    let policy = f.root.join("policy.toml");
+    f.write(&policy, "[filesystem]\nprotected = [\"{workspace}/absdir/x\"]\n");
+    let run = sandbox(
+        f,
+        &["--deny-read", "{workspace}/secrets/token", "--policy", policy.to_str().unwrap()],
+        r#"try denied-parent 'mkdir secrets && echo x > secrets/token'
+try denied-file 'mkdir -p secrets; echo x > secrets/token'
+try protected-parent 'mkdir absdir && echo a > absdir/x'
+"#,
+    );
+    assert_denied(&run, &["denied-parent", "denied-file", "protected-parent"]);
+    for path in ["secrets", "absdir"] {
+        assert!(!exists(&f.ws.join(path)), "{path} was created on the host\n{}", describe(&run));
+    }
+});

@@ -533,3 +533,32 @@ try config 'git config core.fsmonitor "touch $OUT/symlinked-fsmonitor-ran; false
     exercise_host_git(f, &f.ws);
     assert_no_markers(f, &run);
 });
+
+// Public report: openai/codex#25664 (BL-4), seen from the main repository: when the workspace
+// is the main worktree, `.git/worktrees/<name>` holds the `commondir`, `gitdir` and hooks that
+// git run in the linked worktree follows. Rewriting them would redirect that worktree to a
+// configuration the command wrote.
+both_identities!(own_worktree_metadata_stays_read_only, |f: &Fixture| {
+    let worktree = f.root.join("wt");
+    let run = host_git(f, &f.ws, &["worktree", "add", "-q", worktree.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "git worktree add failed: {}", run.stderr);
+    let metadata = f.ws.join(".git/worktrees/wt");
+    let before_commondir = fs::read(metadata.join("commondir")).unwrap();
+    let before_gitdir = fs::read(metadata.join("gitdir")).unwrap();
+    let run = sandbox(
+        f,
+        &[],
+        r#"mkdir -p evil/hooks && plant evil/hooks/post-checkout worktree-meta-hook
+printf "[core]\n\tfsmonitor = \"touch $OUT/worktree-meta-fsmonitor-ran; false\"\n" > evil/config
+try commondir 'echo "$WS/evil" > .git/worktrees/wt/commondir'
+try gitdir 'echo /tmp/elsewhere > .git/worktrees/wt/gitdir'
+try hooks 'mkdir -p .git/worktrees/wt/hooks && plant .git/worktrees/wt/hooks/post-checkout worktree-hook'
+"#,
+    );
+    exercise_host_git(f, &worktree);
+    assert_no_markers(f, &run);
+    assert_denied(&run, &["commondir", "gitdir", "hooks"]);
+    assert_eq!(fs::read(metadata.join("commondir")).unwrap(), before_commondir, "commondir changed\n{}", describe(&run));
+    assert_eq!(fs::read(metadata.join("gitdir")).unwrap(), before_gitdir, "gitdir changed\n{}", describe(&run));
+    assert!(!exists(&metadata.join("hooks")), "a hooks directory appeared\n{}", describe(&run));
+});
