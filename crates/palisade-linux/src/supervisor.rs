@@ -25,12 +25,14 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     let pipe = |what| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", what, e.into()));
     let (go_read, go_write) = pipe("the start pipe")?;
     let (report_read, report_write) = pipe("the report pipe")?;
-    let idmap_userns = match identity {
+    let (idmap_userns, idmap_helper) = match identity {
         Identity::Root { sandbox_uid } if plan.needs_idmap() => {
-            Some(userns::idmap_namespace(sandbox_uid).map_err(Error::Sandbox)?)
+            let (fd, helper) = userns::idmap_namespace(sandbox_uid).map_err(Error::Sandbox)?;
+            (Some(fd), Some(helper))
         }
-        _ => None,
+        _ => (None, None),
     };
+    let _reap_helper = ReapOnDrop(idmap_helper);
     let signal_fd = sys::block_into_signalfd(HANDLED_SIGNALS).map_err(|e| Error::setup("block", "signals", e))?;
 
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
@@ -230,6 +232,17 @@ impl RevertList {
                     path.display()
                 ),
             }
+        }
+    }
+}
+
+/// Reaps the idmap helper when the run is over, whichever way it ends.
+struct ReapOnDrop(Option<libc::pid_t>);
+
+impl Drop for ReapOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            userns::reap_child(pid);
         }
     }
 }

@@ -74,8 +74,9 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 /// user, so the workspace stays writable while root-only host files stay out of reach.
 ///
 /// A child is cloned straight into a new user namespace and waits on a pipe while the mapping
-/// is written and the namespace opened; closing the pipe ends it.
-pub fn idmap_namespace(sandbox_uid: u32) -> Result<OwnedFd, String> {
+/// is written and the namespace opened; closing the pipe ends it. On success the caller reaps
+/// the returned child later, so its exit overlaps the sandbox's setup.
+pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), String> {
     let (hold_read, hold_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("failed to create a pipe: {e}"))?;
     let pid = match sys::clone_fork(libc::CLONE_NEWUSER) {
@@ -99,8 +100,18 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<OwnedFd, String> {
         std::fs::File::open(&path).map(OwnedFd::from).map_err(|error| format!("failed to open {path}: {error}"))
     })();
     drop(hold_write);
+    match result {
+        Ok(fd) => Ok((fd, pid)),
+        Err(error) => {
+            reap_child(pid);
+            Err(error)
+        }
+    }
+}
+
+/// Waits for a child that is about to exit or has exited.
+pub fn reap_child(pid: libc::pid_t) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
     }
-    result
 }
