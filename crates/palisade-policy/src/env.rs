@@ -1,4 +1,4 @@
-//! Which environment variables reach the sandbox.
+//! The filter that decides which environment variables reach the sandbox.
 
 /// Name fragments that mark a variable as a likely credential. Matching ignores case.
 const SECRET_FRAGMENTS: &[&str] = &[

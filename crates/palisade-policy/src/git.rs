@@ -1,5 +1,6 @@
-//! What palisade needs to know about git repositories inside writable roots: where hooks
-//! live (`core.hooksPath`), and where a linked worktree keeps its metadata.
+//! Facts about git repositories inside writable roots that protection depends on: the hooks
+//! directory (`core.hooksPath`), nested repositories and submodules, and the metadata of
+//! linked worktrees.
 //!
 //! Only the two keys palisade needs are read, with a deliberately small reader: a full git
 //! config parser (includes, conditional includes) would be a large dependency for one value.
@@ -63,7 +64,7 @@ pub fn linked_git_dir(pointer_file: &Path) -> Option<LinkedGitDir> {
 /// or git's own metadata.
 const SKIPPED_DIRS: &[&str] = &[".git", "node_modules", "target", ".venv", "venv", "__pycache__", ".tox", ".cache"];
 
-/// How deep below a writable root nested repositories are searched for.
+/// Maximum depth below a writable root at which nested repositories are searched for.
 const SEARCH_DEPTH: usize = 4;
 
 /// How many directories the search reads at most, so a huge workspace cannot slow every start.
@@ -119,27 +120,23 @@ fn collect_worktrees(git_dir: &Path, found: &mut Vec<PathBuf>) {
 
 /// Adds the git directories of submodules (`.git/modules/<name>`, nested to any depth).
 fn collect_modules(git_dir: &Path, found: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(git_dir.join("modules")) else { return };
+    scan_modules(&git_dir.join("modules"), found, 0);
+}
+
+/// Scans a `modules` directory. A submodule whose name contains slashes (`libs/foo`) sits in
+/// nested directories, so an entry without `HEAD` is scanned again, a few levels deep at most.
+fn scan_modules(dir: &Path, found: &mut Vec<PathBuf>, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            let module = entry.path();
-            if module.join("HEAD").exists() {
-                collect_modules(&module, found);
-                found.push(module);
-            } else {
-                // Submodule names may contain slashes, which nest the module directories.
-                collect_modules(&module.join(".."), &mut Vec::new());
-                let mut nested = Vec::new();
-                let fake_git_dir = module.clone();
-                if let Ok(inner) = std::fs::read_dir(&fake_git_dir) {
-                    for child in inner.flatten() {
-                        if child.path().join("HEAD").exists() {
-                            nested.push(child.path());
-                        }
-                    }
-                }
-                found.extend(nested);
-            }
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if path.join("HEAD").exists() {
+            scan_modules(&path.join("modules"), found, 0);
+            found.push(path);
+        } else if depth < SEARCH_DEPTH {
+            scan_modules(&path, found, depth + 1);
         }
     }
 }

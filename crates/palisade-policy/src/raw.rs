@@ -24,7 +24,7 @@ pub struct RawPolicy {
     pub limits: RawLimits,
     #[serde(default)]
     pub env: RawEnv,
-    /// Where the file came from, for error messages; not part of the TOML.
+    /// The file's path and text, for error messages. Not part of the TOML.
     #[serde(skip)]
     pub source: Option<RawSource>,
 }

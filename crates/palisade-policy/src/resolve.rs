@@ -56,7 +56,7 @@ impl fmt::Display for Profile {
     }
 }
 
-/// How the sandbox reaches the network.
+/// The sandbox's network access.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "mode")]
 pub enum NetworkMode {
@@ -201,7 +201,7 @@ pub struct Policy {
     pub allow_degraded: bool,
 }
 
-/// Where a setting came from, for error messages.
+/// The source of a setting, for error messages.
 struct Origin<'a> {
     raw: &'a RawPolicy,
 }
@@ -523,7 +523,7 @@ fn resolve_filesystem(
     let readable_entries = user_paths("readable path", &fs.readable, &overrides.allow_read, context, home, workspace, origin)?;
     let hidden_entries = user_paths("hidden path", &fs.deny_read, &overrides.deny_read, context, home, workspace, origin)?;
     let cow_entries = user_paths("copy-on-write path", &fs.copy_on_write, &[], context, home, workspace, origin)?;
-    // A missing allow target is an error rather than silently dropped; a missing hidden path is
+    // A missing allow target is an error rather than silently dropped. A missing hidden path is
     // fine, because hiding it also keeps it from being created.
     require_existing("writable path", &writable_entries)?;
     require_existing("readable path", &readable_entries)?;
@@ -754,7 +754,7 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
             add(protected, git_dir.join(name));
         }
         // Git reads `commondir` to find the configuration and hooks, and `config.worktree` as
-        // configuration; it fails on anything but a readable file at either name, so a missing
+        // configuration. It fails on anything but a readable file at either name, so a missing
         // one cannot be covered by a placeholder.
         for name in ["commondir", "config.worktree", "gitdir"] {
             let path = git_dir.join(name);
