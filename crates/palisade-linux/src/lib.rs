@@ -108,11 +108,11 @@ fn check_supported(policy: &Policy) -> Result<(), Error> {
     }
     let limits = &policy.limits;
     for (set, name) in [
-        (limits.cpu_time.is_some(), "a CPU time limit (--cpu-time)"),
-        (limits.memory.is_some(), "a memory limit (--memory)"),
-        (limits.max_procs.is_some(), "a process limit (--max-procs)"),
-        (limits.max_file_size.is_some(), "a file size limit (--max-file-size)"),
-        (limits.max_open_files.is_some(), "an open file limit (max_open_files)"),
+        (limits.cpu_time.is_some(), "a CPU time limit (--cpu-time, [limits] cpu_time)"),
+        (limits.memory.is_some(), "a memory limit (--memory, [limits] memory)"),
+        (limits.max_procs.is_some(), "a process limit (--max-procs, [limits] max_procs)"),
+        (limits.max_file_size.is_some(), "a file size limit (--max-file-size, [limits] max_file_size)"),
+        (limits.max_open_files.is_some(), "an open file limit ([limits] max_open_files)"),
     ] {
         if set {
             return unsupported(name);

@@ -113,7 +113,11 @@ pub fn build(
         if path == Path::new("/tmp") || path == Path::new("/var/tmp") {
             continue;
         }
-        ops.push(MountOp::Bind { path: path.clone(), kind: inspect(path), writable: false, idmap: false });
+        // The workspace belongs to the caller even when it is read-only (the read-only
+        // profile), so it gets the same mapping as a writable root: as root, git would
+        // otherwise refuse a repository that appears owned by another user.
+        let idmap = idmap && *path == policy.workspace;
+        ops.push(MountOp::Bind { path: path.clone(), kind: inspect(path), writable: false, idmap });
     }
     for path in &fs.copy_on_write {
         let hidden = fs

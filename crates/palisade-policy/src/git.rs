@@ -110,12 +110,13 @@ pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
 /// own `commondir`, `gitdir`, `config.worktree` and possibly hooks that git run in that
 /// worktree follows.
 fn collect_worktrees(git_dir: &Path, found: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(git_dir.join("worktrees")) else { return };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            found.push(entry.path());
-        }
-    }
+    found.extend(worktree_dirs(git_dir));
+}
+
+/// Returns the metadata directories of the linked worktrees of `git_dir`.
+pub fn worktree_dirs(git_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(git_dir.join("worktrees")) else { return Vec::new() };
+    entries.flatten().filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir())).map(|entry| entry.path()).collect()
 }
 
 /// Adds the git directories of submodules (`.git/modules/<name>`, nested to any depth).

@@ -4,11 +4,13 @@ use std::time::Duration;
 
 /// Parses a duration such as `30s`, `5m`, `1h30m`, `250ms` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
     if text.is_empty() {
         return Err("empty duration".into());
     }
     if let Ok(seconds) = text.parse::<u64>() {
+        if seconds == 0 {
+            return Err("duration must be greater than zero".into());
+        }
         return Ok(Duration::from_secs(seconds));
     }
     let mut total = Duration::ZERO;
@@ -29,6 +31,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(value.saturating_mul(60)),
             "h" => Duration::from_secs(value.saturating_mul(3600)),
             "" => return Err(format!("missing unit after {value} in '{text}' (use ms, s, m or h)")),
+            unit if unit.starts_with('.') => {
+                return Err(format!("fractions are not supported in '{text}'; use a smaller unit, such as 1500ms for 1.5s"));
+            }
             other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s, m or h)")),
         };
         total = total.saturating_add(part);
@@ -42,7 +47,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a size in bytes such as `512M`, `2G`, `64k` or a bare number of bytes. Suffixes are
 /// binary (K = 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     if split == 0 {
         return Err(format!("expected a number in '{text}'"));
@@ -83,6 +87,10 @@ mod tests {
         assert!(parse_duration("m5").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 m").is_err());
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration(" 5s").is_err());
+        assert!(parse_duration("5s ").is_err());
+        assert!(parse_duration("1.5s").unwrap_err().contains("1500ms"));
     }
 
     #[test]

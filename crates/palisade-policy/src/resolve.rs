@@ -244,6 +244,15 @@ pub fn resolve(raw: &RawPolicy, overrides: &Overrides, context: &Context) -> Res
     }
     let limits = resolve_limits(raw, overrides, &origin)?;
     let allow_degraded = overrides.allow_degraded || raw.allow_degraded.unwrap_or(false);
+    for entry in &overrides.env {
+        validate_env_name(entry.split_once('=').map_or(entry.as_str(), |(name, _)| name), FLAG.into())?;
+    }
+    for name in &raw.env.pass {
+        validate_env_name(name.get_ref(), origin.of(name))?;
+    }
+    for name in raw.env.set.keys() {
+        validate_env_name(name, "in the policy's [env] set table".into())?;
+    }
     let (env, dropped_env) = resolve_env(raw, overrides, context, &home);
 
     let filesystem = if profile == Profile::Unconfined {
@@ -379,6 +388,19 @@ fn resolve_limits(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Re
 fn set_env(env: &mut Vec<EnvVar>, name: &str, value: &std::ffi::OsStr) {
     env.retain(|var| var.name != name);
     env.push(EnvVar { name: name.into(), value: value.to_owned() });
+}
+
+/// Checks a variable name from `--env` or `[env]`: not empty, and free of `=`, NUL and
+/// whitespace, which no program can look up.
+fn validate_env_name(name: &str, origin: String) -> Result<(), PolicyError> {
+    let reason = if name.is_empty() {
+        "the name is empty"
+    } else if name.contains(['=', '\0']) || name.chars().any(char::is_whitespace) {
+        "a name cannot contain '=', NUL or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(PolicyError::InvalidValue { what: "environment variable", value: name.to_owned(), origin, reason: reason.into() })
 }
 
 fn resolve_env(raw: &RawPolicy, overrides: &Overrides, context: &Context, home: &Path) -> (Vec<EnvVar>, Vec<String>) {
@@ -611,11 +633,16 @@ fn resolve_filesystem(
         for (what, list) in [("writable", &writable.paths), ("readable", &read_only.paths), ("copy-on-write", &copy_on_write.paths)] {
             if let Some(inside) = list.iter().find(|path| is_within(path, hidden_path)) {
                 let is_builtin = !hidden_entries.iter().any(|entry| &entry.path == hidden_path);
+                let hidden_kind = if is_builtin { "a built-in credential store" } else { "a hidden path" };
+                let visible_kind = if what == "readable" && builtin::SYSTEM_READ.iter().any(|system| inside == Path::new(system)) {
+                    "a built-in system path that every sandbox reads".to_owned()
+                } else {
+                    format!("{what} in this policy")
+                };
+                let relation = if inside == hidden_path { "is also".to_owned() } else { format!("is inside '{}',", hidden_path.display()) };
                 return Err(PolicyError::Contradiction(format!(
-                    "{what} path '{}' is inside hidden path '{}'{}",
-                    inside.display(),
-                    hidden_path.display(),
-                    if is_builtin { " (a built-in credential store)" } else { "" }
+                    "'{}' is {visible_kind} and {relation} {hidden_kind}; remove one of the two rules",
+                    inside.display()
                 )));
             }
         }
@@ -635,27 +662,14 @@ fn resolve_filesystem(
         }
     }
     for linked in &worktree_roots {
-        // A linked worktree keeps its index and HEAD in the main repository; commits need its
-        // objects, refs and logs too. The rest of the main repository's git directory (its
-        // configuration, hooks and packed refs) is visible read-only.
-        read_only.add(linked.common_dir.clone());
-        for path in [
-            linked.git_dir.clone(),
-            linked.common_dir.join("objects"),
-            linked.common_dir.join("refs"),
-            linked.common_dir.join("logs"),
-        ] {
-            if path.is_dir() {
-                writable.add(path);
-            }
-        }
-        for name in ["config.worktree", "hooks", "commondir", "gitdir"] {
-            let path = linked.git_dir.join(name);
-            if path.symlink_metadata().is_ok() {
-                protected.add(path);
-            } else {
-                revert.add(path);
-            }
+        // A linked worktree keeps its index and HEAD in the main repository, and commits
+        // write objects, refs, logs and lock files (`packed-refs.lock`) there. The main
+        // repository's git directory is therefore writable, with what git executes or reads
+        // as configuration protected, as in any git directory inside a writable root.
+        writable.add(linked.common_dir.clone());
+        protect_git_dir(&linked.common_dir, &linked.common_dir, &mut protected, &mut revert);
+        for git_dir in git::worktree_dirs(&linked.common_dir) {
+            protect_git_dir(&git_dir, &linked.common_dir, &mut protected, &mut revert);
         }
     }
     for name in builtin::PROTECTED_IN_HOME {
@@ -750,20 +764,7 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
     }
     let (git_dirs, pointer_files) = git::repositories(root);
     for git_dir in &git_dirs {
-        for name in ["hooks", "config", "info"] {
-            add(protected, git_dir.join(name));
-        }
-        // Git reads `commondir` to find the configuration and hooks, and `config.worktree` as
-        // configuration. It fails on anything but a readable file at either name, so a missing
-        // one cannot be covered by a placeholder.
-        for name in ["commondir", "config.worktree", "gitdir"] {
-            let path = git_dir.join(name);
-            if path.symlink_metadata().is_ok() {
-                protected.add(path);
-            } else {
-                revert.add(path);
-            }
-        }
+        protect_git_dir(git_dir, root, protected, revert);
     }
     for pointer in pointer_files {
         protected.add(pointer);
@@ -774,6 +775,25 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
     for hook_dir in hooks {
         let path = if let Some(rest) = hook_dir.strip_prefix("~/") { home.join(rest) } else { root.join(hook_dir) };
         add(protected, path);
+    }
+}
+
+/// Adds the entries of one git directory that git executes or reads as configuration: hooks,
+/// config and info are protected; `commondir`, `config.worktree` and `gitdir` are protected
+/// when they exist and removed after the run when the command creates them. Git reads
+/// `commondir` to find the configuration and hooks, and fails on anything but a readable file
+/// at these three names, so a missing one cannot be covered by a placeholder.
+fn protect_git_dir(git_dir: &Path, root: &Path, protected: &mut PathSet, revert: &mut PathSet) {
+    for name in ["hooks", "config", "info"] {
+        protected.add(highest_missing_ancestor(&git_dir.join(name), root));
+    }
+    for name in ["commondir", "config.worktree", "gitdir"] {
+        let path = git_dir.join(name);
+        if path.symlink_metadata().is_ok() {
+            protected.add(path);
+        } else {
+            revert.add(path);
+        }
     }
 }
 

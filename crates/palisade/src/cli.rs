@@ -22,7 +22,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the effective policy as TOML.
     Policy(PolicyArgs),
-    /// Report what this machine can enforce, and why not.
+    /// Report whether this machine lets the current user create the sandbox's namespaces, and
+    /// why not.
     Check(CheckArgs),
 }
 
@@ -55,32 +56,32 @@ pub struct PolicyArgs {
     /// Hide a path, even inside an allowed one (repeatable).
     #[arg(long, value_name = "PATH")]
     pub deny_read: Vec<PathBuf>,
-    /// Network access: none (default), allowlist or full.
+    /// Network access: none (default). allowlist and full are refused by this build.
     #[arg(long, value_name = "MODE")]
     pub net: Option<String>,
     /// Allowed destination, such as example.com, *.example.com or example.com:443 (repeatable;
-    /// implies --net allowlist).
+    /// implies --net allowlist, which this build refuses).
     #[arg(long, value_name = "PATTERN")]
     pub allow_domain: Vec<String>,
     /// Wall-clock limit, such as 30s or 5m; every process of the run is killed when it expires.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// CPU time limit, such as 10m.
+    /// CPU time limit, such as 10m (refused by this build).
     #[arg(long, value_name = "DURATION")]
     pub cpu_time: Option<String>,
-    /// Memory limit, such as 512M or 2G.
+    /// Memory limit, such as 512M or 2G (refused by this build).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// Maximum number of processes.
+    /// Maximum number of processes (refused by this build).
     #[arg(long, value_name = "N")]
     pub max_procs: Option<u64>,
-    /// Maximum size of a file the command writes, such as 1G.
+    /// Maximum size of a file the command writes, such as 1G (refused by this build).
     #[arg(long, value_name = "SIZE")]
     pub max_file_size: Option<String>,
     /// Pass a variable through (NAME) or set it (NAME=VALUE) (repeatable).
     #[arg(long, value_name = "NAME[=VALUE]")]
     pub env: Vec<String>,
-    /// Write the run report as JSON to FILE.
+    /// Write the run report as JSON to FILE (refused by this build).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Run with the layers available when some are missing.

@@ -562,3 +562,37 @@ try hooks 'mkdir -p .git/worktrees/wt/hooks && plant .git/worktrees/wt/hooks/pos
     assert_eq!(fs::read(metadata.join("gitdir")).unwrap(), before_gitdir, "gitdir changed\n{}", describe(&run));
     assert!(!exists(&metadata.join("hooks")), "a hooks directory appeared\n{}", describe(&run));
 });
+
+// Public report: anthropics/claude-code#26262 (BL-19): worktree metadata outside the workspace
+// was read-only, so git in a linked worktree failed. Git takes `packed-refs.lock` in the main
+// repository's git directory when it updates or deletes a branch, so that directory must be
+// writable while its configuration and hooks stay protected.
+both_identities!(linked_worktree_branches_can_change, |f: &Fixture| {
+    let main = f.root.join("main");
+    let worktree = f.root.join("wt");
+    linked_worktree(f, &main, &worktree);
+    let main_env = format!("MAIN={}", main.display());
+    let run = run_script(
+        f,
+        &worktree,
+        &["--env", &main_env],
+        &format!(
+            r#"try commit '{GIT_ID} commit -q --allow-empty -m inside 2>err && ! grep -q packed-refs err'
+try branch 'git branch scratch && git branch -D scratch'
+try main-config 'echo "[alias]" >> "$MAIN/.git/config"'
+try main-hooks 'plant "$MAIN/.git/hooks/post-checkout" main-hook'
+"#
+        ),
+    );
+    assert_allowed(&run, &["commit", "branch"]);
+    assert_denied(&run, &["main-config", "main-hooks"]);
+});
+
+// The read-only profile must keep git usable: as root, the workspace appears owned by the
+// sandbox user as it does under workspace-write, or git refuses the "dubiously owned"
+// repository.
+both_identities!(read_only_profile_runs_git_log, |f: &Fixture| {
+    let run = sandbox(f, &["-p", "read-only"], "try log 'git log --oneline'\ntry write 'touch new-file'\n");
+    assert_allowed(&run, &["log"]);
+    assert_denied(&run, &["write"]);
+});
