@@ -13,6 +13,7 @@ mod error;
 mod init;
 mod mounts;
 pub mod plan;
+mod scrub;
 mod supervisor;
 mod sys;
 mod unconfined;

@@ -303,8 +303,9 @@ fn target_or_placeholder(
         Ok(fd) => fd,
         // The parent does not exist either (for example .git/hooks without .git). Creating the
         // whole chain on the host would leave more behind than one placeholder.
-        // NOTE: a protected name under a missing parent can therefore still be created by the
-        // command. The common case is a repository the command creates with `git init`.
+        // A protected name under a missing parent can therefore still be created by the
+        // command. The common case, a repository created with `git init` in a writable root,
+        // is neutralised after the run (see `scrub`).
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(error) => return step_rustix("open", parent, Err(error)),
     };

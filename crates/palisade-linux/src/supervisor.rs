@@ -13,6 +13,7 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::init::{self, InitContext, Message};
 use crate::plan::MountPlan;
+use crate::scrub;
 use crate::userns;
 use crate::{sys, Error, Exit, Identity, Outcome};
 
@@ -77,6 +78,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     }
     // `go_write` stays open until the run ends: init treats its hang-up as this process's death.
     let revert = RevertList::capture(&policy.filesystem.revert_if_created);
+    let new_repositories = scrub::NewRepositories::capture(&policy.filesystem.writable);
 
     let timed_out = wait_for_exit(pid, &pidfd, &signal_fd, policy.limits.timeout);
     let status = reap(pid);
@@ -86,6 +88,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     drop(go_write);
     remove_placeholders(&messages);
     revert.apply();
+    new_repositories.scrub();
 
     let wall_time = started.elapsed();
     if timed_out {

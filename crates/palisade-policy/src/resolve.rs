@@ -800,7 +800,8 @@ fn protect_git_dir(git_dir: &Path, root: &Path, protected: &mut PathSet, revert:
 /// Returns the highest missing ancestor of a missing `path` below `root`, or `path` itself.
 /// Protecting that ancestor keeps the whole chain from being created (`.husky` for a missing
 /// `.husky/_`). Paths inside `.git` are the exception: a missing `.git` must stay creatable so
-/// `git init` works, which leaves a repository created inside the sandbox unprotected.
+/// `git init` works. A repository created in a writable root is neutralised after the run
+/// instead; one created deeper in a subdirectory is not.
 fn highest_missing_ancestor(path: &Path, root: &Path) -> PathBuf {
     let mut highest = path.to_path_buf();
     for ancestor in path.ancestors().skip(1) {

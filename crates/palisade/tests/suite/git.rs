@@ -596,3 +596,32 @@ both_identities!(read_only_profile_runs_git_log, |f: &Fixture| {
     assert_allowed(&run, &["log"]);
     assert_denied(&run, &["write"]);
 });
+
+// Public report: carderne/pi-sandbox#44 (PR-10). `git init` must work in a workspace without a
+// repository, yet the new repository's hooks and configuration cannot be protected with mounts
+// while `.git` does not exist. Palisade disables what the command planted there when the run
+// ends, so the host's next git command runs none of it.
+both_identities!(new_repository_is_neutralised_after_run, |f: &Fixture| {
+    let fresh = f.root.join("fresh");
+    make_dir(f, &fresh);
+    let run = run_script(
+        f,
+        &fresh,
+        &[],
+        &format!(
+            r#"try init 'git init -q && {GIT_ID} commit -q --allow-empty -m first'
+try hook 'plant .git/hooks/pre-commit new-repo-hook'
+try fsmonitor 'git config core.fsmonitor "touch $OUT/new-repo-fsmonitor-ran; false"'
+try commondir 'echo /nowhere > .git/commondir'
+"#
+        ),
+    );
+    assert_allowed(&run, &["init"]);
+    exercise_host_git(f, &fresh);
+    assert_no_markers(f, &run);
+    let log = host_git(f, &fresh, &["log", "--format=%s"]);
+    assert!(log.stdout.contains("first"), "the commit made inside is gone\n{}", describe(&run));
+    assert!(exists(&fresh.join(".git/hooks/pre-commit.disabled-by-palisade")), "the planted hook was not kept aside\n{}", describe(&run));
+    assert!(!exists(&fresh.join(".git/commondir")), "commondir survived\n{}", describe(&run));
+    assert!(run.stderr.contains("disabled a hook"), "palisade must report the disabled hook\n{}", describe(&run));
+});
