@@ -37,6 +37,9 @@ pub enum Message {
     Exited(i32),
     /// The command was killed by this signal.
     Signaled(i32),
+    /// No process of the run is left: init reaped the command and has no other child. Init
+    /// only tears its namespaces down after this.
+    Finished,
 }
 
 impl Message {
@@ -52,6 +55,7 @@ impl Message {
             }
             Message::Exited(code) => format!("exited {code}").into_bytes(),
             Message::Signaled(signal) => format!("signaled {signal}").into_bytes(),
+            Message::Finished => b"finished -".to_vec(),
         };
         line.push(b'\n');
         line
@@ -76,6 +80,7 @@ impl Message {
             b"placeholder" => Some(Message::Placeholder(PathBuf::from(OsStr::from_bytes(rest)))),
             b"exited" => Some(Message::Exited(text().parse().ok()?)),
             b"signaled" => Some(Message::Signaled(text().parse().ok()?)),
+            b"finished" => Some(Message::Finished),
             _ => None,
         }
     }
@@ -204,16 +209,36 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) ->
                 break;
             }
             if pid == command_pid {
-                if libc::WIFSIGNALED(status) {
+                let (message, code) = if libc::WIFSIGNALED(status) {
                     let signal = libc::WTERMSIG(status);
-                    send(report, &Message::Signaled(signal));
-                    sys::exit_now(128 + signal);
+                    (Message::Signaled(signal), 128 + signal)
+                } else {
+                    let code = libc::WEXITSTATUS(status);
+                    (Message::Exited(code), code)
+                };
+                send(report, &message);
+                // Every process of a PID namespace is a descendant of its init, since orphans
+                // are reparented to it. With no child left, nothing of the run is alive, and the
+                // supervisor need not wait for the namespaces to be torn down.
+                if reap_all() {
+                    send(report, &Message::Finished);
                 }
-                let code = libc::WEXITSTATUS(status);
-                send(report, &Message::Exited(code));
                 sys::exit_now(code);
             }
         }
+    }
+}
+
+/// Reaps every child that has exited. Returns true when init has no child left at all.
+fn reap_all() -> bool {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid local integer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            continue;
+        }
+        return pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
     }
 }
 
@@ -321,6 +346,7 @@ mod tests {
             Message::Placeholder("/ws/.claude".into()),
             Message::Exited(3),
             Message::Signaled(9),
+            Message::Finished,
         ];
         let bytes: Vec<u8> = messages.iter().flat_map(Message::encode).collect();
         let decoded = Message::decode_all(&bytes);

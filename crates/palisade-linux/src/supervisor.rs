@@ -80,10 +80,19 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     let revert = RevertList::capture(&policy.filesystem.revert_if_created);
     let new_repositories = scrub::NewRepositories::capture(&policy.filesystem.writable);
 
-    let timed_out = wait_for_exit(pid, &pidfd, &signal_fd, policy.limits.timeout);
-    let status = reap(pid);
     let mut bytes = Vec::new();
-    let _ = std::fs::File::from(report_read).read_to_end(&mut bytes);
+    let end = wait_for_exit(pid, &pidfd, &signal_fd, &report_read, &mut bytes, policy.limits.timeout);
+    let status = match end {
+        // Init may still be tearing its namespaces down; it is reaped now if it is done, and
+        // otherwise by `reap_finished` at the next run or when this process exits.
+        End::Finished => reap_finished(pid),
+        End::Exited | End::TimedOut => {
+            let status = reap(pid);
+            let _ = std::fs::File::from(report_read).read_to_end(&mut bytes);
+            status
+        }
+    };
+    let timed_out = end == End::TimedOut;
     let messages = Message::decode_all(&bytes);
     drop(go_write);
     remove_placeholders(&messages);
@@ -117,31 +126,64 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     Ok(Outcome { exit, wall_time, exec_error })
 }
 
-/// Waits until init exits, forwarding signals meanwhile. Returns true when the timeout
-/// expired, in which case init, and with it every process of the run, has been killed.
-fn wait_for_exit(pid: libc::pid_t, pidfd: &OwnedFd, signal_fd: &OwnedFd, timeout: Option<Duration>) -> bool {
+/// How waiting for a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Init reported that no process of the run is left.
+    Finished,
+    /// Init exited.
+    Exited,
+    /// The timeout expired and init, with every process of the run, was killed.
+    TimedOut,
+}
+
+/// Waits until the run ends, forwarding signals and collecting init's reports meanwhile.
+fn wait_for_exit(
+    pid: libc::pid_t,
+    pidfd: &OwnedFd,
+    signal_fd: &OwnedFd,
+    report: &OwnedFd,
+    bytes: &mut Vec<u8>,
+    timeout: Option<Duration>,
+) -> End {
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let mut report_open = true;
     loop {
         let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
         if remaining == Some(Duration::ZERO) {
             // Killing PID 1 of the namespace makes the kernel kill every other process in it.
             let _ = sys::kill(pid, libc::SIGKILL);
-            return true;
+            return End::TimedOut;
         }
         let timespec = remaining.map(|left| rustix::fs::Timespec {
             tv_sec: left.as_secs() as _,
             tv_nsec: left.subsec_nanos() as _,
         });
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN), PollFd::new(signal_fd, PollFlags::IN)];
+        let report_events = if report_open { PollFlags::IN } else { PollFlags::empty() };
+        let mut fds = [
+            PollFd::new(pidfd, PollFlags::IN),
+            PollFd::new(signal_fd, PollFlags::IN),
+            PollFd::new(report, report_events),
+        ];
         match rustix::event::poll(&mut fds, timespec.as_ref()) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => {
                 let _ = sys::kill(pid, libc::SIGKILL);
-                return false;
+                return End::Exited;
+            }
+        }
+        if !fds[2].revents().is_empty() {
+            let mut buffer = [0u8; 4096];
+            match rustix::io::read(report, &mut buffer) {
+                Ok(0) | Err(_) => report_open = false,
+                Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            }
+            if Message::decode_all(bytes).contains(&Message::Finished) {
+                return End::Finished;
             }
         }
         if !fds[0].revents().is_empty() {
-            return false;
+            return End::Exited;
         }
         if !fds[1].revents().is_empty() {
             // Init shares this process's group, so a terminal's signals (Ctrl-C, a resize)
@@ -159,6 +201,24 @@ fn wait_for_exit(pid: libc::pid_t, pidfd: &OwnedFd, signal_fd: &OwnedFd, timeout
 enum WaitStatus {
     Exited(i32),
     Signaled(i32),
+}
+
+/// Init processes that reported the end of their run but were still tearing down their
+/// namespaces when the supervisor returned.
+static UNREAPED: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+/// Reaps a finished init if it has exited, and earlier ones that have exited since; one still
+/// exiting is kept for the next call. Its status is not needed: init reported the outcome.
+fn reap_finished(pid: libc::pid_t) -> Option<WaitStatus> {
+    let mut unreaped = UNREAPED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    unreaped.push(pid);
+    unreaped.retain(|&pid| {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid local integer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        rc == 0
+    });
+    None
 }
 
 fn reap(pid: libc::pid_t) -> Option<WaitStatus> {
