@@ -27,9 +27,12 @@ use crate::sys;
 /// exists on every host works, because the tmpfs mounted on it is visible only in the
 /// sandbox's namespace.
 const NEW_ROOT: &str = "/tmp";
-/// Scratch space inside the new root for overlay layers and empty mask sources; detached before
-/// the command starts.
-const STAGE: &str = "/tmp/.palisade-stage";
+/// Scratch space for overlay layers and mask sources, outside the new root.
+///
+/// The stage is mounted over the host's `/dev` in the old root, once the device nodes have been
+/// cloned from there: it then goes away with the old root when that is detached after
+/// `pivot_root`, which saves a detach of its own (each detach waits for an RCU grace period).
+const STAGE: &str = "/dev";
 
 /// A failed step, already phrased as "failed to <op> <object>: <cause>".
 #[derive(Debug)]
@@ -91,7 +94,6 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
         NEW_ROOT,
         rustix::fs::open(NEW_ROOT, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
     )?;
-    step("create", STAGE, fs::create_dir(STAGE))?;
     mount_tmpfs(STAGE, "mode=0700", MountFlags::NOSUID | MountFlags::NODEV)?;
     let mut stage = Stage { next: 0, owner };
     // Read-only temporary directories are mounted writable first, so mount points for deeper
@@ -151,9 +153,6 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
         step("make read-only", path, sys::mount_setattr(fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))?;
     }
 
-    // Overlays keep their layers referenced, so the stage can be detached now.
-    step_rustix("detach", STAGE, rustix::mount::unmount(STAGE, UnmountFlags::DETACH))?;
-    step("remove", STAGE, fs::remove_dir(STAGE))?;
 
     // Step 4: swap roots and drop every reference to the host's tree.
     step_rustix("enter", NEW_ROOT, rustix::process::chdir(NEW_ROOT))?;
