@@ -145,19 +145,21 @@ pub fn build(
     };
     for path in &fs.hidden {
         let Some(container) = deepest_container(&containers, path) else { continue };
-        let kind = inspect(path);
-        if kind == Kind::Missing && sealed_ancestor(path) {
+        // Overlays hide with whiteouts; in the home tmpfs, unbound entries do not exist.
+        if matches!(container, MountOp::Overlay { .. } | MountOp::HomeTmpfs { .. } | MountOp::Tmp { .. }) {
             continue;
         }
-        match container {
-            // Overlays hide with whiteouts; in the home tmpfs, unbound entries do not exist.
-            MountOp::Overlay { .. } | MountOp::HomeTmpfs { .. } | MountOp::Tmp { .. } => continue,
-            _ if kind == Kind::Missing && !container.writes_reach_host() => continue,
-            _ => ops.push(MountOp::Hide { path: path.clone(), kind }),
+        let kind = inspect(path);
+        if kind == Kind::Missing && (sealed_ancestor(path) || !container.writes_reach_host()) {
+            continue;
         }
+        ops.push(MountOp::Hide { path: path.clone(), kind });
     }
     for path in &fs.protected {
         let Some(container) = deepest_container(&containers, path) else { continue };
+        if !matches!(container, MountOp::Bind { writable: true, .. } | MountOp::Overlay { .. }) {
+            continue;
+        }
         let kind = inspect(path);
         if kind == Kind::Missing && sealed_ancestor(path) {
             continue;

@@ -60,8 +60,8 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
     let mut components = components;
     while let Some(component) = components.next() {
         let candidate = resolved.join(component);
-        match candidate.symlink_metadata() {
-            Ok(meta) if meta.file_type().is_symlink() => match std::fs::canonicalize(&candidate) {
+        match listing::lookup(&candidate) {
+            Ok(is_symlink) if is_symlink => match std::fs::canonicalize(&candidate) {
                 Ok(real) => resolved = real,
                 // A dangling symlink is not "missing": creating it would create its target.
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -79,6 +79,68 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
         }
     }
     Ok(resolved)
+}
+
+/// Directory listings kept while one policy is resolved, so that the dozens of built-in names
+/// that do not exist in the home directory or a writable root cost one `getdents` for the
+/// directory instead of one failed `statx` each.
+pub(crate) mod listing {
+    use std::cell::RefCell;
+    use std::collections::{HashMap, HashSet};
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static LISTINGS: RefCell<Option<HashMap<PathBuf, Option<HashSet<OsString>>>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `work` with listings cached, and forgets them afterwards so a later resolution
+    /// sees the filesystem as it is then.
+    pub fn with_cache<T>(work: impl FnOnce() -> T) -> T {
+        LISTINGS.with(|cell| *cell.borrow_mut() = Some(HashMap::new()));
+        let result = work();
+        LISTINGS.with(|cell| *cell.borrow_mut() = None);
+        LOOKUPS.with(|cell| cell.borrow_mut().clear());
+        result
+    }
+
+    thread_local! {
+        static LOOKUPS: RefCell<HashMap<PathBuf, bool>> = RefCell::new(HashMap::new());
+    }
+
+    /// Looks `path` up without following a final symlink and returns whether it is a symlink.
+    /// Within [`with_cache`], answers for names the parent's listing lacks, and for paths seen
+    /// before, come from memory.
+    pub fn lookup(path: &Path) -> std::io::Result<bool> {
+        if known_missing(path) {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        let caching = LISTINGS.with(|cell| cell.borrow().is_some());
+        if caching {
+            if let Some(is_symlink) = LOOKUPS.with(|cell| cell.borrow().get(path).copied()) {
+                return Ok(is_symlink);
+            }
+        }
+        let is_symlink = path.symlink_metadata()?.file_type().is_symlink();
+        if caching {
+            LOOKUPS.with(|cell| cell.borrow_mut().insert(path.to_path_buf(), is_symlink));
+        }
+        Ok(is_symlink)
+    }
+
+    /// Reports whether `path` is known not to exist: its parent was listed and the name is not
+    /// in it. Outside [`with_cache`] nothing is known.
+    pub fn known_missing(path: &Path) -> bool {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return false };
+        LISTINGS.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let Some(listings) = cell.as_mut() else { return false };
+            let names = listings.entry(parent.to_path_buf()).or_insert_with(|| {
+                std::fs::read_dir(parent).ok().map(|entries| entries.flatten().map(|entry| entry.file_name()).collect())
+            });
+            names.as_ref().is_some_and(|names| !names.contains(name))
+        })
+    }
 }
 
 /// Expands `~`, `~/...` and `{workspace}` at the start of a path written in a policy.

@@ -219,6 +219,10 @@ const FLAG: &str = "on the command line";
 
 /// Merges `raw` and `overrides` over the chosen profile and resolves every path.
 pub fn resolve(raw: &RawPolicy, overrides: &Overrides, context: &Context) -> Result<Policy, PolicyError> {
+    crate::paths::listing::with_cache(|| resolve_uncached(raw, overrides, context))
+}
+
+fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -> Result<Policy, PolicyError> {
     let origin = Origin { raw };
     let home = context.home.clone().filter(|home| home.is_absolute()).ok_or(PolicyError::NoHome)?;
     let home = canonicalize_lenient(&home).map_err(|reason| PolicyError::InvalidValue {
