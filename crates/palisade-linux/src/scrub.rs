@@ -1,9 +1,10 @@
 //! Neutralising a git repository that the command created during the run.
 //!
 //! Protected names are enforced with mounts, which need the parent directory to exist when the
-//! sandbox starts. A writable root without `.git` must stay free for `git init`, so a repository
+//! sandbox starts. A directory without `.git` must stay free for `git init`, so a repository
 //! created inside the sandbox starts with writable hooks and configuration. When the run ends
-//! (every process of it is dead), palisade disables what such a repository would make the
+//! (every process of it is dead), palisade looks for `.git` entries in the writable roots again,
+//! with the bounded search that protection uses, and disables what each new one would make the
 //! host's git execute:
 //! - hooks other than git's own `*.sample` files are renamed with a `.disabled-by-palisade`
 //!   suffix and lose their execute bits, so git no longer finds or runs them;
@@ -29,25 +30,26 @@ const HARMLESS_KEYS: &[&str] = &[
     "remote.pushurl", "branch.remote", "branch.merge", "branch.rebase", "extensions.objectformat",
 ];
 
-/// The git directories of writable roots that had no `.git` before the run.
-pub struct NewRepositories {
-    candidates: Vec<PathBuf>,
+/// The `.git` entries of the writable roots before the run, found with the same bounded
+/// search that protection uses.
+pub struct NewRepositories<'a> {
+    roots: &'a [PathBuf],
+    before: &'a [PathBuf],
 }
 
-impl NewRepositories {
-    /// Records which of the roots' `.git` entries are missing now.
-    pub fn capture(writable_roots: &[PathBuf]) -> NewRepositories {
-        let candidates = writable_roots
-            .iter()
-            .map(|root| root.join(".git"))
-            .filter(|git_dir| git_dir.symlink_metadata().is_err())
-            .collect();
-        NewRepositories { candidates }
+impl<'a> NewRepositories<'a> {
+    /// Takes the roots and the `.git` entries the policy found in them when it was resolved.
+    pub fn capture(roots: &'a [PathBuf], before: &'a [PathBuf]) -> NewRepositories<'a> {
+        NewRepositories { roots, before }
     }
 
-    /// Neutralises every one of them that the run created.
+    /// Neutralises every `.git` entry that appeared in the roots during the run.
+    ///
+    /// NOTE: the search has the bounds of `palisade_policy::git_entries`, so a repository
+    /// created deeper than it looks keeps what the command planted.
     pub fn scrub(&self) {
-        for git_dir in &self.candidates {
+        let found: Vec<PathBuf> = self.roots.iter().flat_map(|root| palisade_policy::git_entries(root)).collect();
+        for git_dir in found.iter().filter(|entry| !self.before.contains(entry)) {
             match git_dir.symlink_metadata() {
                 Ok(meta) if meta.is_dir() => scrub_repository(git_dir),
                 // A `.git` file or symlink points git at a directory the command chose.

@@ -78,7 +78,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     }
     // `go_write` stays open until the run ends: init treats its hang-up as this process's death.
     let revert = RevertList::capture(&policy.filesystem.revert_if_created);
-    let new_repositories = scrub::NewRepositories::capture(&policy.filesystem.writable);
+    let new_repositories = scrub::NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries);
 
     let mut bytes = Vec::new();
     let end = wait_for_exit(pid, &pidfd, &signal_fd, &report_read, &mut bytes, policy.limits.timeout);

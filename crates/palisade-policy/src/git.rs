@@ -95,7 +95,8 @@ pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
                     collect_modules(&entry.path(), &mut git_dirs);
                     collect_worktrees(&entry.path(), &mut git_dirs);
                     git_dirs.push(entry.path());
-                } else if kind.is_file() {
+                } else {
+                    // A `.git` file (worktree, submodule) or symlink points git elsewhere.
                     pointer_files.push(entry.path());
                 }
             } else if kind.is_dir() && depth < SEARCH_DEPTH && !SKIPPED_DIRS.iter().any(|skip| name == *skip) {
@@ -104,6 +105,14 @@ pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         }
     }
     (git_dirs, pointer_files)
+}
+
+/// Returns every `.git` entry in `root` and in nested repositories, within the search limits:
+/// directories and pointer files alike, but not the module and worktree directories inside
+/// them.
+pub fn git_entries(root: &Path) -> Vec<PathBuf> {
+    let (git_dirs, pointer_files) = repositories(root);
+    git_dirs.into_iter().filter(|dir| dir.file_name().is_some_and(|name| name == ".git")).chain(pointer_files).collect()
 }
 
 /// Adds the metadata directories of linked worktrees (`.git/worktrees/<name>`): each has its

@@ -16,6 +16,7 @@ mod resolve;
 
 pub use builtin::{CREDENTIAL_STORES, HOME_CACHES, HOME_EXEC_CONFIG, HOME_TOOLCHAIN, PROTECTED_IN_HOME, PROTECTED_IN_WRITABLE, SYSTEM_READ};
 pub use env::looks_secret;
+pub use git::git_entries;
 pub use error::PolicyError;
 pub use parse::{parse_duration, parse_size};
 pub use paths::is_within;

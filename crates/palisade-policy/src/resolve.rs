@@ -141,6 +141,9 @@ pub struct Filesystem {
     pub revert_if_created: Vec<PathBuf>,
     /// Whether the private `/tmp` (and `/var/tmp`) accepts writes.
     pub tmp_writable: bool,
+    /// The `.git` directories and pointer files that exist in the writable roots before the run.
+    /// One that appears during the run is neutralised afterwards.
+    pub git_entries: Vec<PathBuf>,
 }
 
 /// Resource limits. `None` means no limit beyond the host's.
@@ -654,8 +657,9 @@ fn resolve_filesystem(
 
     let mut protected = PathSet::default();
     let mut revert = PathSet::default();
+    let mut git_entries = PathSet::default();
     for root in &writable.paths {
-        protect_in_root(root, &fs.protected, &mut protected, &mut revert, home);
+        protect_in_root(root, &fs.protected, &mut protected, &mut revert, &mut git_entries, home);
     }
     let mut worktree_roots = Vec::new();
     for root in &writable.paths {
@@ -723,6 +727,7 @@ fn resolve_filesystem(
         protected: protected.paths,
         revert_if_created: revert.paths,
         tmp_writable: profile == Profile::WorkspaceWrite,
+        git_entries: git_entries.paths,
     })
 }
 
@@ -745,7 +750,14 @@ fn validate_relative_name(text: &str) -> Result<(), String> {
 /// repositories and submodules included), `.git` pointer files, and the directories
 /// `core.hooksPath` names. Also records the names that cannot be covered (see
 /// [`Filesystem::revert_if_created`]).
-fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathSet, revert: &mut PathSet, home: &Path) {
+fn protect_in_root(
+    root: &Path,
+    extra: &[Spanned<String>],
+    protected: &mut PathSet,
+    revert: &mut PathSet,
+    git_entries: &mut PathSet,
+    home: &Path,
+) {
     let add = |protected: &mut PathSet, path: PathBuf| {
         if let Ok(path) = canonicalize_lenient(&path) {
             // A protected name that resolves outside the root (a symlink planted there) is
@@ -769,8 +781,12 @@ fn protect_in_root(root: &Path, extra: &[Spanned<String>], protected: &mut PathS
     let (git_dirs, pointer_files) = git::repositories(root);
     for git_dir in &git_dirs {
         protect_git_dir(git_dir, root, protected, revert);
+        if git_dir.file_name().is_some_and(|name| name == ".git") {
+            git_entries.add(git_dir.clone());
+        }
     }
     for pointer in pointer_files {
+        git_entries.add(pointer.clone());
         protected.add(pointer);
     }
     let mut hooks = git::hooks_paths(&root.join(".git/config"));

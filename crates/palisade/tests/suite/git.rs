@@ -625,3 +625,23 @@ try commondir 'echo /nowhere > .git/commondir'
     assert!(!exists(&fresh.join(".git/commondir")), "commondir survived\n{}", describe(&run));
     assert!(run.stderr.contains("disabled a hook"), "palisade must report the disabled hook\n{}", describe(&run));
 });
+
+// The same for a repository created in a subdirectory of the workspace, and for a `.git`
+// pointer file planted there to aim git at a directory the command prepared.
+both_identities!(nested_new_repository_is_neutralised, |f: &Fixture| {
+    let run = sandbox(
+        f,
+        &[],
+        &format!(
+            r#"try init 'mkdir -p sub/lib && cd sub/lib && git init -q && {GIT_ID} commit -q --allow-empty -m nested'
+try hook 'plant sub/lib/.git/hooks/post-checkout nested-new-hook'
+try fsmonitor 'git -C sub/lib config core.fsmonitor "touch $OUT/nested-new-fsmonitor-ran; false"'
+try pointer 'mkdir -p other && printf "gitdir: %s/sub/lib/.git\n" "$PWD" > other/.git'
+"#
+        ),
+    );
+    assert_allowed(&run, &["init", "hook", "fsmonitor"]);
+    exercise_host_git(f, &f.ws.join("sub/lib"));
+    assert_no_markers(f, &run);
+    assert!(!exists(&f.ws.join("other/.git")), "the planted .git pointer survived\n{}", describe(&run));
+});
