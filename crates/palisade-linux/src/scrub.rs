@@ -9,7 +9,7 @@
 //! - hooks other than git's own `*.sample` files are renamed with a `.disabled-by-palisade`
 //!   suffix and lose their execute bits, so git no longer finds or runs them;
 //! - configuration keys outside a short list of harmless ones (the ones `git init`, `git clone`
-//!   and `git config user.*` write) are removed from `.git/config`; the original is kept
+//!   and `git config user.*` write) are removed from `.git/config`, and the original is kept
 //!   beside it as `config.rejected-by-palisade`;
 //! - `commondir`, `gitdir` and `config.worktree`, which redirect git or add configuration, are
 //!   removed.

@@ -83,7 +83,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     let mut bytes = Vec::new();
     let end = wait_for_exit(pid, &pidfd, &signal_fd, &report_read, &mut bytes, policy.limits.timeout);
     let status = match end {
-        // Init may still be tearing its namespaces down; it is reaped now if it is done, and
+        // Init may still be tearing its namespaces down. It is reaped now if it is done, and
         // otherwise by `reap_finished` at the next run or when this process exits.
         End::Finished => reap_finished(pid),
         End::Exited | End::TimedOut => {
@@ -126,7 +126,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     Ok(Outcome { exit, wall_time, exec_error })
 }
 
-/// How waiting for a run ended.
+/// The way waiting for a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// Init reported that no process of the run is left.
