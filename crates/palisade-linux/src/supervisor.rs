@@ -106,7 +106,14 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     let mut exec_error = None;
     for message in &messages {
         match message {
-            Message::Error(text) => return Err(Error::Sandbox(text.clone())),
+            Message::Error(text) => {
+                // Under Ubuntu's AppArmor restriction, creating the user namespace succeeds but
+                // the first mount inside fails; the host setting that causes it is the news.
+                if let (Identity::User { .. }, Some((cause, fix))) = (identity, userns::diagnose()) {
+                    return Err(Error::UserNamespaces { cause: format!("{cause}; inside the sandbox: {text}"), fix });
+                }
+                return Err(Error::Sandbox(text.clone()));
+            }
             Message::Exec { code, reason } => exec_error = Some((*code, reason.clone())),
             _ => {}
         }
