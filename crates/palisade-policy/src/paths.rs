@@ -128,6 +128,15 @@ pub(crate) mod listing {
         Ok(is_symlink)
     }
 
+    /// Most entries a directory may have to be listed: past that, reading the listing costs more
+    /// than the lookups it saves, and the names are looked up one by one.
+    const MAX_LISTED: usize = 4096;
+
+    fn list(dir: &Path) -> Option<HashSet<OsString>> {
+        let names: HashSet<OsString> = std::fs::read_dir(dir).ok()?.take(MAX_LISTED + 1).flatten().map(|entry| entry.file_name()).collect();
+        (names.len() <= MAX_LISTED).then_some(names)
+    }
+
     /// Reports whether `path` is known not to exist: its parent was listed and the name is not
     /// in it. Outside [`with_cache`] nothing is known.
     pub fn known_missing(path: &Path) -> bool {
@@ -135,9 +144,7 @@ pub(crate) mod listing {
         LISTINGS.with(|cell| {
             let mut cell = cell.borrow_mut();
             let Some(listings) = cell.as_mut() else { return false };
-            let names = listings.entry(parent.to_path_buf()).or_insert_with(|| {
-                std::fs::read_dir(parent).ok().map(|entries| entries.flatten().map(|entry| entry.file_name()).collect())
-            });
+            let names = listings.entry(parent.to_path_buf()).or_insert_with(|| list(parent));
             names.as_ref().is_some_and(|names| !names.contains(name))
         })
     }
