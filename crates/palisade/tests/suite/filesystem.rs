@@ -132,9 +132,9 @@ const STARTUP_FILES: &[&str] = &[
     ".inputrc", ".pam_environment", ".ssh/rc", ".local/bin/git", ".cargo/bin/cargo",
 ];
 
-// Public report: CVE-2026-25725 and anthropics/claude-code#33 (BL-5): agent settings created in
+// Public report: CVE-2026-25725 and anthropics/claude-code#33: agent settings created in
 // the workspace after start-up registered hooks that ran with host privileges on the next
-// session. Also netblue30/firejail#7132 (PR-6): protection only for files that already existed.
+// session. Also netblue30/firejail#7132: protection only for files that already existed.
 both_identities!(agent_config_dirs_cannot_be_created, |f: &Fixture| {
     let before = tree(f, &f.ws);
     let mut script = String::new();
@@ -156,7 +156,7 @@ both_identities!(agent_config_dirs_cannot_be_created, |f: &Fixture| {
     assert_eq!(tree(f, &f.ws), before, "the workspace changed\n{}", describe(&run));
 });
 
-// Public report: CVE-2026-25725 (BL-5), the variant where the settings already exist.
+// Public report: CVE-2026-25725, the variant where the settings already exist.
 both_identities!(agent_config_dirs_stay_read_only_when_present, |f: &Fixture| {
     for dir in AGENT_DIRS {
         f.write(&f.ws.join(dir).join("settings.json"), "original\n");
@@ -205,7 +205,7 @@ fn prepare_home(f: &Fixture) {
     f.write(&f.home.join(".codex/auth.json"), &format!("{CANARY} codex\n"));
 }
 
-// Public report: anthropic-experimental/sandbox-runtime#175 (BL-6): the mandatory deny for
+// Public report: anthropic-experimental/sandbox-runtime#175: the mandatory deny for
 // `.bashrc` and similar files was applied relative to the working directory, so `~/.bashrc`
 // stayed writable when a writable root covered the home directory. Also CVE-2026-55607.
 both_identities!(shell_startup_files_stay_unchanged_when_present, |f: &Fixture| {
@@ -229,7 +229,7 @@ both_identities!(shell_startup_files_stay_unchanged_when_present, |f: &Fixture| 
     }
 });
 
-// Public report: anthropic-experimental/sandbox-runtime#175 (BL-6), with the start-up files
+// Public report: anthropic-experimental/sandbox-runtime#175, with the start-up files
 // missing: creating them is as good as changing them.
 both_identities!(shell_startup_files_cannot_be_created, |f: &Fixture| {
     prepare_home(f);
@@ -248,7 +248,7 @@ both_identities!(shell_startup_files_cannot_be_created, |f: &Fixture| {
     }
 });
 
-// Public report: Wiz "GhostApproval" and denoland/deno#12152 (BL-9): a symlink in the writable
+// Public report: Wiz "GhostApproval" and denoland/deno#12152: a symlink in the writable
 // tree aimed a harmless-looking write at a file outside it. Palisade has no file-edit tool of
 // its own. Every tool an agent runs inside it goes through the same mounts, so the shell,
 // python and an in-place editor stand in for one.
@@ -278,7 +278,7 @@ try in-place-edit 'sed -i s/original/pwned/ settings.local.json'
     assert_eq!(tree(f, &f.out), before, "the directory outside the roots changed\n{}", describe(&run));
 });
 
-// Public report: Zouuup/landrun#58 and landlock-lsm/linux#11 (BL-13): Landlock does not mediate
+// Public report: Zouuup/landrun#58 and landlock-lsm/linux#11: Landlock does not mediate
 // times, mode, owner or extended attributes, so a Landlock-only sandbox could change the
 // metadata of files it may not write.
 both_identities!(metadata_outside_roots_stays_unchanged, |f: &Fixture| {
@@ -315,7 +315,7 @@ done
     }
 });
 
-// Public report: anthropics/claude-code#53209 and #45570 (BL-14): a read deny on a file was
+// Public report: anthropics/claude-code#53209 and #45570: a read deny on a file was
 // ignored when its parent was write-denied, and an allowed parent beat a denied child for a
 // python child process. Palisade's write deny is a protected name, and its read deny hides a
 // path.
@@ -386,7 +386,7 @@ try protected-write 'echo x > secrets/new'
     assert!(!run.stderr.contains(CANARY), "a credential was read\n{}", describe(&run));
 });
 
-// Public report: isanchez31/opencode-sandbox-plugin#16 and MoonshotAI/kimi-code#1934 (BL-15):
+// Public report: isanchez31/opencode-sandbox-plugin#16 and MoonshotAI/kimi-code#1934:
 // default deny lists missed `~/.config/gh`, `~/.kube`, `~/.docker`, `~/.netrc`, `~/.azure` and
 // the agent's own token store. trailofbits/claude-code-config#48 adds a plaintext wallet
 // keystore. Checked with the home directory hidden (the default) and visible.
@@ -416,7 +416,7 @@ both_identities!(default_deny_list_hides_credentials, |f: &Fixture| {
     }
 });
 
-// Public report: CVE-2024-42472 / GHSA-7hgv-f2j8-xw87 (BL-17): Flatpak bind-mounted the target
+// Public report: CVE-2024-42472 / GHSA-7hgv-f2j8-xw87: Flatpak bind-mounted the target
 // of a symlink that the sandboxed app had swapped in for a persisted directory. Palisade keeps
 // no per-workspace state, so this checks the nearest thing it has: the names it mounts over in
 // every workspace. A first run tries to plant symlinks there, pointing outside; whatever it
@@ -455,7 +455,7 @@ both_identities!(planted_symlinks_are_not_mount_sources, |f: &Fixture| {
     }
 });
 
-// Public report: rappdw/sandy#209 (BL-17): a symlink in the workspace to a host directory was
+// Public report: rappdw/sandy#209: a symlink in the workspace to a host directory was
 // mounted read-write in a later session. Here the later session names the symlink itself as a
 // writable root. Palisade must reject it or keep the target out of reach, and never follow the
 // link.
@@ -469,7 +469,7 @@ both_identities!(planted_symlink_cannot_widen_allow_write, |f: &Fixture| {
     assert!(!exists(&escaped), "a write through a planted symlink reached {}\n{}", escaped.display(), describe(&second));
 });
 
-// Public report: anthropics/claude-code#45451 and openai/codex#20716, #27354 (BL-18): ordinary
+// Public report: anthropics/claude-code#45451 and openai/codex#20716, #27354: ordinary
 // symlinks in projects (Bazel outputs, node_modules, symlinked agent dirs, a symlinked checkout)
 // made sandbox start-up fail for every command.
 both_identities!(workspace_symlinks_do_not_break_startup, |f: &Fixture| {
@@ -510,7 +510,7 @@ try claude 'echo changed > .claude/settings.json'
     assert_eq!(tree(f, &f.ws.join("shared/.claude")), before_claude, "the symlinked agent dir changed\n{}", describe(&run));
 });
 
-// Public report: nolabs-ai/nono#1396 and Zouuup/landrun#48 (BL-20): stacked Landlock rulesets
+// Public report: nolabs-ai/nono#1396 and Zouuup/landrun#48: stacked Landlock rulesets
 // without the REFER right made renames across directories fail with EXDEV.
 both_identities!(renames_and_links_work_across_directories, |f: &Fixture| {
     let script = "try rename 'mkdir -p r/a r/b && echo x > r/a/f && mv r/a/f r/b/f && ln r/b/f r/b/g && mkdir r/new && mv r/b/g r/new/g && mv r/new r/moved'\n";
@@ -522,7 +522,7 @@ both_identities!(renames_and_links_work_across_directories, |f: &Fixture| {
     assert!(!exists(&f.ws.join("r/a/f")));
 });
 
-// Public report: landlock-lsm/rust-landlock#79 (BL-21): granting write without truncate broke
+// Public report: landlock-lsm/rust-landlock#79: granting write without truncate broke
 // every overwrite of an existing file.
 both_identities!(overwrites_truncate_in_writable_roots, |f: &Fixture| {
     let extra = f.root.join("extra");
@@ -542,7 +542,7 @@ try tmp 'printf abc > /tmp/t && : > /tmp/t && printf e > /tmp/t && test "$(cat /
     assert_eq!(fs::read_to_string(extra.join("t")).unwrap(), "e");
 });
 
-// Public report: GHSA-w5fx-fh39-j5rw / CVE-2025-59532 (BL-62): a working directory chosen by the
+// Public report: GHSA-w5fx-fh39-j5rw / CVE-2025-59532: a working directory chosen by the
 // model became the sandbox's writable root. Palisade's writable roots come from the workspace
 // and flags only; started from another directory, the command runs in the workspace.
 both_identities!(start_directory_does_not_widen_writable_roots, |f: &Fixture| {
@@ -571,7 +571,7 @@ both_identities!(start_directory_does_not_widen_writable_roots, |f: &Fixture| {
     }
 });
 
-// Public report: rootless-containers/slirp4netns#153 and OpenAtom-Linyaps/linyaps#1724 (BL-67):
+// Public report: rootless-containers/slirp4netns#153 and OpenAtom-Linyaps/linyaps#1724:
 // mounts made inside a sandbox propagated to the host.
 both_identities!(mounts_inside_stay_invisible_outside, |f: &Fixture| {
     let run = sandbox(
@@ -590,7 +590,7 @@ try nested 'unshare -rm sh -c "mount -t tmpfs none m && touch m/inner"'
     assert!(!exists(&f.ws.join("m/inner")), "a file written into an inner mount reached the host");
 });
 
-// Public report: openai/codex#5203 and anthropics/claude-code#88462 (BL-68): deletes aimed at
+// Public report: openai/codex#5203 and anthropics/claude-code#88462: deletes aimed at
 // the workspace's parent, a sibling or the home directory.
 both_identities!(recursive_delete_above_workspace_fails, |f: &Fixture| {
     f.write(&f.out.join("keep/canary.txt"), "keep\n");
@@ -613,7 +613,7 @@ try home 'rm -rf "$HOME"/* "$HOME"/.[!.]*'
     assert_eq!(tree(f, &f.home), before_home, "the home directory changed\n{}", describe(&hidden));
 });
 
-// Public report: containers/bubblewrap#413 and anthropics/claude-code#50781 (PR-4): a missing
+// Public report: containers/bubblewrap#413 and anthropics/claude-code#50781: a missing
 // allow target must be created or reported, never dropped.
 both_identities!(missing_allow_write_target_is_not_dropped, |f: &Fixture| {
     let missing = f.out.join("build");
@@ -628,7 +628,7 @@ both_identities!(missing_allow_write_target_is_not_dropped, |f: &Fixture| {
     }
 });
 
-// Public report: containers/bubblewrap#413 and anthropics/claude-code#50781 (PR-4): a writable
+// Public report: containers/bubblewrap#413 and anthropics/claude-code#50781: a writable
 // or file bind whose mount point does not exist under a read-only parent killed every command.
 both_identities!(binds_work_under_read_only_parents, |f: &Fixture| {
     f.write(&f.out.join("data/existing.txt"), "data\n");
@@ -655,7 +655,7 @@ try read-file 'cat "$OUT/notes.txt" "$HOME/notes.txt"'
     assert_eq!(fs::read_to_string(f.out.join("single.txt")).unwrap(), "changed\n");
 });
 
-// Public report: containers/bubblewrap#413 (PR-4): a missing deny target must not abort
+// Public report: containers/bubblewrap#413: a missing deny target must not abort
 // start-up.
 both_identities!(missing_hidden_path_does_not_block_startup, |f: &Fixture| {
     let not_yet = f.home.join(".does-not-exist-yet").display().to_string();
@@ -666,7 +666,7 @@ both_identities!(missing_hidden_path_does_not_block_startup, |f: &Fixture| {
     assert!(!exists(&f.ws.join("not-yet")));
 });
 
-// Public report: anthropics/claude-code#53209 (BL-14): a read deny on a file was lost when its
+// Public report: anthropics/claude-code#53209: a read deny on a file was lost when its
 // parent was write-denied. Palisade's write deny is a protected name. Hiding a path inside one
 // that does not exist yet must neither stop the run nor let the path be created.
 both_identities!(missing_hidden_path_inside_protected_dir_starts, |f: &Fixture| {
@@ -680,7 +680,7 @@ both_identities!(missing_hidden_path_inside_protected_dir_starts, |f: &Fixture| 
     assert!(!exists(&f.ws.join("secrets/not-yet")));
 });
 
-// Public report: containers/bubblewrap#413 and anthropics/claude-code#50781 (PR-4): the sandbox
+// Public report: containers/bubblewrap#413 and anthropics/claude-code#50781: the sandbox
 // failed on every command because of a mask whose location did not exist. Here the home
 // directory is a writable root and has no `.claude` or `.codex`, so the built-in hidden token
 // files inside those protected names do not exist either.
@@ -692,7 +692,7 @@ both_identities!(writable_home_without_agent_dirs_starts, |f: &Fixture| {
     assert!(!exists(&f.home.join(".claude")));
 });
 
-// Public report: anthropic-experimental/sandbox-runtime#432 (PR-1): deny patterns were anchored
+// Public report: anthropic-experimental/sandbox-runtime#432: deny patterns were anchored
 // to the working directory, so other writable roots and other directories were unprotected.
 // Palisade has no `**` patterns: a protected name applies at the top of every writable root and
 // a hidden path is absolute, both whatever the starting directory.
@@ -737,7 +737,7 @@ try ok 'mkdir -p "$WS/other" && echo x > "$WS/other/ok.txt"'
     assert!(exists(&f.ws.join("other/ok.txt")));
 });
 
-// Public report: netblue30/firejail#7132 and PR #7154 (PR-6): protections covered only files
+// Public report: netblue30/firejail#7132 and PR #7154: protections covered only files
 // that existed, so a sandboxed program created the sandbox's own future policy. Here the home
 // directory is an extra writable root, as in the report.
 both_identities!(protected_names_cannot_be_created_in_any_root, |f: &Fixture| {
@@ -762,7 +762,7 @@ try home-vscode 'mkdir -p "$HOME/.vscode" && echo {} > "$HOME/.vscode/tasks.json
     }
 });
 
-// Public report: netblue30/firejail PR #7136 (PR-13): agents could not run scripts they had
+// Public report: netblue30/firejail PR #7136: agents could not run scripts they had
 // just written. Palisade mounts the workspace and the private /tmp without `noexec`.
 both_identities!(scripts_written_inside_can_run, |f: &Fixture| {
     let run = sandbox(
@@ -780,7 +780,7 @@ try tmp 'cp t.sh /tmp/t.sh && /tmp/t.sh'
     assert_ne!(mode & 0o111, 0, "the execute bit did not reach the host");
 });
 
-// Public report: openai/codex#18043 (CX-14): the sandbox left a mount-point file in every
+// Public report: openai/codex#18043: the sandbox left a mount-point file in every
 // workspace. Palisade creates placeholders for missing protected names and must remove them
 // however the run ends.
 both_identities!(runs_leave_no_files_in_workspace, |f: &Fixture| {
@@ -807,7 +807,7 @@ both_identities!(runs_leave_no_files_in_workspace, |f: &Fixture| {
     }
 });
 
-// Public report: openai/codex#9236 (CX-15): configured writable roots were neither readable nor
+// Public report: openai/codex#9236: configured writable roots were neither readable nor
 // writable.
 both_identities!(extra_writable_roots_are_readable_and_writable, |f: &Fixture| {
     f.write(&f.out.join("data/x/existing.txt"), "existing\n");
@@ -838,7 +838,7 @@ try file-root 'ls "$OUT/other" && cat "$OUT/other/existing.txt" && touch "$OUT/o
     assert_eq!(names, BTreeSet::from(["existing.txt".to_owned(), "f".to_owned()]));
 });
 
-// Public reports: QwenLM/qwen-code#5373 and #5453 (BL-10). A string-prefix containment check
+// Public reports: QwenLM/qwen-code#5373 and #5453. A string-prefix containment check
 // treated `/repo/app-tools` as inside `/repo/app`. Siblings that share the workspace's name as
 // a prefix must stay unwritable, whether they are absent from the sandbox or visible read-only,
 // and a writable root given on the command line must not widen to them.
@@ -871,7 +871,7 @@ try mkdir 'mkdir "$WS-evil/sub"'
     assert!(!f.ws.join("x").exists(), "the workspace was written through its sibling");
 });
 
-// Public reports: anthropics/claude-code#53209 and #45570 (BL-14). A read-deny must hold for
+// Public reports: anthropics/claude-code#53209 and #45570. A read-deny must hold for
 // paths that do not exist yet too: creating the denied path, or a missing parent of it, inside
 // a writable root would hand the command a file the user asked to keep out of reach. The same
 // holds for a protected path given absolutely in a policy file.

@@ -51,9 +51,9 @@ fn linked_worktree(f: &Fixture, main: &Path, worktree: &Path) -> String {
     host_git(f, main, &["symbolic-ref", "--short", "HEAD"]).stdout.trim().to_owned()
 }
 
-// Public report: trailofbits/claude-code-config#48 and anthropics/claude-code#61909 (BL-1): a
+// Public report: trailofbits/claude-code-config#48 and anthropics/claude-code#61909: a
 // hook written into the workspace's `.git/hooks` ran on the user's next git command. Also
-// openai/codex#7071 (CX-13): commits must still work.
+// openai/codex#7071: commits must still work.
 both_identities!(hooks_dir_stays_read_only_when_present, |f: &Fixture| {
     let hooks = f.ws.join(".git/hooks");
     assert!(hooks.join("pre-commit.sample").is_file(), "git init did not install sample hooks");
@@ -80,7 +80,7 @@ try commit '{GIT_ID} commit -q --allow-empty -m inside'
     assert_no_markers(f, &run);
 });
 
-// Public report: trailofbits/claude-code-config#48 (BL-1), with no `.git/hooks` at start.
+// Public report: trailofbits/claude-code-config#48, with no `.git/hooks` at start.
 both_identities!(hooks_dir_stays_read_only_when_missing, |f: &Fixture| {
     fs::remove_dir_all(f.ws.join(".git/hooks")).unwrap();
     let run = sandbox(
@@ -100,7 +100,7 @@ try commit '{GIT_ID} commit -q --allow-empty -m inside'
     assert_no_markers(f, &run);
 });
 
-// Public report: trailofbits/claude-code-config#48 (BL-1). Protecting `.git/hooks` and
+// Public report: trailofbits/claude-code-config#48. Protecting `.git/hooks` and
 // `.git/config` in place is not enough if `.git` itself can be moved aside and rebuilt with
 // hooks and configuration of the command's choosing.
 both_identities!(git_dir_cannot_be_replaced, |f: &Fixture| {
@@ -121,7 +121,7 @@ try config 'printf "[core]\n\trepositoryformatversion = 0\n\tfsmonitor = \"touch
     assert_eq!(fs::read(f.ws.join(".git/config")).unwrap(), before_config, ".git/config changed\n{}", describe(&run));
 });
 
-// Public report: openai/codex#25664 (BL-4), applied to the main worktree: turning `.git` into
+// Public report: openai/codex#25664, applied to the main worktree: turning `.git` into
 // a pointer file aims every later host-side git command at a git directory the command made.
 both_identities!(git_dir_cannot_become_pointer_file, |f: &Fixture| {
     let run = sandbox(
@@ -138,7 +138,7 @@ try pointer 'mv .git real-git && printf "gitdir: %s/evil\n" "$PWD" > .git'
     assert!(f.ws.join(".git").is_dir(), ".git is no longer a directory\n{}", describe(&run));
 });
 
-// Public report: dirge-code/dirge#774 and TNG/oh-my-agentic-coder#31 (BL-2): `.git/config` keys
+// Public report: dirge-code/dirge#774 and TNG/oh-my-agentic-coder#31: `.git/config` keys
 // (`core.fsmonitor`, `core.hooksPath`, `core.pager`, `core.sshCommand`, aliases, diff
 // `textconv`) and `.git/info/attributes` filter drivers run programs on the host.
 both_identities!(git_config_stays_read_only, |f: &Fixture| {
@@ -178,7 +178,7 @@ try exclude 'echo "*" >> .git/info/exclude'
     assert_no_markers(f, &run);
 });
 
-// Public report: dirge-code/dirge#774 (BL-2), with `.git/info` missing at start, as in
+// Public report: dirge-code/dirge#774, with `.git/info` missing at start, as in
 // repositories cloned without templates.
 both_identities!(git_info_cannot_be_created, |f: &Fixture| {
     fs::remove_dir_all(f.ws.join(".git/info")).unwrap();
@@ -193,7 +193,7 @@ try config 'git config filter.agent.clean "touch $OUT/filter-ran; cat"'
     assert!(!exists(&f.ws.join(".git/info")), ".git/info exists after the run\n{}", describe(&run));
 });
 
-// Public report: trailofbits/claude-code-config#48 (BL-1) and dirge-code/dirge#774 (BL-2). Git
+// Public report: trailofbits/claude-code-config#48 and dirge-code/dirge#774. Git
 // reads `$GIT_DIR/commondir` to find the directory that contains the configuration and hooks,
 // so writing that one file would move both out from under their protection. Git fails on a
 // placeholder at that name, so palisade cannot keep it from being created; it removes the file
@@ -217,7 +217,7 @@ try commondir 'echo ../evil > .git/commondir'
     assert!(run.stderr.contains("commondir"), "palisade must say it removed the file\n{}", describe(&run));
 });
 
-// Public report: trailofbits/claude-code-config#48 (BL-1). A submodule's hooks and
+// Public report: trailofbits/claude-code-config#48. A submodule's hooks and
 // configuration live in `.git/modules/<name>/`, inside the protected repository's git directory.
 both_identities!(submodule_git_dirs_stay_read_only, |f: &Fixture| {
     let library = f.out.join("library");
@@ -243,7 +243,7 @@ try config 'git -C sub config core.fsmonitor "touch $OUT/submodule-fsmonitor-ran
     assert_denied(&run, &["hook", "config"]);
 });
 
-// Public report: trailofbits/claude-code-config#48 (BL-1). A repository nested inside the
+// Public report: trailofbits/claude-code-config#48. A repository nested inside the
 // workspace (a vendored checkout, a second project) runs its hooks when the user works in it.
 both_identities!(nested_repository_hooks_stay_read_only, |f: &Fixture| {
     let nested = f.ws.join("vendor/lib");
@@ -265,7 +265,7 @@ try config 'git -C vendor/lib config core.fsmonitor "touch $OUT/nested-fsmonitor
     assert_denied(&run, &["hook", "config"]);
 });
 
-// Public report: openai/codex#25664 (BL-4): in a linked worktree `.git` is a pointer file;
+// Public report: openai/codex#25664: in a linked worktree `.git` is a pointer file;
 // rewriting it redirected later host-side git commands to a git directory with planted hooks.
 both_identities!(worktree_pointer_file_stays_read_only, |f: &Fixture| {
     let main = f.root.join("main");
@@ -289,7 +289,7 @@ try remove 'rm -f .git'
     assert_no_markers(f, &run);
 });
 
-// Public report: openai/codex#25664 (BL-4). The worktree's own git directory, which palisade
+// Public report: openai/codex#25664. The worktree's own git directory, which palisade
 // makes writable so commits work, contains `commondir`: the path of the directory whose
 // configuration and hooks git uses for this worktree.
 both_identities!(worktree_commondir_stays_read_only, |f: &Fixture| {
@@ -315,8 +315,8 @@ try commondir 'echo "$PWD/evil" > "$COMMONDIR"'
     assert_denied(&run, &["commondir"]);
 });
 
-// Public report: anthropics/claude-code#22320, #26262, #80278 and openai/codex#23661 (BL-19,
-// CX-13): protecting git metadata made linked worktrees unusable. Git work in a worktree must
+// Public report: anthropics/claude-code#22320, #26262, #80278 and openai/codex#23661:
+// protecting git metadata made linked worktrees unusable. Git work in a worktree must
 // succeed while the main repository's configuration and hooks stay unchanged.
 both_identities!(linked_worktree_supports_git_work, |f: &Fixture| {
     let main = f.root.join("main");
@@ -352,7 +352,7 @@ try main-hook 'plant "$MAIN/.git/hooks/pre-commit" main-hook'
     assert_eq!(tree(f, &main.join(".git/hooks")), before_hooks, "main hooks changed\n{}", describe(&run));
 });
 
-// Public report: openai/codex#23661 (BL-19): a worktree must see its repository as the host
+// Public report: openai/codex#23661: a worktree must see its repository as the host
 // does. After `git gc` or `git pack-refs` the branches live in the main repository's
 // `packed-refs`; a commit that cannot see them starts a new, unrelated history.
 both_identities!(linked_worktree_sees_packed_refs, |f: &Fixture| {
@@ -376,7 +376,7 @@ try commit '{GIT_ID} commit -q --allow-empty -m inside-worktree'
     assert_eq!(log.stdout, "inside-worktree\ninit\n", "the worktree's history on the host\n{}", describe(&run));
 });
 
-// Public report: safedep/pmg#444 and navikt/cplt#212 (PR-8): `core.hooksPath` moves hooks into
+// Public report: safedep/pmg#444 and navikt/cplt#212: `core.hooksPath` moves hooks into
 // the writable tree, and a second writable repository's hooks were left open.
 both_identities!(hooks_path_targets_stay_read_only, |f: &Fixture| {
     f.write(&f.ws.join(".husky/_/husky.sh"), "# husky\n");
@@ -421,7 +421,7 @@ try w2-commit '{GIT_ID} -C "$W2" commit -q --allow-empty -m inside'
     assert_no_markers(f, &run);
 });
 
-// Public report: anthropic-experimental/sandbox-runtime#545 (PR-9): `rm -rf .git` in a writable
+// Public report: anthropic-experimental/sandbox-runtime#545: `rm -rf .git` in a writable
 // project wiped the history. Palisade's decision: hooks, config and info are read-only mounts
 // and survive. Objects, refs and HEAD are ordinary workspace data and may be deleted, like any
 // other file the command may edit.
@@ -434,7 +434,7 @@ both_identities!(deleting_git_dir_keeps_hooks_and_config, |f: &Fixture| {
     assert!(f.ws.join(".git/hooks/pre-commit.sample").is_file(), "{}", describe(&run));
 });
 
-// Public report: carderne/pi-sandbox#44 (PR-10): the hooks deny made `git init` fail. A
+// Public report: carderne/pi-sandbox#44: the hooks deny made `git init` fail. A
 // repository created inside the sandbox must work.
 both_identities!(git_init_and_commit_work_in_new_repo, |f: &Fixture| {
     fs::remove_dir_all(f.ws.join(".git")).unwrap();
@@ -453,7 +453,7 @@ try nested 'git init -q nested && {GIT_ID} -C nested commit -q --allow-empty -m 
     assert_eq!(log.stdout, "inside\n", "{}", describe(&run));
 });
 
-// Public report: carderne/pi-sandbox#44 (PR-10): in an existing repository, `git init` must not
+// Public report: carderne/pi-sandbox#44: in an existing repository, `git init` must not
 // become a way to rewrite the hooks.
 both_identities!(git_init_in_existing_repo_keeps_hooks, |f: &Fixture| {
     let hooks = f.ws.join(".git/hooks");
@@ -475,7 +475,7 @@ try hook 'echo e > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit'
     assert_eq!(tree(f, &hooks), before, "hooks changed\n{}", describe(&run));
 });
 
-// Public report: openai/codex#7071 (CX-13): `.git` was read-only, so `git commit` failed on
+// Public report: openai/codex#7071: `.git` was read-only, so `git commit` failed on
 // `index.lock`. The data git writes (index, objects, refs, logs) is writable; the parts the
 // host executes are not. `git add -A` must stage exactly the command's own changes.
 both_identities!(commit_works_while_git_metadata_stays_protected, |f: &Fixture| {
@@ -505,7 +505,7 @@ try attributes 'printf "* filter=agent\n" >> .git/info/attributes'
     assert_eq!(after, before, "protected git metadata changed\n{}", describe(&run));
 });
 
-// Public report: openai/codex#27354 (BL-18): the `repo` tool makes `.git` a symlink to a git
+// Public report: openai/codex#27354: the `repo` tool makes `.git` a symlink to a git
 // directory elsewhere in the checkout. Git must work and the hooks stay protected where they
 // really are.
 both_identities!(symlinked_git_dir_keeps_hooks_read_only, |f: &Fixture| {
@@ -534,7 +534,7 @@ try config 'git config core.fsmonitor "touch $OUT/symlinked-fsmonitor-ran; false
     assert_no_markers(f, &run);
 });
 
-// Public report: openai/codex#25664 (BL-4), seen from the main repository: when the workspace
+// Public report: openai/codex#25664, seen from the main repository: when the workspace
 // is the main worktree, `.git/worktrees/<name>` holds the `commondir`, `gitdir` and hooks that
 // git run in the linked worktree follows. Rewriting them would redirect that worktree to a
 // configuration the command wrote.
@@ -563,7 +563,7 @@ try hooks 'mkdir -p .git/worktrees/wt/hooks && plant .git/worktrees/wt/hooks/pos
     assert!(!exists(&metadata.join("hooks")), "a hooks directory appeared\n{}", describe(&run));
 });
 
-// Public report: anthropics/claude-code#26262 (BL-19): worktree metadata outside the workspace
+// Public report: anthropics/claude-code#26262: worktree metadata outside the workspace
 // was read-only, so git in a linked worktree failed. Git takes `packed-refs.lock` in the main
 // repository's git directory when it updates or deletes a branch, so that directory must be
 // writable while its configuration and hooks stay protected.
@@ -597,7 +597,7 @@ both_identities!(read_only_profile_runs_git_log, |f: &Fixture| {
     assert_denied(&run, &["write"]);
 });
 
-// Public report: carderne/pi-sandbox#44 (PR-10). `git init` must work in a workspace without a
+// Public report: carderne/pi-sandbox#44. `git init` must work in a workspace without a
 // repository, yet the new repository's hooks and configuration cannot be protected with mounts
 // while `.git` does not exist. Palisade disables what the command planted there when the run
 // ends, so the host's next git command runs none of it.

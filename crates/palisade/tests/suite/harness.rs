@@ -268,7 +268,8 @@ impl Fixture {
         self.host(&self.ws.clone(), "/bin/sh", &["-c", script])
     }
 
-    fn as_owner(&self, program: &str) -> Command {
+    /// Builds a command that runs `program` as the fixture's owner, as `palisade` itself runs.
+    pub fn as_owner(&self, program: &str) -> Command {
         if self.who == Who::User && is_root() {
             let mut command = Command::new("setpriv");
             command

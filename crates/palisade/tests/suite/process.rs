@@ -28,21 +28,6 @@ fn running_as_root() -> bool {
     fs::metadata("/proc/self").map(|meta| meta.uid() == 0).unwrap_or(false)
 }
 
-/// Builds a command that runs `program` as the fixture's owner, as the harness runs `palisade`.
-fn owner_command(f: &Fixture, program: &str) -> Command {
-    if f.who == Who::User && running_as_root() {
-        let mut command = Command::new("setpriv");
-        command
-            .arg(format!("--reuid={}", f.owner.0))
-            .arg(format!("--regid={}", f.owner.1))
-            .arg("--clear-groups")
-            .arg("--")
-            .arg(program);
-        command
-    } else {
-        Command::new(program)
-    }
-}
 
 /// Returns the uid the sandboxed command runs as in this fixture.
 fn sandbox_uid(f: &Fixture) -> u32 {
@@ -118,7 +103,7 @@ impl Drop for HostProcess {
 /// Starts a sleeping python process as the fixture's owner, with `secret` in its environment
 /// and `marker` in its command line.
 fn start_victim(f: &Fixture, marker: &str, secret: &str) -> HostProcess {
-    let child = owner_command(f, PYTHON)
+    let child = f.as_owner(PYTHON)
         .args(["-c", "import time; time.sleep(30)", marker])
         .env("BL_SECRET", secret)
         .stdin(Stdio::null())
@@ -713,7 +698,7 @@ both_identities!(sandbox_dies_with_palisade, |f: &Fixture| {
     let late_file = f.ws.join("died-late");
     let script = r#"touch started; sleep 6; touch died-late"#;
     let binary = palisade_binary().to_str().unwrap();
-    let child = owner_command(f, binary)
+    let child = f.as_owner(binary)
         .args(["run", "--", "/bin/sh", "-c", script, &marker])
         .current_dir(&f.ws)
         .env("HOME", &f.home)
@@ -779,7 +764,7 @@ while time.time() < deadline:
 print("SIGINT", count, flush=True)
 "#;
 
-// Public report: GreyhavenHQ/greywall#15 (PR-15): a sandbox in its own session must still pass
+// Public report: GreyhavenHQ/greywall#15: a sandbox in its own session must still pass
 // the terminal's Ctrl-C on. Palisade and init share a process group, so both see the terminal's
 // signal, and only init forwards it.
 // NOTE: a second, duplicate delivery often coalesces with the first (a pending signal is not
