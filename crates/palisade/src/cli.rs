@@ -144,6 +144,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 pub fn print_policy(args: PolicyArgs) -> anyhow::Result<u8> {
+    if args.report.is_some() {
+        anyhow::bail!("--report applies to `palisade run` only; `palisade policy` runs nothing to report on");
+    }
     let policy = args.resolve()?;
     print!("{}", policy.to_toml());
     Ok(0)
