@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Why a sandbox could not be set up. Nothing runs when any of these is returned.
+/// The reason a sandbox could not be set up. Nothing runs when any of these is returned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -19,7 +19,7 @@ pub enum Error {
     #[error("{0}")]
     Sandbox(String),
 
-    /// The policy asks for something this build cannot enforce yet.
+    /// The policy requests something this build cannot enforce yet.
     #[error("{feature} is not enforced by this build of palisade; refusing to run without it")]
     Unsupported { feature: String },
 

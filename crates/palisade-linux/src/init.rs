@@ -144,7 +144,9 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     }
     let mut lifeline = [rustix::event::PollFd::new(&go_pipe, rustix::event::PollFlags::IN)];
     let zero = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 0 };
-    if rustix::event::poll(&mut lifeline, Some(&zero)).is_ok() && !lifeline[0].revents().is_empty() {
+    // A failed poll leaves the supervisor's state unknown, so it counts as a hang-up.
+    let polled = rustix::event::poll(&mut lifeline, Some(&zero));
+    if polled.is_err() || !lifeline[0].revents().is_empty() {
         sys::exit_now(SETUP_FAILED);
     }
     drop(go_pipe);
@@ -340,7 +342,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let messages = vec![
+        let messages = [
             Message::Error("failed to mount\nsomething".into()),
             Message::Exec { code: 127, reason: "foo: not found".into() },
             Message::Placeholder("/ws/.claude".into()),

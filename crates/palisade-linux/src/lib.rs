@@ -5,9 +5,9 @@
 //! 1. [`plan::build`] turns the resolved policy into an ordered list of mount operations.
 //! 2. The supervisor ([`supervisor::run`]) forks init into new namespaces and, for an
 //!    unprivileged caller, writes the user mapping.
-//! 3. Init ([`init`]) builds the root ([`mounts`]), forks the command stage, which drops every
-//!    privilege and calls `execve`; init then forwards signals and reaps until the command
-//!    exits.
+//! 3. Init ([`init`]) builds the root ([`mounts`]) and forks the command stage, which drops
+//!    every privilege and calls `execve`. Init then forwards signals and reaps until the
+//!    command exits.
 
 mod error;
 mod init;
@@ -31,7 +31,7 @@ use plan::{Kind, MountPlan};
 /// nothing on the host; idmapped mounts make the workspace appear owned by it.
 pub const ROOT_SANDBOX_UID: u32 = 0x7ff0_0000;
 
-/// Who the command runs as.
+/// The identity the command runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {
     /// An unprivileged caller: a user namespace maps the caller's ids to themselves.
@@ -42,7 +42,7 @@ pub enum Identity {
 }
 
 impl Identity {
-    /// The identity for the current process. Root mode needs CAP_SYS_ADMIN as well as uid 0: a
+    /// Returns the identity for the current process. Root mode needs CAP_SYS_ADMIN as well as uid 0: a
     /// uid-0 process without it (inside a container's user namespace, say) must create a user
     /// namespace like any unprivileged caller.
     pub fn current() -> Identity {
@@ -54,7 +54,7 @@ impl Identity {
         }
     }
 
-    /// The kernel uid and gid of the command.
+    /// Returns the kernel uid and gid of the command.
     pub fn sandbox_ids(self) -> (u32, u32) {
         match self {
             Identity::User { uid, gid } => (uid, gid),
@@ -63,7 +63,8 @@ impl Identity {
     }
 }
 
-/// Whether the effective capability set holds CAP_SYS_ADMIN, read from `/proc/self/status`.
+/// Reports whether the effective capability set contains CAP_SYS_ADMIN, read from
+/// `/proc/self/status`.
 fn has_sys_admin() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
@@ -75,13 +76,13 @@ fn has_sys_admin() -> bool {
 }
 
 impl MountPlan {
-    /// Whether any operation asks for an idmapped mount.
+    /// Reports whether any operation needs an idmapped mount.
     pub fn needs_idmap(&self) -> bool {
         self.ops.iter().any(|op| matches!(op, plan::MountOp::Bind { idmap: true, .. } | plan::MountOp::Overlay { idmap: true, .. }))
     }
 }
 
-/// How a run ended.
+/// The way a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// The command exited with this code.
@@ -166,8 +167,8 @@ pub fn close_inherited_descriptors() -> Result<(), Error> {
     sys::cloexec_from(3).map_err(|e| Error::setup("mark close-on-exec", "inherited descriptors", e))
 }
 
-/// Whether this machine lets the current user create the namespaces a sandbox needs, and if
-/// not, why and how to fix it.
+/// Checks whether this machine lets the current user create the namespaces a sandbox needs. The
+/// error names the cause and the fix.
 pub fn user_namespaces_available() -> Result<(), Error> {
     match userns::diagnose() {
         Some((cause, fix)) if matches!(Identity::current(), Identity::User { .. }) => Err(Error::UserNamespaces { cause, fix }),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use palisade_policy::{is_within, Policy};
 
-/// What exists at a host path, as far as planning needs to know.
+/// The type of the entry at a host path, as far as planning needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
@@ -35,11 +35,11 @@ pub enum MountOp {
     /// The host directory under a copy-on-write layer that is discarded at the end of the run.
     /// `hidden` lists paths (relative to `path`) that read as absent.
     Overlay { path: PathBuf, hidden: Vec<PathBuf>, idmap: bool },
-    /// Hides a path: an existing one is covered by an empty, inaccessible file or directory; a
-    /// missing one inside a writable root gets a placeholder directory so it cannot be created.
+    /// Hides a path. An existing one is covered by an empty, inaccessible file or directory,
+    /// and a missing one inside a writable root gets a placeholder FIFO so it cannot be created.
     Hide { path: PathBuf, kind: Kind },
-    /// Keeps a path inside a writable root read-only; a missing one gets a placeholder directory
-    /// so it cannot be created.
+    /// Keeps a path inside a writable root read-only. A missing one gets a placeholder FIFO so it
+    /// cannot be created.
     Protect { path: PathBuf, kind: Kind },
     /// Binds a writable directory onto itself. A mount point cannot be renamed or removed, so
     /// a directory between a writable root and a protected path (`.git` for `.git/hooks`)
@@ -71,7 +71,7 @@ impl MountOp {
         }
     }
 
-    /// Whether writes to this operation's path reach the host.
+    /// Reports whether writes to this operation's path reach the host.
     fn writes_reach_host(&self) -> bool {
         matches!(self, MountOp::Bind { writable: true, .. })
     }
@@ -333,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn read_only_bind_inside_read_only_bind_is_dropped() {
+    fn nested_read_only_bind_dropped() {
         let plan = plan(Filesystem {
             read_only: vec!["/usr".into(), "/usr/bin".into(), "/home/u/.gitconfig".into()],
             writable: vec!["/usr/src/ws".into()],

@@ -74,7 +74,7 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 /// user, so the workspace stays writable while root-only host files stay out of reach.
 ///
 /// A child is cloned straight into a new user namespace and waits on a pipe while the mapping
-/// is written and the namespace opened; closing the pipe ends it. On success the caller reaps
+/// is written and the namespace opened. Closing the pipe ends it. On success the caller reaps
 /// the returned child later, so its exit overlaps the sandbox's setup.
 pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), String> {
     let (hold_read, hold_write) =

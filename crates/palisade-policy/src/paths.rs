@@ -94,8 +94,8 @@ pub(crate) mod listing {
         static LISTINGS: RefCell<Option<HashMap<PathBuf, Option<HashSet<OsString>>>>> = const { RefCell::new(None) };
     }
 
-    /// Runs `work` with listings cached, and forgets them afterwards so a later resolution
-    /// sees the filesystem as it is then.
+    /// Runs `work` with listings cached, and drops them afterwards so a later resolution reads
+    /// the filesystem as it is then.
     pub fn with_cache<T>(work: impl FnOnce() -> T) -> T {
         LISTINGS.with(|cell| *cell.borrow_mut() = Some(HashMap::new()));
         let result = work();
@@ -109,8 +109,8 @@ pub(crate) mod listing {
     }
 
     /// Looks `path` up without following a final symlink and returns whether it is a symlink.
-    /// Within [`with_cache`], answers for names the parent's listing lacks, and for paths seen
-    /// before, come from memory.
+    /// Within [`with_cache`], results for names missing from the parent's listing, and for
+    /// paths looked up before, come from memory.
     pub fn lookup(path: &Path) -> std::io::Result<bool> {
         if known_missing(path) {
             return Err(std::io::ErrorKind::NotFound.into());

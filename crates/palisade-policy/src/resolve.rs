@@ -798,11 +798,11 @@ fn protect_in_root(
     }
 }
 
-/// Adds the entries of one git directory that git executes or reads as configuration: hooks,
-/// config and info are protected; `commondir`, `config.worktree` and `gitdir` are protected
-/// when they exist and removed after the run when the command creates them. Git reads
-/// `commondir` to find the configuration and hooks, and fails on anything but a readable file
-/// at these three names, so a missing one cannot be covered by a placeholder.
+/// Adds the entries of one git directory that git executes or reads as configuration. Hooks,
+/// config and info are protected. `commondir`, `config.worktree` and `gitdir` are protected
+/// when they exist, and removed after the run when the command creates them: git reads
+/// `commondir` to find the configuration and hooks, and it fails on anything but a readable
+/// file at these three names, so a missing one cannot be covered by a placeholder.
 fn protect_git_dir(git_dir: &Path, root: &Path, protected: &mut PathSet, revert: &mut PathSet) {
     for name in ["hooks", "config", "info"] {
         protected.add(highest_missing_ancestor(&git_dir.join(name), root));
@@ -1050,14 +1050,16 @@ mod tests {
             .resolve("", Overrides { allow_write: vec!["does-not-exist".into()], ..Default::default() })
             .unwrap_err()
             .to_string();
-        assert!(error.contains("does-not-exist") && error.contains("does not exist"), "{error}");
+        assert!(error.contains("does-not-exist"), "{error}");
+        assert!(error.contains("does not exist"), "{error}");
     }
 
     #[test]
     fn relative_path_in_file_names_the_line() {
         let world = World::new("relative");
         let error = world.resolve("[filesystem]\n\nreadable = [\"data\"]\n", Overrides::default()).unwrap_err().to_string();
-        assert!(error.contains("'data'") && error.contains("test.toml line 3"), "{error}");
+        assert!(error.contains("'data'"), "{error}");
+        assert!(error.contains("test.toml line 3"), "{error}");
     }
 
     #[test]
@@ -1079,7 +1081,8 @@ mod tests {
         let implied = world.resolve("", Overrides { allow_domain: vec!["example.com".into()], ..Default::default() }).unwrap();
         assert!(matches!(implied.network, NetworkMode::Allowlist { .. }));
         let error = world.resolve("[network]\nmode = \"open\"\n", Overrides::default()).unwrap_err().to_string();
-        assert!(error.contains("'open'") && error.contains("line 2"), "{error}");
+        assert!(error.contains("'open'"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
     }
 
     #[test]
@@ -1100,7 +1103,8 @@ mod tests {
         let world = World::new("inside-hidden");
         let overrides = Overrides { allow_read: vec!["~/.ssh".into()], ..Default::default() };
         let error = world.resolve("", overrides).unwrap_err().to_string();
-        assert!(error.contains(".ssh") && error.contains("built-in credential store"), "{error}");
+        assert!(error.contains(".ssh"), "{error}");
+        assert!(error.contains("built-in credential store"), "{error}");
     }
 
     #[test]
@@ -1114,7 +1118,8 @@ mod tests {
     fn unknown_profile_is_an_error() {
         let world = World::new("profile");
         let error = world.resolve("profile = \"yolo\"\n", Overrides::default()).unwrap_err().to_string();
-        assert!(error.contains("'yolo'") && error.contains("line 1"), "{error}");
+        assert!(error.contains("'yolo'"), "{error}");
+        assert!(error.contains("line 1"), "{error}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_PALISADE_FAILED);
     }
     // Usage errors exit with 125 like every other failure of palisade itself, so a harness can
-    // tell them from the command's own statuses; help and version still exit 0.
+    // tell them from the command's own statuses. Help and version still exit 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {

@@ -6,7 +6,7 @@ use crate::suite::harness::{palisade_binary, skip, Fixture};
 
 // Codex ran commands without a sandbox, or panicked, when the kernel refused user namespaces
 // (openai/codex#15057, #6828). This reproduces a host without user namespaces: a user namespace
-// of the test's own whose `max_user_namespaces` is 0 and whose process holds no capability.
+// of the test's own whose `max_user_namespaces` is 0 and whose process has no capability.
 both_identities!(missing_user_namespaces_fail_closed, |f: &Fixture| {
     let marker = f.ws.join("ran");
     let script = format!(

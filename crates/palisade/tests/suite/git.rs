@@ -197,7 +197,7 @@ try config 'git config filter.agent.clean "touch $OUT/filter-ran; cat"'
 // reads `$GIT_DIR/commondir` to find the directory that contains the configuration and hooks,
 // so writing that one file would move both out from under their protection. Git fails on a
 // placeholder at that name, so palisade cannot keep it from being created; it removes the file
-// when the run ends, before any host-side git can read it, and says so on stderr.
+// when the run ends, before any host-side git can read it, and reports it on stderr.
 both_identities!(commondir_file_cannot_redirect_git, |f: &Fixture| {
     let run = sandbox(
         f,
@@ -535,7 +535,7 @@ try config 'git config core.fsmonitor "touch $OUT/symlinked-fsmonitor-ran; false
 });
 
 // Public report: openai/codex#25664, seen from the main repository: when the workspace
-// is the main worktree, `.git/worktrees/<name>` holds the `commondir`, `gitdir` and hooks that
+// is the main worktree, `.git/worktrees/<name>` contains the `commondir`, `gitdir` and hooks that
 // git run in the linked worktree follows. Rewriting them would redirect that worktree to a
 // configuration the command wrote.
 both_identities!(own_worktree_metadata_stays_read_only, |f: &Fixture| {

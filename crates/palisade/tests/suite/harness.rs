@@ -154,7 +154,7 @@ impl Run {
     }
 }
 
-/// One test's world: `root` holds everything and is removed at the end.
+/// One test's world: `root` contains everything and is removed at the end.
 ///
 /// - `ws`: the workspace, a git repository with one commit, owned by whoever runs the sandbox;
 /// - `home`: a fake home directory (passed as `HOME`) with fake credentials whose contents
