@@ -11,6 +11,10 @@ pub enum Error {
     #[error("cannot create a user namespace: {cause}\nfix: {fix}")]
     UserNamespaces { cause: String, fix: String },
 
+    /// A protection layer the policy needs is missing on this machine.
+    #[error("{layer} is not available: {cause}\nfix: {fix}, or pass --allow-degraded to run without it")]
+    LayerMissing { layer: &'static str, cause: String, fix: String },
+
     /// A setup step in the supervisor failed.
     #[error("failed to {op} {object}")]
     Setup { op: &'static str, object: String, source: io::Error },

@@ -99,6 +99,15 @@ pub struct InitContext<'a> {
     pub report: OwnedFd,
     /// The user namespace for idmapped mounts, when palisade runs as root.
     pub idmap_userns: Option<OwnedFd>,
+    /// The Landlock rules and seccomp filter the command stage applies.
+    pub confinement: &'a Confinement,
+}
+
+/// The layers the command stage applies after the root is built, each prepared before the
+/// fork. `None` means the layer is missing and the run was allowed without it.
+pub struct Confinement {
+    pub landlock: Option<crate::landlock::Rules>,
+    pub seccomp: Option<seccompiler::BpfProgram>,
 }
 
 fn send(report: &OwnedFd, message: &Message) {
@@ -165,7 +174,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     let command_pid = match sys::clone_fork(0) {
         Ok(0) => {
             drop(signal_fd);
-            command_stage(context.policy, context.argv, context.identity, &context.report)
+            command_stage(context.policy, context.argv, context.identity, context.confinement, &context.report)
         }
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
@@ -245,7 +254,7 @@ fn reap_all() -> bool {
 }
 
 /// Becomes the command: drops every privilege, then executes it. Never returns.
-fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, report: &OwnedFd) -> ! {
+fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, confinement: &Confinement, report: &OwnedFd) -> ! {
     // A new session: the command leaves palisade's process group, so `kill 0` and terminal job
     // control cannot reach processes outside the sandbox, and it has no controlling terminal,
     // which TIOCSTI keystroke injection needs. Init forwards the terminal's signals instead.
@@ -263,6 +272,9 @@ fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, report:
     // Everything above descriptor 2 closes at exec, including anything palisade inherited.
     if let Err(error) = sys::cloexec_from(3) {
         fail(report, format!("failed to mark inherited descriptors close-on-exec: {error}"));
+    }
+    if let Err(text) = confine(confinement, 1) {
+        fail(report, text);
     }
 
     let to_cstring = |value: &OsStr| CString::new(value.as_bytes()).ok();
@@ -317,6 +329,22 @@ fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, report:
     };
     send(report, &Message::Exec { code, reason });
     sys::exit_now(code)
+}
+
+/// Applies the last layers, in order: no core dumps, Landlock, and the seccomp filter, which
+/// must come last because it refuses calls the steps before it make. `minimum_abi` is the
+/// Landlock ABI the policy cannot do without.
+pub(crate) fn confine(confinement: &Confinement, minimum_abi: i32) -> Result<(), String> {
+    // A core dump would write the command's memory into the working directory.
+    rustix::process::setrlimit(rustix::process::Resource::Core, rustix::process::Rlimit { current: Some(0), maximum: Some(0) })
+        .map_err(|error| format!("failed to disable core dumps: {error}"))?;
+    if let Some(rules) = &confinement.landlock {
+        crate::landlock::apply(rules, minimum_abi)?;
+    }
+    if let Some(program) = &confinement.seccomp {
+        crate::seccomp::install(program)?;
+    }
+    Ok(())
 }
 
 /// Leaves the command with no capabilities, no way to gain any (`no_new_privs`, locked

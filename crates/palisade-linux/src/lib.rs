@@ -9,11 +9,16 @@
 //!    every privilege and calls `execve`. Init then forwards signals and reaps until the
 //!    command exits.
 
+mod degraded;
 mod error;
+mod guard;
 mod init;
+mod landlock;
 mod mounts;
 pub mod plan;
+pub mod probe;
 mod scrub;
+mod seccomp;
 mod supervisor;
 mod sys;
 mod unconfined;
@@ -100,6 +105,57 @@ pub struct Outcome {
     pub wall_time: Duration,
     /// Set when the command could not be executed: the exit code (126 or 127) and the reason.
     pub exec_error: Option<(i32, String)>,
+    /// What protected the run.
+    pub layers: Layers,
+}
+
+/// The protections in force for one run. A run either gets every layer the policy needs or,
+/// with `allow_degraded`, the ones this machine has, with the others listed in `missing`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layers {
+    /// User (when unprivileged), mount, PID, network, IPC, UTS and cgroup namespaces, with the
+    /// new root assembled from the policy.
+    pub namespaces: bool,
+    /// The Landlock ABI the rules were enforced with.
+    pub landlock_abi: Option<i32>,
+    /// Landlock also confines abstract UNIX sockets and signals to the sandbox (ABI 6).
+    pub landlock_scoped: bool,
+    /// Landlock refuses TCP bind and connect (degraded mode with the network off, ABI 4).
+    pub landlock_tcp: bool,
+    /// The seccomp filter was installed.
+    pub seccomp: bool,
+    /// The resource limits set with setrlimit, as `name=value`.
+    pub rlimits: Vec<String>,
+    /// Each layer that was missing, with the reason; empty unless degraded mode was allowed.
+    pub missing: Vec<String>,
+}
+
+impl Layers {
+    /// Reports whether the run lacked a layer the full policy has.
+    pub fn degraded(&self) -> bool {
+        !self.missing.is_empty()
+    }
+
+    /// One line naming the layers in force, such as `namespaces, Landlock ABI 7, seccomp`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if self.namespaces {
+            parts.push("namespaces".to_owned());
+        }
+        if let Some(abi) = self.landlock_abi {
+            parts.push(format!("Landlock ABI {abi}"));
+        }
+        if self.seccomp {
+            parts.push("seccomp".to_owned());
+        }
+        if !self.rlimits.is_empty() {
+            parts.push(format!("rlimits ({})", self.rlimits.join(", ")));
+        }
+        if parts.is_empty() {
+            return "none".into();
+        }
+        parts.join(", ")
+    }
 }
 
 /// Refuses settings this build cannot enforce, rather than running without them.
@@ -146,19 +202,55 @@ fn is_stale_placeholder(meta: &std::fs::Metadata) -> bool {
     meta.file_type().is_fifo() && meta.mode() & 0o7777 == 0
 }
 
-/// Runs `argv` under `policy` and waits for it to finish.
-pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
+/// Runs `argv` under `policy` and waits for it to finish. `on_start` is called once with the
+/// layers that will protect the run, before the command starts, so a caller can tell the user
+/// about a degraded run first.
+pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
     assert!(!argv.is_empty(), "the command line is empty");
     check_supported(policy)?;
     if policy.profile == Profile::Unconfined {
+        on_start(&Layers::default());
         return unconfined::run(policy, argv);
     }
     if policy.network == NetworkMode::Full {
         return Err(Error::Unsupported { feature: "network mode 'full'".into() });
     }
+    let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
+    match landlock::kernel_abi() {
+        Some(abi) => layers.landlock_abi = Some(abi.min(landlock::NEWEST_ABI as i32)),
+        None => {
+            let (cause, fix) = landlock::missing_reason();
+            if !policy.allow_degraded {
+                return Err(Error::LayerMissing { layer: "Landlock", cause, fix });
+            }
+            layers.missing.push(format!("Landlock: {cause}"));
+        }
+    }
+    match probe::seccomp() {
+        Ok(()) => layers.seccomp = true,
+        Err((cause, fix)) => {
+            if !policy.allow_degraded {
+                return Err(Error::LayerMissing { layer: "seccomp", cause, fix });
+            }
+            layers.missing.push(format!("seccomp: {cause}"));
+        }
+    }
+    layers.landlock_scoped = layers.landlock_abi.is_some_and(|abi| abi >= 6);
+
+    // With degraded mode allowed, whether the namespaces can be created is asked first, so
+    // the run's layers are settled before anything starts. Without it, the run itself fails
+    // with the reason.
+    if policy.allow_degraded {
+        if let Err((cause, fix)) = probe::namespaces() {
+            layers.namespaces = false;
+            layers.missing.insert(0, format!("namespaces: {cause}"));
+            return degraded::run(policy, argv, layers, &fix, on_start);
+        }
+    }
     let identity = Identity::current();
     let plan = plan_for(policy, identity);
-    supervisor::run(policy, &plan, identity, argv)
+    on_start(&layers);
+    supervisor::run(policy, &plan, identity, argv, layers)
 }
 
 /// Marks every descriptor above stderr close-on-exec, so nothing the caller leaked to palisade
@@ -167,11 +259,4 @@ pub fn close_inherited_descriptors() -> Result<(), Error> {
     sys::cloexec_from(3).map_err(|e| Error::setup("mark close-on-exec", "inherited descriptors", e))
 }
 
-/// Checks whether this machine lets the current user create the namespaces a sandbox needs. The
-/// error names the cause and the fix.
-pub fn user_namespaces_available() -> Result<(), Error> {
-    match userns::diagnose() {
-        Some((cause, fix)) if matches!(Identity::current(), Identity::User { .. }) => Err(Error::UserNamespaces { cause, fix }),
-        _ => Ok(()),
-    }
-}
+

@@ -261,6 +261,7 @@ mod tests {
             env: Vec::new(),
             dropped_env: Vec::new(),
             allow_degraded: false,
+            allow_ptrace: false,
         }
     }
 

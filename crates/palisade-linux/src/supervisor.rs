@@ -15,14 +15,19 @@ use crate::init::{self, InitContext, Message};
 use crate::plan::MountPlan;
 use crate::scrub;
 use crate::userns;
-use crate::{sys, Error, Exit, Identity, Outcome};
+use crate::{landlock, seccomp, sys, Error, Exit, Identity, Layers, Outcome};
 
 /// Signals the supervisor handles instead of dying from them.
 const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGWINCH];
 
 /// Runs `argv` in a new sandbox and waits for it.
-pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsString]) -> Result<Outcome, Error> {
+pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsString], layers: Layers) -> Result<Outcome, Error> {
     let started = Instant::now();
+    // Both are computed here, before the fork, so the command stage only applies them.
+    let confinement = init::Confinement {
+        landlock: layers.landlock_abi.map(|_| landlock::rules_for_plan(plan)),
+        seccomp: layers.seccomp.then(|| seccomp::build(seccomp::FilterOptions { allow_ptrace: policy.allow_ptrace, no_sockets: false })),
+    };
     let pipe = |what| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", what, e.into()));
     let (go_read, go_write) = pipe("the start pipe")?;
     let (report_read, report_write) = pipe("the report pipe")?;
@@ -47,7 +52,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
             drop(go_write);
             drop(report_read);
             drop(signal_fd);
-            init::main(InitContext { policy, plan, argv, identity, go: Some(go_read), report: report_write, idmap_userns })
+            init::main(InitContext { policy, plan, argv, identity, go: Some(go_read), report: report_write, idmap_userns, confinement: &confinement })
         }
         Ok(pid) => pid,
         Err(error) => return Err(userns::explain_clone_failure(error)),
@@ -101,7 +106,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
 
     let wall_time = started.elapsed();
     if timed_out {
-        return Ok(Outcome { exit: Exit::TimedOut, wall_time, exec_error: None });
+        return Ok(Outcome { exit: Exit::TimedOut, wall_time, exec_error: None, layers });
     }
     let mut exec_error = None;
     for message in &messages {
@@ -130,7 +135,7 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
             Some(WaitStatus::Exited(code)) => Exit::Code(code),
             None => Exit::Signal(libc::SIGKILL),
         });
-    Ok(Outcome { exit, wall_time, exec_error })
+    Ok(Outcome { exit, wall_time, exec_error, layers })
 }
 
 /// The way waiting for a run ended.
@@ -274,18 +279,18 @@ fn remove_placeholder(path: &PathBuf) {
 
 /// Names that must not be created but cannot be covered while missing, with whether each
 /// existed before the run.
-struct RevertList {
+pub(crate) struct RevertList {
     entries: Vec<(PathBuf, bool)>,
 }
 
 impl RevertList {
-    fn capture(paths: &[PathBuf]) -> RevertList {
+    pub(crate) fn capture(paths: &[PathBuf]) -> RevertList {
         RevertList { entries: paths.iter().map(|path| (path.clone(), path.symlink_metadata().is_ok())).collect() }
     }
 
     /// Removes every listed name the run created. Only files, symlinks and empty directories are
     /// removed; anything else is reported and left for the user to inspect.
-    fn apply(&self) {
+    pub(crate) fn apply(&self) {
         for (path, existed) in &self.entries {
             if *existed {
                 continue;

@@ -16,6 +16,8 @@ pub struct RawPolicy {
     pub profile: Option<Spanned<String>>,
     /// Run with the layers available when some are missing.
     pub allow_degraded: Option<bool>,
+    /// Allow `ptrace` inside the sandbox, for debuggers and `strace`.
+    pub allow_ptrace: Option<bool>,
     #[serde(default)]
     pub filesystem: RawFilesystem,
     #[serde(default)]
@@ -153,6 +155,7 @@ mod tests {
             r#"
 profile = "workspace-write"
 allow_degraded = false
+allow_ptrace = true
 [filesystem]
 writable = ["{workspace}", "~/.cache/pip"]
 readable = ["/srv/datasets"]

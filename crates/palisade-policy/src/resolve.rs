@@ -97,6 +97,7 @@ pub struct Overrides {
     /// `NAME` passes a variable through; `NAME=VALUE` sets it.
     pub env: Vec<String>,
     pub allow_degraded: bool,
+    pub allow_ptrace: bool,
 }
 
 /// Facts about the caller that resolution depends on.
@@ -201,7 +202,10 @@ pub struct Policy {
     pub env: Vec<EnvVar>,
     /// Names of the caller's variables that were dropped because they look like credentials.
     pub dropped_env: Vec<String>,
+    /// Run with the layers available when some are missing, and say which held.
     pub allow_degraded: bool,
+    /// Let the command trace its own descendants (`ptrace`, `process_vm_*`).
+    pub allow_ptrace: bool,
 }
 
 /// The source of a setting, for error messages.
@@ -251,6 +255,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
     }
     let limits = resolve_limits(raw, overrides, &origin)?;
     let allow_degraded = overrides.allow_degraded || raw.allow_degraded.unwrap_or(false);
+    let allow_ptrace = overrides.allow_ptrace || raw.allow_ptrace.unwrap_or(false);
     for entry in &overrides.env {
         validate_env_name(entry.split_once('=').map_or(entry.as_str(), |(name, _)| name), FLAG.into())?;
     }
@@ -274,7 +279,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
     let mut env = env;
     set_env(&mut env, "PWD", cwd.as_os_str());
 
-    Ok(Policy { profile, workspace, cwd, home, filesystem, network, limits, env, dropped_env, allow_degraded })
+    Ok(Policy { profile, workspace, cwd, home, filesystem, network, limits, env, dropped_env, allow_degraded, allow_ptrace })
 }
 
 fn resolve_profile(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<Profile, PolicyError> {
@@ -511,6 +516,7 @@ fn user_paths(
     for value in from_file {
         let text = value.get_ref();
         let invalid = |reason| PolicyError::InvalidValue { what, value: text.clone(), origin: origin.of(value), reason };
+        reject_pattern(text).map_err(invalid)?;
         let expanded = expand(text, home, workspace).map_err(invalid)?;
         let path = canonicalize_lenient(&expanded).map_err(invalid)?;
         entries.push(Entry { path, lexical: expanded, origin: origin.of(value) });
@@ -518,6 +524,7 @@ fn user_paths(
     for flag in from_flags {
         let text = flag.to_string_lossy().into_owned();
         let invalid = |reason| PolicyError::InvalidValue { what, value: text.clone(), origin: FLAG.into(), reason };
+        reject_pattern(&text).map_err(invalid)?;
         let expanded = if text.starts_with('~') || text.starts_with("{workspace}") {
             expand(&text, home, workspace).map_err(invalid)?
         } else {
@@ -701,6 +708,7 @@ fn resolve_filesystem(
                 origin: origin.of(value),
                 reason,
             };
+            reject_pattern(text).map_err(invalid)?;
             let expanded = expand(text, home, workspace).map_err(invalid)?;
             let path = canonicalize_lenient(&expanded).map_err(invalid)?;
             protected.add(covering_path(&path, &writable.paths));
@@ -731,7 +739,18 @@ fn resolve_filesystem(
     })
 }
 
+/// Refuses glob characters. Paths are matched literally, so `**/.env` would protect a
+/// directory named `**` and nothing the user meant; failing loudly beats a rule that silently
+/// covers nothing.
+fn reject_pattern(text: &str) -> Result<(), String> {
+    if text.contains(['*', '?', '[']) {
+        return Err("patterns are not supported: entries are literal paths, and protected names are anchored at each writable root and each git repository in it; list every path instead".into());
+    }
+    Ok(())
+}
+
 fn validate_relative_name(text: &str) -> Result<(), String> {
+    reject_pattern(text)?;
     let path = Path::new(text);
     if text.is_empty() || path.is_absolute() {
         return Err("expected a name relative to each writable root".into());
@@ -882,6 +901,7 @@ impl Policy {
         struct Rendered<'a> {
             profile: &'a str,
             allow_degraded: bool,
+            allow_ptrace: bool,
             filesystem: RenderedFilesystem<'a>,
             network: RenderedNetwork<'a>,
             limits: &'a Limits,
@@ -912,6 +932,7 @@ impl Policy {
         let rendered = Rendered {
             profile: self.profile.name(),
             allow_degraded: self.allow_degraded,
+            allow_ptrace: self.allow_ptrace,
             filesystem: RenderedFilesystem {
                 writable: &self.filesystem.writable,
                 readable: &self.filesystem.read_only,

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use palisade_policy::{Context, Overrides, Policy, RawPolicy};
 
 use crate::exit_code_for;
+use crate::report;
 
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, about = "Run a command in a sandbox made for AI coding agents")]
@@ -22,8 +23,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the effective policy as TOML.
     Policy(PolicyArgs),
-    /// Report whether this machine lets the current user create the sandbox's namespaces, and
-    /// why not.
+    /// Report which protection layers this machine offers the current user, and how to enable
+    /// the missing ones. Exits 0 when the default policy can be fully enforced.
     Check(CheckArgs),
 }
 
@@ -81,12 +82,15 @@ pub struct PolicyArgs {
     /// Pass a variable through (NAME) or set it (NAME=VALUE) (repeatable).
     #[arg(long, value_name = "NAME[=VALUE]")]
     pub env: Vec<String>,
-    /// Write the run report as JSON to FILE (refused by this build).
+    /// Write the run report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Run with the layers available when some are missing.
     #[arg(long)]
     pub allow_degraded: bool,
+    /// Allow ptrace inside the sandbox, for debuggers and strace.
+    #[arg(long)]
+    pub allow_ptrace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +121,7 @@ impl PolicyArgs {
             max_file_size: self.max_file_size.clone(),
             env: self.env.clone(),
             allow_degraded: self.allow_degraded,
+            allow_ptrace: self.allow_ptrace,
         };
         let context = Context::from_process().context("failed to read the current directory")?;
         Ok(palisade_policy::resolve(&raw, &overrides, &context)?)
@@ -124,21 +129,39 @@ impl PolicyArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let policy = args.policy.resolve()?;
-    if args.policy.report.is_some() {
-        // NOTE: the JSON run report is not written yet; refusing beats silently skipping it.
-        anyhow::bail!("--report is not supported by this build of palisade yet");
+    let result = run_and_report(&args);
+    if let (Err(error), Some(path)) = (&result, &args.policy.report) {
+        // The report says why nothing ran; the error itself still goes to stderr.
+        let policy = args.policy.resolve().ok();
+        let _ = report::write(path, &report::refused(&args.command, policy.as_ref(), &format!("{error:#}")));
     }
+    result
+}
+
+fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
+    let policy = args.policy.resolve()?;
     if policy.profile == palisade_policy::Profile::Unconfined {
         eprintln!("palisade: profile unconfined: the command runs without a sandbox");
     }
-    let outcome = palisade_linux::run(&policy, &args.command)?;
+    let mut notice = |layers: &palisade_linux::Layers| {
+        if layers.degraded() {
+            eprintln!(
+                "palisade: degraded mode: enforced {}; missing {}",
+                layers.summary(),
+                layers.missing.join("; ")
+            );
+        }
+    };
+    let outcome = palisade_linux::run(&policy, &args.command, &mut notice)?;
     if let Some((_, reason)) = &outcome.exec_error {
         eprintln!("palisade: {reason}");
     }
     if outcome.exit == palisade_linux::Exit::TimedOut {
         let limit = policy.limits.timeout.map(|t| format!("{t:?}")).unwrap_or_default();
         eprintln!("palisade: timed out after {limit}; every process of the run was killed");
+    }
+    if let Some(path) = &args.policy.report {
+        report::write(path, &report::finished(&args.command, &policy, &outcome))?;
     }
     Ok(exit_code_for(outcome.exit))
 }
@@ -153,16 +176,46 @@ pub fn print_policy(args: PolicyArgs) -> anyhow::Result<u8> {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let userns = palisade_linux::user_namespaces_available();
-    let (ok, detail) = match &userns {
-        Ok(()) => (true, "available".to_owned()),
-        Err(error) => (false, error.to_string()),
-    };
+    let layers = palisade_linux::probe::all();
+    let full = layers.iter().all(|layer| layer.available || !layer.required);
+    let degraded_possible = palisade_linux::probe::degraded_possible();
     if args.json {
-        let report = serde_json::json!({ "user_namespaces": { "available": ok, "detail": detail } });
-        println!("{report}");
+        let entries: serde_json::Map<String, serde_json::Value> = layers
+            .iter()
+            .map(|layer| {
+                let value = serde_json::json!({
+                    "available": layer.available,
+                    "required": layer.required,
+                    "detail": layer.detail,
+                    "fix": if layer.fix.is_empty() { serde_json::Value::Null } else { layer.fix.clone().into() },
+                });
+                (layer.name.to_owned(), value)
+            })
+            .collect();
+        let report = serde_json::json!({
+            "format": report::FORMAT,
+            "layers": entries,
+            "default_policy_enforced": full,
+            "degraded_mode_possible": degraded_possible.is_ok(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report).expect("a JSON value serialises"));
     } else {
-        println!("user namespaces: {detail}");
+        for layer in &layers {
+            let state = if layer.available { "yes" } else if layer.required { "NO" } else { "no" };
+            println!("{:<11} {state:<4} {}", layer.name, layer.detail);
+            if !layer.fix.is_empty() {
+                println!("{:<16} fix: {}", "", layer.fix);
+            }
+        }
+        if full {
+            println!("\nThe default policy is fully enforced on this machine.");
+        } else {
+            println!("\nThe default policy cannot be fully enforced here: palisade run refuses without --allow-degraded.");
+            match &degraded_possible {
+                Ok(()) => println!("With --allow-degraded it runs with the layers marked yes."),
+                Err(reason) => println!("--allow-degraded cannot help either: {reason}."),
+            }
+        }
     }
-    Ok(if ok { 0 } else { 1 })
+    Ok(if full { 0 } else { 1 })
 }

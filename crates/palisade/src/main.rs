@@ -2,6 +2,7 @@
 //! outcome to the documented exit status.
 
 mod cli;
+mod report;
 
 use std::process::ExitCode;
 

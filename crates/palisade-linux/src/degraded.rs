@@ -1,0 +1,261 @@
+//! Degraded mode: the run when namespaces cannot be created and the user allowed it
+//! (`--allow-degraded`). Landlock carries the filesystem policy, seccomp the network-off rule
+//! and the system call filter, rlimits the limits. What is weaker than a full run is listed in
+//! docs/security.md:
+//!
+//! - hidden paths are refused by Landlock instead of absent, and none may lie inside a writable
+//!   root (Landlock cannot take a right away below a directory that has it);
+//! - protected paths inside writable roots are writable during the run and put back after it
+//!   ([`Guard`]);
+//! - the command sees the host's `/proc` and process list, and gets a private temporary
+//!   directory through `TMPDIR` instead of a private `/tmp`;
+//! - no socket can be created (only `socketpair`), since host UNIX sockets are otherwise
+//!   reachable; `/dev/shm` is not writable.
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use palisade_policy::{is_within, NetworkMode, Policy};
+
+use crate::guard::Guard;
+use crate::init::{confine, Confinement};
+use crate::landlock::Rules;
+use crate::seccomp::{self, FilterOptions};
+use crate::{sys, Error, Exit, Layers, Outcome};
+
+/// Landlock must handle truncation (ABI 3): nothing else stops a read-only file being emptied.
+const MINIMUM_ABI: i32 = 3;
+/// The most entries one directory may be split into to leave a hidden path out.
+const MAX_SPLIT_ENTRIES: usize = 4096;
+
+const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
+const TERMINALS: &[&str] = &["/dev/tty", "/dev/pts", "/dev/ptmx"];
+
+/// Refuses a policy degraded mode cannot enforce, naming the conflict.
+fn check_enforceable(policy: &Policy) -> Result<(), Error> {
+    let fs = &policy.filesystem;
+    if let Some(hidden) = fs.hidden.iter().find(|hidden| fs.writable.iter().any(|root| is_within(hidden, root))) {
+        return Err(Error::Sandbox(format!(
+            "degraded mode cannot hide {}: it lies inside a writable root, and Landlock cannot take access away below a directory it grants; remove the deny-read entry or run where namespaces are available",
+            hidden.display()
+        )));
+    }
+    if let NetworkMode::Allowlist { .. } | NetworkMode::Full = policy.network {
+        return Err(Error::Sandbox("degraded mode supports network mode 'none' only".into()));
+    }
+    Ok(())
+}
+
+/// Grants `path` for reading, leaving out every hidden path below it: a directory that
+/// contains one is split into its entries, recursively, and gets no right of its own.
+fn grant_read_except(path: &Path, hidden: &[PathBuf], rules: &mut Rules, budget: &mut usize) -> Result<(), Error> {
+    if hidden.iter().any(|hidden| is_within(path, hidden)) {
+        return Ok(());
+    }
+    if !hidden.iter().any(|hidden| is_within(hidden, path)) {
+        rules.read.push(path.to_owned());
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(path).map_err(|error| Error::setup("list", path.display(), error))?;
+    for entry in entries {
+        let entry = entry.map_err(|error| Error::setup("list", path.display(), error))?;
+        *budget = budget.checked_sub(1).ok_or_else(|| {
+            Error::Sandbox(format!(
+                "degraded mode cannot leave the hidden paths out of {}: too many entries to grant one by one",
+                path.display()
+            ))
+        })?;
+        grant_read_except(&entry.path(), hidden, rules, budget)?;
+    }
+    Ok(())
+}
+
+/// The Landlock rules of a degraded run: the policy's paths as they are on the host.
+fn rules(policy: &Policy, tmp: &Path) -> Result<Rules, Error> {
+    let fs = &policy.filesystem;
+    let mut rules = Rules { deny_tcp: policy.network == NetworkMode::None, ..Rules::default() };
+    let mut budget = MAX_SPLIT_ENTRIES;
+    // The host's /tmp and /var/tmp are shared with every other program: the private directory
+    // stands in for them.
+    let shared_tmp = |path: &Path| path == Path::new("/tmp") || path == Path::new("/var/tmp");
+    for path in fs.read_only.iter().chain(&fs.copy_on_write) {
+        if !shared_tmp(path) {
+            grant_read_except(path, &fs.hidden, &mut rules, &mut budget)?;
+        }
+    }
+    rules.write.extend(fs.writable.iter().filter(|path| !shared_tmp(path)).cloned());
+    rules.write.push(tmp.to_owned());
+    rules.devices.extend(DEVICES.iter().map(PathBuf::from));
+    rules.terminals.extend(TERMINALS.iter().map(PathBuf::from));
+    rules.proc.push("/proc".into());
+    Ok(rules)
+}
+
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create() -> Result<TempDir, Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        for attempt in 0..100u32 {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let path = base.join(format!("palisade-{}-{nanos:08x}{attempt}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(TempDir(path)),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(Error::setup("create", path.display(), error)),
+            }
+        }
+        Err(Error::Sandbox("failed to create a private temporary directory".into()))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // remove_dir_all does not follow symlinks the command left in the directory.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills every descendant of this process and reaps them. Palisade is their subreaper, so
+/// processes that detached (`setsid`, double fork) are still its children.
+fn kill_descendants() {
+    for _ in 0..1000 {
+        let children = children_of_self();
+        if children.is_empty() {
+            return;
+        }
+        for pid in &children {
+            let _ = sys::kill(*pid, libc::SIGKILL);
+        }
+        for pid in children {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into a valid local integer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+    }
+}
+
+fn children_of_self() -> Vec<libc::pid_t> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return pids };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(text.split_whitespace().filter_map(|pid| pid.parse::<libc::pid_t>().ok()));
+        }
+    }
+    pids
+}
+
+pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
+    let abi = layers.landlock_abi.filter(|&abi| abi >= MINIMUM_ABI).ok_or_else(|| {
+        Error::Sandbox(format!(
+            "{}; degraded mode needs Landlock ABI {MINIMUM_ABI} or later instead, and {}\nfix: {fix}",
+            layers.missing.first().map(String::as_str).unwrap_or("namespaces are unavailable"),
+            match layers.landlock_abi {
+                Some(abi) => format!("this kernel offers ABI {abi}"),
+                None => "this kernel has no Landlock".to_owned(),
+            }
+        ))
+    })?;
+    if !layers.seccomp {
+        return Err(Error::Sandbox(format!("degraded mode needs seccomp, which is unavailable\nfix: {fix}")));
+    }
+    check_enforceable(policy)?;
+
+    let tmp = TempDir::create()?;
+    let rules = rules(policy, &tmp.0)?;
+    let no_sockets = policy.network == NetworkMode::None;
+    layers.landlock_tcp = rules.deny_tcp && abi >= 4;
+    let confinement = Confinement {
+        landlock: Some(rules),
+        seccomp: Some(seccomp::build(FilterOptions { allow_ptrace: policy.allow_ptrace, no_sockets })),
+    };
+    let fs = &policy.filesystem;
+    let guarded: Vec<PathBuf> = fs
+        .protected
+        .iter()
+        .filter(|path| fs.writable.iter().any(|root| is_within(path, root)))
+        .cloned()
+        .collect();
+    let guard = Guard::capture(&guarded)
+        .map_err(|reason| Error::Sandbox(format!("degraded mode cannot guard the protected paths: {reason}")))?;
+    let revert = crate::supervisor::RevertList::capture(&fs.revert_if_created);
+    let new_repositories = crate::scrub::NewRepositories::capture(&fs.writable, &fs.git_entries);
+
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+    let signal_fd = sys::block_into_signalfd(&signals).map_err(|e| Error::setup("block", "signals", e))?;
+
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]).current_dir(&policy.cwd).env_clear();
+    for var in &policy.env {
+        command.env(&var.name, &var.value);
+    }
+    for name in ["TMPDIR", "TMP", "TEMP"] {
+        command.env(name, &tmp.0);
+    }
+    // SAFETY: the closure runs in the forked child before exec. Palisade is single-threaded, so
+    // allocating there is safe; everything it calls only affects the child.
+    unsafe {
+        command.pre_exec(move || {
+            let to_io = |text: String| std::io::Error::other(text);
+            sys::reset_signals()?;
+            rustix::process::setsid().map_err(std::io::Error::from)?;
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(std::io::Error::from)?;
+            rustix::thread::set_no_new_privs(true).map_err(std::io::Error::from)?;
+            confine(&confinement, MINIMUM_ABI).map_err(to_io)
+        });
+    }
+    on_start(&layers);
+    let started = Instant::now();
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        // A failure of palisade's own setup in the child comes back without an errno.
+        Err(error) if error.raw_os_error().is_none() => return Err(Error::Sandbox(error.to_string())),
+        Err(error) => {
+            let code = if error.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            let reason = format!("{}: {error}", argv[0].to_string_lossy());
+            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers });
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    let deadline = policy.limits.timeout.map(|timeout| started + timeout);
+    let exit = loop {
+        if let Some(status) = child.try_wait().map_err(|e| Error::setup("wait for", "the command", e))? {
+            use std::os::unix::process::ExitStatusExt;
+            break match (status.code(), status.signal()) {
+                (Some(code), _) => Exit::Code(code),
+                (None, Some(signal)) => Exit::Signal(signal),
+                (None, None) => Exit::Code(1),
+            };
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = child.wait();
+            break Exit::TimedOut;
+        }
+        let mut fds = [rustix::event::PollFd::new(&signal_fd, rustix::event::PollFlags::IN)];
+        let wait = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+        if rustix::event::poll(&mut fds, Some(&wait)).unwrap_or(0) > 0 {
+            if let Ok((signal, _)) = sys::read_signal(signal_fd.as_fd()) {
+                let _ = sys::kill(pid, signal);
+            }
+        }
+    };
+    kill_descendants();
+    let wall_time = started.elapsed();
+    for note in guard.restore() {
+        eprintln!("palisade: {note}");
+    }
+    revert.apply();
+    new_repositories.scrub();
+    drop(tmp);
+    Ok(Outcome { exit, wall_time, exec_error: None, layers })
+}

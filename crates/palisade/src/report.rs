@@ -1,0 +1,91 @@
+//! The run report (`--report FILE`): one JSON object a harness can keep as proof of what
+//! protected a command and how it ended. The fields are described in docs/report.md.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use palisade_linux::{Exit, Layers, Outcome};
+use palisade_policy::Policy;
+use serde_json::{json, Value};
+
+/// The version of the report's layout; it changes when a field changes meaning or goes away.
+pub const FORMAT: u32 = 1;
+
+pub fn layers_json(layers: &Layers) -> Value {
+    json!({
+        "namespaces": layers.namespaces,
+        "landlock": layers.landlock_abi.map(|abi| json!({
+            "abi": abi,
+            "scoped": layers.landlock_scoped,
+            "tcp": layers.landlock_tcp,
+        })),
+        "seccomp": layers.seccomp,
+        "rlimits": layers.rlimits,
+        "degraded": layers.degraded(),
+        "missing": layers.missing,
+    })
+}
+
+fn policy_json(policy: &Policy) -> Value {
+    // The policy's TOML rendering is the one documented form; the report carries the same
+    // content as JSON.
+    toml::from_str::<toml::Value>(&policy.to_toml())
+        .ok()
+        .and_then(|value| serde_json::to_value(value).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn exit_json(exit: Exit) -> (Value, Value) {
+    match exit {
+        Exit::Code(code) => (json!({ "code": code }), Value::Null),
+        Exit::Signal(signal) => (json!({ "signal": signal }), Value::Null),
+        Exit::TimedOut => (json!({ "timed_out": true }), json!("timeout")),
+    }
+}
+
+/// The report of a run that took place.
+pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
+    let (exit, limit) = exit_json(outcome.exit);
+    json!({
+        "format": FORMAT,
+        "palisade_version": env!("CARGO_PKG_VERSION"),
+        "command": argv.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>(),
+        "policy": policy_json(policy),
+        "layers": layers_json(&outcome.layers),
+        "exit": exit,
+        "exec_error": outcome.exec_error.as_ref().map(|(_, reason)| reason),
+        "limit": limit,
+        "usage": { "wall_time_ms": outcome.wall_time.as_secs_f64() * 1000.0 },
+        "denials": [],
+        "error": Value::Null,
+    })
+}
+
+/// The report of a run that palisade refused or could not set up: nothing ran.
+pub fn refused(argv: &[OsString], policy: Option<&Policy>, error: &str) -> Value {
+    json!({
+        "format": FORMAT,
+        "palisade_version": env!("CARGO_PKG_VERSION"),
+        "command": argv.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>(),
+        "policy": policy.map(policy_json),
+        "layers": Value::Null,
+        "exit": Value::Null,
+        "exec_error": Value::Null,
+        "limit": Value::Null,
+        "usage": Value::Null,
+        "denials": [],
+        "error": error,
+    })
+}
+
+/// Writes `report` to `path`, replacing it whole: a reader never sees half a report.
+pub fn write(path: &Path, report: &Value) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut text = serde_json::to_string_pretty(report).expect("a JSON value serialises");
+    text.push('\n');
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&temporary, text).with_context(|| format!("failed to write the report to {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("failed to write the report to {}", path.display()))
+}
