@@ -5,3 +5,4 @@ pub mod process;
 pub mod guards;
 pub mod filesystem;
 pub mod git;
+pub mod syscalls;
