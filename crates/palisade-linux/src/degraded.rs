@@ -88,7 +88,11 @@ fn rules(policy: &Policy, tmp: &Path) -> Result<Rules, Error> {
         }
     }
     rules.write.extend(fs.writable.iter().filter(|path| !shared_tmp(path)).cloned());
-    rules.write.push(tmp.to_owned());
+    if fs.tmp_writable {
+        rules.write.push(tmp.to_owned());
+    } else {
+        rules.read.push(tmp.to_owned());
+    }
     rules.devices.extend(DEVICES.iter().map(PathBuf::from));
     rules.terminals.extend(TERMINALS.iter().map(PathBuf::from));
     rules.proc.push("/proc".into());

@@ -6,3 +6,5 @@ pub mod guards;
 pub mod filesystem;
 pub mod git;
 pub mod syscalls;
+pub mod terminal;
+pub mod degraded;

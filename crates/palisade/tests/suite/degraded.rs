@@ -1,0 +1,328 @@
+//! Missing layers: palisade refuses by default, and with `--allow-degraded` runs with what the
+//! machine has, says so, and still enforces the policy through the layers left.
+//!
+//! A host without user namespaces is reproduced inside the test: a user namespace of the test's
+//! own (and a network namespace, so loopback tests stay private) whose `max_user_namespaces` is
+//! 0, entered by a process without capabilities. A kernel without Landlock or seccomp is
+//! reproduced with an outer seccomp filter that makes those calls answer ENOSYS.
+
+use std::fs;
+use std::path::Path;
+
+use crate::both_identities;
+use crate::suite::harness::{palisade_binary, skip, Fixture, Run, CANARY};
+
+/// Quotes `text` for a POSIX shell.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Installs a seccomp filter on itself that makes the listed system calls fail with ENOSYS,
+/// then executes the rest of its arguments: a kernel without those features, as palisade sees
+/// it. Usage: python3 -c WITHOUT "444,445,446" program args...
+const WITHOUT: &str = r#"
+import ctypes, os, struct, sys
+numbers = [int(n) for n in sys.argv[1].split(",") if n]
+ENOSYS = 38
+insns = [struct.pack("HBBI", 0x20, 0, 0, 0)]
+for i, nr in enumerate(numbers):
+    insns.append(struct.pack("HBBI", 0x15, 0, 1, nr))
+    insns.append(struct.pack("HBBI", 0x06, 0, 0, 0x00050000 | ENOSYS))
+insns.append(struct.pack("HBBI", 0x06, 0, 0, 0x7fff0000))
+code = b"".join(insns)
+buf = ctypes.create_string_buffer(code)
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(insns), ctypes.cast(buf, ctypes.c_void_p))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0            # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, os.strerror(ctypes.get_errno())  # PR_SET_SECCOMP
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+
+const LANDLOCK_CALLS: &str = "444,445,446";
+const SECCOMP_CALL: &str = "317";
+
+/// Runs `palisade ARGS` where user namespaces cannot be created: `prelude` runs first in the
+/// same private user and network namespace (to start servers), with a capability-free
+/// process. Returns `None` (after a visible SKIP) where the test cannot build that world.
+fn without_user_namespaces(f: &Fixture, prelude: &str, args: &[&str]) -> Option<Run> {
+    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+        return None;
+    }
+    let command: Vec<String> = args.iter().map(|arg| quote(arg)).collect();
+    let script = format!(
+        "ip link set lo up 2>/dev/null; {prelude}\necho 0 > /proc/sys/user/max_user_namespaces && setpriv --bounding-set=-all --inh-caps=-all -- {} {}; rc=$?; pkill -P $$ 2>/dev/null; exit $rc",
+        palisade_binary().display(),
+        command.join(" ")
+    );
+    Some(f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script]))
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|error| panic!("no report at {}: {error}", path.display()));
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+// CX-3, CX-5, PR-17, PR-18: without user namespaces the run still happens when the user allows
+// it, with a one-line notice naming what is missing and why, and a report that says so.
+both_identities!(degraded_mode_runs_and_says_so, |f: &Fixture| {
+    let report_path = f.out.join("report.json");
+    let Some(run) = without_user_namespaces(
+        f,
+        "",
+        &["run", "--allow-degraded", "--report", report_path.to_str().unwrap(), "--", "sh", "-c", "pwd && echo x > written && grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"],
+    ) else {
+        return;
+    };
+    run.expect_code(0);
+    assert_eq!(fs::read_to_string(f.ws.join("written")).unwrap(), "x\n");
+    assert!(run.stdout.contains(f.ws.to_str().unwrap()), "{}", run.stdout);
+    assert!(run.stdout.contains("Seccomp:\t2"), "{}", run.stdout);
+    let notice: Vec<&str> = run.stderr.lines().filter(|line| line.contains("degraded mode")).collect();
+    assert_eq!(notice.len(), 1, "one notice line expected:\n{}", run.stderr);
+    assert!(notice[0].contains("Landlock ABI"), "{}", notice[0]);
+    assert!(notice[0].contains("max_user_namespaces"), "the notice names the cause: {}", notice[0]);
+
+    let report = report(&report_path);
+    let layers = &report["layers"];
+    assert_eq!(layers["namespaces"], false, "{report}");
+    assert_eq!(layers["seccomp"], true, "{report}");
+    assert_eq!(layers["degraded"], true, "{report}");
+    assert!(layers["landlock"]["abi"].as_i64().is_some_and(|abi| abi >= 3), "{report}");
+    assert!(layers["missing"][0].as_str().is_some_and(|text| text.contains("max_user_namespaces")), "{report}");
+    assert_eq!(report["exit"]["code"], 0, "{report}");
+});
+
+// CX-2: the read-only profile stays read-only in degraded mode, /tmp included.
+both_identities!(degraded_mode_honours_read_only, |f: &Fixture| {
+    let script = "touch /tmp/probe_ro; echo tmp=$?; touch probe_ro; echo ws=$?; touch \"$TMPDIR/x\"; echo tmpdir=$?";
+    let Some(run) = without_user_namespaces(f, "", &["run", "--allow-degraded", "--profile", "read-only", "--", "sh", "-c", script]) else {
+        return;
+    };
+    run.expect_code(0);
+    for line in ["tmp=0", "ws=0", "tmpdir=0"] {
+        assert!(!run.stdout.contains(line), "{line} means a write succeeded\n{}{}", run.stdout, run.stderr);
+    }
+    assert!(!f.ws.join("probe_ro").exists());
+    assert!(!Path::new("/tmp/probe_ro").exists() || f.who == crate::suite::harness::Who::Root);
+});
+
+// Landlock carries the filesystem policy: nothing outside the writable roots changes, hidden
+// credentials cannot be read, read-only files cannot be truncated (BL-12), the host's /tmp is
+// out of reach.
+both_identities!(degraded_mode_keeps_the_filesystem_policy, |f: &Fixture| {
+    let outside = f.out.join("outside.txt");
+    fs::write(&outside, "original").unwrap();
+    f.chown_all();
+    let script = format!(
+        "echo changed > {o}; truncate -s 0 {o}; rm -f {o}; cat ~/.ssh/id_ed25519 ~/.aws/credentials ~/.cargo/credentials.toml; ls ~; touch /tmp/palisade-degraded-probe; echo done",
+        o = quote(outside.to_str().unwrap())
+    );
+    let Some(run) = without_user_namespaces(f, "", &["run", "--allow-degraded", "--allow-read", outside.to_str().unwrap(), "--", "sh", "-c", &script]) else {
+        return;
+    };
+    assert!(run.stdout.contains("done"), "{}{}", run.stdout, run.stderr);
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original");
+    assert!(!run.stdout.contains(CANARY), "a credential was read:\n{}", run.stdout);
+    assert!(!Path::new("/tmp/palisade-degraded-probe").exists());
+});
+
+// With the network off, no socket can be made at all, so neither loopback services of the host
+// nor its UNIX sockets can be reached; abstract sockets are scoped by Landlock as well.
+both_identities!(degraded_mode_refuses_the_network, |f: &Fixture| {
+    let server = r#"python3 -c '
+import socket, time
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(("127.0.0.1", 47801)); t.listen(4)
+a = socket.socket(socket.AF_UNIX); a.bind("\0palisade-degraded-test"); a.listen(4)
+time.sleep(20)' >/dev/null 2>&1 & sleep 0.5"#;
+    let client = r#"
+import socket
+for name, make, address in [
+    ("tcp", lambda: socket.socket(), ("127.0.0.1", 47801)),
+    ("udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("127.0.0.1", 47801)),
+    ("abstract", lambda: socket.socket(socket.AF_UNIX), "\0palisade-degraded-test"),
+]:
+    try:
+        s = make(); s.connect(address); print(name, "CONNECTED")
+    except OSError as e:
+        print(name, "REFUSED", e.errno)
+a, b = socket.socketpair(); a.send(b"x"); print("socketpair", b.recv(1))
+"#;
+    let Some(run) = without_user_namespaces(f, server, &["run", "--allow-degraded", "--", "python3", "-c", client]) else {
+        return;
+    };
+    run.expect_code(0);
+    for name in ["tcp", "udp", "abstract"] {
+        assert!(run.stdout.contains(&format!("{name} REFUSED")), "{name}:\n{}{}", run.stdout, run.stderr);
+    }
+    assert!(run.stdout.contains("socketpair b'x'"), "{}{}", run.stdout, run.stderr);
+});
+
+// Protected paths cannot be kept read-only without mounts; they are put back after the run,
+// with the command's version kept aside.
+both_identities!(degraded_mode_restores_protected_paths, |f: &Fixture| {
+    let config_before = fs::read_to_string(f.ws.join(".git/config")).unwrap();
+    let script = "printf '#!/bin/sh\\necho planted\\n' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit; printf '[core]\\n\\tfsmonitor = planted\\n' >> .git/config; mkdir -p .vscode; echo '{}' > .vscode/tasks.json; echo ran";
+    let Some(run) = without_user_namespaces(f, "", &["run", "--allow-degraded", "--", "sh", "-c", script]) else {
+        return;
+    };
+    assert!(run.stdout.contains("ran"), "{}{}", run.stdout, run.stderr);
+    assert!(!f.ws.join(".git/hooks/pre-commit").exists(), "the planted hook survived\n{}", run.stderr);
+    assert_eq!(fs::read_to_string(f.ws.join(".git/config")).unwrap(), config_before);
+    assert!(!f.ws.join(".vscode").exists(), "the created .vscode survived");
+    assert!(f.ws.join(".git/hooks.rejected-by-palisade/pre-commit").exists(), "the command's version is kept aside");
+    assert!(run.stderr.contains("restored the protected path"), "{}", run.stderr);
+});
+
+// PR-11: a hidden path inside a writable root cannot be enforced by Landlock alone, so degraded
+// mode refuses and names it; with namespaces the same policy hides it and keeps the rest
+// writable.
+both_identities!(deny_inside_allow_is_enforced_or_refused, |f: &Fixture| {
+    let keyrings = f.home.join(".local/share/keyrings");
+    fs::create_dir_all(&keyrings).unwrap();
+    fs::write(keyrings.join("login.keyring"), CANARY).unwrap();
+    fs::create_dir_all(f.home.join(".local/share/app")).unwrap();
+    f.chown_all();
+    let local = f.home.join(".local");
+    let args = ["--allow-write", local.to_str().unwrap(), "--deny-read", keyrings.to_str().unwrap()];
+    let script = format!("cat {}/login.keyring; touch {}/share/app/x && echo touched", keyrings.display(), local.display());
+
+    let mut full: Vec<&str> = vec!["run"];
+    full.extend(args);
+    full.extend(["--", "sh", "-c", &script]);
+    let run = f.palisade(&full);
+    assert!(!run.stdout.contains(CANARY), "the keyring was read: {}", run.stdout);
+    assert!(run.stdout.contains("touched"), "{}{}", run.stdout, run.stderr);
+
+    let mut degraded: Vec<&str> = vec!["run", "--allow-degraded"];
+    degraded.extend(args);
+    degraded.extend(["--", "sh", "-c", &script]);
+    let Some(run) = without_user_namespaces(f, "", &degraded) else { return };
+    assert_eq!(run.code, Some(125), "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains(keyrings.to_str().unwrap()), "the refusal names the path: {}", run.stderr);
+    assert!(!run.stdout.contains(CANARY));
+});
+
+// Without a PID namespace, Landlock's scoping keeps host processes out of reach, and the
+// timeout still ends every process of the run, detached ones included.
+both_identities!(degraded_mode_confines_processes, |f: &Fixture| {
+    let marker = format!("{}-detached", f.root.file_name().unwrap().to_string_lossy());
+    let prelude = "sleep 30 >/dev/null 2>&1 & echo $! > victim.pid";
+    let script = format!(
+        "v=$(cat victim.pid); kill -0 $v && echo SIGNALLED; cat /proc/$v/environ >/dev/null 2>&1 && echo READ-ENVIRON; setsid python3 -c 'import time; time.sleep(300)' {marker} & sleep 300"
+    );
+    let Some(run) = without_user_namespaces(f, prelude, &["run", "--allow-degraded", "--timeout", "2s", "--", "sh", "-c", &script]) else {
+        return;
+    };
+    assert_eq!(run.code, Some(124), "{}{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("SIGNALLED"), "{}", run.stdout);
+    assert!(!run.stdout.contains("READ-ENVIRON"), "{}", run.stdout);
+    // The pattern puts one character in brackets, so it does not match itself in the command
+    // line of a process that contains it.
+    let (head, tail) = marker.split_at(marker.len() - 1);
+    let pattern = format!("python3 -c import time; time.sleep\\(300\\) {head}[{tail}]");
+    let left = std::process::Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+    assert!(left.stdout.is_empty(), "a detached process outlived the run: {}", String::from_utf8_lossy(&left.stdout));
+});
+
+// CX-1 and PR-19: a kernel without Landlock (or seccomp) makes palisade refuse with the reason
+// and the fix; with --allow-degraded it runs with the layers left and says which.
+both_identities!(missing_landlock_or_seccomp_is_refused_unless_allowed, |f: &Fixture| {
+    let marker = f.ws.join("ran");
+    let bin = palisade_binary().to_str().unwrap().to_owned();
+    let touch = format!("touch {}", marker.display());
+    for (calls, layer) in [(LANDLOCK_CALLS, "Landlock"), (SECCOMP_CALL, "seccomp")] {
+        let refused = f.host(&f.ws, "/usr/bin/python3", &["-c", WITHOUT, calls, &bin, "run", "--", "sh", "-c", &touch]);
+        assert_eq!(refused.code, Some(125), "{layer}: {}", refused.stderr);
+        assert!(refused.stderr.contains(&format!("{layer} is not available")), "{}", refused.stderr);
+        assert!(refused.stderr.contains("fix:"), "{}", refused.stderr);
+        assert!(!marker.exists(), "the command ran without {layer}");
+
+        let report_path = f.out.join("report.json");
+        let allowed = f.host(
+            &f.ws,
+            "/usr/bin/python3",
+            &["-c", WITHOUT, calls, &bin, "run", "--allow-degraded", "--report", report_path.to_str().unwrap(), "--", "sh", "-c", &touch],
+        );
+        assert_eq!(allowed.code, Some(0), "{layer}: {}", allowed.stderr);
+        assert!(marker.exists());
+        assert!(allowed.stderr.contains("degraded mode") && allowed.stderr.contains(layer), "{}", allowed.stderr);
+        let report = report(&report_path);
+        assert_eq!(report["layers"]["namespaces"], true, "{report}");
+        match layer {
+            "Landlock" => assert!(report["layers"]["landlock"].is_null(), "{report}"),
+            _ => assert_eq!(report["layers"]["seccomp"], false, "{report}"),
+        }
+        fs::remove_file(&marker).unwrap();
+    }
+});
+
+// With neither namespaces nor Landlock there is no filesystem layer at all: palisade refuses
+// even when degraded mode is allowed.
+both_identities!(no_filesystem_layer_is_refused_even_when_degraded, |f: &Fixture| {
+    let marker = f.ws.join("ran");
+    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+        return;
+    }
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- /usr/bin/python3 -c {} {LANDLOCK_CALLS} {} run --allow-degraded -- touch {}",
+        quote(WITHOUT),
+        palisade_binary().display(),
+        marker.display()
+    );
+    let run = f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script]);
+    assert_eq!(run.code, Some(125), "{}", run.stderr);
+    assert!(run.stderr.contains("Landlock"), "{}", run.stderr);
+    assert!(!marker.exists());
+});
+
+// `palisade check` names every layer, exits 0 when the default policy holds, and otherwise
+// exits non-zero with the reason and whether degraded mode could run.
+both_identities!(check_reports_each_layer, |f: &Fixture| {
+    let run = f.palisade(&["check", "--json"]);
+    run.expect_code(0);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).expect("check --json prints JSON");
+    for layer in ["namespaces", "landlock", "seccomp", "cgroup_v2", "rlimits"] {
+        assert!(value["layers"][layer]["available"].is_boolean(), "{layer} missing: {value}");
+    }
+    assert_eq!(value["default_policy_enforced"], true, "{value}");
+    let text = f.palisade(&["check"]);
+    text.expect_code(0);
+    assert!(text.stdout.contains("landlock"), "{}", text.stdout);
+
+    let Some(run) = without_user_namespaces(f, "", &["check", "--json"]) else { return };
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).expect("check --json prints JSON");
+    assert_eq!(value["layers"]["namespaces"]["available"], false, "{value}");
+    assert!(value["layers"]["namespaces"]["detail"].as_str().unwrap().contains("max_user_namespaces"), "{value}");
+    assert!(value["layers"]["namespaces"]["fix"].is_string(), "{value}");
+    assert_eq!(value["default_policy_enforced"], false);
+    assert_eq!(value["degraded_mode_possible"], true);
+});
+
+// The run report records the layers of a normal run and the reason of a refused one.
+both_identities!(report_records_layers_and_refusals, |f: &Fixture| {
+    let path = f.out.join("run.json");
+    f.palisade(&["run", "--report", path.to_str().unwrap(), "--", "sh", "-c", "exit 3"]).expect_code(3);
+    let value = report(&path);
+    assert_eq!(value["format"], 1);
+    assert_eq!(value["exit"]["code"], 3);
+    assert_eq!(value["layers"]["namespaces"], true);
+    assert_eq!(value["layers"]["seccomp"], true);
+    assert!(value["layers"]["landlock"]["abi"].as_i64().is_some_and(|abi| abi >= 1), "{value}");
+    assert_eq!(value["layers"]["degraded"], false);
+    assert_eq!(value["command"][0], "sh");
+
+    let marker = f.ws.join("ran");
+    let refused = f.palisade(&["run", "--report", path.to_str().unwrap(), "--memory", "1G", "--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(refused.code, Some(125));
+    assert!(!marker.exists());
+    let value = report(&path);
+    assert!(value["error"].as_str().is_some_and(|text| text.contains("memory")), "{value}");
+    assert!(value["exit"].is_null());
+});
