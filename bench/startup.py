@@ -177,6 +177,27 @@ def check_runs_command(target: Target, workspace: str) -> str | None:
     return None
 
 
+def read_layers(palisade: Path, workspace: str) -> dict | None:
+    """Return the layers palisade's default policy enforces here, from its run report.
+
+    The timed palisade runs use the full default: namespaces, Landlock and the seccomp filter.
+    The bwrap command line has no Landlock and no seccomp filter, so the comparison does not
+    favour palisade.
+    """
+    with tempfile.TemporaryDirectory(prefix="palisade-bench-report-") as directory:
+        report = Path(directory) / "report.json"
+        subprocess.run(
+            [str(palisade), "run", "-w", workspace, "--report", str(report), "--", TRUE_BINARY],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        try:
+            return json.loads(report.read_text())["layers"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+
 def describe_status(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -423,6 +444,8 @@ def main(argv: list[str]) -> int:
                 sys.stdout.flush()
                 print(f"error: {problem}", file=sys.stderr)
                 return 2
+        layers = read_layers(palisade, workspace)
+        print(f"palisade layers: {json.dumps(layers)}")
 
         try:
             run_rounds(targets, workspace, args.warmup, args.rounds)
@@ -448,6 +471,7 @@ def main(argv: list[str]) -> int:
                 "bwrap": read_version([bwrap, "--version"]) if bwrap else None,
             },
             "commands": {target.name: target.argv for target in targets},
+            "palisade_layers": layers,
             "figures": summary,
             "comparison": comparison,
             "targets": {

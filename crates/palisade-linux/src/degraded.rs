@@ -249,7 +249,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
         let wait = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
         if rustix::event::poll(&mut fds, Some(&wait)).unwrap_or(0) > 0 {
             if let Ok((signal, _)) = sys::read_signal(signal_fd.as_fd()) {
-                let _ = sys::kill(pid, signal);
+                crate::init::forward(pid, signal);
             }
         }
     };

@@ -209,7 +209,7 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) ->
             Err(error) => fail(report, format!("failed to read signals: {error}")),
         };
         if signal != libc::SIGCHLD {
-            let _ = sys::kill(command_pid, signal);
+            forward(command_pid, signal);
             continue;
         }
         loop {
@@ -237,6 +237,15 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) ->
                 sys::exit_now(code);
             }
         }
+    }
+}
+
+/// Sends `signal` to the command's process group, as a terminal would to its foreground group,
+/// so children the command waits for get it too. The command leads its own session, so the
+/// group has its pid; once the command has exited, only a lone process can be left to signal.
+pub(crate) fn forward(command_pid: libc::pid_t, signal: libc::c_int) {
+    if sys::kill(-command_pid, signal).is_err() {
+        let _ = sys::kill(command_pid, signal);
     }
 }
 
