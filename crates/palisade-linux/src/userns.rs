@@ -27,6 +27,11 @@ fn read_sysctl(path: &str) -> Option<String> {
 
 /// Names the host setting that blocks user namespaces, with the command that lifts it.
 pub fn diagnose() -> Option<(String, String)> {
+    diagnose_with(&read_sysctl)
+}
+
+/// [`diagnose`] with the sysctl reader as a parameter, so tests can describe a host.
+fn diagnose_with(read_sysctl: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
     if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
         return Some((
             "the sysctl user.max_user_namespaces is 0".into(),
@@ -113,5 +118,28 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), Strin
 pub fn reap_child(pid: libc::pid_t) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diagnose_with;
+
+    #[test]
+    fn apparmor_restriction_is_named_with_both_fixes() {
+        let ubuntu = |path: &str| match path {
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns" => Some("1".to_owned()),
+            "/proc/sys/user/max_user_namespaces" => Some("63000".to_owned()),
+            _ => None,
+        };
+        let (cause, fix) = diagnose_with(&ubuntu).expect("the restriction is diagnosed");
+        assert!(cause.contains("apparmor_restrict_unprivileged_userns"), "{cause}");
+        assert!(fix.contains("AppArmor profile"), "{fix}");
+        assert!(fix.contains("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"), "{fix}");
+    }
+
+    #[test]
+    fn open_host_has_no_diagnosis() {
+        assert_eq!(diagnose_with(&|_: &str| None), None);
     }
 }

@@ -62,3 +62,45 @@ both_identities!(policy_command_prints_effective_policy, |f: &Fixture| {
     f.write(&policy, &run.stdout);
     f.palisade(&["policy", "--policy", policy.to_str().unwrap()]).expect_code(0);
 });
+
+// PR-19 (b): a policy file that does not exist stops the run; the command never runs unwrapped.
+both_identities!(missing_policy_file_stops_the_run, |f: &Fixture| {
+    let marker = f.ws.join("ran");
+    let missing = f.root.join("no-such-policy.toml");
+    let run = f.palisade(&["run", "--policy", missing.to_str().unwrap(), "--", "touch", marker.to_str().unwrap()]);
+    assert_eq!(run.code, Some(125), "{}", run.stderr);
+    assert!(run.stderr.contains("no-such-policy.toml"), "the message names the file: {}", run.stderr);
+    assert!(!marker.exists(), "the command ran without its policy");
+});
+
+// BL-7: protected names apply in every writable root, whatever the working directory, and a
+// glob pattern, which palisade cannot enforce at every depth, is refused instead of ignored.
+both_identities!(protected_names_apply_in_every_writable_root, |f: &Fixture| {
+    let second = f.root.join("ws2");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::create_dir_all(f.ws.join("sub")).unwrap();
+    f.chown_all();
+    f.git_init(&second);
+    let hooks_before = f.snapshot(&second.join(".git/hooks"));
+    let policy = f.root.join("protect.toml");
+    f.write(&policy, "[filesystem]\nprotected = [\".env\"]\n");
+    let script = format!(
+        "echo X > {two}/.env; echo ws2=$?; echo X > {ws}/.env; echo ws=$?; echo X > {two}/.git/hooks/pre-commit; echo hooks=$?",
+        two = second.display(),
+        ws = f.ws.display()
+    );
+    let args = ["run", "--policy", policy.to_str().unwrap(), "-w", f.ws.to_str().unwrap(), "--allow-write", second.to_str().unwrap(), "--", "/bin/sh", "-c", &script];
+    let run = f.palisade_in(&f.ws.join("sub"), &args, &[]);
+    run.expect_code(0);
+    for refused in ["ws2=0", "ws=0", "hooks=0"] {
+        assert!(!run.stdout.contains(refused), "{refused}: the write succeeded\n{}", run.stdout);
+    }
+    assert!(!second.join(".env").exists());
+    assert!(!f.ws.join(".env").exists());
+    assert_eq!(f.snapshot(&second.join(".git/hooks")), hooks_before);
+
+    f.write(&policy, "[filesystem]\nprotected = [\"**/.env\"]\n");
+    let refused = f.palisade(&["run", "--policy", policy.to_str().unwrap(), "--", "true"]);
+    assert_eq!(refused.code, Some(125));
+    assert!(refused.stderr.contains("patterns are not supported"), "{}", refused.stderr);
+});

@@ -356,3 +356,16 @@ echo done
     assert_eq!(errno_of(&results, "io_uring_setup"), Some(EPERM), "{results:?}");
     assert_eq!(errno_of(&results, "unshare_newuser"), Some(EPERM), "{results:?}");
 });
+
+// A Python test suite runs under the layered default with Debian's pytest.
+both_identities!(pytest_runs_in_the_sandbox, |f: &Fixture| {
+    let available = Command::new(PYTHON).args(["-c", "import pytest"]).status().is_ok_and(|status| status.success());
+    if !available {
+        skip(&f.name, "Debian's python3-pytest is not installed");
+        return;
+    }
+    f.write(&f.ws.join("test_sample.py"), "import threading\n\ndef test_threads():\n    t = threading.Thread(target=lambda: None)\n    t.start()\n    t.join()\n\ndef test_tmp(tmp_path):\n    (tmp_path / 'x').write_text('y')\n    assert (tmp_path / 'x').read_text() == 'y'\n");
+    let run = f.palisade(&["run", "--", PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_sample.py"]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("2 passed"), "{}{}", run.stdout, run.stderr);
+});
