@@ -206,7 +206,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
         command.env(name, &tmp.0);
     }
     // SAFETY: the closure runs in the forked child before exec. Palisade is single-threaded, so
-    // allocating there is safe; everything it calls only affects the child.
+    // allocating there is safe, and everything it calls only affects the child.
     unsafe {
         command.pre_exec(move || {
             let to_io = |text: String| std::io::Error::other(text);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The kernel refused to create the namespaces the policy needs.
-    #[error("cannot create a user namespace: {cause}\nfix: {fix}")]
+    #[error("cannot create a user namespace: {cause}\nfix: {fix}, or pass --allow-degraded to run with Landlock and seccomp only")]
     UserNamespaces { cause: String, fix: String },
 
     /// A protection layer the policy needs is missing on this machine.

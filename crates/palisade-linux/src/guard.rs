@@ -1,13 +1,13 @@
 //! Protected paths in degraded mode. Without a mount namespace nothing keeps `.git/hooks` or
 //! `.vscode` read-only inside a writable root: Landlock grants rights on whole directory trees
 //! and cannot take them away below. So their content is copied before the run and put back
-//! after it; whatever the command left there is moved aside under a `.rejected-by-palisade`
+//! after it. Whatever the command left there is moved aside under a `.rejected-by-palisade`
 //! name for the user to inspect.
 //!
 //! During the run the command sees its own changes. That is harmless inside the sandbox (a hook
-//! it plants runs sandboxed); what matters is that nothing it planted survives for a program
+//! it plants runs sandboxed). What matters is that nothing it planted survives for a program
 //! outside the sandbox to run. If palisade itself is killed with SIGKILL, the restore does not
-//! happen; docs/security.md says so.
+//! happen, as docs/security.md states.
 
 use std::ffi::OsString;
 use std::fs;
@@ -134,7 +134,7 @@ impl Guard {
     pub fn restore(&self) -> Vec<String> {
         let mut notes = Vec::new();
         for (path, before) in &self.saved {
-            // The command may have replaced a directory on the way with a symlink; following it
+            // The command may have replaced a directory on the way with a symlink, and following it
             // would move or write files elsewhere with palisade's rights.
             if let Some(link) = path.ancestors().skip(1).find(|ancestor| ancestor.symlink_metadata().is_ok_and(|meta| meta.file_type().is_symlink())) {
                 notes.push(format!(

@@ -4,7 +4,7 @@
 //! With namespaces, the rules follow the mount plan: what is mounted read-only is granted
 //! read and execute, what is mounted writable is granted everything but device ioctls. Landlock
 //! cannot take a right away below a directory that has it, so protected and hidden paths inside
-//! granted directories rely on the mounts; Landlock catches a mistake in everything else.
+//! granted directories rely on the mounts, and Landlock catches a mistake in everything else.
 //! Without namespaces (degraded mode) these rules are the filesystem policy, see
 //! [`rules_for_degraded`].
 
@@ -45,7 +45,7 @@ pub struct Rules {
 }
 
 /// Asks the kernel for its Landlock ABI version. The landlock crate keeps this query private
-/// (it wants rulesets written against a fixed ABI); palisade needs it to report the layer and
+/// because it wants rulesets written against a fixed ABI. Palisade needs it to report the layer and
 /// to refuse a kernel too old for the policy, so it makes the call itself.
 fn query_abi() -> Result<i32, i32> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;

@@ -13,7 +13,7 @@ pub struct Layer {
     pub available: bool,
     /// What is available (such as `ABI 7`) or why not.
     pub detail: String,
-    /// How to make the layer available; empty when it is.
+    /// How to make the layer available, or empty when it is.
     pub fix: String,
     /// Whether the default policy needs this layer to run without `--allow-degraded`.
     pub required: bool,
@@ -136,7 +136,7 @@ pub fn namespaces() -> Result<(), (String, String)> {
 /// Checks for a writable cgroup v2 directory of this process with the memory and pids
 /// controllers.
 pub fn cgroup_v2() -> Result<String, (String, String)> {
-    let fallback = "limits are held by rlimits and the PID namespace instead";
+    let fallback = "without it, limits can rest only on rlimits and the PID namespace (this build sets no limit but core dumps off and the timeout)";
     let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let Some(relative) = membership.lines().find_map(|line| line.strip_prefix("0::")) else {
         return Err(("this process is in no cgroup v2 hierarchy".into(), fallback.into()));
@@ -168,7 +168,7 @@ pub fn cgroup_v2() -> Result<String, (String, String)> {
 }
 
 /// Reports whether degraded mode can run here: it needs Landlock ABI 3 (truncation is a right
-/// from ABI 3 on; without it a read-only file could be emptied) and seccomp.
+/// from ABI 3 on, and without it a read-only file could be emptied) and seccomp.
 pub fn degraded_possible() -> Result<(), String> {
     match landlock::kernel_abi() {
         None => return Err(format!("it needs Landlock, and {}", landlock::missing_reason().0)),

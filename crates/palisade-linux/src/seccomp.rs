@@ -5,7 +5,7 @@
 //! reviewed for this list answers ENOSYS, so a call added by a future kernel stays closed until
 //! someone reviews it, and the x32 numbers (which carry bit 30) land there too. A full allow
 //! list was rejected because it breaks ordinary programs in ways that are hard to diagnose (see
-//! docs/security.md); the ceiling gives the property that mattered from it.
+//! docs/security.md). The ceiling gives the one property that mattered from an allow list.
 //!
 //! seccompiler builds the per-call rules. It checks the architecture but not the x32 bit, and it
 //! has one action for every match, so the few instructions in front of its program (foreign
@@ -40,8 +40,8 @@ mod arch {
     pub const TARGET: seccompiler::TargetArch = seccompiler::TargetArch::aarch64;
 }
 
-/// The newest system call reviewed for this filter (`file_setattr`, Linux 6.17; numbers from 424
-/// on are the same on every architecture). Anything above answers ENOSYS.
+/// The newest system call reviewed for this filter: `file_setattr`, Linux 6.17. Numbers from 424
+/// on are the same on every architecture. Anything above answers ENOSYS.
 const LAST_REVIEWED_SYSCALL: u32 = 469;
 /// `open_tree_attr` (Linux 6.15), newer than the libc crate's tables.
 const SYS_OPEN_TREE_ATTR: i64 = 467;
@@ -168,7 +168,7 @@ fn argument_rules(options: FilterOptions) -> BTreeMap<i64, Vec<SeccompRule>> {
     rules
 }
 
-// Classic BPF, as seccomp reads it; see include/uapi/linux/filter.h and seccomp.h.
+// Classic BPF as seccomp reads it, from include/uapi/linux/filter.h and seccomp.h.
 const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JMP_JEQ_K: u16 = 0x15;
 const BPF_JMP_JGT_K: u16 = 0x25;
@@ -216,7 +216,7 @@ pub fn build(options: FilterOptions) -> BpfProgram {
         jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT, 2, 0),
         // 5: above the ceiling: ENOSYS.
         jump(BPF_JMP_JGT_K, LAST_REVIEWED_SYSCALL, 2, 0),
-        // 6: clone3 passes its flags in memory the filter cannot read; ENOSYS makes libc fall
+        // 6: clone3 passes its flags in memory the filter cannot read. ENOSYS makes libc fall
         // back to clone, whose flags the rules check. EPERM would make libc give up instead.
         jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 1, 2),
         statement(BPF_RET_K, errno(libc::EPERM)),

@@ -207,10 +207,11 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
                 println!("{:<16} fix: {}", "", layer.fix);
             }
         }
+        println!("\nNO marks a missing layer the default policy requires.");
         if full {
-            println!("\nThe default policy is fully enforced on this machine.");
+            println!("The default policy is fully enforced on this machine.");
         } else {
-            println!("\nThe default policy cannot be fully enforced here: palisade run refuses without --allow-degraded.");
+            println!("The default policy cannot be fully enforced here: palisade run refuses without --allow-degraded.");
             match &degraded_possible {
                 Ok(()) => println!("With --allow-degraded it runs with the layers marked yes."),
                 Err(reason) => println!("--allow-degraded cannot help either: {reason}."),

@@ -8,7 +8,7 @@ use palisade_linux::{Exit, Layers, Outcome};
 use palisade_policy::Policy;
 use serde_json::{json, Value};
 
-/// The version of the report's layout; it changes when a field changes meaning or goes away.
+/// The version of the report's layout. It changes when a field changes meaning or goes away.
 pub const FORMAT: u32 = 1;
 
 pub fn layers_json(layers: &Layers) -> Value {
@@ -27,7 +27,7 @@ pub fn layers_json(layers: &Layers) -> Value {
 }
 
 fn policy_json(policy: &Policy) -> Value {
-    // The policy's TOML rendering is the one documented form; the report carries the same
+    // The policy's TOML rendering is the one documented form, and the report carries the same
     // content as JSON.
     toml::from_str::<toml::Value>(&policy.to_toml())
         .ok()
