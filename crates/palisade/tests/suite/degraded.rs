@@ -66,7 +66,7 @@ fn report(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("the report is JSON")
 }
 
-// CX-3, CX-5, PR-17, PR-18: without user namespaces the run still happens when the user allows
+// Without user namespaces the run still happens when the user allows
 // it, with a one-line notice naming what is missing and why, and a report that says so.
 both_identities!(degraded_mode_runs_and_says_so, |f: &Fixture| {
     let report_path = f.out.join("report.json");
@@ -96,7 +96,7 @@ both_identities!(degraded_mode_runs_and_says_so, |f: &Fixture| {
     assert_eq!(report["exit"]["code"], 0, "{report}");
 });
 
-// CX-2: the read-only profile stays read-only in degraded mode, /tmp included.
+// The read-only profile stays read-only in degraded mode, /tmp included.
 both_identities!(degraded_mode_honours_read_only, |f: &Fixture| {
     let script = "touch /tmp/probe_ro; echo tmp=$?; touch probe_ro; echo ws=$?; touch \"$TMPDIR/x\"; echo tmpdir=$?";
     let Some(run) = without_user_namespaces(f, "", &["run", "--allow-degraded", "--profile", "read-only", "--", "sh", "-c", script]) else {
@@ -111,7 +111,7 @@ both_identities!(degraded_mode_honours_read_only, |f: &Fixture| {
 });
 
 // Landlock carries the filesystem policy: nothing outside the writable roots changes, hidden
-// credentials cannot be read, read-only files cannot be truncated (BL-12), the host's /tmp is
+// credentials cannot be read, read-only files cannot be truncated, the host's /tmp is
 // out of reach.
 both_identities!(degraded_mode_keeps_the_filesystem_policy, |f: &Fixture| {
     let outside = f.out.join("outside.txt");
@@ -177,7 +177,7 @@ both_identities!(degraded_mode_restores_protected_paths, |f: &Fixture| {
     assert!(run.stderr.contains("restored the protected path"), "{}", run.stderr);
 });
 
-// PR-11: a hidden path inside a writable root cannot be enforced by Landlock alone, so degraded
+// A hidden path inside a writable root cannot be enforced by Landlock alone, so degraded
 // mode refuses and names it; with namespaces the same policy hides it and keeps the rest
 // writable.
 both_identities!(deny_inside_allow_is_enforced_or_refused, |f: &Fixture| {
@@ -228,7 +228,7 @@ both_identities!(degraded_mode_confines_processes, |f: &Fixture| {
     assert!(left.stdout.is_empty(), "a detached process outlived the run: {}", String::from_utf8_lossy(&left.stdout));
 });
 
-// CX-1 and PR-19: a kernel without Landlock (or seccomp) makes palisade refuse with the reason
+// A kernel without Landlock (or seccomp) makes palisade refuse with the reason
 // and the fix; with --allow-degraded it runs with the layers left and says which.
 both_identities!(missing_landlock_or_seccomp_is_refused_unless_allowed, |f: &Fixture| {
     let marker = f.ws.join("ran");

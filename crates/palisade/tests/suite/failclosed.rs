@@ -63,7 +63,7 @@ both_identities!(policy_command_prints_effective_policy, |f: &Fixture| {
     f.palisade(&["policy", "--policy", policy.to_str().unwrap()]).expect_code(0);
 });
 
-// PR-19 (b): a policy file that does not exist stops the run; the command never runs unwrapped.
+// A policy file that does not exist stops the run, and the command never runs unwrapped.
 both_identities!(missing_policy_file_stops_the_run, |f: &Fixture| {
     let marker = f.ws.join("ran");
     let missing = f.root.join("no-such-policy.toml");
@@ -73,7 +73,7 @@ both_identities!(missing_policy_file_stops_the_run, |f: &Fixture| {
     assert!(!marker.exists(), "the command ran without its policy");
 });
 
-// BL-7: protected names apply in every writable root, whatever the working directory, and a
+// Protected names apply in every writable root, whatever the working directory, and a
 // glob pattern, which palisade cannot enforce at every depth, is refused instead of ignored.
 both_identities!(protected_names_apply_in_every_writable_root, |f: &Fixture| {
     let second = f.root.join("ws2");

@@ -134,7 +134,7 @@ fn errno_of(results: &[(String, i32)], name: &str) -> Option<i32> {
     results.iter().find(|(probe, _)| probe == name).map(|(_, errno)| *errno)
 }
 
-// Cases BL-26, BL-27, BL-28, BL-30 and PR-19 (c): every refused call fails inside, and the same
+// Every refused call fails inside, and the same
 // probe on the host, as the same user, shows that for most of them only the filter explains it.
 both_identities!(refused_syscalls_fail_only_because_of_the_filter, |f: &Fixture| {
     let probe = f.ws.join("probe.py");
@@ -165,9 +165,8 @@ both_identities!(refused_syscalls_fail_only_because_of_the_filter, |f: &Fixture|
     );
 });
 
-// BL-27: after clone3 answers ENOSYS, threads (which glibc then creates with clone) still work,
-// and so do subprocesses from Python and Node (PR-16) and asyncio's cross-thread wake-ups over a
-// socketpair (BL-56).
+// After clone3 answers ENOSYS, threads (which glibc then creates with clone) still work, and so
+// do subprocesses from Python and Node and asyncio's cross-thread wake-ups over a socketpair.
 both_identities!(ordinary_runtimes_still_work, |f: &Fixture| {
     let script = r#"
 import asyncio, socket, subprocess, threading
@@ -200,7 +199,7 @@ console.log(c.execFileSync("git", ["--version"]).toString().trim());"#;
     }
 });
 
-// BL-61 and PR-19 (c): the command and every process it starts, in the foreground or detached
+// The command and every process it starts, in the foreground or detached
 // in the background, carry no_new_privs, the seccomp filter and the sandbox's namespaces.
 both_identities!(every_process_carries_the_layers, |f: &Fixture| {
     let host_mnt = fs::read_link("/proc/self/ns/mnt").unwrap();
@@ -223,7 +222,7 @@ setsid sh -c "$line" detached
     }
 });
 
-// PR-19 (c): Landlock is in force inside, seen from the one thing it refuses that the mounts
+// Landlock is in force inside, seen from the one thing it refuses that the mounts
 // allow: an ioctl on a device that is not a terminal (EACCES from Landlock, ENOTTY without it).
 both_identities!(landlock_is_in_force_inside, |f: &Fixture| {
     let script = "import fcntl, termios\ntry:\n    fcntl.ioctl(open('/dev/null'), termios.TCGETS, bytes(60)); print('IOCTL-ALLOWED')\nexcept OSError as e:\n    print('IOCTL', e.errno)\n";
@@ -234,7 +233,7 @@ both_identities!(landlock_is_in_force_inside, |f: &Fixture| {
     assert!(host.stdout.contains(&format!("IOCTL {}", ENOTTY)), "the host control differs: {}", host.stdout);
 });
 
-// CX-11: ptrace is refused by default and allowed for the run's own processes with
+// ptrace is refused by default and allowed for the run's own processes with
 // --allow-ptrace, so strace and gdb work when the user asks for them.
 both_identities!(ptrace_needs_the_opt_in, |f: &Fixture| {
     if !std::path::Path::new("/usr/bin/strace").exists() {
@@ -269,7 +268,7 @@ except OSError as e:
     print("CONNECT-FAILED", e.errno, e.strerror)
 "#;
 
-// CX-12: UNIX sockets are not refused by the filter. A host socket the policy makes visible is
+// UNIX sockets are not refused by the filter. A host socket the policy makes visible is
 // reachable; one it does not is absent. As the unprivileged user the same holds for ssh-agent.
 // (As root the command runs as an unprivileged uid, and ssh-agent only answers its owner.)
 both_identities!(allowed_unix_socket_is_reachable, |f: &Fixture| {
@@ -313,7 +312,7 @@ both_identities!(allowed_unix_socket_is_reachable, |f: &Fixture| {
     assert!(hidden.stderr.contains("Error connecting to agent"), "{}", hidden.stderr);
 });
 
-// BL-12: truncating a read-only file is refused (by the read-only mount, and by Landlock's
+// Truncating a read-only file is refused (by the read-only mount, and by Landlock's
 // truncate right behind it).
 both_identities!(read_only_files_cannot_be_truncated, |f: &Fixture| {
     let target = f.out.join("bl12.bin");
@@ -330,7 +329,7 @@ both_identities!(read_only_files_cannot_be_truncated, |f: &Fixture| {
     assert_eq!(fs::read(&target).unwrap(), contents, "the file changed");
 });
 
-// PR-20: nothing palisade owns inside the sandbox can be changed from inside, and a second run
+// Nothing palisade owns inside the sandbox can be changed from inside, and a second run
 // after the attempts is confined as before.
 both_identities!(sandbox_control_state_cannot_be_tampered_with, |f: &Fixture| {
     let script = r#"
