@@ -27,9 +27,11 @@ use crate::landlock::Rules;
 use crate::seccomp::{self, FilterOptions};
 use crate::{sys, Error, Exit, Layers, Outcome};
 
-/// Landlock must handle truncation (ABI 3): nothing else stops a read-only file being emptied.
+/// Landlock must handle truncation (ABI 3), because nothing else stops a read-only file being
+/// emptied.
+// NOTE: no test runs on a kernel with ABI 1 or 2, so the refusal for them is checked by reading.
 const MINIMUM_ABI: i32 = 3;
-/// The most entries one directory may be split into to leave a hidden path out.
+/// The maximum number of entries granted one by one to leave hidden paths out.
 const MAX_SPLIT_ENTRIES: usize = 4096;
 
 const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
@@ -74,13 +76,13 @@ fn grant_read_except(path: &Path, hidden: &[PathBuf], rules: &mut Rules, budget:
     Ok(())
 }
 
-/// The Landlock rules of a degraded run: the policy's paths as they are on the host.
+/// Returns the Landlock rules of a degraded run: the policy's paths as they are on the host.
 fn rules(policy: &Policy, tmp: &Path) -> Result<Rules, Error> {
     let fs = &policy.filesystem;
     let mut rules = Rules { deny_tcp: policy.network == NetworkMode::None, ..Rules::default() };
     let mut budget = MAX_SPLIT_ENTRIES;
     // The host's /tmp and /var/tmp are shared with every other program: the private directory
-    // stands in for them.
+    // replaces them.
     let shared_tmp = |path: &Path| path == Path::new("/tmp") || path == Path::new("/var/tmp");
     for path in fs.read_only.iter().chain(&fs.copy_on_write) {
         if !shared_tmp(path) {

@@ -242,7 +242,7 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) ->
 
 /// Sends `signal` to the command's process group, as a terminal would to its foreground group,
 /// so children the command waits for get it too. The command leads its own session, so the
-/// group has its pid; once the command has exited, only a lone process can be left to signal.
+/// group id is its pid. If the group is gone, the signal goes to the pid alone.
 pub(crate) fn forward(command_pid: libc::pid_t, signal: libc::c_int) {
     if sys::kill(-command_pid, signal).is_err() {
         let _ = sys::kill(command_pid, signal);

@@ -17,7 +17,7 @@ use landlock::{
 
 use crate::plan::{MountOp, MountPlan};
 
-/// The Landlock ABI this build knows and asks for at most.
+/// The newest Landlock ABI this build supports and requests.
 pub const NEWEST_ABI: ABI = ABI::V7;
 
 /// Device nodes that only need reads and writes.
@@ -60,7 +60,8 @@ fn query_abi() -> Result<i32, i32> {
     Ok(version as i32)
 }
 
-/// The Landlock ABI the running kernel offers, or `None` when Landlock is missing or disabled.
+/// Returns the Landlock ABI the running kernel offers, or `None` when Landlock is missing or
+/// disabled.
 pub fn kernel_abi() -> Option<i32> {
     query_abi().ok().filter(|&abi| abi > 0)
 }
@@ -79,7 +80,7 @@ pub fn missing_reason() -> (String, String) {
     }
 }
 
-/// The rules that mirror the mount plan.
+/// Returns the rules that mirror the mount plan.
 pub fn rules_for_plan(plan: &MountPlan) -> Rules {
     let mut rules = Rules { list: vec!["/".into()], ..Rules::default() };
     for op in &plan.ops {
@@ -109,7 +110,7 @@ fn read_access(abi: ABI) -> BitFlags<AccessFs> {
     AccessFs::from_read(abi)
 }
 
-/// Every filesystem right of the ABI except device ioctls.
+/// Returns every filesystem right of the ABI except device ioctls.
 fn write_access(abi: ABI) -> BitFlags<AccessFs> {
     AccessFs::from_all(abi) & !BitFlags::from(AccessFs::IoctlDev)
 }
@@ -118,7 +119,7 @@ fn device_access(abi: ABI) -> BitFlags<AccessFs> {
     (AccessFs::from_file(abi) & !(AccessFs::Execute | AccessFs::IoctlDev)) | AccessFs::ReadDir
 }
 
-/// What [`apply`] enforced.
+/// The protections [`apply`] enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enforced {
     pub abi: i32,

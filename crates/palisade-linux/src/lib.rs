@@ -105,7 +105,7 @@ pub struct Outcome {
     pub wall_time: Duration,
     /// Set when the command could not be executed: the exit code (126 or 127) and the reason.
     pub exec_error: Option<(i32, String)>,
-    /// What protected the run.
+    /// The layers that protected the run.
     pub layers: Layers,
 }
 
@@ -136,7 +136,7 @@ impl Layers {
         !self.missing.is_empty()
     }
 
-    /// One line naming the layers in force, such as `namespaces, Landlock ABI 7, seccomp`.
+    /// Returns one line naming the layers in force, such as `namespaces, Landlock ABI 7, seccomp`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if self.namespaces {

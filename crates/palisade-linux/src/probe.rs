@@ -11,7 +11,7 @@ pub struct Layer {
     /// A stable identifier, such as `namespaces` or `landlock`.
     pub name: &'static str,
     pub available: bool,
-    /// What is available (such as `ABI 7`) or why not.
+    /// The available feature (such as `ABI 7`), or the reason it is missing.
     pub detail: String,
     /// How to make the layer available, or empty when it is.
     pub fix: String,

@@ -18,7 +18,7 @@ use seccompiler::{
     SeccompRule,
 };
 
-/// What the filter must allow beyond its defaults.
+/// Options that widen or narrow the filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FilterOptions {
     /// Allow `ptrace` and the calls that read or write another process's memory, for debuggers
@@ -41,7 +41,7 @@ mod arch {
 }
 
 /// The newest system call reviewed for this filter: `file_setattr`, Linux 6.17. Numbers from 424
-/// on are the same on every architecture. Anything above answers ENOSYS.
+/// on are the same on every architecture. Anything above returns ENOSYS.
 const LAST_REVIEWED_SYSCALL: u32 = 469;
 /// `open_tree_attr` (Linux 6.15), newer than the libc crate's tables.
 const SYS_OPEN_TREE_ATTR: i64 = 467;
@@ -129,12 +129,12 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
     SeccompRule::new(conditions).expect("a rule has at least one condition")
 }
 
-/// A rule for each namespace flag that matches when `arg` has the flag set.
+/// Returns a rule for each namespace flag, matching when `arg` has the flag set.
 fn namespace_flag_rules(arg: u8) -> Vec<SeccompRule> {
     NAMESPACE_FLAGS.iter().map(|&flag| rule(vec![condition(arg, SeccompCmpOp::MaskedEq(flag), flag)])).collect()
 }
 
-/// The rules of calls refused only with some arguments.
+/// Returns the rules of calls refused only with some arguments.
 fn argument_rules(options: FilterOptions) -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules = BTreeMap::new();
     rules.insert(
@@ -156,7 +156,7 @@ fn argument_rules(options: FilterOptions) -> BTreeMap<i64, Vec<SeccompRule>> {
         outside_families.push(condition(0, SeccompCmpOp::Ne, u64::from(u32::MAX)));
         vec![
             rule(outside_families),
-            // Netlink answers routing queries (getaddrinfo, `ip addr`) and nothing else: audit,
+            // Netlink serves routing queries (getaddrinfo, `ip addr`) and nothing else: audit,
             // uevents and the other protocols talk to the host kernel's subsystems.
             rule(vec![
                 condition(0, SeccompCmpOp::Eq, libc::AF_NETLINK as u64),

@@ -740,7 +740,7 @@ fn resolve_filesystem(
 }
 
 /// Refuses glob characters. Paths are matched literally, so `**/.env` would protect a
-/// directory named `**` and nothing the user meant; failing loudly beats a rule that silently
+/// directory named `**` and nothing the user meant. Failing loudly beats a rule that silently
 /// covers nothing.
 fn reject_pattern(text: &str) -> Result<(), String> {
     if text.contains(['*', '?', '[']) {

@@ -43,7 +43,7 @@ fn exit_json(exit: Exit) -> (Value, Value) {
     }
 }
 
-/// The report of a run that took place.
+/// Builds the report of a run that took place.
 pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
     let (exit, limit) = exit_json(outcome.exit);
     json!({
@@ -56,12 +56,13 @@ pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value 
         "exec_error": outcome.exec_error.as_ref().map(|(_, reason)| reason),
         "limit": limit,
         "usage": { "wall_time_ms": outcome.wall_time.as_secs_f64() * 1000.0 },
+        // NOTE: always empty. Refused calls and file accesses reach only the command, as error codes.
         "denials": [],
         "error": Value::Null,
     })
 }
 
-/// The report of a run that palisade refused or could not set up: nothing ran.
+/// Builds the report of a run that palisade refused or could not set up, when nothing ran.
 pub fn refused(argv: &[OsString], policy: Option<&Policy>, error: &str) -> Value {
     json!({
         "format": FORMAT,
