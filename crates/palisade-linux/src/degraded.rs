@@ -17,13 +17,14 @@ use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use palisade_policy::{is_within, NetworkMode, Policy};
 
 use crate::guard::Guard;
 use crate::init::{confine, Confinement};
 use crate::landlock::Rules;
+use crate::limits::Limit;
 use crate::seccomp::{self, FilterOptions};
 use crate::{sys, Error, Exit, Layers, Outcome};
 
@@ -178,7 +179,12 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     let rules = rules(policy, &tmp.0)?;
     let no_sockets = policy.network == NetworkMode::None;
     layers.landlock_tcp = rules.deny_tcp && abi >= 4;
+    // Without a user namespace, RLIMIT_NPROC would count every process of the user on the
+    // host, so the process limit rests on the accounting alone.
+    let rlimits: Vec<_> = crate::limits::rlimits(&policy.limits).into_iter().filter(|limit| !limit.describe().starts_with("nproc=")).collect();
+    layers.rlimits = rlimits.iter().map(crate::limits::Rlimit::describe).collect();
     let confinement = Confinement {
+        rlimits,
         landlock: Some(rules),
         seccomp: Some(seccomp::build(FilterOptions { allow_ptrace: policy.allow_ptrace, no_sockets })),
     };
@@ -219,20 +225,44 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
             confine(&confinement, MINIMUM_ABI).map_err(to_io)
         });
     }
+    let mut streams = crate::output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?;
+    let [stdout, stderr] = std::mem::take(&mut streams.write_ends);
+    if let Some(fd) = stdout {
+        command.stdout(fd);
+    }
+    if let Some(fd) = stderr {
+        command.stderr(fd);
+    }
     on_start(&layers);
     let started = Instant::now();
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // The command holds the only write ends of the output pipes now.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         // A failure of palisade's own setup in the child comes back without an errno.
         Err(error) if error.raw_os_error().is_none() => return Err(Error::Sandbox(error.to_string())),
         Err(error) => {
             let code = if error.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             let reason = format!("{}: {error}", argv[0].to_string_lossy());
-            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers });
+            let usage = Default::default();
+            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers, usage, limits_reached: Vec::new() });
         }
     };
     let pid = child.id() as libc::pid_t;
+    let pumps = match streams.start(policy.limits.max_output) {
+        Ok(pumps) => pumps,
+        Err(error) => {
+            kill_descendants();
+            return Err(Error::setup("start", "the output threads", error));
+        }
+    };
+    // Orphans are reparented to palisade, the subreaper, so the tree is read from palisade
+    // itself, whose own few MiB and threads count too.
+    let proc = Path::new("/proc");
+    let mut monitor = crate::limits::Monitor::new(&policy.limits, proc, std::process::id() as libc::pid_t);
     let deadline = policy.limits.timeout.map(|timeout| started + timeout);
+    let mut output_open = true;
     let exit = loop {
         if let Some(status) = child.try_wait().map_err(|e| Error::setup("wait for", "the command", e))? {
             use std::os::unix::process::ExitStatusExt;
@@ -245,17 +275,59 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             let _ = sys::kill(pid, libc::SIGKILL);
             let _ = child.wait();
+            let timeout = policy.limits.timeout.unwrap_or_default();
+            monitor.record(Limit::Timeout, timeout.as_millis() as u64, true, format!(
+                "the run did not finish within its timeout of {}; every process was killed",
+                crate::supervisor::humanize(timeout)
+            ));
             break Exit::TimedOut;
         }
-        let mut fds = [rustix::event::PollFd::new(&signal_fd, rustix::event::PollFlags::IN)];
+        if let Some(limit) = monitor.poll() {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = child.wait();
+            break Exit::Killed(limit);
+        }
+        let mut fds = [
+            rustix::event::PollFd::new(&signal_fd, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::from_borrowed_fd(pumps.limit_fd(), if output_open { rustix::event::PollFlags::IN } else { rustix::event::PollFlags::empty() }),
+        ];
         let wait = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
         if rustix::event::poll(&mut fds, Some(&wait)).unwrap_or(0) > 0 {
-            if let Ok((signal, _)) = sys::read_signal(signal_fd.as_fd()) {
-                crate::init::forward(pid, signal);
+            // A byte means the output limit was reached; end-of-file only that the output
+            // threads are done, and the pipe then stays readable, so it is polled no more.
+            let output_limit = !fds[1].revents().is_empty() && rustix::io::read(pumps.limit_fd(), &mut [0u8; 1]) == Ok(1);
+            output_open &= fds[1].revents().is_empty() || output_limit;
+            if output_limit {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = child.wait();
+                let max = policy.limits.max_output.unwrap_or_default();
+                monitor.record(Limit::Output, max, true, format!(
+                    "the run wrote more than its output limit of {max} bytes; the output was cut and every process was killed"
+                ));
+                break Exit::Killed(Limit::Output);
+            }
+            if !fds[0].revents().is_empty() {
+                if let Ok((signal, _)) = sys::read_signal(signal_fd.as_fd()) {
+                    crate::init::forward(pid, signal);
+                }
             }
         }
     };
     kill_descendants();
+    let (stdout_bytes, stderr_bytes, output_merged) = pumps.finish(Duration::from_secs(5));
+    let mut usage = crate::limits::Usage { stdout_bytes, stderr_bytes, output_merged, ..Default::default() };
+    let rusage = sys::children_usage();
+    usage.user_cpu = Some(Duration::from_micros(rusage.user_us));
+    usage.system_cpu = Some(Duration::from_micros(rusage.system_us));
+    usage.peak_memory = Some(rusage.max_rss_kib * 1024);
+    if let Some((memory, tasks, (user, system))) = monitor.peaks() {
+        // Processes killed with the run are reaped during teardown, and their time does not
+        // always reach the usage of init, so the last reading can be the larger.
+        usage.user_cpu = usage.user_cpu.max(Some(user));
+        usage.system_cpu = usage.system_cpu.max(Some(system));
+        usage.peak_memory = usage.peak_memory.max(Some(memory));
+        usage.peak_tasks = Some(tasks);
+    }
     let wall_time = started.elapsed();
     for note in guard.restore() {
         eprintln!("palisade: {note}");
@@ -263,5 +335,5 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     revert.apply();
     new_repositories.scrub();
     drop(tmp);
-    Ok(Outcome { exit, wall_time, exec_error: None, layers })
+    Ok(Outcome { exit, wall_time, exec_error: None, layers, usage, limits_reached: monitor.events })
 }

@@ -37,6 +37,9 @@ pub enum Message {
     Exited(i32),
     /// The command was killed by this signal.
     Signaled(i32),
+    /// CPU time and largest resident set of the processes init reaped, sent before
+    /// [`Message::Finished`].
+    Usage { user_us: u64, system_us: u64, max_rss_kib: u64 },
     /// No process of the run is left: init reaped the command and has no other child. Init
     /// only tears its namespaces down after this.
     Finished,
@@ -55,6 +58,7 @@ impl Message {
             }
             Message::Exited(code) => format!("exited {code}").into_bytes(),
             Message::Signaled(signal) => format!("signaled {signal}").into_bytes(),
+            Message::Usage { user_us, system_us, max_rss_kib } => format!("usage {user_us} {system_us} {max_rss_kib}").into_bytes(),
             Message::Finished => b"finished -".to_vec(),
         };
         line.push(b'\n');
@@ -80,6 +84,12 @@ impl Message {
             b"placeholder" => Some(Message::Placeholder(PathBuf::from(OsStr::from_bytes(rest)))),
             b"exited" => Some(Message::Exited(text().parse().ok()?)),
             b"signaled" => Some(Message::Signaled(text().parse().ok()?)),
+            b"usage" => {
+                let text = text();
+                let mut numbers = text.split(' ').map(str::parse::<u64>);
+                let (user_us, system_us, max_rss_kib) = (numbers.next()?.ok()?, numbers.next()?.ok()?, numbers.next()?.ok()?);
+                Some(Message::Usage { user_us, system_us, max_rss_kib })
+            }
             b"finished" => Some(Message::Finished),
             _ => None,
         }
@@ -101,11 +111,15 @@ pub struct InitContext<'a> {
     pub idmap_userns: Option<OwnedFd>,
     /// The Landlock rules and seccomp filter the command stage applies.
     pub confinement: &'a Confinement,
+    /// Write ends of the pipes the supervisor reads the command's stdout and stderr from;
+    /// `None` leaves that descriptor as palisade's own. One pipe may serve both.
+    pub output: [Option<OwnedFd>; 2],
 }
 
 /// The layers the command stage applies after the root is built, each prepared before the
 /// fork. `None` means the layer is missing and the run was allowed without it.
 pub struct Confinement {
+    pub rlimits: Vec<crate::limits::Rlimit>,
     pub landlock: Option<crate::landlock::Rules>,
     pub seccomp: Option<seccompiler::BpfProgram>,
 }
@@ -174,12 +188,33 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     let command_pid = match sys::clone_fork(0) {
         Ok(0) => {
             drop(signal_fd);
+            if let Err(error) = attach_output(&context.output) {
+                fail(&context.report, format!("failed to attach the output pipes: {error}"));
+            }
             command_stage(context.policy, context.argv, context.identity, context.confinement, &context.report)
         }
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
     };
+    // Init keeps no write end of the output pipes, so the supervisor sees end-of-file as soon
+    // as the last process of the run is gone.
+    context.output = [None, None];
     supervise(command_pid, &signal_fd, &context.report)
+}
+
+/// Puts the output pipes in place of stdout and stderr.
+fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
+    for (target, pipe) in [1, 2].into_iter().zip(output) {
+        if let Some(pipe) = pipe {
+            // SAFETY: descriptors 1 and 2 are only replaced, never closed, so no other owner
+            // is invalidated; dup2 clears close-on-exec on the copy.
+            let mut standard = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
+            let result = rustix::io::dup2(pipe, &mut standard);
+            std::mem::forget(standard);
+            result?;
+        }
+    }
+    Ok(())
 }
 
 /// Prepares the namespaces: hostname, loopback, and the new root.
@@ -228,6 +263,7 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) ->
                     (Message::Exited(code), code)
                 };
                 send(report, &message);
+                send(report, &children_usage());
                 // Every process of a PID namespace is a descendant of its init, since orphans
                 // are reparented to it. With no child left, nothing of the run is alive, and the
                 // supervisor need not wait for the namespaces to be torn down.
@@ -247,6 +283,12 @@ pub(crate) fn forward(command_pid: libc::pid_t, signal: libc::c_int) {
     if sys::kill(-command_pid, signal).is_err() {
         let _ = sys::kill(command_pid, signal);
     }
+}
+
+/// Returns the usage of every process init has reaped so far.
+fn children_usage() -> Message {
+    let usage = sys::children_usage();
+    Message::Usage { user_us: usage.user_us, system_us: usage.system_us, max_rss_kib: usage.max_rss_kib }
 }
 
 /// Reaps every child that has exited. Returns true when init has no child left at all.
@@ -340,13 +382,13 @@ fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, confine
     sys::exit_now(code)
 }
 
-/// Applies the last layers, in order: no core dumps, Landlock, and the seccomp filter, which
+/// Applies the last layers, in order: the rlimits, Landlock, and the seccomp filter, which
 /// must come last because it refuses calls the steps before it make. `minimum_abi` is the
 /// Landlock ABI the policy cannot do without.
 pub(crate) fn confine(confinement: &Confinement, minimum_abi: i32) -> Result<(), String> {
-    // A core dump would write the command's memory into the working directory.
-    rustix::process::setrlimit(rustix::process::Resource::Core, rustix::process::Rlimit { current: Some(0), maximum: Some(0) })
-        .map_err(|error| format!("failed to disable core dumps: {error}"))?;
+    // The list starts with core dumps off: a core dump would write the command's memory into
+    // the working directory.
+    crate::limits::apply(&confinement.rlimits)?;
     if let Some(rules) = &confinement.landlock {
         crate::landlock::apply(rules, minimum_abi)?;
     }
@@ -385,6 +427,7 @@ mod tests {
             Message::Placeholder("/ws/.claude".into()),
             Message::Exited(3),
             Message::Signaled(9),
+            Message::Usage { user_us: 1_500_000, system_us: 20, max_rss_kib: 4096 },
             Message::Finished,
         ];
         let bytes: Vec<u8> = messages.iter().flat_map(Message::encode).collect();

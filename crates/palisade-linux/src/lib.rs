@@ -9,12 +9,15 @@
 //!    every privilege and calls `execve`. Init then forwards signals and reaps until the
 //!    command exits.
 
+pub mod cgroup;
 mod degraded;
 mod error;
 mod guard;
 mod init;
 mod landlock;
+pub mod limits;
 mod mounts;
+mod output;
 pub mod plan;
 pub mod probe;
 mod scrub;
@@ -96,6 +99,8 @@ pub enum Exit {
     Signal(i32),
     /// The wall-clock timeout expired and every process of the run was killed.
     TimedOut,
+    /// Palisade killed every process of the run because it went over this limit.
+    Killed(limits::Limit),
 }
 
 /// The result of a run.
@@ -107,6 +112,10 @@ pub struct Outcome {
     pub exec_error: Option<(i32, String)>,
     /// The layers that protected the run.
     pub layers: Layers,
+    /// What the run used.
+    pub usage: limits::Usage,
+    /// Every limit the run reached, whether or not it ended the run.
+    pub limits_reached: Vec<limits::LimitEvent>,
 }
 
 /// The protections in force for one run. A run either gets every layer the policy needs or,
@@ -126,6 +135,9 @@ pub struct Layers {
     pub seccomp: bool,
     /// The resource limits set with setrlimit, as `name=value`.
     pub rlimits: Vec<String>,
+    /// The cgroup that held the run's memory, process and CPU limits; `None` when palisade's
+    /// own accounting and the rlimits held them.
+    pub cgroup: Option<String>,
     /// Each layer that was missing, with the reason; empty unless degraded mode was allowed.
     pub missing: Vec<String>,
 }
@@ -165,16 +177,26 @@ fn check_supported(policy: &Policy) -> Result<(), Error> {
         return unsupported("network mode 'allowlist' (--allow-domain)");
     }
     let limits = &policy.limits;
-    for (set, name) in [
-        (limits.cpu_time.is_some(), "a CPU time limit (--cpu-time, [limits] cpu_time)"),
-        (limits.memory.is_some(), "a memory limit (--memory, [limits] memory)"),
-        (limits.max_procs.is_some(), "a process limit (--max-procs, [limits] max_procs)"),
-        (limits.max_file_size.is_some(), "a file size limit (--max-file-size, [limits] max_file_size)"),
-        (limits.max_open_files.is_some(), "an open file limit ([limits] max_open_files)"),
-    ] {
-        if set {
-            return unsupported(name);
+    if policy.profile == Profile::Unconfined {
+        // The unconfined profile has no defaults, so any of these was asked for.
+        for (set, name) in [
+            (limits.cpu_time.is_some(), "a CPU time limit"),
+            (limits.memory.is_some(), "a memory limit"),
+            (limits.max_procs.is_some(), "a process limit"),
+            (limits.max_file_size.is_some(), "a file size limit"),
+            (limits.max_open_files.is_some(), "an open file limit"),
+            (limits.max_output.is_some(), "an output limit"),
+            (limits.cpus_milli.is_some(), "a CPU bandwidth limit"),
+        ] {
+            if set {
+                return unsupported(&format!("{name} in the unconfined profile, which runs the command outside any sandbox,"));
+            }
         }
+    }
+    if limits.cpus_milli.is_some() {
+        // NOTE: the CPU bandwidth limit needs cgroup v2's cpu controller, which this build
+        // does not use yet.
+        return unsupported("a CPU bandwidth limit (--cpus, [limits] cpus)");
     }
     Ok(())
 }
@@ -249,8 +271,42 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
     }
     let identity = Identity::current();
     let plan = plan_for(policy, identity);
+    let cgroup = match run_cgroup(&policy.limits) {
+        Ok(cgroup) => Some(cgroup),
+        Err(reason) => {
+            tracing::debug!("no cgroup for the run: {reason}");
+            None
+        }
+    };
+    layers.cgroup = cgroup.as_ref().map(|cgroup| cgroup.path().display().to_string());
     on_start(&layers);
-    supervisor::run(policy, &plan, identity, argv, layers)
+    supervisor::run(policy, &plan, identity, argv, layers, cgroup)
+}
+
+/// The controllers a run cgroup must have to hold the memory and process limits.
+const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids"];
+
+/// Finds this process's cgroup v2 directory from `/proc/self`.
+pub(crate) fn own_cgroup() -> Result<std::path::PathBuf, String> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").map_err(|error| format!("failed to read /proc/self/cgroup: {error}"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|error| format!("failed to read /proc/self/mountinfo: {error}"))?;
+    cgroup::locate(&membership, &mountinfo)
+}
+
+/// Creates the cgroup of one run under this process's cgroup, when that is delegated to it
+/// and offers the memory and pids controllers. Otherwise the reason, and the limits rest on
+/// rlimits and palisade's accounting.
+fn run_cgroup(limits: &palisade_policy::Limits) -> Result<cgroup::RunCgroup, String> {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = own_cgroup()?;
+    cgroup::check(&dir, CGROUP_CONTROLLERS).map_err(|(cause, _)| cause)?;
+    // Only the root of the hierarchy lacks `cgroup.type`.
+    let is_root = !dir.join("cgroup.type").exists();
+    let parent = cgroup::prepare(&dir, CGROUP_CONTROLLERS, std::process::id(), is_root)?;
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("palisade-{}-{run}", std::process::id());
+    let cgroup_limits = cgroup::Limits { memory_max: limits.memory, pids_max: limits.max_procs, cpu_max: None };
+    cgroup::RunCgroup::create(&parent, &name, &cgroup_limits)
 }
 
 /// Marks every descriptor above stderr close-on-exec, so nothing the caller leaked to palisade

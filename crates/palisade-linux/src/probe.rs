@@ -1,8 +1,6 @@
 //! What this machine can enforce, layer by layer, for `palisade check` and for deciding the
 //! layers of a run. Each probe answers with the reason and the fix when a layer is missing.
 
-use std::path::{Path, PathBuf};
-
 use crate::{landlock, sys, userns, Identity};
 
 /// One layer's availability on this machine.
@@ -133,38 +131,13 @@ pub fn namespaces() -> Result<(), (String, String)> {
     }
 }
 
-/// Checks for a writable cgroup v2 directory of this process with the memory and pids
-/// controllers.
+/// Checks for a delegated cgroup v2 directory of this process with the memory and pids
+/// controllers, in which palisade can create one cgroup per run.
 pub fn cgroup_v2() -> Result<String, (String, String)> {
-    let fallback = "without it, limits can rest only on rlimits and the PID namespace (this build sets no limit but core dumps off and the timeout)";
-    let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let Some(relative) = membership.lines().find_map(|line| line.strip_prefix("0::")) else {
-        return Err(("this process is in no cgroup v2 hierarchy".into(), fallback.into()));
-    };
-    let mount = Path::new("/sys/fs/cgroup");
-    let is_cgroup2 = rustix::fs::statfs(mount).map(|stat| stat.f_type as i64 == 0x6367_7270).unwrap_or(false);
-    if !is_cgroup2 {
-        return Err((
-            "/sys/fs/cgroup is not a cgroup v2 mount (a cgroup v1 or hybrid host)".into(),
-            format!("{fallback}; boot with systemd.unified_cgroup_hierarchy=1 to use cgroup v2"),
-        ));
-    }
-    let dir: PathBuf = mount.join(relative.trim_start_matches('/'));
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    let missing: Vec<&str> = ["memory", "pids"].into_iter().filter(|name| !controllers.split_whitespace().any(|c| c == *name)).collect();
-    if !missing.is_empty() {
-        return Err((
-            format!("the cgroup {} does not offer the {} controller(s)", dir.display(), missing.join(" and ")),
-            format!("{fallback}; run palisade in a delegated cgroup, for example under `systemd-run --user --scope -p Delegate=yes`"),
-        ));
-    }
-    if rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).is_err() {
-        return Err((
-            format!("the cgroup {} is not writable by this user", dir.display()),
-            format!("{fallback}; run palisade in a delegated cgroup, for example under `systemd-run --user --scope -p Delegate=yes`"),
-        ));
-    }
-    Ok(format!("{} with memory and pids", dir.display()))
+    let fallback = "without it, the memory, CPU time and process limits rest on rlimits, the PID namespace and palisade's own sampled accounting";
+    let dir = crate::own_cgroup().map_err(|cause| (cause, fallback.to_owned()))?;
+    crate::cgroup::check(&dir, crate::CGROUP_CONTROLLERS).map_err(|(cause, fix)| (cause, format!("{fallback}; {fix}")))?;
+    Ok(format!("{} with memory and pids: one cgroup per run", dir.display()))
 }
 
 /// Reports whether degraded mode can run here: it needs Landlock ABI 3 (truncation is a right

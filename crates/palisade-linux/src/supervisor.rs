@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use palisade_policy::Policy;
 use rustix::event::{PollFd, PollFlags};
 
+use crate::cgroup;
 use crate::init::{self, InitContext, Message};
+use crate::limits::{self, Limit};
+use crate::output;
 use crate::plan::MountPlan;
 use crate::scrub;
 use crate::userns;
@@ -20,17 +23,34 @@ use crate::{landlock, seccomp, sys, Error, Exit, Identity, Layers, Outcome};
 /// Signals the supervisor handles instead of dying from them.
 const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGWINCH];
 
+/// How long the output threads may take to drain the pipes after the run ended.
+const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// How long a command may take to exit after palisade passed on a SIGTERM, SIGHUP or SIGQUIT
+/// sent to it, before every process of the run is killed.
+const TERMINATION_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs `argv` in a new sandbox and waits for it.
-pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsString], layers: Layers) -> Result<Outcome, Error> {
+pub fn run(
+    policy: &Policy,
+    plan: &MountPlan,
+    identity: Identity,
+    argv: &[OsString],
+    mut layers: Layers,
+    cgroup: Option<cgroup::RunCgroup>,
+) -> Result<Outcome, Error> {
     let started = Instant::now();
+    let rlimits = limits::rlimits(&policy.limits);
+    layers.rlimits = rlimits.iter().map(limits::Rlimit::describe).collect();
     // Both are computed here, before the fork, so the command stage only applies them.
     let confinement = init::Confinement {
+        rlimits,
         landlock: layers.landlock_abi.map(|_| landlock::rules_for_plan(plan)),
         seccomp: layers.seccomp.then(|| seccomp::build(seccomp::FilterOptions { allow_ptrace: policy.allow_ptrace, no_sockets: false })),
     };
     let pipe = |what| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", what, e.into()));
     let (go_read, go_write) = pipe("the start pipe")?;
     let (report_read, report_write) = pipe("the report pipe")?;
+    let mut streams = output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?;
     let (idmap_userns, idmap_helper) = match identity {
         Identity::Root { sandbox_uid } if plan.needs_idmap() => {
             let (fd, helper) = userns::idmap_namespace(sandbox_uid).map_err(Error::Sandbox)?;
@@ -46,13 +66,24 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
         flags |= libc::CLONE_NEWUSER;
     }
     // The supervisor is single-threaded here: the palisade binary starts no threads before
-    // this point, which `clone_fork` requires.
+    // this point, which `clone_fork` requires. The output threads start after it.
     let pid = match sys::clone_fork(flags) {
         Ok(0) => {
             drop(go_write);
             drop(report_read);
             drop(signal_fd);
-            init::main(InitContext { policy, plan, argv, identity, go: Some(go_read), report: report_write, idmap_userns, confinement: &confinement })
+            let output = std::mem::take(&mut streams.write_ends);
+            init::main(InitContext {
+                policy,
+                plan,
+                argv,
+                identity,
+                go: Some(go_read),
+                report: report_write,
+                idmap_userns,
+                confinement: &confinement,
+                output,
+            })
         }
         Ok(pid) => pid,
         Err(error) => return Err(userns::explain_clone_failure(error)),
@@ -60,13 +91,16 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     drop(go_read);
     drop(report_write);
     drop(idmap_userns);
+    streams.write_ends = [None, None];
     let child = rustix::process::Pid::from_raw(pid).expect("clone returned a positive pid");
-    let pidfd = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
-        .map_err(|e| Error::setup("open a pidfd for", format!("process {pid}"), e.into()));
-    let pidfd = match pidfd {
-        Ok(fd) => fd,
+    let started_child = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
+        .map_err(|e| Error::setup("open a pidfd for", format!("process {pid}"), e.into()))
+        .and_then(|pidfd| Ok((pidfd, streams.start(policy.limits.max_output).map_err(|e| Error::setup("start", "the output threads", e))?)));
+    let (pidfd, pumps) = match started_child {
+        Ok(started) => started,
         Err(error) => {
             let _ = sys::kill(pid, libc::SIGKILL);
+            reap(pid);
             return Err(error);
         }
     };
@@ -78,6 +112,14 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
             return Err(error);
         }
     }
+    // Init enters the cgroup before it starts anything, so every process of the run is in it.
+    if let Some(cgroup) = &cgroup {
+        if let Err(reason) = cgroup.add(pid as u32) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            reap(pid);
+            return Err(Error::Sandbox(reason));
+        }
+    }
     if rustix::io::write(&go_write, b"1").is_err() {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
@@ -86,27 +128,104 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
     let new_repositories = scrub::NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries);
 
     let mut bytes = Vec::new();
-    let end = wait_for_exit(pid, &pidfd, &signal_fd, &report_read, &mut bytes, policy.limits.timeout);
-    let status = match end {
+    let proc = std::path::Path::new("/proc");
+    let mut monitor = limits::Monitor::new(&policy.limits, proc, pid);
+    let fds = WaitFds { pidfd: &pidfd, signals: &signal_fd, report: &report_read, output_limit: pumps.limit_fd() };
+    let end = wait_for_exit(pid, &fds, &mut bytes, policy.limits.timeout, &mut monitor);
+    let mut init_usage = None;
+    match end {
         // Init may still be tearing its namespaces down. It is reaped now if it is done, and
         // otherwise by `reap_finished` at the next run or when this process exits.
         End::Finished => reap_finished(pid),
-        End::Exited | End::TimedOut => {
-            let status = reap(pid);
+        End::Exited | End::Limit(_) | End::Terminated => {
+            init_usage = reap(pid);
             let _ = std::fs::File::from(report_read).read_to_end(&mut bytes);
-            status
         }
-    };
-    let timed_out = end == End::TimedOut;
+    }
     let messages = Message::decode_all(&bytes);
     drop(go_write);
     remove_placeholders(&messages);
     revert.apply();
     new_repositories.scrub();
+    let (stdout_bytes, stderr_bytes, output_merged) = pumps.finish(OUTPUT_DRAIN_WAIT);
+    let cgroup_usage = cgroup.map(|cgroup| {
+        cgroup.kill();
+        let usage = cgroup.usage();
+        let path = cgroup.path().to_owned();
+        if let Err(reason) = cgroup.remove(Duration::from_secs(1)) {
+            eprintln!("palisade: warning: failed to remove the run's cgroup {}: {reason}", path.display());
+        }
+        usage
+    });
 
     let wall_time = started.elapsed();
-    if timed_out {
-        return Ok(Outcome { exit: Exit::TimedOut, wall_time, exec_error: None, layers });
+    let mut usage = limits::Usage { stdout_bytes, stderr_bytes, output_merged, ..limits::Usage::default() };
+    let reported = messages.iter().find_map(|message| match message {
+        Message::Usage { user_us, system_us, max_rss_kib } => Some(sys::ResourceUsage { user_us: *user_us, system_us: *system_us, max_rss_kib: *max_rss_kib }),
+        _ => None,
+    });
+    if let Some(rusage) = init_usage.as_ref().map(|(_, rusage)| rusage).or(reported.as_ref()) {
+        usage.user_cpu = Some(Duration::from_micros(rusage.user_us));
+        usage.system_cpu = Some(Duration::from_micros(rusage.system_us));
+        usage.peak_memory = Some(rusage.max_rss_kib * 1024);
+    }
+    if let Some(counted) = &cgroup_usage {
+        // The kernel's own figures are exact, where it has them.
+        let micros = |us: Option<u64>| us.map(Duration::from_micros);
+        usage.user_cpu = micros(counted.cpu_user_us).or(usage.user_cpu);
+        usage.system_cpu = micros(counted.cpu_system_us).or(usage.system_cpu);
+        usage.peak_memory = counted.memory_peak.or(usage.peak_memory);
+        usage.peak_tasks = counted.pids_peak;
+        if counted.pids_refused > 0 && !monitor.events.iter().any(|event| event.limit == Limit::MaxProcs) {
+            let max = policy.limits.max_procs.unwrap_or_default();
+            monitor.record(Limit::MaxProcs, max, false, format!(
+                "the run reached its limit of {max} processes and threads; {} forks failed with EAGAIN",
+                counted.pids_refused
+            ));
+        }
+    }
+    if let Some((memory, tasks, (user, system))) = monitor.peaks() {
+        // Processes killed with the run are reaped during teardown, and their time does not
+        // always reach the usage of init, so the last reading can be the larger.
+        usage.user_cpu = usage.user_cpu.max(Some(user));
+        usage.system_cpu = usage.system_cpu.max(Some(system));
+        if cgroup_usage.is_none() {
+            usage.peak_memory = usage.peak_memory.max(Some(memory));
+        }
+        usage.peak_tasks = usage.peak_tasks.max(Some(tasks));
+    }
+    let finish = |exit: Exit, exec_error: Option<(i32, String)>, usage: limits::Usage, events: Vec<limits::LimitEvent>, layers: Layers| {
+        Ok(Outcome { exit, wall_time, exec_error, layers, usage, limits_reached: events })
+    };
+    match end {
+        End::Limit(Limit::Timeout) => {
+            let timeout = policy.limits.timeout.unwrap_or_default();
+            monitor.record(Limit::Timeout, timeout.as_millis() as u64, true, format!(
+                "the run did not finish within its timeout of {}; every process was killed",
+                humanize(timeout)
+            ));
+            return finish(Exit::TimedOut, None, usage, monitor.events, layers);
+        }
+        End::Limit(Limit::Output) => {
+            let max = policy.limits.max_output.unwrap_or_default();
+            monitor.record(Limit::Output, max, true, format!(
+                "the run wrote more than its output limit of {max} bytes; the output was cut and every process was killed"
+            ));
+            return finish(Exit::Killed(Limit::Output), None, usage, monitor.events, layers);
+        }
+        End::Limit(limit) => return finish(Exit::Killed(limit), None, usage, monitor.events, layers),
+        _ => {}
+    }
+    // With a cgroup, the kernel enforces the memory limit: the OOM killer ends the whole run
+    // (memory.oom.group), init included.
+    let oom_killed = cgroup_usage.as_ref().is_some_and(|counted| counted.oom_kills > 0);
+    if end == End::Exited && oom_killed {
+        let max = policy.limits.memory.unwrap_or_default();
+        monitor.record(Limit::Memory, max, true, format!(
+            "the run's processes together reached its memory limit of {}; the kernel killed every process",
+            limits::mib(max)
+        ));
+        return finish(Exit::Killed(Limit::Memory), None, usage, monitor.events, layers);
     }
     let mut exec_error = None;
     for message in &messages {
@@ -130,12 +249,46 @@ pub fn run(policy: &Policy, plan: &MountPlan, identity: Identity, argv: &[OsStri
             Message::Signaled(signal) => Some(Exit::Signal(*signal)),
             _ => None,
         })
-        .unwrap_or(match status {
-            Some(WaitStatus::Signaled(signal)) => Exit::Signal(signal),
-            Some(WaitStatus::Exited(code)) => Exit::Code(code),
+        .unwrap_or(match init_usage {
+            Some((WaitStatus::Signaled(signal), _)) => Exit::Signal(signal),
+            Some((WaitStatus::Exited(code), _)) => Exit::Code(code),
             None => Exit::Signal(libc::SIGKILL),
         });
-    Ok(Outcome { exit, wall_time, exec_error, layers })
+    // A command the kernel killed at a per-process limit.
+    match exit {
+        Exit::Signal(libc::SIGXCPU) => {
+            let max = policy.limits.cpu_time.unwrap_or_default();
+            monitor.record(Limit::CpuTime, max.as_millis() as u64, true, format!(
+                "the command used more than its CPU time limit of {} and the kernel ended it with SIGXCPU",
+                humanize(max)
+            ));
+        }
+        Exit::Signal(libc::SIGXFSZ) => {
+            let max = policy.limits.max_file_size.unwrap_or_default();
+            monitor.record(Limit::MaxFileSize, max, true, format!(
+                "the command wrote past the file size limit of {max} bytes and the kernel ended it with SIGXFSZ"
+            ));
+        }
+        _ => {}
+    }
+    if end == End::Terminated {
+        eprintln!(
+            "palisade: the command did not exit within {} s of the signal palisade passed on; every process of the run was killed",
+            TERMINATION_GRACE.as_secs()
+        );
+    }
+    finish(exit, exec_error, usage, monitor.events, layers)
+}
+
+/// Formats a duration for messages: `30s`, `1.5s`, `250ms`.
+pub(crate) fn humanize(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else if duration.as_secs() == 0 {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{:.1}s", duration.as_secs_f64())
+    }
 }
 
 /// The way waiting for a run ended.
@@ -145,48 +298,68 @@ enum End {
     Finished,
     /// Init exited.
     Exited,
-    /// The timeout expired and init, with every process of the run, was killed.
-    TimedOut,
+    /// The run went over a limit, and init, with every process of the run, was killed.
+    Limit(Limit),
+    /// The command did not exit within [`TERMINATION_GRACE`] of a termination signal sent to
+    /// palisade, and every process of the run was killed.
+    Terminated,
 }
 
-/// Waits until the run ends, forwarding signals and collecting init's reports meanwhile.
+/// The descriptors the supervisor waits on.
+struct WaitFds<'a> {
+    pidfd: &'a OwnedFd,
+    signals: &'a OwnedFd,
+    report: &'a OwnedFd,
+    /// Readable once the output threads cut the output at its limit.
+    output_limit: std::os::fd::BorrowedFd<'a>,
+}
+
+/// Waits until the run ends, forwarding signals, collecting init's reports, and enforcing the
+/// limits meanwhile.
 fn wait_for_exit(
     pid: libc::pid_t,
-    pidfd: &OwnedFd,
-    signal_fd: &OwnedFd,
-    report: &OwnedFd,
+    fds: &WaitFds<'_>,
     bytes: &mut Vec<u8>,
     timeout: Option<Duration>,
+    monitor: &mut limits::Monitor<'_>,
 ) -> End {
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let mut kill_at: Option<Instant> = None;
     let mut report_open = true;
+    let mut output_open = true;
+    let kill = |end: End| {
+        // Killing PID 1 of the namespace makes the kernel kill every other process in it.
+        let _ = sys::kill(pid, libc::SIGKILL);
+        end
+    };
     loop {
-        let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-        if remaining == Some(Duration::ZERO) {
-            // Killing PID 1 of the namespace makes the kernel kill every other process in it.
-            let _ = sys::kill(pid, libc::SIGKILL);
-            return End::TimedOut;
+        let now = Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            return kill(End::Limit(Limit::Timeout));
         }
-        let timespec = remaining.map(|left| rustix::fs::Timespec {
-            tv_sec: left.as_secs() as _,
-            tv_nsec: left.subsec_nanos() as _,
-        });
+        if kill_at.is_some_and(|at| now >= at) {
+            return kill(End::Terminated);
+        }
+        if let Some(limit) = monitor.poll() {
+            return kill(End::Limit(limit));
+        }
+        let wake = [deadline, kill_at, Some(monitor.next_reading())].into_iter().flatten().min().expect("the monitor always has a next reading");
+        let left = wake.saturating_duration_since(Instant::now());
+        let timespec = rustix::fs::Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
         let report_events = if report_open { PollFlags::IN } else { PollFlags::empty() };
-        let mut fds = [
-            PollFd::new(pidfd, PollFlags::IN),
-            PollFd::new(signal_fd, PollFlags::IN),
-            PollFd::new(report, report_events),
+        let mut poll_fds = [
+            PollFd::new(fds.pidfd, PollFlags::IN),
+            PollFd::new(fds.signals, PollFlags::IN),
+            PollFd::new(fds.report, report_events),
+            PollFd::from_borrowed_fd(fds.output_limit, if output_open { PollFlags::IN } else { PollFlags::empty() }),
         ];
-        match rustix::event::poll(&mut fds, timespec.as_ref()) {
+        match rustix::event::poll(&mut poll_fds, Some(&timespec)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                return End::Exited;
-            }
+            Err(_) => return kill(End::Exited),
         }
-        if !fds[2].revents().is_empty() {
+        if !poll_fds[2].revents().is_empty() {
             let mut buffer = [0u8; 4096];
-            match rustix::io::read(report, &mut buffer) {
+            match rustix::io::read(fds.report, &mut buffer) {
                 Ok(0) | Err(_) => report_open = false,
                 Ok(n) => bytes.extend_from_slice(&buffer[..n]),
             }
@@ -194,16 +367,27 @@ fn wait_for_exit(
                 return End::Finished;
             }
         }
-        if !fds[0].revents().is_empty() {
+        if !poll_fds[0].revents().is_empty() {
             return End::Exited;
         }
-        if !fds[1].revents().is_empty() {
+        if !poll_fds[3].revents().is_empty() {
+            // A byte means the limit was reached; end-of-file only that the output threads
+            // are done.
+            match rustix::io::read(fds.output_limit, &mut [0u8; 1]) {
+                Ok(1) => return kill(End::Limit(Limit::Output)),
+                _ => output_open = false,
+            }
+        }
+        if !poll_fds[1].revents().is_empty() {
             // Init shares this process's group, so a terminal's signals (Ctrl-C, a resize)
             // reach it directly and it forwards them to the command, which runs in its own
             // session. Only signals sent to palisade itself are passed on from here.
-            if let Ok((signal, from_terminal)) = sys::read_signal(signal_fd.as_fd()) {
+            if let Ok((signal, from_terminal)) = sys::read_signal(fds.signals.as_fd()) {
                 if !from_terminal {
                     let _ = sys::kill(pid, signal);
+                    if matches!(signal, libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT) && kill_at.is_none() {
+                        kill_at = Some(Instant::now() + TERMINATION_GRACE);
+                    }
                 }
             }
         }
@@ -221,7 +405,7 @@ static UNREAPED: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec:
 
 /// Reaps a finished init if it has exited, and earlier ones that have exited since; one still
 /// exiting is kept for the next call. Its status is not needed: init reported the outcome.
-fn reap_finished(pid: libc::pid_t) -> Option<WaitStatus> {
+fn reap_finished(pid: libc::pid_t) {
     let mut unreaped = UNREAPED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     unreaped.push(pid);
     unreaped.retain(|&pid| {
@@ -230,25 +414,14 @@ fn reap_finished(pid: libc::pid_t) -> Option<WaitStatus> {
         let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         rc == 0
     });
-    None
 }
 
-fn reap(pid: libc::pid_t) -> Option<WaitStatus> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid writes the status into a valid local integer.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if rc == pid {
-            break;
-        }
-        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return None;
-        }
-    }
+fn reap(pid: libc::pid_t) -> Option<(WaitStatus, sys::ResourceUsage)> {
+    let (status, usage) = sys::wait4(pid).ok()?;
     if libc::WIFSIGNALED(status) {
-        Some(WaitStatus::Signaled(libc::WTERMSIG(status)))
+        Some((WaitStatus::Signaled(libc::WTERMSIG(status)), usage))
     } else {
-        Some(WaitStatus::Exited(libc::WEXITSTATUS(status)))
+        Some((WaitStatus::Exited(libc::WEXITSTATUS(status)), usage))
     }
 }
 

@@ -255,3 +255,47 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust-managed state.
     unsafe { libc::_exit(code) }
 }
+
+/// CPU time and largest resident set from a `struct rusage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    pub user_us: u64,
+    pub system_us: u64,
+    pub max_rss_kib: u64,
+}
+
+impl ResourceUsage {
+    fn from_raw(usage: &libc::rusage) -> ResourceUsage {
+        let micros = |time: libc::timeval| time.tv_sec.max(0) as u64 * 1_000_000 + time.tv_usec.max(0) as u64;
+        ResourceUsage { user_us: micros(usage.ru_utime), system_us: micros(usage.ru_stime), max_rss_kib: usage.ru_maxrss.max(0) as u64 }
+    }
+}
+
+/// Returns the usage of every child the calling process has reaped, and of their reaped
+/// descendants. rustix has no getrusage.
+pub fn children_usage() -> ResourceUsage {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    ResourceUsage::from_raw(&usage)
+}
+
+/// Waits for `pid` to exit, retrying on EINTR, and returns its raw wait status with its
+/// usage and that of the descendants it reaped. rustix's waitpid reports no usage.
+pub fn wait4(pid: libc::pid_t) -> io::Result<(libc::c_int, ResourceUsage)> {
+    // SAFETY: an all-zero rusage is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` and `usage` are valid, writable locals.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            return Ok((status, ResourceUsage::from_raw(&usage)));
+        }
+        let error = io::Error::last_os_error();
+        if rc < 0 && error.raw_os_error() != Some(libc::EINTR) {
+            return Err(error);
+        }
+    }
+}

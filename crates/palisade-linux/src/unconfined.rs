@@ -26,7 +26,7 @@ pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
         Err(error) => {
             let code = if error.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             let reason = format!("{}: {error}", argv[0].to_string_lossy());
-            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers: Default::default() });
+            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers: Default::default(), usage: Default::default(), limits_reached: Vec::new() });
         }
     };
     let deadline = policy.limits.timeout.map(|timeout| started + timeout);
@@ -38,12 +38,12 @@ pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
                 (None, Some(signal)) => Exit::Signal(signal),
                 (None, None) => Exit::Code(1),
             };
-            return Ok(Outcome { exit, wall_time: started.elapsed(), exec_error: None, layers: Default::default() });
+            return Ok(Outcome { exit, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage: Default::default(), limits_reached: Vec::new() });
         }
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             let _ = crate::sys::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
             let _ = child.wait();
-            return Ok(Outcome { exit: Exit::TimedOut, wall_time: started.elapsed(), exec_error: None, layers: Default::default() });
+            return Ok(Outcome { exit: Exit::TimedOut, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage: Default::default(), limits_reached: Vec::new() });
         }
         std::thread::sleep(Duration::from_millis(10));
     }

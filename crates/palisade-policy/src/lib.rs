@@ -20,7 +20,7 @@ pub use git::git_entries;
 pub use error::PolicyError;
 pub use parse::{parse_duration, parse_size};
 pub use paths::is_within;
-pub use raw::{RawPolicy, RawSource};
+pub use raw::{RawNumber, RawPolicy, RawSource};
 pub use resolve::{
     resolve, Context, EnvVar, Filesystem, Limits, NetworkMode, Overrides, Policy, Profile,
 };

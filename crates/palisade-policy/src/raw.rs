@@ -69,10 +69,32 @@ pub struct RawLimits {
     pub timeout: Option<Spanned<String>>,
     pub cpu_time: Option<Spanned<String>>,
     pub memory: Option<Spanned<String>>,
-    pub max_procs: Option<Spanned<u64>>,
+    pub max_procs: Option<Spanned<RawNumber>>,
     pub max_file_size: Option<Spanned<String>>,
-    pub max_open_files: Option<Spanned<u64>>,
+    pub max_open_files: Option<Spanned<RawNumber>>,
     pub tmp_size: Option<Spanned<String>>,
+    pub max_output: Option<Spanned<String>>,
+    pub cpus: Option<Spanned<RawNumber>>,
+}
+
+/// A count as written: a TOML number, or a string such as `"unlimited"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawNumber {
+    Integer(u64),
+    Float(f64),
+    Text(String),
+}
+
+impl RawNumber {
+    /// Returns the value as text, the form command-line flags take.
+    pub fn to_text(&self) -> String {
+        match self {
+            RawNumber::Integer(value) => value.to_string(),
+            RawNumber::Float(value) => value.to_string(),
+            RawNumber::Text(text) => text.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,7 +167,7 @@ mod tests {
 
     #[test]
     fn wrong_type_names_line() {
-        let error = parse("\n\n[limits]\nmax_procs = \"many\"\n").unwrap_err().to_string();
+        let error = parse("\n\n[limits]\nmax_procs = true\n").unwrap_err().to_string();
         assert!(error.contains("line 4"), "{error}");
     }
 
@@ -174,7 +196,7 @@ set = { LANG = "C.UTF-8" }
         )
         .unwrap();
         assert_eq!(policy.filesystem.writable.len(), 2);
-        assert_eq!(policy.limits.max_procs.map(|v| *v.get_ref()), Some(512));
+        assert_eq!(policy.limits.max_procs.map(|v| v.get_ref().to_text()), Some("512".to_owned()));
         assert_eq!(policy.env.set.get("LANG").map(String::as_str), Some("C.UTF-8"));
     }
 }

@@ -17,7 +17,7 @@ use crate::error::PolicyError;
 use crate::git;
 use crate::parse::{parse_duration, parse_size};
 use crate::paths::{canonicalize_below, canonicalize_lenient, expand, is_within};
-use crate::raw::RawPolicy;
+use crate::raw::{RawNumber, RawPolicy};
 
 /// A built-in starting point for a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,8 +92,15 @@ pub struct Overrides {
     pub timeout: Option<String>,
     pub cpu_time: Option<String>,
     pub memory: Option<String>,
-    pub max_procs: Option<u64>,
+    /// A number or `unlimited`.
+    pub max_procs: Option<String>,
     pub max_file_size: Option<String>,
+    /// A number or `unlimited`.
+    pub max_open_files: Option<String>,
+    pub tmp_size: Option<String>,
+    pub max_output: Option<String>,
+    /// A number of CPUs, such as `1.5`, or `unlimited`.
+    pub cpus: Option<String>,
     /// `NAME` passes a variable through; `NAME=VALUE` sets it.
     pub env: Vec<String>,
     pub allow_degraded: bool,
@@ -109,6 +116,8 @@ pub struct Context {
     pub home: Option<PathBuf>,
     /// The caller's environment.
     pub env: Vec<(OsString, OsString)>,
+    /// The machine's physical memory in bytes, which sets the default memory and /tmp limits.
+    pub memory_total: Option<u64>,
 }
 
 impl Context {
@@ -118,8 +127,17 @@ impl Context {
             cwd: std::env::current_dir()?,
             home: std::env::var_os("HOME").map(PathBuf::from),
             env: std::env::vars_os().collect(),
+            memory_total: read_memory_total(),
         })
     }
+}
+
+/// Reads `MemTotal` from `/proc/meminfo`. Returns `None` where there is no such file.
+fn read_memory_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find_map(|line| line.strip_prefix("MemTotal:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The filesystem view of a sandbox. Every path is absolute and canonical.
@@ -147,36 +165,97 @@ pub struct Filesystem {
     pub git_entries: Vec<PathBuf>,
 }
 
-/// Resource limits. `None` means no limit beyond the host's.
+/// Resource limits. `None` means no limit beyond the host's; the policy file writes it as
+/// `"unlimited"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Limits {
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Option<Duration>,
     #[serde(serialize_with = "serialize_duration")]
     pub cpu_time: Option<Duration>,
+    /// Memory in use by every process of the run together, swap included.
     #[serde(serialize_with = "serialize_size")]
     pub memory: Option<u64>,
+    /// Processes and threads of the run together.
+    #[serde(serialize_with = "serialize_count")]
     pub max_procs: Option<u64>,
     #[serde(serialize_with = "serialize_size")]
     pub max_file_size: Option<u64>,
+    /// Open files per process.
+    #[serde(serialize_with = "serialize_count")]
     pub max_open_files: Option<u64>,
+    /// Size of each of the sandbox's temporary filesystems (`/tmp`, `/var/tmp`, `/dev/shm`, the
+    /// home directory and the copy-on-write layers of the caches).
     #[serde(serialize_with = "serialize_size")]
     pub tmp_size: Option<u64>,
+    /// Bytes of stdout and stderr together; the run is stopped when it writes more.
+    #[serde(serialize_with = "serialize_size")]
+    pub max_output: Option<u64>,
+    /// CPU bandwidth in thousandths of a CPU (`cpus = 1.5` is 1500).
+    #[serde(rename = "cpus", serialize_with = "serialize_cpus")]
+    pub cpus_milli: Option<u64>,
 }
+
+/// Processes and threads a run may have by default: more than a parallel build on a large
+/// machine starts, few enough that a fork bomb stops long before the host's limit.
+pub const DEFAULT_MAX_PROCS: u64 = 4096;
+/// The default size of one file.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 16 << 30;
+/// The default maximum of open files per process.
+pub const DEFAULT_MAX_OPEN_FILES: u64 = 65536;
+/// The default size of each temporary filesystem, unless a quarter of the machine's memory
+/// is smaller.
+pub const DEFAULT_TMP_SIZE: u64 = 4 << 30;
+/// The memory assumed when the machine's is unknown.
+const ASSUMED_MEMORY_TOTAL: u64 = 16 << 30;
+
+impl Limits {
+    /// Returns the limits a sandboxed profile has when the policy sets none: half the
+    /// machine's memory, [`DEFAULT_MAX_PROCS`], [`DEFAULT_MAX_FILE_SIZE`],
+    /// [`DEFAULT_MAX_OPEN_FILES`], and temporary filesystems of [`DEFAULT_TMP_SIZE`] or a
+    /// quarter of the memory. No timeout, CPU time, output or CPU bandwidth limit.
+    pub fn defaults(memory_total: Option<u64>) -> Limits {
+        let memory_total = memory_total.unwrap_or(ASSUMED_MEMORY_TOTAL);
+        Limits {
+            memory: Some(memory_total / 2),
+            max_procs: Some(DEFAULT_MAX_PROCS),
+            max_file_size: Some(DEFAULT_MAX_FILE_SIZE),
+            max_open_files: Some(DEFAULT_MAX_OPEN_FILES),
+            tmp_size: Some(DEFAULT_TMP_SIZE.min(memory_total / 4)),
+            ..Limits::default()
+        }
+    }
+}
+
+const UNLIMITED: &str = "unlimited";
 
 /// Writes a size as the string form the policy file takes back (`"536870912"`).
 fn serialize_size<S: serde::Serializer>(value: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
     match value {
-        Some(bytes) => serializer.serialize_some(&bytes.to_string()),
-        None => serializer.serialize_none(),
+        Some(bytes) => serializer.serialize_str(&bytes.to_string()),
+        None => serializer.serialize_str(UNLIMITED),
+    }
+}
+
+fn serialize_count<S: serde::Serializer>(value: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(count) => serializer.serialize_u64(*count),
+        None => serializer.serialize_str(UNLIMITED),
+    }
+}
+
+fn serialize_cpus<S: serde::Serializer>(value: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(milli) => serializer.serialize_f64(*milli as f64 / 1000.0),
+        None => serializer.serialize_str(UNLIMITED),
     }
 }
 
 fn serialize_duration<S: serde::Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
     match value {
-        Some(duration) if duration.subsec_millis() == 0 => serializer.serialize_some(&format!("{}s", duration.as_secs())),
-        Some(duration) => serializer.serialize_some(&format!("{}ms", duration.as_millis())),
-        None => serializer.serialize_none(),
+        Some(duration) if duration.subsec_millis() == 0 => serializer.serialize_str(&format!("{}s", duration.as_secs())),
+        Some(duration) => serializer.serialize_str(&format!("{}ms", duration.as_millis())),
+        None => serializer.serialize_str(UNLIMITED),
     }
 }
 
@@ -253,7 +332,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
         }
         network = NetworkMode::Full;
     }
-    let limits = resolve_limits(raw, overrides, &origin)?;
+    let limits = resolve_limits(raw, overrides, &origin, profile, context.memory_total)?;
     let allow_degraded = overrides.allow_degraded || raw.allow_degraded.unwrap_or(false);
     let allow_ptrace = overrides.allow_ptrace || raw.allow_ptrace.unwrap_or(false);
     for entry in &overrides.env {
@@ -350,50 +429,80 @@ fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> R
     Ok(mode)
 }
 
-fn resolve_limits(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<Limits, PolicyError> {
-    fn pick<T: Clone>(
-        flag: &Option<T>,
-        file: &Option<Spanned<T>>,
-        origin: &Origin,
-    ) -> Option<(T, String)> {
+fn resolve_limits(
+    raw: &RawPolicy,
+    overrides: &Overrides,
+    origin: &Origin,
+    profile: Profile,
+    memory_total: Option<u64>,
+) -> Result<Limits, PolicyError> {
+    /// The value a limit was given, as text, and where it was given.
+    type Given = Option<(String, String)>;
+    fn pick<T>(flag: &Option<String>, file: &Option<Spanned<T>>, text: impl Fn(&T) -> String, origin: &Origin) -> Given {
         match (flag, file) {
             (Some(value), _) => Some((value.clone(), FLAG.into())),
-            (None, Some(value)) => Some((value.get_ref().clone(), origin.of(value))),
+            (None, Some(value)) => Some((text(value.get_ref()), origin.of(value))),
             (None, None) => None,
         }
     }
-    let duration = |what: &'static str, pair: Option<(String, String)>| -> Result<Option<Duration>, PolicyError> {
-        pair.map(|(text, origin)| {
-            parse_duration(&text).map_err(|reason| PolicyError::InvalidValue { what, value: text, origin, reason })
-        })
-        .transpose()
-    };
-    let size = |what: &'static str, pair: Option<(String, String)>| -> Result<Option<u64>, PolicyError> {
-        pair.map(|(text, origin)| {
-            parse_size(&text).map_err(|reason| PolicyError::InvalidValue { what, value: text, origin, reason })
-        })
-        .transpose()
-    };
-    let count = |what: &'static str, pair: Option<(u64, String)>| -> Result<Option<u64>, PolicyError> {
-        match pair {
-            Some((0, origin)) => Err(PolicyError::InvalidValue {
-                what,
-                value: "0".into(),
-                origin,
-                reason: "must be greater than zero".into(),
-            }),
-            other => Ok(other.map(|(value, _)| value)),
+    // `Ok(None)`: not given, so the default applies; `Ok(Some(None))`: "unlimited".
+    fn parse<T>(
+        what: &'static str,
+        given: Given,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<Option<T>>, PolicyError> {
+        let Some((text, origin)) = given else { return Ok(None) };
+        if text == UNLIMITED {
+            return Ok(Some(None));
+        }
+        parse(&text).map(|value| Some(Some(value))).map_err(|reason| PolicyError::InvalidValue { what, value: text, origin, reason })
+    }
+    let string = |value: &String| value.clone();
+    let number = |value: &RawNumber| value.to_text();
+    let count = |text: &str| -> Result<u64, String> {
+        match text.parse::<u64>() {
+            Ok(0) => Err("must be greater than zero".into()),
+            Ok(value) => Ok(value),
+            Err(_) => Err(format!("expected a whole number or \"{UNLIMITED}\"")),
         }
     };
+    let cpus = |text: &str| -> Result<u64, String> {
+        let value: f64 = text.parse().map_err(|_| format!("expected a number of CPUs, such as 1.5, or \"{UNLIMITED}\""))?;
+        let milli = (value * 1000.0).round();
+        if !(1.0..=1_000_000_000.0).contains(&milli) {
+            return Err("must be at least 0.001 CPUs".into());
+        }
+        Ok(milli as u64)
+    };
     let file = &raw.limits;
+    let defaults = if profile == Profile::Unconfined { Limits::default() } else { Limits::defaults(memory_total) };
+    let or_default = |given: Option<Option<u64>>, default: Option<u64>| given.unwrap_or(default);
+    let or_default_duration = |given: Option<Option<Duration>>, default: Option<Duration>| given.unwrap_or(default);
     Ok(Limits {
-        timeout: duration("timeout", pick(&overrides.timeout, &file.timeout, origin))?,
-        cpu_time: duration("CPU time", pick(&overrides.cpu_time, &file.cpu_time, origin))?,
-        memory: size("memory size", pick(&overrides.memory, &file.memory, origin))?,
-        max_procs: count("process limit", pick(&overrides.max_procs, &file.max_procs, origin))?,
-        max_file_size: size("file size", pick(&overrides.max_file_size, &file.max_file_size, origin))?,
-        max_open_files: count("open file limit", pick(&None, &file.max_open_files, origin))?,
-        tmp_size: size("/tmp size", pick(&None, &file.tmp_size, origin))?,
+        timeout: or_default_duration(
+            parse("timeout", pick(&overrides.timeout, &file.timeout, string, origin), parse_duration)?,
+            defaults.timeout,
+        ),
+        cpu_time: or_default_duration(
+            parse("CPU time", pick(&overrides.cpu_time, &file.cpu_time, string, origin), parse_duration)?,
+            defaults.cpu_time,
+        ),
+        memory: or_default(parse("memory size", pick(&overrides.memory, &file.memory, string, origin), parse_size)?, defaults.memory),
+        max_procs: or_default(parse("process limit", pick(&overrides.max_procs, &file.max_procs, number, origin), count)?, defaults.max_procs),
+        max_file_size: or_default(
+            parse("file size", pick(&overrides.max_file_size, &file.max_file_size, string, origin), parse_size)?,
+            defaults.max_file_size,
+        ),
+        max_open_files: or_default(
+            parse("open file limit", pick(&overrides.max_open_files, &file.max_open_files, number, origin), count)?,
+            defaults.max_open_files,
+        ),
+        tmp_size: or_default(parse("/tmp size", pick(&overrides.tmp_size, &file.tmp_size, string, origin), parse_size)?, defaults.tmp_size),
+        max_output: or_default(
+            parse("output limit", pick(&overrides.max_output, &file.max_output, string, origin), parse_size)?,
+            defaults.max_output,
+        ),
+        cpus_milli: or_default(parse("CPU count", pick(&overrides.cpus, &file.cpus, number, origin), cpus)?, defaults.cpus_milli),
     })
 }
 
@@ -987,6 +1096,7 @@ mod tests {
                     ("LANG".into(), "C.UTF-8".into()),
                     ("TMPDIR".into(), "/run/user/1000".into()),
                 ],
+                memory_total: Some(8 << 30),
             }
         }
 

@@ -67,18 +67,30 @@ pub struct PolicyArgs {
     /// Wall-clock limit, such as 30s or 5m; every process of the run is killed when it expires.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// CPU time limit, such as 10m (refused by this build).
+    /// CPU time of all processes together, such as 10m, or "unlimited" (default).
     #[arg(long, value_name = "DURATION")]
     pub cpu_time: Option<String>,
-    /// Memory limit, such as 512M or 2G (refused by this build).
+    /// Memory of all processes together, swap included, such as 512M or 2G, or "unlimited"
+    /// (default: half the machine's memory).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// Maximum number of processes (refused by this build).
+    /// Processes and threads at once, or "unlimited" (default: 4096).
     #[arg(long, value_name = "N")]
-    pub max_procs: Option<u64>,
-    /// Maximum size of a file the command writes, such as 1G (refused by this build).
+    pub max_procs: Option<String>,
+    /// Size of any one file the command writes, such as 1G, or "unlimited" (default: 16G).
     #[arg(long, value_name = "SIZE")]
     pub max_file_size: Option<String>,
+    /// Open files per process, or "unlimited" (default: 65536, or less if palisade has less).
+    #[arg(long, value_name = "N")]
+    pub max_open_files: Option<String>,
+    /// Size of each temporary filesystem (/tmp, /var/tmp, /dev/shm, the home directory and
+    /// the cache layers), or "unlimited" (default: 4G, or a quarter of the memory if less).
+    #[arg(long, value_name = "SIZE")]
+    pub tmp_size: Option<String>,
+    /// Bytes of stdout and stderr together; past it the output is cut and the run stopped.
+    /// Default: unlimited.
+    #[arg(long, value_name = "SIZE")]
+    pub max_output: Option<String>,
     /// Pass a variable through (NAME) or set it (NAME=VALUE) (repeatable).
     #[arg(long, value_name = "NAME[=VALUE]")]
     pub env: Vec<String>,
@@ -117,8 +129,12 @@ impl PolicyArgs {
             timeout: self.timeout.clone(),
             cpu_time: self.cpu_time.clone(),
             memory: self.memory.clone(),
-            max_procs: self.max_procs,
+            max_procs: self.max_procs.clone(),
             max_file_size: self.max_file_size.clone(),
+            max_open_files: self.max_open_files.clone(),
+            tmp_size: self.tmp_size.clone(),
+            max_output: self.max_output.clone(),
+            cpus: None,
             env: self.env.clone(),
             allow_degraded: self.allow_degraded,
             allow_ptrace: self.allow_ptrace,
@@ -156,9 +172,8 @@ fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
     if let Some((_, reason)) = &outcome.exec_error {
         eprintln!("palisade: {reason}");
     }
-    if outcome.exit == palisade_linux::Exit::TimedOut {
-        let limit = policy.limits.timeout.map(|t| format!("{t:?}")).unwrap_or_default();
-        eprintln!("palisade: timed out after {limit}; every process of the run was killed");
+    for event in outcome.limits_reached.iter().filter(|event| event.ended_run) {
+        eprintln!("palisade: {}", event.message);
     }
     if let Some(path) = &args.policy.report {
         report::write(path, &report::finished(&args.command, &policy, &outcome))?;

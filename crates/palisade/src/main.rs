@@ -14,6 +14,9 @@ use cli::{Cli, Command};
 const EXIT_PALISADE_FAILED: u8 = 125;
 /// Exit status when the wall-clock timeout ended the run.
 const EXIT_TIMED_OUT: u8 = 124;
+/// Exit status when palisade killed the run at a limit: that of a SIGKILL (128 + 9). The
+/// report names the limit.
+const EXIT_KILLED_AT_LIMIT: u8 = 137;
 
 fn main() -> ExitCode {
     // Sanitise first: nothing inherited may leak into the sandbox.
@@ -60,5 +63,7 @@ pub(crate) fn exit_code_for(exit: palisade_linux::Exit) -> u8 {
         palisade_linux::Exit::Code(code) => code.clamp(0, 255) as u8,
         palisade_linux::Exit::Signal(signal) => (128 + signal).clamp(0, 255) as u8,
         palisade_linux::Exit::TimedOut => EXIT_TIMED_OUT,
+        // A limit kill is a SIGKILL; the report names the limit.
+        palisade_linux::Exit::Killed(_) => EXIT_KILLED_AT_LIMIT,
     }
 }

@@ -21,6 +21,7 @@ pub fn layers_json(layers: &Layers) -> Value {
         })),
         "seccomp": layers.seccomp,
         "rlimits": layers.rlimits,
+        "cgroup": layers.cgroup,
         "degraded": layers.degraded(),
         "missing": layers.missing,
     })
@@ -35,29 +36,58 @@ fn policy_json(policy: &Policy) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn exit_json(exit: Exit) -> (Value, Value) {
+fn exit_json(exit: Exit) -> Value {
     match exit {
-        Exit::Code(code) => (json!({ "code": code }), Value::Null),
-        Exit::Signal(signal) => (json!({ "signal": signal }), Value::Null),
-        Exit::TimedOut => (json!({ "timed_out": true }), json!("timeout")),
+        Exit::Code(code) => json!({ "code": code }),
+        Exit::Signal(signal) => json!({ "signal": signal }),
+        Exit::TimedOut => json!({ "timed_out": true }),
+        Exit::Killed(_) => json!({ "signal": 9 }),
     }
+}
+
+fn milliseconds(duration: Option<std::time::Duration>) -> Value {
+    duration.map_or(Value::Null, |duration| json!(duration.as_secs_f64() * 1000.0))
 }
 
 /// Builds the report of a run that took place.
 pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
-    let (exit, limit) = exit_json(outcome.exit);
+    let limit = outcome.limits_reached.iter().find(|event| event.ended_run).map(|event| event.limit.name());
+    let usage = &outcome.usage;
+    let denials: Vec<Value> = outcome
+        .limits_reached
+        .iter()
+        .map(|event| {
+            json!({
+                "kind": "limit",
+                "limit": event.limit.name(),
+                "value": event.value,
+                "ended_run": event.ended_run,
+                "message": event.message,
+            })
+        })
+        .collect();
     json!({
         "format": FORMAT,
         "palisade_version": env!("CARGO_PKG_VERSION"),
         "command": argv.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>(),
         "policy": policy_json(policy),
         "layers": layers_json(&outcome.layers),
-        "exit": exit,
+        "exit": exit_json(outcome.exit),
         "exec_error": outcome.exec_error.as_ref().map(|(_, reason)| reason),
         "limit": limit,
-        "usage": { "wall_time_ms": outcome.wall_time.as_secs_f64() * 1000.0 },
-        // NOTE: always empty. Refused calls and file accesses reach only the command, as error codes.
-        "denials": [],
+        "usage": {
+            "wall_time_ms": outcome.wall_time.as_secs_f64() * 1000.0,
+            "user_cpu_ms": milliseconds(usage.user_cpu),
+            "system_cpu_ms": milliseconds(usage.system_cpu),
+            "peak_memory_bytes": usage.peak_memory,
+            "peak_processes": usage.peak_tasks,
+            "stdout_bytes": usage.stdout_bytes,
+            "stderr_bytes": usage.stderr_bytes,
+            "output_merged": usage.output_merged,
+        },
+        // NOTE: only limits so far. Refused calls and file accesses reach only the command, as
+        // error codes.
+        "denials": denials,
         "error": Value::Null,
     })
 }

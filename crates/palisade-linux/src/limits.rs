@@ -1,0 +1,362 @@
+//! Resource limits: the rlimits the command stage sets, and the accounting with which the
+//! supervisor measures and enforces the limits that no rlimit can hold for a whole process
+//! tree (memory, CPU time) where there is no cgroup to do it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use palisade_policy::Limits;
+use rustix::process::Resource;
+
+/// A limit of the policy that a run reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Timeout,
+    Memory,
+    CpuTime,
+    MaxProcs,
+    MaxFileSize,
+    Output,
+}
+
+impl Limit {
+    /// Returns the limit's name in the policy file and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Timeout => "timeout",
+            Limit::Memory => "memory",
+            Limit::CpuTime => "cpu_time",
+            Limit::MaxProcs => "max_procs",
+            Limit::MaxFileSize => "max_file_size",
+            Limit::Output => "max_output",
+        }
+    }
+}
+
+/// A limit the run reached, for the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitEvent {
+    pub limit: Limit,
+    /// The limit's value: bytes, milliseconds or a count.
+    pub value: u64,
+    /// Whether palisade ended the run because of it.
+    pub ended_run: bool,
+    /// One sentence on what happened, for a person or a model.
+    pub message: String,
+}
+
+/// What the run used. `None` where palisade could not measure it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub user_cpu: Option<Duration>,
+    pub system_cpu: Option<Duration>,
+    /// The highest memory use of the run's processes together, in bytes.
+    pub peak_memory: Option<u64>,
+    /// The most processes and threads the run had at once.
+    pub peak_tasks: Option<u64>,
+    pub stdout_bytes: Option<u64>,
+    pub stderr_bytes: Option<u64>,
+    /// Stdout and stderr were the same file for palisade, so the command's two streams went
+    /// through one pipe and `stdout_bytes` counts both.
+    pub output_merged: bool,
+}
+
+/// One resource limit the command stage sets with `setrlimit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rlimit {
+    resource: Resource,
+    soft: u64,
+    hard: u64,
+    name: &'static str,
+}
+
+impl Rlimit {
+    /// Returns the limit as `name=value`, as the report lists it.
+    pub fn describe(&self) -> String {
+        format!("{}={}", self.name, self.soft)
+    }
+}
+
+/// Returns the rlimits that carry `limits`, core dumps off first. The open-file limit only
+/// ever lowers what the caller had, so a program that raises its soft limit to the hard one
+/// still gets no more than the policy allows.
+pub fn rlimits(limits: &Limits) -> Vec<Rlimit> {
+    let mut list = vec![Rlimit { resource: Resource::Core, soft: 0, hard: 0, name: "core" }];
+    if let Some(count) = limits.max_procs {
+        list.push(Rlimit { resource: Resource::Nproc, soft: count, hard: count, name: "nproc" });
+    }
+    if let Some(bytes) = limits.max_file_size {
+        list.push(Rlimit { resource: Resource::Fsize, soft: bytes, hard: bytes, name: "fsize" });
+    }
+    if let Some(count) = limits.max_open_files {
+        let current = rustix::process::getrlimit(Resource::Nofile);
+        let soft = current.current.map_or(count, |soft| soft.min(count));
+        let hard = current.maximum.map_or(count, |hard| hard.min(count));
+        list.push(Rlimit { resource: Resource::Nofile, soft, hard, name: "nofile" });
+    }
+    if let Some(time) = limits.cpu_time {
+        // Per process, as a backstop for the accounting, which adds up the whole tree. At
+        // the soft limit the kernel sends SIGXCPU, which ends a process that does not catch
+        // it; a second later, at the hard limit, SIGKILL.
+        let seconds = time.as_secs() + u64::from(time.subsec_nanos() > 0);
+        list.push(Rlimit { resource: Resource::Cpu, soft: seconds, hard: seconds + 1, name: "cpu" });
+    }
+    list
+}
+
+/// Sets every rlimit of `list` on the calling process.
+pub fn apply(list: &[Rlimit]) -> Result<(), String> {
+    for limit in list {
+        let value = rustix::process::Rlimit { current: Some(limit.soft), maximum: Some(limit.hard) };
+        rustix::process::setrlimit(limit.resource, value)
+            .map_err(|error| format!("failed to set the {} limit to {}: {error}", limit.name, limit.soft))?;
+    }
+    Ok(())
+}
+
+/// How often the accounting reads the run's processes.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often it reads them once memory use passes three quarters of the limit.
+const CLOSE_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a run may stay at its process limit before palisade ends it. A fork bomb stays
+/// there; a parallel build that touches the limit drops below it again.
+const PROCESS_LIMIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Palisade's own accounting of a run: it reads every process of the tree at intervals,
+/// keeps the peaks for the report, and returns the limit to enforce when the tree is over
+/// its memory or CPU time limit, or has stayed at its process limit.
+///
+/// NOTE: the readings are samples. A process can allocate for up to 10 ms past the memory
+/// limit before it is noticed, and a peak between two readings is missed; a cgroup, where
+/// there is one, enforces and measures exactly.
+pub struct Monitor<'a> {
+    limits: &'a Limits,
+    proc: &'a Path,
+    root: libc::pid_t,
+    next: Instant,
+    peak: Sample,
+    /// The CPU time of the last reading.
+    cpu: (Duration, Duration),
+    at_process_limit_since: Option<Instant>,
+    /// Limits reached so far, in order.
+    pub events: Vec<LimitEvent>,
+}
+
+impl<'a> Monitor<'a> {
+    /// Starts the accounting of the tree rooted at `root`, read from `proc`.
+    pub fn new(limits: &'a Limits, proc: &'a Path, root: libc::pid_t) -> Monitor<'a> {
+        Monitor {
+            limits,
+            proc,
+            root,
+            next: Instant::now() + SAMPLE_INTERVAL,
+            peak: Sample::default(),
+            cpu: (Duration::ZERO, Duration::ZERO),
+            at_process_limit_since: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// Returns when the next reading is due.
+    pub fn next_reading(&self) -> Instant {
+        self.next
+    }
+
+    /// Reads the tree if a reading is due, and returns the limit that must end the run, if
+    /// any. The event that ends it is recorded.
+    pub fn poll(&mut self) -> Option<Limit> {
+        let now = Instant::now();
+        if now < self.next {
+            return None;
+        }
+        let reading = sample(self.proc, self.root);
+        self.peak.memory = self.peak.memory.max(reading.memory);
+        self.peak.tasks = self.peak.tasks.max(reading.tasks);
+        self.cpu = (self.cpu.0.max(reading.user_cpu), self.cpu.1.max(reading.system_cpu));
+        let close = self.limits.memory.is_some_and(|max| reading.memory > max / 4 * 3);
+        self.next = now + if close { CLOSE_SAMPLE_INTERVAL } else { SAMPLE_INTERVAL };
+
+        if let Some(max) = self.limits.memory.filter(|&max| reading.memory > max) {
+            self.record(Limit::Memory, max, true, format!(
+                "the run's processes together used {} of memory, over its limit of {}; every process was killed",
+                mib(reading.memory),
+                mib(max)
+            ));
+            return Some(Limit::Memory);
+        }
+        if let Some(max) = self.limits.cpu_time.filter(|&max| reading.cpu() > max) {
+            self.record(Limit::CpuTime, max.as_millis() as u64, true, format!(
+                "the run's processes together used {:.1} s of CPU time, over its limit of {:.1} s; every process was killed",
+                reading.cpu().as_secs_f64(),
+                max.as_secs_f64()
+            ));
+            return Some(Limit::CpuTime);
+        }
+        if let Some(max) = self.limits.max_procs {
+            if reading.tasks >= max {
+                let since = *self.at_process_limit_since.get_or_insert(now);
+                if !self.events.iter().any(|event| event.limit == Limit::MaxProcs) {
+                    self.record(Limit::MaxProcs, max, false, format!(
+                        "the run reached its limit of {max} processes and threads; further forks failed with EAGAIN"
+                    ));
+                }
+                if now.duration_since(since) >= PROCESS_LIMIT_GRACE {
+                    self.record(Limit::MaxProcs, max, true, format!(
+                        "the run stayed at its limit of {max} processes and threads for {} s, as a fork bomb does; every process was killed",
+                        PROCESS_LIMIT_GRACE.as_secs()
+                    ));
+                    return Some(Limit::MaxProcs);
+                }
+            } else {
+                self.at_process_limit_since = None;
+            }
+        }
+        None
+    }
+
+    /// Records that `limit` was reached.
+    pub fn record(&mut self, limit: Limit, value: u64, ended_run: bool, message: String) {
+        self.events.push(LimitEvent { limit, value, ended_run, message });
+    }
+
+    /// Returns the peak memory, the peak number of tasks, and the last user and system CPU
+    /// time read. `None` when no reading was taken (a run shorter than the first interval).
+    pub fn peaks(&self) -> Option<(u64, u64, (Duration, Duration))> {
+        (self.peak.tasks > 0).then_some((self.peak.memory, self.peak.tasks, self.cpu))
+    }
+}
+
+/// Formats bytes as MiB for messages.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// A reading of every process of a run at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Anonymous resident memory plus swap of all processes, in bytes. Page cache and shared
+    /// memory are not counted; the temporary filesystems have their own size limit.
+    pub memory: u64,
+    /// Processes and threads, the root included.
+    pub tasks: u64,
+    /// User CPU time of the live processes and of every descendant they have reaped.
+    pub user_cpu: Duration,
+    /// System CPU time, counted the same way.
+    pub system_cpu: Duration,
+}
+
+impl Sample {
+    /// Returns user and system CPU time together.
+    pub fn cpu(&self) -> Duration {
+        self.user_cpu + self.system_cpu
+    }
+}
+
+/// Reads the processes of the tree rooted at `root` from `proc` (the host's `/proc`). The
+/// tree is found through each thread's `children` file; in a PID namespace every orphan is
+/// reparented to the namespace's init, so the tree from init holds every process of the run.
+/// A process that exits while it is read is skipped.
+pub fn sample(proc: &Path, root: libc::pid_t) -> Sample {
+    let ticks = clock_ticks();
+    let mut total = Sample::default();
+    let mut pending = vec![root];
+    let mut seen = 0usize;
+    while let Some(pid) = pending.pop() {
+        seen += 1;
+        // A bound against a malformed or looping listing; a run has at most pid_max processes.
+        if seen > 4_194_304 {
+            break;
+        }
+        let dir = proc.join(pid.to_string());
+        if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+            if let Some(fields) = parse_stat(&stat) {
+                total.tasks += fields.threads;
+                total.user_cpu += Duration::from_millis(fields.user_ticks * 1000 / ticks);
+                total.system_cpu += Duration::from_millis(fields.system_ticks * 1000 / ticks);
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
+            total.memory += status_kib(&status, "RssAnon:") * 1024 + status_kib(&status, "VmSwap:") * 1024;
+        }
+        let Ok(tasks) = std::fs::read_dir(dir.join("task")) else { continue };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
+            pending.extend(children.split_whitespace().filter_map(|pid| pid.parse::<libc::pid_t>().ok()));
+        }
+    }
+    total
+}
+
+/// The fields of `/proc/PID/stat` the accounting needs.
+#[derive(Debug, PartialEq, Eq)]
+struct StatFields {
+    /// utime + cutime, in clock ticks.
+    user_ticks: u64,
+    /// stime + cstime, in clock ticks.
+    system_ticks: u64,
+    threads: u64,
+}
+
+/// Parses `/proc/PID/stat`. The command name (field 2) may contain spaces and parentheses,
+/// so the fields are counted from the last `)`.
+fn parse_stat(text: &str) -> Option<StatFields> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name, index 0 is field 3 (state); utime is field 14 and num_threads field 20.
+    let number = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    Some(StatFields { user_ticks: number(14)? + number(16)?, system_ticks: number(15)? + number(17)?, threads: number(20)? })
+}
+
+/// Returns a `kB` value of `/proc/PID/status`, or 0 when the line is missing (a zombie has
+/// no memory lines).
+fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_a_hostile_name_parses() {
+        let line = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 2 1 20 0 5 0 1234 1000 10 0 0 0";
+        assert_eq!(parse_stat(line), Some(StatFields { user_ticks: 9, system_ticks: 4, threads: 5 }));
+        assert_eq!(parse_stat("42 (truncated"), None);
+    }
+
+    #[test]
+    fn status_values_are_read_in_kib() {
+        let status = "Name:\tpython3\nRssAnon:\t  2048 kB\nVmSwap:\t       0 kB\n";
+        assert_eq!(status_kib(status, "RssAnon:"), 2048);
+        assert_eq!(status_kib(status, "RssShmem:"), 0);
+    }
+
+    #[test]
+    fn this_process_is_measured() {
+        let buffer = vec![1u8; 8 << 20];
+        let reading = sample(Path::new("/proc"), std::process::id() as libc::pid_t);
+        assert!(reading.memory >= 8 << 20, "{reading:?}");
+        assert!(reading.tasks >= 1, "{reading:?}");
+        drop(buffer);
+    }
+
+    #[test]
+    fn open_file_limit_only_lowers() {
+        let current = rustix::process::getrlimit(Resource::Nofile);
+        let limits = Limits { max_open_files: Some(u64::MAX), ..Limits::default() };
+        let list = rlimits(&limits);
+        let nofile = list.iter().find(|limit| limit.name == "nofile").unwrap();
+        assert_eq!(Some(nofile.soft), current.current.or(Some(u64::MAX)));
+    }
+}

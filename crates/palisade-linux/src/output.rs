@@ -1,0 +1,186 @@
+//! The command's stdout and stderr, passed through pipes that palisade reads so it can count
+//! the bytes and stop a flood at the output limit.
+//!
+//! A stream that is a terminal is passed to the command as it is, unless an output limit is
+//! set, so interactive programs keep their terminal. Every other stream goes through a pipe
+//! and a thread that copies it to palisade's own descriptor unchanged.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Pipes prepared before the sandbox starts.
+pub struct Streams {
+    /// Write ends for the command's descriptors 1 and 2; `None` passes palisade's own.
+    pub write_ends: [Option<OwnedFd>; 2],
+    /// Read ends, each with the index (0 for stdout, 1 for stderr) of palisade's descriptor it
+    /// is copied to.
+    read_ends: Vec<(usize, OwnedFd)>,
+    merged: bool,
+}
+
+/// Creates the pipes: one per stream that is not a terminal (or every stream, with an output
+/// limit), and a single one for both when palisade's stdout and stderr are the same file, so
+/// the order in which the command interleaves them is kept.
+pub fn prepare(max_output: Option<u64>) -> std::io::Result<Streams> {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let pumped = |fd: BorrowedFd<'_>| max_output.is_some() || !rustix::termios::isatty(fd);
+    let (out, err) = (pumped(stdout.as_fd()), pumped(stderr.as_fd()));
+    let same_file = match (rustix::fs::fstat(stdout.as_fd()), rustix::fs::fstat(stderr.as_fd())) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    };
+    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from);
+    let mut streams = Streams { write_ends: [None, None], read_ends: Vec::new(), merged: false };
+    if out && err && same_file {
+        let (read, write) = pipe()?;
+        streams.write_ends = [Some(write.try_clone()?), Some(write)];
+        streams.read_ends.push((0, read));
+        streams.merged = true;
+        return Ok(streams);
+    }
+    for (index, wanted) in [out, err].into_iter().enumerate() {
+        if wanted {
+            let (read, write) = pipe()?;
+            streams.write_ends[index] = Some(write);
+            streams.read_ends.push((index, read));
+        }
+    }
+    Ok(streams)
+}
+
+/// The threads that copy the output, started once the sandbox runs.
+pub struct Pumps {
+    counted: Arc<[AtomicU64; 2]>,
+    pumped: [bool; 2],
+    merged: bool,
+    done: mpsc::Receiver<()>,
+    running: usize,
+    /// Read end that becomes readable when the output limit is reached.
+    limit_reached: OwnedFd,
+}
+
+/// Shared by the pump threads.
+struct Shared {
+    counted: Arc<[AtomicU64; 2]>,
+    total: AtomicU64,
+    max_output: Option<u64>,
+    marker_written: AtomicBool,
+    limit_write: OwnedFd,
+}
+
+impl Streams {
+    /// Starts one thread per pipe. The write ends must have been given to the sandbox and
+    /// dropped here before, or the threads never see end-of-file.
+    pub fn start(self, max_output: Option<u64>) -> std::io::Result<Pumps> {
+        let (limit_read, limit_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let counted: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let shared = Arc::new(Shared {
+            counted: counted.clone(),
+            total: AtomicU64::new(0),
+            max_output,
+            marker_written: AtomicBool::new(false),
+            limit_write,
+        });
+        let (sender, done) = mpsc::channel();
+        let mut pumped = [false, false];
+        let running = self.read_ends.len();
+        for (index, read_end) in self.read_ends {
+            pumped[index] = true;
+            if self.merged {
+                pumped[1] = true;
+            }
+            let shared = shared.clone();
+            let sender = sender.clone();
+            std::thread::Builder::new().name(format!("palisade-output-{index}")).spawn(move || {
+                pump(&read_end, index, &shared);
+                let _ = sender.send(());
+            })?;
+        }
+        Ok(Pumps { counted, pumped, merged: self.merged, done, running, limit_reached: limit_read })
+    }
+}
+
+impl Pumps {
+    /// Returns the descriptor that becomes readable when the output limit is reached.
+    pub fn limit_fd(&self) -> BorrowedFd<'_> {
+        self.limit_reached.as_fd()
+    }
+
+    /// Waits until every pipe is drained, at most `wait`, and returns the bytes the command
+    /// wrote to stdout and to stderr, and whether both went through one pipe. A stream that
+    /// was not pumped is `None`; with one pipe for both, all bytes count as stdout.
+    pub fn finish(mut self, wait: Duration) -> (Option<u64>, Option<u64>, bool) {
+        let deadline = Instant::now() + wait;
+        while self.running > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A thread still blocked after the wait writes to a reader that does not read;
+            // it ends with the process.
+            if self.done.recv_timeout(left).is_err() {
+                break;
+            }
+            self.running -= 1;
+        }
+        let count = |index: usize| self.pumped[index].then(|| self.counted[index].load(Ordering::Relaxed));
+        let stderr = if self.merged { None } else { count(1) };
+        (count(0), stderr, self.merged)
+    }
+}
+
+/// Copies `read_end` to palisade's descriptor `index + 1` until end-of-file, counting the
+/// bytes and cutting at the output limit.
+fn pump(read_end: &OwnedFd, index: usize, shared: &Shared) {
+    let target = if index == 0 { std::io::stdout().as_fd().try_clone_to_owned() } else { std::io::stderr().as_fd().try_clone_to_owned() };
+    let Ok(target) = target else { return };
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut writable = true;
+    loop {
+        let n = match rustix::io::read(read_end, &mut buffer) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        };
+        shared.counted[index].fetch_add(n as u64, Ordering::Relaxed);
+        let before = shared.total.fetch_add(n as u64, Ordering::Relaxed);
+        let allowed = match shared.max_output {
+            Some(max) => max.saturating_sub(before).min(n as u64) as usize,
+            None => n,
+        };
+        if writable && allowed > 0 && write_all(&target, &buffer[..allowed]).is_err() {
+            // The reader of palisade's output went away. Closing this end gives the command
+            // the same EPIPE or SIGPIPE it would have got writing there directly.
+            return;
+        }
+        if allowed < n {
+            writable = false;
+            if !shared.marker_written.swap(true, Ordering::Relaxed) {
+                let max = shared.max_output.unwrap_or_default();
+                let marker = format!(
+                    "\n[palisade: output cut after {max} bytes: the run reached its output limit (--max-output) and was stopped]\n"
+                );
+                let _ = write_all(&std::io::stderr().as_fd(), marker.as_bytes());
+                let _ = rustix::io::write(&shared.limit_write, b"1");
+            }
+        }
+    }
+}
+
+fn write_all(fd: &impl AsFd, mut bytes: &[u8]) -> rustix::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(rustix::io::Errno::PIPE),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                // Palisade's caller left the descriptor non-blocking; wait until it drains.
+                let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::OUT)];
+                let _ = rustix::event::poll(&mut fds, None);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
