@@ -200,6 +200,7 @@ mod tests {
                 MountOp::Protect { path: "/ws/.git/hooks".into(), kind: Kind::Dir },
             ],
             symlinks: Vec::new(),
+            tmp_size: None,
         };
         let rules = rules_for_plan(&plan);
         assert!(rules.read.contains(&PathBuf::from("/usr")));

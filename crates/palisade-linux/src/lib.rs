@@ -193,11 +193,6 @@ fn check_supported(policy: &Policy) -> Result<(), Error> {
             }
         }
     }
-    if limits.cpus_milli.is_some() {
-        // NOTE: the CPU bandwidth limit needs cgroup v2's cpu controller, which this build
-        // does not use yet.
-        return unsupported("a CPU bandwidth limit (--cpus, [limits] cpus)");
-    }
     Ok(())
 }
 
@@ -273,6 +268,15 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
     let plan = plan_for(policy, identity);
     let cgroup = match run_cgroup(&policy.limits) {
         Ok(cgroup) => Some(cgroup),
+        // Only a cgroup can hold a CPU bandwidth limit.
+        Err(cause) if policy.limits.cpus_milli.is_some() => {
+            let fix = "run palisade in a cgroup v2 delegated to this user with the cpu, memory and pids controllers, such as under `systemd-run --user --scope -p Delegate=yes`, or drop --cpus".to_owned();
+            if !policy.allow_degraded {
+                return Err(Error::LayerMissing { layer: "a cgroup for the CPU bandwidth limit (--cpus)", cause, fix });
+            }
+            layers.missing.push(format!("CPU bandwidth limit: {cause}"));
+            None
+        }
         Err(reason) => {
             tracing::debug!("no cgroup for the run: {reason}");
             None
@@ -298,14 +302,21 @@ pub(crate) fn own_cgroup() -> Result<std::path::PathBuf, String> {
 /// rlimits and palisade's accounting.
 fn run_cgroup(limits: &palisade_policy::Limits) -> Result<cgroup::RunCgroup, String> {
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    /// The period of the CPU bandwidth limit: the kernel's default, 100 ms.
+    const CPU_PERIOD_US: u64 = 100_000;
     let dir = own_cgroup()?;
-    cgroup::check(&dir, CGROUP_CONTROLLERS).map_err(|(cause, _)| cause)?;
+    let mut needed = CGROUP_CONTROLLERS.to_vec();
+    if limits.cpus_milli.is_some() {
+        needed.push("cpu");
+    }
+    cgroup::check(&dir, &needed).map_err(|(cause, _)| cause)?;
     // Only the root of the hierarchy lacks `cgroup.type`.
     let is_root = !dir.join("cgroup.type").exists();
-    let parent = cgroup::prepare(&dir, CGROUP_CONTROLLERS, std::process::id(), is_root)?;
+    let parent = cgroup::prepare(&dir, &needed, std::process::id(), is_root)?;
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("palisade-{}-{run}", std::process::id());
-    let cgroup_limits = cgroup::Limits { memory_max: limits.memory, pids_max: limits.max_procs, cpu_max: None };
+    let cpu_max = limits.cpus_milli.map(|milli| (milli * CPU_PERIOD_US / 1000, CPU_PERIOD_US));
+    let cgroup_limits = cgroup::Limits { memory_max: limits.memory, pids_max: limits.max_procs, cpu_max };
     cgroup::RunCgroup::create(&parent, &name, &cgroup_limits)
 }
 

@@ -77,29 +77,34 @@ impl Rlimit {
     }
 }
 
-/// Returns the rlimits that carry `limits`, core dumps off first. The open-file limit only
-/// ever lowers what the caller had, so a program that raises its soft limit to the hard one
-/// still gets no more than the policy allows.
+/// Returns the rlimits that carry `limits`, core dumps off first. Each only ever lowers what
+/// palisade itself has: an rlimit cannot be raised without privilege, and a caller's lower
+/// limit (an outer guard) must stay in force.
 pub fn rlimits(limits: &Limits) -> Vec<Rlimit> {
+    let lowered = |resource: Resource, value: u64, name: &'static str| {
+        let current = rustix::process::getrlimit(resource);
+        let soft = current.current.map_or(value, |soft| soft.min(value));
+        let hard = current.maximum.map_or(value, |hard| hard.min(value));
+        Rlimit { resource, soft: soft.min(hard), hard, name }
+    };
     let mut list = vec![Rlimit { resource: Resource::Core, soft: 0, hard: 0, name: "core" }];
     if let Some(count) = limits.max_procs {
-        list.push(Rlimit { resource: Resource::Nproc, soft: count, hard: count, name: "nproc" });
+        list.push(lowered(Resource::Nproc, count, "nproc"));
     }
     if let Some(bytes) = limits.max_file_size {
-        list.push(Rlimit { resource: Resource::Fsize, soft: bytes, hard: bytes, name: "fsize" });
+        list.push(lowered(Resource::Fsize, bytes, "fsize"));
     }
     if let Some(count) = limits.max_open_files {
-        let current = rustix::process::getrlimit(Resource::Nofile);
-        let soft = current.current.map_or(count, |soft| soft.min(count));
-        let hard = current.maximum.map_or(count, |hard| hard.min(count));
-        list.push(Rlimit { resource: Resource::Nofile, soft, hard, name: "nofile" });
+        list.push(lowered(Resource::Nofile, count, "nofile"));
     }
     if let Some(time) = limits.cpu_time {
         // Per process, as a backstop for the accounting, which adds up the whole tree. At
         // the soft limit the kernel sends SIGXCPU, which ends a process that does not catch
         // it; a second later, at the hard limit, SIGKILL.
         let seconds = time.as_secs() + u64::from(time.subsec_nanos() > 0);
-        list.push(Rlimit { resource: Resource::Cpu, soft: seconds, hard: seconds + 1, name: "cpu" });
+        let mut limit = lowered(Resource::Cpu, seconds + 1, "cpu");
+        limit.soft = limit.soft.min(seconds);
+        list.push(limit);
     }
     list
 }

@@ -94,7 +94,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
         NEW_ROOT,
         rustix::fs::open(NEW_ROOT, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
     )?;
-    mount_tmpfs(STAGE, "mode=0700", MountFlags::NOSUID | MountFlags::NODEV)?;
+    mount_tmpfs(STAGE, &format!("mode=0700{}", size_options(plan.tmp_size)), MountFlags::NOSUID | MountFlags::NODEV)?;
     let mut stage = Stage { next: 0, owner };
     // Read-only temporary directories are mounted writable first, so mount points for deeper
     // operations (a workspace under /tmp) can still be created, and sealed at the end.
@@ -103,14 +103,14 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
     for (op, tree) in plan.ops.iter().zip(detached) {
         match op {
             MountOp::Proc => attach_proc(&root)?,
-            MountOp::Dev => attach_dev(&root, &dev_nodes)?,
+            MountOp::Dev => attach_dev(&root, &dev_nodes, plan.tmp_size)?,
             MountOp::Tmp { path, writable, size } => {
                 attach_tmp(&root, path, *size)?;
                 if !writable {
                     seal_later.push(path.clone());
                 }
             }
-            MountOp::HomeTmpfs { path } => attach_home(&root, path, owner)?,
+            MountOp::HomeTmpfs { path } => attach_home(&root, path, owner, plan.tmp_size)?,
             MountOp::Bind { path, kind, .. } => {
                 let target = open_target(&root, path, *kind)?;
                 attach(tree.as_ref().expect("bind was cloned"), &target, path)?;
@@ -403,7 +403,7 @@ fn attach_proc(root: &OwnedFd) -> Result<(), StepError> {
     )
 }
 
-fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)]) -> Result<(), StepError> {
+fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm_size: Option<u64>) -> Result<(), StepError> {
     let _ = open_target(root, Path::new("/dev"), Kind::Dir)?;
     let dev = new_root_path(Path::new("/dev"));
     let dev_text = dev.to_string_lossy().into_owned();
@@ -421,7 +421,7 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)]) -> Result<(), S
         dev.join("pts"),
         rustix::mount::mount("devpts", dev.join("pts"), "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some(pts_options)),
     )?;
-    mount_tmpfs(&format!("{dev_text}/shm"), "mode=1777", MountFlags::NOSUID | MountFlags::NODEV)?;
+    mount_tmpfs(&format!("{dev_text}/shm"), &format!("mode=1777{}", size_options(shm_size)), MountFlags::NOSUID | MountFlags::NODEV)?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -435,18 +435,25 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)]) -> Result<(), S
     step("make read-only", &dev, sys::mount_setattr(dev_fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))
 }
 
+/// Returns the tmpfs options that bound a temporary filesystem to `size` bytes and to one
+/// inode per 8 KiB of it (at least 4096), so that empty files cannot use up kernel memory
+/// that no size limit counts. Empty without a size: the kernel's default of half the memory.
+fn size_options(size: Option<u64>) -> String {
+    match size {
+        Some(bytes) => format!(",size={bytes},nr_inodes={}", (bytes / 8192).max(4096)),
+        None => String::new(),
+    }
+}
+
 fn attach_tmp(root: &OwnedFd, path: &Path, size: Option<u64>) -> Result<(), StepError> {
     let _ = open_target(root, path, Kind::Dir)?;
-    let mut options = String::from("mode=1777");
-    if let Some(bytes) = size {
-        options.push_str(&format!(",size={bytes}"));
-    }
+    let options = format!("mode=1777{}", size_options(size));
     mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, MountFlags::NOSUID | MountFlags::NODEV)
 }
 
-fn attach_home(root: &OwnedFd, path: &Path, owner: &Owner<'_>) -> Result<(), StepError> {
+fn attach_home(root: &OwnedFd, path: &Path, owner: &Owner<'_>, size: Option<u64>) -> Result<(), StepError> {
     let _ = open_target(root, path, Kind::Dir)?;
-    let options = format!("mode=0755,uid={},gid={}", owner.uid, owner.gid);
+    let options = format!("mode=0755,uid={},gid={}{}", owner.uid, owner.gid, size_options(size));
     mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, MountFlags::NOSUID | MountFlags::NODEV)
 }
 

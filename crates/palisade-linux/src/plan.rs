@@ -83,6 +83,9 @@ impl MountOp {
 pub struct MountPlan {
     pub ops: Vec<MountOp>,
     pub symlinks: Vec<(PathBuf, PathBuf)>,
+    /// The size of each temporary filesystem: `/tmp`, `/var/tmp`, `/dev/shm`, the home
+    /// directory and the stage that holds the caches' copy-on-write layers.
+    pub tmp_size: Option<u64>,
 }
 
 /// Top-level paths that are often symlinks into `/usr`.
@@ -185,7 +188,7 @@ pub fn build(
         .iter()
         .filter_map(|link| readlink(Path::new(link)).map(|target| (PathBuf::from(link), target)))
         .collect();
-    MountPlan { ops, symlinks }
+    MountPlan { ops, symlinks, tmp_size: policy.limits.tmp_size }
 }
 
 /// Adds a [`MountOp::Pin`] for every existing directory between a writable root and a hidden or

@@ -1263,9 +1263,47 @@ mod tests {
     }
 
     #[test]
+    fn sandboxed_profiles_get_default_limits() {
+        let world = World::new("defaults");
+        let policy = world.resolve("", Overrides::default()).unwrap();
+        assert_eq!(policy.limits, Limits::defaults(Some(8 << 30)));
+        assert_eq!(policy.limits.memory, Some(4 << 30));
+        assert_eq!(policy.limits.tmp_size, Some(2 << 30));
+        assert_eq!(policy.limits.max_procs, Some(DEFAULT_MAX_PROCS));
+        assert_eq!(policy.limits.timeout, None);
+        let unconfined = world.resolve("profile = \"unconfined\"\n", Overrides::default()).unwrap();
+        assert_eq!(unconfined.limits, Limits::default());
+    }
+
+    #[test]
+    fn unlimited_lifts_a_default() {
+        let world = World::new("unlimited");
+        let policy = world
+            .resolve("[limits]\nmax_procs = \"unlimited\"\n", Overrides { memory: Some("unlimited".into()), ..Default::default() })
+            .unwrap();
+        assert_eq!(policy.limits.max_procs, None);
+        assert_eq!(policy.limits.memory, None);
+        assert_eq!(policy.limits.max_file_size, Some(DEFAULT_MAX_FILE_SIZE));
+    }
+
+    #[test]
+    fn bad_limits_name_the_value_and_line() {
+        let world = World::new("badlimit");
+        let error = world.resolve("[limits]\n\nmax_procs = \"lots\"\n", Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("'lots'") && error.contains("line 3"), "{error}");
+        let error = world.resolve("", Overrides { max_procs: Some("0".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(error.contains("greater than zero"), "{error}");
+        let error = world.resolve("[limits]\ncpus = 0.0001\n", Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("CPU"), "{error}");
+    }
+
+    #[test]
     fn rendered_policy_parses_again() {
         let world = World::new("render");
-        let policy = world.resolve("[limits]\ntimeout = \"90s\"\n", Overrides::default()).unwrap();
+        let policy = world
+            .resolve("[limits]\ntimeout = \"90s\"\nmemory = \"unlimited\"\ncpus = 1.5\n", Overrides::default())
+            .unwrap();
+        assert_eq!(policy.limits.cpus_milli, Some(1500));
         let text = policy.to_toml();
         let reparsed = RawPolicy::from_str_at(&text, Path::new("rendered.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let again = resolve(&reparsed, &Overrides::default(), &world.context()).unwrap();

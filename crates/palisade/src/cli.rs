@@ -91,6 +91,9 @@ pub struct PolicyArgs {
     /// Default: unlimited.
     #[arg(long, value_name = "SIZE")]
     pub max_output: Option<String>,
+    /// CPU bandwidth, such as 1.5 CPUs; needs a delegated cgroup v2. Default: unlimited.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
     /// Pass a variable through (NAME) or set it (NAME=VALUE) (repeatable).
     #[arg(long, value_name = "NAME[=VALUE]")]
     pub env: Vec<String>,
@@ -134,7 +137,7 @@ impl PolicyArgs {
             max_open_files: self.max_open_files.clone(),
             tmp_size: self.tmp_size.clone(),
             max_output: self.max_output.clone(),
-            cpus: None,
+            cpus: self.cpus.clone(),
             env: self.env.clone(),
             allow_degraded: self.allow_degraded,
             allow_ptrace: self.allow_ptrace,

@@ -26,19 +26,36 @@ both_identities!(missing_user_namespaces_fail_closed, |f: &Fixture| {
     assert!(!marker.exists(), "the command ran although the sandbox could not be built");
 });
 
-both_identities!(unenforced_limits_are_refused, |f: &Fixture| {
+// The unconfined profile runs outside any sandbox, where palisade holds no limit but the
+// timeout, and the network allowlist is not built yet: asking for either is refused.
+both_identities!(unenforced_settings_are_refused, |f: &Fixture| {
     let marker = f.ws.join("ran");
     for flags in [
-        vec!["--memory", "512M"],
-        vec!["--cpu-time", "10s"],
-        vec!["--max-procs", "10"],
-        vec!["--max-file-size", "1M"],
+        vec!["-p", "unconfined", "--memory", "512M"],
+        vec!["-p", "unconfined", "--cpu-time", "10s"],
+        vec!["-p", "unconfined", "--max-procs", "10"],
+        vec!["-p", "unconfined", "--max-output", "1M"],
         vec!["--allow-domain", "example.com"],
     ] {
         let run = f.sandbox_sh(&flags, &format!("touch {}", marker.display()));
         assert_eq!(run.code, Some(125), "{flags:?} must be refused\nstderr: {}", run.stderr);
         assert!(!marker.exists(), "{flags:?}: the command ran without the limit");
     }
+});
+
+// A CPU bandwidth limit needs a cgroup; without one the run is refused, naming the cgroup.
+both_identities!(cpu_bandwidth_without_a_cgroup_is_refused, |f: &Fixture| {
+    let check = f.palisade(&["check", "--json"]);
+    let value: serde_json::Value = serde_json::from_str(&check.stdout).expect("check --json prints JSON");
+    if value["layers"]["cgroup_v2"]["available"] == true {
+        skip(&f.name, "this machine has a delegated cgroup v2, so --cpus is enforced");
+        return;
+    }
+    let marker = f.ws.join("ran");
+    let run = f.sandbox_sh(&["--cpus", "1"], &format!("touch {}", marker.display()));
+    assert_eq!(run.code, Some(125), "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("cgroup") && run.stderr.contains("fix:"), "{}", run.stderr);
+    assert!(!marker.exists(), "the command ran without its CPU limit");
 });
 
 both_identities!(policy_errors_name_file_and_line, |f: &Fixture| {

@@ -320,6 +320,19 @@ impl Fixture {
         Run::from_output(wrapped.output().unwrap())
     }
 
+    /// Runs `palisade ARGS` from the workspace under an outer guard of the test's own, which
+    /// holds even if palisade fails to: at most `max_tasks` processes and threads for the
+    /// user the sandbox runs as (`prlimit --nproc`), and `seconds` of wall-clock time.
+    pub fn palisade_guarded<S: AsRef<OsStr>>(&self, max_tasks: u64, seconds: u64, args: &[S]) -> Run {
+        let mut command = Command::new("timeout");
+        command.arg("--kill-after=5").arg(seconds.to_string());
+        command.arg("prlimit").arg(format!("--nproc={max_tasks}")).arg("--");
+        let owner = self.as_owner(palisade_binary().to_str().unwrap());
+        command.arg(owner.get_program()).args(owner.get_args()).args(args);
+        command.current_dir(&self.ws).env("HOME", &self.home).stdin(Stdio::null());
+        Run::from_output(command.output().unwrap())
+    }
+
     /// Runs `sh -c SCRIPT` in the default sandbox (workspace-write, network none) with `extra`
     /// flags before `--`.
     pub fn sandbox_sh(&self, extra: &[&str], script: &str) -> Run {

@@ -8,3 +8,4 @@ pub mod git;
 pub mod syscalls;
 pub mod terminal;
 pub mod degraded;
+pub mod limits;

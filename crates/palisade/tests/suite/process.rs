@@ -38,26 +38,26 @@ fn sandbox_uid(f: &Fixture) -> u32 {
 }
 
 /// Returns a string unique to this test run, to find its processes with `pgrep -f`.
-fn unique_marker(f: &Fixture, label: &str) -> String {
+pub(crate) fn unique_marker(f: &Fixture, label: &str) -> String {
     let fixture_dir = f.root.file_name().unwrap().to_string_lossy().into_owned();
     format!("{fixture_dir}-{label}")
 }
 
 /// `marker` with one character in brackets: a regular expression that matches the marker but
 /// not the text of a command line that contains the expression itself.
-fn self_excluding_pattern(marker: &str) -> String {
+pub(crate) fn self_excluding_pattern(marker: &str) -> String {
     let (head, tail) = marker.split_at(marker.len() - 1);
     format!("{head}[{tail}]")
 }
 
 /// Host pids whose command line contains `marker`.
-fn pids_matching(marker: &str) -> Vec<u32> {
+pub(crate) fn pids_matching(marker: &str) -> Vec<u32> {
     let output = Command::new("pgrep").args(["-f", marker]).output().expect("run pgrep");
     String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| line.trim().parse().ok()).collect()
 }
 
 /// Waits up to `limit` for no host process to contain `marker`; returns the ones still alive.
-fn wait_until_gone(marker: &str, limit: Duration) -> Vec<u32> {
+pub(crate) fn wait_until_gone(marker: &str, limit: Duration) -> Vec<u32> {
     let deadline = Instant::now() + limit;
     loop {
         let pids = pids_matching(marker);
@@ -70,7 +70,7 @@ fn wait_until_gone(marker: &str, limit: Duration) -> Vec<u32> {
 
 /// Kills, when dropped, every host process whose command line contains the marker. A passing
 /// test leaves nothing to kill; this keeps a failing one from leaving processes behind.
-struct MarkedProcesses(String);
+pub(crate) struct MarkedProcesses(pub(crate) String);
 
 impl Drop for MarkedProcesses {
     fn drop(&mut self) {
