@@ -119,10 +119,15 @@ pub fn apply(list: &[Rlimit]) -> Result<(), String> {
     Ok(())
 }
 
-/// How often the accounting reads the run's processes.
-const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
-/// How often it reads them once memory use passes three quarters of the limit.
-const CLOSE_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest time between two readings of the run's processes.
+const MAX_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+/// The shortest time between two readings, near the memory limit.
+const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+/// The fastest rate, in bytes per second, at which the accounting assumes a run can fill
+/// memory. The next reading comes before a run filling memory this fast reaches the limit,
+/// so far from it readings are rare and cheap, and near it they come every 10 ms. A single
+/// core writes fresh pages at a few GB/s.
+const ASSUMED_FILL_RATE: u64 = 8 << 30;
 /// How long a run may stay at its process limit before palisade ends it. A fork bomb stays
 /// there; a parallel build that touches the limit drops below it again.
 const PROCESS_LIMIT_GRACE: Duration = Duration::from_secs(2);
@@ -132,8 +137,9 @@ const PROCESS_LIMIT_GRACE: Duration = Duration::from_secs(2);
 /// its memory or CPU time limit, or has stayed at its process limit.
 ///
 /// NOTE: the readings are samples. A process can allocate for up to 10 ms past the memory
-/// limit before it is noticed, and a peak between two readings is missed; a cgroup, where
-/// there is one, enforces and measures exactly.
+/// limit before it is noticed (more if it fills memory faster than [`ASSUMED_FILL_RATE`]),
+/// and a peak between two readings is missed; a cgroup, where there is one, enforces and
+/// measures exactly.
 pub struct Monitor<'a> {
     limits: &'a Limits,
     proc: &'a Path,
@@ -154,7 +160,7 @@ impl<'a> Monitor<'a> {
             limits,
             proc,
             root,
-            next: Instant::now() + SAMPLE_INTERVAL,
+            next: Instant::now() + MIN_SAMPLE_INTERVAL,
             peak: Sample::default(),
             cpu: (Duration::ZERO, Duration::ZERO),
             at_process_limit_since: None,
@@ -178,8 +184,7 @@ impl<'a> Monitor<'a> {
         self.peak.memory = self.peak.memory.max(reading.memory);
         self.peak.tasks = self.peak.tasks.max(reading.tasks);
         self.cpu = (self.cpu.0.max(reading.user_cpu), self.cpu.1.max(reading.system_cpu));
-        let close = self.limits.memory.is_some_and(|max| reading.memory > max / 4 * 3);
-        self.next = now + if close { CLOSE_SAMPLE_INTERVAL } else { SAMPLE_INTERVAL };
+        self.next = now + next_interval(self.limits.memory, reading.memory);
 
         if let Some(max) = self.limits.memory.filter(|&max| reading.memory > max) {
             self.record(Limit::Memory, max, true, format!(
@@ -229,6 +234,15 @@ impl<'a> Monitor<'a> {
     pub fn peaks(&self) -> Option<(u64, u64, (Duration, Duration))> {
         (self.peak.tasks > 0).then_some((self.peak.memory, self.peak.tasks, self.cpu))
     }
+}
+
+/// Returns the time until the next reading: as long as a run filling memory at
+/// [`ASSUMED_FILL_RATE`] needs to reach `limit` from `used`, within the bounds.
+fn next_interval(limit: Option<u64>, used: u64) -> Duration {
+    let Some(limit) = limit else { return MAX_SAMPLE_INTERVAL };
+    let headroom = limit.saturating_sub(used);
+    let time = Duration::from_secs_f64(headroom as f64 / ASSUMED_FILL_RATE as f64);
+    time.clamp(MIN_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL)
 }
 
 /// Formats bytes as MiB for messages.
@@ -354,6 +368,16 @@ mod tests {
         assert!(reading.memory >= 8 << 20, "{reading:?}");
         assert!(reading.tasks >= 1, "{reading:?}");
         drop(buffer);
+    }
+
+    #[test]
+    fn readings_come_sooner_near_the_memory_limit() {
+        assert_eq!(next_interval(None, 0), MAX_SAMPLE_INTERVAL);
+        assert_eq!(next_interval(Some(16 << 30), 1 << 30), MAX_SAMPLE_INTERVAL);
+        let far = next_interval(Some(512 << 20), 0);
+        let near = next_interval(Some(512 << 20), 400 << 20);
+        assert!(far > near && far < MAX_SAMPLE_INTERVAL, "{far:?} {near:?}");
+        assert_eq!(next_interval(Some(512 << 20), 600 << 20), MIN_SAMPLE_INTERVAL);
     }
 
     #[test]

@@ -351,3 +351,25 @@ for path in sys.argv[2:]:
     let memory = report(&f.out.join("memory.json"));
     assert_eq!(memory["limit"], "memory", "{memory}");
 });
+
+// With a delegated cgroup v2, the kernel holds the memory limit for the whole run: the OOM
+// killer ends every process (memory.oom.group), the report says so, and the run's cgroup is
+// removed afterwards. Public report: can1357/oh-my-pi#12769 (a soft memory.high alone only
+// throttled a runaway process and never ended it).
+both_identities!(cgroup_holds_the_memory_limit, |f: &Fixture| {
+    let check = f.palisade(&["check", "--json"]);
+    let value: serde_json::Value = serde_json::from_str(&check.stdout).expect("check --json prints JSON");
+    let cgroup = &value["layers"]["cgroup_v2"];
+    if cgroup["available"] != true {
+        skip(&f.name, &format!("no delegated cgroup v2 here: {}", cgroup["detail"].as_str().unwrap_or("unknown")));
+        return;
+    }
+    let path = f.out.join("report.json");
+    let spread = "for i in 1 2 3 4; do python3 -c 'import time; b = bytearray(200 << 20); time.sleep(8)' & done; wait";
+    let run = f.palisade_guarded(OUTER_TASKS, 60, &["run", "--memory", "512M", "--report", path.to_str().unwrap(), "--", "sh", "-c", spread]);
+    let value = report(&path);
+    assert_eq!(run.code, Some(137), "stderr: {}", run.stderr);
+    assert_eq!(value["limit"], "memory", "{}", value["denials"]);
+    let cgroup_path = value["layers"]["cgroup"].as_str().expect("the run had a cgroup");
+    assert!(!Path::new(cgroup_path).exists(), "the run's cgroup {cgroup_path} was not removed");
+});
