@@ -1,6 +1,6 @@
-//! Resource limits: the rlimits the command stage sets, and the accounting with which the
-//! supervisor measures and enforces the limits that no rlimit can hold for a whole process
-//! tree (memory, CPU time) where there is no cgroup to do it.
+//! Resource limits: the rlimits the command stage sets, and the supervisor's own accounting.
+//! No rlimit can hold memory or CPU time for a whole process tree, so where there is no
+//! cgroup to do it, the accounting measures the tree and enforces those limits.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -45,14 +45,14 @@ pub struct LimitEvent {
     pub message: String,
 }
 
-/// What the run used. `None` where palisade could not measure it.
+/// Resources the run used. `None` where palisade could not measure one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     pub user_cpu: Option<Duration>,
     pub system_cpu: Option<Duration>,
     /// The highest memory use of the run's processes together, in bytes.
     pub peak_memory: Option<u64>,
-    /// The most processes and threads the run had at once.
+    /// The maximum number of processes and threads the run had at once.
     pub peak_tasks: Option<u64>,
     pub stdout_bytes: Option<u64>,
     pub stderr_bytes: Option<u64>,

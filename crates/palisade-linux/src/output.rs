@@ -20,9 +20,9 @@ pub struct Streams {
     merged: bool,
 }
 
-/// Creates the pipes: one per stream that is not a terminal (or every stream, with an output
-/// limit), and a single one for both when palisade's stdout and stderr are the same file, so
-/// the order in which the command interleaves them is kept.
+/// Creates the pipes: one per stream that is not a terminal, or per stream whatever it is when
+/// there is an output limit. When palisade's stdout and stderr are the same file, one pipe
+/// serves both, so the order in which the command interleaves them is kept.
 pub fn prepare(max_output: Option<u64>) -> std::io::Result<Streams> {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

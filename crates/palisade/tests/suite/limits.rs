@@ -61,7 +61,7 @@ except OSError as e:
     assert!(survivors.is_empty(), "children of the bomb outlived the run: {survivors:?}");
 });
 
-// A fork chain that never stops by itself: palisade must end it and say which limit did.
+// A fork chain that never stops by itself: palisade must end it and name the limit that did.
 // Public report: openai/codex#38909 (this command froze the host through a sandbox without
 // process or memory limits).
 both_identities!(endless_fork_chain_is_ended_and_named, |f: &Fixture| {
@@ -135,8 +135,8 @@ both_identities!(runtimes_start_under_memory_limits, |f: &Fixture| {
     }
 });
 
-// Filling the private /tmp stops with ENOSPC at its size, not with a kill, and so does
-// creating empty files; one file larger than the file size limit is refused. Public reports:
+// Filling the private /tmp stops with ENOSPC at its size, not with a kill. So does creating
+// empty files, and one file larger than the file size limit is refused. Public reports:
 // mensfeld/code-on-incus#135 (agents hung when /tmp filled), ConchSandbox/Conch#140 (an
 // unsized tmpfs led to an OOM kill instead of ENOSPC).
 both_identities!(disk_fillers_stop_at_their_limits, |f: &Fixture| {
