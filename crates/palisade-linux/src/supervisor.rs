@@ -73,6 +73,9 @@ pub fn run(
             drop(report_read);
             drop(signal_fd);
             let output = std::mem::take(&mut streams.write_ends);
+            // Init must hold no read end: with one open, the command would never see EPIPE
+            // when palisade's reader goes away.
+            drop(streams);
             init::main(InitContext {
                 policy,
                 plan,

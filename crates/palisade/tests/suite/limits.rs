@@ -373,3 +373,15 @@ both_identities!(cgroup_holds_the_memory_limit, |f: &Fixture| {
     let cgroup_path = value["layers"]["cgroup"].as_str().expect("the run had a cgroup");
     assert!(!Path::new(cgroup_path).exists(), "the run's cgroup {cgroup_path} was not removed");
 });
+
+// A reader that goes away early ends the command as it would without palisade: the command
+// gets SIGPIPE at its next write, instead of blocking on a pipe nobody reads.
+both_identities!(early_reader_exit_ends_the_writer, |f: &Fixture| {
+    let shell = format!(
+        "timeout 30 {} run -- yes | head -1; echo \"status=${{PIPESTATUS[0]}}\"",
+        palisade_binary().display()
+    );
+    let run = f.host(&f.ws.clone(), "bash", &["-c", &shell]);
+    assert!(run.stdout.starts_with("y\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("status=141"), "yes did not end with SIGPIPE:\n{}\n{}", run.stdout, run.stderr);
+});
