@@ -327,3 +327,33 @@ both_identities!(report_records_layers_and_refusals, |f: &Fixture| {
     assert!(value["error"].as_str().is_some_and(|text| text.contains("allowlist")), "{value}");
     assert!(value["exit"].is_null());
 });
+
+// Degraded mode still holds the memory, output and timeout limits through palisade's own
+// accounting, and reports them as it does with namespaces.
+both_identities!(degraded_mode_holds_the_limits, |f: &Fixture| {
+    let memory_report = f.out.join("memory.json");
+    let bomb = "b = []\nwhile True:\n    b.append(bytearray(64 << 20))\n";
+    let Some(run) = without_user_namespaces(
+        f,
+        "ulimit -u 2048",
+        &["run", "--allow-degraded", "--memory", "256M", "--report", memory_report.to_str().unwrap(), "--", "/usr/bin/python3", "-c", bomb],
+    ) else {
+        return;
+    };
+    assert_eq!(run.code, Some(137), "stderr: {}", run.stderr);
+    let value = report(&memory_report);
+    assert_eq!(value["layers"]["namespaces"], false, "{}", value["layers"]);
+    assert_eq!(value["limit"], "memory", "{}", value["denials"]);
+
+    let output_report = f.out.join("output.json");
+    let Some(run) = without_user_namespaces(
+        f,
+        "",
+        &["run", "--allow-degraded", "--max-output", "64K", "--timeout", "10s", "--report", output_report.to_str().unwrap(), "--", "yes"],
+    ) else {
+        return;
+    };
+    assert_eq!(run.code, Some(137), "stderr: {}", run.stderr);
+    assert!(run.stdout.len() <= 64 << 10, "{} bytes passed a 64 KiB limit", run.stdout.len());
+    assert_eq!(report(&output_report)["limit"], "max_output");
+});
