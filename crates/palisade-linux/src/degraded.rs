@@ -278,7 +278,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
             let timeout = policy.limits.timeout.unwrap_or_default();
             monitor.record(Limit::Timeout, timeout.as_millis() as u64, true, format!(
                 "the run did not finish within its timeout of {}; every process was killed",
-                crate::supervisor::humanize(timeout)
+                crate::limits::format_duration(timeout)
             ));
             break Exit::TimedOut;
         }
@@ -302,7 +302,8 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
                 let _ = child.wait();
                 let max = policy.limits.max_output.unwrap_or_default();
                 monitor.record(Limit::Output, max, true, format!(
-                    "the run wrote more than its output limit of {max} bytes; the output was cut and every process was killed"
+                    "the run wrote more than its output limit of {}; the output was cut and every process was killed",
+                    crate::limits::format_size(max)
                 ));
                 break Exit::Killed(Limit::Output);
             }

@@ -194,7 +194,7 @@ mod tests {
             ops: vec![
                 MountOp::Proc,
                 MountOp::Dev,
-                MountOp::Tmp { path: "/tmp".into(), writable: true, size: None },
+                MountOp::Tmp { path: "/tmp".into(), writable: true },
                 MountOp::Bind { path: "/usr".into(), kind: Kind::Dir, writable: false, idmap: false },
                 MountOp::Bind { path: "/ws".into(), kind: Kind::Dir, writable: true, idmap: false },
                 MountOp::Protect { path: "/ws/.git/hooks".into(), kind: Kind::Dir },

@@ -270,7 +270,7 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         Ok(cgroup) => Some(cgroup),
         // Only a cgroup can hold a CPU bandwidth limit.
         Err(cause) if policy.limits.cpus_milli.is_some() => {
-            let fix = "run palisade in a cgroup v2 delegated to this user with the cpu, memory and pids controllers, such as under `systemd-run --user --scope -p Delegate=yes`, or drop --cpus".to_owned();
+            let fix = "on a cgroup v2 host, run palisade as root or in a cgroup delegated to this user with the cpu, memory and pids controllers (such as under `systemd-run --user --scope -p Delegate=yes`); elsewhere drop --cpus".to_owned();
             if !policy.allow_degraded {
                 return Err(Error::LayerMissing { layer: "a cgroup for the CPU bandwidth limit (--cpus)", cause, fix });
             }

@@ -189,16 +189,16 @@ impl<'a> Monitor<'a> {
         if let Some(max) = self.limits.memory.filter(|&max| reading.memory > max) {
             self.record(Limit::Memory, max, true, format!(
                 "the run's processes together used {} of memory, over its limit of {}; every process was killed",
-                mib(reading.memory),
-                mib(max)
+                format_size(reading.memory),
+                format_size(max)
             ));
             return Some(Limit::Memory);
         }
         if let Some(max) = self.limits.cpu_time.filter(|&max| reading.cpu() > max) {
             self.record(Limit::CpuTime, max.as_millis() as u64, true, format!(
-                "the run's processes together used {:.1} s of CPU time, over its limit of {:.1} s; every process was killed",
-                reading.cpu().as_secs_f64(),
-                max.as_secs_f64()
+                "the run's processes together used {} of CPU time, over its limit of {}; every process was killed",
+                format_duration(reading.cpu()),
+                format_duration(max)
             ));
             return Some(Limit::CpuTime);
         }
@@ -212,8 +212,8 @@ impl<'a> Monitor<'a> {
                 }
                 if now.duration_since(since) >= PROCESS_LIMIT_GRACE {
                     self.record(Limit::MaxProcs, max, true, format!(
-                        "the run stayed at its limit of {max} processes and threads for {} s, as a fork bomb does; every process was killed",
-                        PROCESS_LIMIT_GRACE.as_secs()
+                        "the run stayed at its limit of {max} processes and threads for {}, as a fork bomb does; every process was killed",
+                        format_duration(PROCESS_LIMIT_GRACE)
                     ));
                     return Some(Limit::MaxProcs);
                 }
@@ -245,16 +245,39 @@ fn next_interval(limit: Option<u64>, used: u64) -> Duration {
     time.clamp(MIN_SAMPLE_INTERVAL, MAX_SAMPLE_INTERVAL)
 }
 
-/// Formats bytes as MiB for messages.
-pub fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+/// Formats a size for messages: whole units where the size is a multiple of one
+/// (`512 MiB`), one decimal otherwise (`512.2 MiB`).
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        let size = 1u64 << shift;
+        if bytes >= size {
+            return if bytes % size == 0 {
+                format!("{} {unit}", bytes >> shift)
+            } else {
+                format!("{:.1} {unit}", bytes as f64 / size as f64)
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// Formats a duration for messages: `30s`, `1.5s`, `250ms`.
+pub fn format_duration(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else if duration.as_secs() == 0 {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{:.1}s", duration.as_secs_f64())
+    }
 }
 
 /// A reading of every process of a run at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sample {
-    /// Anonymous resident memory plus swap of all processes, in bytes. Page cache and shared
-    /// memory are not counted; the temporary filesystems have their own size limit.
+    /// Private and shared memory of all processes plus their swap, in bytes, each page
+    /// divided among the processes that map it. Page cache is not counted, and neither are
+    /// shared memory pages no process maps; the temporary filesystems have their own limit.
     pub memory: u64,
     /// Processes and threads, the root included.
     pub tasks: u64,
@@ -294,9 +317,7 @@ pub fn sample(proc: &Path, root: libc::pid_t) -> Sample {
                 total.system_cpu += Duration::from_millis(fields.system_ticks * 1000 / ticks);
             }
         }
-        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
-            total.memory += status_kib(&status, "RssAnon:") * 1024 + status_kib(&status, "VmSwap:") * 1024;
-        }
+        total.memory += process_memory(&dir);
         let Ok(tasks) = std::fs::read_dir(dir.join("task")) else { continue };
         for task in tasks.flatten() {
             let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
@@ -304,6 +325,23 @@ pub fn sample(proc: &Path, root: libc::pid_t) -> Sample {
         }
     }
     total
+}
+
+/// Returns the memory of one process in bytes: its proportional share (PSS) of anonymous
+/// and shared memory and of swap, from `smaps_rollup`. Proportional shares keep the pages
+/// that forked children share with their parent from counting once per child. Where
+/// `smaps_rollup` cannot be read (a process that exits, Linux before 4.14), the resident
+/// anonymous and shared memory and swap of `status`, which count shared pages in full.
+fn process_memory(dir: &Path) -> u64 {
+    if let Ok(rollup) = std::fs::read_to_string(dir.join("smaps_rollup")) {
+        if rollup.contains("Pss_Anon:") {
+            return ["Pss_Anon:", "Pss_Shmem:", "SwapPss:"].iter().map(|key| status_kib(&rollup, key)).sum::<u64>() * 1024;
+        }
+    }
+    match std::fs::read_to_string(dir.join("status")) {
+        Ok(status) => ["RssAnon:", "RssShmem:", "VmSwap:"].iter().map(|key| status_kib(&status, key)).sum::<u64>() * 1024,
+        Err(_) => 0,
+    }
 }
 
 /// The fields of `/proc/PID/stat` the accounting needs.
@@ -326,8 +364,8 @@ fn parse_stat(text: &str) -> Option<StatFields> {
     Some(StatFields { user_ticks: number(14)? + number(16)?, system_ticks: number(15)? + number(17)?, threads: number(20)? })
 }
 
-/// Returns a `kB` value of `/proc/PID/status`, or 0 when the line is missing (a zombie has
-/// no memory lines).
+/// Returns a `kB` value of `/proc/PID/status` or `smaps_rollup`, or 0 when the line is
+/// missing (a zombie has no memory lines).
 fn status_kib(status: &str, key: &str) -> u64 {
     status
         .lines()
@@ -362,6 +400,31 @@ mod tests {
     }
 
     #[test]
+    fn pages_shared_with_a_forked_child_count_once() {
+        let buffer = vec![1u8; 64 << 20];
+        // SAFETY: the child only sleeps and exits, which is async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: sleep and _exit are async-signal-safe.
+            unsafe {
+                libc::sleep(5);
+                libc::_exit(0);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let parent = process_memory(Path::new(&format!("/proc/{}", std::process::id())));
+        let forked = process_memory(Path::new(&format!("/proc/{child}")));
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(parent + forked < 100 << 20, "64 MiB shared with a child counted as {} MiB", (parent + forked) >> 20);
+        assert!(parent + forked >= 64 << 20, "{parent} + {forked}");
+        drop(buffer);
+    }
+
+    #[test]
     fn this_process_is_measured() {
         let buffer = vec![1u8; 8 << 20];
         let reading = sample(Path::new("/proc"), std::process::id() as libc::pid_t);
@@ -378,6 +441,16 @@ mod tests {
         let near = next_interval(Some(512 << 20), 400 << 20);
         assert!(far > near && far < MAX_SAMPLE_INTERVAL, "{far:?} {near:?}");
         assert_eq!(next_interval(Some(512 << 20), 600 << 20), MIN_SAMPLE_INTERVAL);
+    }
+
+    #[test]
+    fn sizes_and_durations_read_well() {
+        assert_eq!(format_size(512 << 20), "512 MiB");
+        assert_eq!(format_size(537_092_096), "512.2 MiB");
+        assert_eq!(format_size(16 << 30), "16 GiB");
+        assert_eq!(format_size(100), "100 bytes");
+        assert_eq!(format_duration(Duration::from_millis(2500)), "2.5s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
     }
 
     #[test]

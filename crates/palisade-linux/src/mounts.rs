@@ -27,7 +27,9 @@ use crate::sys;
 /// exists on every host works, because the tmpfs mounted on it is visible only in the
 /// sandbox's namespace.
 const NEW_ROOT: &str = "/tmp";
-/// Scratch space for overlay layers and mask sources, outside the new root.
+/// Scratch space outside the new root: the directories behind `/tmp`, `/var/tmp`, `/dev/shm`
+/// and the home tmpfs, the overlay layers and the mask sources. Because they share this one
+/// tmpfs, the policy's `tmp_size` bounds all of them together.
 ///
 /// The stage is mounted over the host's `/dev` in the old root, once the device nodes have been
 /// cloned from there. It then goes away with the old root, which is detached after
@@ -103,14 +105,23 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
     for (op, tree) in plan.ops.iter().zip(detached) {
         match op {
             MountOp::Proc => attach_proc(&root)?,
-            MountOp::Dev => attach_dev(&root, &dev_nodes, plan.tmp_size)?,
-            MountOp::Tmp { path, writable, size } => {
-                attach_tmp(&root, path, *size)?;
+            MountOp::Dev => {
+                let shm = stage.scratch_dir("shm", 0o1777, None)?;
+                attach_dev(&root, &dev_nodes, &shm)?;
+            }
+            MountOp::Tmp { path, writable, .. } => {
+                let scratch = stage.scratch_dir("tmp", 0o1777, None)?;
+                let target = open_target(&root, path, Kind::Dir)?;
+                attach(&scratch, &target, path)?;
                 if !writable {
                     seal_later.push(path.clone());
                 }
             }
-            MountOp::HomeTmpfs { path } => attach_home(&root, path, owner, plan.tmp_size)?,
+            MountOp::HomeTmpfs { path } => {
+                let scratch = stage.scratch_dir("home", 0o755, Some((owner.uid, owner.gid)))?;
+                let target = open_target(&root, path, Kind::Dir)?;
+                attach(&scratch, &target, path)?;
+            }
             MountOp::Bind { path, kind, .. } => {
                 let target = open_target(&root, path, *kind)?;
                 attach(tree.as_ref().expect("bind was cloned"), &target, path)?;
@@ -403,7 +414,7 @@ fn attach_proc(root: &OwnedFd) -> Result<(), StepError> {
     )
 }
 
-fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm_size: Option<u64>) -> Result<(), StepError> {
+fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm: &OwnedFd) -> Result<(), StepError> {
     let _ = open_target(root, Path::new("/dev"), Kind::Dir)?;
     let dev = new_root_path(Path::new("/dev"));
     let dev_text = dev.to_string_lossy().into_owned();
@@ -421,7 +432,8 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm_size: Optio
         dev.join("pts"),
         rustix::mount::mount("devpts", dev.join("pts"), "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some(pts_options)),
     )?;
-    mount_tmpfs(&format!("{dev_text}/shm"), &format!("mode=1777{}", size_options(shm_size)), MountFlags::NOSUID | MountFlags::NODEV)?;
+    let shm_target = step_rustix("open", dev.join("shm"), rustix::fs::open(dev.join("shm"), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
+    attach(shm, &shm_target, &dev.join("shm"))?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -435,26 +447,14 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm_size: Optio
     step("make read-only", &dev, sys::mount_setattr(dev_fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))
 }
 
-/// Returns the tmpfs options that bound a temporary filesystem to `size` bytes and to one
-/// inode per 8 KiB of it (at least 4096), so that empty files cannot use up kernel memory
-/// that no size limit counts. Empty without a size: the kernel's default of half the memory.
+/// Returns the tmpfs options that bound the stage to `size` bytes and to one inode per 8 KiB
+/// of it (at least 4096), so that empty files cannot use up kernel memory that no size limit
+/// counts. Empty without a size: the kernel's default of half the memory.
 fn size_options(size: Option<u64>) -> String {
     match size {
         Some(bytes) => format!(",size={bytes},nr_inodes={}", (bytes / 8192).max(4096)),
         None => String::new(),
     }
-}
-
-fn attach_tmp(root: &OwnedFd, path: &Path, size: Option<u64>) -> Result<(), StepError> {
-    let _ = open_target(root, path, Kind::Dir)?;
-    let options = format!("mode=1777{}", size_options(size));
-    mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, MountFlags::NOSUID | MountFlags::NODEV)
-}
-
-fn attach_home(root: &OwnedFd, path: &Path, owner: &Owner<'_>, size: Option<u64>) -> Result<(), StepError> {
-    let _ = open_target(root, path, Kind::Dir)?;
-    let options = format!("mode=0755,uid={},gid={}{}", owner.uid, owner.gid, size_options(size));
-    mount_tmpfs(&new_root_path(path).to_string_lossy(), &options, MountFlags::NOSUID | MountFlags::NODEV)
 }
 
 /// Scratch directories and mask sources on the stage tmpfs.
@@ -482,6 +482,26 @@ impl Stage<'_> {
 
     /// Returns a detached, read-only mount of an empty file or directory with mode 000, which
     /// no process without capabilities can open, its owner included.
+    /// Returns a detached, writable, nosuid and nodev mount of a new stage directory with
+    /// `mode`, owned by `owner` if given: the backing of a temporary directory of the sandbox.
+    fn scratch_dir(&mut self, label: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<OwnedFd, StepError> {
+        let path = self.fresh_dir(label)?;
+        // chmod, not the mode of mkdir, which the umask would narrow.
+        step_rustix("set mode of", &path, rustix::fs::chmod(&path, Mode::from_raw_mode(mode)))?;
+        if let Some((uid, gid)) = owner {
+            let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+            step_rustix("set owner of", &path, rustix::fs::chown(&path, Some(uid), Some(gid)))?;
+        }
+        let source = step_rustix("open", &path, rustix::fs::open(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
+        let tree = step_rustix(
+            "clone",
+            &path,
+            rustix::mount::open_tree(source.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
+        )?;
+        step("restrict", &path, sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, None))?;
+        Ok(tree)
+    }
+
     fn empty_mask(&mut self, kind: Kind) -> Result<OwnedFd, StepError> {
         self.next += 1;
         let path = Path::new(STAGE).join(format!("mask{}", self.next));

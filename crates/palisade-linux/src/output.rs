@@ -136,6 +136,8 @@ fn pump(read_end: &OwnedFd, index: usize, shared: &Shared) {
     let Ok(target) = target else { return };
     let mut buffer = vec![0u8; 64 * 1024];
     let mut writable = true;
+    // Whether the last byte copied ended a line, so the marker starts on a line of its own.
+    let mut at_line_start = true;
     loop {
         let n = match rustix::io::read(read_end, &mut buffer) {
             Ok(0) => return,
@@ -149,18 +151,20 @@ fn pump(read_end: &OwnedFd, index: usize, shared: &Shared) {
             Some(max) => max.saturating_sub(before).min(n as u64) as usize,
             None => n,
         };
-        if writable && allowed > 0 && write_all(&target, &buffer[..allowed]).is_err() {
-            // The reader of palisade's output went away. Closing this end gives the command
-            // the same EPIPE or SIGPIPE it would have got writing there directly.
-            return;
+        if writable && allowed > 0 {
+            if write_all(&target, &buffer[..allowed]).is_err() {
+                // The reader of palisade's output went away. Closing this end gives the
+                // command the same EPIPE or SIGPIPE it would have got writing there directly.
+                return;
+            }
+            at_line_start = buffer[allowed - 1] == b'\n';
         }
         if allowed < n {
             writable = false;
             if !shared.marker_written.swap(true, Ordering::Relaxed) {
-                let max = shared.max_output.unwrap_or_default();
-                let marker = format!(
-                    "\n[palisade: output cut after {max} bytes: the run reached its output limit (--max-output) and was stopped]\n"
-                );
+                let max = crate::limits::format_size(shared.max_output.unwrap_or_default());
+                let newline = if at_line_start { "" } else { "\n" };
+                let marker = format!("{newline}[palisade: output cut after {max}: the run reached its output limit and was stopped]\n");
                 let _ = write_all(&std::io::stderr().as_fd(), marker.as_bytes());
                 let _ = rustix::io::write(&shared.limit_write, b"1");
             }

@@ -24,10 +24,10 @@ pub enum MountOp {
     Proc,
     /// A minimal `/dev`: null, zero, full, random, urandom, tty, a private pts instance, shm.
     Dev,
-    /// A private tmpfs, discarded at the end of the run (`/tmp`, `/var/tmp`).
-    Tmp { path: PathBuf, writable: bool, size: Option<u64> },
-    /// An empty, writable tmpfs for the home directory; allowed parts of the real home are bound
-    /// on top.
+    /// A private temporary directory, discarded at the end of the run (`/tmp`, `/var/tmp`).
+    Tmp { path: PathBuf, writable: bool },
+    /// An empty, writable temporary directory for the home directory; allowed parts of the real
+    /// home are bound on top.
     HomeTmpfs { path: PathBuf },
     /// The host path, bound at the same path. `idmap` maps files owned by the calling root user
     /// to the sandbox user, see [`crate::Identity`].
@@ -83,8 +83,8 @@ impl MountOp {
 pub struct MountPlan {
     pub ops: Vec<MountOp>,
     pub symlinks: Vec<(PathBuf, PathBuf)>,
-    /// The size of each temporary filesystem: `/tmp`, `/var/tmp`, `/dev/shm`, the home
-    /// directory and the stage that holds the caches' copy-on-write layers.
+    /// The size of the one tmpfs behind `/tmp`, `/var/tmp`, `/dev/shm`, the home directory and
+    /// the caches' copy-on-write layers.
     pub tmp_size: Option<u64>,
 }
 
@@ -103,8 +103,8 @@ pub fn build(
     let mut ops = vec![
         MountOp::Proc,
         MountOp::Dev,
-        MountOp::Tmp { path: "/tmp".into(), writable: fs.tmp_writable, size: policy.limits.tmp_size },
-        MountOp::Tmp { path: "/var/tmp".into(), writable: fs.tmp_writable, size: policy.limits.tmp_size },
+        MountOp::Tmp { path: "/tmp".into(), writable: fs.tmp_writable },
+        MountOp::Tmp { path: "/var/tmp".into(), writable: fs.tmp_writable },
     ];
 
     let home_writable = fs.writable.iter().any(|root| is_within(&policy.home, root));

@@ -205,14 +205,15 @@ pub fn run(
             let timeout = policy.limits.timeout.unwrap_or_default();
             monitor.record(Limit::Timeout, timeout.as_millis() as u64, true, format!(
                 "the run did not finish within its timeout of {}; every process was killed",
-                humanize(timeout)
+                limits::format_duration(timeout)
             ));
             return finish(Exit::TimedOut, None, usage, monitor.events, layers);
         }
         End::Limit(Limit::Output) => {
             let max = policy.limits.max_output.unwrap_or_default();
             monitor.record(Limit::Output, max, true, format!(
-                "the run wrote more than its output limit of {max} bytes; the output was cut and every process was killed"
+                "the run wrote more than its output limit of {}; the output was cut and every process was killed",
+                limits::format_size(max)
             ));
             return finish(Exit::Killed(Limit::Output), None, usage, monitor.events, layers);
         }
@@ -226,7 +227,7 @@ pub fn run(
         let max = policy.limits.memory.unwrap_or_default();
         monitor.record(Limit::Memory, max, true, format!(
             "the run's processes together reached its memory limit of {}; the kernel killed every process",
-            limits::mib(max)
+            limits::format_size(max)
         ));
         return finish(Exit::Killed(Limit::Memory), None, usage, monitor.events, layers);
     }
@@ -263,35 +264,25 @@ pub fn run(
             let max = policy.limits.cpu_time.unwrap_or_default();
             monitor.record(Limit::CpuTime, max.as_millis() as u64, true, format!(
                 "the command used more than its CPU time limit of {} and the kernel ended it with SIGXCPU",
-                humanize(max)
+                limits::format_duration(max)
             ));
         }
         Exit::Signal(libc::SIGXFSZ) => {
             let max = policy.limits.max_file_size.unwrap_or_default();
             monitor.record(Limit::MaxFileSize, max, true, format!(
-                "the command wrote past the file size limit of {max} bytes and the kernel ended it with SIGXFSZ"
+                "the command wrote past the file size limit of {} and the kernel ended it with SIGXFSZ",
+                limits::format_size(max)
             ));
         }
         _ => {}
     }
     if end == End::Terminated {
         eprintln!(
-            "palisade: the command did not exit within {} s of the signal palisade passed on; every process of the run was killed",
-            TERMINATION_GRACE.as_secs()
+            "palisade: the command did not exit within {} of the signal palisade passed on; every process of the run was killed",
+            limits::format_duration(TERMINATION_GRACE)
         );
     }
     finish(exit, exec_error, usage, monitor.events, layers)
-}
-
-/// Formats a duration for messages: `30s`, `1.5s`, `250ms`.
-pub(crate) fn humanize(duration: Duration) -> String {
-    if duration.subsec_millis() == 0 {
-        format!("{}s", duration.as_secs())
-    } else if duration.as_secs() == 0 {
-        format!("{}ms", duration.as_millis())
-    } else {
-        format!("{:.1}s", duration.as_secs_f64())
-    }
 }
 
 /// The way waiting for a run ended.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use palisade_policy::Policy;
 
+use crate::limits::{Limit, LimitEvent};
 use crate::{Error, Exit, Outcome};
 
 pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
@@ -43,7 +44,18 @@ pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             let _ = crate::sys::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
             let _ = child.wait();
-            return Ok(Outcome { exit: Exit::TimedOut, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage: Default::default(), limits_reached: Vec::new() });
+            let timeout = policy.limits.timeout.unwrap_or_default();
+            let event = LimitEvent {
+                limit: Limit::Timeout,
+                value: timeout.as_millis() as u64,
+                ended_run: true,
+                message: format!(
+                    "the command did not finish within its timeout of {}; its process group was killed",
+                    crate::limits::format_duration(timeout)
+                ),
+            };
+            let usage = Default::default();
+            return Ok(Outcome { exit: Exit::TimedOut, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage, limits_reached: vec![event] });
         }
         std::thread::sleep(Duration::from_millis(10));
     }

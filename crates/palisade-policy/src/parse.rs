@@ -18,7 +18,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("expected a number in '{text}'"));
+            return Err(format!("expected a number in '{text}', such as 30s or 5m, or \"unlimited\""));
         }
         let value: u64 = rest[..digits].parse().map_err(|_| format!("number too large in '{text}'"))?;
         rest = &rest[digits..];
@@ -58,6 +58,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "M" => 20,
         "g" | "G" => 30,
         "t" | "T" => 40,
+        other if other.starts_with('.') => {
+            return Err(format!("fractions are not supported in '{text}'; use a smaller unit, such as 1536M for 1.5G"));
+        }
         other => return Err(format!("unknown size suffix '{other}' in '{text}' (use K, M, G or T)")),
     };
     let bytes = value.checked_mul(1 << shift).ok_or_else(|| format!("size too large: '{text}'"))?;

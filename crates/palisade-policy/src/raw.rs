@@ -66,18 +66,19 @@ pub struct RawNetwork {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
-    pub timeout: Option<Spanned<String>>,
-    pub cpu_time: Option<Spanned<String>>,
-    pub memory: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<RawNumber>>,
+    pub cpu_time: Option<Spanned<RawNumber>>,
+    pub memory: Option<Spanned<RawNumber>>,
     pub max_procs: Option<Spanned<RawNumber>>,
-    pub max_file_size: Option<Spanned<String>>,
+    pub max_file_size: Option<Spanned<RawNumber>>,
     pub max_open_files: Option<Spanned<RawNumber>>,
-    pub tmp_size: Option<Spanned<String>>,
-    pub max_output: Option<Spanned<String>>,
+    pub tmp_size: Option<Spanned<RawNumber>>,
+    pub max_output: Option<Spanned<RawNumber>>,
     pub cpus: Option<Spanned<RawNumber>>,
 }
 
-/// A count as written: a TOML number, or a string such as `"unlimited"`.
+/// A limit as written: a TOML number (seconds for a duration, bytes for a size), or a string
+/// such as `"10m"`, `"4G"` or `"unlimited"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum RawNumber {

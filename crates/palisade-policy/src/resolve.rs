@@ -452,13 +452,12 @@ fn resolve_limits(
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Option<Option<T>>, PolicyError> {
         let Some((text, origin)) = given else { return Ok(None) };
-        if text == UNLIMITED {
+        if text.eq_ignore_ascii_case(UNLIMITED) {
             return Ok(Some(None));
         }
         parse(&text).map(|value| Some(Some(value))).map_err(|reason| PolicyError::InvalidValue { what, value: text, origin, reason })
     }
-    let string = |value: &String| value.clone();
-    let number = |value: &RawNumber| value.to_text();
+    let text = |value: &RawNumber| value.to_text();
     let count = |text: &str| -> Result<u64, String> {
         match text.parse::<u64>() {
             Ok(0) => Err("must be greater than zero".into()),
@@ -480,29 +479,29 @@ fn resolve_limits(
     let or_default_duration = |given: Option<Option<Duration>>, default: Option<Duration>| given.unwrap_or(default);
     Ok(Limits {
         timeout: or_default_duration(
-            parse("timeout", pick(&overrides.timeout, &file.timeout, string, origin), parse_duration)?,
+            parse("timeout", pick(&overrides.timeout, &file.timeout, text, origin), parse_duration)?,
             defaults.timeout,
         ),
         cpu_time: or_default_duration(
-            parse("CPU time", pick(&overrides.cpu_time, &file.cpu_time, string, origin), parse_duration)?,
+            parse("CPU time", pick(&overrides.cpu_time, &file.cpu_time, text, origin), parse_duration)?,
             defaults.cpu_time,
         ),
-        memory: or_default(parse("memory size", pick(&overrides.memory, &file.memory, string, origin), parse_size)?, defaults.memory),
-        max_procs: or_default(parse("process limit", pick(&overrides.max_procs, &file.max_procs, number, origin), count)?, defaults.max_procs),
+        memory: or_default(parse("memory size", pick(&overrides.memory, &file.memory, text, origin), parse_size)?, defaults.memory),
+        max_procs: or_default(parse("process limit", pick(&overrides.max_procs, &file.max_procs, text, origin), count)?, defaults.max_procs),
         max_file_size: or_default(
-            parse("file size", pick(&overrides.max_file_size, &file.max_file_size, string, origin), parse_size)?,
+            parse("file size", pick(&overrides.max_file_size, &file.max_file_size, text, origin), parse_size)?,
             defaults.max_file_size,
         ),
         max_open_files: or_default(
-            parse("open file limit", pick(&overrides.max_open_files, &file.max_open_files, number, origin), count)?,
+            parse("open file limit", pick(&overrides.max_open_files, &file.max_open_files, text, origin), count)?,
             defaults.max_open_files,
         ),
-        tmp_size: or_default(parse("/tmp size", pick(&overrides.tmp_size, &file.tmp_size, string, origin), parse_size)?, defaults.tmp_size),
+        tmp_size: or_default(parse("/tmp size", pick(&overrides.tmp_size, &file.tmp_size, text, origin), parse_size)?, defaults.tmp_size),
         max_output: or_default(
-            parse("output limit", pick(&overrides.max_output, &file.max_output, string, origin), parse_size)?,
+            parse("output limit", pick(&overrides.max_output, &file.max_output, text, origin), parse_size)?,
             defaults.max_output,
         ),
-        cpus_milli: or_default(parse("CPU count", pick(&overrides.cpus, &file.cpus, number, origin), cpus)?, defaults.cpus_milli),
+        cpus_milli: or_default(parse("CPU count", pick(&overrides.cpus, &file.cpus, text, origin), cpus)?, defaults.cpus_milli),
     })
 }
 
@@ -1284,6 +1283,15 @@ mod tests {
         assert_eq!(policy.limits.max_procs, None);
         assert_eq!(policy.limits.memory, None);
         assert_eq!(policy.limits.max_file_size, Some(DEFAULT_MAX_FILE_SIZE));
+    }
+
+    #[test]
+    fn limits_take_toml_numbers() {
+        let world = World::new("numbers");
+        let policy = world.resolve("[limits]\ntimeout = 30\nmemory = 536870912\nmax_procs = \"UNLIMITED\"\n", Overrides::default()).unwrap();
+        assert_eq!(policy.limits.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(policy.limits.memory, Some(512 << 20));
+        assert_eq!(policy.limits.max_procs, None);
     }
 
     #[test]

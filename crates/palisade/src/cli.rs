@@ -29,6 +29,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Every limit also takes \"unlimited\", which lifts its default.")]
 pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -64,34 +65,35 @@ pub struct PolicyArgs {
     /// implies --net allowlist, which this build refuses).
     #[arg(long, value_name = "PATTERN")]
     pub allow_domain: Vec<String>,
-    /// Wall-clock limit, such as 30s or 5m; every process of the run is killed when it expires.
+    /// Wall-clock limit, such as 30s or 5m; every process of the run is killed when it expires
+    /// (default: none).
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// CPU time of all processes together, such as 10m, or "unlimited" (default).
+    /// CPU time of all processes together, such as 10m (default: none).
     #[arg(long, value_name = "DURATION")]
     pub cpu_time: Option<String>,
-    /// Memory of all processes together, swap included, such as 512M or 2G, or "unlimited"
-    /// (default: half the machine's memory).
+    /// Memory of all processes together, swap included, such as 512M or 2G (default: half the
+    /// machine's memory).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// Processes and threads at once, or "unlimited" (default: 4096).
+    /// Processes and threads at once (default: 4096).
     #[arg(long, value_name = "N")]
     pub max_procs: Option<String>,
-    /// Size of any one file the command writes, such as 1G, or "unlimited" (default: 16G).
+    /// Size of any one file the command writes, such as 1G (default: 16G).
     #[arg(long, value_name = "SIZE")]
     pub max_file_size: Option<String>,
-    /// Open files per process, or "unlimited" (default: 65536, or less if palisade has less).
+    /// Open files per process (default: 65536, or less if palisade has less).
     #[arg(long, value_name = "N")]
     pub max_open_files: Option<String>,
-    /// Size of each temporary filesystem (/tmp, /var/tmp, /dev/shm, the home directory and
-    /// the cache layers), or "unlimited" (default: 4G, or a quarter of the memory if less).
+    /// Size of the temporary filesystem that /tmp, /var/tmp, /dev/shm, the home directory and
+    /// the cache layers share (default: 4G, or a quarter of the machine's memory if less).
     #[arg(long, value_name = "SIZE")]
     pub tmp_size: Option<String>,
-    /// Bytes of stdout and stderr together; past it the output is cut and the run stopped.
-    /// Default: unlimited.
+    /// Bytes of stdout and stderr together; past it the output is cut and the run stopped
+    /// (default: none).
     #[arg(long, value_name = "SIZE")]
     pub max_output: Option<String>,
-    /// CPU bandwidth, such as 1.5 CPUs; needs a delegated cgroup v2. Default: unlimited.
+    /// CPU bandwidth, such as 1.5 CPUs; needs a delegated cgroup v2 (default: none).
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
     /// Pass a variable through (NAME) or set it (NAME=VALUE) (repeatable).
@@ -159,10 +161,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 
 fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
     let policy = args.policy.resolve()?;
-    if policy.profile == palisade_policy::Profile::Unconfined {
-        eprintln!("palisade: profile unconfined: the command runs without a sandbox");
-    }
     let mut notice = |layers: &palisade_linux::Layers| {
+        // Called once the policy is known to be enforceable, so a refused run prints no warning.
+        if policy.profile == palisade_policy::Profile::Unconfined {
+            eprintln!("palisade: profile unconfined: the command runs without a sandbox");
+        }
         if layers.degraded() {
             eprintln!(
                 "palisade: degraded mode: enforced {}; missing {}",
@@ -175,7 +178,9 @@ fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
     if let Some((_, reason)) = &outcome.exec_error {
         eprintln!("palisade: {reason}");
     }
-    for event in outcome.limits_reached.iter().filter(|event| event.ended_run) {
+    // The output limit has its marker in the output already.
+    let ended = outcome.limits_reached.iter().filter(|event| event.ended_run && event.limit != palisade_linux::limits::Limit::Output);
+    for event in ended {
         eprintln!("palisade: {}", event.message);
     }
     if let Some(path) = &args.policy.report {
