@@ -257,8 +257,8 @@ def make_workloads(names: list[str], workspace: Path, jobs: int) -> list[Workloa
     workloads = []
     if "cpu" in names:
         # The interpreter running this script, with the symlinks resolved so that pyenv's shim
-        # scripts stay out of the measurement. -I ignores PYTHON* variables, which palisade
-        # does not pass through as they are.
+        # scripts stay out of the measurement. -I ignores PYTHON* variables and the user's site
+        # directory, so the interpreter starts the same way whatever environment a run gets.
         python = os.path.realpath(sys.executable)
         workloads.append(Workload("cpu", [python, "-I", "-c", CPU_SCRIPT], prepare=lambda: None))
 
@@ -283,6 +283,11 @@ def make_workloads(names: list[str], workspace: Path, jobs: int) -> list[Workloa
     return workloads
 
 
+def displayed(argv: list[str]) -> list[str]:
+    """Return `argv` with the multi-line cpu script replaced by its name, for messages."""
+    return ["CPU_SCRIPT" if part == CPU_SCRIPT else part for part in argv]
+
+
 def run_untimed(argv: list[str], cwd: Path) -> None:
     """Run a preparation step such as `make clean`. Raises RunFailed if it fails."""
     completed = subprocess.run(
@@ -293,7 +298,7 @@ def run_untimed(argv: list[str], cwd: Path) -> None:
 
 
 class MemoryPoller:
-    """Polls VmHWM and VmRSS of one process in a thread until the process exits or stop().
+    """A thread that polls VmHWM and VmRSS of one process until it exits or stop() is called.
 
     The process's /proc directory is opened once at the start. Reading `status` through that
     descriptor fails once the process is reaped, so a recycled PID is never read instead.
@@ -356,7 +361,7 @@ def run_once(
     """Prepare the workspace, run the workload once under `sandbox` and time it.
 
     Raises RunFailed if the run exits non-zero or prints something other than
-    `expected_stdout`, since then it did not do the work that the other runs did.
+    `expected_stdout`, because then it did not do the work that the other runs did.
     """
     workload.prepare()
     stdout_file, stderr_file = output_files
@@ -400,14 +405,16 @@ def check_output(
     stdout_file, stderr_file = output_files
     stderr_file.seek(0)
     if returncode != 0:
-        raise RunFailed(describe_failure(sandbox.name, argv, returncode, stderr_file.read()))
+        raise RunFailed(
+            describe_failure(sandbox.name, displayed(argv), returncode, stderr_file.read())
+        )
 
     stdout_file.seek(0)
     stdout = stdout_file.read()
     if stdout != expected_stdout:
         raise RunFailed(
             f"{sandbox.name} ran {workload.name} but printed {stdout!r}, expected "
-            f"{expected_stdout!r}\n  command: {' '.join(argv)}"
+            f"{expected_stdout!r}\n  command: {' '.join(displayed(argv))}"
         )
 
 
@@ -422,8 +429,12 @@ def expected_output(workload: Workload, workspace: Path) -> bytes:
     )
     if completed.returncode != 0 or not completed.stdout:
         raise RunFailed(
-            describe_failure(f"bare {workload.name}", workload.command, completed.returncode,
-                             completed.stderr)
+            describe_failure(
+                f"bare {workload.name}",
+                displayed(workload.command),
+                completed.returncode,
+                completed.stderr,
+            )
         )
     return completed.stdout
 
@@ -510,15 +521,20 @@ def summarise(entry: Samples) -> dict:
     }
 
 
-def compare(figures: dict[str, dict]) -> dict:
+def compare(figures: dict[str, dict], bare_ns: list[int], palisade_ns: list[int]) -> dict:
     """Compute the ratios of medians and the target verdict for one workload.
 
-    The ratios with bwrap are None when bwrap was skipped.
+    `bare_ns` and `palisade_ns` are the wall times in round order. The ratios with bwrap are
+    None when bwrap was skipped.
     """
     bare, palisade, bwrap = figures["bare"], figures["palisade"], figures.get("bwrap")
+    # Both commands ran in the same round, minutes apart at most, so the ratio within a round
+    # is less affected by slow drift than the ratio of the two medians.
+    paired = [p / b for p, b in zip(palisade_ns, bare_ns)]
     result = {
         "overhead_median_s": palisade["median_s"] - bare["median_s"],
         "ratio_to_bare_median": palisade["median_s"] / bare["median_s"],
+        "ratio_to_bare_paired_median": statistics.median(paired),
         "ratio_to_bwrap_median": None,
         "bwrap_ratio_to_bare_median": None,
     }
@@ -546,15 +562,18 @@ def print_workload(name: str, figures: dict[str, dict], comparison: dict, rounds
         f"maxima of the started process: the workload itself for bare, palisade or bwrap for "
         f"the sandboxes)"
     )
+    print(f"palisade - bare:  median {comparison['overhead_median_s']:+.3f} s")
     print(
-        f"palisade - bare:  median {comparison['overhead_median_s']:+.3f} s; "
-        f"palisade / bare: median {comparison['ratio_to_bare_median']:.4f}"
+        f"palisade / bare:  median {comparison['ratio_to_bare_median']:.4f}, "
+        f"median of per-round ratios {comparison['ratio_to_bare_paired_median']:.4f}"
     )
     if comparison["ratio_to_bwrap_median"] is not None:
         print(
             f"palisade / bwrap: median {comparison['ratio_to_bwrap_median']:.4f}; "
             f"bwrap / bare: median {comparison['bwrap_ratio_to_bare_median']:.4f}"
         )
+    else:
+        print("palisade / bwrap: not measured, bwrap was skipped")
     verdict = "met" if comparison["target_met"] else "MISSED"
     print(
         f"target palisade / bare median <= {MAX_RATIO_TO_BARE:g}: {verdict}"
@@ -578,16 +597,21 @@ def print_report_context(name: str, context: dict | None) -> None:
     peak = usage.get("peak_memory_bytes")
     peak_text = "n/a" if peak is None else f"{peak / 2**20:.1f} MiB"
     print(
-        f"palisade usage ({name}): wall {usage.get('wall_time_ms')} ms, user CPU "
-        f"{usage.get('user_cpu_ms')} ms, system CPU {usage.get('system_cpu_ms')} ms, "
-        f"peak memory {peak_text}, peak processes {usage.get('peak_processes')}, "
-        f"stdout {usage.get('stdout_bytes')} B, stderr {usage.get('stderr_bytes')} B"
+        f"palisade usage ({name}): wall {format_ms(usage.get('wall_time_ms'))}, user CPU "
+        f"{format_ms(usage.get('user_cpu_ms'))}, system CPU "
+        f"{format_ms(usage.get('system_cpu_ms'))}, peak memory {peak_text}, peak processes "
+        f"{usage.get('peak_processes')}, stdout {usage.get('stdout_bytes')} B, stderr "
+        f"{usage.get('stderr_bytes')} B"
     )
 
 
+def format_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} ms"
+
+
 def format_load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+    last_minute, last_5_minutes, last_15_minutes = os.getloadavg()
+    return f"{last_minute:.2f} {last_5_minutes:.2f} {last_15_minutes:.2f}"
 
 
 def main(argv: list[str]) -> int:
@@ -635,8 +659,7 @@ def measure(
     for sandbox in sandboxes:
         print(f"{sandbox.name}: {' '.join(sandbox.wrapper) or '(no wrapper)'}")
     for workload in workloads:
-        shown = ["python -c CPU_SCRIPT" if part == CPU_SCRIPT else part for part in workload.command]
-        print(f"workload {workload.name}: {' '.join(shown)}")
+        print(f"workload {workload.name}: {' '.join(displayed(workload.command))}")
 
     with tempfile.TemporaryFile() as stdout_file, tempfile.TemporaryFile() as stderr_file:
         output_files = (stdout_file, stderr_file)
@@ -673,7 +696,11 @@ def measure(
     results = {}
     for workload in workloads:
         figures = {s.name: summarise(samples[(workload.name, s.name)]) for s in sandboxes}
-        comparison = compare(figures)
+        comparison = compare(
+            figures,
+            samples[(workload.name, "bare")].wall_ns,
+            samples[(workload.name, "palisade")].wall_ns,
+        )
         results[workload.name] = {"figures": figures, "comparison": comparison}
         print_workload(workload.name, figures, comparison, args.rounds)
 
