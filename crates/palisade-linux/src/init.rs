@@ -220,6 +220,9 @@ fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
 /// Prepares the namespaces: hostname, loopback, and the new root.
 fn setup(context: &InitContext<'_>) -> Result<(), String> {
     rustix::system::sethostname(b"palisade").map_err(|error| format!("failed to set the hostname: {error}"))?;
+    if let Some(bytes) = context.plan.tmp_size {
+        limit_shared_memory_segments(bytes);
+    }
     sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
 
     let (uid, gid) = context.identity.sandbox_ids();
@@ -232,6 +235,19 @@ fn setup(context: &InitContext<'_>) -> Result<(), String> {
     let report = &context.report;
     mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
         .map_err(|error| error.0)
+}
+
+/// Bounds the System V shared memory of the run's IPC namespace to `bytes` in all, as its
+/// temporary filesystem is bounded: a segment that no process maps counts against no other
+/// limit. The namespace is the run's own, so the host's settings are unchanged.
+///
+/// NOTE: takes effect only when palisade runs as root. The kernel lets only uid 0 of the
+/// namespace's owner write these files, and for an unprivileged caller init runs as the
+/// caller's own uid, so the kernel's defaults (no practical bound) stay.
+fn limit_shared_memory_segments(bytes: u64) {
+    let pages = bytes / rustix::param::page_size() as u64;
+    let _ = std::fs::write("/proc/sys/kernel/shmmax", bytes.to_string());
+    let _ = std::fs::write("/proc/sys/kernel/shmall", pages.max(1).to_string());
 }
 
 /// Forwards signals to the command and reaps children until the command exits, then exits
