@@ -181,7 +181,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     layers.landlock_tcp = rules.deny_tcp && abi >= 4;
     // Without a user namespace, RLIMIT_NPROC would count every process of the user on the
     // host, so the process limit rests on the accounting alone.
-    let rlimits: Vec<_> = crate::limits::rlimits(&policy.limits).into_iter().filter(|limit| !limit.describe().starts_with("nproc=")).collect();
+    let rlimits: Vec<_> = crate::limits::rlimits(&policy.limits).into_iter().filter(|limit| limit.name() != "nproc").collect();
     layers.rlimits = rlimits.iter().map(crate::limits::Rlimit::describe).collect();
     let confinement = Confinement {
         rlimits,

@@ -71,6 +71,11 @@ pub struct Rlimit {
 }
 
 impl Rlimit {
+    /// Returns the limit's short name: `core`, `nproc`, `fsize`, `nofile` or `cpu`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Returns the limit as `name=value`, as the report lists it.
     pub fn describe(&self) -> String {
         format!("{}={}", self.name, self.soft)
