@@ -162,23 +162,14 @@ pub fn run(
     });
 
     let wall_time = started.elapsed();
-    let mut usage = limits::Usage { stdout_bytes, stderr_bytes, output_merged, ..limits::Usage::default() };
     let reported = messages.iter().find_map(|message| match message {
         Message::Usage { user_us, system_us, max_rss_kib } => Some(sys::ResourceUsage { user_us: *user_us, system_us: *system_us, max_rss_kib: *max_rss_kib }),
         _ => None,
     });
-    if let Some(rusage) = init_usage.as_ref().map(|(_, rusage)| rusage).or(reported.as_ref()) {
-        usage.user_cpu = Some(Duration::from_micros(rusage.user_us));
-        usage.system_cpu = Some(Duration::from_micros(rusage.system_us));
-        usage.peak_memory = Some(rusage.max_rss_kib * 1024);
-    }
+    let rusage = init_usage.as_ref().map(|(_, rusage)| *rusage).or(reported);
+    let mut usage = merge_usage(rusage, cgroup_usage.as_ref(), monitor.peaks());
+    (usage.stdout_bytes, usage.stderr_bytes, usage.output_merged) = (stdout_bytes, stderr_bytes, output_merged);
     if let Some(counted) = &cgroup_usage {
-        // The kernel's own figures are exact, where it has them.
-        let micros = |us: Option<u64>| us.map(Duration::from_micros);
-        usage.user_cpu = micros(counted.cpu_user_us).or(usage.user_cpu);
-        usage.system_cpu = micros(counted.cpu_system_us).or(usage.system_cpu);
-        usage.peak_memory = counted.memory_peak.or(usage.peak_memory);
-        usage.peak_tasks = counted.pids_peak;
         if counted.pids_refused > 0 && !monitor.events.iter().any(|event| event.limit == Limit::MaxProcs) {
             let max = policy.limits.max_procs.unwrap_or_default();
             monitor.record(Limit::MaxProcs, max, false, format!(
@@ -186,16 +177,6 @@ pub fn run(
                 counted.pids_refused
             ));
         }
-    }
-    if let Some((memory, tasks, (user, system))) = monitor.peaks() {
-        // Processes killed with the run are reaped during teardown, and their time does not
-        // always reach the usage of init, so the last reading can be the larger.
-        usage.user_cpu = usage.user_cpu.max(Some(user));
-        usage.system_cpu = usage.system_cpu.max(Some(system));
-        if cgroup_usage.is_none() {
-            usage.peak_memory = usage.peak_memory.max(Some(memory));
-        }
-        usage.peak_tasks = usage.peak_tasks.max(Some(tasks));
     }
     let finish = |exit: Exit, exec_error: Option<(i32, String)>, usage: limits::Usage, events: Vec<limits::LimitEvent>, layers: Layers| {
         Ok(Outcome { exit, wall_time, exec_error, layers, usage, limits_reached: events })
@@ -283,6 +264,40 @@ pub fn run(
         );
     }
     finish(exit, exec_error, usage, monitor.events, layers)
+}
+
+/// Combines what each source measured of a run: the usage of the processes init reaped,
+/// the cgroup's figures, which are exact where the kernel has them, and the accounting's
+/// peaks.
+fn merge_usage(
+    rusage: Option<sys::ResourceUsage>,
+    cgroup: Option<&cgroup::Usage>,
+    peaks: Option<(u64, u64, (Duration, Duration))>,
+) -> limits::Usage {
+    let mut usage = limits::Usage::default();
+    if let Some(rusage) = rusage {
+        usage.user_cpu = Some(Duration::from_micros(rusage.user_us));
+        usage.system_cpu = Some(Duration::from_micros(rusage.system_us));
+        usage.peak_memory = Some(rusage.max_rss_kib * 1024);
+    }
+    if let Some(counted) = cgroup {
+        let micros = |us: Option<u64>| us.map(Duration::from_micros);
+        usage.user_cpu = micros(counted.cpu_user_us).or(usage.user_cpu);
+        usage.system_cpu = micros(counted.cpu_system_us).or(usage.system_cpu);
+        usage.peak_memory = counted.memory_peak.or(usage.peak_memory);
+        usage.peak_tasks = counted.pids_peak;
+    }
+    if let Some((memory, tasks, (user, system))) = peaks {
+        // Processes killed with the run are reaped during teardown, and their time does not
+        // always reach the usage of init, so the last reading can be the larger.
+        usage.user_cpu = usage.user_cpu.max(Some(user));
+        usage.system_cpu = usage.system_cpu.max(Some(system));
+        if cgroup.is_none() {
+            usage.peak_memory = usage.peak_memory.max(Some(memory));
+        }
+        usage.peak_tasks = usage.peak_tasks.max(Some(tasks));
+    }
+    usage
 }
 
 /// The way waiting for a run ended.
