@@ -8,9 +8,9 @@ Two workloads do a fixed amount of work, each a few seconds long:
 
 Each round runs every workload once per command (bare, palisade, bwrap), and the order of the
 commands rotates from round to round, so slow drift on the machine and the position in a round
-affect all of them alike. While a command runs, a thread polls VmHWM and VmRSS of the process
-the script started (palisade itself for the palisade runs, not the sandboxed command), so the
-script can report how much memory palisade needs to supervise a run.
+affect all of them alike. While a command runs, a thread polls VmHWM, VmRSS and the CPU time of
+the process the script started. For the palisade runs that is palisade itself, not the
+sandboxed command, so the script can report what palisade needs to supervise a run.
 
 The script prints the median and p95 of each command, palisade/bare and palisade/bwrap, and
 states whether the target "palisade within 2% of bare" is met. It exits 0 when every run
@@ -58,7 +58,7 @@ from startup import (  # noqa: E402
 MAX_RATIO_TO_BARE = 1.02
 
 # Chained SHA-256 rounds of the cpu workload. The work is fixed, not the time: 4.5 million
-# rounds take about 3 s with CPython 3.11 on the 2-CPU Xeon VM recorded in docs/benchmarks.md.
+# rounds took 2.6 to 3.1 s with CPython 3.11 on the 2-CPU Xeon VM in docs/benchmarks.md.
 CPU_ROUNDS = 4_500_000
 
 CPU_SCRIPT = f"""
@@ -72,7 +72,7 @@ print(digest.hex(), total)
 """
 
 # Size of the generated C project: C_MODULES files of C_FUNCTIONS_PER_MODULE functions each,
-# plus main.c. With -O2 the build takes about 3 s with `make -j2` on the same VM.
+# plus main.c. With -O2 the build took about 2.8 s with `make -j2` on the same VM.
 C_MODULES = 20
 C_FUNCTIONS_PER_MODULE = 50
 
@@ -98,8 +98,8 @@ clean:
 .PHONY: check clean
 """
 
-# Interval of the thread that polls the started process's memory, in seconds.
-MEMORY_POLL_INTERVAL = 0.020
+# Interval of the thread that polls the started process's memory and CPU time, in seconds.
+POLL_INTERVAL = 0.020
 
 
 @dataclass
@@ -134,6 +134,8 @@ class Samples:
     # Per run, the largest VmHWM and VmRSS of the started process, in KiB.
     hwm_kib: list[int] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    # Per run, the CPU time of the started process itself, without its children, in ms.
+    cpu_ms: list[float] = field(default_factory=list)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -294,21 +296,27 @@ def run_untimed(argv: list[str], cwd: Path) -> None:
         argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, check=False
     )
     if completed.returncode != 0:
-        raise RunFailed(describe_failure("preparation", argv, completed.returncode, completed.stderr))
+        raise RunFailed(
+            describe_failure("preparation", argv, completed.returncode, completed.stderr)
+        )
 
 
-class MemoryPoller:
-    """A thread that polls VmHWM and VmRSS of one process until it exits or stop() is called.
+class ProcessPoller:
+    """A thread that polls the memory and CPU time of one process until it exits or stop().
 
-    The process's /proc directory is opened once at the start. Reading `status` through that
+    The process's /proc directory is opened once at the start. Reading files through that
     descriptor fails once the process is reaped, so a recycled PID is never read instead.
     """
 
     def __init__(self, pid: int, interval: float) -> None:
         self.max_hwm_kib = 0
         self.max_rss_kib = 0
-        self.readings = 0
+        # User + system CPU time of the process's own threads, without its children, at the
+        # last reading. It misses at most the final polling interval, and the kernel counts it
+        # in clock ticks (SC_CLK_TCK, usually 100 per second).
+        self.cpu_ms = 0.0
         self._interval = interval
+        self._ticks_per_second = os.sysconf("SC_CLK_TCK")
         self._directory = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -320,18 +328,26 @@ class MemoryPoller:
         os.close(self._directory)
 
     def _poll(self) -> None:
-        while self._read_status():
+        while self._read_status() and self._read_stat():
             if self._stopped.wait(self._interval):
                 return
 
-    def _read_status(self) -> bool:
-        """Record one reading. Returns False once the process has exited."""
+    def _read(self, name: str) -> bytes | None:
         try:
-            descriptor = os.open("status", os.O_RDONLY, dir_fd=self._directory)
+            descriptor = os.open(name, os.O_RDONLY, dir_fd=self._directory)
         except OSError:
+            return None
+        with os.fdopen(descriptor, "rb") as file:
+            try:
+                return file.read()
+            except OSError:
+                return None
+
+    def _read_status(self) -> bool:
+        """Record VmHWM and VmRSS. Returns False once the process has exited."""
+        text = self._read("status")
+        if text is None:
             return False
-        with os.fdopen(descriptor, "rb") as status:
-            text = status.read()
 
         values = {}
         for line in text.splitlines():
@@ -344,7 +360,18 @@ class MemoryPoller:
             return False
         self.max_hwm_kib = max(self.max_hwm_kib, values[b"VmHWM"])
         self.max_rss_kib = max(self.max_rss_kib, values.get(b"VmRSS", 0))
-        self.readings += 1
+        return True
+
+    def _read_stat(self) -> bool:
+        """Record the CPU time. Returns False once the process has exited."""
+        text = self._read("stat")
+        if text is None:
+            return False
+        # The command name in brackets may contain spaces, so fields are counted from the
+        # closing bracket: utime and stime are fields 14 and 15 of proc(5), in clock ticks.
+        fields = text.rpartition(b")")[2].split()
+        ticks = int(fields[11]) + int(fields[12])
+        self.cpu_ms = ticks * 1000 / self._ticks_per_second
         return True
 
 
@@ -353,6 +380,7 @@ class RunResult:
     wall_ns: int
     hwm_kib: int
     rss_kib: int
+    cpu_ms: float
 
 
 def run_once(
@@ -381,7 +409,7 @@ def run_once(
         raise RunFailed(f"{sandbox.name}: failed to start {argv[0]}: {error}") from error
     # Popen returns after the exec, so the first reading is of the started program and not of
     # the forked copy of this script.
-    poller = MemoryPoller(process.pid, MEMORY_POLL_INTERVAL)
+    poller = ProcessPoller(process.pid, POLL_INTERVAL)
     returncode = process.wait()
     elapsed = time.perf_counter_ns() - start
     poller.stop()
@@ -391,7 +419,7 @@ def run_once(
         raise RunFailed(
             f"{sandbox.name} exited 0 but {workspace / workload.creates} was not created."
         )
-    return RunResult(elapsed, poller.max_hwm_kib, poller.max_rss_kib)
+    return RunResult(elapsed, poller.max_hwm_kib, poller.max_rss_kib, poller.cpu_ms)
 
 
 def check_output(
@@ -504,6 +532,7 @@ def run_rounds(
                     entry.wall_ns.append(result.wall_ns)
                     entry.hwm_kib.append(result.hwm_kib)
                     entry.rss_kib.append(result.rss_kib)
+                    entry.cpu_ms.append(result.cpu_ms)
     return samples
 
 
@@ -515,9 +544,10 @@ def summarise(entry: Samples) -> dict:
         "min_s": min(wall) / 1e9,
         "max_s": max(wall) / 1e9,
         "samples": len(wall),
-        # Memory of the process the script started, not of the sandboxed command.
+        # Memory and CPU time of the process the script started, not of the sandboxed command.
         "max_vmhwm_mib": max(entry.hwm_kib) / 1024,
         "max_vmrss_mib": max(entry.rss_kib) / 1024,
+        "median_own_cpu_ms": statistics.median(entry.cpu_ms),
     }
 
 
@@ -528,7 +558,7 @@ def compare(figures: dict[str, dict], bare_ns: list[int], palisade_ns: list[int]
     None when bwrap was skipped.
     """
     bare, palisade, bwrap = figures["bare"], figures["palisade"], figures.get("bwrap")
-    # Both commands ran in the same round, minutes apart at most, so the ratio within a round
+    # Both commands ran in the same round, seconds apart, so the ratio within a round
     # is less affected by slow drift than the ratio of the two medians.
     paired = [p / b for p, b in zip(palisade_ns, bare_ns)]
     result = {
@@ -550,17 +580,19 @@ def print_workload(name: str, figures: dict[str, dict], comparison: dict, rounds
     print(f"workload {name}")
     print(
         f"{'command':<10} {'median s':>9} {'p95 s':>9} {'min s':>9} {'max s':>9}"
-        f" {'VmHWM MiB':>10} {'VmRSS MiB':>10}"
+        f" {'VmHWM MiB':>10} {'VmRSS MiB':>10} {'CPU ms':>8}"
     )
     for sandbox, row in figures.items():
         print(
             f"{sandbox:<10} {row['median_s']:>9.3f} {row['p95_s']:>9.3f} {row['min_s']:>9.3f}"
             f" {row['max_s']:>9.3f} {row['max_vmhwm_mib']:>10.1f} {row['max_vmrss_mib']:>10.1f}"
+            f" {row['median_own_cpu_ms']:>8.0f}"
         )
     print(
-        f"({rounds} rounds; p95 is the nearest-rank 95th percentile; VmHWM and VmRSS are the "
-        f"maxima of the started process: the workload itself for bare, palisade or bwrap for "
-        f"the sandboxes)"
+        f"({rounds} rounds; p95 is the nearest-rank 95th percentile. VmHWM and VmRSS are "
+        f"maxima and CPU ms is the median user + system time, all of the started process "
+        f"without its children: the workload itself for bare, palisade or bwrap for the "
+        f"sandboxes)"
     )
     print(f"palisade - bare:  median {comparison['overhead_median_s']:+.3f} s")
     print(
