@@ -220,7 +220,8 @@ fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
 /// Prepares the namespaces: hostname, loopback, and the new root.
 fn setup(context: &InitContext<'_>) -> Result<(), String> {
     rustix::system::sethostname(b"palisade").map_err(|error| format!("failed to set the hostname: {error}"))?;
-    if let Some(bytes) = context.plan.tmp_size {
+    // Only root may write these files (see the function), so an unprivileged run skips them.
+    if let (Some(bytes), Identity::Root { .. }) = (context.plan.tmp_size, context.identity) {
         limit_shared_memory_segments(bytes);
     }
     sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
