@@ -250,7 +250,8 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
         }
     };
     let pid = child.id() as libc::pid_t;
-    let pumps = match streams.start(policy.limits.max_output) {
+    let pumps_started = streams.start(policy.limits.max_output).and_then(|mut pumps| pumps.start_all().map(|()| pumps));
+    let pumps = match pumps_started {
         Ok(pumps) => pumps,
         Err(error) => {
             kill_descendants();
@@ -262,7 +263,6 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     let proc = Path::new("/proc");
     let mut monitor = crate::limits::Monitor::new(&policy.limits, proc, std::process::id() as libc::pid_t);
     let deadline = policy.limits.timeout.map(|timeout| started + timeout);
-    let mut output_open = true;
     let exit = loop {
         if let Some(status) = child.try_wait().map_err(|e| Error::setup("wait for", "the command", e))? {
             use std::os::unix::process::ExitStatusExt;
@@ -289,15 +289,12 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
         }
         let mut fds = [
             rustix::event::PollFd::new(&signal_fd, rustix::event::PollFlags::IN),
-            rustix::event::PollFd::from_borrowed_fd(pumps.limit_fd(), if output_open { rustix::event::PollFlags::IN } else { rustix::event::PollFlags::empty() }),
+            rustix::event::PollFd::from_borrowed_fd(pumps.limit_fd(), rustix::event::PollFlags::IN),
         ];
         let wait = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
         if rustix::event::poll(&mut fds, Some(&wait)).unwrap_or(0) > 0 {
-            // A byte means the output limit was reached; end-of-file only that the output
-            // threads are done, and the pipe then stays readable, so it is polled no more.
-            let output_limit = !fds[1].revents().is_empty() && rustix::io::read(pumps.limit_fd(), &mut [0u8; 1]) == Ok(1);
-            output_open &= fds[1].revents().is_empty() || output_limit;
-            if output_limit {
+            // The output threads write one byte when the output limit is reached.
+            if !fds[1].revents().is_empty() {
                 let _ = sys::kill(pid, libc::SIGKILL);
                 let _ = child.wait();
                 let max = policy.limits.max_output.unwrap_or_default();

@@ -54,11 +54,18 @@ pub fn prepare(max_output: Option<u64>) -> std::io::Result<Streams> {
     Ok(streams)
 }
 
-/// The threads that copy the output, started once the sandbox runs.
+/// The copying of the output, started once the sandbox runs. A pipe gets its thread only when
+/// the command first writes to it, so a run without output starts no thread: each costs about
+/// 0.2 ms of a short run's time.
 pub struct Pumps {
-    counted: Arc<[AtomicU64; 2]>,
+    shared: Arc<Shared>,
     pumped: [bool; 2],
     merged: bool,
+    /// Pipes no thread reads yet, with the index of their stream.
+    idle: Vec<(usize, OwnedFd)>,
+    /// Pipes whose writers all closed them before anything was written.
+    closed: Vec<(usize, OwnedFd)>,
+    sender: mpsc::Sender<()>,
     done: mpsc::Receiver<()>,
     running: usize,
     /// Read end that becomes readable when the output limit is reached.
@@ -67,7 +74,7 @@ pub struct Pumps {
 
 /// Shared by the pump threads.
 struct Shared {
-    counted: Arc<[AtomicU64; 2]>,
+    counted: [AtomicU64; 2],
     total: AtomicU64,
     max_output: Option<u64>,
     marker_written: AtomicBool,
@@ -75,36 +82,36 @@ struct Shared {
 }
 
 impl Streams {
-    /// Starts one thread per pipe. The write ends must have been given to the sandbox and
-    /// dropped here before, or the threads never see end-of-file.
+    /// Prepares the copying. The write ends must have been given to the sandbox and dropped
+    /// here before, or the pipes never reach end-of-file.
     pub fn start(self, max_output: Option<u64>) -> std::io::Result<Pumps> {
         let (limit_read, limit_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let counted: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let shared = Arc::new(Shared {
-            counted: counted.clone(),
+            counted: [AtomicU64::new(0), AtomicU64::new(0)],
             total: AtomicU64::new(0),
             max_output,
             marker_written: AtomicBool::new(false),
             limit_write,
         });
-        let (sender, done) = mpsc::channel();
         let mut pumped = [false, false];
-        let running = self.read_ends.len();
-        for (index, read_end) in self.read_ends {
-            pumped[index] = true;
+        for (index, _) in &self.read_ends {
+            pumped[*index] = true;
             if self.merged {
                 pumped[1] = true;
             }
-            let shared = shared.clone();
-            let sender = sender.clone();
-            // The copy buffer is on the heap, so a small stack suffices and the thread starts
-            // faster than with the default 2 MiB one.
-            std::thread::Builder::new().name(format!("palisade-output-{index}")).stack_size(PUMP_STACK_SIZE).spawn(move || {
-                pump(&read_end, index, &shared);
-                let _ = sender.send(());
-            })?;
         }
-        Ok(Pumps { counted, pumped, merged: self.merged, done, running, limit_reached: limit_read })
+        let (sender, done) = mpsc::channel();
+        Ok(Pumps {
+            shared,
+            pumped,
+            merged: self.merged,
+            idle: self.read_ends,
+            closed: Vec::new(),
+            sender,
+            done,
+            running: 0,
+            limit_reached: limit_read,
+        })
     }
 }
 
@@ -114,10 +121,60 @@ impl Pumps {
         self.limit_reached.as_fd()
     }
 
-    /// Waits until every pipe is drained, at most `wait`, and returns the bytes the command
-    /// wrote to stdout and to stderr, and whether both went through one pipe. A stream that
-    /// was not pumped is `None`; with one pipe for both, all bytes count as stdout.
+    /// Returns the pipes that have no thread yet, to poll for the command's first output.
+    pub fn idle_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.idle.iter().map(|(_, fd)| fd.as_fd()).collect()
+    }
+
+    /// Acts on the poll results of [`Pumps::idle_fds`], in the same order: a pipe with output
+    /// gets its thread, and one that was closed unused is set aside for [`Pumps::finish`].
+    pub fn wake(&mut self, readable: &[bool], hung_up: &[bool]) -> std::io::Result<()> {
+        let idle = std::mem::take(&mut self.idle);
+        for (((index, read_end), &readable), &hung_up) in idle.into_iter().zip(readable).zip(hung_up) {
+            if readable {
+                self.spawn(index, read_end)?;
+            } else if hung_up {
+                self.closed.push((index, read_end));
+            } else {
+                self.idle.push((index, read_end));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a thread for every pipe at once, for a caller that does not poll them.
+    pub fn start_all(&mut self) -> std::io::Result<()> {
+        for (index, read_end) in std::mem::take(&mut self.idle) {
+            self.spawn(index, read_end)?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, index: usize, read_end: OwnedFd) -> std::io::Result<()> {
+        let shared = self.shared.clone();
+        let sender = self.sender.clone();
+        // The copy buffer is on the heap, so a small stack suffices and the thread starts
+        // faster than with the default 2 MiB one.
+        std::thread::Builder::new().name(format!("palisade-output-{index}")).stack_size(PUMP_STACK_SIZE).spawn(move || {
+            pump(&read_end, index, &shared);
+            let _ = sender.send(());
+        })?;
+        self.running += 1;
+        Ok(())
+    }
+
+    /// Copies what is left in the pipes that have no thread, waits until every thread has
+    /// drained its pipe, at most `wait`, and returns the bytes the command wrote to stdout and
+    /// to stderr, and whether both went through one pipe. A stream that was not pumped is
+    /// `None`; with one pipe for both, all bytes count as stdout. Call it when no process of
+    /// the run is left: a pipe without a thread is read here only until it is empty.
     pub fn finish(mut self, wait: Duration) -> (Option<u64>, Option<u64>, bool) {
+        for (index, read_end) in self.idle.drain(..).chain(self.closed.drain(..)) {
+            // Non-blocking, so a writer that somehow survived the run cannot hold palisade.
+            if rustix::fs::fcntl_setfl(&read_end, rustix::fs::OFlags::NONBLOCK).is_ok() {
+                pump(&read_end, index, &self.shared);
+            }
+        }
         let deadline = Instant::now() + wait;
         while self.running > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -128,7 +185,7 @@ impl Pumps {
             }
             self.running -= 1;
         }
-        let count = |index: usize| self.pumped[index].then(|| self.counted[index].load(Ordering::Relaxed));
+        let count = |index: usize| self.pumped[index].then(|| self.shared.counted[index].load(Ordering::Relaxed));
         let stderr = if self.merged { None } else { count(1) };
         (count(0), stderr, self.merged)
     }

@@ -99,7 +99,7 @@ pub fn run(
     let started_child = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
         .map_err(|e| Error::setup("open a pidfd for", format!("process {pid}"), e.into()))
         .and_then(|pidfd| Ok((pidfd, streams.start(policy.limits.max_output).map_err(|e| Error::setup("start", "the output threads", e))?)));
-    let (pidfd, pumps) = match started_child {
+    let (pidfd, mut pumps) = match started_child {
         Ok(started) => started,
         Err(error) => {
             let _ = sys::kill(pid, libc::SIGKILL);
@@ -133,8 +133,8 @@ pub fn run(
     let mut bytes = Vec::new();
     let proc = std::path::Path::new("/proc");
     let mut monitor = limits::Monitor::new(&policy.limits, proc, pid);
-    let fds = WaitFds { pidfd: &pidfd, signals: &signal_fd, report: &report_read, output_limit: pumps.limit_fd() };
-    let end = wait_for_exit(pid, &fds, &mut bytes, policy.limits.timeout, &mut monitor);
+    let fds = WaitFds { pidfd: &pidfd, signals: &signal_fd, report: &report_read };
+    let end = wait_for_exit(pid, &fds, &mut pumps, &mut bytes, policy.limits.timeout, &mut monitor);
     let mut init_usage = None;
     match end {
         // Init may still be tearing its namespaces down. It is reaped now if it is done, and
@@ -319,8 +319,6 @@ struct WaitFds<'a> {
     pidfd: &'a OwnedFd,
     signals: &'a OwnedFd,
     report: &'a OwnedFd,
-    /// Readable once the output threads cut the output at its limit.
-    output_limit: std::os::fd::BorrowedFd<'a>,
 }
 
 /// Waits until the run ends, forwarding signals, collecting init's reports, and enforcing the
@@ -328,6 +326,7 @@ struct WaitFds<'a> {
 fn wait_for_exit(
     pid: libc::pid_t,
     fds: &WaitFds<'_>,
+    pumps: &mut output::Pumps,
     bytes: &mut Vec<u8>,
     timeout: Option<Duration>,
     monitor: &mut limits::Monitor<'_>,
@@ -335,7 +334,6 @@ fn wait_for_exit(
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
     let mut kill_at: Option<Instant> = None;
     let mut report_open = true;
-    let mut output_open = true;
     let kill = |end: End| {
         // Killing PID 1 of the namespace makes the kernel kill every other process in it.
         let _ = sys::kill(pid, libc::SIGKILL);
@@ -356,17 +354,30 @@ fn wait_for_exit(
         let left = wake.saturating_duration_since(Instant::now());
         let timespec = rustix::fs::Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
         let report_events = if report_open { PollFlags::IN } else { PollFlags::empty() };
-        let mut poll_fds = [
+        let output_limit = pumps.limit_fd();
+        let mut poll_fds = vec![
             PollFd::new(fds.pidfd, PollFlags::IN),
             PollFd::new(fds.signals, PollFlags::IN),
             PollFd::new(fds.report, report_events),
-            PollFd::from_borrowed_fd(fds.output_limit, if output_open { PollFlags::IN } else { PollFlags::empty() }),
+            PollFd::from_borrowed_fd(output_limit, PollFlags::IN),
         ];
+        // The output pipes that have no thread yet, after the four above.
+        poll_fds.extend(pumps.idle_fds().into_iter().map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)));
         match rustix::event::poll(&mut poll_fds, Some(&timespec)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => return kill(End::Exited),
         }
-        if !poll_fds[2].revents().is_empty() {
+        let revents: Vec<PollFlags> = poll_fds.iter().map(PollFd::revents).collect();
+        drop(poll_fds);
+        let idle = &revents[4..];
+        if !idle.is_empty() {
+            let readable: Vec<bool> = idle.iter().map(|flags| flags.contains(PollFlags::IN)).collect();
+            let hung_up: Vec<bool> = idle.iter().map(|flags| !flags.is_empty()).collect();
+            if pumps.wake(&readable, &hung_up).is_err() {
+                return kill(End::Exited);
+            }
+        }
+        if !revents[2].is_empty() {
             let mut buffer = [0u8; 4096];
             match rustix::io::read(fds.report, &mut buffer) {
                 Ok(0) | Err(_) => report_open = false,
@@ -376,18 +387,14 @@ fn wait_for_exit(
                 return End::Finished;
             }
         }
-        if !poll_fds[0].revents().is_empty() {
+        if !revents[0].is_empty() {
             return End::Exited;
         }
-        if !poll_fds[3].revents().is_empty() {
-            // A byte means the limit was reached; end-of-file only that the output threads
-            // are done.
-            match rustix::io::read(fds.output_limit, &mut [0u8; 1]) {
-                Ok(1) => return kill(End::Limit(Limit::Output)),
-                _ => output_open = false,
-            }
+        if !revents[3].is_empty() {
+            // The output threads write one byte when the output limit is reached.
+            return kill(End::Limit(Limit::Output));
         }
-        if !poll_fds[1].revents().is_empty() {
+        if !revents[1].is_empty() {
             // Init shares this process's group, so a terminal's signals (Ctrl-C, a resize)
             // reach it directly and it forwards them to the command, which runs in its own
             // session. Only signals sent to palisade itself are passed on from here.
