@@ -78,6 +78,10 @@ struct Shared {
     total: AtomicU64,
     max_output: Option<u64>,
     marker_written: AtomicBool,
+    /// Whether the last byte copied to palisade's stdout and to its stderr ended a line.
+    at_line_start: [AtomicBool; 2],
+    /// Stdout and stderr are the same file, so both count as one for `at_line_start`.
+    merged: bool,
     limit_write: OwnedFd,
 }
 
@@ -91,6 +95,8 @@ impl Streams {
             total: AtomicU64::new(0),
             max_output,
             marker_written: AtomicBool::new(false),
+            at_line_start: [AtomicBool::new(true), AtomicBool::new(true)],
+            merged: self.merged,
             limit_write,
         });
         let mut pumped = [false, false];
@@ -198,8 +204,6 @@ fn pump(read_end: &OwnedFd, index: usize, shared: &Shared) {
     let Ok(target) = target else { return };
     let mut buffer = vec![0u8; 64 * 1024];
     let mut writable = true;
-    // Whether the last byte copied ended a line, so the marker starts on a line of its own.
-    let mut at_line_start = true;
     loop {
         let n = match rustix::io::read(read_end, &mut buffer) {
             Ok(0) => return,
@@ -219,13 +223,15 @@ fn pump(read_end: &OwnedFd, index: usize, shared: &Shared) {
                 // command the same EPIPE or SIGPIPE it would have got writing there directly.
                 return;
             }
-            at_line_start = buffer[allowed - 1] == b'\n';
+            shared.at_line_start[index].store(buffer[allowed - 1] == b'\n', Ordering::Relaxed);
         }
         if allowed < n {
             writable = false;
             if !shared.marker_written.swap(true, Ordering::Relaxed) {
                 let max = crate::limits::format_size(shared.max_output.unwrap_or_default());
-                let newline = if at_line_start { "" } else { "\n" };
+                // The marker goes to stderr and starts on a line of its own there.
+                let stderr_index = if shared.merged { 0 } else { 1 };
+                let newline = if shared.at_line_start[stderr_index].load(Ordering::Relaxed) { "" } else { "\n" };
                 let marker = format!("{newline}[palisade: output cut after {max}: the run reached its output limit and was stopped]\n");
                 let _ = write_all(&std::io::stderr().as_fd(), marker.as_bytes());
                 let _ = rustix::io::write(&shared.limit_write, b"1");
