@@ -9,6 +9,7 @@ mod builtin;
 mod env;
 mod error;
 mod git;
+pub mod network;
 mod parse;
 mod paths;
 mod raw;

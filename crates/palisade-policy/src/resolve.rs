@@ -397,6 +397,27 @@ fn resolve_workspace(overrides: &Overrides, context: &Context) -> Result<PathBuf
 }
 
 fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<NetworkMode, PolicyError> {
+    // Every entry is checked whatever the mode, so a mistyped entry fails now rather than when
+    // the mode changes. The entries stay as written, for the report.
+    let file_entries = raw.network.allow.iter().map(|entry| ("[network] allow entry", entry));
+    let file_entries = file_entries.chain(raw.network.deny.iter().map(|entry| ("[network] deny entry", entry)));
+    for (what, entry) in file_entries {
+        crate::network::parse_rule(entry.get_ref()).map_err(|reason| PolicyError::InvalidValue {
+            what,
+            value: entry.get_ref().clone(),
+            origin: origin.of(entry),
+            reason,
+        })?;
+    }
+    for pattern in &overrides.allow_domain {
+        crate::network::parse_rule(pattern).map_err(|reason| PolicyError::InvalidValue {
+            what: "--allow-domain pattern",
+            value: pattern.clone(),
+            origin: FLAG.into(),
+            reason,
+        })?;
+    }
+
     let (mode, mode_origin) = match (&overrides.net, &raw.network.mode) {
         (Some(mode), _) => (Some(mode.clone()), FLAG.to_owned()),
         (None, Some(mode)) => (Some(mode.get_ref().clone()), origin.of(mode)),
@@ -1213,6 +1234,57 @@ mod tests {
         let error = world.resolve("[network]\nmode = \"open\"\n", Overrides::default()).unwrap_err().to_string();
         assert!(error.contains("'open'"), "{error}");
         assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn network_entry_error_names_value_and_line() {
+        let world = World::new("net-entry");
+        let file = "[network]\nallow = [\n  \"github.com\",\n  \"https://crates.io\",\n]\n";
+        let error = world.resolve(file, Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("invalid [network] allow entry 'https://crates.io'"), "{error}");
+        assert!(error.contains("test.toml line 4"), "{error}");
+        assert!(error.contains("scheme"), "{error}");
+
+        let file = "[network]\nmode = \"allowlist\"\nallow = [\"github.com\"]\ndeny = [\"127.1\"]\n";
+        let error = world.resolve(file, Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("invalid [network] deny entry '127.1'"), "{error}");
+        assert!(error.contains("test.toml line 4"), "{error}");
+        assert!(error.contains("127.0.0.1"), "{error}");
+    }
+
+    #[test]
+    fn network_entry_checked_in_every_mode() {
+        let world = World::new("net-entry-mode");
+        let error = world.resolve("[network]\nmode = \"none\"\ndeny = [\"*.com\"]\n", Overrides::default());
+        let error = error.unwrap_err().to_string();
+        assert!(error.contains("'*.com'"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        assert!(error.contains("too broad"), "{error}");
+    }
+
+    #[test]
+    fn allow_domain_flag_error_names_the_flag() {
+        let world = World::new("net-flag");
+        let overrides = Overrides { allow_domain: vec!["example.com/path".into()], ..Default::default() };
+        let error = world.resolve("", overrides).unwrap_err().to_string();
+        assert!(error.contains("invalid --allow-domain pattern 'example.com/path' on the command line"), "{error}");
+        assert!(error.contains("path"), "{error}");
+    }
+
+    #[test]
+    fn network_entries_stay_as_written() {
+        let world = World::new("net-written");
+        let overrides = Overrides { allow_domain: vec!["*.Example.com:443".into()], ..Default::default() };
+        let file = "[network]\nallow = [\"[::1]:8080\", \"10.0.0.0/8\"]\ndeny = [\"Secret.example.com.\"]\n";
+        let policy = world.resolve(file, overrides).unwrap();
+        let NetworkMode::Allowlist { allow, deny } = &policy.network else {
+            panic!("expected an allowlist, got {:?}", policy.network);
+        };
+        assert_eq!(allow, &["[::1]:8080", "10.0.0.0/8", "*.Example.com:443"]);
+        assert_eq!(deny, &["Secret.example.com."]);
+        let rules = crate::network::Rules::from_strings(allow, deny).unwrap();
+        assert_eq!(rules.allow.len(), 3);
+        assert_eq!(rules.deny.len(), 1);
     }
 
     #[test]
