@@ -259,9 +259,9 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
         }
     };
     // Orphans are reparented to palisade, the subreaper, so the tree is read from palisade
-    // itself, whose own few MiB and threads count too.
+    // itself, whose own memory and threads are left out.
     let proc = Path::new("/proc");
-    let mut monitor = crate::limits::Monitor::new(&policy.limits, proc, std::process::id() as libc::pid_t);
+    let mut monitor = crate::limits::Monitor::new(&policy.limits, proc, std::process::id() as libc::pid_t, false);
     let deadline = policy.limits.timeout.map(|timeout| started + timeout);
     let exit = loop {
         if let Some(status) = child.try_wait().map_err(|e| Error::setup("wait for", "the command", e))? {

@@ -149,6 +149,7 @@ pub struct Monitor<'a> {
     limits: &'a Limits,
     proc: &'a Path,
     root: libc::pid_t,
+    count_root_tasks: bool,
     next: Instant,
     peak: Sample,
     /// The CPU time of the last reading.
@@ -159,12 +160,14 @@ pub struct Monitor<'a> {
 }
 
 impl<'a> Monitor<'a> {
-    /// Starts the accounting of the tree rooted at `root`, read from `proc`.
-    pub fn new(limits: &'a Limits, proc: &'a Path, root: libc::pid_t) -> Monitor<'a> {
+    /// Starts the accounting of the tree rooted at `root`, read from `proc`; see [`sample`]
+    /// for `count_root_tasks`.
+    pub fn new(limits: &'a Limits, proc: &'a Path, root: libc::pid_t, count_root_tasks: bool) -> Monitor<'a> {
         Monitor {
             limits,
             proc,
             root,
+            count_root_tasks,
             next: Instant::now() + MIN_SAMPLE_INTERVAL,
             peak: Sample::default(),
             cpu: (Duration::ZERO, Duration::ZERO),
@@ -185,7 +188,7 @@ impl<'a> Monitor<'a> {
         if now < self.next {
             return None;
         }
-        let reading = sample(self.proc, self.root);
+        let reading = sample(self.proc, self.root, self.count_root_tasks);
         self.peak.memory = self.peak.memory.max(reading.memory);
         self.peak.tasks = self.peak.tasks.max(reading.tasks);
         self.cpu = (self.cpu.0.max(reading.user_cpu), self.cpu.1.max(reading.system_cpu));
@@ -303,7 +306,12 @@ impl Sample {
 /// tree is found through each thread's `children` file; in a PID namespace every orphan is
 /// reparented to the namespace's init, so the tree from init holds every process of the run.
 /// A process that exits while it is read is skipped.
-pub fn sample(proc: &Path, root: libc::pid_t) -> Sample {
+///
+/// The root is palisade's own process (init, or palisade itself in degraded mode): its CPU
+/// time counts, because it holds that of every descendant it reaped, but its memory does not,
+/// and its threads count only with `count_root_tasks`, where the kernel counts it against the
+/// run's process limit too.
+pub fn sample(proc: &Path, root: libc::pid_t, count_root_tasks: bool) -> Sample {
     let ticks = clock_ticks();
     let mut total = Sample::default();
     let mut pending = vec![root];
@@ -317,12 +325,16 @@ pub fn sample(proc: &Path, root: libc::pid_t) -> Sample {
         let dir = proc.join(pid.to_string());
         if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
             if let Some(fields) = parse_stat(&stat) {
-                total.tasks += fields.threads;
+                if pid != root || count_root_tasks {
+                    total.tasks += fields.threads;
+                }
                 total.user_cpu += Duration::from_millis(fields.user_ticks * 1000 / ticks);
                 total.system_cpu += Duration::from_millis(fields.system_ticks * 1000 / ticks);
             }
         }
-        total.memory += process_memory(&dir);
+        if pid != root {
+            total.memory += process_memory(&dir);
+        }
         let Ok(tasks) = std::fs::read_dir(dir.join("task")) else { continue };
         for task in tasks.flatten() {
             let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
@@ -390,6 +402,10 @@ fn clock_ticks() -> u64 {
 mod tests {
     use super::*;
 
+    /// Serialises the tests that fork: each reads this process's children and memory, which
+    /// another forking test running at the same time would change.
+    static FORKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn stat_with_a_hostile_name_parses() {
         let line = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 2 1 20 0 5 0 1234 1000 10 0 0 0";
@@ -406,6 +422,7 @@ mod tests {
 
     #[test]
     fn pages_shared_with_a_forked_child_count_once() {
+        let _serial = FORKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let buffer = vec![1u8; 64 << 20];
         // SAFETY: the child only sleeps and exits, which is async-signal-safe.
         let child = unsafe { libc::fork() };
@@ -431,10 +448,30 @@ mod tests {
 
     #[test]
     fn this_process_is_measured() {
+        let _serial = FORKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let buffer = vec![1u8; 8 << 20];
-        let reading = sample(Path::new("/proc"), std::process::id() as libc::pid_t);
-        assert!(reading.memory >= 8 << 20, "{reading:?}");
-        assert!(reading.tasks >= 1, "{reading:?}");
+        // SAFETY: the child only sleeps and exits, which is async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: sleep and _exit are async-signal-safe.
+            unsafe {
+                libc::sleep(5);
+                libc::_exit(0);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let root = std::process::id() as libc::pid_t;
+        let with_root = sample(Path::new("/proc"), root, true);
+        let without_root = sample(Path::new("/proc"), root, false);
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(with_root.tasks > without_root.tasks, "{with_root:?} {without_root:?}");
+        assert!(without_root.tasks >= 1, "the child was not counted: {without_root:?}");
+        // The root's own 8 MiB buffer is not counted; the child shares it and counts its half.
+        assert!(without_root.memory < 8 << 20, "{without_root:?}");
         drop(buffer);
     }
 

@@ -132,7 +132,9 @@ pub fn run(
 
     let mut bytes = Vec::new();
     let proc = std::path::Path::new("/proc");
-    let mut monitor = limits::Monitor::new(&policy.limits, proc, pid);
+    // Unprivileged, init shares the command's uid in the run's user namespace and counts
+    // against its process limit; as root it does not.
+    let mut monitor = limits::Monitor::new(&policy.limits, proc, pid, matches!(identity, Identity::User { .. }));
     let fds = WaitFds { pidfd: &pidfd, signals: &signal_fd, report: &report_read };
     let end = wait_for_exit(pid, &fds, &mut pumps, &mut bytes, policy.limits.timeout, &mut monitor);
     let mut init_usage = None;
