@@ -1,0 +1,276 @@
+//! The HTTP/1.1 side of the proxy: CONNECT tunnels here, absolute-URI forwarding in
+//! [`forward`], and the responses both send when they refuse or fail.
+
+mod forward;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::ext::ReasonPhrase;
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::denial::Denial;
+use crate::dial::{DialError, Protocol};
+use crate::proxy::{Shared, splice};
+
+/// The body of every response the proxy sends: its own short texts, or an upstream body.
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Header of the responses to requests the proxy refused and recorded as a [`Denial`], so
+/// scripts can tell palisade's refusals from an upstream server's. The 400 and 431 that hyper
+/// sends itself, for heads it cannot parse, lack it.
+const DENIED_HEADER: HeaderName = HeaderName::from_static("x-palisade-denied");
+
+/// Maximum number of header fields in a request head. It is hyper's default (hyper 1.13), and
+/// hyper responds with 431 to a head with more, as to one over
+/// [`crate::Limits::max_request_head`] bytes. Setting it explicitly would move hyper's header
+/// array from the stack to the heap.
+const MAX_HEADERS: usize = 100;
+
+/// A CONNECT tunnel waiting for hyper to hand over the client connection.
+struct Tunnel {
+    on_upgrade: OnUpgrade,
+    upstream: TcpStream,
+}
+
+/// The cell in which the CONNECT handler leaves its tunnel for the connection task, which
+/// splices it once hyper has sent the 200 response and released the connection.
+type TunnelSlot = Arc<Mutex<Option<Tunnel>>>;
+
+/// Serves HTTP/1.1 requests on one client connection, then splices the CONNECT tunnel that
+/// ended it, if any.
+pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
+    let tunnel = TunnelSlot::default();
+    let service = {
+        let shared = Arc::clone(shared);
+        let tunnel = Arc::clone(&tunnel);
+        service_fn(move |request| handle(Arc::clone(&shared), Arc::clone(&tunnel), request))
+    };
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.head_timeout)
+        .max_header_size(shared.limits.max_request_head)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        record_connection_error(shared, &error);
+        return;
+    }
+
+    let taken = tunnel.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    let Some(Tunnel { on_upgrade, mut upstream }) = taken else { return };
+    match on_upgrade.await {
+        Ok(upgraded) => splice(&mut TokioIo::new(upgraded), &mut upstream).await,
+        Err(error) => debug!(%error, "the client connection ended before the tunnel opened"),
+    }
+}
+
+/// Records the malformed requests hyper rejected itself (with 400 or 431), and logs other
+/// connection errors at debug level.
+fn record_connection_error(shared: &Shared, error: &hyper::Error) {
+    let reason = if error.is_parse_too_large() {
+        format!(
+            "the request head is larger than {} bytes or has more than {MAX_HEADERS} header fields",
+            shared.limits.max_request_head
+        )
+    } else if error.is_parse() {
+        format!("the request is not valid HTTP/1.1 ({error})")
+    } else if error.is_timeout() {
+        debug!("closed a connection that sent no complete request head within {:?}", shared.limits.head_timeout);
+        return;
+    } else {
+        debug!(%error, "HTTP connection ended with an error");
+        return;
+    };
+    shared.refuse("", 0, Protocol::Http, None, reason);
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    tunnel: TunnelSlot,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let response = if request.method() == Method::CONNECT {
+        connect(&shared, &tunnel, request).await
+    } else {
+        forward::forward(&shared, request).await
+    };
+    Ok(response)
+}
+
+/// Answers `CONNECT host:port`: connects to an allowed address, leaves the tunnel in `tunnel`
+/// and returns 200, or returns the refusal or failure.
+async fn connect(shared: &Shared, tunnel: &TunnelSlot, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    let uri = request.uri();
+    // CONNECT takes only the authority form, host:port, with no scheme and no path.
+    let authority = match uri.authority() {
+        Some(authority) if uri.scheme().is_none() && uri.path_and_query().is_none() => authority.as_str().to_owned(),
+        _ => {
+            let target = uri.to_string();
+            let reason = format!("CONNECT needs a host and port such as example.com:443, not '{target}'");
+            return rejection(&shared.refuse(&target, 0, Protocol::Connect, None, reason));
+        }
+    };
+    let (host, port) = match split_authority(&authority, None) {
+        Ok(parts) => parts,
+        Err(reason) => {
+            let reason = format!("invalid CONNECT target '{authority}': {reason}");
+            return rejection(&shared.refuse(&authority, 0, Protocol::Connect, None, reason));
+        }
+    };
+
+    match shared.dial(host, port, Protocol::Connect).await {
+        Ok(upstream) => {
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let mut slot = tunnel.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *slot = Some(Tunnel { on_upgrade, upstream: upstream.stream });
+            let mut response = Response::new(Empty::new().map_err(never).boxed());
+            response.extensions_mut().insert(ReasonPhrase::from_static(b"Connection Established"));
+            response
+        }
+        Err(error) => dial_failure(host, port, &error),
+    }
+}
+
+/// Returns the response to a request that [`Shared::dial`] did not connect.
+fn dial_failure(host: &str, port: u16, error: &DialError) -> Response<ProxyBody> {
+    match error {
+        DialError::InvalidHost(denial) => rejection(denial),
+        DialError::Denied(denial) => denied(host, port, denial),
+        DialError::Resolve { .. } | DialError::Connect { .. } => {
+            text_response(StatusCode::BAD_GATEWAY, format!("palisade proxy: {error}\n"), false)
+        }
+    }
+}
+
+/// Returns 403 for a request the rules deny, saying what was blocked, why, and how to allow it.
+fn denied(host: &str, port: u16, denial: &Denial) -> Response<ProxyBody> {
+    let mut text = format!("palisade blocked {host}:{port}: {}\n", denial.reason);
+    if let Some(rule) = &denial.rule {
+        text.push_str(&format!(
+            "Deny entries win over allow entries, so remove '{rule}' from [network] deny to allow it.\n"
+        ));
+    }
+    text_response(StatusCode::FORBIDDEN, text, true)
+}
+
+/// Returns 400 for a malformed request the proxy refused.
+fn rejection(denial: &Denial) -> Response<ProxyBody> {
+    text_response(StatusCode::BAD_REQUEST, format!("palisade proxy: {}\n", denial.reason), true)
+}
+
+fn text_response(status: StatusCode, text: String, is_denial: bool) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(Bytes::from(text)).map_err(never).boxed());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if is_denial {
+        headers.insert(DENIED_HEADER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn never(never: Infallible) -> hyper::Error {
+    match never {}
+}
+
+/// Splits an authority (`host:port`, `[v6]:port`, or a host alone when `default_port` is
+/// given) into the host as written, brackets kept, and the port.
+///
+/// User info (`user@`) is rejected. RFC 7230 section 2.7.1 recommends treating it as an error,
+/// because `http://allowed.test@other.test/` is a known way to make one reader see a different
+/// host than another.
+fn split_authority(authority: &str, default_port: Option<u16>) -> Result<(&str, u16), String> {
+    if authority.contains('@') {
+        return Err("user info ('user@') is not allowed".into());
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let Some(end) = authority.find(']') else {
+            return Err("'[' has no closing ']'".into());
+        };
+        let after = &authority[end + 1..];
+        match after.strip_prefix(':') {
+            Some(port) => (&authority[..=end], Some(port)),
+            None if after.is_empty() => (&authority[..=end], None),
+            None => return Err(format!("unexpected '{after}' after ']', where only a port such as :443 may follow")),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err("an IPv6 address must be in brackets, as in [::1]:443".into());
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    let port = match (port, default_port) {
+        (Some(text), _) if !text.is_empty() => parse_port(text)?,
+        (_, Some(default)) => default,
+        (_, None) => return Err("the port is missing".into()),
+    };
+    Ok((host, port))
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    let is_digits = text.bytes().all(|byte| byte.is_ascii_digit());
+    match text.parse::<u16>() {
+        Ok(port) if is_digits && port != 0 => Ok(port),
+        _ => Err(format!("port '{text}' is not a number from 1 to 65535")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_splits_names_and_addresses() {
+        let cases = [
+            ("example.com:443", None, ("example.com", 443)),
+            ("example.com", Some(80), ("example.com", 80)),
+            ("example.com:", Some(80), ("example.com", 80)),
+            ("127.1:8080", None, ("127.1", 8080)),
+            ("[::1]:8080", None, ("[::1]", 8080)),
+            ("[::1]", Some(80), ("[::1]", 80)),
+            ("0x7f000001:1", None, ("0x7f000001", 1)),
+        ];
+        for (authority, default_port, expected) in cases {
+            assert_eq!(split_authority(authority, default_port), Ok(expected), "{authority}");
+        }
+    }
+
+    #[test]
+    fn authority_rejects_malformed_input() {
+        let cases = [
+            ("example.com", None, "port is missing"),
+            ("example.com:", None, "port is missing"),
+            (":443", None, "host is missing"),
+            ("example.com:0", None, "not a number from 1 to 65535"),
+            ("example.com:65536", None, "not a number from 1 to 65535"),
+            ("example.com:+443", None, "not a number from 1 to 65535"),
+            ("user@example.com:443", None, "user info"),
+            ("allowed.test@blocked.test", Some(80), "user info"),
+            ("::1:443", None, "must be in brackets"),
+            ("[::1:443", None, "no closing ']'"),
+            ("[::1]x", Some(80), "unexpected 'x' after ']'"),
+        ];
+        for (authority, default_port, expected) in cases {
+            let error = split_authority(authority, default_port).unwrap_err();
+            assert!(error.contains(expected), "{authority}: {error}");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The accept loop, the per-connection task and the limits they enforce.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_policy::network::Rules;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinSet};
+use tracing::{Instrument, debug, debug_span, error, warn};
+
+use crate::denial::{Denial, DenialLog};
+use crate::resolve::Resolve;
+use crate::{http, socks};
+
+/// The first byte of every SOCKS5 message from a client: the protocol version.
+pub(crate) const SOCKS5_VERSION: u8 = 0x05;
+
+/// Shortest and longest pause after `accept` fails for lack of resources (such as `EMFILE`),
+/// doubling while the failures go on.
+const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Bounds on what one client, or all of them together, can make the proxy hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum number of connections served at once. When it is reached the proxy stops
+    /// accepting, so further clients wait in the listen backlog. Values below 1 count as 1.
+    pub max_connections: usize,
+    /// Maximum size of an HTTP request head (request line and headers) in bytes. A larger head
+    /// gets 431 and the connection is closed.
+    pub max_request_head: usize,
+    /// Time a client has to send its first byte after connecting, and then again to complete
+    /// each HTTP request head (counted from the end of the previous response) or its SOCKS5
+    /// greeting and request. When it passes, the connection is closed without a response.
+    pub head_timeout: Duration,
+    /// Time for resolving one name.
+    pub resolve_timeout: Duration,
+    /// Time for connecting to the upstream server, over all the allowed addresses tried.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 512,
+            max_request_head: 64 * 1024,
+            head_timeout: Duration::from_secs(30),
+            resolve_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Palisade's allowlist proxy. See the crate documentation for what it speaks and decides.
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+/// The state every connection task of a [`Proxy`] reads: the rules, the resolver, the limits
+/// and the denials recorded so far.
+pub(crate) struct Shared {
+    pub(crate) rules: Rules,
+    pub(crate) resolver: Arc<dyn Resolve>,
+    pub(crate) limits: Limits,
+    pub(crate) denials: DenialLog,
+}
+
+impl Proxy {
+    /// Creates a proxy that decides with `rules` and resolves names with `resolver`, under the
+    /// default [`Limits`].
+    pub fn new(rules: Rules, resolver: Arc<dyn Resolve>) -> Proxy {
+        Proxy::with_limits(rules, resolver, Limits::default())
+    }
+
+    /// Creates a proxy like [`Proxy::new`], under `limits`.
+    pub fn with_limits(rules: Rules, resolver: Arc<dyn Resolve>, limits: Limits) -> Proxy {
+        let shared = Shared { rules, resolver, limits, denials: DenialLog::default() };
+        Proxy { shared: Arc::new(shared) }
+    }
+
+    /// Serves connections accepted on `listener` until `shutdown` resolves.
+    ///
+    /// Returns once every connection task has ended: on shutdown the tasks still running are
+    /// aborted, which closes their client and upstream sockets. Fails only when `listener`
+    /// cannot accept at all (it is not listening). Other accept errors, such as running out
+    /// of file descriptors, are logged and retried after a pause of up to one second.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let mut shutdown = pin!(shutdown);
+        let permits = Arc::new(Semaphore::new(self.shared.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+        let mut connections = JoinSet::new();
+        let mut next_id: u64 = 0;
+        let mut retry_delay = ACCEPT_RETRY_MIN;
+
+        let result = loop {
+            while let Some(joined) = connections.try_join_next() {
+                log_task_end(joined);
+            }
+
+            // Waiting for a permit before accepting is what pauses accept at the limit.
+            let permit = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let accepted = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                accepted = listener.accept() => accepted,
+            };
+
+            match accepted {
+                Ok((stream, _)) => {
+                    retry_delay = ACCEPT_RETRY_MIN;
+                    next_id += 1;
+                    let span = debug_span!("proxy connection", id = next_id);
+                    connections.spawn(serve_connection(Arc::clone(&self.shared), stream, permit).instrument(span));
+                }
+                Err(error) if is_listener_unusable(&error) => break Err(error),
+                Err(error) if is_client_gone(&error) => {}
+                Err(error) => {
+                    warn!(%error, "failed to accept a proxy connection, retrying in {} ms", retry_delay.as_millis());
+                    tokio::time::sleep(retry_delay).await;
+                    retry_delay = (retry_delay * 2).min(ACCEPT_RETRY_MAX);
+                }
+            }
+        };
+
+        connections.shutdown().await;
+        result
+    }
+
+    /// Returns every refusal so far, oldest first, up to [`crate::MAX_RECORDED_DENIALS`].
+    pub fn denials(&self) -> Vec<Denial> {
+        self.shared.denials.snapshot()
+    }
+
+    /// Returns the number of refusals past [`crate::MAX_RECORDED_DENIALS`], which
+    /// [`Proxy::denials`] does not list.
+    pub fn denials_dropped(&self) -> u64 {
+        self.shared.denials.dropped()
+    }
+}
+
+/// Returns `true` for accept errors that retrying cannot fix. `EINVAL` means the socket is
+/// not listening.
+fn is_listener_unusable(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::InvalidInput
+}
+
+/// Returns `true` for accept errors about one client that left before it was accepted.
+fn is_client_gone(error: &io::Error) -> bool {
+    use io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted, WouldBlock};
+    matches!(error.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+}
+
+fn log_task_end(joined: Result<(), JoinError>) {
+    match joined {
+        Ok(()) => {}
+        Err(join_error) if join_error.is_panic() => error!(%join_error, "a proxy connection task panicked"),
+        Err(_) => {}
+    }
+}
+
+/// Serves one client connection. `_permit` is one of the proxy's connection slots, released
+/// when the connection ends.
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, _permit: OwnedSemaphorePermit) {
+    // Tunnels carry interactive protocols (TLS handshakes, git), where Nagle's delay adds a
+    // round trip to every small write.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "failed to set TCP_NODELAY on a client connection");
+    }
+
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(shared.limits.head_timeout, stream.peek(&mut first)).await {
+        Err(_) => {
+            debug!("closed a connection that sent nothing within {:?}", shared.limits.head_timeout);
+            return;
+        }
+        Ok(Err(error)) => {
+            debug!(%error, "failed to read from a client connection");
+            return;
+        }
+        Ok(Ok(0)) => return,
+        Ok(Ok(_)) => {}
+    }
+
+    if first[0] == SOCKS5_VERSION {
+        socks::serve(&shared, stream).await;
+    } else {
+        http::serve(&shared, stream).await;
+    }
+}
+
+/// Copies bytes both ways between a client and its upstream server until both sides close.
+pub(crate) async fn splice<C, U>(client: &mut C, upstream: &mut U)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    match tokio::io::copy_bidirectional(client, upstream).await {
+        Ok((sent, received)) => debug!(sent, received, "tunnel closed"),
+        Err(error) => debug!(%error, "tunnel closed with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Linux backend runs `serve` on a runtime of its own thread, which needs a `Send`
+    /// future. This fails to compile when it is not.
+    #[allow(dead_code)]
+    fn serve_future_is_send(proxy: &Proxy, listener: TcpListener) {
+        fn require_send<T: Send>(_: T) {}
+        require_send(proxy.serve(listener, std::future::pending()));
+    }
+}
