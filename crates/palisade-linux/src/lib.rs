@@ -261,6 +261,9 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         if let Err((cause, fix)) = probe::namespaces() {
             layers.namespaces = false;
             layers.missing.insert(0, format!("namespaces: {cause}"));
+            if let Err((cause, _)) = limits::accounting_available() {
+                layers.missing.push(format!("memory and CPU time limits: {cause}"));
+            }
             return degraded::run(policy, argv, layers, &fix, on_start);
         }
     }
@@ -283,6 +286,17 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         }
     };
     layers.cgroup = cgroup.as_ref().map(|cgroup| cgroup.path().display().to_string());
+    if cgroup.is_none() {
+        // Without a cgroup, the memory and CPU time limits rest on the accounting, which finds
+        // the run's processes through the `children` files; without them it would see none
+        // and hold nothing.
+        if let Err((cause, fix)) = limits::accounting_available() {
+            if !policy.allow_degraded {
+                return Err(Error::LayerMissing { layer: "palisade's accounting of the run's processes", cause, fix });
+            }
+            layers.missing.push(format!("memory and CPU time limits: {cause}"));
+        }
+    }
     on_start(&layers);
     supervisor::run(policy, &plan, identity, argv, layers, cgroup)
 }

@@ -344,6 +344,21 @@ pub fn sample(proc: &Path, root: libc::pid_t, count_root_tasks: bool) -> Sample 
     total
 }
 
+/// Checks that this kernel lists each thread's children in `/proc`, which [`sample`] needs to
+/// find the run's processes (`CONFIG_PROC_CHILDREN`, Linux 3.5). Returns the cause and the
+/// fix when it does not.
+pub fn accounting_available() -> Result<(), (String, String)> {
+    let thread = rustix::thread::gettid().as_raw_nonzero();
+    let path = format!("/proc/self/task/{thread}/children");
+    match std::fs::metadata(&path) {
+        Ok(_) => Ok(()),
+        Err(error) => Err((
+            format!("{path} cannot be read ({error}), so palisade cannot find the run's processes to enforce the memory and CPU time limits"),
+            "use a kernel built with CONFIG_PROC_CHILDREN, or run palisade in a delegated cgroup v2 with the memory and pids controllers".to_owned(),
+        )),
+    }
+}
+
 /// Returns the memory of one process in bytes: its proportional share (PSS) of anonymous
 /// and shared memory and of swap, from `smaps_rollup`. Proportional shares keep the pages
 /// that forked children share with their parent from counting once per child. Where
@@ -405,6 +420,11 @@ mod tests {
     /// Serialises the tests that fork: each reads this process's children and memory, which
     /// another forking test running at the same time would change.
     static FORKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn this_kernel_lists_children() {
+        assert_eq!(accounting_available(), Ok(()));
+    }
 
     #[test]
     fn stat_with_a_hostile_name_parses() {
