@@ -202,17 +202,14 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     supervise(command_pid, &signal_fd, &context.report)
 }
 
-/// Puts the output pipes in place of stdout and stderr.
+/// Puts the output pipes in place of stdout and stderr. dup2 leaves the copies without
+/// close-on-exec, so the command inherits them.
 fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
-    for (target, pipe) in [1, 2].into_iter().zip(output) {
-        if let Some(pipe) = pipe {
-            // SAFETY: descriptors 1 and 2 are only replaced, never closed, so no other owner
-            // is invalidated; dup2 clears close-on-exec on the copy.
-            let mut standard = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
-            let result = rustix::io::dup2(pipe, &mut standard);
-            std::mem::forget(standard);
-            result?;
-        }
+    if let Some(pipe) = &output[0] {
+        rustix::stdio::dup2_stdout(pipe)?;
+    }
+    if let Some(pipe) = &output[1] {
+        rustix::stdio::dup2_stderr(pipe)?;
     }
     Ok(())
 }

@@ -408,9 +408,7 @@ fn status_kib(status: &str, key: &str) -> u64 {
 }
 
 fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
+    rustix::param::clock_ticks_per_second().max(1)
 }
 
 #[cfg(test)]
