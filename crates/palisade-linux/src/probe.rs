@@ -54,6 +54,9 @@ pub fn all() -> Vec<Layer> {
         Layer::new("seccomp", true, seccomp().map(|()| "seccomp-bpf filters".to_owned())),
         Layer::new("cgroup_v2", false, cgroup_v2()),
         Layer::new("rlimits", true, Ok("setrlimit".to_owned())),
+        // The accounting holds the memory and CPU time limits where there is no cgroup, so
+        // it is required exactly then.
+        Layer::new("accounting", cgroup_v2().is_err(), accounting()),
     ]
 }
 
@@ -138,6 +141,12 @@ pub fn cgroup_v2() -> Result<String, (String, String)> {
     let dir = crate::own_cgroup().map_err(|cause| (cause, fallback.to_owned()))?;
     crate::cgroup::check(&dir, crate::CGROUP_CONTROLLERS).map_err(|(cause, fix)| (cause, format!("{fallback}; {fix}")))?;
     Ok(format!("{} with memory and pids: one cgroup per run", dir.display()))
+}
+
+/// Checks that palisade's own accounting can find a run's processes in `/proc`.
+pub fn accounting() -> Result<String, (String, String)> {
+    crate::limits::accounting_available()?;
+    Ok("reads the run's processes from /proc to hold the memory and CPU time limits where no cgroup does".to_owned())
 }
 
 /// Reports whether degraded mode can run here: it needs Landlock ABI 3 (truncation is a right
