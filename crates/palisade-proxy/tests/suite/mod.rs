@@ -5,3 +5,4 @@ pub mod socks5;
 pub mod limits;
 pub mod denials;
 pub mod curl;
+pub mod fuzz;
