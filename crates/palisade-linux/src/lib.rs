@@ -112,7 +112,7 @@ pub struct Outcome {
     pub exec_error: Option<(i32, String)>,
     /// The layers that protected the run.
     pub layers: Layers,
-    /// What the run used.
+    /// The resources the run used.
     pub usage: limits::Usage,
     /// Every limit the run reached, whether or not it ended the run.
     pub limits_reached: Vec<limits::LimitEvent>,
@@ -287,9 +287,9 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
     };
     layers.cgroup = cgroup.as_ref().map(|cgroup| cgroup.path().display().to_string());
     if cgroup.is_none() {
-        // Without a cgroup, the memory and CPU time limits rest on the accounting, which finds
-        // the run's processes through the `children` files; without them it would see none
-        // and hold nothing.
+        // Without a cgroup, the memory and CPU time limits rest on the accounting. It finds the
+        // run's processes through the `children` files, so without them it would find none
+        // and enforce nothing.
         if let Err((cause, fix)) = limits::accounting_available() {
             if !policy.allow_degraded {
                 return Err(Error::LayerMissing { layer: "palisade's accounting of the run's processes", cause, fix });

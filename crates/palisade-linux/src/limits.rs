@@ -124,9 +124,9 @@ pub fn apply(list: &[Rlimit]) -> Result<(), String> {
     Ok(())
 }
 
-/// The longest time between two readings of the run's processes.
+/// The maximum time between two readings of the run's processes.
 const MAX_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
-/// The shortest time between two readings, near the memory limit.
+/// The minimum time between two readings, near the memory limit.
 const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 /// The fastest rate, in bytes per second, at which the accounting assumes a run can fill
 /// memory. The next reading comes before a run filling memory this fast reaches the limit,
@@ -137,9 +137,9 @@ const ASSUMED_FILL_RATE: u64 = 8 << 30;
 /// there; a parallel build that touches the limit drops below it again.
 const PROCESS_LIMIT_GRACE: Duration = Duration::from_secs(2);
 
-/// Palisade's own accounting of a run: it reads every process of the tree at intervals,
-/// keeps the peaks for the report, and returns the limit to enforce when the tree is over
-/// its memory or CPU time limit, or has stayed at its process limit.
+/// Palisade's own accounting of a run. It reads every process of the tree at intervals and
+/// keeps the peaks for the report. It returns the limit to enforce when the tree is over its
+/// memory or CPU time limit, or has stayed at its process limit.
 ///
 /// NOTE: the readings are samples. A process can allocate for up to 10 ms past the memory
 /// limit before it is noticed (more if it fills memory faster than [`ASSUMED_FILL_RATE`]),
@@ -303,8 +303,8 @@ impl Sample {
 }
 
 /// Reads the processes of the tree rooted at `root` from `proc` (the host's `/proc`). The
-/// tree is found through each thread's `children` file; in a PID namespace every orphan is
-/// reparented to the namespace's init, so the tree from init holds every process of the run.
+/// tree is found through each thread's `children` file. In a PID namespace every orphan is
+/// reparented to the namespace's init, so the tree from init contains every process of the run.
 /// A process that exits while it is read is skipped.
 ///
 /// The root is palisade's own process (init, or palisade itself in degraded mode): its CPU
@@ -499,7 +499,8 @@ mod tests {
         assert_eq!(next_interval(Some(16 << 30), 1 << 30), MAX_SAMPLE_INTERVAL);
         let far = next_interval(Some(512 << 20), 0);
         let near = next_interval(Some(512 << 20), 400 << 20);
-        assert!(far > near && far < MAX_SAMPLE_INTERVAL, "{far:?} {near:?}");
+        assert!(far > near, "{far:?} {near:?}");
+        assert!(far < MAX_SAMPLE_INTERVAL, "{far:?}");
         assert_eq!(next_interval(Some(512 << 20), 600 << 20), MIN_SAMPLE_INTERVAL);
     }
 

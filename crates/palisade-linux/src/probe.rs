@@ -54,8 +54,8 @@ pub fn all() -> Vec<Layer> {
         Layer::new("seccomp", true, seccomp().map(|()| "seccomp-bpf filters".to_owned())),
         Layer::new("cgroup_v2", false, cgroup_v2()),
         Layer::new("rlimits", true, Ok("setrlimit".to_owned())),
-        // The accounting holds the memory and CPU time limits where there is no cgroup, so
-        // it is required exactly then.
+        // The accounting enforces the memory and CPU time limits where there is no cgroup,
+        // so it is required exactly then.
         Layer::new("accounting", cgroup_v2().is_err(), accounting()),
     ]
 }

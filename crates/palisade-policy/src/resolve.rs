@@ -1370,7 +1370,8 @@ mod tests {
     fn bad_limits_name_the_value_and_line() {
         let world = World::new("badlimit");
         let error = world.resolve("[limits]\n\nmax_procs = \"lots\"\n", Overrides::default()).unwrap_err().to_string();
-        assert!(error.contains("'lots'") && error.contains("line 3"), "{error}");
+        assert!(error.contains("'lots'"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
         let error = world.resolve("", Overrides { max_procs: Some("0".into()), ..Default::default() }).unwrap_err().to_string();
         assert!(error.contains("greater than zero"), "{error}");
         let error = world.resolve("[limits]\ncpus = 0.0001\n", Overrides::default()).unwrap_err().to_string();

@@ -328,7 +328,7 @@ both_identities!(report_records_layers_and_refusals, |f: &Fixture| {
     assert!(value["exit"].is_null());
 });
 
-// Degraded mode still holds the memory, output and timeout limits through palisade's own
+// Degraded mode still enforces the memory, output and timeout limits through palisade's own
 // accounting, and reports them as it does with namespaces.
 both_identities!(degraded_mode_holds_the_limits, |f: &Fixture| {
     let memory_report = f.out.join("memory.json");

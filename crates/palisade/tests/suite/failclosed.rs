@@ -26,8 +26,8 @@ both_identities!(missing_user_namespaces_fail_closed, |f: &Fixture| {
     assert!(!marker.exists(), "the command ran although the sandbox could not be built");
 });
 
-// The unconfined profile runs outside any sandbox, where palisade holds no limit but the
-// timeout, and the network allowlist is not built yet: asking for either is refused.
+// The unconfined profile runs outside any sandbox, where palisade enforces no limit but the
+// timeout, and the network allowlist is not built yet. A request for either is refused.
 both_identities!(unenforced_settings_are_refused, |f: &Fixture| {
     let marker = f.ws.join("ran");
     for flags in [
@@ -54,7 +54,8 @@ both_identities!(cpu_bandwidth_without_a_cgroup_is_refused, |f: &Fixture| {
     let marker = f.ws.join("ran");
     let run = f.sandbox_sh(&["--cpus", "1"], &format!("touch {}", marker.display()));
     assert_eq!(run.code, Some(125), "stderr: {}", run.stderr);
-    assert!(run.stderr.contains("cgroup") && run.stderr.contains("fix:"), "{}", run.stderr);
+    assert!(run.stderr.contains("cgroup"), "{}", run.stderr);
+    assert!(run.stderr.contains("fix:"), "{}", run.stderr);
     assert!(!marker.exists(), "the command ran without its CPU limit");
 });
 

@@ -282,8 +282,8 @@ fn spawn_palisade(f: &Fixture, script: &str) -> std::process::Child {
     command.spawn().unwrap()
 }
 
-/// A script that leaves detached processes behind: one in a new session, one double-forked,
-/// one ignoring SIGTERM and SIGHUP. Each would create a file after 6 s.
+/// Returns a script that leaves detached processes behind: one in a new session, one
+/// double-forked, one ignoring SIGTERM and SIGHUP. Each would create a file after 6 s.
 fn detaching_script(f: &Fixture, marker: &str) -> String {
     r#"
 setsid sh -c 'sleep 6; touch "@WS@/late-setsid"; : @MARKER@' </dev/null >/dev/null 2>&1 &
@@ -380,7 +380,7 @@ for path in sys.argv[2:]:
     assert_eq!(memory["limit"], "memory", "{memory}");
 });
 
-// With a delegated cgroup v2, the kernel holds the memory limit for the whole run: the OOM
+// With a delegated cgroup v2, the kernel enforces the memory limit for the whole run: the OOM
 // killer ends every process (memory.oom.group), the report says so, and the run's cgroup is
 // removed afterwards. Public report: can1357/oh-my-pi#12769 (a soft memory.high alone only
 // throttled a runaway process and never ended it).
@@ -403,7 +403,7 @@ both_identities!(cgroup_holds_the_memory_limit, |f: &Fixture| {
 });
 
 // A reader that goes away early ends the command as it would without palisade: the command
-// gets SIGPIPE at its next write, instead of blocking on a pipe nobody reads.
+// gets SIGPIPE at its next write, instead of blocking on a pipe that no process reads.
 both_identities!(early_reader_exit_ends_the_writer, |f: &Fixture| {
     let shell = format!(
         "timeout 30 {} run -- yes | head -1; echo \"status=${{PIPESTATUS[0]}}\"",
