@@ -236,7 +236,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     on_start(&layers);
     let started = Instant::now();
     let spawned = command.spawn();
-    // The command holds the only write ends of the output pipes now.
+    // Only the command has the write ends of the output pipes now.
     drop(command);
     let mut child = match spawned {
         Ok(child) => child,

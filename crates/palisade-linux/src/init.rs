@@ -196,8 +196,8 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
     };
-    // Init keeps no write end of the output pipes, so the supervisor sees end-of-file as soon
-    // as the last process of the run is gone.
+    // Init keeps no write end of the output pipes, so the supervisor reads end-of-file as
+    // soon as the last process of the run is gone.
     context.output = [None, None];
     supervise(command_pid, &signal_fd, &context.report)
 }

@@ -142,9 +142,9 @@ const PROCESS_LIMIT_GRACE: Duration = Duration::from_secs(2);
 /// memory or CPU time limit, or has stayed at its process limit.
 ///
 /// NOTE: the readings are samples. A process can allocate for up to 10 ms past the memory
-/// limit before it is noticed (more if it fills memory faster than [`ASSUMED_FILL_RATE`]),
-/// and a peak between two readings is missed; a cgroup, where there is one, enforces and
-/// measures exactly.
+/// limit before it is noticed, more if it fills memory faster than [`ASSUMED_FILL_RATE`]. A
+/// peak between two readings is missed. A cgroup, where there is one, enforces and measures
+/// exactly.
 pub struct Monitor<'a> {
     limits: &'a Limits,
     proc: &'a Path,
@@ -307,10 +307,10 @@ impl Sample {
 /// reparented to the namespace's init, so the tree from init contains every process of the run.
 /// A process that exits while it is read is skipped.
 ///
-/// The root is palisade's own process (init, or palisade itself in degraded mode): its CPU
-/// time counts, because it holds that of every descendant it reaped, but its memory does not,
-/// and its threads count only with `count_root_tasks`, where the kernel counts it against the
-/// run's process limit too.
+/// The root is palisade's own process: init, or palisade itself in degraded mode. Its CPU time
+/// counts, because it includes that of every descendant it reaped. Its memory does not count,
+/// and its threads count only with `count_root_tasks`, set where the kernel counts the root
+/// against the run's process limit too.
 pub fn sample(proc: &Path, root: libc::pid_t, count_root_tasks: bool) -> Sample {
     let ticks = clock_ticks();
     let mut total = Sample::default();

@@ -169,11 +169,11 @@ impl Pumps {
         Ok(())
     }
 
-    /// Copies what is left in the pipes that have no thread, waits until every thread has
-    /// drained its pipe, at most `wait`, and returns the bytes the command wrote to stdout and
-    /// to stderr, and whether both went through one pipe. A stream that was not pumped is
-    /// `None`; with one pipe for both, all bytes count as stdout. Call it when no process of
-    /// the run is left: a pipe without a thread is read here only until it is empty.
+    /// Copies what is left in the pipes that have no thread, then waits at most `wait` until
+    /// every thread has drained its pipe. Returns the bytes the command wrote to stdout and to
+    /// stderr, and whether both went through one pipe. A stream that was not pumped is `None`,
+    /// and with one pipe for both, all bytes count as stdout. Call it when no process of the
+    /// run is left, because a pipe without a thread is read here only until it is empty.
     pub fn finish(mut self, wait: Duration) -> (Option<u64>, Option<u64>, bool) {
         for (index, read_end) in self.idle.drain(..).chain(self.closed.drain(..)) {
             // Non-blocking, so a writer that somehow survived the run cannot hold palisade.

@@ -109,7 +109,7 @@ async fn handle(
     Ok(response)
 }
 
-/// Answers `CONNECT host:port`: connects to an allowed address, leaves the tunnel in `tunnel`
+/// Handles `CONNECT host:port`: connects to an allowed address, leaves the tunnel in `tunnel`
 /// and returns 200, or returns the refusal or failure.
 async fn connect(shared: &Shared, tunnel: &TunnelSlot, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let uri = request.uri();

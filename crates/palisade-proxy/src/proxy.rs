@@ -209,8 +209,8 @@ where
 mod tests {
     use super::*;
 
-    /// The Linux backend runs `serve` on a runtime of its own thread, which needs a `Send`
-    /// future. This fails to compile when it is not.
+    /// Fails to compile when `serve` returns a future that is not `Send`, which the Linux
+    /// backend needs to run it on a runtime of its own thread.
     #[allow(dead_code)]
     fn serve_future_is_send(proxy: &Proxy, listener: TcpListener) {
         fn require_send<T: Send>(_: T) {}

@@ -381,7 +381,7 @@ for path in sys.argv[2:]:
 });
 
 // With a delegated cgroup v2, the kernel enforces the memory limit for the whole run: the OOM
-// killer ends every process (memory.oom.group), the report says so, and the run's cgroup is
+// killer ends every process (memory.oom.group), the report names the limit, and the run's cgroup is
 // removed afterwards. Public report: can1357/oh-my-pi#12769 (a soft memory.high alone only
 // throttled a runaway process and never ended it).
 both_identities!(cgroup_holds_the_memory_limit, |f: &Fixture| {
