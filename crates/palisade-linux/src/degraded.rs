@@ -47,8 +47,13 @@ fn check_enforceable(policy: &Policy) -> Result<(), Error> {
             hidden.display()
         )));
     }
-    if let NetworkMode::Allowlist { .. } | NetworkMode::Full = policy.network {
-        return Err(Error::Sandbox("degraded mode supports network mode 'none' only".into()));
+    // The proxy's only protection in allowlist mode is that it is the sandbox's only route out.
+    // Without a network namespace, Landlock's TCP rules can limit connections by port only, so
+    // the proxy's port on any other host would be reachable too, and UDP not at all.
+    if let NetworkMode::Allowlist { .. } = policy.network {
+        return Err(Error::Sandbox(
+            "degraded mode cannot enforce network mode 'allowlist': without a network namespace the proxy cannot be the only route out; use --net none, --net full, or run where namespaces are available".into(),
+        ));
     }
     Ok(())
 }
@@ -246,7 +251,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
             let code = if error.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             let reason = format!("{}: {error}", argv[0].to_string_lossy());
             let usage = Default::default();
-            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers, usage, limits_reached: Vec::new() });
+            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers, usage, limits_reached: Vec::new(), network: Default::default() });
         }
     };
     let pid = child.id() as libc::pid_t;
@@ -333,5 +338,5 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     revert.apply();
     new_repositories.scrub();
     drop(tmp);
-    Ok(Outcome { exit, wall_time, exec_error: None, layers, usage, limits_reached: monitor.events })
+    Ok(Outcome { exit, wall_time, exec_error: None, layers, usage, limits_reached: monitor.events, network: Default::default() })
 }

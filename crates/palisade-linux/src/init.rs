@@ -114,6 +114,9 @@ pub struct InitContext<'a> {
     /// Write ends of the pipes the supervisor reads the command's stdout and stderr from;
     /// `None` leaves that descriptor as palisade's own. One pipe may serve both.
     pub output: [Option<OwnedFd>; 2],
+    /// In allowlist mode, init's end of the socket pair it hands the proxy's listening socket
+    /// to the supervisor over.
+    pub proxy_channel: Option<OwnedFd>,
 }
 
 /// The layers the command stage applies after the root is built, each prepared before the
@@ -156,9 +159,10 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         fail(&context.report, format!("failed to make init non-dumpable: {error}"));
     }
 
-    if let Err(text) = setup(&context) {
-        fail(&context.report, text);
-    }
+    let proxy_port = match setup(&mut context) {
+        Ok(port) => port,
+        Err(text) => fail(&context.report, text),
+    };
     // Changing the filesystem uid during setup (for placeholders on idmapped mounts) clears the
     // parent-death signal, so it is set again. The supervisor keeps its end of the start pipe
     // open for the whole run: a hang-up there means it died before the signal was back.
@@ -191,7 +195,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
             if let Err(error) = attach_output(&context.output) {
                 fail(&context.report, format!("failed to attach the output pipes: {error}"));
             }
-            command_stage(context.policy, context.argv, context.identity, context.confinement, &context.report)
+            command_stage(context.policy, context.argv, context.identity, context.confinement, proxy_port, &context.report)
         }
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
@@ -214,14 +218,22 @@ fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
     Ok(())
 }
 
-/// Prepares the namespaces: hostname, loopback, and the new root.
-fn setup(context: &InitContext<'_>) -> Result<(), String> {
+/// Prepares the namespaces: hostname, loopback, the proxy's listening socket, and the new
+/// root. Returns the proxy's port in allowlist mode.
+fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
     rustix::system::sethostname(b"palisade").map_err(|error| format!("failed to set the hostname: {error}"))?;
     // Only root may write these files (see the function), so an unprivileged run skips them.
     if let (Some(bytes), Identity::Root { .. }) = (context.plan.tmp_size, context.identity) {
         limit_shared_memory_segments(bytes);
     }
-    sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
+    let mut proxy_port = None;
+    // With the host's network, there is no namespace of the run's own to set up.
+    if context.policy.network != palisade_policy::NetworkMode::Full {
+        sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
+        if let Some(channel) = context.proxy_channel.take() {
+            proxy_port = Some(crate::network::listen_and_send(&channel)?);
+        }
+    }
 
     let (uid, gid) = context.identity.sandbox_ids();
     let owner = Owner {
@@ -232,7 +244,8 @@ fn setup(context: &InitContext<'_>) -> Result<(), String> {
     };
     let report = &context.report;
     mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
-        .map_err(|error| error.0)
+        .map_err(|error| error.0)?;
+    Ok(proxy_port)
 }
 
 /// Bounds the System V shared memory of the run's IPC namespace to `bytes` in all, as its
@@ -319,7 +332,14 @@ fn reap_all() -> bool {
 }
 
 /// Becomes the command: drops every privilege, then executes it. Never returns.
-fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, confinement: &Confinement, report: &OwnedFd) -> ! {
+fn command_stage(
+    policy: &Policy,
+    argv: &[OsString],
+    identity: Identity,
+    confinement: &Confinement,
+    proxy_port: Option<u16>,
+    report: &OwnedFd,
+) -> ! {
     // A new session: the command leaves palisade's process group, so `kill 0` and terminal job
     // control cannot reach processes outside the sandbox, and it has no controlling terminal,
     // which TIOCSTI keystroke injection needs. Init forwards the terminal's signals instead.
@@ -346,16 +366,23 @@ fn command_stage(policy: &Policy, argv: &[OsString], identity: Identity, confine
     let Some(args) = argv.iter().map(|arg| to_cstring(arg)).collect::<Option<Vec<_>>>() else {
         fail(report, "an argument contains a NUL byte".into());
     };
-    let envp: Vec<CString> = policy
+    let entry = |name: &[u8], value: &[u8]| {
+        let mut entry = name.to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value);
+        CString::new(entry).ok()
+    };
+    // In allowlist mode the proxy variables point at palisade's proxy, whatever the caller's
+    // environment said.
+    let mut envp: Vec<CString> = policy
         .env
         .iter()
-        .filter_map(|var| {
-            let mut entry = var.name.as_bytes().to_vec();
-            entry.push(b'=');
-            entry.extend_from_slice(var.value.as_bytes());
-            CString::new(entry).ok()
-        })
+        .filter(|var| proxy_port.is_none() || !crate::network::is_proxy_variable(var.name.as_bytes()))
+        .filter_map(|var| entry(var.name.as_bytes(), var.value.as_bytes()))
         .collect();
+    if let Some(port) = proxy_port {
+        envp.extend(crate::network::proxy_environment(port).iter().filter_map(|(name, value)| entry(name.as_bytes(), value.as_bytes())));
+    }
     let path_var = policy
         .env
         .iter()

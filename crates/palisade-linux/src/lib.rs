@@ -17,6 +17,7 @@ mod init;
 mod landlock;
 pub mod limits;
 mod mounts;
+mod network;
 mod output;
 pub mod plan;
 pub mod probe;
@@ -32,7 +33,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use error::Error;
-use palisade_policy::{NetworkMode, Policy, Profile};
+pub use network::NetworkOutcome;
+pub use palisade_proxy::Denial as NetworkDenial;
+use palisade_policy::{Policy, Profile};
 use plan::{Kind, MountPlan};
 
 /// The unprivileged uid and gid a command runs as when palisade itself runs as root. It owns
@@ -116,6 +119,8 @@ pub struct Outcome {
     pub usage: limits::Usage,
     /// Every limit the run reached, whether or not it ended the run.
     pub limits_reached: Vec<limits::LimitEvent>,
+    /// The proxy's address and refusals, in allowlist mode.
+    pub network: NetworkOutcome,
 }
 
 /// The protections in force for one run. A run either gets every layer the policy needs or,
@@ -173,9 +178,6 @@ impl Layers {
 /// Refuses settings this build cannot enforce, rather than running without them.
 fn check_supported(policy: &Policy) -> Result<(), Error> {
     let unsupported = |feature: &str| Err(Error::Unsupported { feature: feature.to_owned() });
-    if let NetworkMode::Allowlist { .. } = policy.network {
-        return unsupported("network mode 'allowlist' (--allow-domain)");
-    }
     let limits = &policy.limits;
     if policy.profile == Profile::Unconfined {
         // The unconfined profile has no defaults, so any of these was asked for.
@@ -228,9 +230,6 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
     if policy.profile == Profile::Unconfined {
         on_start(&Layers::default());
         return unconfined::run(policy, argv);
-    }
-    if policy.network == NetworkMode::Full {
-        return Err(Error::Unsupported { feature: "network mode 'full'".into() });
     }
     let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
     match landlock::kernel_abi() {

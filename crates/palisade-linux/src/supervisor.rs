@@ -8,12 +8,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use palisade_policy::Policy;
+use palisade_policy::network::Rules;
+use palisade_policy::{NetworkMode, Policy};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::cgroup;
 use crate::init::{self, InitContext, Message};
 use crate::limits::{self, Limit};
+use crate::network;
 use crate::output;
 use crate::plan::MountPlan;
 use crate::scrub;
@@ -60,8 +62,22 @@ pub fn run(
     };
     let _reap_helper = ReapOnDrop(idmap_helper);
     let signal_fd = sys::block_into_signalfd(HANDLED_SIGNALS).map_err(|e| Error::setup("block", "signals", e))?;
+    let rules = match &policy.network {
+        NetworkMode::Allowlist { allow, deny } => Some(Rules::from_strings(allow, deny).map_err(|error| Error::Sandbox(error.to_string()))?),
+        _ => None,
+    };
+    let (proxy_channel, init_proxy_channel) = match rules {
+        Some(_) => {
+            let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e.into()))?;
+            (Some(supervisor_end), Some(init_end))
+        }
+        None => (None, None),
+    };
 
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+    if policy.network != NetworkMode::Full {
+        flags |= libc::CLONE_NEWNET;
+    }
     if matches!(identity, Identity::User { .. }) {
         flags |= libc::CLONE_NEWUSER;
     }
@@ -72,6 +88,7 @@ pub fn run(
             drop(go_write);
             drop(report_read);
             drop(signal_fd);
+            drop(proxy_channel);
             let output = std::mem::take(&mut streams.write_ends);
             // Init must hold no read end: with one open, the command would never see EPIPE
             // when palisade's reader goes away.
@@ -86,6 +103,7 @@ pub fn run(
                 idmap_userns,
                 confinement: &confinement,
                 output,
+                proxy_channel: init_proxy_channel,
             })
         }
         Ok(pid) => pid,
@@ -94,6 +112,7 @@ pub fn run(
     drop(go_read);
     drop(report_write);
     drop(idmap_userns);
+    drop(init_proxy_channel);
     streams.write_ends = [None, None];
     let child = rustix::process::Pid::from_raw(pid).expect("clone returned a positive pid");
     let started_child = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
@@ -126,6 +145,19 @@ pub fn run(
     if rustix::io::write(&go_write, b"1").is_err() {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
+    // Init sends the proxy's socket before it builds the root. If it fails before that, it
+    // closes its end, and its report says why.
+    let proxy = match (proxy_channel, rules) {
+        (Some(channel), Some(rules)) => match start_proxy(&channel, rules) {
+            Ok(proxy) => proxy,
+            Err(error) => {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                reap(pid);
+                return Err(error);
+            }
+        },
+        _ => None,
+    };
     // `go_write` stays open until the run ends: init treats its hang-up as this process's death.
     let revert = RevertList::capture(&policy.filesystem.revert_if_created);
     let new_repositories = scrub::NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries);
@@ -149,6 +181,7 @@ pub fn run(
     }
     let messages = Message::decode_all(&bytes);
     drop(go_write);
+    let network = proxy.map(network::ProxyThread::finish).unwrap_or_default();
     remove_placeholders(&messages);
     revert.apply();
     new_repositories.scrub();
@@ -181,7 +214,7 @@ pub fn run(
         }
     }
     let finish = |exit: Exit, exec_error: Option<(i32, String)>, usage: limits::Usage, events: Vec<limits::LimitEvent>, layers: Layers| {
-        Ok(Outcome { exit, wall_time, exec_error, layers, usage, limits_reached: events })
+        Ok(Outcome { exit, wall_time, exec_error, layers, usage, limits_reached: events, network: network.clone() })
     };
     match end {
         End::Limit(Limit::Timeout) => {
@@ -266,6 +299,17 @@ pub fn run(
         );
     }
     finish(exit, exec_error, usage, monitor.events, layers)
+}
+
+/// Receives the proxy's listening socket from init and starts serving it. `Ok(None)` when init
+/// failed before it sent one.
+fn start_proxy(channel: &OwnedFd, rules: Rules) -> Result<Option<network::ProxyThread>, Error> {
+    let Some(listener) = network::receive_listener(channel).map_err(|e| Error::setup("receive", "the proxy's listening socket", e))? else {
+        return Ok(None);
+    };
+    let proxy = network::ProxyThread::start(listener, rules).map_err(|e| Error::setup("start", "the proxy", e))?;
+    tracing::debug!(address = %proxy.address(), "the proxy serves the run");
+    Ok(Some(proxy))
 }
 
 /// Combines what each source measured of a run: the usage of the processes init reaped,

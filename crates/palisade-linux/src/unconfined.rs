@@ -27,7 +27,7 @@ pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
         Err(error) => {
             let code = if error.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             let reason = format!("{}: {error}", argv[0].to_string_lossy());
-            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers: Default::default(), usage: Default::default(), limits_reached: Vec::new() });
+            return Ok(Outcome { exit: Exit::Code(code), wall_time: started.elapsed(), exec_error: Some((code, reason)), layers: Default::default(), usage: Default::default(), limits_reached: Vec::new(), network: Default::default() });
         }
     };
     let deadline = policy.limits.timeout.map(|timeout| started + timeout);
@@ -39,7 +39,7 @@ pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
                 (None, Some(signal)) => Exit::Signal(signal),
                 (None, None) => Exit::Code(1),
             };
-            return Ok(Outcome { exit, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage: Default::default(), limits_reached: Vec::new() });
+            return Ok(Outcome { exit, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage: Default::default(), limits_reached: Vec::new(), network: Default::default() });
         }
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             let _ = crate::sys::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
@@ -55,7 +55,7 @@ pub fn run(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
                 ),
             };
             let usage = Default::default();
-            return Ok(Outcome { exit: Exit::TimedOut, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage, limits_reached: vec![event] });
+            return Ok(Outcome { exit: Exit::TimedOut, wall_time: started.elapsed(), exec_error: None, layers: Default::default(), usage, limits_reached: vec![event], network: Default::default() });
         }
         std::thread::sleep(Duration::from_millis(10));
     }

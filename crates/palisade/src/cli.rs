@@ -58,11 +58,12 @@ pub struct PolicyArgs {
     /// Hide a path, even inside an allowed one (repeatable).
     #[arg(long, value_name = "PATH")]
     pub deny_read: Vec<PathBuf>,
-    /// Network access: none (default). allowlist and full are refused by this build.
+    /// Network access: none (default), allowlist (only the --allow-domain destinations, through
+    /// palisade's proxy) or full (the host's network).
     #[arg(long, value_name = "MODE")]
     pub net: Option<String>,
-    /// Allowed destination, such as example.com, *.example.com or example.com:443 (repeatable;
-    /// implies --net allowlist, which this build refuses).
+    /// Allowed destination, such as example.com, *.example.com, example.com:443, 10.0.0.5 or
+    /// 10.0.0.0/24 (repeatable; implies --net allowlist).
     #[arg(long, value_name = "PATTERN")]
     pub allow_domain: Vec<String>,
     /// Wall-clock limit, such as 30s or 5m; every process of the run is killed when it expires
@@ -183,10 +184,34 @@ fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
     for event in ended {
         eprintln!("palisade: {}", event.message);
     }
+    print_network_denials(&outcome.network);
     if let Some(path) = &args.policy.report {
         report::write(path, &report::finished(&args.command, &policy, &outcome))?;
     }
     Ok(exit_code_for(outcome.exit))
+}
+
+/// The most distinct proxy refusals printed on stderr after a run; the report lists them all.
+const PRINTED_NETWORK_DENIALS: usize = 5;
+
+/// Prints each distinct refusal of the proxy once on stderr, so a person or a model reading the
+/// output learns what was blocked and how to allow it, even if the command hid the answer.
+fn print_network_denials(network: &palisade_linux::NetworkOutcome) {
+    let same = |a: &palisade_linux::NetworkDenial, b: &palisade_linux::NetworkDenial| {
+        a.destination == b.destination && a.port == b.port && a.reason == b.reason
+    };
+    let mut printed: Vec<&palisade_linux::NetworkDenial> = Vec::new();
+    for denial in &network.denials {
+        if printed.len() < PRINTED_NETWORK_DENIALS && !printed.iter().any(|seen| same(seen, denial)) {
+            eprintln!("palisade: network: {}", denial.reason);
+            printed.push(denial);
+        }
+    }
+    let covered = network.denials.iter().filter(|denial| printed.iter().any(|seen| same(seen, denial))).count() as u64;
+    let others = network.denials.len() as u64 - covered + network.denials_dropped;
+    if others > 0 {
+        eprintln!("palisade: network: {others} other refusals; the run report (--report) lists them");
+    }
 }
 
 pub fn print_policy(args: PolicyArgs) -> anyhow::Result<u8> {

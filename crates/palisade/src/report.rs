@@ -53,7 +53,7 @@ fn milliseconds(duration: Option<std::time::Duration>) -> Value {
 pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
     let limit = outcome.limits_reached.iter().find(|event| event.ended_run).map(|event| event.limit.name());
     let usage = &outcome.usage;
-    let denials: Vec<Value> = outcome
+    let mut denials: Vec<Value> = outcome
         .limits_reached
         .iter()
         .map(|event| {
@@ -66,12 +66,27 @@ pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value 
             })
         })
         .collect();
+    denials.extend(outcome.network.denials.iter().map(|denial| {
+        json!({
+            "kind": "network",
+            "destination": denial.destination,
+            "port": denial.port,
+            "protocol": denial.protocol,
+            "rule": denial.rule,
+            "message": denial.reason,
+        })
+    }));
     json!({
         "format": FORMAT,
         "palisade_version": env!("CARGO_PKG_VERSION"),
         "command": argv.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>(),
         "policy": policy_json(policy),
         "layers": layers_json(&outcome.layers),
+        "network": {
+            "mode": policy.network.name(),
+            "proxy": outcome.network.proxy.map(|address| address.to_string()),
+            "denials_not_listed": outcome.network.denials_dropped,
+        },
         "exit": exit_json(outcome.exit),
         "exec_error": outcome.exec_error.as_ref().map(|(_, reason)| reason),
         "limit": limit,
@@ -85,8 +100,8 @@ pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value 
             "stderr_bytes": usage.stderr_bytes,
             "output_merged": usage.output_merged,
         },
-        // NOTE: only limits so far. Refused calls and file accesses reach only the command, as
-        // error codes.
+        // NOTE: limits and the proxy's refusals only. Refused calls and file accesses reach only
+        // the command, as error codes.
         "denials": denials,
         "error": Value::Null,
     })
@@ -100,6 +115,7 @@ pub fn refused(argv: &[OsString], policy: Option<&Policy>, error: &str) -> Value
         "command": argv.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>(),
         "policy": policy.map(policy_json),
         "layers": Value::Null,
+        "network": Value::Null,
         "exit": Value::Null,
         "exec_error": Value::Null,
         "limit": Value::Null,
