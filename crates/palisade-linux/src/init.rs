@@ -117,6 +117,8 @@ pub struct InitContext<'a> {
     /// In allowlist mode, init's end of the socket pair it hands the proxy's listening socket
     /// to the supervisor over.
     pub proxy_channel: Option<OwnedFd>,
+    /// The loopback addresses and ports forwarded to the host, in allowlist mode.
+    pub forwarded: &'a [std::net::SocketAddr],
 }
 
 /// The layers the command stage applies after the root is built, each prepared before the
@@ -231,7 +233,7 @@ fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
     if context.policy.network != palisade_policy::NetworkMode::Full {
         sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
         if let Some(channel) = context.proxy_channel.take() {
-            proxy_port = Some(crate::network::listen_and_send(&channel)?);
+            proxy_port = Some(crate::network::listen_and_send(&channel, context.forwarded)?);
         }
     }
 

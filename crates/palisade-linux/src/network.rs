@@ -7,6 +7,12 @@
 //! only way out: the sandbox has no route, no resolver and no other socket to the host.
 //!
 //! The command learns the proxy's address from the usual variables ([`proxy_environment`]).
+//!
+//! Allow entries that name one loopback address and a port, such as `127.0.0.1:5432`, are
+//! forwarded as well: init also listens on that address and port inside the namespace, and
+//! the supervisor connects each client to the same address and port outside. A client that
+//! ignores the proxy variables (a database driver, say) reaches the host's service where it
+//! expects it.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -14,6 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use palisade_policy::network::Rules;
 use palisade_proxy::{Denial, Proxy, SystemResolver};
@@ -29,11 +36,35 @@ const PROXY_VARIABLES: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO
 /// The address the proxy listens on inside the run's network namespace.
 pub(crate) const PROXY_HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
+/// Maximum number of forwarded ports. Every listening socket crosses the socket pair in one
+/// message, and the kernel passes at most 253 descriptors in one message.
+pub(crate) const MAX_FORWARDED_PORTS: usize = 64;
+
+/// Maximum number of connections a forwarded port carries at once; further clients wait in
+/// the listen backlog.
+const MAX_FORWARDED_CONNECTIONS: usize = 512;
+
+/// Time for connecting a forwarded connection to the host's service.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of each copy buffer of a forwarded connection, one per direction.
+const FORWARD_BUFFER: usize = 64 * 1024;
+
+/// The listening sockets init creates inside the run's network namespace.
+pub(crate) struct Listeners {
+    /// The proxy's.
+    pub(crate) proxy: TcpListener,
+    /// One per forwarded port, with the address it forwards to, in the order of the policy.
+    pub(crate) forwarded: Vec<(TcpListener, SocketAddr)>,
+}
+
 /// What the network of a finished run was, for the report.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkOutcome {
     /// The proxy's address inside the sandbox, in allowlist mode.
     pub proxy: Option<SocketAddr>,
+    /// The loopback addresses and ports forwarded to the same address outside.
+    pub forwarded: Vec<SocketAddr>,
     /// Every request the proxy refused, oldest first, up to
     /// [`palisade_proxy::MAX_RECORDED_DENIALS`].
     pub denials: Vec<Denial>,
@@ -48,27 +79,35 @@ pub(crate) fn handoff_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Runs in init, inside the run's network namespace once loopback is up: creates the proxy's
-/// listening socket and sends it to the supervisor. Returns its port. Init keeps no copy, so
-/// the command cannot accept the connections meant for the proxy.
-pub(crate) fn listen_and_send(channel: &OwnedFd) -> Result<u16, String> {
-    let listener = TcpListener::bind((PROXY_HOST, 0)).map_err(|error| format!("failed to create the proxy's listening socket: {error}"))?;
-    let port = listener.local_addr().map_err(|error| format!("failed to read the proxy's port: {error}"))?.port();
-    let fds = [listener.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+/// listening socket and one for each address in `forwarded`, and sends them to the supervisor.
+/// Returns the proxy's port. Init keeps no copy, so the command cannot accept the connections
+/// meant for palisade.
+pub(crate) fn listen_and_send(channel: &OwnedFd, forwarded: &[SocketAddr]) -> Result<u16, String> {
+    let proxy = TcpListener::bind((PROXY_HOST, 0)).map_err(|error| format!("failed to create the proxy's listening socket: {error}"))?;
+    let port = proxy.local_addr().map_err(|error| format!("failed to read the proxy's port: {error}"))?.port();
+    let mut listeners = vec![proxy];
+    for address in forwarded {
+        let listener = TcpListener::bind(address)
+            .map_err(|error| format!("failed to listen on {address} inside the sandbox, to forward it to the host: {error}"))?;
+        listeners.push(listener);
+    }
+
+    let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     control.push(SendAncillaryMessage::ScmRights(&fds));
     let port_bytes = port.to_be_bytes();
     rustix::net::sendmsg(channel, &[IoSlice::new(&port_bytes)], &mut control, SendFlags::NOSIGNAL)
-        .map_err(|error| format!("failed to hand the proxy's listening socket to palisade: {error}"))?;
+        .map_err(|error| format!("failed to hand the proxy's listening sockets to palisade: {error}"))?;
     Ok(port)
 }
 
-/// Runs in the supervisor: receives the listening socket init created. Blocks until init sends
-/// it or closes its end; `Ok(None)` means init closed its end without sending one, because setup
-/// failed before, and init's report says why.
-pub(crate) fn receive_listener(channel: &OwnedFd) -> io::Result<Option<TcpListener>> {
+/// Runs in the supervisor: receives the listening sockets init created for the proxy and for
+/// `forwarded`. Blocks until init sends them or closes its end; `Ok(None)` means init closed its
+/// end without sending, because setup failed before, and init's report says why.
+pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[SocketAddr]) -> io::Result<Option<Listeners>> {
     let mut port_bytes = [0u8; 2];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(forwarded.len() + 1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let received = loop {
         match rustix::net::recvmsg(channel, &mut [IoSliceMut::new(&mut port_bytes)], &mut control, RecvFlags::CMSG_CLOEXEC) {
@@ -79,15 +118,21 @@ pub(crate) fn receive_listener(channel: &OwnedFd) -> io::Result<Option<TcpListen
     if received.bytes == 0 {
         return Ok(None);
     }
-    let mut listener = None;
+    if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the listening sockets did not fit the control buffer"));
+    }
+    let mut listeners: Vec<TcpListener> = Vec::new();
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(fds) = message {
-            for fd in fds {
-                listener.get_or_insert(TcpListener::from(fd));
-            }
+            listeners.extend(fds.map(TcpListener::from));
         }
     }
-    listener.map(Some).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "init sent no listening socket"))
+    if listeners.len() != forwarded.len() + 1 {
+        let message = format!("init sent {} listening sockets, expected {}", listeners.len(), forwarded.len() + 1);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+    }
+    let proxy = listeners.remove(0);
+    Ok(Some(Listeners { proxy, forwarded: listeners.into_iter().zip(forwarded.iter().copied()).collect() }))
 }
 
 /// Returns the variables that point clients at the proxy on `port`: HTTP and HTTPS through the
@@ -122,13 +167,19 @@ pub(crate) struct ProxyThread {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<io::Result<()>>>,
     address: SocketAddr,
+    forwarded: Vec<SocketAddr>,
 }
 
 impl ProxyThread {
-    /// Starts serving `listener` with `rules`.
-    pub(crate) fn start(listener: TcpListener, rules: Rules) -> io::Result<ProxyThread> {
+    /// Starts serving the proxy's listener with `rules`, and forwarding the other listeners.
+    pub(crate) fn start(listeners: Listeners, rules: Rules) -> io::Result<ProxyThread> {
+        let Listeners { proxy: listener, forwarded } = listeners;
         let address = listener.local_addr()?;
         listener.set_nonblocking(true)?;
+        for (forward, _) in &forwarded {
+            forward.set_nonblocking(true)?;
+        }
+        let forwarded_addresses = forwarded.iter().map(|(_, target)| *target).collect();
         // One thread: the proxy waits on sockets, and the resolver's lookups run on tokio's
         // blocking pool, so one thread carries many connections.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
@@ -138,14 +189,24 @@ impl ProxyThread {
         let thread = std::thread::Builder::new().name("palisade-proxy".into()).spawn(move || {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                serving
+                let mut forwarders = tokio::task::JoinSet::new();
+                let permits = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDED_CONNECTIONS));
+                for (forward, target) in forwarded {
+                    let forward = tokio::net::TcpListener::from_std(forward)?;
+                    forwarders.spawn(serve_forwarded(forward, target, Arc::clone(&permits)));
+                }
+                let served = serving
                     .serve(listener, async {
                         let _ = stopped.await;
                     })
-                    .await
+                    .await;
+                // Aborting the accept loops drops their connection tasks, which closes every
+                // forwarded connection too.
+                forwarders.shutdown().await;
+                served
             })
         })?;
-        Ok(ProxyThread { proxy, stop: Some(stop), thread: Some(thread), address })
+        Ok(ProxyThread { proxy, stop: Some(stop), thread: Some(thread), address, forwarded: forwarded_addresses })
     }
 
     /// Returns the address the proxy listens on inside the sandbox.
@@ -156,7 +217,12 @@ impl ProxyThread {
     /// Stops the proxy, closing every connection it still carries, and returns what it refused.
     pub(crate) fn finish(mut self) -> NetworkOutcome {
         self.shut_down();
-        NetworkOutcome { proxy: Some(self.address), denials: self.proxy.denials(), denials_dropped: self.proxy.denials_dropped() }
+        NetworkOutcome {
+            proxy: Some(self.address),
+            forwarded: std::mem::take(&mut self.forwarded),
+            denials: self.proxy.denials(),
+            denials_dropped: self.proxy.denials_dropped(),
+        }
     }
 
     fn shut_down(&mut self) {
@@ -170,6 +236,46 @@ impl ProxyThread {
                 Err(_) => tracing::error!("the proxy thread panicked"),
             }
         }
+    }
+}
+
+/// Accepts connections on a forwarded port and connects each to `target` outside the sandbox.
+/// Runs until aborted; the tasks of its connections end with it.
+async fn serve_forwarded(listener: tokio::net::TcpListener, target: SocketAddr, permits: Arc<tokio::sync::Semaphore>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(error) => {
+                // Mostly EMFILE: pausing lets other connections end and free descriptors.
+                tracing::warn!(%error, %target, "failed to accept a forwarded connection, retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut client = client;
+            let mut upstream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %target, "failed to connect a forwarded connection");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%target, "connecting a forwarded connection timed out");
+                    return;
+                }
+            };
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            let copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, FORWARD_BUFFER, FORWARD_BUFFER).await;
+            if let Err(error) = copied {
+                tracing::debug!(%error, %target, "a forwarded connection closed with an error");
+            }
+        });
     }
 }
 
@@ -208,18 +314,23 @@ mod tests {
     #[test]
     fn listener_crosses_the_socket_pair() {
         let (supervisor, init) = handoff_pair().unwrap();
-        let port = listen_and_send(&init).unwrap();
-        let listener = receive_listener(&supervisor).unwrap().expect("a listener was sent");
-        assert_eq!(listener.local_addr().unwrap(), SocketAddr::from((PROXY_HOST, port)));
+        // A port the kernel just handed out and took back is very likely still free.
+        let free = TcpListener::bind((PROXY_HOST, 0)).unwrap().local_addr().unwrap();
+        let port = listen_and_send(&init, &[free]).unwrap();
+        let listeners = receive_listeners(&supervisor, &[free]).unwrap().expect("listeners were sent");
+        assert_eq!(listeners.proxy.local_addr().unwrap(), SocketAddr::from((PROXY_HOST, port)));
+        assert_eq!(listeners.forwarded.len(), 1);
+        assert_eq!(listeners.forwarded[0].0.local_addr().unwrap(), free);
+        assert_eq!(listeners.forwarded[0].1, free);
         // The received socket is the listening one: a connection to the port reaches it.
         let _client = std::net::TcpStream::connect((PROXY_HOST, port)).unwrap();
-        listener.accept().unwrap();
+        listeners.proxy.accept().unwrap();
     }
 
     #[test]
     fn closed_channel_means_no_listener() {
         let (supervisor, init) = handoff_pair().unwrap();
         drop(init);
-        assert!(receive_listener(&supervisor).unwrap().is_none());
+        assert!(receive_listeners(&supervisor, &[]).unwrap().is_none());
     }
 }

@@ -66,9 +66,17 @@ pub fn run(
         NetworkMode::Allowlist { allow, deny } => Some(Rules::from_strings(allow, deny).map_err(|error| Error::Sandbox(error.to_string()))?),
         _ => None,
     };
+    let forwarded = rules.as_ref().map(Rules::forwarded_ports).unwrap_or_default();
+    if forwarded.len() > network::MAX_FORWARDED_PORTS {
+        return Err(Error::Sandbox(format!(
+            "the allowlist names {} loopback ports to forward, more than the maximum of {}; allow a CIDR block through the proxy instead",
+            forwarded.len(),
+            network::MAX_FORWARDED_PORTS
+        )));
+    }
     let (proxy_channel, init_proxy_channel) = match rules {
         Some(_) => {
-            let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e.into()))?;
+            let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e))?;
             (Some(supervisor_end), Some(init_end))
         }
         None => (None, None),
@@ -104,6 +112,7 @@ pub fn run(
                 confinement: &confinement,
                 output,
                 proxy_channel: init_proxy_channel,
+                forwarded: &forwarded,
             })
         }
         Ok(pid) => pid,
@@ -148,7 +157,7 @@ pub fn run(
     // Init sends the proxy's socket before it builds the root. If it fails before that, it
     // closes its end, and its report says why.
     let proxy = match (proxy_channel, rules) {
-        (Some(channel), Some(rules)) => match start_proxy(&channel, rules) {
+        (Some(channel), Some(rules)) => match start_proxy(&channel, rules, &forwarded) {
             Ok(proxy) => proxy,
             Err(error) => {
                 let _ = sys::kill(pid, libc::SIGKILL);
@@ -303,11 +312,12 @@ pub fn run(
 
 /// Receives the proxy's listening socket from init and starts serving it. `Ok(None)` when init
 /// failed before it sent one.
-fn start_proxy(channel: &OwnedFd, rules: Rules) -> Result<Option<network::ProxyThread>, Error> {
-    let Some(listener) = network::receive_listener(channel).map_err(|e| Error::setup("receive", "the proxy's listening socket", e))? else {
+fn start_proxy(channel: &OwnedFd, rules: Rules, forwarded: &[std::net::SocketAddr]) -> Result<Option<network::ProxyThread>, Error> {
+    let received = network::receive_listeners(channel, forwarded).map_err(|e| Error::setup("receive", "the proxy's listening sockets", e))?;
+    let Some(listeners) = received else {
         return Ok(None);
     };
-    let proxy = network::ProxyThread::start(listener, rules).map_err(|e| Error::setup("start", "the proxy", e))?;
+    let proxy = network::ProxyThread::start(listeners, rules).map_err(|e| Error::setup("start", "the proxy", e))?;
     tracing::debug!(address = %proxy.address(), "the proxy serves the run");
     Ok(Some(proxy))
 }

@@ -776,6 +776,27 @@ impl Rules {
         })
     }
 
+    /// Returns the loopback addresses and ports that allow entries name exactly, such as
+    /// `127.0.0.1:5432` or `[::1]:8080`, unless a deny entry covers them. Inside a sandbox,
+    /// loopback is the sandbox's own, so palisade listens on each of these there and forwards
+    /// the connections to the same address and port outside: clients that ignore the proxy
+    /// reach the host's service at its usual address.
+    pub fn forwarded_ports(&self) -> Vec<SocketAddr> {
+        let mut forwarded: Vec<SocketAddr> = Vec::new();
+        for rule in &self.allow {
+            let (RuleHost::Network(network), Some(port)) = (&rule.host, rule.port) else { continue };
+            let addr = network.addr();
+            if !network.is_single_address() || !addr.is_loopback() {
+                continue;
+            }
+            let socket = SocketAddr::new(addr, port);
+            if !forwarded.contains(&socket) && self.check_address(addr, port, &Target::Ip(addr)).is_allowed() {
+                forwarded.push(socket);
+            }
+        }
+        forwarded
+    }
+
     /// Decides on a request before any name is resolved. Deny entries win over allow entries.
     /// A name matches only name and wildcard entries, and an address only IP and CIDR entries,
     /// so `CONNECT 1.2.3.4:443` needs an IP entry even when a name on the list resolves to it.
@@ -1563,5 +1584,16 @@ mod tests {
         let parsed = Rules::from_strings(&["Example.com:443"], &[]).unwrap();
         assert_eq!(parsed.allow[0].text(), "Example.com:443");
         assert!(parsed.deny.is_empty());
+    }
+
+    #[test]
+    fn loopback_entries_with_a_port_are_forwarded() {
+        let rules = Rules::from_strings(
+            &["127.0.0.1:5432", "[::1]:8080", "127.0.0.2", "127.0.0.0/8:80", "10.0.0.5:22", "db.test:5432", "127.0.0.1:6379", "127.0.0.1:5432"],
+            &["127.0.0.1:6379"],
+        )
+        .unwrap();
+        let forwarded: Vec<String> = rules.forwarded_ports().iter().map(ToString::to_string).collect();
+        assert_eq!(forwarded, ["127.0.0.1:5432", "[::1]:8080"]);
     }
 }

@@ -85,6 +85,7 @@ pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value 
         "network": {
             "mode": policy.network.name(),
             "proxy": outcome.network.proxy.map(|address| address.to_string()),
+            "forwarded": outcome.network.forwarded.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "denials_not_listed": outcome.network.denials_dropped,
         },
         "exit": exit_json(outcome.exit),
