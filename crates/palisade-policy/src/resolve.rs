@@ -350,7 +350,11 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
         reject_filesystem_rules_when_unconfined(raw, overrides)?;
         Filesystem::default()
     } else {
-        resolve_filesystem(raw, overrides, context, profile, &home, &workspace, &origin)?
+        let mut filesystem = resolve_filesystem(raw, overrides, context, profile, &home, &workspace, &origin)?;
+        if network == NetworkMode::Full {
+            add_resolver_configuration(&mut filesystem, Path::new("/etc/resolv.conf"));
+        }
+        filesystem
     };
 
     let cwd = if is_within(&context.cwd, &workspace) { context.cwd.clone() } else { workspace.clone() };
@@ -359,6 +363,18 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
     set_env(&mut env, "PWD", cwd.as_os_str());
 
     Ok(Policy { profile, workspace, cwd, home, filesystem, network, limits, env, dropped_env, allow_degraded, allow_ptrace })
+}
+
+/// Makes the file `/etc/resolv.conf` links to readable, for a command that uses the host's
+/// network. Where systemd-resolved or resolvconf manage it, it is a symbolic link into `/run`,
+/// which the sandbox does not show, and every name lookup would fail.
+fn add_resolver_configuration(filesystem: &mut Filesystem, resolv_conf: &Path) {
+    let Ok(target) = std::fs::canonicalize(resolv_conf) else { return };
+    let visible = filesystem.read_only.iter().chain(&filesystem.writable).any(|root| is_within(&target, root));
+    let hidden = filesystem.hidden.iter().any(|hidden| is_within(&target, hidden));
+    if !visible && !hidden && target.is_file() {
+        filesystem.read_only.push(target);
+    }
 }
 
 fn resolve_profile(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<Profile, PolicyError> {
@@ -1402,5 +1418,25 @@ mod tests {
         let overrides = Overrides { workspace: Some(world.root.join("ws")), ..Default::default() };
         let policy = resolve(&raw, &overrides, &context).unwrap();
         assert_eq!(policy.cwd, world.root.join("ws"));
+    }
+
+    #[test]
+    fn resolver_link_target_becomes_readable() {
+        let dir = std::env::temp_dir().join(format!("palisade-resolv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("run/resolve")).unwrap();
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("run/resolve/stub.conf"), "nameserver 127.0.0.53\n").unwrap();
+        std::os::unix::fs::symlink("../run/resolve/stub.conf", dir.join("etc/resolv.conf")).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
+
+        let mut filesystem = Filesystem { read_only: vec![dir.join("etc")], ..Filesystem::default() };
+        add_resolver_configuration(&mut filesystem, &dir.join("etc/resolv.conf"));
+        assert_eq!(filesystem.read_only, [dir.join("etc"), dir.join("run/resolve/stub.conf")]);
+
+        // A target that is already visible is not added twice.
+        add_resolver_configuration(&mut filesystem, &dir.join("etc/resolv.conf"));
+        assert_eq!(filesystem.read_only.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
