@@ -320,11 +320,11 @@ both_identities!(report_records_layers_and_refusals, |f: &Fixture| {
     assert_eq!(value["command"][0], "sh");
 
     let marker = f.ws.join("ran");
-    let refused = f.palisade(&["run", "--report", path.to_str().unwrap(), "--allow-domain", "example.com", "--", "touch", marker.to_str().unwrap()]);
+    let refused = f.palisade(&["run", "--report", path.to_str().unwrap(), "-p", "unconfined", "--memory", "1G", "--", "touch", marker.to_str().unwrap()]);
     assert_eq!(refused.code, Some(125));
     assert!(!marker.exists());
     let value = report(&path);
-    assert!(value["error"].as_str().is_some_and(|text| text.contains("allowlist")), "{value}");
+    assert!(value["error"].as_str().is_some_and(|text| text.contains("memory limit")), "{value}");
     assert!(value["exit"].is_null());
 });
 

@@ -353,7 +353,9 @@ both_identities!(reports_match_the_published_schema, |f: &Fixture| {
         ("memory", vec!["--memory", "64M", "--", PYTHON, "-c", "import time; b = bytearray(256 << 20); time.sleep(5)"]),
         ("output", vec!["--max-output", "1K", "--", "yes"]),
         ("missing", vec!["--", "no-such-command-here"]),
-        ("refused", vec!["--allow-domain", "example.com", "--", "true"]),
+        ("refused", vec!["-p", "unconfined", "--memory", "1G", "--", "true"]),
+        // The destination is not on the allowlist, so the proxy refuses it without a lookup.
+        ("network", vec!["--allow-domain", "127.0.0.1:9", "--", "curl", "-s", "http://blocked.invalid/"]),
     ];
     let mut paths = Vec::new();
     for (name, args) in runs {
@@ -378,6 +380,10 @@ for path in sys.argv[2:]:
     assert_eq!(stdout.matches("valid ").count(), paths.len(), "{stdout}");
     let memory = report(&f.out.join("memory.json"));
     assert_eq!(memory["limit"], "memory", "{memory}");
+    let network = report(&f.out.join("network.json"));
+    assert_eq!(network["network"]["mode"], "allowlist", "{network}");
+    assert_eq!(network["denials"][0]["kind"], "network", "{network}");
+    assert_eq!(network["denials"][0]["destination"], "blocked.invalid", "{network}");
 });
 
 // With a delegated cgroup v2, the kernel enforces the memory limit for the whole run: the OOM
