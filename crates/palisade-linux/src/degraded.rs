@@ -47,6 +47,11 @@ fn check_enforceable(policy: &Policy) -> Result<(), Error> {
             hidden.display()
         )));
     }
+    if !policy.ports.expose.is_empty() {
+        return Err(Error::Sandbox(
+            "degraded mode cannot expose ports: without a network namespace there is no network of the sandbox's own to expose; drop --expose or run where namespaces are available".into(),
+        ));
+    }
     // The proxy's only protection in allowlist mode is that it is the sandbox's only route out.
     // Without a network namespace, Landlock's TCP rules can limit connections by port only, so
     // the proxy's port on any other host would be reachable too, and UDP not at all.
@@ -181,9 +186,12 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     check_enforceable(policy)?;
 
     let tmp = TempDir::create()?;
-    let rules = rules(policy, &tmp.0)?;
+    let mut rules = rules(policy, &tmp.0)?;
     let no_sockets = policy.network == NetworkMode::None;
-    layers.landlock_tcp = rules.deny_tcp && abi >= 4;
+    if abi >= crate::landlock::TCP_ABI {
+        rules.bind_ports = policy.ports.listen.clone();
+    }
+    layers.landlock_tcp = (rules.deny_tcp || rules.bind_ports.is_some()) && abi >= crate::landlock::TCP_ABI;
     // Without a user namespace, RLIMIT_NPROC would count every process of the user on the
     // host, so the process limit rests on the accounting alone.
     let rlimits: Vec<_> = crate::limits::rlimits(&policy.limits).into_iter().filter(|limit| limit.name() != "nproc").collect();

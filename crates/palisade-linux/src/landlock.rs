@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
     RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
@@ -42,7 +42,12 @@ pub struct Rules {
     pub proc: Vec<PathBuf>,
     /// Refuse every TCP bind and connect (degraded mode with the network off).
     pub deny_tcp: bool,
+    /// The only TCP ports the command may bind, or `None` to leave binding alone. Needs ABI 4.
+    pub bind_ports: Option<Vec<u16>>,
 }
+
+/// The first Landlock ABI with TCP rules.
+pub const TCP_ABI: i32 = 4;
 
 /// Asks the kernel for its Landlock ABI version. The landlock crate keeps this query private
 /// because it wants rulesets written against a fixed ABI. Palisade needs it to report the layer and
@@ -135,6 +140,7 @@ pub fn apply(rules: &Rules, minimum_abi: i32) -> Result<Enforced, String> {
         let (cause, fix) = missing_reason();
         return Err(format!("{cause}; {fix}"));
     };
+    let minimum_abi = if rules.bind_ports.is_some() { minimum_abi.max(TCP_ABI) } else { minimum_abi };
     if kernel < minimum_abi {
         return Err(format!(
             "this kernel offers Landlock ABI {kernel}, and this policy needs ABI {minimum_abi} or later (Linux 6.2 for ABI 3)"
@@ -142,13 +148,15 @@ pub fn apply(rules: &Rules, minimum_abi: i32) -> Result<Enforced, String> {
     }
     let abi = ABI::from(kernel.min(NEWEST_ABI as i32));
     let scoped = abi >= ABI::V6;
-    let tcp = rules.deny_tcp && abi >= ABI::V4;
+    let tcp = (rules.deny_tcp || rules.bind_ports.is_some()) && abi >= ABI::V4;
     let create = || -> Result<_, landlock::RulesetError> {
         // Every right asked for must be enforced: with a hard requirement the crate fails
         // instead of dropping a right the kernel lacks.
         let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(AccessFs::from_all(abi))?;
-        if tcp {
+        if rules.deny_tcp {
             ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
+        } else if rules.bind_ports.is_some() {
+            ruleset = ruleset.handle_access(AccessNet::BindTcp)?;
         }
         if scoped {
             ruleset = ruleset.scope(Scope::from_all(abi))?;
@@ -169,6 +177,9 @@ pub fn apply(rules: &Rules, minimum_abi: i32) -> Result<Enforced, String> {
                 let access = if is_directory(path) { access } else { access & AccessFs::from_file(abi) };
                 created = created.add_rule(PathBeneath::new(fd, access))?;
             }
+        }
+        for &port in rules.bind_ports.iter().flatten() {
+            created = created.add_rule(NetPort::new(port, AccessNet::BindTcp))?;
         }
         created.restrict_self()
     };

@@ -134,7 +134,8 @@ pub struct Layers {
     pub landlock_abi: Option<i32>,
     /// Landlock also confines abstract UNIX sockets and signals to the sandbox (ABI 6).
     pub landlock_scoped: bool,
-    /// Landlock refuses TCP bind and connect (degraded mode with the network off, ABI 4).
+    /// Landlock's TCP rules are in force (ABI 4): they refuse every TCP bind and connect in
+    /// degraded mode with the network off, and bind outside the policy's listen ports.
     pub landlock_tcp: bool,
     /// The seccomp filter was installed.
     pub seccomp: bool,
@@ -252,6 +253,21 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         }
     }
     layers.landlock_scoped = layers.landlock_abi.is_some_and(|abi| abi >= 6);
+    if policy.ports.listen.is_some() {
+        if layers.landlock_abi.is_some_and(|abi| abi >= landlock::TCP_ABI) {
+            layers.landlock_tcp = true;
+        } else {
+            let cause = match layers.landlock_abi {
+                Some(abi) => format!("this kernel offers Landlock ABI {abi}, and limiting the ports the command listens on needs ABI 4 (Linux 6.7)"),
+                None => "limiting the ports the command listens on needs Landlock ABI 4 (Linux 6.7), and this kernel has no Landlock".to_owned(),
+            };
+            if !policy.allow_degraded {
+                let fix = "run on Linux 6.7 or later with Landlock enabled, or drop --allow-listen".to_owned();
+                return Err(Error::LayerMissing { layer: "Landlock TCP rules", cause, fix });
+            }
+            layers.missing.push(format!("listen ports: {cause}"));
+        }
+    }
 
     // With degraded mode allowed, whether the namespaces can be created is asked first, so
     // the run's layers are settled before anything starts. Without it, the run itself fails

@@ -46,7 +46,11 @@ pub fn run(
     // Both are computed here, before the fork, so the command stage only applies them.
     let confinement = init::Confinement {
         rlimits,
-        landlock: layers.landlock_abi.map(|_| landlock::rules_for_plan(plan)),
+        landlock: layers.landlock_abi.map(|_| {
+            let mut rules = landlock::rules_for_plan(plan);
+            rules.bind_ports = policy.ports.listen.clone().filter(|_| layers.landlock_tcp);
+            rules
+        }),
         seccomp: layers.seccomp.then(|| seccomp::build(seccomp::FilterOptions { allow_ptrace: policy.allow_ptrace, no_sockets: false })),
     };
     let pipe = |what| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", what, e.into()));

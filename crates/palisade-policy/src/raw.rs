@@ -61,6 +61,11 @@ pub struct RawNetwork {
     pub allow: Vec<Spanned<String>>,
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
+    /// TCP ports the command may listen on; absent means any.
+    pub listen: Option<Vec<Spanned<i64>>>,
+    /// TCP ports of the sandbox's loopback that the host reaches at the same port of its own.
+    #[serde(default)]
+    pub expose: Vec<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

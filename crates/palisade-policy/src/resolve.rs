@@ -89,6 +89,10 @@ pub struct Overrides {
     pub deny_read: Vec<PathBuf>,
     pub net: Option<String>,
     pub allow_domain: Vec<String>,
+    /// `--allow-listen` ports, as given.
+    pub allow_listen: Vec<String>,
+    /// `--expose` ports, as given.
+    pub expose: Vec<String>,
     pub timeout: Option<String>,
     pub cpu_time: Option<String>,
     pub memory: Option<String>,
@@ -276,6 +280,8 @@ pub struct Policy {
     pub home: PathBuf,
     pub filesystem: Filesystem,
     pub network: NetworkMode,
+    /// The ports the command may listen on and the ports the host reaches.
+    pub ports: Ports,
     pub limits: Limits,
     /// The complete environment of the command.
     pub env: Vec<EnvVar>,
@@ -285,6 +291,17 @@ pub struct Policy {
     pub allow_degraded: bool,
     /// Let the command trace its own descendants (`ptrace`, `process_vm_*`).
     pub allow_ptrace: bool,
+}
+
+/// The TCP ports of a policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ports {
+    /// The only TCP ports the command may listen on (bind), or `None` for any. 0 stands for
+    /// ports the kernel picks.
+    pub listen: Option<Vec<u16>>,
+    /// Ports of the sandbox's loopback that palisade makes reachable from the host, at the
+    /// same port of the host's 127.0.0.1.
+    pub expose: Vec<u16>,
 }
 
 /// The source of a setting, for error messages.
@@ -332,6 +349,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
         }
         network = NetworkMode::Full;
     }
+    let ports = resolve_ports(raw, overrides, &origin, profile, &network)?;
     let limits = resolve_limits(raw, overrides, &origin, profile, context.memory_total)?;
     let allow_degraded = overrides.allow_degraded || raw.allow_degraded.unwrap_or(false);
     let allow_ptrace = overrides.allow_ptrace || raw.allow_ptrace.unwrap_or(false);
@@ -362,7 +380,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
     let mut env = env;
     set_env(&mut env, "PWD", cwd.as_os_str());
 
-    Ok(Policy { profile, workspace, cwd, home, filesystem, network, limits, env, dropped_env, allow_degraded, allow_ptrace })
+    Ok(Policy { profile, workspace, cwd, home, filesystem, network, ports, limits, env, dropped_env, allow_degraded, allow_ptrace })
 }
 
 /// Makes the file `/etc/resolv.conf` links to readable, for a command that uses the host's
@@ -464,6 +482,70 @@ fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> R
         }
     };
     Ok(mode)
+}
+
+/// Resolves `[network] listen` and `expose` with `--allow-listen` and `--expose`. Flags add to
+/// the file's lists.
+fn resolve_ports(raw: &RawPolicy, overrides: &Overrides, origin: &Origin, profile: Profile, network: &NetworkMode) -> Result<Ports, PolicyError> {
+    let port = |what: &'static str, value: i64, origin: String, lowest: i64| -> Result<u16, PolicyError> {
+        if (lowest..=65535).contains(&value) {
+            Ok(value as u16)
+        } else {
+            Err(PolicyError::InvalidValue { what, value: value.to_string(), origin, reason: format!("expected a TCP port from {lowest} to 65535") })
+        }
+    };
+    let flag_port = |what: &'static str, text: &str, lowest: i64| -> Result<u16, PolicyError> {
+        let value = text.trim().parse::<i64>().map_err(|_| PolicyError::InvalidValue {
+            what,
+            value: text.into(),
+            origin: FLAG.into(),
+            reason: format!("expected a TCP port from {lowest} to 65535"),
+        })?;
+        port(what, value, FLAG.into(), lowest)
+    };
+
+    let mut listen: Option<Vec<u16>> = None;
+    if let Some(entries) = &raw.network.listen {
+        let list = listen.get_or_insert_with(Vec::new);
+        for entry in entries {
+            list.push(port("[network] listen port", *entry.get_ref(), origin.of(entry), 0)?);
+        }
+    }
+    for text in &overrides.allow_listen {
+        let value = flag_port("--allow-listen port", text, 0)?;
+        listen.get_or_insert_with(Vec::new).push(value);
+    }
+    let mut expose = Vec::new();
+    for entry in &raw.network.expose {
+        expose.push(port("[network] expose port", *entry.get_ref(), origin.of(entry), 1)?);
+    }
+    for text in &overrides.expose {
+        expose.push(flag_port("--expose port", text, 1)?);
+    }
+    for list in listen.iter_mut().chain(std::iter::once(&mut expose)) {
+        list.sort_unstable();
+        list.dedup();
+    }
+
+    if profile == Profile::Unconfined && (listen.is_some() || !expose.is_empty()) {
+        return Err(PolicyError::Contradiction(
+            "the unconfined profile runs the command outside any sandbox, so it cannot limit or expose ports; use another profile".into(),
+        ));
+    }
+    if *network == NetworkMode::Full && !expose.is_empty() {
+        return Err(PolicyError::Contradiction(format!(
+            "ports to expose ({}) need a network of the sandbox's own, but network mode 'full' shares the host's, where the command's servers are reachable already; drop --expose or use --net none or allowlist",
+            expose.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if let Some(allowed) = &listen {
+        if let Some(missing) = expose.iter().find(|port| !allowed.contains(port)) {
+            return Err(PolicyError::Contradiction(format!(
+                "port {missing} is to be exposed, but the command may not listen on it; add it to the ports to listen on (--allow-listen {missing})"
+            )));
+        }
+    }
+    Ok(Ports { listen, expose })
 }
 
 fn resolve_limits(
@@ -1065,6 +1147,10 @@ impl Policy {
             mode: &'a str,
             allow: &'a [String],
             deny: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            listen: Option<&'a [u16]>,
+            #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+            expose: &'a [u16],
         }
         #[derive(Serialize)]
         struct RenderedEnv {
@@ -1085,7 +1171,13 @@ impl Policy {
                 deny_read: &self.filesystem.hidden,
                 protected: &self.filesystem.protected,
             },
-            network: RenderedNetwork { mode: self.network.name(), allow, deny },
+            network: RenderedNetwork {
+                mode: self.network.name(),
+                allow,
+                deny,
+                listen: self.ports.listen.as_deref(),
+                expose: &self.ports.expose,
+            },
             limits: &self.limits,
             env: RenderedEnv { pass: self.env.iter().map(|var| var.name.to_string_lossy().into_owned()).collect() },
         };

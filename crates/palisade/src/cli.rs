@@ -66,6 +66,14 @@ pub struct PolicyArgs {
     /// 10.0.0.0/24 (repeatable; implies --net allowlist).
     #[arg(long, value_name = "PATTERN")]
     pub allow_domain: Vec<String>,
+    /// A TCP port the command may listen on; once one is given, it may listen on no other
+    /// (repeatable; 0 allows ports the kernel picks; default: any).
+    #[arg(long, value_name = "PORT")]
+    pub allow_listen: Vec<String>,
+    /// A TCP port of the sandbox's loopback that the host reaches at 127.0.0.1:PORT, for dev
+    /// servers (repeatable; not with --net full).
+    #[arg(long, value_name = "PORT")]
+    pub expose: Vec<String>,
     /// Wall-clock limit, such as 30s or 5m; every process of the run is killed when it expires
     /// (default: none).
     #[arg(long, value_name = "DURATION")]
@@ -132,6 +140,8 @@ impl PolicyArgs {
             deny_read: self.deny_read.clone(),
             net: self.net.clone(),
             allow_domain: self.allow_domain.clone(),
+            allow_listen: self.allow_listen.clone(),
+            expose: self.expose.clone(),
             timeout: self.timeout.clone(),
             cpu_time: self.cpu_time.clone(),
             memory: self.memory.clone(),
