@@ -117,6 +117,9 @@ pub struct InitContext<'a> {
     /// In allowlist mode, init's end of the socket pair it hands the proxy's listening socket
     /// to the supervisor over.
     pub proxy_channel: Option<OwnedFd>,
+    /// With exposed ports, init's end of the socket pair on which the supervisor requests new
+    /// sockets of the run's network namespace.
+    pub socket_requests: Option<OwnedFd>,
     /// The loopback addresses and ports forwarded to the host, in allowlist mode.
     pub forwarded: &'a [std::net::SocketAddr],
 }
@@ -194,6 +197,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     let command_pid = match sys::clone_fork(0) {
         Ok(0) => {
             drop(signal_fd);
+            drop(context.socket_requests.take());
             if let Err(error) = attach_output(&context.output) {
                 fail(&context.report, format!("failed to attach the output pipes: {error}"));
             }
@@ -205,7 +209,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     // Init keeps no write end of the output pipes, so the supervisor reads end-of-file as
     // soon as the last process of the run is gone.
     context.output = [None, None];
-    supervise(command_pid, &signal_fd, &context.report)
+    supervise(command_pid, &signal_fd, context.socket_requests, &context.report)
 }
 
 /// Puts the output pipes in place of stdout and stderr. dup2 leaves the copies without
@@ -265,8 +269,26 @@ fn limit_shared_memory_segments(bytes: u64) {
 
 /// Forwards signals to the command and reaps children until the command exits, then exits
 /// with the command's status.
-fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, report: &OwnedFd) -> ! {
+fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, mut socket_requests: Option<OwnedFd>, report: &OwnedFd) -> ! {
     loop {
+        // With exposed ports, init also answers the supervisor's requests for sockets.
+        if let Some(channel) = &socket_requests {
+            let mut fds = [
+                rustix::event::PollFd::new(signal_fd, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(channel, rustix::event::PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(error) => fail(report, format!("failed to wait for signals: {error}")),
+            }
+            let (signal_ready, request_ready) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+            if request_ready && !crate::network::serve_socket_request(channel) {
+                socket_requests = None;
+            }
+            if !signal_ready {
+                continue;
+            }
+        }
         let (signal, _from_kernel) = match sys::read_signal(signal_fd.as_fd()) {
             Ok(received) => received,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -13,6 +13,11 @@
 //! the supervisor connects each client to the same address and port outside. A client that
 //! ignores the proxy variables (a database driver, say) reaches the host's service where it
 //! expects it.
+//!
+//! Exposed ports go the other way: the supervisor listens on the host's 127.0.0.1 and, for each
+//! client, asks init for a fresh TCP socket over a second socket pair ([`serve_socket_request`]).
+//! A socket stays in the network namespace it was created in, so the supervisor connects it to
+//! the same port on the sandbox's loopback, where the command's server listens.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -135,6 +140,62 @@ pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[SocketAddr]) -> 
     Ok(Some(Listeners { proxy, forwarded: listeners.into_iter().zip(forwarded.iter().copied()).collect() }))
 }
 
+/// Runs in init, for an exposed port: reads one request from the supervisor and answers it with a
+/// new, unconnected TCP socket of the run's network namespace. Returns `false` once the
+/// supervisor has closed its end, so init stops watching it.
+pub(crate) fn serve_socket_request(channel: &OwnedFd) -> bool {
+    let mut request = [0u8; 1];
+    match rustix::io::read(channel, &mut request) {
+        Ok(0) => return false,
+        Ok(_) => {}
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => return true,
+        Err(_) => return false,
+    }
+    let socket = match rustix::net::socket_with(AddressFamily::INET, SocketType::STREAM, SocketFlags::CLOEXEC, None) {
+        Ok(socket) => socket,
+        // The supervisor reads a reply without a socket as a failure and closes its client.
+        Err(_) => return rustix::io::write(channel, b"0").is_ok(),
+    };
+    let fds = [socket.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(channel, &[IoSlice::new(b"1")], &mut control, SendFlags::NOSIGNAL).is_ok()
+}
+
+/// Runs in the supervisor: asks init for a TCP socket of the run's network namespace.
+fn request_socket(channel: &OwnedFd) -> io::Result<std::net::TcpStream> {
+    rustix::io::write(channel, b"s")?;
+    let mut reply = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(channel, &mut [IoSliceMut::new(&mut reply)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    if received.bytes == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the sandbox's init has exited"));
+    }
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
+            if let Some(fd) = fds.next() {
+                return Ok(std::net::TcpStream::from(fd));
+            }
+        }
+    }
+    Err(io::Error::other("the sandbox's init failed to create a socket"))
+}
+
+/// Creates the host's listening sockets for the exposed `ports`, on 127.0.0.1, before the run
+/// starts, so a port already in use on the host fails the run at once.
+pub(crate) fn listen_for_exposed(ports: &[u16]) -> Result<Vec<(TcpListener, u16)>, String> {
+    ports
+        .iter()
+        .map(|&port| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .map(|listener| (listener, port))
+                .map_err(|error| format!("failed to listen on 127.0.0.1:{port} on the host, to expose the sandbox's port {port}: {error}"))
+        })
+        .collect()
+}
+
 /// Returns the variables that point clients at the proxy on `port`: HTTP and HTTPS through the
 /// HTTP proxy, every other protocol through SOCKS5 with names resolved by the proxy
 /// (`socks5h`), and the sandbox's own loopback reached directly, where its own servers listen.
@@ -161,67 +222,93 @@ pub(crate) fn is_proxy_variable(name: &[u8]) -> bool {
     PROXY_VARIABLES.iter().any(|variable| name.eq_ignore_ascii_case(variable.as_bytes()))
 }
 
-/// Palisade's proxy running on a thread of the supervisor, for the length of one run.
-pub(crate) struct ProxyThread {
-    proxy: Arc<Proxy>,
+/// What the supervisor's network thread serves for one run.
+pub(crate) struct Services {
+    /// The proxy's listening socket with its rules, and the forwarded ports (allowlist mode).
+    pub(crate) proxy: Option<(Listeners, Rules)>,
+    /// The host's listening sockets of the exposed ports, with the port each reaches in the
+    /// sandbox, and the supervisor's end of the socket pair init answers socket requests on.
+    pub(crate) exposed: Option<(Vec<(TcpListener, u16)>, OwnedFd)>,
+}
+
+/// Palisade's proxy, forwarded ports and exposed ports, served on a thread of the supervisor
+/// for the length of one run.
+pub(crate) struct NetworkThread {
+    proxy: Option<Arc<Proxy>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<io::Result<()>>>,
-    address: SocketAddr,
+    address: Option<SocketAddr>,
     forwarded: Vec<SocketAddr>,
 }
 
-impl ProxyThread {
-    /// Starts serving the proxy's listener with `rules`, and forwarding the other listeners.
-    pub(crate) fn start(listeners: Listeners, rules: Rules) -> io::Result<ProxyThread> {
-        let Listeners { proxy: listener, forwarded } = listeners;
-        let address = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        for (forward, _) in &forwarded {
-            forward.set_nonblocking(true)?;
-        }
-        let forwarded_addresses = forwarded.iter().map(|(_, target)| *target).collect();
-        // One thread: the proxy waits on sockets, and the resolver's lookups run on tokio's
-        // blocking pool, so one thread carries many connections.
+impl NetworkThread {
+    /// Starts serving `services`.
+    pub(crate) fn start(services: Services) -> io::Result<NetworkThread> {
+        // One thread: the proxy and the forwarders wait on sockets, and the resolver's lookups
+        // run on tokio's blocking pool, so one thread carries many connections.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
-        let proxy = Arc::new(Proxy::new(rules, Arc::new(SystemResolver)));
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDED_CONNECTIONS));
+        let mut address = None;
+        let mut forwarded_addresses = Vec::new();
+        let mut proxy = None;
+        let mut listeners: Vec<(TcpListener, Target)> = Vec::new();
+        let mut proxy_listener = None;
+        if let Some((Listeners { proxy: listener, forwarded }, rules)) = services.proxy {
+            address = Some(listener.local_addr()?);
+            forwarded_addresses = forwarded.iter().map(|(_, target)| *target).collect();
+            proxy = Some(Arc::new(Proxy::new(rules, Arc::new(SystemResolver))));
+            proxy_listener = Some(listener);
+            listeners.extend(forwarded.into_iter().map(|(listener, target)| (listener, Target::Host(target))));
+        }
+        if let Some((exposed, factory)) = services.exposed {
+            let factory = Arc::new(std::sync::Mutex::new(factory));
+            listeners.extend(exposed.into_iter().map(|(listener, port)| (listener, Target::Sandbox(port, Arc::clone(&factory)))));
+        }
+        for listener in proxy_listener.iter().chain(listeners.iter().map(|(listener, _)| listener)) {
+            listener.set_nonblocking(true)?;
+        }
+
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = Arc::clone(&proxy);
-        let thread = std::thread::Builder::new().name("palisade-proxy".into()).spawn(move || {
+        let serving = proxy.clone();
+        let thread = std::thread::Builder::new().name("palisade-network".into()).spawn(move || {
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
                 let mut forwarders = tokio::task::JoinSet::new();
-                let permits = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDED_CONNECTIONS));
-                for (forward, target) in forwarded {
-                    let forward = tokio::net::TcpListener::from_std(forward)?;
-                    forwarders.spawn(serve_forwarded(forward, target, Arc::clone(&permits)));
+                for (listener, target) in listeners {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    forwarders.spawn(serve_forwarded(listener, target, Arc::clone(&permits)));
                 }
-                let served = serving
-                    .serve(listener, async {
-                        let _ = stopped.await;
-                    })
-                    .await;
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                let served = match (serving, proxy_listener) {
+                    (Some(proxy), Some(listener)) => proxy.serve(tokio::net::TcpListener::from_std(listener)?, stopped).await,
+                    _ => {
+                        stopped.await;
+                        Ok(())
+                    }
+                };
                 // Aborting the accept loops drops their connection tasks, which closes every
                 // forwarded connection too.
                 forwarders.shutdown().await;
                 served
             })
         })?;
-        Ok(ProxyThread { proxy, stop: Some(stop), thread: Some(thread), address, forwarded: forwarded_addresses })
+        Ok(NetworkThread { proxy, stop: Some(stop), thread: Some(thread), address, forwarded: forwarded_addresses })
     }
 
-    /// Returns the address the proxy listens on inside the sandbox.
-    pub(crate) fn address(&self) -> SocketAddr {
+    /// Returns the address the proxy listens on inside the sandbox, in allowlist mode.
+    pub(crate) fn address(&self) -> Option<SocketAddr> {
         self.address
     }
 
-    /// Stops the proxy, closing every connection it still carries, and returns what it refused.
+    /// Stops serving, closing every connection still open, and returns what the proxy refused.
     pub(crate) fn finish(mut self) -> NetworkOutcome {
         self.shut_down();
         NetworkOutcome {
-            proxy: Some(self.address),
+            proxy: self.address,
             forwarded: std::mem::take(&mut self.forwarded),
-            denials: self.proxy.denials(),
-            denials_dropped: self.proxy.denials_dropped(),
+            denials: self.proxy.as_ref().map(|proxy| proxy.denials()).unwrap_or_default(),
+            denials_dropped: self.proxy.as_ref().map_or(0, |proxy| proxy.denials_dropped()),
         }
     }
 
@@ -232,16 +319,63 @@ impl ProxyThread {
         if let Some(thread) = self.thread.take() {
             match thread.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "the proxy stopped with an error"),
-                Err(_) => tracing::error!("the proxy thread panicked"),
+                Ok(Err(error)) => tracing::warn!(%error, "palisade's network thread stopped with an error"),
+                Err(_) => tracing::error!("palisade's network thread panicked"),
             }
         }
     }
 }
 
-/// Accepts connections on a forwarded port and connects each to `target` outside the sandbox.
-/// Runs until aborted; the tasks of its connections end with it.
-async fn serve_forwarded(listener: tokio::net::TcpListener, target: SocketAddr, permits: Arc<tokio::sync::Semaphore>) {
+impl Drop for NetworkThread {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Where a forwarder connects its clients.
+#[derive(Clone)]
+enum Target {
+    /// An address in palisade's own namespace: a forwarded loopback port.
+    Host(SocketAddr),
+    /// A port of the sandbox's loopback, through a socket init creates: an exposed port.
+    Sandbox(u16, Arc<std::sync::Mutex<OwnedFd>>),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Host(address) => write!(f, "{address}"),
+            Target::Sandbox(port, _) => write!(f, "the sandbox's 127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Target {
+    async fn connect(&self) -> io::Result<tokio::net::TcpStream> {
+        match self {
+            Target::Host(address) => tokio::net::TcpStream::connect(address).await,
+            Target::Sandbox(port, factory) => {
+                let factory = Arc::clone(factory);
+                // The exchange with init is two blocking calls on a socket pair that init
+                // answers at once; the lock keeps concurrent requests from taking each other's
+                // replies.
+                let socket = tokio::task::spawn_blocking(move || {
+                    let channel = factory.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    request_socket(&channel)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                socket.set_nonblocking(true)?;
+                let socket = tokio::net::TcpSocket::from_std_stream(socket);
+                socket.connect(SocketAddr::from((Ipv4Addr::LOCALHOST, *port))).await
+            }
+        }
+    }
+}
+
+/// Accepts connections on a forwarded or exposed port and connects each to `target`. Runs
+/// until aborted; the tasks of its connections end with it.
+async fn serve_forwarded(listener: tokio::net::TcpListener, target: Target, permits: Arc<tokio::sync::Semaphore>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -255,10 +389,11 @@ async fn serve_forwarded(listener: tokio::net::TcpListener, target: SocketAddr, 
                 continue;
             }
         };
+        let target = target.clone();
         connections.spawn(async move {
             let _permit = permit;
             let mut client = client;
-            let mut upstream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
+            let mut upstream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, target.connect()).await {
                 Ok(Ok(upstream)) => upstream,
                 Ok(Err(error)) => {
                     tracing::debug!(%error, %target, "failed to connect a forwarded connection");
@@ -276,12 +411,6 @@ async fn serve_forwarded(listener: tokio::net::TcpListener, target: SocketAddr, 
                 tracing::debug!(%error, %target, "a forwarded connection closed with an error");
             }
         });
-    }
-}
-
-impl Drop for ProxyThread {
-    fn drop(&mut self) {
-        self.shut_down();
     }
 }
 

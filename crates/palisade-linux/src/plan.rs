@@ -260,6 +260,7 @@ mod tests {
             home: "/home/u".into(),
             filesystem: fs,
             network: NetworkMode::None,
+            ports: Default::default(),
             limits: Limits::default(),
             env: Vec::new(),
             dropped_env: Vec::new(),

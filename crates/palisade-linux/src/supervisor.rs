@@ -85,6 +85,15 @@ pub fn run(
         }
         None => (None, None),
     };
+    // Exposed ports: the host's listeners exist before the run starts, and init answers socket
+    // requests on a second socket pair.
+    let exposed = network::listen_for_exposed(&policy.ports.expose).map_err(Error::Sandbox)?;
+    let (factory_channel, init_factory_channel) = if exposed.is_empty() {
+        (None, None)
+    } else {
+        let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the socket pair for exposed ports", e))?;
+        (Some(supervisor_end), Some(init_end))
+    };
 
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
     if policy.network != NetworkMode::Full {
@@ -101,6 +110,8 @@ pub fn run(
             drop(report_read);
             drop(signal_fd);
             drop(proxy_channel);
+            drop(factory_channel);
+            drop(exposed);
             let output = std::mem::take(&mut streams.write_ends);
             // Init must hold no read end: with one open, the command would never see EPIPE
             // when palisade's reader goes away.
@@ -116,6 +127,7 @@ pub fn run(
                 confinement: &confinement,
                 output,
                 proxy_channel: init_proxy_channel,
+                socket_requests: init_factory_channel,
                 forwarded: &forwarded,
             })
         }
@@ -126,6 +138,7 @@ pub fn run(
     drop(report_write);
     drop(idmap_userns);
     drop(init_proxy_channel);
+    drop(init_factory_channel);
     streams.write_ends = [None, None];
     let child = rustix::process::Pid::from_raw(pid).expect("clone returned a positive pid");
     let started_child = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
@@ -160,16 +173,26 @@ pub fn run(
     }
     // Init sends the proxy's socket before it builds the root. If it fails before that, it
     // closes its end, and its report says why.
-    let proxy = match (proxy_channel, rules) {
-        (Some(channel), Some(rules)) => match start_proxy(&channel, rules, &forwarded) {
-            Ok(proxy) => proxy,
-            Err(error) => {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                reap(pid);
-                return Err(error);
-            }
-        },
-        _ => None,
+    let services = match (proxy_channel, rules) {
+        (Some(channel), Some(rules)) => receive_listeners(&channel, rules, &forwarded),
+        _ => Ok(None),
+    };
+    let network_thread = services.and_then(|proxy| {
+        let exposed = factory_channel.map(|factory| (exposed, factory));
+        if proxy.is_none() && exposed.is_none() {
+            return Ok(None);
+        }
+        let thread = network::NetworkThread::start(network::Services { proxy, exposed }).map_err(|e| Error::setup("start", "palisade's network thread", e))?;
+        tracing::debug!(proxy = ?thread.address(), "palisade's network thread serves the run");
+        Ok(Some(thread))
+    });
+    let network_thread = match network_thread {
+        Ok(thread) => thread,
+        Err(error) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            reap(pid);
+            return Err(error);
+        }
     };
     // `go_write` stays open until the run ends: init treats its hang-up as this process's death.
     let revert = RevertList::capture(&policy.filesystem.revert_if_created);
@@ -194,7 +217,7 @@ pub fn run(
     }
     let messages = Message::decode_all(&bytes);
     drop(go_write);
-    let network = proxy.map(network::ProxyThread::finish).unwrap_or_default();
+    let network = network_thread.map(network::NetworkThread::finish).unwrap_or_default();
     remove_placeholders(&messages);
     revert.apply();
     new_repositories.scrub();
@@ -314,16 +337,11 @@ pub fn run(
     finish(exit, exec_error, usage, monitor.events, layers)
 }
 
-/// Receives the proxy's listening socket from init and starts serving it. `Ok(None)` when init
-/// failed before it sent one.
-fn start_proxy(channel: &OwnedFd, rules: Rules, forwarded: &[std::net::SocketAddr]) -> Result<Option<network::ProxyThread>, Error> {
+/// Receives the proxy's and the forwarded ports' listening sockets from init. `Ok(None)` when
+/// init failed before it sent them.
+fn receive_listeners(channel: &OwnedFd, rules: Rules, forwarded: &[std::net::SocketAddr]) -> Result<Option<(network::Listeners, Rules)>, Error> {
     let received = network::receive_listeners(channel, forwarded).map_err(|e| Error::setup("receive", "the proxy's listening sockets", e))?;
-    let Some(listeners) = received else {
-        return Ok(None);
-    };
-    let proxy = network::ProxyThread::start(listeners, rules).map_err(|e| Error::setup("start", "the proxy", e))?;
-    tracing::debug!(address = %proxy.address(), "the proxy serves the run");
-    Ok(Some(proxy))
+    Ok(received.map(|listeners| (listeners, rules)))
 }
 
 /// Combines what each source measured of a run: the usage of the processes init reaped,

@@ -23,5 +23,5 @@ pub use parse::{parse_duration, parse_size};
 pub use paths::is_within;
 pub use raw::{RawNumber, RawPolicy, RawSource};
 pub use resolve::{
-    resolve, Context, EnvVar, Filesystem, Limits, NetworkMode, Overrides, Policy, Profile,
+    resolve, Context, EnvVar, Filesystem, Limits, NetworkMode, Ports, Overrides, Policy, Profile,
 };

@@ -193,13 +193,15 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, _permit: Owned
     }
 }
 
+const TUNNEL_BUFFER: usize = 256 * 1024;
+
 /// Copies bytes both ways between a client and its upstream server until both sides close.
 pub(crate) async fn splice<C, U>(client: &mut C, upstream: &mut U)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    match tokio::io::copy_bidirectional(client, upstream).await {
+    match tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await {
         Ok((sent, received)) => debug!(sent, received, "tunnel closed"),
         Err(error) => debug!(%error, "tunnel closed with an error"),
     }
