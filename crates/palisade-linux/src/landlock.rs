@@ -104,6 +104,7 @@ pub fn rules_for_plan(plan: &MountPlan) -> Rules {
             MountOp::Tmp { path, writable: false, .. } | MountOp::Bind { path, writable: false, .. } => {
                 rules.read.push(path.clone())
             }
+            MountOp::File { path, .. } => rules.read.push(path.clone()),
             MountOp::Hide { .. } | MountOp::Protect { .. } | MountOp::Pin { .. } => {}
         }
     }

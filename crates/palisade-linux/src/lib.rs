@@ -35,7 +35,7 @@ use std::time::Duration;
 pub use error::Error;
 pub use network::NetworkOutcome;
 pub use palisade_proxy::Denial as NetworkDenial;
-use palisade_policy::{Policy, Profile};
+use palisade_policy::{NetworkMode, Policy, Profile};
 use plan::{Kind, MountPlan};
 
 /// The unprivileged uid and gid a command runs as when palisade itself runs as root. It owns
@@ -283,7 +283,17 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         }
     }
     let identity = Identity::current();
-    let plan = plan_for(policy, identity);
+    let mut plan = plan_for(policy, identity);
+    if let Identity::Root { sandbox_uid } = identity {
+        add_sandbox_account(&mut plan, sandbox_uid, &policy.home);
+    }
+    if let NetworkMode::Allowlist { allow, deny, resolve_allowed: true } = &policy.network {
+        // The names on the allowlist resolve through the sandbox's own /etc/hosts.
+        let rules = palisade_policy::network::Rules::from_strings(allow, deny).map_err(|error| Error::Sandbox(error.to_string()))?;
+        let names = network::ForwardPlan::new(&rules, true).hosts;
+        let original = std::fs::read("/etc/hosts").unwrap_or_default();
+        plan.ops.push(plan::MountOp::File { path: "/etc/hosts".into(), contents: network::hosts_file(&original, &names) });
+    }
     let cgroup = match run_cgroup(&policy.limits) {
         Ok(cgroup) => Some(cgroup),
         // Only a cgroup can hold a CPU bandwidth limit.
@@ -314,6 +324,26 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
     }
     on_start(&layers);
     supervisor::run(policy, &plan, identity, argv, layers, cgroup)
+}
+
+/// Gives the sandbox's uid an account in the sandbox's `/etc/passwd` and `/etc/group`, so
+/// programs that look their user up (ssh, whoami) find one. Palisade running as root runs the
+/// command as [`ROOT_SANDBOX_UID`], which no host account has.
+fn add_sandbox_account(plan: &mut MountPlan, sandbox_uid: u32, home: &Path) {
+    let entries = [
+        ("/etc/passwd", format!("palisade:x:{sandbox_uid}:{sandbox_uid}:palisade sandbox:{}:/bin/sh\n", home.display())),
+        ("/etc/group", format!("palisade:x:{sandbox_uid}:\n")),
+    ];
+    for (path, entry) in entries {
+        // Without the host's file there is nothing to add to, and a file in its place could
+        // not be mounted on the read-only /etc.
+        let Ok(mut contents) = std::fs::read(path) else { continue };
+        if !contents.is_empty() && !contents.ends_with(b"\n") {
+            contents.push(b'\n');
+        }
+        contents.extend_from_slice(entry.as_bytes());
+        plan.ops.push(plan::MountOp::File { path: path.into(), contents });
+    }
 }
 
 /// The controllers a run cgroup must have to hold the memory and process limits.

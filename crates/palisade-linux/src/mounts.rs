@@ -148,6 +148,11 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
                     bind_in_place(&target, path, true)?;
                 }
             }
+            MountOp::File { path, contents } => {
+                let file = stage.file_with(contents)?;
+                let target = open_target(&root, path, Kind::File)?;
+                attach(&file, &target, path)?;
+            }
             MountOp::Pin { path } => {
                 let target = open_target(&root, path, Kind::Dir)?;
                 bind_in_place(&target, path, false)?;
@@ -500,6 +505,15 @@ impl Stage<'_> {
         )?;
         step("restrict", &path, sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, None))?;
         Ok(tree)
+    }
+
+    /// Returns a detached, read-only mount of a new stage file with `contents`, readable by all.
+    fn file_with(&mut self, contents: &[u8]) -> Result<OwnedFd, StepError> {
+        self.next += 1;
+        let path = Path::new(STAGE).join(format!("file{}", self.next));
+        step("write", &path, fs::write(&path, contents))?;
+        step_rustix("set mode of", &path, rustix::fs::chmod(&path, Mode::from_raw_mode(0o644)))?;
+        self.read_only_clone(&path)
     }
 
     fn empty_mask(&mut self, kind: Kind) -> Result<OwnedFd, StepError> {

@@ -55,12 +55,86 @@ const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of each copy buffer of a forwarded connection, one per direction.
 const FORWARD_BUFFER: usize = 64 * 1024;
 
+/// The first address given to a name on the allowlist inside the sandbox. Every 127.x.y.z
+/// address is on the loopback interface, and this block is unlikely to be one a test suite picks.
+const FIRST_NAME_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
+
+/// Where palisade connects the clients of one forwarded port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ForwardTo {
+    /// The same loopback address and port in palisade's namespace.
+    Address(SocketAddr),
+    /// A name on the allowlist and a port, decided, resolved and checked like a proxy request.
+    Name(String, u16),
+}
+
+/// One port init listens on inside the sandbox, besides the proxy's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Forward {
+    pub(crate) listen: SocketAddr,
+    pub(crate) to: ForwardTo,
+}
+
+impl std::fmt::Display for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.to {
+            ForwardTo::Address(address) => write!(f, "{address}"),
+            ForwardTo::Name(name, port) => write!(f, "{name}:{port} at {}", self.listen),
+        }
+    }
+}
+
+/// The ports palisade serves inside the sandbox in allowlist mode, besides the proxy, and the
+/// names it makes resolvable there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ForwardPlan {
+    pub(crate) forwards: Vec<Forward>,
+    /// `/etc/hosts` lines for the names, with `resolve_allowed`.
+    pub(crate) hosts: Vec<(Ipv4Addr, String)>,
+}
+
+impl ForwardPlan {
+    /// Lists the loopback entries of `rules` with a port and, when `resolve_allowed`, gives each
+    /// exact name an address of its own with a listener on each of its ports.
+    pub(crate) fn new(rules: &Rules, resolve_allowed: bool) -> ForwardPlan {
+        let mut plan = ForwardPlan::default();
+        for address in rules.forwarded_ports() {
+            plan.forwards.push(Forward { listen: address, to: ForwardTo::Address(address) });
+        }
+        if resolve_allowed {
+            let first = u32::from(FIRST_NAME_ADDRESS);
+            for (index, (name, ports)) in rules.resolvable_names().into_iter().enumerate() {
+                let address = Ipv4Addr::from(first + index as u32);
+                for port in ports {
+                    plan.forwards.push(Forward { listen: SocketAddr::from((address, port)), to: ForwardTo::Name(name.clone(), port) });
+                }
+                plan.hosts.push((address, name));
+            }
+        }
+        plan
+    }
+
+}
+
+/// Returns the sandbox's `/etc/hosts`: a line for each name palisade made resolvable, then the
+/// host's `original`. The resolver takes the first line that names a host, so palisade's
+/// address wins over one the host's file gives the same name.
+pub(crate) fn hosts_file(original: &[u8], names: &[(Ipv4Addr, String)]) -> Vec<u8> {
+    let mut contents = b"# Names on palisade's allowlist: palisade accepts connections for them at these addresses.\n".to_vec();
+    for (address, name) in names {
+        contents.extend_from_slice(format!("{address} {name}\n").as_bytes());
+    }
+    contents.extend_from_slice(b"# The host's /etc/hosts:\n");
+    contents.extend_from_slice(original);
+    contents
+}
+
 /// The listening sockets init creates inside the run's network namespace.
 pub(crate) struct Listeners {
     /// The proxy's.
     pub(crate) proxy: TcpListener,
-    /// One per forwarded port, with the address it forwards to, in the order of the policy.
-    pub(crate) forwarded: Vec<(TcpListener, SocketAddr)>,
+    /// One per forwarded port, in the order of the [`ForwardPlan`].
+    pub(crate) forwarded: Vec<(TcpListener, Forward)>,
 }
 
 /// What the network of a finished run was, for the report.
@@ -68,8 +142,9 @@ pub(crate) struct Listeners {
 pub struct NetworkOutcome {
     /// The proxy's address inside the sandbox, in allowlist mode.
     pub proxy: Option<SocketAddr>,
-    /// The loopback addresses and ports forwarded to the same address outside.
-    pub forwarded: Vec<SocketAddr>,
+    /// The ports palisade served inside the sandbox besides the proxy's, such as
+    /// `127.0.0.1:5432` or `git.test:22 at 127.77.0.1:22`.
+    pub forwarded: Vec<String>,
     /// Every request the proxy refused, oldest first, up to
     /// [`palisade_proxy::MAX_RECORDED_DENIALS`].
     pub denials: Vec<Denial>,
@@ -110,7 +185,7 @@ pub(crate) fn listen_and_send(channel: &OwnedFd, forwarded: &[SocketAddr]) -> Re
 /// Runs in the supervisor: receives the listening sockets init created for the proxy and for
 /// `forwarded`. Blocks until init sends them or closes its end; `Ok(None)` means init closed its
 /// end without sending, because setup failed before, and init's report says why.
-pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[SocketAddr]) -> io::Result<Option<Listeners>> {
+pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[Forward]) -> io::Result<Option<Listeners>> {
     let mut port_bytes = [0u8; 2];
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(forwarded.len() + 1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -137,7 +212,7 @@ pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[SocketAddr]) -> 
         return Err(io::Error::new(io::ErrorKind::InvalidData, message));
     }
     let proxy = listeners.remove(0);
-    Ok(Some(Listeners { proxy, forwarded: listeners.into_iter().zip(forwarded.iter().copied()).collect() }))
+    Ok(Some(Listeners { proxy, forwarded: listeners.into_iter().zip(forwarded.iter().cloned()).collect() }))
 }
 
 /// Runs in init, for an exposed port: reads one request from the supervisor and answers it with a
@@ -238,7 +313,7 @@ pub(crate) struct NetworkThread {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<io::Result<()>>>,
     address: Option<SocketAddr>,
-    forwarded: Vec<SocketAddr>,
+    forwarded: Vec<String>,
 }
 
 impl NetworkThread {
@@ -255,10 +330,17 @@ impl NetworkThread {
         let mut proxy_listener = None;
         if let Some((Listeners { proxy: listener, forwarded }, rules)) = services.proxy {
             address = Some(listener.local_addr()?);
-            forwarded_addresses = forwarded.iter().map(|(_, target)| *target).collect();
-            proxy = Some(Arc::new(Proxy::new(rules, Arc::new(SystemResolver))));
+            forwarded_addresses = forwarded.iter().map(|(_, forward)| forward.to_string()).collect();
+            let shared = Arc::new(Proxy::new(rules, Arc::new(SystemResolver)));
             proxy_listener = Some(listener);
-            listeners.extend(forwarded.into_iter().map(|(listener, target)| (listener, Target::Host(target))));
+            for (listener, forward) in forwarded {
+                let target = match forward.to {
+                    ForwardTo::Address(address) => Target::Host(address),
+                    ForwardTo::Name(name, port) => Target::Name(name, port, Arc::clone(&shared)),
+                };
+                listeners.push((listener, target));
+            }
+            proxy = Some(shared);
         }
         if let Some((exposed, factory)) = services.exposed {
             let factory = Arc::new(std::sync::Mutex::new(factory));
@@ -339,6 +421,8 @@ enum Target {
     Host(SocketAddr),
     /// A port of the sandbox's loopback, through a socket init creates: an exposed port.
     Sandbox(u16, Arc<std::sync::Mutex<OwnedFd>>),
+    /// A name on the allowlist and a port, connected by the proxy's rules.
+    Name(String, u16, Arc<Proxy>),
 }
 
 impl std::fmt::Display for Target {
@@ -346,6 +430,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Host(address) => write!(f, "{address}"),
             Target::Sandbox(port, _) => write!(f, "the sandbox's 127.0.0.1:{port}"),
+            Target::Name(name, port, _) => write!(f, "{name}:{port}"),
         }
     }
 }
@@ -354,6 +439,7 @@ impl Target {
     async fn connect(&self) -> io::Result<tokio::net::TcpStream> {
         match self {
             Target::Host(address) => tokio::net::TcpStream::connect(address).await,
+            Target::Name(name, port, proxy) => proxy.connect(name, *port).await.map_err(io::Error::other),
             Target::Sandbox(port, factory) => {
                 let factory = Arc::clone(factory);
                 // The exchange with init is two blocking calls on a socket pair that init
@@ -446,14 +532,34 @@ mod tests {
         // A port the kernel just handed out and took back is very likely still free.
         let free = TcpListener::bind((PROXY_HOST, 0)).unwrap().local_addr().unwrap();
         let port = listen_and_send(&init, &[free]).unwrap();
-        let listeners = receive_listeners(&supervisor, &[free]).unwrap().expect("listeners were sent");
+        let forward = Forward { listen: free, to: ForwardTo::Address(free) };
+        let listeners = receive_listeners(&supervisor, std::slice::from_ref(&forward)).unwrap().expect("listeners were sent");
         assert_eq!(listeners.proxy.local_addr().unwrap(), SocketAddr::from((PROXY_HOST, port)));
         assert_eq!(listeners.forwarded.len(), 1);
         assert_eq!(listeners.forwarded[0].0.local_addr().unwrap(), free);
-        assert_eq!(listeners.forwarded[0].1, free);
+        assert_eq!(listeners.forwarded[0].1, forward);
         // The received socket is the listening one: a connection to the port reaches it.
         let _client = std::net::TcpStream::connect((PROXY_HOST, port)).unwrap();
         listeners.proxy.accept().unwrap();
+    }
+
+    #[test]
+    fn names_get_addresses_and_listeners() {
+        let rules = Rules::from_strings(&["git.test:22", "127.0.0.1:5432", "api.test", "*.cdn.test"], &[]).unwrap();
+        let plan = ForwardPlan::new(&rules, true);
+        let forwards: Vec<String> = plan.forwards.iter().map(ToString::to_string).collect();
+        assert_eq!(forwards, [
+            "127.0.0.1:5432",
+            "git.test:22 at 127.77.0.1:22",
+            "api.test:80 at 127.77.0.2:80",
+            "api.test:443 at 127.77.0.2:443",
+        ]);
+        assert_eq!(plan.hosts, [(Ipv4Addr::new(127, 77, 0, 1), "git.test".to_owned()), (Ipv4Addr::new(127, 77, 0, 2), "api.test".to_owned())]);
+        assert_eq!(ForwardPlan::new(&rules, false).forwards.len(), 1, "names are resolvable only when asked for");
+
+        let hosts = String::from_utf8(hosts_file(b"127.0.0.1 localhost\n", &plan.hosts)).unwrap();
+        let lines: Vec<&str> = hosts.lines().filter(|line| !line.starts_with('#')).collect();
+        assert_eq!(lines, ["127.77.0.1 git.test", "127.77.0.2 api.test", "127.0.0.1 localhost"]);
     }
 
     #[test]

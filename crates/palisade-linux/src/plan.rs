@@ -41,6 +41,9 @@ pub enum MountOp {
     /// Keeps a path inside a writable root read-only. A missing one gets a placeholder FIFO so it
     /// cannot be created.
     Protect { path: PathBuf, kind: Kind },
+    /// A read-only file with these contents in place of the file at `path`, such as the
+    /// sandbox's own `/etc/hosts`.
+    File { path: PathBuf, contents: Vec<u8> },
     /// Binds a writable directory onto itself. A mount point cannot be renamed or removed, so
     /// a directory between a writable root and a protected path (`.git` for `.git/hooks`)
     /// cannot be moved aside and rebuilt without the protection.
@@ -58,7 +61,8 @@ impl MountOp {
             | MountOp::Overlay { path, .. }
             | MountOp::Hide { path, .. }
             | MountOp::Protect { path, .. }
-            | MountOp::Pin { path } => path,
+            | MountOp::Pin { path }
+            | MountOp::File { path, .. } => path,
         }
     }
 
@@ -67,7 +71,7 @@ impl MountOp {
         match self {
             MountOp::Proc | MountOp::Dev | MountOp::Tmp { .. } | MountOp::HomeTmpfs { .. } => 0,
             MountOp::Bind { .. } | MountOp::Overlay { .. } | MountOp::Pin { .. } => 1,
-            MountOp::Hide { .. } | MountOp::Protect { .. } => 2,
+            MountOp::Hide { .. } | MountOp::Protect { .. } | MountOp::File { .. } => 2,
         }
     }
 

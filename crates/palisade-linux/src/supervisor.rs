@@ -67,17 +67,19 @@ pub fn run(
     let _reap_helper = ReapOnDrop(idmap_helper);
     let signal_fd = sys::block_into_signalfd(HANDLED_SIGNALS).map_err(|e| Error::setup("block", "signals", e))?;
     let rules = match &policy.network {
-        NetworkMode::Allowlist { allow, deny } => Some(Rules::from_strings(allow, deny).map_err(|error| Error::Sandbox(error.to_string()))?),
+        NetworkMode::Allowlist { allow, deny, .. } => Some(Rules::from_strings(allow, deny).map_err(|error| Error::Sandbox(error.to_string()))?),
         _ => None,
     };
-    let forwarded = rules.as_ref().map(Rules::forwarded_ports).unwrap_or_default();
+    let resolve_allowed = matches!(policy.network, NetworkMode::Allowlist { resolve_allowed: true, .. });
+    let forwarded = rules.as_ref().map(|rules| network::ForwardPlan::new(rules, resolve_allowed).forwards).unwrap_or_default();
     if forwarded.len() > network::MAX_FORWARDED_PORTS {
         return Err(Error::Sandbox(format!(
-            "the allowlist names {} loopback ports to forward, more than the maximum of {}; allow a CIDR block through the proxy instead",
+            "the allowlist needs {} ports served inside the sandbox (loopback entries with a port, and the ports of resolvable names), more than the maximum of {}; allow a CIDR block through the proxy instead, or drop resolve_allowed",
             forwarded.len(),
             network::MAX_FORWARDED_PORTS
         )));
     }
+    let listen_addresses: Vec<std::net::SocketAddr> = forwarded.iter().map(|forward| forward.listen).collect();
     let (proxy_channel, init_proxy_channel) = match rules {
         Some(_) => {
             let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e))?;
@@ -128,7 +130,7 @@ pub fn run(
                 output,
                 proxy_channel: init_proxy_channel,
                 socket_requests: init_factory_channel,
-                forwarded: &forwarded,
+                forwarded: &listen_addresses,
             })
         }
         Ok(pid) => pid,
@@ -339,7 +341,7 @@ pub fn run(
 
 /// Receives the proxy's and the forwarded ports' listening sockets from init. `Ok(None)` when
 /// init failed before it sent them.
-fn receive_listeners(channel: &OwnedFd, rules: Rules, forwarded: &[std::net::SocketAddr]) -> Result<Option<(network::Listeners, Rules)>, Error> {
+fn receive_listeners(channel: &OwnedFd, rules: Rules, forwarded: &[network::Forward]) -> Result<Option<(network::Listeners, Rules)>, Error> {
     let received = network::receive_listeners(channel, forwarded).map_err(|e| Error::setup("receive", "the proxy's listening sockets", e))?;
     Ok(received.map(|listeners| (listeners, rules)))
 }

@@ -797,6 +797,35 @@ impl Rules {
         forwarded
     }
 
+    /// Returns the exact names of the allow entries, each with the ports a plain TCP client may
+    /// reach it on: the entry's port, or 80 and 443 for an entry without one. Ports a deny
+    /// entry covers are left out, and so is a name left with none. Wildcards match names
+    /// without end, so they cannot be listed.
+    pub fn resolvable_names(&self) -> Vec<(String, Vec<u16>)> {
+        const DEFAULT_PORTS: [u16; 2] = [80, 443];
+        let mut names: Vec<(String, Vec<u16>)> = Vec::new();
+        for rule in &self.allow {
+            let RuleHost::Name(name) = &rule.host else { continue };
+            let target = Target::Name(name.clone());
+            let ports = rule.port.map_or(DEFAULT_PORTS.to_vec(), |port| vec![port]);
+            let ports = ports.into_iter().filter(|&port| self.check_request(&target, port).is_allowed());
+            let index = match names.iter().position(|(known, _)| known == name) {
+                Some(index) => index,
+                None => {
+                    names.push((name.clone(), Vec::new()));
+                    names.len() - 1
+                }
+            };
+            for port in ports {
+                if !names[index].1.contains(&port) {
+                    names[index].1.push(port);
+                }
+            }
+        }
+        names.retain(|(_, ports)| !ports.is_empty());
+        names
+    }
+
     /// Decides on a request before any name is resolved. Deny entries win over allow entries.
     /// A name matches only name and wildcard entries, and an address only IP and CIDR entries,
     /// so `CONNECT 1.2.3.4:443` needs an IP entry even when a name on the list resolves to it.
@@ -1595,5 +1624,16 @@ mod tests {
         .unwrap();
         let forwarded: Vec<String> = rules.forwarded_ports().iter().map(ToString::to_string).collect();
         assert_eq!(forwarded, ["127.0.0.1:5432", "[::1]:8080"]);
+    }
+
+    #[test]
+    fn exact_names_are_resolvable_on_their_ports() {
+        let rules = Rules::from_strings(
+            &["git.test:22", "api.test", "*.cdn.test", "10.0.0.1:80", "git.test:2222", "blocked.test:443"],
+            &["api.test:80", "blocked.test"],
+        )
+        .unwrap();
+        let names = rules.resolvable_names();
+        assert_eq!(names, [("git.test".to_owned(), vec![22, 2222]), ("api.test".to_owned(), vec![443])]);
     }
 }

@@ -61,6 +61,9 @@ pub struct RawNetwork {
     pub allow: Vec<Spanned<String>>,
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
+    /// Whether names on the allowlist resolve inside the sandbox, to loopback addresses palisade
+    /// serves.
+    pub resolve_allowed: Option<Spanned<bool>>,
     /// TCP ports the command may listen on; absent means any.
     pub listen: Option<Vec<Spanned<i64>>>,
     /// TCP ports of the sandbox's loopback that the host reaches at the same port of its own.

@@ -62,8 +62,10 @@ impl fmt::Display for Profile {
 pub enum NetworkMode {
     /// A private network namespace with only a loopback interface.
     None,
-    /// Only the listed destinations, through palisade's proxy.
-    Allowlist { allow: Vec<String>, deny: Vec<String> },
+    /// Only the listed destinations, through palisade's proxy. With `resolve_allowed`, exact
+    /// names on the list also resolve inside the sandbox, to loopback addresses where palisade
+    /// accepts plain TCP connections for them.
+    Allowlist { allow: Vec<String>, deny: Vec<String>, resolve_allowed: bool },
     /// The host's network.
     Full,
 }
@@ -89,6 +91,8 @@ pub struct Overrides {
     pub deny_read: Vec<PathBuf>,
     pub net: Option<String>,
     pub allow_domain: Vec<String>,
+    /// `--resolve-allowed`.
+    pub resolve_allowed: bool,
     /// `--allow-listen` ports, as given.
     pub allow_listen: Vec<String>,
     /// `--expose` ports, as given.
@@ -462,12 +466,21 @@ fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> R
     let deny: Vec<String> = raw.network.deny.iter().map(|entry| entry.get_ref().clone()).collect();
     let mode = match mode.as_deref() {
         None if allow.is_empty() => NetworkMode::None,
-        None | Some("allowlist") => NetworkMode::Allowlist { allow, deny },
+        None | Some("allowlist") => {
+            let resolve_allowed = overrides.resolve_allowed || raw.network.resolve_allowed.as_ref().is_some_and(|value| *value.get_ref());
+            NetworkMode::Allowlist { allow, deny, resolve_allowed }
+        }
         Some("none") | Some("full") if !allow.is_empty() => {
             return Err(PolicyError::Contradiction(format!(
                 "network mode '{}' {mode_origin} conflicts with allowed domains ({}); allowed domains need mode 'allowlist'",
                 mode.unwrap_or_default(),
                 allow.join(", ")
+            )));
+        }
+        Some("none") | Some("full") if overrides.resolve_allowed || raw.network.resolve_allowed.as_ref().is_some_and(|value| *value.get_ref()) => {
+            return Err(PolicyError::Contradiction(format!(
+                "network mode '{}' {mode_origin} has no allowlist, so there are no allowed names to resolve; drop resolve_allowed (--resolve-allowed) or use --allow-domain",
+                mode.unwrap_or_default()
             )));
         }
         Some("none") => NetworkMode::None,
@@ -1147,6 +1160,8 @@ impl Policy {
             mode: &'a str,
             allow: &'a [String],
             deny: &'a [String],
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            resolve_allowed: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             listen: Option<&'a [u16]>,
             #[serde(skip_serializing_if = "<[u16]>::is_empty")]
@@ -1157,7 +1172,7 @@ impl Policy {
             pass: Vec<String>,
         }
         let (allow, deny) = match &self.network {
-            NetworkMode::Allowlist { allow, deny } => (allow.as_slice(), deny.as_slice()),
+            NetworkMode::Allowlist { allow, deny, .. } => (allow.as_slice(), deny.as_slice()),
             _ => (&[][..], &[][..]),
         };
         let rendered = Rendered {
@@ -1175,6 +1190,7 @@ impl Policy {
                 mode: self.network.name(),
                 allow,
                 deny,
+                resolve_allowed: matches!(self.network, NetworkMode::Allowlist { resolve_allowed: true, .. }),
                 listen: self.ports.listen.as_deref(),
                 expose: &self.ports.expose,
             },
@@ -1385,7 +1401,7 @@ mod tests {
         let overrides = Overrides { allow_domain: vec!["*.Example.com:443".into()], ..Default::default() };
         let file = "[network]\nallow = [\"[::1]:8080\", \"10.0.0.0/8\"]\ndeny = [\"Secret.example.com.\"]\n";
         let policy = world.resolve(file, overrides).unwrap();
-        let NetworkMode::Allowlist { allow, deny } = &policy.network else {
+        let NetworkMode::Allowlist { allow, deny, .. } = &policy.network else {
             panic!("expected an allowlist, got {:?}", policy.network);
         };
         assert_eq!(allow, &["[::1]:8080", "10.0.0.0/8", "*.Example.com:443"]);

@@ -18,6 +18,9 @@ pub(crate) enum Protocol {
     Connect,
     Http,
     Socks5,
+    /// A plain TCP connection to a name on the allowlist, which the sandbox reached at a
+    /// loopback address palisade gave that name ([`crate::Proxy::connect`]).
+    Tcp,
 }
 
 impl Protocol {
@@ -26,6 +29,7 @@ impl Protocol {
             Protocol::Connect => "connect",
             Protocol::Http => "http",
             Protocol::Socks5 => "socks5",
+            Protocol::Tcp => "tcp",
         }
     }
 }

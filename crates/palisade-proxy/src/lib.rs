@@ -76,6 +76,7 @@
 
 mod denial;
 mod dial;
+mod direct;
 mod http;
 mod proxy;
 mod resolve;

@@ -57,7 +57,7 @@ impl Default for Limits {
 
 /// Palisade's allowlist proxy. See the crate documentation for what it speaks and decides.
 pub struct Proxy {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// The state every connection task of a [`Proxy`] reads: the rules, the resolver, the limits

@@ -66,6 +66,11 @@ pub struct PolicyArgs {
     /// 10.0.0.0/24 (repeatable; implies --net allowlist).
     #[arg(long, value_name = "PATTERN")]
     pub allow_domain: Vec<String>,
+    /// Make the exact names of --allow-domain resolve inside the sandbox, to loopback addresses
+    /// where palisade connects plain TCP clients (ssh, database drivers) to them. Ports: the
+    /// entry's, or 80 and 443.
+    #[arg(long)]
+    pub resolve_allowed: bool,
     /// A TCP port the command may listen on; once one is given, it may listen on no other
     /// (repeatable; 0 allows ports the kernel picks; default: any).
     #[arg(long, value_name = "PORT")]
@@ -140,6 +145,7 @@ impl PolicyArgs {
             deny_read: self.deny_read.clone(),
             net: self.net.clone(),
             allow_domain: self.allow_domain.clone(),
+            resolve_allowed: self.resolve_allowed,
             allow_listen: self.allow_listen.clone(),
             expose: self.expose.clone(),
             timeout: self.timeout.clone(),

@@ -85,7 +85,7 @@ pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value 
         "network": {
             "mode": policy.network.name(),
             "proxy": outcome.network.proxy.map(|address| address.to_string()),
-            "forwarded": outcome.network.forwarded.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "forwarded": outcome.network.forwarded,
             "denials_not_listed": outcome.network.denials_dropped,
         },
         "exit": exit_json(outcome.exit),
