@@ -271,7 +271,7 @@ fn limit_shared_memory_segments(bytes: u64) {
 /// with the command's status.
 fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, mut socket_requests: Option<OwnedFd>, report: &OwnedFd) -> ! {
     loop {
-        // With exposed ports, init also answers the supervisor's requests for sockets.
+        // With exposed ports, init also creates sockets when the supervisor requests them.
         if let Some(channel) = &socket_requests {
             let mut fds = [
                 rustix::event::PollFd::new(signal_fd, rustix::event::PollFlags::IN),
@@ -396,8 +396,8 @@ fn command_stage(
         entry.extend_from_slice(value);
         CString::new(entry).ok()
     };
-    // In allowlist mode the proxy variables point at palisade's proxy, whatever the caller's
-    // environment said.
+    // In allowlist mode the proxy variables point at palisade's proxy, replacing any value
+    // from the caller's environment.
     let mut envp: Vec<CString> = policy
         .env
         .iter()

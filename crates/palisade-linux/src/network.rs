@@ -3,8 +3,9 @@
 //! The run's network namespace has a loopback interface and nothing else. Init creates the
 //! proxy's listening socket there, on 127.0.0.1 and a port the kernel picks, and hands it to the
 //! supervisor over a UNIX socket pair (`SCM_RIGHTS`). The supervisor serves it with palisade's
-//! proxy on a thread of its own and connects out from the host's namespace, so the proxy is the
-//! only way out: the sandbox has no route, no resolver and no other socket to the host.
+//! proxy on a thread of its own and connects out from the host's namespace. The proxy is
+//! therefore the only way out, because the sandbox has no route, no resolver and no other
+//! socket to the host.
 //!
 //! The command learns the proxy's address from the usual variables ([`proxy_environment`]).
 //!
@@ -59,7 +60,7 @@ const FORWARD_BUFFER: usize = 64 * 1024;
 /// address is on the loopback interface, and this block is unlikely to be one a test suite picks.
 const FIRST_NAME_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
 
-/// Where palisade connects the clients of one forwarded port.
+/// The destination of the clients of one forwarded port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ForwardTo {
     /// The same loopback address and port in palisade's namespace.
@@ -137,7 +138,7 @@ pub(crate) struct Listeners {
     pub(crate) forwarded: Vec<(TcpListener, Forward)>,
 }
 
-/// What the network of a finished run was, for the report.
+/// The network side of a finished run, for the report.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkOutcome {
     /// The proxy's address inside the sandbox, in allowlist mode.
@@ -184,7 +185,7 @@ pub(crate) fn listen_and_send(channel: &OwnedFd, forwarded: &[SocketAddr]) -> Re
 
 /// Runs in the supervisor: receives the listening sockets init created for the proxy and for
 /// `forwarded`. Blocks until init sends them or closes its end; `Ok(None)` means init closed its
-/// end without sending, because setup failed before, and init's report says why.
+/// end without sending, because setup failed before, and init's report gives the reason.
 pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[Forward]) -> io::Result<Option<Listeners>> {
     let mut port_bytes = [0u8; 2];
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(forwarded.len() + 1))];

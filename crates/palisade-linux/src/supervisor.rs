@@ -87,8 +87,8 @@ pub fn run(
         }
         None => (None, None),
     };
-    // Exposed ports: the host's listeners exist before the run starts, and init answers socket
-    // requests on a second socket pair.
+    // Exposed ports: the host's listeners exist before the run starts, and init sends a new
+    // socket of the run's namespace over a second socket pair for each client.
     let exposed = network::listen_for_exposed(&policy.ports.expose).map_err(Error::Sandbox)?;
     let (factory_channel, init_factory_channel) = if exposed.is_empty() {
         (None, None)
@@ -174,7 +174,7 @@ pub fn run(
         let _ = sys::kill(pid, libc::SIGKILL);
     }
     // Init sends the proxy's socket before it builds the root. If it fails before that, it
-    // closes its end, and its report says why.
+    // closes its end, and its report gives the reason.
     let services = match (proxy_channel, rules) {
         (Some(channel), Some(rules)) => receive_listeners(&channel, rules, &forwarded),
         _ => Ok(None),

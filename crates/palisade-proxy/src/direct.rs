@@ -6,8 +6,8 @@ use crate::dial::{DialError, Protocol};
 use crate::proxy::Proxy;
 
 impl Proxy {
-    /// Connects to `host` and `port` on behalf of a client that opened a plain TCP connection,
-    /// with the same decision as for a proxy request: the rules are checked for the host, a
+    /// Connects to `host` and `port` on behalf of a client that opened a plain TCP connection.
+    /// The decision is the same as for a proxy request. The rules are checked for the host, a
     /// name is resolved once, every address is checked, and only a checked address is dialled.
     /// A refusal is recorded like the proxy's, with the protocol `"tcp"`.
     ///

@@ -71,7 +71,7 @@ pub struct PolicyArgs {
     /// entry's, or 80 and 443.
     #[arg(long)]
     pub resolve_allowed: bool,
-    /// A TCP port the command may listen on; once one is given, it may listen on no other
+    /// A TCP port the command may listen on. Once one is given, it may listen on no other
     /// (repeatable; 0 allows ports the kernel picks; default: any).
     #[arg(long, value_name = "PORT")]
     pub allow_listen: Vec<String>,
@@ -207,11 +207,12 @@ fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
     Ok(exit_code_for(outcome.exit))
 }
 
-/// The most distinct proxy refusals printed on stderr after a run; the report lists them all.
+/// Maximum number of distinct proxy refusals printed on stderr after a run. The report lists
+/// them all.
 const PRINTED_NETWORK_DENIALS: usize = 5;
 
 /// Prints each distinct refusal of the proxy once on stderr, so a person or a model reading the
-/// output learns what was blocked and how to allow it, even if the command hid the answer.
+/// output learns what was blocked and how to allow it, even if the command hid the 403.
 fn print_network_denials(network: &palisade_linux::NetworkOutcome) {
     let same = |a: &palisade_linux::NetworkDenial, b: &palisade_linux::NetworkDenial| {
         a.destination == b.destination && a.port == b.port && a.reason == b.reason
