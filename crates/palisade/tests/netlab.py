@@ -14,7 +14,7 @@ The lab:
    (where a DNS logger may listen), over the ones in /etc;
 3. starts the loggers: TCP, HTTP, TLS (self-signed certificate, logs the SNI), UDP, ICMP and
    UNIX-socket servers that record every connection, datagram or packet they receive;
-4. proves each logger works with a control message of its own, then forgets that message;
+4. proves each logger works with a control message of its own, then discards that record;
 5. runs each palisade command of the spec in turn, and after each one takes the loggers'
    records, so every run gets the records of what arrived while it ran;
 6. writes the outputs, exit statuses and records to RESULT.json.
@@ -64,12 +64,12 @@ class Records:
             record.update(fields)
 
     def take(self):
-        """Returns every record so far and starts empty lists."""
+        """Returns every record so far and empties the lists."""
         with self.lock:
-            taken = {name: [dict(record) for record in records] for name, records in self.by_logger.items()}
+            snapshot = {name: [dict(record) for record in records] for name, records in self.by_logger.items()}
             for records in self.by_logger.values():
                 records.clear()
-        return taken
+        return snapshot
 
     def count(self, logger):
         with self.lock:
@@ -122,7 +122,7 @@ def set_up_names(hosts, lab_dir):
     lines += [f"{address} {name}" for name, address in sorted(hosts.items())]
     bind_mount_file("\n".join(lines) + "\n", lab_dir, "hosts", "/etc/hosts")
     # Every lookup that leaves the hosts file goes to 127.0.0.1:53, where a test may start a
-    # DNS logger. Nothing answers, so a lookup that gets there fails after the timeout.
+    # DNS logger. Nothing responds, so a lookup that gets there fails after the timeout.
     bind_mount_file("nameserver 127.0.0.1\noptions timeout:2 attempts:1\n", lab_dir, "resolv.conf", "/etc/resolv.conf")
 
 
@@ -212,7 +212,7 @@ def static_response(root, request):
 
 
 def serve_http(spec):
-    """Starts an HTTP server that records each connection with every byte it sent, and answers
+    """Starts an HTTP server that records each connection with every byte it sent, and responds
     `LAB-OK NAME`, or serves the files under `root` when the spec names one."""
     name = spec["name"]
     root = spec.get("root")
@@ -258,7 +258,7 @@ def serve_tcp(spec):
 
 def serve_tls(spec, cert_path, key_path):
     """Starts a TLS server that records the SNI of each handshake and the request inside it,
-    and answers `LAB-TLS-OK NAME`."""
+    and responds `LAB-TLS-OK NAME`."""
     name = spec["name"]
 
     def handle(connection, record):
@@ -306,7 +306,7 @@ ICMP_ECHO_REQUEST = 8
 
 
 def serve_icmp(spec):
-    """Starts an ICMP logger: a raw socket sees every ICMP packet that arrives in this network
+    """Starts an ICMP logger: a raw socket receives every ICMP packet that arrives in this network
     namespace, and the logger records the echo requests among them."""
     name = spec["name"]
     server = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -472,17 +472,19 @@ def main():
     if any(logger["kind"] == "tls" for logger in spec["loggers"]):
         key_path = make_certificate(lab_dir, sorted(spec["hosts"]), cert_path)
 
-    start_loggers(spec["loggers"], cert_path, key_path)
-    check_loggers(spec["loggers"], cert_path)
-
-    results = [run_command(run) for run in spec["runs"]]
-    with open(result_path, "w") as file:
-        json.dump({"runs": results}, file)
-
-    for logger in spec["loggers"]:
-        if logger.get("path"):
-            os.unlink(logger["path"])
-    # The logger threads block in accept and recv; exiting the process ends them.
+    try:
+        start_loggers(spec["loggers"], cert_path, key_path)
+        check_loggers(spec["loggers"], cert_path)
+        results = [run_command(run) for run in spec["runs"]]
+        with open(result_path, "w") as file:
+            json.dump({"runs": results}, file)
+    finally:
+        # Socket files outlive the namespaces, so they are removed even when setup fails.
+        for logger in spec["loggers"]:
+            if logger.get("path") and os.path.exists(logger["path"]):
+                os.unlink(logger["path"])
+    # os._exit ends the process without waiting for the logger threads, which block in accept
+    # and recv.
     sys.stdout.flush()
     os._exit(0)
 

@@ -9,3 +9,6 @@ pub mod syscalls;
 pub mod terminal;
 pub mod degraded;
 pub mod limits;
+pub mod netlab;
+pub mod network;
+pub mod ports;

@@ -2,31 +2,31 @@
 //! loggers listening on addresses of its loopback interface, in which `palisade` runs.
 //!
 //! [`Lab`] describes the lab, and `tests/netlab.py` builds it inside
-//! `unshare --net --mount --fork`, as root: it adds the addresses to `lo`, bind-mounts a hosts
-//! file and a resolv.conf naming `127.0.0.1`, starts the loggers, proves each one receives a
-//! control message, runs `palisade` (as root, or as the test user through `setpriv`) and
-//! collects what every logger received during each run. The namespace has no interface but
-//! `lo`, so nothing a test or a broken proxy sends can leave the machine.
+//! `unshare --net --mount --fork`, as root. The helper adds the addresses to `lo` and
+//! bind-mounts a hosts file and a resolv.conf naming `127.0.0.1`. It starts the loggers and
+//! proves that each one receives a control message. Then it runs `palisade` (as root, or as the
+//! test user through `setpriv`) and collects what every logger received during each run. The
+//! namespace has no interface but `lo`, so nothing a test or a broken proxy sends can leave the
+//! machine.
 //!
 //! Every lab has the same names and loggers (see [`Lab::new`]), so each test checks that
 //! nothing reached the loggers it did not mean to reach, not only the ones it aimed at.
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-use crate::suite::harness::{Fixture, Who, palisade_binary, skip};
+use crate::suite::harness::{Fixture, palisade_binary, skip};
 
 /// The helper that builds the lab inside the new namespaces.
 const LAB_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netlab.py");
 
-/// The python that runs the helper and the probes; the probes need one visible inside the
-/// sandbox, which a python under a home directory is not.
+/// The python that runs the helper and the probes. The probes need a python that is visible
+/// inside the sandbox, which one under a home directory is not.
 pub const PYTHON: &str = "/usr/bin/python3";
 
 /// Address of `allowed.test`, the upstream the tests allow.
@@ -40,13 +40,13 @@ pub const TLS_PORT: u16 = 8443;
 /// Port of the logger on the lab's own `127.0.0.1` and `::1`: a service on the loopback of the
 /// host that palisade runs on.
 pub const HOST_LOOPBACK_PORT: u16 = 18081;
-/// A cloud metadata address and a private one, each with a TCP logger on port 80.
+/// A cloud metadata address and a private one, each with an HTTP logger on port 80.
 pub const METADATA_ADDRESS: &str = "169.254.169.254";
 pub const PRIVATE_ADDRESS: &str = "10.99.0.1";
 /// Port of the UDP logger on the lab's `127.0.0.1`.
 pub const UDP_PORT: u16 = 19999;
 
-/// The allowlist entries that let a run reach `allowed.test:PORT`. The name entry alone is not
+/// Returns the allowlist flags that let a run reach `allowed.test:PORT`. The name entry alone is not
 /// enough: the lab puts `allowed.test` on a loopback address, and a name entry never reaches
 /// an internal address, so the upstream also needs an entry for its exact address.
 pub fn allow_upstream(port: u16) -> Vec<String> {
@@ -71,6 +71,19 @@ fn has_program(program: &str) -> bool {
         .any(|dir| Path::new(dir).join(program).is_file())
 }
 
+/// Checks once whether this machine lets root create the lab's namespaces, which a container
+/// without `CAP_SYS_ADMIN` does not.
+fn namespaces_available() -> Result<(), &'static str> {
+    static AVAILABLE: OnceLock<Result<(), &'static str>> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let status = Command::new("unshare").args(["--net", "--mount", "--", "true"]).stderr(Stdio::null()).status();
+        match status {
+            Ok(status) if status.success() => Ok(()),
+            _ => Err("`unshare --net --mount` failed, so the network lab cannot create its namespaces"),
+        }
+    })
+}
+
 /// The description of one lab and the `palisade` runs to make in it.
 pub struct Lab<'a> {
     fixture: &'a Fixture,
@@ -88,9 +101,9 @@ impl<'a> Lab<'a> {
     /// Loggers, by name:
     ///
     /// - `allowed`, `blocked`: HTTP on `allowed.test` and `blocked.test`, port [`HTTP_PORT`];
-    /// - `host-loopback`, `host-loopback-v6`: TCP on 127.0.0.1 and ::1, port
+    /// - `host-loopback`, `host-loopback-v6`: HTTP on 127.0.0.1 and ::1, port
     ///   [`HOST_LOOPBACK_PORT`];
-    /// - `metadata`, `private`: TCP on 169.254.169.254:80 and 10.99.0.1:80;
+    /// - `metadata`, `private`: HTTP on 169.254.169.254:80 and 10.99.0.1:80;
     /// - `dns`: UDP on 127.0.0.1:53, the lab's only name server;
     /// - `udp`: UDP on 127.0.0.1:[`UDP_PORT`].
     pub fn new(f: &'a Fixture, tools: &[&str]) -> Option<Lab<'a>> {
@@ -104,16 +117,20 @@ impl<'a> Lab<'a> {
             skip(&f.name, &format!("the network lab needs these programs, which are not installed: {}", missing.join(", ")));
             return None;
         }
+        if let Err(reason) = namespaces_available() {
+            skip(&f.name, reason);
+            return None;
+        }
         let mut lab = Lab { fixture: f, hosts: BTreeMap::new(), loggers: Vec::new(), runs: Vec::new() };
         lab.host("allowed.test", ALLOWED_ADDRESS);
         lab.host("blocked.test", BLOCKED_ADDRESS);
         lab.host("internal.test", BLOCKED_ADDRESS);
         lab.http("allowed", ALLOWED_ADDRESS, HTTP_PORT);
         lab.http("blocked", BLOCKED_ADDRESS, HTTP_PORT);
-        lab.tcp("host-loopback", "127.0.0.1", HOST_LOOPBACK_PORT);
-        lab.tcp("host-loopback-v6", "::1", HOST_LOOPBACK_PORT);
-        lab.tcp("metadata", METADATA_ADDRESS, 80);
-        lab.tcp("private", PRIVATE_ADDRESS, 80);
+        lab.http("host-loopback", "127.0.0.1", HOST_LOOPBACK_PORT);
+        lab.http("host-loopback-v6", "::1", HOST_LOOPBACK_PORT);
+        lab.http("metadata", METADATA_ADDRESS, 80);
+        lab.http("private", PRIVATE_ADDRESS, 80);
         lab.udp("dns", "127.0.0.1", 53);
         lab.udp("udp", "127.0.0.1", UDP_PORT);
         Some(lab)
@@ -125,7 +142,7 @@ impl<'a> Lab<'a> {
         self
     }
 
-    /// Adds an HTTP logger that answers `LAB-OK NAME` to every request.
+    /// Adds an HTTP logger that responds `LAB-OK NAME` to every request.
     pub fn http(&mut self, name: &str, host: &str, port: u16) -> &mut Self {
         self.logger(json!({"name": name, "kind": "http", "host": host, "port": port}))
     }
@@ -135,7 +152,7 @@ impl<'a> Lab<'a> {
         self.logger(json!({"name": name, "kind": "http", "host": host, "port": port, "root": root}))
     }
 
-    /// Adds a TCP logger that records every connection and byte and never answers.
+    /// Adds a TCP logger that records every connection and byte and never responds.
     pub fn tcp(&mut self, name: &str, host: &str, port: u16) -> &mut Self {
         self.logger(json!({"name": name, "kind": "tcp", "host": host, "port": port}))
     }
@@ -146,7 +163,7 @@ impl<'a> Lab<'a> {
     }
 
     /// Adds a TLS logger with the lab's certificate ([`Lab::certificate`]), which records the
-    /// SNI of every handshake and answers `LAB-TLS-OK NAME`. Needs `openssl`.
+    /// SNI of every handshake and responds `LAB-TLS-OK NAME`. Needs `openssl`.
     pub fn tls(&mut self, name: &str, host: &str, port: u16) -> &mut Self {
         self.logger(json!({"name": name, "kind": "tls", "host": host, "port": port}))
     }
@@ -172,26 +189,26 @@ impl<'a> Lab<'a> {
         self
     }
 
-    /// The lab's self-signed certificate, valid for every name of the lab; clients inside the
-    /// sandbox read it from the workspace as their CA.
+    /// Returns the path of the lab's self-signed certificate, which is valid for every name of
+    /// the lab. Clients inside the sandbox read it from the workspace as their CA.
     pub fn certificate(&self) -> PathBuf {
         self.fixture.ws.join("lab-ca.pem")
     }
 
-    /// Adds a run of `palisade ARGS`, from the workspace, with the fake home. A `run`
-    /// subcommand also writes its report, which [`LabRun::report`] holds.
-    pub fn run<S: AsRef<str>>(&mut self, args: &[S]) -> &mut Self {
-        self.runs.push(args.iter().map(|arg| arg.as_ref().to_owned()).collect());
+    /// Adds a run of `palisade run FLAGS -- COMMAND`, from the workspace, with the fake home.
+    /// The lab adds `--report`, so [`LabRun::report`] contains the run's report.
+    pub fn run_command<S: AsRef<str>, T: AsRef<str>>(&mut self, flags: &[S], command: &[T]) -> &mut Self {
+        let mut args = vec!["run".to_owned()];
+        args.extend(flags.iter().map(|flag| flag.as_ref().to_owned()));
+        args.push("--".to_owned());
+        args.extend(command.iter().map(|arg| arg.as_ref().to_owned()));
+        self.runs.push(args);
         self
     }
 
     /// Adds a run of `palisade run FLAGS -- /bin/sh -c SCRIPT`.
     pub fn run_sh<S: AsRef<str>>(&mut self, flags: &[S], script: &str) -> &mut Self {
-        let mut args = vec!["run".to_owned()];
-        args.extend(flags.iter().map(|flag| flag.as_ref().to_owned()));
-        args.extend(["--".to_owned(), "/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]);
-        self.runs.push(args);
-        self
+        self.run_command(flags, &["/bin/sh", "-c", script])
     }
 
     fn report_path(&self, index: usize) -> PathBuf {
@@ -209,16 +226,13 @@ impl<'a> Lab<'a> {
         addresses
     }
 
-    /// The command line of one run, as the fixture's user, with `--report` added to `run`.
+    /// Builds the command line of one run, as the fixture's user, with `--report` after `run`.
     fn run_argv(&self, index: usize, args: &[String]) -> Vec<String> {
         let owner = self.fixture.as_owner(palisade_binary().to_str().unwrap());
         let mut argv = vec![owner.get_program().to_string_lossy().into_owned()];
         argv.extend(owner.get_args().map(|arg| arg.to_string_lossy().into_owned()));
-        let mut args = args.to_vec();
-        if args.first().map(String::as_str) == Some("run") {
-            args.splice(1..1, ["--report".to_owned(), self.report_path(index).to_string_lossy().into_owned()]);
-        }
-        argv.extend(args);
+        argv.extend(["run".to_owned(), "--report".to_owned(), self.report_path(index).to_string_lossy().into_owned()]);
+        argv.extend(args.iter().skip(1).cloned());
         argv
     }
 
@@ -233,12 +247,10 @@ impl<'a> Lab<'a> {
             "HOME": f.home,
             "LANG": "C.UTF-8",
         });
-        let runs: Vec<Value> = self
-            .runs
-            .iter()
-            .enumerate()
-            .map(|(index, args)| json!({"argv": self.run_argv(index, args), "cwd": f.ws, "env": env, "timeout": RUN_TIMEOUT_SECONDS}))
-            .collect();
+        let mut runs = Vec::new();
+        for (index, args) in self.runs.iter().enumerate() {
+            runs.push(json!({"argv": self.run_argv(index, args), "cwd": f.ws, "env": env, "timeout": RUN_TIMEOUT_SECONDS}));
+        }
         let spec = json!({
             "dir": lab_dir,
             "cert": self.certificate(),
@@ -265,7 +277,8 @@ impl<'a> Lab<'a> {
 
         let mut runs = Vec::new();
         for (index, run) in result["runs"].as_array().unwrap().iter().enumerate() {
-            let report = fs::read_to_string(self.report_path(index)).ok().map(|text| serde_json::from_str(&text).expect("the report is JSON"));
+            let report = fs::read_to_string(self.report_path(index)).ok();
+            let report = report.map(|text| serde_json::from_str(&text).expect("the report is JSON"));
             runs.push(LabRun::from_json(run, report, &self.runs[index]));
         }
         runs
@@ -278,11 +291,11 @@ impl<'a> Lab<'a> {
     }
 }
 
+/// Returns whether this process's effective uid, the second number of the `Uid:` line, is 0.
 fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| status.lines().find(|line| line.starts_with("Uid:")).map(|line| line.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
+    let Ok(status) = fs::read_to_string("/proc/self/status") else { return false };
+    let uid_line = status.lines().find(|line| line.starts_with("Uid:"));
+    uid_line.and_then(|line| line.split_whitespace().nth(2)) == Some("0")
 }
 
 /// One `palisade` run in a lab: its output and exit status, its report, and what each logger
@@ -326,9 +339,10 @@ impl LabRun {
         self
     }
 
-    /// The output of the run, for assertion messages.
+    /// Formats the duration and output of the run, for assertion messages.
     pub fn describe(&self) -> String {
-        format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        let ending = if self.timed_out { "was killed by the lab's timeout" } else { "ended" };
+        format!("palisade {ending} after {} s\nstdout:\n{}\nstderr:\n{}", self.seconds, self.stdout, self.stderr)
     }
 
     /// Lines of stdout that start with `prefix`.
@@ -336,7 +350,8 @@ impl LabRun {
         self.stdout.lines().filter(|line| line.starts_with(prefix)).collect()
     }
 
-    /// The single stdout line that starts with `prefix`; panics unless there is exactly one.
+    /// Returns the single stdout line that starts with `prefix`, and panics unless there is
+    /// exactly one.
     #[track_caller]
     pub fn line(&self, prefix: &str) -> &str {
         let lines = self.lines_starting(prefix);
@@ -344,14 +359,14 @@ impl LabRun {
         lines[0]
     }
 
-    /// What the logger `name` recorded: one object per connection, datagram or packet, with
-    /// `peer`, `text` (every byte received) and, for TLS, `sni`.
+    /// Returns what the logger `name` recorded: one object per connection, datagram or packet,
+    /// with `peer`, `text` (every byte received) and, for TLS, `sni`.
     #[track_caller]
     pub fn records(&self, name: &str) -> &[Value] {
         self.logs.get(name).unwrap_or_else(|| panic!("the lab has no logger {name}"))
     }
 
-    /// Every byte the logger `name` received, in order.
+    /// Returns every byte the logger `name` received, in order.
     pub fn received(&self, name: &str) -> String {
         self.records(name).iter().map(|record| record["text"].as_str().unwrap_or_default()).collect()
     }
@@ -361,7 +376,7 @@ impl LabRun {
     pub fn assert_only_reached(&self, reached: &[&str]) {
         for (name, records) in &self.logs {
             if !reached.contains(&name.as_str()) {
-                assert!(records.is_empty(), "logger {name} received something from the sandbox: {records:?}\n{}", self.describe());
+                assert!(records.is_empty(), "logger {name} received something during the run: {records:?}\n{}", self.describe());
             }
         }
     }
@@ -372,29 +387,21 @@ impl LabRun {
         self.assert_only_reached(&[]);
     }
 
-    /// The run report; panics when palisade wrote none.
+    /// Returns the run report, and panics when palisade wrote none.
     #[track_caller]
     pub fn report(&self) -> &Value {
         self.report.as_ref().unwrap_or_else(|| panic!("palisade wrote no report\n{}", self.describe()))
     }
 
-    /// The network denials of the report.
+    /// Returns the network denials of the report.
     #[track_caller]
     pub fn network_denials(&self) -> Vec<&Value> {
         let denials = self.report()["denials"].as_array().expect("the report lists denials");
         denials.iter().filter(|denial| denial["kind"] == "network").collect()
     }
 
-    /// The stderr lines in which palisade names a network refusal.
+    /// Returns the stderr lines in which palisade names a network refusal.
     pub fn network_notices(&self) -> Vec<&str> {
         self.stderr.lines().filter(|line| line.starts_with("palisade: network: ")).collect()
-    }
-}
-
-/// Returns whether the fixture's sandbox runs as root on the host, for messages.
-pub fn identity(f: &Fixture) -> &'static str {
-    match f.who {
-        Who::Root => "root",
-        Who::User => "the test user",
     }
 }
