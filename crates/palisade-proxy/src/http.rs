@@ -22,7 +22,8 @@ use tracing::debug;
 
 use crate::denial::Denial;
 use crate::dial::{DialError, Protocol};
-use crate::proxy::{Shared, splice};
+use crate::proxy::Shared;
+use crate::tunnel::splice;
 
 /// The body of every response the proxy sends: its own short texts, or an upstream body.
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -71,7 +72,7 @@ pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
     let taken = tunnel.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
     let Some(Tunnel { on_upgrade, mut upstream }) = taken else { return };
     match on_upgrade.await {
-        Ok(upgraded) => splice(&mut TokioIo::new(upgraded), &mut upstream).await,
+        Ok(upgraded) => splice(&shared.buffers, &mut TokioIo::new(upgraded), &mut upstream).await,
         Err(error) => debug!(%error, "the client connection ended before the tunnel opened"),
     }
 }

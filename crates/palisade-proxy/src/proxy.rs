@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, debug_span, error, warn};
 
 use crate::denial::{Denial, DenialLog};
 use crate::resolve::Resolve;
+use crate::tunnel::BufferBudget;
 use crate::{http, socks};
 
 /// The first byte of every SOCKS5 message from a client: the protocol version.
@@ -41,6 +42,11 @@ pub struct Limits {
     pub resolve_timeout: Duration,
     /// Time for connecting to the upstream server, over all the allowed addresses tried.
     pub connect_timeout: Duration,
+    /// Maximum bytes that the copy buffers of open tunnels may grow by, over all tunnels. Each
+    /// direction of a tunnel starts with an 8 KiB buffer and doubles it, up to 4 MiB, while a
+    /// bulk transfer fills it. Once this budget is used up, buffers stop growing, which slows
+    /// bulk transfers but changes nothing else.
+    pub max_tunnel_buffers: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +57,8 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            // NOTE: an estimate, not a measured need: 16 directions at the full 4 MiB.
+            max_tunnel_buffers: 64 * 1024 * 1024,
         }
     }
 }
@@ -60,13 +68,14 @@ pub struct Proxy {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// The state every connection task of a [`Proxy`] reads: the rules, the resolver, the limits
-/// and the denials recorded so far.
+/// The state every connection task of a [`Proxy`] reads: the rules, the resolver, the limits,
+/// the denials recorded so far and the budget of the tunnels' copy buffers.
 pub(crate) struct Shared {
     pub(crate) rules: Rules,
     pub(crate) resolver: Arc<dyn Resolve>,
     pub(crate) limits: Limits,
     pub(crate) denials: DenialLog,
+    pub(crate) buffers: BufferBudget,
 }
 
 impl Proxy {
@@ -78,7 +87,8 @@ impl Proxy {
 
     /// Creates a proxy like [`Proxy::new`], under `limits`.
     pub fn with_limits(rules: Rules, resolver: Arc<dyn Resolve>, limits: Limits) -> Proxy {
-        let shared = Shared { rules, resolver, limits, denials: DenialLog::default() };
+        let buffers = BufferBudget::new(limits.max_tunnel_buffers);
+        let shared = Shared { rules, resolver, limits, denials: DenialLog::default(), buffers };
         Proxy { shared: Arc::new(shared) }
     }
 
@@ -190,20 +200,6 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, _permit: Owned
         socks::serve(&shared, stream).await;
     } else {
         http::serve(&shared, stream).await;
-    }
-}
-
-const TUNNEL_BUFFER: usize = 256 * 1024;
-
-/// Copies bytes both ways between a client and its upstream server until both sides close.
-pub(crate) async fn splice<C, U>(client: &mut C, upstream: &mut U)
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-{
-    match tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await {
-        Ok((sent, received)) => debug!(sent, received, "tunnel closed"),
-        Err(error) => debug!(%error, "tunnel closed with an error"),
     }
 }
 
