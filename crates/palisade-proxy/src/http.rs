@@ -23,7 +23,7 @@ use tracing::debug;
 use crate::denial::Denial;
 use crate::dial::{DialError, Protocol};
 use crate::proxy::Shared;
-use crate::tunnel::splice;
+use crate::sni::relay_checked;
 
 /// The body of every response the proxy sends: its own short texts, or an upstream body.
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -43,6 +43,9 @@ const MAX_HEADERS: usize = 100;
 struct Tunnel {
     on_upgrade: OnUpgrade,
     upstream: TcpStream,
+    /// The host and port of the CONNECT request, as the client wrote them.
+    host: String,
+    port: u16,
 }
 
 /// The cell in which the CONNECT handler leaves its tunnel for the connection task, which
@@ -70,9 +73,9 @@ pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
     }
 
     let taken = tunnel.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-    let Some(Tunnel { on_upgrade, mut upstream }) = taken else { return };
+    let Some(Tunnel { on_upgrade, mut upstream, host, port }) = taken else { return };
     match on_upgrade.await {
-        Ok(upgraded) => splice(&shared.buffers, &mut TokioIo::new(upgraded), &mut upstream).await,
+        Ok(upgraded) => relay_checked(shared, Protocol::Connect, &host, port, &mut TokioIo::new(upgraded), &mut upstream).await,
         Err(error) => debug!(%error, "the client connection ended before the tunnel opened"),
     }
 }
@@ -135,7 +138,7 @@ async fn connect(shared: &Shared, tunnel: &TunnelSlot, mut request: Request<Inco
         Ok(upstream) => {
             let on_upgrade = hyper::upgrade::on(&mut request);
             let mut slot = tunnel.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            *slot = Some(Tunnel { on_upgrade, upstream: upstream.stream });
+            *slot = Some(Tunnel { on_upgrade, upstream: upstream.stream, host: host.to_owned(), port });
             let mut response = Response::new(Empty::new().map_err(never).boxed());
             response.extensions_mut().insert(ReasonPhrase::from_static(b"Connection Established"));
             response

@@ -28,7 +28,9 @@
 //! 3. resolves a name once with its [`Resolve`] implementation, never an IP address;
 //! 4. checks every resolved address with [`Rules::check_address`], so a name on the allowlist
 //!    reaches a loopback, private, link-local or metadata address only through an IP entry;
-//! 5. connects to the first allowed address that accepts, trying them in the resolver's order.
+//! 5. connects to the first allowed address that accepts, trying them in the resolver's order;
+//! 6. in a tunnel to a name, closes the tunnel before anything reaches the upstream server when
+//!    the TLS server name (SNI) of the client's first bytes names another host.
 //!
 //! The address connected to is always one that step 4 allowed, and no second lookup happens,
 //! so a DNS answer that changes between check and connect (rebinding) gains nothing. Every
@@ -80,7 +82,9 @@ mod direct;
 mod http;
 mod proxy;
 mod resolve;
+mod sni;
 mod socks;
+mod tunnel;
 
 pub use denial::{Denial, MAX_RECORDED_DENIALS};
 pub use proxy::{Limits, Proxy};

@@ -9,7 +9,7 @@ use tracing::debug;
 
 use crate::dial::{DialError, Protocol};
 use crate::proxy::{SOCKS5_VERSION, Shared};
-use crate::tunnel::splice;
+use crate::sni::relay_checked;
 
 /// Authentication methods (RFC 1928 section 3).
 const METHOD_NO_AUTHENTICATION: u8 = 0x00;
@@ -86,7 +86,7 @@ pub(crate) async fn serve(shared: &Shared, mut stream: TcpStream) {
             // The upstream socket's local address is the host's: 0.0.0.0:0 keeps it from the
             // sandbox, and clients do not use the field.
             if send_reply(&mut stream, Reply::Succeeded, None).await {
-                splice(&shared.buffers, &mut stream, &mut upstream.stream).await;
+                relay_checked(shared, Protocol::Socks5, &request.host, request.port, &mut stream, &mut upstream.stream).await;
             }
         }
         Err(error) => {

@@ -6,3 +6,4 @@ pub mod limits;
 pub mod denials;
 pub mod curl;
 pub mod fuzz;
+pub mod server_name;

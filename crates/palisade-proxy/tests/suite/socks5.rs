@@ -227,3 +227,22 @@ async fn socks5_without_no_authentication_method_is_refused() {
     assert_eq!(denial.protocol, "socks5");
     assert!(denial.reason.contains("only 'no authentication'"), "{denial:?}");
 }
+
+#[tokio::test]
+async fn socks5_other_server_name_closes_the_tunnel() {
+    let echo = EchoServer::start(LOOPBACK_V4).await;
+    let port = echo.port();
+    let resolver = StubResolver::new(&[("allowed.test", &[LOOPBACK_V4])]);
+    let allow = [format!("allowed.test:{port}"), format!("127.0.0.1:{port}")];
+    let proxy = RunningProxy::start(rules(&allow.each_ref().map(String::as_str), &[]), resolver).await;
+
+    let (reply, _, mut tunnel) = socks_connect(proxy.addr, Address::Domain("allowed.test"), port).await;
+    assert_eq!(reply, SUCCEEDED);
+    tunnel.write_all(&super::server_name::client_hello("blocked.test")).await.unwrap();
+    let mut rest = Vec::new();
+    within(tunnel.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty(), "the upstream received the ClientHello: {rest:?}");
+    let denials = proxy.proxy.denials();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(denials[0].protocol, "socks5");
+}

@@ -328,9 +328,10 @@ both_identities!(datagrams_never_leave, |f: &Fixture| {
 // agentcage/agentcage#214 (SNI and Host disagreed, so each check saw a different name). The
 // name palisade checks must be the name it dials.
 //
-// Known limit, documented in the proxy crate: palisade does not inspect TLS, so it never reads
-// the SNI or the Host header inside a tunnel. An SNI or inner Host naming a blocked host
-// therefore reaches the allowed upstream, and only it. Cases (a) and (d) pin that.
+// The proxy reads the server name (SNI) of the ClientHello a client sends first into a tunnel,
+// and closes a tunnel whose SNI names another host before the handshake reaches the upstream
+// (a). Known limit: palisade does not decrypt TLS, so a Host header inside the encrypted
+// stream reaches the allowed upstream, and only it; case (d) pins that.
 both_identities!(checked_name_is_dialled_name, |f: &Fixture| {
     let Some(mut lab) = Lab::new(f, &["curl", "openssl"]) else { return };
     lab.tls("allowed-tls", ALLOWED_ADDRESS, TLS_PORT);
@@ -340,6 +341,7 @@ proxy=${HTTP_PROXY#http://}
 # a) CONNECT to the allowed name, with the SNI of the blocked one.
 printf 'GET /a HTTP/1.0\r\n\r\n' | openssl s_client -quiet -proxy "$proxy" -connect allowed.test:@TLS@ -servername blocked.test \
     -CAfile lab-ca.pem 2>/dev/null | grep LAB- | sed 's/^/a /'
+echo "a done"
 # b) plain HTTP whose URI names the allowed host and whose Host header names the blocked one.
 curl -s -m 3 -H 'Host: blocked.test' -o /dev/null -w 'b %{http_code}\n' http://allowed.test:@HTTP@/b
 # c) the name is allowed, but curl is told to CONNECT to the blocked address.
@@ -356,8 +358,12 @@ exit 0
     let run = lab.start_one();
     run.expect_code(0);
 
-    // a) The tunnel goes to the allowed upstream, which receives the blocked name as SNI.
-    assert_eq!(run.line("a "), "a LAB-TLS-OK allowed-tls", "{}", run.describe());
+    // a) The tunnel is closed before the ClientHello reaches any upstream, and the refusal is
+    // recorded.
+    assert_eq!(run.lines_starting("a "), ["a done"], "{}", run.describe());
+    let sni_denials: Vec<_> = run.network_denials().into_iter().filter(|denial| denial["message"].as_str().unwrap_or_default().contains("TLS server name 'blocked.test'")).collect();
+    assert_eq!(sni_denials.len(), 1, "{:?}", run.network_denials());
+    assert_eq!(sni_denials[0]["destination"], "allowed.test");
     // b) The proxy rejects the disagreement and forwards nothing.
     let b = value_after(&run, "b ");
     assert!(b == "400" || b == "403", "a Host header naming another host was forwarded: {b}\n{}", run.describe());
@@ -367,11 +373,16 @@ exit 0
     assert_eq!(run.line("d "), "d 200", "{}", run.describe());
 
     run.assert_only_reached(&["allowed-tls"]);
-    let handshakes = run.records("allowed-tls");
-    assert_eq!(handshakes.len(), 2, "{handshakes:?}");
-    assert_eq!(handshakes[0]["sni"], "blocked.test", "{handshakes:?}");
-    assert_eq!(handshakes[1]["sni"], "allowed.test", "{handshakes:?}");
-    assert!(handshakes[1]["text"].as_str().unwrap().contains("Host: blocked.test"), "{handshakes:?}");
+    // The proxy connects to the upstream before it answers CONNECT, so (a) leaves a TCP
+    // connection there, closed without a byte.
+    let connections = run.records("allowed-tls");
+    assert!(connections.iter().all(|connection| connection["sni"] != "blocked.test"), "a ClientHello naming blocked.test reached the upstream: {connections:?}");
+    let handshakes: Vec<_> = connections.iter().filter(|connection| connection["handshake"] == "completed").collect();
+    assert_eq!(handshakes.len(), 1, "{connections:?}");
+    assert_eq!(handshakes[0]["sni"], "allowed.test", "{handshakes:?}");
+    assert!(handshakes[0]["text"].as_str().unwrap().contains("Host: blocked.test"), "{handshakes:?}");
+    let empty = connections.iter().filter(|connection| connection["text"] == "" && connection["handshake"].is_null()).count();
+    assert_eq!(empty, connections.len() - 1, "{connections:?}");
 });
 
 // Public reports: microsoft/mxc#931 (routing through proxy variables is cooperative) and
