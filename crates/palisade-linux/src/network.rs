@@ -292,10 +292,15 @@ pub(crate) fn proxy_environment(port: u16) -> Vec<(String, String)> {
     variables
 }
 
-/// Reports whether `name` is one of the variables [`proxy_environment`] sets, in any case, so
-/// a value from the caller's environment does not stand beside palisade's.
+/// Reports whether `name` names a proxy setting, in any case: one of the variables
+/// [`proxy_environment`] sets, or any other name ending in `_PROXY` (`FTP_PROXY`,
+/// `npm_config_https_proxy`). In allowlist mode the caller's values are dropped, because a
+/// proxy outside the sandbox is unreachable and would take precedence over palisade's in some
+/// tools.
 pub(crate) fn is_proxy_variable(name: &[u8]) -> bool {
-    PROXY_VARIABLES.iter().any(|variable| name.eq_ignore_ascii_case(variable.as_bytes()))
+    const SUFFIX: &[u8] = b"_proxy";
+    let is_listed = PROXY_VARIABLES.iter().any(|variable| name.eq_ignore_ascii_case(variable.as_bytes()));
+    is_listed || (name.len() >= SUFFIX.len() && name[name.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }
 
 /// What the supervisor's network thread serves for one run.
@@ -440,7 +445,8 @@ impl Target {
     async fn connect(&self) -> io::Result<tokio::net::TcpStream> {
         match self {
             Target::Host(address) => tokio::net::TcpStream::connect(address).await,
-            Target::Name(name, port, proxy) => proxy.connect(name, *port).await.map_err(io::Error::other),
+            // Served by the proxy itself, see `serve_forwarded`.
+            Target::Name(..) => Err(io::Error::other("a name is not connected here")),
             Target::Sandbox(port, factory) => {
                 let factory = Arc::clone(factory);
                 // The exchange with init is two blocking calls on a socket pair that init
@@ -479,6 +485,12 @@ async fn serve_forwarded(listener: tokio::net::TcpListener, target: Target, perm
         let target = target.clone();
         connections.spawn(async move {
             let _permit = permit;
+            // A name gets the proxy's checks of what the client sends: the TLS server name
+            // and every HTTP request's Host header.
+            if let Target::Name(name, port, proxy) = &target {
+                proxy.serve_resolved(client, name, *port).await;
+                return;
+            }
             let mut client = client;
             let mut upstream = match tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, target.connect()).await {
                 Ok(Ok(upstream)) => upstream,
@@ -523,7 +535,10 @@ mod tests {
         assert!(is_proxy_variable(b"https_proxy"));
         assert!(is_proxy_variable(b"Https_Proxy"));
         assert!(is_proxy_variable(b"NO_PROXY"));
+        assert!(is_proxy_variable(b"FTP_PROXY"));
+        assert!(is_proxy_variable(b"npm_config_https_proxy"));
         assert!(!is_proxy_variable(b"FTP_PROXY_X"));
+        assert!(!is_proxy_variable(b"_PROXYX"));
         assert!(!is_proxy_variable(b"PATH"));
     }
 

@@ -53,13 +53,15 @@ impl DenialLog {
             state.dropped += 1;
             return;
         }
+        // Debug formatting escapes control characters, which the destination and the reason
+        // may carry from the client's request.
         info!(
-            destination = %denial.destination,
+            destination = ?denial.destination,
             port = denial.port,
             protocol = denial.protocol,
             rule = denial.rule.as_deref().unwrap_or("-"),
-            "proxy denied a request: {}",
-            denial.reason
+            reason = ?denial.reason,
+            "proxy denied a request"
         );
         state.recorded.push(denial);
     }

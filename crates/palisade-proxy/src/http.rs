@@ -80,6 +80,30 @@ pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
     }
 }
 
+/// Serves HTTP/1.1 requests that a client sent to `name` and `port` directly, on a connection
+/// to the address palisade gave that name inside the sandbox. Each request must be in origin
+/// form with a `Host` header naming `name`, and is checked and forwarded on its own, so a later
+/// request on the same connection cannot name another host.
+pub(crate) async fn serve_fixed(shared: &Arc<Shared>, stream: TcpStream, name: &str, port: u16) {
+    let service = {
+        let shared = Arc::clone(shared);
+        let name = name.to_owned();
+        service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            let name = name.clone();
+            async move { Ok::<_, Infallible>(forward::forward_fixed(&shared, request, &name, port).await) }
+        })
+    };
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.head_timeout)
+        .max_header_size(shared.limits.max_request_head)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = connection.await {
+        record_connection_error(shared, &error);
+    }
+}
+
 /// Records the malformed requests hyper rejected itself (with 400 or 431), and logs other
 /// connection errors at debug level.
 fn record_connection_error(shared: &Shared, error: &hyper::Error) {

@@ -214,20 +214,53 @@ const PRINTED_NETWORK_DENIALS: usize = 5;
 /// Prints each distinct refusal of the proxy once on stderr, so a person or a model reading the
 /// output learns what was blocked and how to allow it, even if the command hid the 403.
 fn print_network_denials(network: &palisade_linux::NetworkOutcome) {
-    let same = |a: &palisade_linux::NetworkDenial, b: &palisade_linux::NetworkDenial| {
-        a.destination == b.destination && a.port == b.port && a.reason == b.reason
-    };
-    let mut printed: Vec<&palisade_linux::NetworkDenial> = Vec::new();
+    // Refusals with the same message read the same, such as one address in several spellings.
+    let mut printed: Vec<&str> = Vec::new();
     for denial in &network.denials {
-        if printed.len() < PRINTED_NETWORK_DENIALS && !printed.iter().any(|seen| same(seen, denial)) {
-            eprintln!("palisade: network: {}", denial.reason);
-            printed.push(denial);
+        if printed.len() < PRINTED_NETWORK_DENIALS && !printed.contains(&denial.reason.as_str()) {
+            eprintln!("palisade: network: {}", printable(&denial.reason));
+            printed.push(&denial.reason);
         }
     }
-    let covered = network.denials.iter().filter(|denial| printed.iter().any(|seen| same(seen, denial))).count() as u64;
-    let others = network.denials.len() as u64 - covered + network.denials_dropped;
-    if others > 0 {
-        eprintln!("palisade: network: {others} other refusals; the run report (--report) lists them");
+    let covered = network.denials.iter().filter(|denial| printed.contains(&denial.reason.as_str())).count();
+    let listed = network.denials.len() - covered;
+    let others = listed as u64 + network.denials_dropped;
+    if others == 0 {
+        return;
+    }
+    let noun = if others == 1 { "refusal" } else { "refusals" };
+    if network.denials_dropped == 0 {
+        eprintln!("palisade: network: {others} other {noun}; the run report (--report) lists them");
+    } else {
+        eprintln!(
+            "palisade: network: {others} other {noun}; the run report (--report) lists {listed} of them and counts the rest in network.denials_not_listed"
+        );
+    }
+}
+
+/// Escapes control characters, which a refusal's message may carry from the command's request
+/// (a host name in a SOCKS5 request is any bytes), so the command cannot write terminal escape
+/// sequences or forged lines into palisade's own output.
+fn printable(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("\u{1b}]0;title\u{7}\r\npalisade: forged"), "\\u{1b}]0;title\\u{7}\\r\\npalisade: forged");
+        assert_eq!(printable("café.test:443 is not on the allowlist"), "café.test:443 is not on the allowlist");
     }
 }
 

@@ -14,7 +14,7 @@ use hyper::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use palisade_policy::network::parse_target;
 use tokio::net::TcpStream;
@@ -88,6 +88,51 @@ pub(super) async fn forward(shared: &Shared, request: Request<Incoming>) -> Resp
     }
 }
 
+/// Handles a request sent to `name` and `port` directly (see [`super::serve_fixed`]): refuses
+/// CONNECT, absolute URIs and a `Host` header that names another destination, then forwards it
+/// to `name` and `port` like a proxy request. Refusals are recorded with the protocol `"tcp"`.
+pub(super) async fn forward_fixed(shared: &Shared, request: Request<Incoming>, name: &str, port: u16) -> Response<ProxyBody> {
+    let refuse = |reason: String| rejection(&shared.refuse(name, port, Protocol::Tcp, None, reason));
+    if request.method() == Method::CONNECT || request.uri().authority().is_some() {
+        return refuse(format!(
+            "a request sent to {name}:{port} directly must name a path such as 'GET / HTTP/1.1', not another destination"
+        ));
+    }
+    let mut host_headers = request.headers().get_all(HOST).iter();
+    let Some(value) = host_headers.next() else {
+        return refuse(format!("a request sent to {name}:{port} directly needs a Host header naming {name}"));
+    };
+    if host_headers.next().is_some() {
+        return refuse("the request has more than one Host header".into());
+    }
+    let Ok(text) = value.to_str() else {
+        return refuse("the Host header is not ASCII text".into());
+    };
+    // The connection fixes the port, so a header without one names the same destination.
+    let (header_host, header_port) = match split_authority(text, Some(port)) {
+        Ok(parts) => parts,
+        Err(reason) => return refuse(format!("the Host header '{text}' is invalid: {reason}")),
+    };
+    if header_port != port || !is_same_host(header_host, name) {
+        return refuse(format!(
+            "the Host header names {text}, but the connection is to {name}:{port}, and palisade forwards a request only when both name the same destination"
+        ));
+    }
+
+    let authority = if port == HTTP_PORT { name.to_owned() } else { format!("{name}:{port}") };
+    let upstream = match shared.dial(name, port, Protocol::Tcp).await {
+        Ok(upstream) => upstream,
+        Err(error) => return dial_failure(name, port, &error),
+    };
+    debug!(method = %request.method(), %authority, addr = %upstream.addr, "forwarding a request sent directly");
+    match exchange(upstream.stream, to_origin_form(request, &authority)).await {
+        Ok(response) => response,
+        Err(message) => {
+            text_response(StatusCode::BAD_GATEWAY, format!("palisade proxy: {authority}: {message}\n"), false)
+        }
+    }
+}
+
 /// Returns the destination of an `http://` absolute URI, after checking that a `Host` header,
 /// if any, names the same one.
 fn destination(request: &Request<Incoming>) -> Result<Destination, Rejection> {
@@ -145,7 +190,7 @@ fn check_host_header(value: &HeaderValue, host: &str, port: u16) -> Result<(), S
         return Ok(());
     }
     Err(format!(
-        "the Host header names {text}, but the request URI names {host}:{port}, and palisade forwards a request only \
+        "the Host header names {text}, but the request is for {host}:{port}, and palisade forwards a request only \
          when both name the same destination"
     ))
 }

@@ -7,3 +7,4 @@ pub mod denials;
 pub mod curl;
 pub mod fuzz;
 pub mod server_name;
+pub mod resolved;

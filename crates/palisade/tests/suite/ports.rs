@@ -209,9 +209,14 @@ both_identities!(allowed_names_resolve_on_request, |f: &Fixture| {
     let request = format!(
         "import socket\nwith socket.create_connection(('allowed.test', {HTTP_PORT}), timeout=3) as s:\n    s.sendall(b'GET /plain HTTP/1.0\\r\\nHost: allowed.test\\r\\n\\r\\n')\n    print('plain', s.recv(200).decode().splitlines()[-1])\n"
     );
+    // The same connection, with a Host header that names another site: the request that a
+    // front end shared by many sites would route elsewhere.
+    let fronted = format!(
+        "import socket\nwith socket.create_connection(('allowed.test', {HTTP_PORT}), timeout=3) as s:\n    s.sendall(b'GET /fronted HTTP/1.0\\r\\nHost: blocked.test\\r\\n\\r\\n')\n    print('fronted', s.recv(200).decode().splitlines()[0])\n"
+    );
     let script = format!(
         "getent hosts allowed.test | head -1; getent hosts nothere.test || echo 'nothere: no address'; \
-         env -i {PYTHON} -c \"{request}\"; \
+         env -i {PYTHON} -c \"{request}\"; env -i {PYTHON} -c \"{fronted}\"; \
          {PYTHON} -c '{CONNECT_PROBE}' blocked blocked.test {HTTP_PORT}"
     );
     lab.run_sh(&["--resolve-allowed", "--allow-domain", &upstream, "--allow-domain", &address], &script);
@@ -222,7 +227,11 @@ both_identities!(allowed_names_resolve_on_request, |f: &Fixture| {
     assert_eq!(run.lines_starting("nothere"), ["nothere: no address"]);
     assert_eq!(run.line("plain "), "plain LAB-OK allowed", "a client without proxy variables reaches the allowed server");
     assert!(run.line("blocked ").starts_with("blocked failed"), "{}", run.describe());
+    assert!(run.line("fronted ").ends_with(" 400 Bad Request"), "{}", run.describe());
     assert!(run.received("allowed").contains("GET /plain"), "{:?}", run.records("allowed"));
+    assert!(!run.received("allowed").contains("/fronted"), "a request naming another host reached the server: {:?}", run.records("allowed"));
+    let tcp_denials: Vec<_> = run.network_denials().into_iter().filter(|denial| denial["protocol"] == "tcp").collect();
+    assert_eq!(tcp_denials.len(), 1, "{:?}", run.network_denials());
     run.assert_only_reached(&["allowed"]);
     let forwarded = &run.report()["network"]["forwarded"];
     assert!(forwarded.as_array().unwrap().iter().any(|entry| entry == &format!("allowed.test:{HTTP_PORT} at 127.77.0.1:{HTTP_PORT}")), "{forwarded}");
