@@ -163,7 +163,12 @@ impl Shared {
                 }
                 Ok(Err(error)) => {
                     debug!(%target, %addr, %error, "connect failed");
-                    last_error = Some(io::Error::new(error.kind(), format!("{addr}: {error}")));
+                    // A name's error says which of its addresses refused; an address needs no repeat.
+                    let message = match target {
+                        Target::Name(_) => format!("{addr}: {error}"),
+                        Target::Ip(_) => error.to_string(),
+                    };
+                    last_error = Some(io::Error::new(error.kind(), message));
                 }
                 Err(_) => {
                     let message = format!("timed out after {} s", self.limits.connect_timeout.as_secs_f32());
