@@ -12,7 +12,7 @@ use crate::proxy::Proxy;
 use crate::sni::relay_checked;
 use crate::tunnel::splice;
 
-/// Longest HTTP method palisade recognises when it tells an HTTP request from other protocols.
+/// Maximum length of the HTTP method palisade looks for to recognise an HTTP request.
 const MAX_METHOD: usize = 20;
 /// Pause before the client's first bytes are read again, when they do not yet show the protocol.
 const REREAD_DELAY: Duration = Duration::from_millis(5);

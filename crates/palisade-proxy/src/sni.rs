@@ -2,7 +2,7 @@
 //! the client gives the TLS server differs from the destination the proxy checked.
 //!
 //! The layout is that of RFC 8446 section 4.1.2 (TLS 1.3) and RFC 5246 section 7.4.1.2
-//! (TLS 1.2), which agree on every field read here; the extension is RFC 6066 section 3.
+//! (TLS 1.2), which agree on every field read here. The extension is RFC 6066 section 3.
 
 use palisade_policy::network::{Target, parse_target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -13,7 +13,7 @@ use crate::dial::Protocol;
 use crate::proxy::Shared;
 use crate::tunnel::splice;
 
-/// What the first bytes a client sent into a tunnel turned out to be.
+/// The kind of the first bytes a client sent into a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ClientHello {
     /// Not TLS: the first byte is not a handshake record.
@@ -36,8 +36,8 @@ const SERVER_NAME_EXTENSION: u16 = 0;
 const HOST_NAME: u8 = 0;
 /// Length of a TLS record header: type, version, length.
 const RECORD_HEADER: usize = 5;
-/// Largest ClientHello read. One with a post-quantum key share is about 2 KiB; this leaves
-/// room for many extensions and still bounds what the proxy holds per tunnel.
+/// Maximum size of a ClientHello the proxy reads. One with a post-quantum key share is about
+/// 2 KiB, so this leaves room for many extensions and still bounds the memory per tunnel.
 pub(crate) const MAX_CLIENT_HELLO: usize = 64 * 1024;
 
 /// Reads the ClientHello at the start of `bytes`, the first bytes a client sent into a tunnel.
@@ -172,7 +172,7 @@ where
     splice(&shared.buffers, client, upstream).await;
 }
 
-/// What the check of a tunnel's first bytes decided.
+/// The decision on a tunnel's first bytes.
 enum Screened {
     /// The bytes read from the client, to pass on before relaying the rest.
     Forward(Vec<u8>),
@@ -338,7 +338,7 @@ pub(crate) mod tests {
     }
 
     proptest::proptest! {
-        // Whatever a client sends, reading it ends in one of the four answers and never panics.
+        // Whatever a client sends, parsing returns one of the four results and never panics.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let _ = parse(&bytes);

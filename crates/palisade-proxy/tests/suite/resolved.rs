@@ -71,7 +71,7 @@ async fn resolved_http_naming_another_host_is_refused() {
         assert!(response.starts_with("HTTP/1.1 400"), "{head:?} got {response}");
     }
     // Palisade connects to the allowed server before the client's first bytes show the
-    // protocol, so the server sees connections, but no request.
+    // protocol, so the server accepts connections, but receives no request.
     assert!(server.requests().is_empty(), "a refused request reached the upstream server: {:?}", server.requests());
     let denials = proxy.denials();
     assert_eq!(denials.len(), 3, "{denials:?}");
