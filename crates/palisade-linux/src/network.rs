@@ -42,10 +42,6 @@ const PROXY_VARIABLES: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO
 /// The address the proxy listens on inside the run's network namespace.
 pub(crate) const PROXY_HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// Maximum number of forwarded ports. Every listening socket crosses the socket pair in one
-/// message, and the kernel passes at most 253 descriptors in one message.
-pub(crate) const MAX_FORWARDED_PORTS: usize = 64;
-
 /// Maximum number of connections a forwarded port carries at once; further clients wait in
 /// the listen backlog.
 const MAX_FORWARDED_CONNECTIONS: usize = 512;

@@ -72,11 +72,13 @@ pub fn run(
     };
     let resolve_allowed = matches!(policy.network, NetworkMode::Allowlist { resolve_allowed: true, .. });
     let forwarded = rules.as_ref().map(|rules| network::ForwardPlan::new(rules, resolve_allowed).forwards).unwrap_or_default();
-    if forwarded.len() > network::MAX_FORWARDED_PORTS {
+    // Resolution refuses a policy over the limit with the reason; this only keeps the hand-over
+    // within what one message can carry if that check is ever bypassed.
+    if forwarded.len() > palisade_policy::network::MAX_SERVED_PORTS {
         return Err(Error::Sandbox(format!(
-            "the allowlist needs {} ports served inside the sandbox (loopback entries with a port, and the ports of resolvable names), more than the maximum of {}; allow a CIDR block through the proxy instead, or drop resolve_allowed",
+            "the allowlist needs {} ports served inside the sandbox, more than the maximum of {}",
             forwarded.len(),
-            network::MAX_FORWARDED_PORTS
+            palisade_policy::network::MAX_SERVED_PORTS
         )));
     }
     let listen_addresses: Vec<std::net::SocketAddr> = forwarded.iter().map(|forward| forward.listen).collect();

@@ -22,6 +22,27 @@ pub enum PolicyError {
     #[error("contradictory policy: {0}")]
     Contradiction(String),
 
+    /// The allowlist needs more ports served inside the sandbox than
+    /// [`crate::network::MAX_SERVED_PORTS`]. `name_ports` counts the ports of resolvable names,
+    /// and is `None` without `resolve_allowed`.
+    #[error("{}", too_many_served_ports_message(*forwarded, *name_ports, *max))]
+    TooManyServedPorts { forwarded: usize, name_ports: Option<usize>, max: usize },
+
     #[error("cannot determine the home directory: HOME is unset or not absolute")]
     NoHome,
+}
+
+fn too_many_served_ports_message(forwarded: usize, name_ports: Option<usize>, max: usize) -> String {
+    match name_ports {
+        None => format!(
+            "the allowlist needs {forwarded} ports served inside the sandbox (one for each loopback address entry with a port), \
+             more than the maximum of {max}, so list fewer of these entries"
+        ),
+        Some(name_ports) => format!(
+            "the allowlist needs {} ports served inside the sandbox ({forwarded} for loopback address entries with a port, \
+             {name_ports} for the ports of exact names with resolve_allowed), more than the maximum of {max}, so list fewer \
+             entries, give each name one port (a name without a port takes 80 and 443), or drop resolve_allowed",
+            forwarded + name_ports
+        ),
+    }
 }

@@ -28,7 +28,32 @@ const MAX_LABEL_LEN: usize = 63;
 const PATH_REASON: &str =
     "a path ('/...') is not allowed, because entries match hosts and ports only, such as example.com:443";
 const WILDCARD_POSITION_REASON: &str = "'*' is allowed only as the whole first label, as in *.example.com";
-const TOO_BROAD_HINT: &str = "use --net full to allow every destination";
+
+/// Maximum number of ports palisade serves inside the sandbox besides the proxy's: forwarded
+/// loopback entries and, with `resolve_allowed`, the ports of resolvable names (see
+/// [`Rules::served_port_count`]). The Linux backend passes every listening socket in one
+/// `SCM_RIGHTS` message, and the kernel passes at most 253 descriptors in one (`SCM_MAX_FD`).
+pub const MAX_SERVED_PORTS: usize = 64;
+
+/// The list an entry belongs to, which decides what the entry may name and the hints of its
+/// errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryList {
+    /// `[network] allow` and `--allow-domain`.
+    Allow,
+    /// `[network] deny`.
+    Deny,
+}
+
+impl EntryList {
+    /// Returns what to do instead of an entry that would match every destination.
+    fn too_broad_hint(self) -> &'static str {
+        match self {
+            EntryList::Allow => "use --net full to allow every destination",
+            EntryList::Deny => "use network mode none (--net none) to reject every destination",
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Rules
@@ -99,6 +124,39 @@ impl Rule {
     fn is_single_address(&self) -> bool {
         matches!(&self.host, RuleHost::Network(network) if network.is_single_address())
     }
+
+    /// Returns the address and port of an entry that names exactly one loopback address with a
+    /// port, such as `127.0.0.1:5432` or `[::1]:8080`. [`Rules::forwarded_ports`] forwards
+    /// these unless a deny entry covers them.
+    pub fn loopback_socket_addr(&self) -> Option<SocketAddr> {
+        let (RuleHost::Network(network), Some(port)) = (&self.host, self.port) else { return None };
+        let addr = network.addr();
+        (network.is_single_address() && addr.is_loopback()).then_some(SocketAddr::new(addr, port))
+    }
+
+    /// Returns `true` for a name or wildcard entry that matches only `localhost` or names under
+    /// `.localhost`, which resolve to loopback addresses (RFC 6761 section 6.3) that a name
+    /// entry never reaches.
+    pub fn is_loopback_name(&self) -> bool {
+        match &self.host {
+            RuleHost::Name(name) | RuleHost::Wildcard(name) => is_loopback_name(name),
+            RuleHost::Network(_) => false,
+        }
+    }
+}
+
+/// Returns `true` for `localhost` and the names under `.localhost`, normalised.
+fn is_loopback_name(name: &str) -> bool {
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Explains why an allow entry for a loopback name is rejected, and names the address entries
+/// to use instead.
+fn loopback_name_reason(port: Option<u16>) -> String {
+    let port = port.map_or_else(|| "PORT".to_owned(), |port| port.to_string());
+    format!(
+        "localhost and the names under .localhost resolve to loopback addresses, which a name entry never reaches, so use the address entries 127.0.0.1:{port} and [::1]:{port}"
+    )
 }
 
 impl fmt::Display for Rule {
@@ -192,18 +250,39 @@ fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
 // ---------------------------------------------------------------------------------------------
 // Rule parsing
 
-/// Parses one allowlist or denylist entry: `example.com`, `*.example.com`, either with an
-/// optional `:port`, an IPv4 address in dotted-quad form, an IPv6 address (`::1`, or `[::1]:8080`
-/// with a port), or a CIDR block (`10.0.0.0/8`, `fd00::/8`, `[fd00::/8]:443`).
+/// Parses one entry of `list` as resolution checks it: the syntax [`parse_rule`] reads, and,
+/// in the allow list, no name or wildcard for `localhost` or a name under `.localhost`. Such
+/// an entry would allow nothing, because these names resolve to loopback addresses and a name
+/// entry never reaches an internal address.
 ///
-/// Names are lowercased and lose one trailing dot. The error is a reason without the entry
-/// itself, for the caller to place after the entry and its origin.
+/// The error is a reason without the entry itself, for the caller to place after the entry
+/// and its origin.
+pub fn parse_entry(text: &str, list: EntryList) -> Result<Rule, String> {
+    let rule = parse_syntax(text, list)?;
+    if list == EntryList::Allow && rule.is_loopback_name() {
+        return Err(loopback_name_reason(rule.port));
+    }
+    Ok(rule)
+}
+
+/// Parses the syntax of one allowlist or denylist entry: `example.com`, `*.example.com`, either
+/// with an optional `:port`, an IPv4 address in dotted-quad form, an IPv6 address (`::1`, or
+/// `[::1]:8080` with a port), or a CIDR block (`10.0.0.0/8`, `fd00::/8`, `[fd00::/8]:443`).
+/// An IPv6 address without brackets takes no port, so `::1:8080` is the address `::1:8080`.
+///
+/// Names are lowercased and lose one trailing dot. Errors carry the hints of an allow entry.
+/// Unlike [`parse_entry`], this accepts `localhost` and the names under `.localhost`, so rules
+/// built from them show how the proxy treats such a name.
 pub fn parse_rule(text: &str) -> Result<Rule, String> {
+    parse_syntax(text, EntryList::Allow)
+}
+
+fn parse_syntax(text: &str, list: EntryList) -> Result<Rule, String> {
     reject_non_host_syntax(text)?;
     let (host, port) = split_port(text)?;
     let host = match host {
-        HostText::Bracketed(inside) => parse_bracketed_rule_host(inside)?,
-        HostText::Plain(host) => parse_rule_host(host)?,
+        HostText::Bracketed(inside) => parse_bracketed_rule_host(inside, list)?,
+        HostText::Plain(host) => parse_rule_host(host, list, port)?,
     };
     Ok(Rule { text: text.to_owned(), host, port })
 }
@@ -288,29 +367,29 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-fn parse_bracketed_rule_host(inside: &str) -> Result<RuleHost, String> {
+fn parse_bracketed_rule_host(inside: &str, list: EntryList) -> Result<RuleHost, String> {
     let (addr_text, prefix_text) = match inside.split_once('/') {
         Some((addr, prefix)) => (addr, Some(prefix)),
         None => (inside, None),
     };
     match addr_text.parse::<Ipv6Addr>() {
-        Ok(addr) => network_rule(IpAddr::V6(addr), prefix_text),
+        Ok(addr) => network_rule(IpAddr::V6(addr), prefix_text, list),
         Err(_) => Err(format!(
             "'{inside}' is not an IPv6 address, and brackets are only for IPv6 addresses such as [::1]:8080"
         )),
     }
 }
 
-fn parse_rule_host(host: &str) -> Result<RuleHost, String> {
+fn parse_rule_host(host: &str, list: EntryList, port: Option<u16>) -> Result<RuleHost, String> {
     if let Some((addr_text, prefix_text)) = host.split_once('/') {
         return match parse_rule_address(addr_text)? {
-            Some(addr) => network_rule(addr, Some(prefix_text)),
+            Some(addr) => network_rule(addr, Some(prefix_text), list),
             None => Err(PATH_REASON.into()),
         };
     }
     match parse_rule_address(host)? {
-        Some(addr) => network_rule(addr, None),
-        None => parse_rule_name(host),
+        Some(addr) => network_rule(addr, None, list),
+        None => parse_rule_name(host, list, port),
     }
 }
 
@@ -343,7 +422,7 @@ fn parse_rule_address(text: &str) -> Result<Option<IpAddr>, String> {
     }
 }
 
-fn network_rule(addr: IpAddr, prefix_text: Option<&str>) -> Result<RuleHost, String> {
+fn network_rule(addr: IpAddr, prefix_text: Option<&str>, list: EntryList) -> Result<RuleHost, String> {
     let max = max_prefix_len(addr);
     let prefix_len = match prefix_text {
         None => max,
@@ -351,8 +430,9 @@ fn network_rule(addr: IpAddr, prefix_text: Option<&str>) -> Result<RuleHost, Str
     };
     if prefix_len == 0 {
         return Err(format!(
-            "/0 covers every {} address, which is too broad for one entry, so {TOO_BROAD_HINT}",
-            family(addr)
+            "/0 covers every {} address, which is too broad for one entry, so {}",
+            family(addr),
+            list.too_broad_hint()
         ));
     }
     IpNetwork::new(addr, prefix_len).map(RuleHost::Network)
@@ -373,9 +453,11 @@ fn parse_prefix_len(text: &str, max: u8) -> Result<u8, String> {
     }
 }
 
-fn parse_rule_name(host: &str) -> Result<RuleHost, String> {
+/// Parses a name or wildcard entry. `port` is the entry's port, for the hint of a rejected
+/// `*.localhost`.
+fn parse_rule_name(host: &str, list: EntryList, port: Option<u16>) -> Result<RuleHost, String> {
     if host == "*" {
-        return Err(format!("'*' alone would match every name, which is too broad, so {TOO_BROAD_HINT}"));
+        return Err(format!("'*' alone would match every name, which is too broad, so {}", list.too_broad_hint()));
     }
     if host.starts_with('.') {
         return Err("the name starts with '.', so write *.example.com to match the names under example.com".into());
@@ -392,6 +474,11 @@ fn parse_rule_name(host: &str) -> Result<RuleHost, String> {
         return Ok(RuleHost::Name(name));
     }
     if !name.contains('.') {
+        // `*.localhost` is no top-level domain of the internet, and the useful hint is the one
+        // for any loopback name.
+        if list == EntryList::Allow && is_loopback_name(&name) {
+            return Err(loopback_name_reason(port));
+        }
         return Err(format!(
             "'*.{name}' matches every name in the top-level domain '{name}', which is too broad, so name a domain such as *.example.{name}"
         ));
@@ -745,7 +832,7 @@ pub enum Decision {
     /// `rule` is the allow entry that decided, as written.
     Allow { rule: String },
     /// `rule` is the deny entry that decided, as written, or `None` where no entry did.
-    /// `reason` is one sentence that states what to change to allow the destination.
+    /// `reason` is one or two sentences that state what to change to allow the destination.
     Deny { rule: Option<String>, reason: String },
 }
 
@@ -768,11 +855,11 @@ pub struct Rules {
 
 impl Rules {
     /// Parses the entries of a resolved `NetworkMode::Allowlist`, which resolution has already
-    /// checked with [`parse_rule`].
+    /// checked with [`parse_entry`]. Only the syntax is checked here, as [`parse_rule`] does.
     pub fn from_strings<S: AsRef<str>>(allow: &[S], deny: &[S]) -> Result<Rules, PolicyError> {
         Ok(Rules {
-            allow: parse_list(allow, "[network] allow entry")?,
-            deny: parse_list(deny, "[network] deny entry")?,
+            allow: parse_list(allow, EntryList::Allow, "[network] allow entry")?,
+            deny: parse_list(deny, EntryList::Deny, "[network] deny entry")?,
         })
     }
 
@@ -783,13 +870,8 @@ impl Rules {
     /// reach the host's service at its usual address.
     pub fn forwarded_ports(&self) -> Vec<SocketAddr> {
         let mut forwarded: Vec<SocketAddr> = Vec::new();
-        for rule in &self.allow {
-            let (RuleHost::Network(network), Some(port)) = (&rule.host, rule.port) else { continue };
-            let addr = network.addr();
-            if !network.is_single_address() || !addr.is_loopback() {
-                continue;
-            }
-            let socket = SocketAddr::new(addr, port);
+        for socket in self.allow.iter().filter_map(Rule::loopback_socket_addr) {
+            let (addr, port) = (socket.ip(), socket.port());
             if !forwarded.contains(&socket) && self.check_address(addr, port, &Target::Ip(addr)).is_allowed() {
                 forwarded.push(socket);
             }
@@ -800,12 +882,17 @@ impl Rules {
     /// Returns the exact names of the allow entries, each with the ports a plain TCP client may
     /// reach it on: the entry's port, or 80 and 443 for an entry without one. Ports a deny
     /// entry covers are left out, and so is a name left with none. Wildcards match names
-    /// without end, so they cannot be listed.
+    /// without end, so they cannot be listed. `localhost` and the names under `.localhost` are
+    /// left out too, so a sandbox's hosts file never moves them off loopback (resolution
+    /// rejects such entries, but rules built with [`Rules::from_strings`] may hold them).
     pub fn resolvable_names(&self) -> Vec<(String, Vec<u16>)> {
         const DEFAULT_PORTS: [u16; 2] = [80, 443];
         let mut names: Vec<(String, Vec<u16>)> = Vec::new();
         for rule in &self.allow {
             let RuleHost::Name(name) = &rule.host else { continue };
+            if is_loopback_name(name) {
+                continue;
+            }
             let target = Target::Name(name.clone());
             let ports = rule.port.map_or(DEFAULT_PORTS.to_vec(), |port| vec![port]);
             let ports = ports.into_iter().filter(|&port| self.check_request(&target, port).is_allowed());
@@ -826,6 +913,19 @@ impl Rules {
         names
     }
 
+    /// Counts the ports palisade serves inside the sandbox besides the proxy's: each of
+    /// [`Rules::forwarded_ports`] and, with `resolve_allowed`, each port of each of
+    /// [`Rules::resolvable_names`]. Resolution rejects more than [`MAX_SERVED_PORTS`].
+    pub fn served_port_count(&self, resolve_allowed: bool) -> usize {
+        let name_ports = if resolve_allowed { self.resolvable_name_port_count() } else { 0 };
+        self.forwarded_ports().len() + name_ports
+    }
+
+    /// Counts the ports of [`Rules::resolvable_names`], all names together.
+    pub fn resolvable_name_port_count(&self) -> usize {
+        self.resolvable_names().iter().map(|(_, ports)| ports.len()).sum()
+    }
+
     /// Decides on a request before any name is resolved. Deny entries win over allow entries.
     /// A name matches only name and wildcard entries, and an address only IP and CIDR entries,
     /// so `CONNECT 1.2.3.4:443` needs an IP entry even when a name on the list resolves to it.
@@ -842,7 +942,7 @@ impl Rules {
         }
         match self.allow.iter().find(|rule| rule.matches_port(port) && allows_target(rule, target)) {
             Some(rule) => Decision::Allow { rule: rule.text.clone() },
-            None => Decision::deny(None, not_listed_reason(target, &destination)),
+            None => Decision::deny(None, not_listed_reason(target, port, &destination)),
         }
     }
 
@@ -887,14 +987,14 @@ impl Rules {
         };
         match self.allow.iter().find(reaching) {
             Some(rule) => Decision::Allow { rule: rule.text.clone() },
-            None => Decision::deny(None, internal_reason(addr, port, via, category)),
+            None => Decision::deny(None, internal_reason(addr, port, via, category, &request_rule)),
         }
     }
 }
 
-fn parse_list<S: AsRef<str>>(entries: &[S], what: &'static str) -> Result<Vec<Rule>, PolicyError> {
+fn parse_list<S: AsRef<str>>(entries: &[S], list: EntryList, what: &'static str) -> Result<Vec<Rule>, PolicyError> {
     let parse_entry = |entry: &S| {
-        parse_rule(entry.as_ref()).map_err(|reason| PolicyError::InvalidValue {
+        parse_syntax(entry.as_ref(), list).map_err(|reason| PolicyError::InvalidValue {
             what,
             value: entry.as_ref().to_owned(),
             origin: "in the resolved policy".into(),
@@ -926,21 +1026,49 @@ fn authority(target: &Target, port: u16) -> String {
     }
 }
 
-fn not_listed_reason(target: &Target, destination: &str) -> String {
+fn not_listed_reason(target: &Target, port: u16, destination: &str) -> String {
     match target {
+        Target::Name(name) if is_loopback_name(name) => format!(
+            "{destination} is a loopback name, which no allow entry can list. Add the address entries \
+             127.0.0.1:{port} and [::1]:{port} to reach the host's service, and connect to {destination} directly, without the proxy"
+        ),
         Target::Name(_) => format!(
             "{destination} is not on the allowlist (add {destination} to [network] allow, or pass --allow-domain {destination})"
         ),
         Target::Ip(addr) => {
-            let subject = match classify(*addr) {
-                Some(category) => format!("{destination}, {},", address_kind(category)),
-                None => destination.to_owned(),
-            };
-            format!(
-                "{subject} is not on the allowlist (an IP address needs an IP entry such as {destination} in [network] allow, because name entries never match addresses)"
-            )
+            let entry = suggested_entry(*addr, port);
+            match classify(*addr) {
+                Some(LOOPBACK) if is_forwardable(entry.ip()) => format!(
+                    "{destination}, a loopback address, is not on the allowlist. The IP entry {entry} would let the proxy reach \
+                     the host's service there and make palisade listen at that address in the sandbox, where the command \
+                     reaches its own servers directly, without the proxy"
+                ),
+                Some(category) => format!(
+                    "{destination}, {}, is not on the allowlist (an IP address needs an IP entry such as {entry} in [network] allow, because name entries never match addresses)",
+                    address_kind(category)
+                ),
+                None => format!(
+                    "{destination} is not on the allowlist (an IP address needs an IP entry such as {entry} in [network] allow, because name entries never match addresses)"
+                ),
+            }
         }
     }
+}
+
+/// Returns the entry to suggest for `addr`: the IPv4 form of an IPv4-mapped address, which
+/// covers both forms, and `addr` itself otherwise.
+fn suggested_entry(addr: IpAddr, port: u16) -> SocketAddr {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        IpAddr::V4(_) => addr,
+    };
+    SocketAddr::new(addr, port)
+}
+
+/// Returns `true` if an entry for `addr` with a port is forwarded into the sandbox, as
+/// [`Rule::loopback_socket_addr`] decides.
+fn is_forwardable(addr: IpAddr) -> bool {
+    addr.is_loopback()
 }
 
 /// Names the address a decision is about, and the name it came from: "example.com resolved to
@@ -969,17 +1097,28 @@ fn address_kind(category: &str) -> String {
     format!("{article} {category} address")
 }
 
-fn internal_reason(addr: IpAddr, port: u16, via: &Target, category: &str) -> String {
+/// Explains why an internal address is not reached. `request_rule` is the allow entry that let
+/// the request for `via` through, which the IP entry has to join when `via` is a name.
+fn internal_reason(addr: IpAddr, port: u16, via: &Target, category: &str, request_rule: &str) -> String {
     let kind = address_kind(category);
-    let subject = match via {
-        Target::Name(_) => format!("{}, {kind}", subject(addr, via)),
-        Target::Ip(_) => format!("{} is {kind}", subject(addr, via)),
-    };
-    let entry = SocketAddr::new(addr, port);
-    if category == METADATA {
-        format!("{subject}, and only an entry for exactly this address, such as {entry}, in [network] allow reaches it")
-    } else {
-        format!("{subject}, and only an IP entry such as {entry} in [network] allow reaches it, never a name entry")
+    let entry = suggested_entry(addr, port);
+    match (via, category == METADATA) {
+        (Target::Name(_), true) => format!(
+            "{}, {kind}, which only an entry for exactly this address reaches, so add the IP entry {entry} beside {request_rule} in [network] allow",
+            subject(addr, via)
+        ),
+        (Target::Name(_), false) => format!(
+            "{}, {kind}, which a name entry never reaches, so add the IP entry {entry} beside {request_rule} in [network] allow",
+            subject(addr, via)
+        ),
+        (Target::Ip(_), true) => format!(
+            "{} is {kind}, and only an entry for exactly this address, such as {entry}, in [network] allow reaches it",
+            subject(addr, via)
+        ),
+        (Target::Ip(_), false) => format!(
+            "{} is {kind}, and only an IP entry such as {entry} in [network] allow reaches it",
+            subject(addr, via)
+        ),
     }
 }
 
@@ -1072,7 +1211,7 @@ mod tests {
             ("", "empty"),
             ("*", "too broad"),
             ("*.com", "too broad"),
-            ("*.localhost.", "too broad"),
+            ("*.localhost.", "use the address entries 127.0.0.1:PORT and [::1]:PORT"),
             ("a.*.example.com", "first label"),
             ("*example.com", "first label"),
             ("**.example.com", "first label"),
@@ -1503,24 +1642,70 @@ mod tests {
 
     #[test]
     fn address_loopback_reason_names_the_ip_entry() {
-        let rules = rules(&["dev.example.com", "127.0.0.1:5432"], &[]);
+        let rules = rules(&["dev.example.com", "*.example.org", "127.0.0.1:5432"], &[]);
         let decision = rules.check_address(ip("127.0.0.1"), 18081, &name("dev.example.com"));
         assert_eq!(
             reason(&decision),
-            "dev.example.com resolved to 127.0.0.1, a loopback address, and only an IP entry such as \
-             127.0.0.1:18081 in [network] allow reaches it, never a name entry"
+            "dev.example.com resolved to 127.0.0.1, a loopback address, which a name entry never reaches, \
+             so add the IP entry 127.0.0.1:18081 beside dev.example.com in [network] allow"
+        );
+        let decision = rules.check_address(ip("::ffff:127.0.0.2"), 18080, &name("api.example.org"));
+        assert_eq!(
+            reason(&decision),
+            "api.example.org resolved to ::ffff:127.0.0.2 (the IPv4-mapped form of 127.0.0.2), a loopback address, \
+             which a name entry never reaches, so add the IP entry 127.0.0.2:18080 beside *.example.org in [network] allow"
         );
 
         let direct = Target::Ip(ip("127.0.0.1"));
         for decision in [rules.check_request(&direct, 18081), rules.check_address(ip("127.0.0.1"), 18081, &direct)] {
             assert_eq!(
                 reason(&decision),
-                "127.0.0.1:18081, a loopback address, is not on the allowlist (an IP address needs an IP entry \
-                 such as 127.0.0.1:18081 in [network] allow, because name entries never match addresses)"
+                "127.0.0.1:18081, a loopback address, is not on the allowlist. The IP entry 127.0.0.1:18081 would let \
+                 the proxy reach the host's service there and make palisade listen at that address in the sandbox, \
+                 where the command reaches its own servers directly, without the proxy"
             );
         }
         let decision = rules.check_request(&Target::Ip(ip("93.184.216.34")), 443);
         assert!(reason(&decision).starts_with("93.184.216.34:443 is not on the allowlist"), "{decision:?}");
+    }
+
+    #[test]
+    fn address_loopback_reason_suggests_a_forwarded_entry() {
+        let rules = rules(&["example.com"], &[]);
+        let cases = [
+            ("::1", "[::1]:8080, a loopback address", "The IP entry [::1]:8080 would let"),
+            ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]:8080, a loopback address", "The IP entry 127.0.0.1:8080 would let"),
+            ("127.0.0.2", "127.0.0.2:8080, a loopback address", "The IP entry 127.0.0.2:8080 would let"),
+        ];
+        for (addr, start, entry) in cases {
+            let decision = rules.check_request(&Target::Ip(ip(addr)), 8080);
+            assert!(reason(&decision).starts_with(start), "{addr}: {decision:?}");
+            assert!(reason(&decision).contains(entry), "{addr}: {decision:?}");
+            assert!(reason(&decision).contains("make palisade listen at that address"), "{addr}: {decision:?}");
+        }
+
+        // An entry for a NAT64 form names a different destination and is not forwarded, so the
+        // reason does not promise a listener.
+        let decision = rules.check_request(&Target::Ip(ip("64:ff9b::7f00:1")), 8080);
+        assert_eq!(
+            reason(&decision),
+            "[64:ff9b::7f00:1]:8080, a loopback address, is not on the allowlist (an IP address needs an IP entry \
+             such as [64:ff9b::7f00:1]:8080 in [network] allow, because name entries never match addresses)"
+        );
+    }
+
+    #[test]
+    fn request_loopback_name_names_the_address_entries() {
+        let rules = rules(&["example.com"], &[]);
+        for host in ["localhost", "LOCALHOST.", "app.localhost"] {
+            let target = parse_target(host).unwrap();
+            let decision = rules.check_request(&target, 5432);
+            let expected = format!(
+                "{target}:5432 is a loopback name, which no allow entry can list. Add the address entries \
+                 127.0.0.1:5432 and [::1]:5432 to reach the host's service, and connect to {target}:5432 directly, without the proxy"
+            );
+            assert_eq!(reason(&decision), expected, "{host}");
+        }
     }
 
     #[test]
@@ -1603,6 +1788,138 @@ mod tests {
         let decision = rules.check_address(ip("8.8.8.8"), 443, &Target::Ip(ip("1.1.1.1")));
         assert!(reason(&decision).contains("not the requested address"), "{decision:?}");
         assert!(rules.check_address(ip("::ffff:1.1.1.1"), 443, &Target::Ip(ip("1.1.1.1"))).is_allowed());
+    }
+
+    #[test]
+    fn address_metadata_via_name_names_both_entries() {
+        let rules = rules(&["metadata.example.com:80"], &[]);
+        let decision = rules.check_address(ip("::ffff:169.254.169.254"), 80, &name("metadata.example.com"));
+        assert_eq!(
+            reason(&decision),
+            "metadata.example.com resolved to ::ffff:169.254.169.254 (the IPv4-mapped form of 169.254.169.254), \
+             a cloud metadata address, which only an entry for exactly this address reaches, so add the IP entry \
+             169.254.169.254:80 beside metadata.example.com:80 in [network] allow"
+        );
+    }
+
+    #[test]
+    fn entry_rejects_loopback_names_in_allow() {
+        let cases = [
+            ("localhost", "127.0.0.1:PORT and [::1]:PORT"),
+            ("LOCALHOST.", "127.0.0.1:PORT and [::1]:PORT"),
+            ("localhost:5432", "127.0.0.1:5432 and [::1]:5432"),
+            ("localhost.:5432", "127.0.0.1:5432 and [::1]:5432"),
+            ("*.localhost", "127.0.0.1:PORT and [::1]:PORT"),
+            ("*.localhost.:8080", "127.0.0.1:8080 and [::1]:8080"),
+            ("app.localhost", "127.0.0.1:PORT and [::1]:PORT"),
+            ("a.b.Localhost:3000", "127.0.0.1:3000 and [::1]:3000"),
+            ("*.app.localhost", "127.0.0.1:PORT and [::1]:PORT"),
+        ];
+        for (text, expected) in cases {
+            match parse_entry(text, EntryList::Allow) {
+                Ok(rule) => panic!("'{text}' was accepted as {rule:?}"),
+                Err(reason) => {
+                    assert!(reason.contains("resolve to loopback addresses"), "'{text}': {reason}");
+                    assert!(reason.contains(expected), "'{text}': '{reason}' lacks '{expected}'");
+                }
+            }
+        }
+        for text in ["localhost.example.com", "xlocalhost", "localhost-dev.test:80", "*.localhost.example.com"] {
+            assert!(parse_entry(text, EntryList::Allow).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn entry_accepts_loopback_names_in_deny() {
+        for text in ["localhost", "localhost:5432", "app.localhost"] {
+            assert!(parse_entry(text, EntryList::Deny).is_ok(), "{text}");
+        }
+        let reason = parse_entry("*.localhost", EntryList::Deny).unwrap_err();
+        assert!(reason.contains("too broad"), "{reason}");
+    }
+
+    #[test]
+    fn entry_too_broad_hint_fits_the_list() {
+        for text in ["*", "0.0.0.0/0", "::/0", "[::/0]:443"] {
+            let allow = parse_entry(text, EntryList::Allow).unwrap_err();
+            assert!(allow.ends_with("so use --net full to allow every destination"), "'{text}': {allow}");
+            let deny = parse_entry(text, EntryList::Deny).unwrap_err();
+            assert!(deny.ends_with("so use network mode none (--net none) to reject every destination"), "'{text}': {deny}");
+        }
+    }
+
+    #[test]
+    fn from_strings_keeps_the_deny_hint() {
+        let error = Rules::from_strings(&["example.com"], &["*"]).unwrap_err().to_string();
+        assert!(error.contains("--net none"), "{error}");
+    }
+
+    /// An IPv6 address without brackets takes no port, so what looks like a port is part of the
+    /// address. An entry with a port is written `[::1]:8080`.
+    #[test]
+    fn unbracketed_ipv6_has_no_port() {
+        let rule = parse_entry("::1:8080", EntryList::Allow).unwrap();
+        assert_eq!(rule.host(), &network("::1:8080", 128));
+        assert_eq!(rule.port(), None);
+        let bracketed = parse_entry("[::1]:8080", EntryList::Allow).unwrap();
+        assert_eq!(bracketed.host(), &network("::1", 128));
+        assert_eq!(bracketed.port(), Some(8080));
+    }
+
+    /// An IPv6 block that contains `::ffff:0:0/96` reaches every IPv4 address, internal ones
+    /// included, in both forms, because an IPv4-mapped address is the same destination as the
+    /// IPv4 address it maps.
+    #[test]
+    fn ipv6_block_covers_mapped_internal_addresses() {
+        for block in ["::/1", "::ffff:0:0/96"] {
+            let rules = rules(&[block], &[]);
+            for addr in ["::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:192.168.1.1", "127.0.0.1", "10.0.0.1"] {
+                let target = Target::Ip(ip(addr));
+                assert_eq!(rules.check_request(&target, 80), allowed_by(block), "{block} {addr}");
+                assert_eq!(rules.check_address(ip(addr), 80, &target), allowed_by(block), "{block} {addr}");
+            }
+        }
+        // The metadata address still needs an entry for exactly itself.
+        let rules = rules(&["::ffff:0:0/96"], &[]);
+        let target = Target::Ip(ip("::ffff:169.254.169.254"));
+        assert!(!rules.check_address(ip("::ffff:169.254.169.254"), 80, &target).is_allowed());
+    }
+
+    #[test]
+    fn loopback_socket_needs_address_and_port() {
+        let cases = [
+            ("127.0.0.1:5432", Some("127.0.0.1:5432")),
+            ("[::1]:8080", Some("[::1]:8080")),
+            ("127.0.0.2:80", Some("127.0.0.2:80")),
+            ("127.0.0.1", None),
+            ("127.0.0.0/8:80", None),
+            ("[::ffff:127.0.0.1]:80", None),
+            ("10.0.0.5:22", None),
+            ("db.test:5432", None),
+        ];
+        for (text, expected) in cases {
+            let expected = expected.map(|socket| socket.parse::<SocketAddr>().unwrap());
+            assert_eq!(parse_rule(text).unwrap().loopback_socket_addr(), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn served_ports_count_forwards_and_names() {
+        let rules = Rules::from_strings(
+            &["127.0.0.1:5432", "[::1]:5432", "127.0.0.1:5432", "127.0.0.1:6379", "git.test:22", "api.test", "*.cdn.test"],
+            &["127.0.0.1:6379"],
+        )
+        .unwrap();
+        assert_eq!(rules.forwarded_ports().len(), 2);
+        assert_eq!(rules.resolvable_name_port_count(), 3);
+        assert_eq!(rules.served_port_count(false), 2);
+        assert_eq!(rules.served_port_count(true), 5);
+    }
+
+    #[test]
+    fn resolvable_names_leave_out_loopback_names() {
+        let rules = Rules::from_strings(&["localhost", "app.localhost:3000", "git.test:22"], &[]).unwrap();
+        assert_eq!(rules.resolvable_names(), [("git.test".to_owned(), vec![22])]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::builtin;
 use crate::env::looks_secret;
 use crate::error::PolicyError;
 use crate::git;
+use crate::network::{EntryList, MAX_SERVED_PORTS, Rules};
 use crate::parse::{parse_duration, parse_size};
 use crate::paths::{canonicalize_below, canonicalize_lenient, expand, is_within};
 use crate::raw::{RawNumber, RawPolicy};
@@ -341,18 +342,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
 
     let profile = resolve_profile(raw, overrides, &origin)?;
     let workspace = resolve_workspace(overrides, context)?;
-    let mut network = resolve_network(raw, overrides, &origin)?;
-    if profile == Profile::Unconfined {
-        let explicit = overrides.net.is_some() || raw.network.mode.is_some();
-        let explicit = explicit || !overrides.allow_domain.is_empty() || !raw.network.allow.is_empty();
-        if explicit && network != NetworkMode::Full {
-            return Err(PolicyError::Contradiction(format!(
-                "the unconfined profile uses the host network, but network mode '{}' was given; use --net full or another profile",
-                network.name()
-            )));
-        }
-        network = NetworkMode::Full;
-    }
+    let network = resolve_network(raw, overrides, &origin, profile)?;
     let ports = resolve_ports(raw, overrides, &origin, profile, &network)?;
     let limits = resolve_limits(raw, overrides, &origin, profile, context.memory_total)?;
     let allow_degraded = overrides.allow_degraded || raw.allow_degraded.unwrap_or(false);
@@ -434,53 +424,52 @@ fn resolve_workspace(overrides: &Overrides, context: &Context) -> Result<PathBuf
     }
 }
 
-fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<NetworkMode, PolicyError> {
-    // Every entry is checked whatever the mode, so a mistyped entry fails now rather than when
-    // the mode changes. The entries stay as written, for the report.
-    let file_entries = raw.network.allow.iter().map(|entry| ("[network] allow entry", entry));
-    let file_entries = file_entries.chain(raw.network.deny.iter().map(|entry| ("[network] deny entry", entry)));
-    for (what, entry) in file_entries {
-        crate::network::parse_rule(entry.get_ref()).map_err(|reason| PolicyError::InvalidValue {
-            what,
-            value: entry.get_ref().clone(),
-            origin: origin.of(entry),
-            reason,
-        })?;
-    }
-    for pattern in &overrides.allow_domain {
-        crate::network::parse_rule(pattern).map_err(|reason| PolicyError::InvalidValue {
-            what: "--allow-domain pattern",
-            value: pattern.clone(),
-            origin: FLAG.into(),
-            reason,
-        })?;
-    }
+fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin, profile: Profile) -> Result<NetworkMode, PolicyError> {
+    check_network_entries(raw, overrides, origin)?;
 
+    // Flags override the file, so `--net none` and `--net full` replace the file's whole network
+    // setting: its mode, its entries and its resolve_allowed. Its entries were checked above.
+    let flag_replaces_file = matches!(overrides.net.as_deref(), Some("none" | "full"));
     let (mode, mode_origin) = match (&overrides.net, &raw.network.mode) {
         (Some(mode), _) => (Some(mode.clone()), FLAG.to_owned()),
         (None, Some(mode)) => (Some(mode.get_ref().clone()), origin.of(mode)),
         (None, None) => (None, String::new()),
     };
-    let mut allow: Vec<String> = raw.network.allow.iter().map(|entry| entry.get_ref().clone()).collect();
+    let mut allow: Vec<String> = Vec::new();
+    if !flag_replaces_file {
+        allow.extend(raw.network.allow.iter().map(|entry| entry.get_ref().clone()));
+    }
     allow.extend(overrides.allow_domain.iter().cloned());
     let deny: Vec<String> = raw.network.deny.iter().map(|entry| entry.get_ref().clone()).collect();
-    let mode = match mode.as_deref() {
-        None if allow.is_empty() => NetworkMode::None,
-        None | Some("allowlist") => {
-            let resolve_allowed = overrides.resolve_allowed || raw.network.resolve_allowed.as_ref().is_some_and(|value| *value.get_ref());
-            NetworkMode::Allowlist { allow, deny, resolve_allowed }
-        }
-        Some("none") | Some("full") if !allow.is_empty() => {
+    let resolve_allowed = resolve_allowed_setting(raw, overrides, origin, flag_replaces_file);
+
+    if profile == Profile::Unconfined {
+        if let Some(setting) = &resolve_allowed {
             return Err(PolicyError::Contradiction(format!(
-                "network mode '{}' {mode_origin} conflicts with allowed domains ({}); allowed domains need mode 'allowlist'",
-                mode.unwrap_or_default(),
+                "the unconfined profile uses the host network, which has no allowlist, so {setting} has no allowed names to resolve. Drop resolve_allowed or use another profile"
+            )));
+        }
+    }
+    let network = match mode.as_deref() {
+        None if allow.is_empty() => match &resolve_allowed {
+            Some(setting) => {
+                return Err(PolicyError::Contradiction(format!(
+                    "{setting} needs allowed names, but without allow entries the network mode is 'none'. Add entries with --allow-domain or [network] allow, or drop resolve_allowed"
+                )));
+            }
+            None => NetworkMode::None,
+        },
+        None | Some("allowlist") => NetworkMode::Allowlist { allow, deny, resolve_allowed: resolve_allowed.is_some() },
+        Some(mode @ ("none" | "full")) if !allow.is_empty() => {
+            return Err(PolicyError::Contradiction(format!(
+                "network mode '{mode}' {mode_origin} conflicts with allowed domains ({}); allowed domains need mode 'allowlist'",
                 allow.join(", ")
             )));
         }
-        Some("none") | Some("full") if overrides.resolve_allowed || raw.network.resolve_allowed.as_ref().is_some_and(|value| *value.get_ref()) => {
+        Some(mode @ ("none" | "full")) if resolve_allowed.is_some() => {
             return Err(PolicyError::Contradiction(format!(
-                "network mode '{}' {mode_origin} has no allowlist, so there are no allowed names to resolve; drop resolve_allowed (--resolve-allowed) or use --allow-domain",
-                mode.unwrap_or_default()
+                "network mode '{mode}' {mode_origin} has no allowlist, so {} has no allowed names to resolve. Drop resolve_allowed or use mode 'allowlist'",
+                resolve_allowed.unwrap_or_default()
             )));
         }
         Some("none") => NetworkMode::None,
@@ -494,7 +483,59 @@ fn resolve_network(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> R
             });
         }
     };
-    Ok(mode)
+
+    if profile == Profile::Unconfined {
+        return unconfined_network(raw, overrides, &network);
+    }
+    Ok(network)
+}
+
+/// Names the setting that switched resolve_allowed on, for messages: `--resolve-allowed`, or
+/// the file's field with its line unless a `--net` flag replaces the file's network setting.
+fn resolve_allowed_setting(raw: &RawPolicy, overrides: &Overrides, origin: &Origin, flag_replaces_file: bool) -> Option<String> {
+    if overrides.resolve_allowed {
+        return Some("--resolve-allowed".to_owned());
+    }
+    let value = raw.network.resolve_allowed.as_ref()?;
+    (*value.get_ref() && !flag_replaces_file).then(|| format!("resolve_allowed {}", origin.of(value)))
+}
+
+/// Returns the host network for the unconfined profile, which takes `full` or no mode at all.
+fn unconfined_network(raw: &RawPolicy, overrides: &Overrides, network: &NetworkMode) -> Result<NetworkMode, PolicyError> {
+    let explicit = overrides.net.is_some() || raw.network.mode.is_some();
+    let explicit = explicit || !overrides.allow_domain.is_empty() || !raw.network.allow.is_empty();
+    if explicit && *network != NetworkMode::Full {
+        return Err(PolicyError::Contradiction(format!(
+            "the unconfined profile uses the host network, but network mode '{}' was given; use --net full or another profile",
+            network.name()
+        )));
+    }
+    Ok(NetworkMode::Full)
+}
+
+/// Checks every entry of `[network] allow`, `deny` and `--allow-domain`, whatever the mode, so
+/// a mistyped entry fails now rather than when the mode changes. The entries stay as written,
+/// for the report.
+fn check_network_entries(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> Result<(), PolicyError> {
+    let file_entries = raw.network.allow.iter().map(|entry| (EntryList::Allow, "[network] allow entry", entry));
+    let file_entries = file_entries.chain(raw.network.deny.iter().map(|entry| (EntryList::Deny, "[network] deny entry", entry)));
+    for (list, what, entry) in file_entries {
+        crate::network::parse_entry(entry.get_ref(), list).map_err(|reason| PolicyError::InvalidValue {
+            what,
+            value: entry.get_ref().clone(),
+            origin: origin.of(entry),
+            reason,
+        })?;
+    }
+    for pattern in &overrides.allow_domain {
+        crate::network::parse_entry(pattern, EntryList::Allow).map_err(|reason| PolicyError::InvalidValue {
+            what: "--allow-domain pattern",
+            value: pattern.clone(),
+            origin: FLAG.into(),
+            reason,
+        })?;
+    }
+    Ok(())
 }
 
 /// Resolves `[network] listen` and `expose` with `--allow-listen` and `--expose`. Flags add to
@@ -528,13 +569,15 @@ fn resolve_ports(raw: &RawPolicy, overrides: &Overrides, origin: &Origin, profil
         let value = flag_port("--allow-listen port", text, 0)?;
         listen.get_or_insert_with(Vec::new).push(value);
     }
-    let mut expose = Vec::new();
+    // Each exposed port with where it was given, for messages.
+    let mut exposed: Vec<(u16, String)> = Vec::new();
     for entry in &raw.network.expose {
-        expose.push(port("[network] expose port", *entry.get_ref(), origin.of(entry), 1)?);
+        exposed.push((port("[network] expose port", *entry.get_ref(), origin.of(entry), 1)?, origin.of(entry)));
     }
     for text in &overrides.expose {
-        expose.push(flag_port("--expose port", text, 1)?);
+        exposed.push((flag_port("--expose port", text, 1)?, FLAG.into()));
     }
+    let mut expose: Vec<u16> = exposed.iter().map(|(port, _)| *port).collect();
     for list in listen.iter_mut().chain(std::iter::once(&mut expose)) {
         list.sort_unstable();
         list.dedup();
@@ -558,7 +601,54 @@ fn resolve_ports(raw: &RawPolicy, overrides: &Overrides, origin: &Origin, profil
             )));
         }
     }
+    if let NetworkMode::Allowlist { allow, deny, resolve_allowed } = network {
+        let rules = Rules::from_strings(allow, deny)?;
+        check_served_ports(&rules, *resolve_allowed)?;
+        reject_exposed_forwarded_ports(&rules, &exposed, raw, origin)?;
+    }
     Ok(Ports { listen, expose })
+}
+
+/// Rejects an allowlist that needs more ports served inside the sandbox than
+/// [`MAX_SERVED_PORTS`].
+fn check_served_ports(rules: &Rules, resolve_allowed: bool) -> Result<(), PolicyError> {
+    if rules.served_port_count(resolve_allowed) <= MAX_SERVED_PORTS {
+        return Ok(());
+    }
+    Err(PolicyError::TooManyServedPorts {
+        forwarded: rules.forwarded_ports().len(),
+        name_ports: resolve_allowed.then(|| rules.resolvable_name_port_count()),
+        max: MAX_SERVED_PORTS,
+    })
+}
+
+/// Rejects a port that is both exposed and forwarded. Palisade would listen on it at the
+/// host's 127.0.0.1 and connect to the sandbox's, and inside the sandbox listen at the forwarded
+/// address and connect to the host's, so for 127.0.0.1 each connection would loop.
+fn reject_exposed_forwarded_ports(rules: &Rules, exposed: &[(u16, String)], raw: &RawPolicy, origin: &Origin) -> Result<(), PolicyError> {
+    let forwarded = rules.forwarded_ports();
+    for (port, expose_origin) in exposed {
+        let Some(rule) = rules.allow.iter().find(|rule| {
+            rule.loopback_socket_addr().is_some_and(|socket| socket.port() == *port && forwarded.contains(&socket))
+        }) else {
+            continue;
+        };
+        let entry_origin = match raw.network.allow.iter().find(|entry| entry.get_ref() == rule.text()) {
+            Some(entry) => origin.of(entry),
+            None => FLAG.to_owned(),
+        };
+        let is_loop = rule.loopback_socket_addr().is_some_and(|socket| socket.ip() == std::net::Ipv4Addr::LOCALHOST);
+        let effect = if is_loop {
+            "so palisade would pass each connection from the host into the sandbox and back out in a loop"
+        } else {
+            "so the port would lead both from the host into the sandbox and from the sandbox out to the host"
+        };
+        return Err(PolicyError::Contradiction(format!(
+            "port {port} is both exposed {expose_origin} and forwarded by the allow entry '{}' {entry_origin}, {effect}. Remove the exposed port or the allow entry",
+            rule.text()
+        )));
+    }
+    Ok(())
 }
 
 fn resolve_limits(
@@ -1422,6 +1512,197 @@ mod tests {
         ] {
             assert!(matches!(world.resolve("", overrides), Err(PolicyError::Contradiction(_))));
         }
+    }
+
+    fn contradiction(result: Result<Policy, PolicyError>) -> String {
+        match result {
+            Err(PolicyError::Contradiction(message)) => message,
+            other => panic!("expected a contradiction, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn net_flag_replaces_the_file_network() {
+        let world = World::new("net-flag-replaces");
+        let file = "[network]\nmode = \"allowlist\"\nallow = [\"example.com\", \"127.0.0.1:5432\"]\ndeny = [\"bad.example.com\"]\nresolve_allowed = true\n";
+        let none = world.resolve(file, Overrides { net: Some("none".into()), ..Default::default() }).unwrap();
+        assert_eq!(none.network, NetworkMode::None);
+        let full = world.resolve(file, Overrides { net: Some("full".into()), ..Default::default() }).unwrap();
+        assert_eq!(full.network, NetworkMode::Full);
+        let allowlist = world.resolve(file, Overrides { net: Some("allowlist".into()), ..Default::default() }).unwrap();
+        assert!(matches!(allowlist.network, NetworkMode::Allowlist { resolve_allowed: true, .. }), "{:?}", allowlist.network);
+
+        // The file's entries are still checked.
+        let invalid = "[network]\nallow = [\"https://example.com\"]\n";
+        let error = world.resolve(invalid, Overrides { net: Some("none".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(error.contains("invalid [network] allow entry 'https://example.com' in test.toml line 2"), "{error}");
+    }
+
+    #[test]
+    fn net_flag_with_flag_entries_is_a_contradiction() {
+        let world = World::new("net-flag-entries");
+        let file = "[network]\nallow = [\"example.com\"]\n";
+        for mode in ["none", "full"] {
+            let overrides = Overrides { net: Some(mode.into()), allow_domain: vec!["example.org".into()], ..Default::default() };
+            let message = contradiction(world.resolve(file, overrides));
+            assert_eq!(
+                message,
+                format!("network mode '{mode}' on the command line conflicts with allowed domains (example.org); allowed domains need mode 'allowlist'")
+            );
+            let overrides = Overrides { net: Some(mode.into()), resolve_allowed: true, ..Default::default() };
+            let message = contradiction(world.resolve(file, overrides));
+            assert_eq!(
+                message,
+                format!(
+                    "network mode '{mode}' on the command line has no allowlist, so --resolve-allowed has no allowed names \
+                     to resolve. Drop resolve_allowed or use mode 'allowlist'"
+                )
+            );
+        }
+        // Within the file, a mode without an allowlist and allow entries still contradict.
+        let message = contradiction(world.resolve("[network]\nmode = \"none\"\nallow = [\"example.com\"]\n", Overrides::default()));
+        assert!(message.starts_with("network mode 'none' in test.toml line 2 conflicts with allowed domains (example.com)"), "{message}");
+    }
+
+    #[test]
+    fn resolve_allowed_without_entries_is_a_contradiction() {
+        let world = World::new("resolve-allowed-none");
+        let message = contradiction(world.resolve("", Overrides { resolve_allowed: true, ..Default::default() }));
+        assert_eq!(
+            message,
+            "--resolve-allowed needs allowed names, but without allow entries the network mode is 'none'. \
+             Add entries with --allow-domain or [network] allow, or drop resolve_allowed"
+        );
+        let message = contradiction(world.resolve("[network]\nresolve_allowed = true\n", Overrides::default()));
+        assert!(message.starts_with("resolve_allowed in test.toml line 2 needs allowed names"), "{message}");
+
+        let file = "[network]\nmode = \"full\"\nresolve_allowed = true\n";
+        let message = contradiction(world.resolve(file, Overrides::default()));
+        assert!(message.starts_with("network mode 'full' in test.toml line 2 has no allowlist, so resolve_allowed in test.toml line 3"), "{message}");
+
+        // Off in the file is no setting at all.
+        let policy = world.resolve("[network]\nresolve_allowed = false\n", Overrides::default()).unwrap();
+        assert_eq!(policy.network, NetworkMode::None);
+    }
+
+    #[test]
+    fn resolve_allowed_when_unconfined_is_a_contradiction() {
+        let world = World::new("resolve-allowed-unconfined");
+        let unconfined = || Overrides { profile: Some("unconfined".into()), ..Default::default() };
+        let message = contradiction(world.resolve("", Overrides { resolve_allowed: true, ..unconfined() }));
+        assert_eq!(
+            message,
+            "the unconfined profile uses the host network, which has no allowlist, so --resolve-allowed has no allowed \
+             names to resolve. Drop resolve_allowed or use another profile"
+        );
+        let message = contradiction(world.resolve("[network]\nresolve_allowed = true\n", unconfined()));
+        assert!(message.contains("so resolve_allowed in test.toml line 2 has no allowed names"), "{message}");
+
+        // --net full replaces the file's network setting, resolve_allowed included.
+        let file = "[network]\nallow = [\"example.com\"]\nresolve_allowed = true\n";
+        let policy = world.resolve(file, Overrides { net: Some("full".into()), ..unconfined() }).unwrap();
+        assert_eq!(policy.network, NetworkMode::Full);
+    }
+
+    #[test]
+    fn loopback_name_entry_names_value_and_line() {
+        let world = World::new("net-localhost");
+        let file = "[network]\nallow = [\n  \"example.com\",\n  \"localhost:5432\",\n]\n";
+        let error = world.resolve(file, Overrides::default()).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid [network] allow entry 'localhost:5432' in test.toml line 4: localhost and the names under .localhost \
+             resolve to loopback addresses, which a name entry never reaches, so use the address entries 127.0.0.1:5432 and [::1]:5432"
+        );
+        for pattern in ["*.localhost", "app.localhost.", "LOCALHOST"] {
+            let overrides = Overrides { allow_domain: vec![pattern.into()], ..Default::default() };
+            let error = world.resolve("", overrides).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("invalid --allow-domain pattern '{pattern}' on the command line: localhost")), "{error}");
+            assert!(error.ends_with("127.0.0.1:PORT and [::1]:PORT"), "{error}");
+        }
+        // A deny entry for the name is valid: it never allows anything.
+        let file = "[network]\nallow = [\"example.com\"]\ndeny = [\"localhost\"]\n";
+        assert!(world.resolve(file, Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn deny_entry_too_broad_hint_fits_deny() {
+        let world = World::new("net-deny-star");
+        let error = world.resolve("[network]\nallow = [\"example.com\"]\ndeny = [\"*\"]\n", Overrides::default());
+        let error = error.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid [network] deny entry '*' in test.toml line 3: '*' alone would match every name, which is too broad, \
+             so use network mode none (--net none) to reject every destination"
+        );
+    }
+
+    #[test]
+    fn exposed_forwarded_port_is_a_contradiction() {
+        let world = World::new("expose-forwarded");
+        let file = "[network]\nallow = [\"127.0.0.1:5432\"]\n";
+        let overrides = Overrides { expose: vec!["5432".into()], ..Default::default() };
+        let message = contradiction(world.resolve(file, overrides));
+        assert_eq!(
+            message,
+            "port 5432 is both exposed on the command line and forwarded by the allow entry '127.0.0.1:5432' in test.toml \
+             line 2, so palisade would pass each connection from the host into the sandbox and back out in a loop. \
+             Remove the exposed port or the allow entry"
+        );
+
+        let file = "[network]\nexpose = [8080]\n";
+        for entry in ["[::1]:8080", "127.0.0.2:8080"] {
+            let overrides = Overrides { allow_domain: vec![entry.into()], ..Default::default() };
+            let message = contradiction(world.resolve(file, overrides));
+            assert!(
+                message.starts_with(&format!(
+                    "port 8080 is both exposed in test.toml line 2 and forwarded by the allow entry '{entry}' on the command line, \
+                     so the port would lead both from the host into the sandbox and from the sandbox out to the host"
+                )),
+                "{message}"
+            );
+        }
+
+        // Entries that palisade does not forward leave the exposed port alone.
+        let not_forwarded = [
+            "[network]\nallow = [\"127.0.0.1\", \"127.0.0.0/8:5432\", \"10.0.0.5:5432\", \"127.0.0.1:5433\"]\nexpose = [5432]\n",
+            "[network]\nallow = [\"127.0.0.1:5432\"]\ndeny = [\"127.0.0.1:5432\"]\nexpose = [5432]\n",
+        ];
+        for file in not_forwarded {
+            let policy = world.resolve(file, Overrides::default()).unwrap_or_else(|error| panic!("{file}: {error}"));
+            assert_eq!(policy.ports.expose, [5432]);
+        }
+    }
+
+    #[test]
+    fn too_many_served_ports_is_an_error() {
+        let world = World::new("served-ports");
+        let loopback = |count: u16| -> Vec<String> { (0..count).map(|index| format!("127.0.0.1:{}", 10000 + index)).collect() };
+        let within = Overrides { allow_domain: loopback(64), ..Default::default() };
+        assert!(world.resolve("", within).is_ok());
+
+        let over = Overrides { allow_domain: loopback(65), ..Default::default() };
+        let error = world.resolve("", over).unwrap_err();
+        assert!(matches!(error, PolicyError::TooManyServedPorts { forwarded: 65, name_ports: None, max: 64 }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "the allowlist needs 65 ports served inside the sandbox (one for each loopback address entry with a port), \
+             more than the maximum of 64, so list fewer of these entries"
+        );
+
+        // 5 forwarded ports and 30 names on 80 and 443: 65 with resolve_allowed, 5 without.
+        let mut entries = loopback(5);
+        entries.extend((0..30).map(|index| format!("host{index}.test")));
+        let without = Overrides { allow_domain: entries.clone(), ..Default::default() };
+        assert!(world.resolve("", without).is_ok());
+        let with = Overrides { allow_domain: entries, resolve_allowed: true, ..Default::default() };
+        let error = world.resolve("", with).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the allowlist needs 65 ports served inside the sandbox (5 for loopback address entries with a port, 60 for \
+             the ports of exact names with resolve_allowed), more than the maximum of 64, so list fewer entries, give each \
+             name one port (a name without a port takes 80 and 443), or drop resolve_allowed"
+        );
     }
 
     #[test]
