@@ -253,16 +253,6 @@ fn printable(text: &str) -> String {
     escaped
 }
 
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn printable_escapes_control_characters() {
-        assert_eq!(printable("\u{1b}]0;title\u{7}\r\npalisade: forged"), "\\u{1b}]0;title\\u{7}\\r\\npalisade: forged");
-        assert_eq!(printable("café.test:443 is not on the allowlist"), "café.test:443 is not on the allowlist");
-    }
-}
 
 pub fn print_policy(args: PolicyArgs) -> anyhow::Result<u8> {
     if args.report.is_some() {
@@ -317,4 +307,15 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if full { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("\u{1b}]0;title\u{7}\r\npalisade: forged"), "\\u{1b}]0;title\\u{7}\\r\\npalisade: forged");
+        assert_eq!(printable("café.test:443 is not on the allowlist"), "café.test:443 is not on the allowlist");
+    }
 }
