@@ -17,7 +17,7 @@ pub struct Denial {
     /// The requested port, or 0 when none could be read.
     pub port: u16,
     /// The protocol of the request: `"connect"` (HTTP CONNECT), `"http"` (a plain HTTP request, or an
-    /// HTTP request too malformed to tell), `"socks5"`, or `"tcp"` (see [`crate::Proxy::connect`]).
+    /// HTTP request too malformed to tell), `"socks5"`, or `"tcp"` (see [`crate::Proxy::serve_resolved`]).
     pub protocol: &'static str,
     /// The deny entry that decided, as written in the policy, or `None` when no entry did (the
     /// destination is not on the allowlist, or the request was malformed).

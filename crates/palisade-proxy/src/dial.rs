@@ -19,7 +19,7 @@ pub(crate) enum Protocol {
     Http,
     Socks5,
     /// A plain TCP connection to a name on the allowlist, which the sandbox reached at a
-    /// loopback address palisade gave that name ([`crate::Proxy::connect`]).
+    /// loopback address palisade gave that name ([`crate::Proxy::serve_resolved`]).
     Tcp,
 }
 
