@@ -116,6 +116,17 @@ pub fn namespaces() -> Result<(), (String, String)> {
         }
     };
     drop(go_read);
+    // As root, the idmapped mounts of the workspace need a user namespace of their own.
+    if matches!(identity, Identity::Root { .. }) {
+        if let Err(error) = can_create_user_namespace() {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            userns::reap_child(pid);
+            let crate::Error::UserNamespaces { cause, fix } = userns::explain_idmap_failure(error) else {
+                unreachable!("explain_idmap_failure returns UserNamespaces")
+            };
+            return Err((cause, fix));
+        }
+    }
     let maps = match identity {
         Identity::User { uid, gid } => userns::write_maps(pid, uid, gid).map_err(|error| error.to_string()),
         Identity::Root { .. } => Ok(()),
@@ -131,6 +142,18 @@ pub fn namespaces() -> Result<(), (String, String)> {
         Some(1) => Err(explain("the new mount namespace could not be made private".into())),
         Some(2) => Err(explain("mounting a tmpfs inside the new namespaces was refused".into())),
         _ => Err(explain(format!("the probe child ended with status {status:#x}"))),
+    }
+}
+
+/// Creates a user namespace in a child that exits at once.
+fn can_create_user_namespace() -> std::io::Result<()> {
+    // The caller is single-threaded, which `clone_fork` requires.
+    match sys::clone_fork(libc::CLONE_NEWUSER)? {
+        0 => sys::exit_now(0),
+        pid => {
+            userns::reap_child(pid);
+            Ok(())
+        }
     }
 }
 

@@ -59,7 +59,7 @@ pub fn run(
     let mut streams = output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?;
     let (idmap_userns, idmap_helper) = match identity {
         Identity::Root { sandbox_uid } if plan.needs_idmap() => {
-            let (fd, helper) = userns::idmap_namespace(sandbox_uid).map_err(Error::Sandbox)?;
+            let (fd, helper) = userns::idmap_namespace(sandbox_uid)?;
             (Some(fd), Some(helper))
         }
         _ => (None, None),

@@ -81,9 +81,9 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 /// A child is cloned straight into a new user namespace and waits on a pipe while the mapping
 /// is written and the namespace opened. Closing the pipe ends it. On success the caller reaps
 /// the returned child later, so its exit overlaps the sandbox's setup.
-pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), String> {
+pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), Error> {
     let (hold_read, hold_write) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("failed to create a pipe: {e}"))?;
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", "a pipe", e.into()))?;
     let pid = match sys::clone_fork(libc::CLONE_NEWUSER) {
         Ok(0) => {
             drop(hold_write);
@@ -92,7 +92,7 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), Strin
             sys::exit_now(0)
         }
         Ok(pid) => pid,
-        Err(error) => return Err(format!("failed to create the user namespace for idmapped mounts: {error}")),
+        Err(error) => return Err(explain_idmap_failure(error)),
     };
     drop(hold_read);
     let result = (|| {
@@ -109,8 +109,21 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), Strin
         Ok(fd) => Ok((fd, pid)),
         Err(error) => {
             reap_child(pid);
-            Err(error)
+            Err(Error::Sandbox(error))
         }
+    }
+}
+
+/// Turns a failure to create the user namespace for idmapped mounts into an error that names
+/// the cause and the fix. Palisade running as root needs one too, which a root without the
+/// right to create user namespaces (uid 0 inside a container's user namespace, say) lacks.
+pub fn explain_idmap_failure(error: io::Error) -> Error {
+    let Error::UserNamespaces { cause, fix } = explain_clone_failure(error) else {
+        unreachable!("explain_clone_failure returns UserNamespaces")
+    };
+    Error::UserNamespaces {
+        cause: format!("palisade runs as root and needs a user namespace for the idmapped mounts of the workspace, but creating one failed: {cause}"),
+        fix,
     }
 }
 

@@ -357,3 +357,31 @@ both_identities!(degraded_mode_holds_the_limits, |f: &Fixture| {
     assert!(run.stdout.len() <= 64 << 10, "{} bytes passed a 64 KiB limit", run.stdout.len());
     assert_eq!(report(&output_report)["limit"], "max_output");
 });
+
+// A caller that is uid 0 with capabilities inside a user namespace that may create no further
+// user namespaces (a rootless container, say) runs palisade as root, which needs a user
+// namespace for the idmapped mounts of the workspace. Palisade refuses with the cause and the
+// fix, and runs degraded when that is allowed, instead of failing with a bare ENOSPC.
+both_identities!(root_without_user_namespaces_is_explained, |f: &Fixture| {
+    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+        return;
+    }
+    let marker = f.ws.join("ran");
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces || exit 90; {bin} run -- touch {marker}; echo \"refused $?\"; {bin} run --allow-degraded -- sh -c 'echo degraded-ran'; echo \"degraded $?\"",
+        bin = palisade_binary().display(),
+        marker = marker.display()
+    );
+    let run = f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script]);
+    assert_eq!(run.code, Some(0), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+
+    assert_eq!(run.lines_starting("refused "), ["refused 125"], "{}", run.stderr);
+    assert!(!marker.exists(), "the command ran without its namespaces");
+    assert!(run.stderr.contains("needs a user namespace for the idmapped mounts"), "{}", run.stderr);
+    assert!(run.stderr.contains("max_user_namespaces"), "the message names the cause: {}", run.stderr);
+    assert!(run.stderr.contains("fix:"), "{}", run.stderr);
+    assert_eq!(run.lines_starting("degraded-ran"), ["degraded-ran"], "{}", run.stderr);
+    assert_eq!(run.lines_starting("degraded "), ["degraded 0"], "{}", run.stderr);
+});
