@@ -235,7 +235,7 @@ pub(crate) fn serve_socket_request(channel: &OwnedFd) -> bool {
     rustix::net::sendmsg(channel, &[IoSlice::new(b"1")], &mut control, SendFlags::NOSIGNAL).is_ok()
 }
 
-/// Runs in the supervisor: asks init for a TCP socket of the run's network namespace.
+/// Runs in the supervisor: requests a TCP socket of the run's network namespace from init.
 fn request_socket(channel: &OwnedFd) -> io::Result<std::net::TcpStream> {
     rustix::io::write(channel, b"s")?;
     let mut reply = [0u8; 1];
@@ -299,12 +299,12 @@ pub(crate) fn is_proxy_variable(name: &[u8]) -> bool {
     is_listed || (name.len() >= SUFFIX.len() && name[name.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }
 
-/// What the supervisor's network thread serves for one run.
+/// The services of the supervisor's network thread for one run.
 pub(crate) struct Services {
     /// The proxy's listening socket with its rules, and the forwarded ports (allowlist mode).
     pub(crate) proxy: Option<(Listeners, Rules)>,
     /// The host's listening sockets of the exposed ports, with the port each reaches in the
-    /// sandbox, and the supervisor's end of the socket pair init answers socket requests on.
+    /// sandbox, and the supervisor's end of the socket pair on which init sends new sockets on request.
     pub(crate) exposed: Option<(Vec<(TcpListener, u16)>, OwnedFd)>,
 }
 
@@ -416,7 +416,7 @@ impl Drop for NetworkThread {
     }
 }
 
-/// Where a forwarder connects its clients.
+/// The destination of a forwarder's clients.
 #[derive(Clone)]
 enum Target {
     /// An address in palisade's own namespace: a forwarded loopback port.

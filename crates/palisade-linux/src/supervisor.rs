@@ -72,8 +72,8 @@ pub fn run(
     };
     let resolve_allowed = matches!(policy.network, NetworkMode::Allowlist { resolve_allowed: true, .. });
     let forwarded = rules.as_ref().map(|rules| network::ForwardPlan::new(rules, resolve_allowed).forwards).unwrap_or_default();
-    // Resolution refuses a policy over the limit with the reason; this only keeps the hand-over
-    // within what one message can carry if that check is ever bypassed.
+    // Resolution rejects a policy over the limit and gives the reason. This check only keeps
+    // the hand-over within what one message can carry if that one is ever bypassed.
     if forwarded.len() > palisade_policy::network::MAX_SERVED_PORTS {
         return Err(Error::Sandbox(format!(
             "the allowlist needs {} ports served inside the sandbox, more than the maximum of {}",

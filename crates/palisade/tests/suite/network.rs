@@ -373,7 +373,7 @@ exit 0
     assert_eq!(run.line("d "), "d 200", "{}", run.describe());
 
     run.assert_only_reached(&["allowed-tls"]);
-    // The proxy connects to the upstream before it answers CONNECT, so (a) leaves a TCP
+    // The proxy connects to the upstream before it responds to CONNECT, so (a) leaves a TCP
     // connection there, closed without a byte.
     let connections = run.records("allowed-tls");
     assert!(connections.iter().all(|connection| connection["sni"] != "blocked.test"), "a ClientHello naming blocked.test reached the upstream: {connections:?}");
