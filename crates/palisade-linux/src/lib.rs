@@ -283,6 +283,8 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         }
     }
     let identity = Identity::current();
+    // Taken before the plan looks for placeholders, and held until the run ends.
+    let root_locks = supervisor::RootLocks::take(&policy.filesystem.writable);
     let mut plan = plan_for(policy, identity);
     if let Identity::Root { sandbox_uid } = identity {
         add_sandbox_account(&mut plan, sandbox_uid, &policy.home);
@@ -323,7 +325,7 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         }
     }
     on_start(&layers);
-    supervisor::run(policy, &plan, identity, argv, layers, cgroup)
+    supervisor::run(policy, &plan, identity, argv, layers, cgroup, &root_locks)
 }
 
 /// Gives the sandbox's uid an account in the sandbox's `/etc/passwd` and `/etc/group`, so

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use palisade_policy::network::Rules;
@@ -39,6 +39,7 @@ pub fn run(
     argv: &[OsString],
     mut layers: Layers,
     cgroup: Option<cgroup::RunCgroup>,
+    root_locks: &RootLocks,
 ) -> Result<Outcome, Error> {
     let started = Instant::now();
     let rlimits = limits::rlimits(&policy.limits);
@@ -222,7 +223,7 @@ pub fn run(
     let messages = Message::decode_all(&bytes);
     drop(go_write);
     let network = network_thread.map(network::NetworkThread::finish).unwrap_or_default();
-    remove_placeholders(&messages);
+    remove_placeholders(&messages, root_locks);
     revert.apply();
     new_repositories.scrub();
     let (stdout_bytes, stderr_bytes, output_merged) = pumps.finish(OUTPUT_DRAIN_WAIT);
@@ -526,10 +527,51 @@ fn reap(pid: libc::pid_t) -> Option<(WaitStatus, sys::ResourceUsage)> {
 /// Removes the placeholders init created on the host. Each is removed only while it is still a
 /// FIFO with mode 000. A failure is reported on stderr, and the next run in the same workspace
 /// adopts and removes a leftover.
-fn remove_placeholders(messages: &[Message]) {
+/// Shared `flock` locks on the writable roots of a run, held from before it plans its mounts
+/// until it ends.
+///
+/// Runs in one root share its placeholders: a run that finds one another run created adopts it
+/// and mounts over it. So a run removes its placeholders only when it can then lock the root
+/// exclusively, which means that no other run is live there. Otherwise the last run to end
+/// removes them, since every run that uses a placeholder reports it.
+pub(crate) struct RootLocks {
+    roots: Vec<(PathBuf, std::fs::File)>,
+}
+
+impl RootLocks {
+    /// Locks each of `roots` shared, waiting while a run that is ending holds one exclusively.
+    /// A root that cannot be opened or locked is left out, and its placeholders are removed as
+    /// before, whatever other runs do.
+    pub(crate) fn take(roots: &[PathBuf]) -> RootLocks {
+        let mut locked = Vec::new();
+        for root in roots {
+            let Ok(dir) = std::fs::File::open(root) else { continue };
+            match rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockShared) {
+                Ok(()) => locked.push((root.clone(), dir)),
+                Err(error) => tracing::debug!(%error, root = %root.display(), "failed to lock a writable root"),
+            }
+        }
+        RootLocks { roots: locked }
+    }
+
+    /// Reports whether no other run is live in the root that contains `path`. Converting the
+    /// lock may drop the shared one first (flock(2)), which no longer matters at the end of
+    /// the run.
+    fn is_alone(&self, path: &Path) -> bool {
+        let root = self.roots.iter().filter(|(root, _)| path.starts_with(root)).max_by_key(|(root, _)| root.as_os_str().len());
+        match root {
+            Some((_, dir)) => rustix::fs::flock(dir, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok(),
+            None => true,
+        }
+    }
+}
+
+fn remove_placeholders(messages: &[Message], root_locks: &RootLocks) {
     for message in messages {
         if let Message::Placeholder(path) = message {
-            remove_placeholder(path);
+            if root_locks.is_alone(path) {
+                remove_placeholder(path);
+            }
         }
     }
 }

@@ -300,3 +300,39 @@ ls "$CARGO_HOME/registry/src"/*/
     assert_unchanged(&f.home, &before, &f.snapshot(&f.home));
     assert!(!cargo_home.join("registry").exists(), "cargo's registry cache on the host was written");
 });
+
+// Agents run several commands at once in one project. Runs in one workspace share the
+// placeholders of missing protected names (a run adopts one another run created), so none may
+// remove a placeholder while another still mounts over it, and the last one to end removes
+// them all.
+both_identities!(parallel_runs_in_one_workspace, |f: &Fixture| {
+    const RUNS: usize = 24;
+    let results: Vec<(Option<i32>, String, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..RUNS)
+            .map(|index| scope.spawn(move || {
+                let run = f.sandbox_sh(&[], &format!("echo run-{index}"));
+                (run.code, run.stdout, run.stderr)
+            }))
+            .collect();
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    });
+    for (index, (code, stdout, stderr)) in results.iter().enumerate() {
+        assert_eq!(*code, Some(0), "run {index} failed: {stderr}");
+        assert_eq!(stdout.trim(), format!("run-{index}"), "{stderr}");
+    }
+
+    let mut leftovers = Vec::new();
+    let mut pending = vec![f.ws.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let meta = entry.path().symlink_metadata().unwrap();
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_fifo() {
+                leftovers.push(entry.path());
+            } else if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    assert!(leftovers.is_empty(), "placeholders left in the workspace: {leftovers:?}");
+});
