@@ -26,6 +26,9 @@ pub enum Command {
     /// Report which protection layers this machine offers the current user, and how to enable
     /// the missing ones. Exits 0 when the default policy can be fully enforced.
     Check(CheckArgs),
+    /// Serve the Model Context Protocol on stdin and stdout, with tools that run commands in
+    /// the sandbox. Tool calls may narrow the policy options but not widen them.
+    Mcp(McpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -38,7 +41,7 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Base profile: read-only, workspace-write (default) or unconfined.
     #[arg(short = 'p', long, value_name = "NAME")]
@@ -125,6 +128,15 @@ pub struct PolicyArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Each tool call may narrow these options (a shorter --timeout, a directory inside the \
+workspace) but never widen them. Each result carries its run's report, so --report is not accepted. Exits 0 \
+when the client closes stdin or on SIGTERM, SIGINT or SIGHUP, and 125 when the policy is invalid.")]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Print the result as JSON.
     #[arg(long)]
@@ -132,7 +144,7 @@ pub struct CheckArgs {
 }
 
 impl PolicyArgs {
-    fn resolve(&self) -> anyhow::Result<Policy> {
+    pub(crate) fn resolve(&self) -> anyhow::Result<Policy> {
         let raw = match &self.policy_file {
             Some(path) => RawPolicy::from_file(path)?,
             None => RawPolicy::default(),
@@ -163,6 +175,82 @@ impl PolicyArgs {
         };
         let context = Context::from_process().context("failed to read the current directory")?;
         Ok(palisade_policy::resolve(&raw, &overrides, &context)?)
+    }
+
+    /// Renders these options as the flags that set them, so that `palisade mcp` can pass its
+    /// ceiling on to each `palisade run` it starts. The pattern lists every field, so a new
+    /// option fails to compile here until it is passed on too.
+    pub(crate) fn to_flags(&self) -> Vec<OsString> {
+        let PolicyArgs {
+            profile,
+            policy_file,
+            workspace,
+            allow_write,
+            allow_read,
+            deny_read,
+            net,
+            allow_domain,
+            resolve_allowed,
+            allow_listen,
+            expose,
+            timeout,
+            cpu_time,
+            memory,
+            max_procs,
+            max_file_size,
+            max_open_files,
+            tmp_size,
+            max_output,
+            cpus,
+            env,
+            report,
+            allow_degraded,
+            allow_ptrace,
+        } = self;
+        let mut flags: Vec<OsString> = Vec::new();
+        let mut push = |flag: &str, value: &std::ffi::OsStr| {
+            flags.push(flag.into());
+            flags.push(value.to_owned());
+        };
+        let texts = [
+            ("--profile", profile),
+            ("--net", net),
+            ("--timeout", timeout),
+            ("--cpu-time", cpu_time),
+            ("--memory", memory),
+            ("--max-procs", max_procs),
+            ("--max-file-size", max_file_size),
+            ("--max-open-files", max_open_files),
+            ("--tmp-size", tmp_size),
+            ("--max-output", max_output),
+            ("--cpus", cpus),
+        ];
+        for (flag, value) in texts {
+            if let Some(value) = value {
+                push(flag, value.as_ref());
+            }
+        }
+        for (flag, value) in [("--policy", policy_file), ("--workspace", workspace), ("--report", report)] {
+            if let Some(value) = value {
+                push(flag, value.as_os_str());
+            }
+        }
+        for (flag, values) in [("--allow-write", allow_write), ("--allow-read", allow_read), ("--deny-read", deny_read)] {
+            for value in values {
+                push(flag, value.as_os_str());
+            }
+        }
+        for (flag, values) in [("--allow-domain", allow_domain), ("--allow-listen", allow_listen), ("--expose", expose), ("--env", env)] {
+            for value in values {
+                push(flag, value.as_ref());
+            }
+        }
+        for (flag, set) in [("--resolve-allowed", resolve_allowed), ("--allow-degraded", allow_degraded), ("--allow-ptrace", allow_ptrace)] {
+            if *set {
+                flags.push(flag.into());
+            }
+        }
+        flags
     }
 }
 
@@ -312,6 +400,25 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::printable;
+    use super::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn policy_flags_round_trip() {
+        let given = [
+            "palisade", "run", "-p", "read-only", "--policy", "p.toml", "-w", "ws", "--allow-write", "a", "--allow-write", "b",
+            "--allow-read", "r", "--deny-read", "d", "--net", "allowlist", "--allow-domain", "example.com", "--resolve-allowed",
+            "--allow-listen", "8080", "--expose", "3000", "--timeout", "10m", "--cpu-time", "1m", "--memory", "1G", "--max-procs", "10",
+            "--max-file-size", "1M", "--max-open-files", "100", "--tmp-size", "1G", "--max-output", "1M", "--cpus", "1.5", "--env", "A=1",
+            "--env", "B", "--report", "r.json", "--allow-degraded", "--allow-ptrace", "--", "true",
+        ];
+        let Command::Run(parsed) = Cli::try_parse_from(given).unwrap().command else { panic!("expected run") };
+        let mut again: Vec<std::ffi::OsString> = vec!["palisade".into(), "run".into()];
+        again.extend(parsed.policy.to_flags());
+        again.extend(["--".into(), "true".into()]);
+        let Command::Run(reparsed) = Cli::try_parse_from(again).unwrap().command else { panic!("expected run") };
+        assert_eq!(format!("{:?}", reparsed.policy), format!("{:?}", parsed.policy));
+    }
 
     #[test]
     fn printable_escapes_control_characters() {

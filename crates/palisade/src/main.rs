@@ -2,6 +2,7 @@
 //! outcome to the documented exit status.
 
 mod cli;
+mod mcp;
 mod report;
 
 use std::process::ExitCode;
@@ -57,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => cli::run(args),
         Command::Policy(args) => cli::print_policy(args),
         Command::Check(args) => cli::check(args),
+        Command::Mcp(args) => mcp::serve(args),
     }
 }
 

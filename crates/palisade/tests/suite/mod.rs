@@ -12,3 +12,4 @@ pub mod limits;
 pub mod netlab;
 pub mod network;
 pub mod ports;
+pub mod mcp;
