@@ -566,3 +566,24 @@ both_identities!(invalid_ceiling_exits_before_serving, |f: &Fixture| {
     report.expect_code(125);
     assert!(report.stderr.contains("--report applies to `palisade run` only"), "{}", report.stderr);
 });
+
+// The standard-library Python client that docs/agents.md offers as a starting point works
+// against the server as built.
+both_identities!(example_client_runs, |f: &Fixture| {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mcp_client.py");
+    let example = f.root.join("mcp_client.py");
+    std::fs::copy(&source, &example).unwrap();
+    f.chown_all();
+    let workspace = f.ws.to_str().unwrap();
+    let script = format!(
+        "timeout 60 /usr/bin/python3 {} {} -- -w {workspace} --timeout 5m --allow-domain 127.0.0.1:9",
+        example.display(),
+        palisade_binary().display()
+    );
+    let run = f.host_sh(&script);
+    assert_eq!(run.code, Some(0), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("tools: run, check"), "{}", run.stdout);
+    assert!(run.stdout.contains("hello from the sandbox"), "{}", run.stdout);
+    assert!(run.stdout.contains("exit code: 0 stdout: 12"), "{}", run.stdout);
+    assert!(run.stdout.contains("denied network example.invalid:443"), "{}", run.stdout);
+});
