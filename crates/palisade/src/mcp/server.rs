@@ -196,7 +196,7 @@ impl Session {
         let call = match jsonrpc::params_object(params).and_then(tools::parse_call) {
             Ok(call) => call,
             // An invalid argument of a known tool is a tool execution error (MCP 2025-11-25,
-            // SEP-1303), so the model sees it and can correct its call. An unknown tool or
+            // SEP-1303), so the model receives it and can correct its call. An unknown tool or
             // malformed params stay protocol errors.
             Err(error) if error.data.as_ref().is_some_and(|data| data.get("argument").is_some()) => {
                 return self.outbox.send(&jsonrpc::result(&id, result::invalid_argument(&error)));
