@@ -733,8 +733,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def build_tool(workspace: Path, use_python: bool) -> tuple[list[str], str]:
     """Put the client and server program in the workspace and return its command and kind.
 
-    The program must be in the workspace because the sandbox sees the host's /tmp and the
-    repository only through it. Raises RunFailed if the C program does not compile.
+    The program must be in the workspace because the sandbox shows neither the host's /tmp nor
+    the repository, only the workspace. Raises RunFailed if the C program does not compile.
     """
     compiler = None if use_python else shutil.which("cc")
     if compiler is None:

@@ -10,8 +10,8 @@
 //! The command learns the proxy's address from the usual variables ([`proxy_environment`]).
 //!
 //! Allow entries that name one loopback address and a port, such as `127.0.0.1:5432`, are
-//! forwarded as well: init also listens on that address and port inside the namespace, and
-//! the supervisor connects each client to the same address and port outside. A client that
+//! forwarded as well. Init also listens on that address and port inside the namespace, and the
+//! supervisor connects each client to the same address and port outside. A client that
 //! ignores the proxy variables (a database driver, say) reaches the host's service where it
 //! expects it.
 //!
@@ -180,8 +180,8 @@ pub(crate) fn listen_and_send(channel: &OwnedFd, forwarded: &[SocketAddr]) -> Re
 }
 
 /// Runs in the supervisor: receives the listening sockets init created for the proxy and for
-/// `forwarded`. Blocks until init sends them or closes its end; `Ok(None)` means init closed its
-/// end without sending, because setup failed before, and init's report gives the reason.
+/// `forwarded`. Blocks until init sends them or closes its end. `Ok(None)` means that init
+/// closed its end without sending, because setup failed first, and init's report has the reason.
 pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[Forward]) -> io::Result<Option<Listeners>> {
     let mut port_bytes = [0u8; 2];
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(forwarded.len() + 1))];
@@ -212,7 +212,7 @@ pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[Forward]) -> io:
     Ok(Some(Listeners { proxy, forwarded: listeners.into_iter().zip(forwarded.iter().cloned()).collect() }))
 }
 
-/// Runs in init, for an exposed port: reads one request from the supervisor and answers it with a
+/// Runs in init, for an exposed port: reads one request from the supervisor and replies with a
 /// new, unconnected TCP socket of the run's network namespace. Returns `false` once the
 /// supervisor has closed its end, so init stops watching it.
 pub(crate) fn serve_socket_request(channel: &OwnedFd) -> bool {
@@ -268,9 +268,9 @@ pub(crate) fn listen_for_exposed(ports: &[u16]) -> Result<Vec<(TcpListener, u16)
         .collect()
 }
 
-/// Returns the variables that point clients at the proxy on `port`: HTTP and HTTPS through the
-/// HTTP proxy, every other protocol through SOCKS5 with names resolved by the proxy
-/// (`socks5h`), and the sandbox's own loopback reached directly, where its own servers listen.
+/// Returns the variables that point clients at the proxy on `port`. HTTP and HTTPS go through
+/// the HTTP proxy, every other protocol through SOCKS5 with names resolved by the proxy
+/// (`socks5h`). The sandbox's own loopback, where its own servers listen, is reached directly.
 pub(crate) fn proxy_environment(port: u16) -> Vec<(String, String)> {
     let http = format!("http://{PROXY_HOST}:{port}");
     let socks = format!("socks5h://{PROXY_HOST}:{port}");
@@ -445,9 +445,8 @@ impl Target {
             Target::Name(..) => Err(io::Error::other("a name is not connected here")),
             Target::Sandbox(port, factory) => {
                 let factory = Arc::clone(factory);
-                // The exchange with init is two blocking calls on a socket pair that init
-                // answers at once; the lock keeps concurrent requests from taking each other's
-                // replies.
+                // The exchange with init is two blocking calls on a socket pair, and init replies
+                // at once. The lock keeps concurrent requests from taking each other's replies.
                 let socket = tokio::task::spawn_blocking(move || {
                     let channel = factory.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     request_socket(&channel)

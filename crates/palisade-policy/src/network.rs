@@ -255,8 +255,8 @@ fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
 /// an entry would allow nothing, because these names resolve to loopback addresses and a name
 /// entry never reaches an internal address.
 ///
-/// The error is a reason without the entry itself, for the caller to place after the entry
-/// and its origin.
+/// Returns, on error, a reason without the entry itself, which the caller places after the
+/// entry and its origin.
 pub fn parse_entry(text: &str, list: EntryList) -> Result<Rule, String> {
     let rule = parse_syntax(text, list)?;
     if list == EntryList::Allow && rule.is_loopback_name() {

@@ -163,7 +163,8 @@ impl Shared {
                 }
                 Ok(Err(error)) => {
                     debug!(%target, %addr, %error, "connect failed");
-                    // A name's error says which of its addresses refused; an address needs no repeat.
+                    // For a name, the message names the address that failed. An address target
+                    // is named already, so it is not repeated.
                     let message = match target {
                         Target::Name(_) => format!("{addr}: {error}"),
                         Target::Ip(_) => error.to_string(),

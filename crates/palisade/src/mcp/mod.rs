@@ -7,8 +7,8 @@
 //! stdio transport drops a line that is no JSON without any response, and discards a line over
 //! its length limit with only a log entry, where this server must respond to both with a JSON-RPC
 //! error. Changing that means writing its transport anyway. It also needs Rust 1.88, over this
-//! workspace's 1.85, and with only its `server` feature it adds 36 crates this workspace does
-//! not use yet (`cargo tree`; schemars, futures, sha2 and uuid among them).
+//! workspace's 1.85. With only its `server` feature it adds 36 crates this workspace does not
+//! use yet, counted with `cargo tree`, among them schemars, futures, sha2 and uuid.
 //!
 //! Layout: `framing` reads and writes lines, `jsonrpc` classifies messages, `server` runs the
 //! session, `tools` reads the arguments of each tool and runs it, `ceiling` keeps every call

@@ -359,9 +359,9 @@ both_identities!(degraded_mode_holds_the_limits, |f: &Fixture| {
 });
 
 // A caller that is uid 0 with capabilities inside a user namespace that may create no further
-// user namespaces (a rootless container, say) runs palisade as root, which needs a user
-// namespace for the idmapped mounts of the workspace. Palisade refuses with the cause and the
-// fix, and runs degraded when that is allowed, instead of failing with a bare ENOSPC.
+// user namespaces (a rootless container, say) runs palisade as root. Root mode needs a user
+// namespace for the idmapped mounts of the workspace, so palisade rejects the run with the
+// cause and the fix, or runs degraded when that is allowed, instead of failing with ENOSPC.
 both_identities!(root_without_user_namespaces_is_explained, |f: &Fixture| {
     let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
     if probe.code != Some(0) {

@@ -432,7 +432,7 @@ both_identities!(protocol_errors_keep_serving, |f: &Fixture| {
         (json!({ "command": "true", "env": { "A": 1 } }), "env"),
         (json!({ "command": "true", "network": "full" }), "network"),
     ] {
-        // A tool execution error the model sees (MCP 2025-11-25), not a protocol error.
+        // A tool execution error that the model receives (MCP 2025-11-25), not a protocol error.
         let wrong = client.request("tools/call", json!({ "name": "run", "arguments": arguments }));
         assert_eq!(wrong["result"]["isError"], true, "{wrong}");
         let structured = &wrong["result"]["structuredContent"];

@@ -25,8 +25,8 @@ const OTHER_PORT: u16 = 18090;
 /// exactly as written: curl rewrites `127.1` and `0x7f000001` to `127.0.0.1` before sending them.
 ///
 /// Arguments are triples `PROTOCOL HOST PORT`, where PROTOCOL is `http` (an absolute-URI GET),
-/// `connect` (HTTP CONNECT) or `socks5` (CONNECT command; an IP literal goes as an address, any
-/// other host as a domain name). For each it prints `RESULT PROTOCOL HOST PORT STATUS`: the HTTP
+/// `connect` (HTTP CONNECT) or `socks5` (the CONNECT command). For SOCKS5 an IP literal is sent
+/// as an address and any other host as a domain name. For each it prints `RESULT PROTOCOL HOST PORT STATUS`: the HTTP
 /// status code, or the SOCKS5 reply code (0 is success).
 const PROXY_CLIENT: &str = r#"
 import ipaddress, os, socket, struct, sys
@@ -331,7 +331,7 @@ both_identities!(datagrams_never_leave, |f: &Fixture| {
 // The proxy reads the server name (SNI) of the ClientHello a client sends first into a tunnel,
 // and closes a tunnel whose SNI names another host before the handshake reaches the upstream
 // (a). Known limit: palisade does not decrypt TLS, so a Host header inside the encrypted
-// stream reaches the allowed upstream, and only it; case (d) pins that.
+// stream reaches the allowed upstream, and only it. Case (d) pins that.
 both_identities!(checked_name_is_dialled_name, |f: &Fixture| {
     let Some(mut lab) = Lab::new(f, &["curl", "openssl"]) else { return };
     lab.tls("allowed-tls", ALLOWED_ADDRESS, TLS_PORT);

@@ -3,7 +3,7 @@
 //! may listen on (`--allow-listen`), names that resolve inside (`--resolve-allowed`), and the
 //! host's network (`--net full`).
 //!
-//! The tests that need names run in the network lab; the others use only the loopback of the
+//! The tests that need names run in the network lab. The others use only the loopback of the
 //! machine running the tests, with servers the test starts on ports the kernel picks.
 
 use std::io::{Read, Write};
@@ -238,7 +238,7 @@ both_identities!(allowed_names_resolve_on_request, |f: &Fixture| {
 });
 
 // Git over SSH works with an allowlist: ssh resolves the allowed name inside the sandbox and
-// reaches the server through palisade without any proxy setting; a name that is not allowed
+// reaches the server through palisade without any proxy setting. A name that is not allowed
 // gets nowhere. Public reports: anthropic-experimental/sandbox-runtime#161 and
 // anthropics/claude-code#82255 (ssh looked the name up in an empty network namespace, or was
 // handed a proxy command it could not use).
