@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Measure what a `run` through `palisade mcp` costs next to a cold `palisade run` and bare /bin/true.
+"""Measure what `palisade mcp` costs per command next to a cold `palisade run` and bare /bin/true.
 
-Each round runs three things one after another, so slow drift on the machine affects all of
+Each round runs four things one after another, so slow drift on the machine affects all of
 them alike. The first is /bin/true started directly, the second `palisade run -- /bin/true`
-started as a new process. The third is a `run` tool call with the argv ["/bin/true"], sent to
-one `palisade mcp` server that lives for the whole measurement. The first two are timed from start to exit, the tool call from writing
-the request to reading its response. The server starts a `palisade run` child for every call,
-so the call costs a cold run plus the protocol, the report file and the JSON result.
+started as a new process. The third is a `run` tool call with the argv ["/bin/true"], and the
+fourth a `session_exec` call with the same argv in a session opened once before the rounds,
+both sent to one `palisade mcp` server that lives for the whole measurement. The first two are
+timed from start to exit, the tool calls from writing the request to reading the response.
+The server starts a `palisade run` child for every `run` call, so that call costs a cold run
+plus the protocol, the report file and the JSON result. A `session_exec` call costs a fork and
+an execve inside the session's sandbox, plus the protocol.
 
 The script prints the median and p95 of each, and the differences of the medians. It exits 0
 after a complete measurement, 1 when a run fails, and 2 on a usage or setup error.
@@ -128,6 +131,17 @@ def time_tool_call(server: Server) -> int:
     return elapsed
 
 
+def time_session_exec(server: Server, session: str) -> int:
+    """Send one `session_exec` call of /bin/true and return the time until its response, in nanoseconds."""
+    started = time.perf_counter_ns()
+    result = server.request("tools/call", {"name": "session_exec", "arguments": {"session": session, "command": [TRUE_BINARY]}})
+    elapsed = time.perf_counter_ns() - started
+    structured = result.get("structuredContent", {})
+    if result.get("isError") or structured.get("exit_code") != 0:
+        raise RunFailed(f"the session_exec tool call failed: {result.get('content')}")
+    return elapsed
+
+
 def summary(samples_ns: list[int]) -> tuple[float, float]:
     """Return the median and p95 in milliseconds."""
     ordered = sorted(samples_ns)
@@ -141,7 +155,7 @@ def main(argv: list[str]) -> int:
     if not palisade.is_file() or not os.access(palisade, os.X_OK):
         print(f"palisade binary not found at {palisade}; build it with `cargo build --release` or pass --palisade PATH", file=sys.stderr)
         return 2
-    samples: dict[str, list[int]] = {"bare": [], "palisade run": [], "mcp run": []}
+    samples: dict[str, list[int]] = {"bare": [], "palisade run": [], "mcp run": [], "session_exec": []}
     with tempfile.TemporaryDirectory(prefix="palisade-bench-mcp-") as workspace:
         cold = [str(palisade), "run", "--workspace", workspace, "--", TRUE_BINARY]
         try:
@@ -150,11 +164,16 @@ def main(argv: list[str]) -> int:
             print(f"failed to start palisade mcp: {error}", file=sys.stderr)
             return 2
         try:
+            opened = server.request("tools/call", {"name": "session_open", "arguments": {}})
+            if opened.get("isError"):
+                raise RunFailed(f"session_open failed: {opened.get('content')}")
+            session = opened["structuredContent"]["session"]
             for round_number in range(args.warmup + args.rounds):
                 measured = {
                     "bare": time_process([TRUE_BINARY], workspace),
                     "palisade run": time_process(cold, workspace),
                     "mcp run": time_tool_call(server),
+                    "session_exec": time_session_exec(server, session),
                 }
                 if round_number >= args.warmup:
                     for name, elapsed in measured.items():
@@ -175,6 +194,7 @@ def main(argv: list[str]) -> int:
     print(f"palisade run - bare:          {medians['palisade run'] - medians['bare']:+.2f} ms")
     print(f"mcp run - bare:               {medians['mcp run'] - medians['bare']:+.2f} ms")
     print(f"mcp run - palisade run:       {medians['mcp run'] - medians['palisade run']:+.2f} ms")
+    print(f"session_exec - bare:          {medians['session_exec'] - medians['bare']:+.2f} ms (target: at most +1.00)")
     return 0
 
 

@@ -4,9 +4,11 @@
 Usage: python3 examples/mcp_client.py [PALISADE] [-- SERVER OPTIONS...]
 
 Starts `palisade mcp -w . --timeout 5m` (or with the given server options), performs the MCP
-handshake, lists the tools, runs two commands and prints what came back, including the
-structured denials of a network request the policy refuses. It is a starting point for a
-harness: keep one server for the whole agent session and send every command through it.
+handshake, lists the tools, runs three commands and prints what came back, including the
+structured denials of a network request the policy refuses, then runs three commands in a
+session, where the working directory and exported variables carry over. It is a starting
+point for a harness: keep one server for the whole agent session and send every command
+through it, in a session when the commands build on each other.
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ def main() -> int:
             print(f"denied {denial['kind']} {denial['object']}: {denial['message']}")
         if not result["structuredContent"].get("denials"):
             print("no denial recorded (with --net none there is no proxy to refuse it; the command saw a failed lookup)")
+
+        # A session keeps one sandbox for many commands: the directory, exported variables,
+        # files in /tmp and background processes carry over from one command to the next.
+        opened = client.request("tools/call", {"name": "session_open", "arguments": {}})
+        session = opened["structuredContent"]["session"]
+        print("--- session", session, "---")
+        for command in ["mkdir -p demo && cd demo && export STEP=1", "echo step $STEP in $(pwd)", ["true"]]:
+            result = client.request("tools/call", {"name": "session_exec", "arguments": {"session": session, "command": command}})
+            structured = result["structuredContent"]
+            print(f"{command!r}: exit code {structured['exit_code']}, cwd {structured['cwd']}, stdout {structured['stdout'].strip()!r}")
+        client.request("tools/call", {"name": "session_close", "arguments": {"session": session}})
     finally:
         client.close()
     return 0

@@ -19,7 +19,7 @@ use palisade_policy::Policy;
 use crate::mounts::{self, Owner};
 use crate::plan::MountPlan;
 use crate::sys;
-use crate::Identity;
+use crate::{Identity, Workload};
 
 /// Exit status of init when setup failed; the supervisor reads the reason from the pipe.
 const SETUP_FAILED: i32 = 125;
@@ -100,7 +100,8 @@ impl Message {
 pub struct InitContext<'a> {
     pub policy: &'a Policy,
     pub plan: &'a MountPlan,
-    pub argv: &'a [OsString],
+    /// What the command stage becomes: a program, or a session's host.
+    pub workload: &'a Workload<'a>,
     pub identity: Identity,
     /// Read end of the start pipe: the supervisor writes one byte once the id maps are written,
     /// and keeps its end open until the run ends.
@@ -201,7 +202,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
             if let Err(error) = attach_output(&context.output) {
                 fail(&context.report, format!("failed to attach the output pipes: {error}"));
             }
-            command_stage(context.policy, context.argv, context.identity, context.confinement, proxy_port, &context.report)
+            command_stage(context.policy, context.workload, context.identity, context.confinement, proxy_port, &context.report)
         }
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
@@ -358,7 +359,7 @@ fn reap_all() -> bool {
 /// Becomes the command: drops every privilege, then executes it. Never returns.
 fn command_stage(
     policy: &Policy,
-    argv: &[OsString],
+    workload: &Workload<'_>,
     identity: Identity,
     confinement: &Confinement,
     proxy_port: Option<u16>,
@@ -386,10 +387,6 @@ fn command_stage(
         fail(report, text);
     }
 
-    let to_cstring = |value: &OsStr| CString::new(value.as_bytes()).ok();
-    let Some(args) = argv.iter().map(|arg| to_cstring(arg)).collect::<Option<Vec<_>>>() else {
-        fail(report, "an argument contains a NUL byte".into());
-    };
     let entry = |name: &[u8], value: &[u8]| {
         let mut entry = name.to_vec();
         entry.push(b'=');
@@ -407,23 +404,35 @@ fn command_stage(
     if let Some(port) = proxy_port {
         envp.extend(crate::network::proxy_environment(port).iter().filter_map(|(name, value)| entry(name.as_bytes(), value.as_bytes())));
     }
-    let path_var = policy
-        .env
-        .iter()
-        .find(|var| var.name == "PATH")
-        .map(|var| var.value.clone())
-        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let argv = match workload {
+        Workload::Command(argv) => argv,
+        Workload::Session(socket) => crate::session::host(socket, &policy.cwd, &envp),
+    };
+    let path_var = policy.env.iter().find(|var| var.name == "PATH").map(|var| var.value.as_os_str());
+    let (code, reason) = execute(argv, &envp, path_var);
+    send(report, &Message::Exec { code, reason });
+    sys::exit_now(code)
+}
 
+/// Executes `argv[0]`, looked up in `path` (the command's `PATH`) when it has no slash, as a
+/// shell does. Returns only when no candidate could be executed: the exit status a shell
+/// gives then (127 for not found, 126 otherwise) and the reason.
+pub(crate) fn execute(argv: &[OsString], envp: &[CString], path: Option<&OsStr>) -> (i32, String) {
+    let to_cstring = |value: &OsStr| CString::new(value.as_bytes()).ok();
+    let Some(args) = argv.iter().map(|arg| to_cstring(arg)).collect::<Option<Vec<_>>>() else {
+        return (126, "an argument contains a NUL byte".into());
+    };
+    let path_var = path.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
     let program = &argv[0];
     let candidates: Vec<PathBuf> = if program.as_bytes().contains(&b'/') {
         vec![PathBuf::from(program)]
     } else {
-        std::env::split_paths(&path_var).filter(|dir| !dir.as_os_str().is_empty()).map(|dir| dir.join(program)).collect()
+        std::env::split_paths(path_var).filter(|dir| !dir.as_os_str().is_empty()).map(|dir| dir.join(program)).collect()
     };
     let mut last_error = std::io::Error::from_raw_os_error(libc::ENOENT);
     for candidate in &candidates {
         let Some(path) = to_cstring(candidate.as_os_str()) else { continue };
-        let error = sys::execve(&path, &args, &envp);
+        let error = sys::execve(&path, &args, envp);
         // Keep looking after "not found" and "not a directory", as a shell does; any other
         // failure on an existing file is the one to report.
         match error.raw_os_error() {
@@ -438,13 +447,11 @@ fn command_stage(
         }
     }
     let name = Path::new(program).display();
-    let (code, reason) = match last_error.raw_os_error() {
+    match last_error.raw_os_error() {
         Some(libc::ENOENT) if candidates.len() == 1 => (127, format!("{name}: not found inside the sandbox")),
-        Some(libc::ENOENT) => (127, format!("{name}: command not found in the sandbox's PATH ({})", Path::new(&path_var).display())),
+        Some(libc::ENOENT) => (127, format!("{name}: command not found in the sandbox's PATH ({})", Path::new(path_var).display())),
         _ => (126, format!("{name}: cannot execute: {last_error}")),
-    };
-    send(report, &Message::Exec { code, reason });
-    sys::exit_now(code)
+    }
 }
 
 /// Applies the last layers, in order: the rlimits, Landlock, and the seccomp filter, which

@@ -23,12 +23,14 @@ pub mod plan;
 pub mod probe;
 mod scrub;
 mod seccomp;
+pub mod session;
 mod supervisor;
 mod sys;
 mod unconfined;
 mod userns;
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -222,6 +224,15 @@ fn is_stale_placeholder(meta: &std::fs::Metadata) -> bool {
     meta.file_type().is_fifo() && meta.mode() & 0o7777 == 0
 }
 
+/// What a run's command stage becomes once it is confined.
+pub(crate) enum Workload<'a> {
+    /// The program of this command line.
+    Command(&'a [OsString]),
+    /// The host of a session, serving the client at the other end of this socket (see
+    /// [`session`]).
+    Session(OwnedFd),
+}
+
 /// Runs `argv` under `policy` and waits for it to finish. `on_start` is called once with the
 /// layers that will protect the run, before the command starts, so a caller can tell the user
 /// about a degraded run first.
@@ -232,6 +243,23 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         on_start(&Layers::default());
         return unconfined::run(policy, argv);
     }
+    launch(policy, Workload::Command(argv), on_start)
+}
+
+/// Starts a session under `policy` whose host serves the client at the other end of `socket`
+/// (from [`session::socket_pair`]), and waits until the client closes it or the session ends
+/// otherwise (a limit, a signal to palisade). The outcome describes the whole session.
+pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
+    check_supported(policy)?;
+    if policy.profile == Profile::Unconfined {
+        // NOTE: a session runs its commands from a host inside the sandbox; the unconfined
+        // profile has no sandbox to put one in, so its clients run each command on its own.
+        return Err(Error::Unsupported { feature: "a session in the unconfined profile, which has no sandbox to keep commands in,".into() });
+    }
+    launch(policy, Workload::Session(socket), on_start)
+}
+
+fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
     let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
     match landlock::kernel_abi() {
         Some(abi) => layers.landlock_abi = Some(abi.min(landlock::NEWEST_ABI as i32)),
@@ -279,6 +307,11 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
             if let Err((cause, _)) = limits::accounting_available() {
                 layers.missing.push(format!("memory and CPU time limits: {cause}"));
             }
+            let Workload::Command(argv) = workload else {
+                // NOTE: degraded mode forks each command straight from palisade and has no
+                // session host yet, so a session there is refused rather than weakened.
+                return Err(Error::UserNamespaces { cause, fix: format!("{fix}; sessions need the namespaces even with --allow-degraded") });
+            };
             return degraded::run(policy, argv, layers, &fix, on_start);
         }
     }
@@ -325,7 +358,7 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         }
     }
     on_start(&layers);
-    supervisor::run(policy, &plan, identity, argv, layers, cgroup, &root_locks)
+    supervisor::run(policy, &plan, identity, workload, layers, cgroup, &root_locks)
 }
 
 /// Gives the sandbox's uid an account in the sandbox's `/etc/passwd` and `/etc/group`, so

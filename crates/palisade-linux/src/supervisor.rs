@@ -2,7 +2,6 @@
 //! namespaces, writes its user mapping, enforces the wall-clock timeout, forwards signals, and
 //! turns what init reports into an [`Outcome`].
 
-use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -20,7 +19,7 @@ use crate::output;
 use crate::plan::MountPlan;
 use crate::scrub;
 use crate::userns;
-use crate::{landlock, seccomp, sys, Error, Exit, Identity, Layers, Outcome};
+use crate::{landlock, seccomp, sys, Error, Exit, Identity, Layers, Outcome, Workload};
 
 /// Signals the supervisor handles instead of dying from them.
 const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGWINCH];
@@ -36,7 +35,7 @@ pub fn run(
     policy: &Policy,
     plan: &MountPlan,
     identity: Identity,
-    argv: &[OsString],
+    workload: Workload<'_>,
     mut layers: Layers,
     cgroup: Option<cgroup::RunCgroup>,
     root_locks: &RootLocks,
@@ -124,7 +123,7 @@ pub fn run(
             init::main(InitContext {
                 policy,
                 plan,
-                argv,
+                workload: &workload,
                 identity,
                 go: Some(go_read),
                 report: report_write,
@@ -139,6 +138,9 @@ pub fn run(
         Ok(pid) => pid,
         Err(error) => return Err(userns::explain_clone_failure(error)),
     };
+    // The session's host holds the socket now. Without this copy, the client reads
+    // end-of-file as soon as the host is gone, not only once palisade has cleaned up.
+    drop(workload);
     drop(go_read);
     drop(report_write);
     drop(idmap_userns);

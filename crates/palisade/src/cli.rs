@@ -29,6 +29,19 @@ pub enum Command {
     /// Serve the Model Context Protocol on stdin and stdout, with tools that run commands in
     /// the sandbox. Tool calls may narrow the policy options but not widen them.
     Mcp(McpArgs),
+    /// Internal to `palisade mcp`: host a session on an inherited socket.
+    #[command(hide = true)]
+    SessionHost(SessionHostArgs),
+}
+
+/// The arguments of `palisade session-host`, which `palisade mcp` starts for each session.
+#[derive(Debug, Args)]
+pub struct SessionHostArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The inherited descriptor of the session's socket.
+    #[arg(long, value_name = "FD")]
+    pub socket_fd: i32,
 }
 
 #[derive(Debug, Args)]
@@ -255,17 +268,44 @@ impl PolicyArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let result = run_and_report(&args);
-    if let (Err(error), Some(path)) = (&result, &args.policy.report) {
+    let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| palisade_linux::run(policy, &args.command, notice);
+    run_and_report(&args.policy, &args.command, launch)
+}
+
+/// The name a session's run report gives as its command.
+const SESSION_COMMAND: &str = "(palisade mcp session)";
+
+pub fn session_host(args: SessionHostArgs) -> anyhow::Result<u8> {
+    let mut socket = Some(palisade_linux::session::adopt_socket(args.socket_fd).context("--socket-fd")?);
+    let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| {
+        let socket = socket.take().expect("a session starts once");
+        palisade_linux::run_session(policy, socket, notice)
+    };
+    run_and_report(&args.policy, &[OsString::from(SESSION_COMMAND)], launch)
+}
+
+/// Resolves the policy, runs `launch`, reports what it did on stderr and in the report file,
+/// and returns the exit status. A run refused before it started still gets a report.
+fn run_and_report(
+    args: &PolicyArgs,
+    command: &[OsString],
+    launch: impl FnOnce(&Policy, &mut dyn FnMut(&palisade_linux::Layers)) -> Result<palisade_linux::Outcome, palisade_linux::Error>,
+) -> anyhow::Result<u8> {
+    let result = launch_and_report(args, command, launch);
+    if let (Err(error), Some(path)) = (&result, &args.report) {
         // The report says why nothing ran; the error itself still goes to stderr.
-        let policy = args.policy.resolve().ok();
-        let _ = report::write(path, &report::refused(&args.command, policy.as_ref(), &format!("{error:#}")));
+        let policy = args.resolve().ok();
+        let _ = report::write(path, &report::refused(command, policy.as_ref(), &format!("{error:#}")));
     }
     result
 }
 
-fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
-    let policy = args.policy.resolve()?;
+fn launch_and_report(
+    args: &PolicyArgs,
+    command: &[OsString],
+    launch: impl FnOnce(&Policy, &mut dyn FnMut(&palisade_linux::Layers)) -> Result<palisade_linux::Outcome, palisade_linux::Error>,
+) -> anyhow::Result<u8> {
+    let policy = args.resolve()?;
     let mut notice = |layers: &palisade_linux::Layers| {
         // Called once the policy is known to be enforceable, so a refused run prints no warning.
         if policy.profile == palisade_policy::Profile::Unconfined {
@@ -279,7 +319,7 @@ fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
             );
         }
     };
-    let outcome = palisade_linux::run(&policy, &args.command, &mut notice)?;
+    let outcome = launch(&policy, &mut notice)?;
     if let Some((_, reason)) = &outcome.exec_error {
         eprintln!("palisade: {reason}");
     }
@@ -289,8 +329,8 @@ fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
         eprintln!("palisade: {}", event.message);
     }
     print_network_denials(&outcome.network);
-    if let Some(path) = &args.policy.report {
-        report::write(path, &report::finished(&args.command, &policy, &outcome))?;
+    if let Some(path) = &args.report {
+        report::write(path, &report::finished(command, &policy, &outcome))?;
     }
     Ok(exit_code_for(outcome.exit))
 }

@@ -59,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Policy(args) => cli::print_policy(args),
         Command::Check(args) => cli::check(args),
         Command::Mcp(args) => mcp::serve(args),
+        Command::SessionHost(args) => cli::session_host(args),
     }
 }
 

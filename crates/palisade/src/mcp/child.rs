@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -11,6 +12,9 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
+
+/// The descriptor a `palisade session-host` child finds its session's socket at.
+pub const SESSION_SOCKET_FD: i32 = 3;
 
 /// Bytes of stdout and of stderr kept for the result; the rest is counted and dropped.
 pub const OUTPUT_KEPT_BYTES: usize = 64 << 10;
@@ -68,7 +72,8 @@ impl Spawner {
     /// Runs the palisade binary with `args` in `cwd`, feeding it `stdin`, until it exits or
     /// `cancelled` completes. Returns `None` when cancelled, after the child is gone.
     pub async fn run(&self, args: &[OsString], cwd: &Path, stdin: Option<Vec<u8>>, cancelled: impl Future<Output = ()>) -> io::Result<Option<Finished>> {
-        let mut child = self.spawn(args, cwd, stdin.is_some())?;
+        let stdin_kind = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+        let mut child = self.spawn(args, cwd, stdin_kind, Stdio::piped(), None)?;
         let (stdout, stderr, input) = (child.stdout.take(), child.stderr.take(), child.stdin.take());
         let collect = async {
             let (stdout, stderr, (), status) = tokio::join!(capture(stdout), capture(stderr), feed(input, stdin), child.wait());
@@ -83,7 +88,13 @@ impl Spawner {
         }
     }
 
-    fn spawn(&self, args: &[OsString], cwd: &Path, piped_stdin: bool) -> io::Result<Child> {
+    /// Starts `palisade session-host` with `args`, in `cwd`, with `socket` as its descriptor 3.
+    /// Its stderr is piped, for the reason when it fails.
+    pub fn spawn_session(&self, args: &[OsString], cwd: &Path, socket: &OwnedFd) -> io::Result<Child> {
+        self.spawn(args, cwd, Stdio::null(), Stdio::null(), Some(socket))
+    }
+
+    fn spawn(&self, args: &[OsString], cwd: &Path, stdin: Stdio, stdout: Stdio, socket: Option<&OwnedFd>) -> io::Result<Child> {
         // `/proc/self/exe` is this very binary even if the file was replaced since, so every
         // run takes the flags the way this server rendered them.
         let mut command = Command::new("/proc/self/exe");
@@ -91,19 +102,28 @@ impl Spawner {
             .arg0(&self.name)
             .args(args)
             .current_dir(cwd)
-            .stdin(if piped_stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             // The server's log level is for the server: a child's log lines would land in the
             // command's stderr.
             .env_remove("PALISADE_LOG")
             .kill_on_drop(true);
         let server = self.server;
-        // SAFETY: the closure runs in the forked child before `execve`. It makes two system
-        // calls through rustix and builds an `io::Error` from an errno. None of these allocates
-        // or takes a lock that another thread of the server could hold.
+        let socket = socket.map(AsRawFd::as_raw_fd);
+        // SAFETY: the closure runs in the forked child before `execve`. It makes a few system
+        // calls through rustix and libc and builds an `io::Error` from an errno. None of these
+        // allocates or takes a lock that another thread of the server could hold. `socket`
+        // stays open in the parent until `spawn` returns.
         unsafe {
             command.pre_exec(move || {
+                if let Some(socket) = socket {
+                    // Descriptor 3, without close-on-exec; dup2 onto itself would keep the flag.
+                    let rc = if socket == SESSION_SOCKET_FD { libc::fcntl(socket, libc::F_SETFD, 0) } else { libc::dup2(socket, SESSION_SOCKET_FD) };
+                    if rc < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 // A server killed without a chance to clean up still ends its runs: palisade
                 // handles SIGTERM by stopping the command and cleaning up. The signal follows
                 // the death of the forking thread, which is always the main thread here.

@@ -22,6 +22,7 @@ mod jsonrpc;
 mod result;
 mod scratch;
 mod server;
+mod sessions;
 mod tools;
 
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub fn serve(args: McpArgs) -> anyhow::Result<u8> {
         ceiling.policy.network.name(),
         ceiling.timeout()
     );
-    let tools = Arc::new(Tools { ceiling, spawner: Spawner::new(), scratch });
+    let tools = Arc::new(Tools { ceiling, spawner: Spawner::new(), scratch, sessions: Default::default() });
 
     // A current-thread runtime keeps every child's fork on the main thread, which its
     // parent-death signal depends on (see `child::Spawner::spawn`).

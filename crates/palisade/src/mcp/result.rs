@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::mcp::ceiling::{format_duration, Refusal};
-use crate::mcp::child::Finished;
+use crate::mcp::child::{Captured, Finished};
 
 /// Builds a result with one text block.
 pub fn tool_result(text: String, structured: Value, is_error: bool) -> Value {
@@ -72,7 +72,17 @@ fn run_text(finished: &Finished, structured: &Value) -> String {
     let report = &structured["report"];
     let mut text = status_line(report);
     text.push('\n');
-    for (name, captured) in [("stdout", &finished.stdout), ("stderr", &finished.stderr)] {
+    append_streams(&mut text, &finished.stdout, &finished.stderr);
+    append_denials(&mut text, structured);
+    let unlisted = report["network"]["denials_not_listed"].as_u64().unwrap_or(0);
+    if unlisted > 0 {
+        text.push_str(&format!("({unlisted} more network refusals are counted in report.network.denials_not_listed)\n"));
+    }
+    text
+}
+
+fn append_streams(text: &mut String, stdout: &Captured, stderr: &Captured) {
+    for (name, captured) in [("stdout", stdout), ("stderr", stderr)] {
         text.push_str(&format!("--- {name} ---\n"));
         let content = captured.text();
         if content.is_empty() && !captured.is_cut() {
@@ -88,6 +98,9 @@ fn run_text(finished: &Finished, structured: &Value) -> String {
             text.push_str(&format!("[palisade: {more} more bytes of {name} cut]\n"));
         }
     }
+}
+
+fn append_denials(text: &mut String, structured: &Value) {
     let denials = structured["denials"].as_array().map(Vec::as_slice).unwrap_or_default();
     if !denials.is_empty() {
         text.push_str("--- denials ---\n");
@@ -95,11 +108,42 @@ fn run_text(finished: &Finished, structured: &Value) -> String {
             text.push_str(&format!("{}: {}\n", denial["kind"].as_str().unwrap_or("?"), denial["message"].as_str().unwrap_or_default()));
         }
     }
-    let unlisted = report["network"]["denials_not_listed"].as_u64().unwrap_or(0);
-    if unlisted > 0 {
-        text.push_str(&format!("({unlisted} more network refusals are counted in report.network.denials_not_listed)\n"));
+}
+
+/// Formats the text block of a `session_exec` result: the status line, then each stream.
+pub fn session_text(status: &str, ended: &crate::mcp::sessions::Ended, structured: &Value) -> String {
+    let mut text = status.to_owned();
+    text.push('\n');
+    append_streams(&mut text, &ended.stdout, &ended.stderr);
+    append_denials(&mut text, structured);
+    if ended.output_held {
+        text.push_str("(a background process still holds the output open; what it writes later is not shown)\n");
     }
     text
+}
+
+/// Builds the result of a session command whose session ended under it, or before it.
+pub fn session_ended(session: &str, reason: &str, report: Option<Value>) -> Value {
+    let denials: Vec<Value> = report.as_ref().and_then(|report| report["denials"].as_array()).map(|entries| entries.iter().map(denial).collect()).unwrap_or_default();
+    let mut message = format!("session {session} has ended: {reason}");
+    for denial in &denials {
+        message.push_str(&format!("\n{}: {}", denial["kind"].as_str().unwrap_or("?"), denial["message"].as_str().unwrap_or_default()));
+    }
+    message.push_str("\nOpen a new session with session_open.");
+    tool_result(message.clone(), json!({ "error": "session_ended", "session": session, "message": message, "denials": denials, "report": report }), true)
+}
+
+/// Builds the result of `session_close`.
+pub fn session_closed(session: &str, report: Option<Value>) -> Value {
+    let denials: Vec<Value> = report.as_ref().and_then(|report| report["denials"].as_array()).map(|entries| entries.iter().map(denial).collect()).unwrap_or_default();
+    let mut text = format!("Closed session {session}.");
+    if !denials.is_empty() {
+        text.push_str(" While it was open:");
+        for denial in &denials {
+            text.push_str(&format!("\n{}: {}", denial["kind"].as_str().unwrap_or("?"), denial["message"].as_str().unwrap_or_default()));
+        }
+    }
+    tool_result(text, json!({ "session": session, "denials": denials, "report": report }), false)
 }
 
 /// Formats one line on how the run ended, with the message of the limit that ended it.

@@ -116,6 +116,8 @@ impl Session {
             self.calls.abort_all();
             while self.calls.join_next().await.is_some() {}
         }
+        // Closing a session's socket ends every process in it.
+        self.tools.sessions.close_all().await;
         Ok(stop)
     }
 
@@ -176,7 +178,7 @@ impl Session {
         );
         self.initialized = true;
         let instructions = format!(
-            "{} Call the tool run to run a command, and check to see which protection layers this machine enforces.",
+            "{} Call the tool run to run a command in a fresh sandbox; session_open, session_exec and session_close keep one sandbox for many commands, with the working directory, exported variables, files in /tmp and background processes carried over; check shows which protection layers this machine enforces.",
             self.tools.sandbox_summary()
         );
         Ok(json!({

@@ -3,36 +3,48 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_policy::{NetworkMode, Profile};
 use serde_json::{json, Map, Value};
 
 use crate::mcp::ceiling::{format_duration, Ceiling, Refusal, TimeoutRequest};
-use crate::mcp::child::{Spawner, OUTPUT_KEPT_BYTES};
+use crate::mcp::child::{Spawner, OUTPUT_KEPT_BYTES, SESSION_SOCKET_FD};
+use crate::mcp::sessions::{self, ExecError, Session, Sessions, MAX_SESSIONS};
 use crate::mcp::jsonrpc::RpcError;
 use crate::mcp::result;
 use crate::mcp::scratch::Scratch;
 
 const RUN_ARGUMENTS: &[&str] = &["command", "cwd", "timeout", "stdin", "env"];
+const TOOL_NAMES: &[&str] = &["run", "session_open", "session_exec", "session_close", "check"];
+const SESSION_OPEN_ARGUMENTS: &[&str] = &["cwd", "env"];
+const SESSION_EXEC_ARGUMENTS: &[&str] = &["session", "command", "cwd", "timeout", "stdin", "env"];
+const SESSION_CLOSE_ARGUMENTS: &[&str] = &["session"];
 
 /// The state that tool calls share: the ceiling, the process spawner and the scratch directory.
 pub struct Tools {
     pub ceiling: Ceiling,
     pub spawner: Spawner,
     pub scratch: Scratch,
+    pub sessions: Sessions,
 }
 
 /// A tool call with its arguments read and checked for type.
 #[derive(Debug)]
 pub enum Call {
     Run(RunRequest),
+    SessionOpen { cwd: Option<String>, env: Vec<(String, String)> },
+    SessionExec { session: String, request: RunRequest },
+    SessionClose { session: String },
     Check,
 }
 
 #[derive(Debug)]
 pub struct RunRequest {
     argv: Vec<OsString>,
+    /// The shell command line, when the command was given as one.
+    line: Option<String>,
     cwd: Option<String>,
     timeout: Option<TimeoutRequest>,
     stdin: Option<String>,
@@ -42,7 +54,7 @@ pub struct RunRequest {
 impl Tools {
     /// Returns the result of `tools/list`.
     pub fn list(&self) -> Value {
-        json!({ "tools": [self.run_tool(), check_tool()] })
+        json!({ "tools": [self.run_tool(), self.session_open_tool(), self.session_exec_tool(), session_close_tool(), check_tool()] })
     }
 
     /// Describes the sandbox the ceiling sets in a few sentences for the model. They are the
@@ -138,6 +150,9 @@ Reads of hidden paths and refused system calls reach the command only as error c
     pub async fn call(&self, call: Call, cancelled: impl Future<Output = ()>) -> Option<Value> {
         match call {
             Call::Run(request) => self.run(request, cancelled).await,
+            Call::SessionOpen { cwd, env } => self.session_open(cwd, env, cancelled).await,
+            Call::SessionExec { session, request } => self.session_exec(&session, request, cancelled).await,
+            Call::SessionClose { session } => Some(self.session_close(&session).await),
             Call::Check => self.check(cancelled).await,
         }
     }
@@ -200,6 +215,195 @@ Reads of hidden paths and refused system calls reach the command only as error c
     }
 }
 
+impl Tools {
+    fn session_open_tool(&self) -> Value {
+        let policy = &self.ceiling.policy;
+        json!({
+            "name": "session_open",
+            "title": "Open a persistent sandbox session",
+            "description": format!(
+                "Open a session: one sandbox in which later session_exec calls run commands one after another, sharing files in /tmp, background \
+processes, the working directory and exported environment variables. A command in a session starts in about a millisecond, where run starts \
+a new sandbox each time. Returns the session's name for session_exec and session_close. At most {max} sessions are open at once; close \
+the ones you are done with. Memory and process limits hold for the whole session.",
+                max = MAX_SESSIONS
+            ),
+            "inputSchema": {
+                "type": "object",
+                "properties": {
+                    "cwd": {
+                        "type": "string",
+                        "description": format!("Starting working directory: relative to the workspace {}, or absolute inside it. Default: {}.", policy.workspace.display(), policy.cwd.display()),
+                    },
+                    "env": {
+                        "type": "object",
+                        "description": "Environment variables to set for every command of the session, as NAME: VALUE.",
+                        "additionalProperties": { "type": "string" },
+                    },
+                },
+                "additionalProperties": false,
+            },
+            "annotations": { "readOnlyHint": false, "openWorldHint": policy.network != NetworkMode::None },
+        })
+    }
+
+    fn session_exec_tool(&self) -> Value {
+        let mut tool = self.run_tool();
+        tool["name"] = json!("session_exec");
+        tool["title"] = json!("Run a command in an open session");
+        tool["description"] = json!(format!(
+            "Run a command in a session from session_open, after the session's previous command ends. A shell command line runs in the \
+session's shell state: `cd` and `export` carry over to later commands (a line that calls `exit` keeps the state as it was). An array \
+command runs directly and changes nothing for later commands. Background processes keep running until the session closes. The timeout \
+kills the command's process group; output is cut after {kept} bytes per stream, as for run. The result's cwd is the session's working \
+directory after the command.",
+            kept = OUTPUT_KEPT_BYTES,
+        ));
+        let schema = &mut tool["inputSchema"];
+        schema["properties"]["session"] = json!({ "type": "string", "description": "The session's name, as session_open returned it." });
+        schema["properties"]["cwd"]["description"] = json!(format!(
+            "Working directory for this command: relative to the workspace {}, or absolute inside it. Default: the session's current directory.",
+            self.ceiling.workspace().display()
+        ));
+        schema["properties"]["env"]["description"] = json!("Environment variables for this command only, as NAME: VALUE.");
+        schema["required"] = json!(["session", "command"]);
+        tool
+    }
+
+    async fn session_open(&self, cwd: Option<String>, env: Vec<(String, String)>, cancelled: impl Future<Output = ()>) -> Option<Value> {
+        let cwd = match cwd.map(|cwd| self.ceiling.narrow_cwd(&cwd)).transpose() {
+            Ok(cwd) => cwd.unwrap_or_else(|| self.ceiling.policy.cwd.clone()),
+            Err(refusal) => return Some(result::refusal(&refusal)),
+        };
+        let Some(name) = self.sessions.reserve() else {
+            let open = self.sessions.names().join(", ");
+            let message = format!("{MAX_SESSIONS} sessions are open already ({open}); close one with session_close first");
+            return Some(result::tool_result(message.clone(), json!({ "error": "too_many_sessions", "open": self.sessions.names(), "message": message }), true));
+        };
+        let (socket, host_socket) = match palisade_linux::session::socket_pair() {
+            Ok(pair) => pair,
+            Err(error) => return Some(result::failure(format!("failed to create the session's socket: {error}"))),
+        };
+        let report_path = self.scratch.report_path();
+        let mut args: Vec<OsString> = vec!["session-host".into()];
+        args.extend(self.ceiling.run_flags(None));
+        // The ceiling's timeout holds for each command of the session, not for the session.
+        args.extend(["--timeout".into(), "unlimited".into()]);
+        for (name, value) in &env {
+            args.extend(["--env".into(), format!("{name}={value}").into()]);
+        }
+        args.extend(["--report".into(), report_path.clone().into_os_string()]);
+        args.extend(["--socket-fd".into(), SESSION_SOCKET_FD.to_string().into()]);
+        let child = match self.spawner.spawn_session(&args, &cwd, &host_socket) {
+            Ok(child) => child,
+            Err(error) => return Some(result::failure(format!("failed to start palisade for a session: {error}"))),
+        };
+        drop(host_socket);
+        let started = tokio::select! {
+            started = Session::start(name.clone(), child, socket, report_path.clone()) => started,
+            () = cancelled => return None,
+        };
+        let session = match started {
+            Ok(session) => Arc::new(session),
+            Err(reason) => {
+                let report = sessions::take_report(&report_path);
+                let message = format!("failed to open a session: {reason}");
+                return Some(result::tool_result(message.clone(), json!({ "error": "refused", "message": message, "report": report }), true));
+            }
+        };
+        let cwd = session.cwd().await;
+        if let Err(session) = self.sessions.insert(Arc::clone(&session)) {
+            session.end("too many sessions").await;
+            let message = format!("{MAX_SESSIONS} sessions are open already; close one with session_close first");
+            return Some(result::tool_result(message.clone(), json!({ "error": "too_many_sessions", "open": self.sessions.names(), "message": message }), true));
+        }
+        let text = format!("Opened session {name} in {}. Run commands with session_exec and session: \"{name}\"; end it with session_close.", cwd.display());
+        Some(result::tool_result(text, json!({ "session": name, "cwd": cwd }), false))
+    }
+
+    async fn session_exec(&self, name: &str, request: RunRequest, cancelled: impl Future<Output = ()>) -> Option<Value> {
+        let Some(session) = self.sessions.get(name) else {
+            return Some(unknown_session("session_exec", name, &self.sessions.names()));
+        };
+        let cwd = match request.cwd.as_deref().map(|cwd| self.ceiling.narrow_cwd(cwd)).transpose() {
+            Ok(cwd) => cwd,
+            Err(refusal) => return Some(result::refusal(&refusal)),
+        };
+        let timeout = match self.ceiling.narrow_timeout(request.timeout.as_ref()) {
+            Ok(timeout) => timeout,
+            Err(refusal) => return Some(result::refusal(&refusal)),
+        };
+        let command = match request.line {
+            Some(line) => sessions::Command::Line(line),
+            None => sessions::Command::Argv(request.argv),
+        };
+        let exec = sessions::Exec {
+            command,
+            cwd,
+            timeout,
+            stdin: request.stdin.map(String::into_bytes),
+            env: request.env,
+            max_output: self.ceiling.policy.limits.max_output,
+        };
+        match session.exec(exec, cancelled).await {
+            Ok(Some(ended)) => {
+                let structured = sessions::structured(name, &ended, timeout);
+                Some(result::tool_result(result::session_text(&sessions::status_text(&ended), &ended, &structured), structured, false))
+            }
+            Ok(None) => None,
+            Err(ExecError::SessionEnded(reason)) => {
+                self.sessions.remove(name);
+                let report = sessions::take_report(&session.report_path);
+                Some(result::session_ended(name, &reason, report))
+            }
+            Err(ExecError::TooLarge(bytes)) => {
+                let message = format!(
+                    "the command and the session's environment take {bytes} bytes, over the maximum of {} for one command; write long scripts to a file in the workspace and run that",
+                    palisade_linux::session::MAX_MESSAGE_BYTES
+                );
+                Some(result::tool_result(message.clone(), json!({ "error": "invalid_argument", "tool": "session_exec", "argument": "command", "message": message }), true))
+            }
+            Err(ExecError::Io(error)) => {
+                self.sessions.remove(name);
+                let reason = session.end(&format!("lost the connection to the session: {error}")).await;
+                let report = sessions::take_report(&session.report_path);
+                Some(result::session_ended(name, &reason, report))
+            }
+        }
+    }
+
+    async fn session_close(&self, name: &str) -> Value {
+        let Some(session) = self.sessions.remove(name) else {
+            return unknown_session("session_close", name, &self.sessions.names());
+        };
+        session.close().await;
+        let report = sessions::take_report(&session.report_path);
+        result::session_closed(name, report)
+    }
+}
+
+fn session_close_tool() -> Value {
+    json!({
+        "name": "session_close",
+        "title": "Close a session",
+        "description": "Close a session from session_open: every process still running in it is killed, and its sandbox removed. \
+structuredContent.report is the session's run report, with every limit it reached and every network request palisade's proxy refused.",
+        "inputSchema": {
+            "type": "object",
+            "properties": { "session": { "type": "string", "description": "The session's name, as session_open returned it." } },
+            "required": ["session"],
+            "additionalProperties": false,
+        },
+        "annotations": { "readOnlyHint": false, "destructiveHint": true, "openWorldHint": false },
+    })
+}
+
+fn unknown_session(tool: &str, name: &str, open: &[String]) -> Value {
+    let listed = if open.is_empty() { "none is open".to_owned() } else { format!("open: {}", open.join(", ")) };
+    let message = format!("no open session is named \"{name}\" ({listed}); open one with session_open");
+    result::tool_result(message.clone(), json!({ "error": "invalid_argument", "tool": tool, "argument": "session", "message": message }), true)
+}
+
 fn check_tool() -> Value {
     json!({
         "name": "check",
@@ -236,20 +440,36 @@ fn check_summary(layers: &Value) -> String {
 pub fn parse_call(mut params: Map<String, Value>) -> Result<Call, RpcError> {
     let name = match params.remove("name") {
         Some(Value::String(name)) => name,
-        _ => return Err(RpcError::invalid_params("Invalid params: \"name\" must be the name of a tool: run or check")),
+        _ => return Err(RpcError::invalid_params(format!("Invalid params: \"name\" must be the name of a tool: {}", TOOL_NAMES.join(", ")))),
     };
-    let arguments = match params.remove("arguments") {
+    let mut arguments = match params.remove("arguments") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(arguments)) => arguments,
         Some(_) => return Err(RpcError::invalid_params("Invalid params: \"arguments\" must be an object").with_data(json!({ "tool": name }))),
     };
     match name.as_str() {
         "run" => parse_run(arguments).map(Call::Run),
+        "session_open" => {
+            check_names("session_open", &arguments, SESSION_OPEN_ARGUMENTS)?;
+            let cwd = parse_cwd("session_open", &mut arguments)?;
+            let env = parse_env_argument("session_open", &mut arguments)?;
+            Ok(Call::SessionOpen { cwd, env })
+        }
+        "session_exec" => {
+            check_names("session_exec", &arguments, SESSION_EXEC_ARGUMENTS)?;
+            let session = parse_session("session_exec", &mut arguments)?;
+            let request = parse_command_request("session_exec", arguments)?;
+            Ok(Call::SessionExec { session, request })
+        }
+        "session_close" => {
+            check_names("session_close", &arguments, SESSION_CLOSE_ARGUMENTS)?;
+            Ok(Call::SessionClose { session: parse_session("session_close", &mut arguments)? })
+        }
         "check" => match arguments.keys().next() {
             Some(argument) => Err(argument_error("check", argument, format!("unknown argument \"{argument}\" for tool check, which takes no arguments"))),
             None => Ok(Call::Check),
         },
-        _ => Err(RpcError::invalid_params(format!("Unknown tool: {name}; this server offers run and check")).with_data(json!({ "tool": name }))),
+        _ => Err(RpcError::invalid_params(format!("Unknown tool: {name}; this server offers {}", TOOL_NAMES.join(", "))).with_data(json!({ "tool": name }))),
     }
 }
 
@@ -257,16 +477,27 @@ fn argument_error(tool: &str, argument: &str, message: String) -> RpcError {
     RpcError::invalid_params(format!("Invalid params: {message}")).with_data(json!({ "tool": tool, "argument": argument }))
 }
 
-fn parse_run(mut arguments: Map<String, Value>) -> Result<RunRequest, RpcError> {
-    let invalid = |argument: &str, message: String| argument_error("run", argument, message);
-    if let Some(unknown) = arguments.keys().find(|name| !RUN_ARGUMENTS.contains(&name.as_str())) {
-        return Err(invalid(unknown, format!("unknown argument \"{unknown}\" for tool run; it takes command, cwd, timeout, stdin and env")));
-    }
-    let argv = match arguments.remove("command") {
-        Some(Value::String(line)) => vec!["/bin/sh".to_owned(), "-c".to_owned(), line],
+fn parse_run(arguments: Map<String, Value>) -> Result<RunRequest, RpcError> {
+    check_names("run", &arguments, RUN_ARGUMENTS)?;
+    parse_command_request("run", arguments)
+}
+
+/// Rejects an argument `tool` does not take, naming the ones it does.
+fn check_names(tool: &str, arguments: &Map<String, Value>, known: &[&str]) -> Result<(), RpcError> {
+    let Some(unknown) = arguments.keys().find(|name| !known.contains(&name.as_str())) else { return Ok(()) };
+    let (last, others) = known.split_last().expect("every tool takes an argument");
+    let takes = if others.is_empty() { (*last).to_owned() } else { format!("{} and {last}", others.join(", ")) };
+    Err(argument_error(tool, unknown, format!("unknown argument \"{unknown}\" for tool {tool}; it takes {takes}")))
+}
+
+/// Reads the arguments `run` and `session_exec` share: command, cwd, timeout, stdin and env.
+fn parse_command_request(tool: &str, mut arguments: Map<String, Value>) -> Result<RunRequest, RpcError> {
+    let invalid = |argument: &str, message: String| argument_error(tool, argument, message);
+    let (argv, line) = match arguments.remove("command") {
+        Some(Value::String(line)) => (vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()], Some(line)),
         Some(Value::Array(items)) if !items.is_empty() => {
             let strings: Option<Vec<String>> = items.into_iter().map(|item| item.as_str().map(str::to_owned)).collect();
-            strings.ok_or_else(|| invalid("command", "argument \"command\" must be a string or an array of strings".into()))?
+            (strings.ok_or_else(|| invalid("command", "argument \"command\" must be a string or an array of strings".into()))?, None)
         }
         Some(Value::Array(_)) => return Err(invalid("command", "argument \"command\" must not be an empty array".into())),
         Some(_) => return Err(invalid("command", "argument \"command\" must be a string or an array of strings".into())),
@@ -275,23 +506,39 @@ fn parse_run(mut arguments: Map<String, Value>) -> Result<RunRequest, RpcError> 
     if argv.iter().any(|arg| arg.contains('\0')) {
         return Err(invalid("command", "argument \"command\" must not contain NUL characters".into()));
     }
-    let cwd = match arguments.remove("cwd") {
-        None => None,
-        Some(Value::String(cwd)) if !cwd.contains('\0') => Some(cwd),
-        Some(_) => return Err(invalid("cwd", "argument \"cwd\" must be a path without NUL characters".into())),
-    };
+    let cwd = parse_cwd(tool, &mut arguments)?;
     let timeout = arguments.remove("timeout").map(|value| parse_timeout(&value).map_err(|message| invalid("timeout", message))).transpose()?;
     let stdin = match arguments.remove("stdin") {
         None => None,
         Some(Value::String(stdin)) => Some(stdin),
         Some(_) => return Err(invalid("stdin", "argument \"stdin\" must be a string".into())),
     };
-    let env = match arguments.remove("env") {
-        None => Vec::new(),
-        Some(Value::Object(env)) => parse_env(env).map_err(|message| invalid("env", message))?,
-        Some(_) => return Err(invalid("env", "argument \"env\" must be an object of NAME: VALUE strings".into())),
-    };
-    Ok(RunRequest { argv: argv.into_iter().map(OsString::from).collect(), cwd, timeout, stdin, env })
+    let env = parse_env_argument(tool, &mut arguments)?;
+    Ok(RunRequest { argv: argv.into_iter().map(OsString::from).collect(), line, cwd, timeout, stdin, env })
+}
+
+fn parse_cwd(tool: &str, arguments: &mut Map<String, Value>) -> Result<Option<String>, RpcError> {
+    match arguments.remove("cwd") {
+        None => Ok(None),
+        Some(Value::String(cwd)) if !cwd.contains('\0') => Ok(Some(cwd)),
+        Some(_) => Err(argument_error(tool, "cwd", "argument \"cwd\" must be a path without NUL characters".into())),
+    }
+}
+
+fn parse_env_argument(tool: &str, arguments: &mut Map<String, Value>) -> Result<Vec<(String, String)>, RpcError> {
+    match arguments.remove("env") {
+        None => Ok(Vec::new()),
+        Some(Value::Object(env)) => parse_env(env).map_err(|message| argument_error(tool, "env", message)),
+        Some(_) => Err(argument_error(tool, "env", "argument \"env\" must be an object of NAME: VALUE strings".into())),
+    }
+}
+
+fn parse_session(tool: &str, arguments: &mut Map<String, Value>) -> Result<String, RpcError> {
+    match arguments.remove("session") {
+        Some(Value::String(session)) => Ok(session),
+        Some(_) => Err(argument_error(tool, "session", "argument \"session\" must be the name session_open returned, such as \"s1\"".into())),
+        None => Err(argument_error(tool, "session", "missing argument \"session\"; open one with session_open".into())),
+    }
 }
 
 /// Reads a timeout: seconds as a positive number, a duration palisade accepts, or

@@ -244,7 +244,7 @@ both_identities!(handshake_lists_tools, |f: &Fixture| {
     let listed = client.request("tools/list", json!({}));
     let tools = listed["result"]["tools"].as_array().unwrap_or_else(|| panic!("{listed}"));
     let names: Vec<&str> = tools.iter().map(|tool| tool["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["run", "check"]);
+    assert_eq!(names, ["run", "session_open", "session_exec", "session_close", "check"]);
     for tool in tools {
         assert!(tool["description"].as_str().is_some_and(|text| text.len() > 80), "{tool:#}");
         assert_eq!(tool["inputSchema"]["type"], "object", "{tool:#}");
@@ -582,8 +582,192 @@ both_identities!(example_client_runs, |f: &Fixture| {
     );
     let run = f.host_sh(&script);
     assert_eq!(run.code, Some(0), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("tools: run, check"), "{}", run.stdout);
+    assert!(run.stdout.contains("tools: run, session_open, session_exec, session_close, check"), "{}", run.stdout);
     assert!(run.stdout.contains("hello from the sandbox"), "{}", run.stdout);
     assert!(run.stdout.contains("exit code: 0 stdout: 12"), "{}", run.stdout);
     assert!(run.stdout.contains("denied network example.invalid:443"), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("'echo step $STEP in $(pwd)': exit code 0, cwd {workspace}/demo, stdout 'step 1 in {workspace}/demo'")), "{}", run.stdout);
+});
+
+impl Client {
+    /// Opens a session and returns its name.
+    fn open_session(&mut self, arguments: Value) -> String {
+        let opened = self.call("session_open", arguments);
+        assert_eq!(opened["isError"], false, "session_open gave a tool error: {opened:#}\nserver stderr:\n{}", self.server_stderr());
+        opened["structuredContent"]["session"].as_str().unwrap_or_else(|| panic!("no session name: {opened:#}")).to_owned()
+    }
+
+    /// Runs `command` in `session` with the extra `arguments`, and returns `structuredContent`,
+    /// failing on a tool error.
+    fn exec(&mut self, session: &str, command: Value, mut arguments: Value) -> Value {
+        arguments["session"] = json!(session);
+        arguments["command"] = command;
+        let result = self.call("session_exec", arguments.clone());
+        assert_eq!(result["isError"], false, "session_exec {arguments} gave a tool error: {result:#}\nserver stderr:\n{}", self.server_stderr());
+        result["structuredContent"].clone()
+    }
+}
+
+/// Asserts that one session command exited 0 with `stdout`.
+#[track_caller]
+fn assert_output(result: &Value, stdout: &str) {
+    assert_eq!(result["exit_code"], 0, "{result:#}");
+    assert_eq!(result["stdout"], stdout, "{result:#}");
+}
+
+// Ten commands in one session, each depending on what the ones before it left: the working
+// directory, exported variables, files in /tmp and a background process.
+both_identities!(session_carries_state_over_ten_commands, |f: &Fixture| {
+    let marker = unique_marker(f, "mcp-session-state");
+    let _cleanup = MarkedProcesses(marker.clone());
+    let mut client = Client::initialized(f, &[]);
+    let session = client.open_session(json!({ "env": { "FROM_OPEN": "set at open" } }));
+    let ws = f.ws.display().to_string();
+
+    let first = client.exec(&session, json!("mkdir -p sub/deeper && cd sub && export GREETING=hello && echo $FROM_OPEN"), json!({}));
+    assert_output(&first, "set at open\n");
+    assert_eq!(first["cwd"], format!("{ws}/sub"), "{first:#}");
+    let second = client.exec(&session, json!("pwd; echo $GREETING"), json!({}));
+    assert_output(&second, &format!("{ws}/sub\nhello\n"));
+    let third = client.exec(&session, json!(format!("echo kept > /tmp/{marker}; cd deeper")), json!({}));
+    assert_output(&third, "");
+    assert_eq!(third["cwd"], format!("{ws}/sub/deeper"), "{third:#}");
+    // An array runs directly, in the session's directory and environment, and changes neither.
+    let fourth = client.exec(&session, json!(["sh", "-c", "pwd; cat /tmp/$0; echo $GREETING; cd /", marker]), json!({}));
+    assert_output(&fourth, &format!("{ws}/sub/deeper\nkept\nhello\n"));
+    assert_eq!(fourth["cwd"], format!("{ws}/sub/deeper"), "{fourth:#}");
+    // A background process keeps running after the command that started it.
+    let fifth = client.exec(
+        &session,
+        json!(format!("cp /bin/sleep /tmp/{marker}-sleep && (/tmp/{marker}-sleep 60 >/dev/null 2>&1 & echo $! > /tmp/{marker}.pid)")),
+        json!({}),
+    );
+    assert_output(&fifth, "");
+    assert_eq!(pids_matching(&format!("{marker}-sleep")).len(), 1, "the background process is not running");
+    let sixth = client.exec(&session, json!(format!("kill -0 $(cat /tmp/{marker}.pid) && echo alive")), json!({}));
+    assert_output(&sixth, "alive\n");
+    // A variable given for one command is gone after it, and an earlier value comes back.
+    let seventh = client.exec(&session, json!("echo $GREETING $ONCE"), json!({ "env": { "GREETING": "hi", "ONCE": "1" } }));
+    assert_output(&seventh, "hi 1\n");
+    let eighth = client.exec(&session, json!("echo \"$GREETING [$ONCE]\"; cat"), json!({ "stdin": "from stdin\n" }));
+    assert_output(&eighth, "hello []\nfrom stdin\n");
+    let ninth = client.exec(&session, json!("unset GREETING; cd .. && false"), json!({}));
+    assert_eq!(ninth["exit_code"], 1, "{ninth:#}");
+    assert_eq!(ninth["cwd"], format!("{ws}/sub"), "{ninth:#}");
+    // `exit` skips the state capture: the directory and the environment stay as they were.
+    let tenth = client.exec(&session, json!("echo \"[$GREETING]\"; pwd; cd /; exit 7"), json!({}));
+    assert_eq!(tenth["exit_code"], 7, "{tenth:#}");
+    assert_eq!(tenth["stdout"], format!("[]\n{ws}/sub\n"), "{tenth:#}");
+    assert_eq!(tenth["cwd"], format!("{ws}/sub"), "{tenth:#}");
+
+    // The session's /tmp is its own, and the sandbox's limits hold inside it.
+    assert!(!Path::new(&format!("/tmp/{marker}")).exists(), "the session's /tmp file reached the host's /tmp");
+    let refused = client.exec(&session, json!(format!("touch {}/escaped", f.out.display())), json!({}));
+    assert_ne!(refused["exit_code"], 0, "{refused:#}");
+    assert!(!f.out.join("escaped").exists(), "a session command wrote outside the workspace");
+
+    let closed = client.call("session_close", json!({ "session": session }));
+    assert_eq!(closed["isError"], false, "{closed:#}");
+    assert_eq!(closed["structuredContent"]["report"]["command"], json!(["(palisade mcp session)"]), "{closed:#}");
+    assert_eq!(wait_until_gone(&marker, GONE_WAIT), Vec::<u32>::new(), "a process of the closed session is still running");
+    let after = client.call("session_exec", json!({ "session": session, "command": "true" }));
+    assert_eq!(after["isError"], true, "{after:#}");
+    assert_eq!(after["structuredContent"]["argument"], "session", "{after:#}");
+});
+
+// A timeout or a cancellation ends the command and what it runs in the foreground; the session
+// goes on.
+both_identities!(session_timeout_and_cancel_end_the_command, |f: &Fixture| {
+    let marker = unique_marker(f, "mcp-session-cancel");
+    let _cleanup = MarkedProcesses(marker.clone());
+    let mut client = Client::initialized(f, &["--timeout", "1m", "--max-output", "1M"]);
+    let session = client.open_session(json!({}));
+    client.exec(&session, json!(format!("cp /bin/sleep /tmp/{marker}")), json!({}));
+
+    let timed_out = client.exec(&session, json!(format!("/tmp/{marker} 60; echo not reached")), json!({ "timeout": 1 }));
+    assert_eq!(timed_out["timed_out"], true, "{timed_out:#}");
+    assert_eq!(timed_out["stdout"], "", "{timed_out:#}");
+    assert_eq!(timed_out["denials"][0]["object"], "timeout", "{timed_out:#}");
+    assert_eq!(timed_out["denials"][0]["rule"], "--timeout 1s", "{timed_out:#}");
+    assert_eq!(wait_until_gone(&marker, GONE_WAIT), Vec::<u32>::new(), "the timed-out command is still running");
+
+    let flood = client.exec(&session, json!("yes"), json!({}));
+    assert_eq!(flood["signal"], 9, "{flood:#}");
+    assert_eq!(flood["denials"][0]["object"], "max_output", "{flood:#}");
+    assert!(flood["stdout_bytes"].as_u64().unwrap() <= 2 << 20, "{flood:#}");
+
+    let longer = client.call("session_exec", json!({ "session": session, "command": "true", "timeout": "2m" }));
+    assert_eq!(longer["structuredContent"]["error"], "ceiling", "{longer:#}");
+    let outside = client.call("session_exec", json!({ "session": session, "command": "true", "cwd": "/" }));
+    assert_eq!(outside["structuredContent"]["error"], "ceiling", "{outside:#}");
+
+    let id = client.send_request("tools/call", json!({ "name": "session_exec", "arguments": { "session": session, "command": format!("/tmp/{marker} 60") } }));
+    wait_until_started(&marker);
+    client.notify("notifications/cancelled", json!({ "requestId": id, "reason": "test" }));
+    assert_eq!(wait_until_gone(&marker, GONE_WAIT), Vec::<u32>::new(), "the cancelled command is still running");
+    client.assert_serving();
+    assert!(!client.has_response(&id), "the cancelled request got a response");
+    let next = client.exec(&session, json!("echo next"), json!({}));
+    assert_output(&next, "next\n");
+});
+
+// Closing the client's end, or killing the server, ends every process of every session.
+both_identities!(session_processes_end_with_the_server, |f: &Fixture| {
+    for ending in ["disconnect", "sigkill"] {
+        let marker = unique_marker(f, &format!("mcp-session-{ending}"));
+        let _cleanup = MarkedProcesses(marker.clone());
+        let mut client = Client::initialized(f, &[]);
+        for _ in 0..2 {
+            let session = client.open_session(json!({}));
+            let started = client.exec(&session, json!(format!("cp /bin/sleep /tmp/{marker} && (/tmp/{marker} 60 >/dev/null 2>&1 &)")), json!({}));
+            assert_eq!(started["exit_code"], 0, "{started:#}");
+        }
+        assert_eq!(pids_matching(&marker).len(), 2, "{ending}: the background processes are not running");
+        if ending == "disconnect" {
+            let status = client.disconnect();
+            assert_eq!(status.code(), Some(0), "server stderr:\n{}", client.server_stderr());
+        } else {
+            let status = Command::new("kill").args(["-KILL", &client.server_pid().to_string()]).status().unwrap();
+            assert!(status.success());
+            client.wait_exit();
+        }
+        assert_eq!(wait_until_gone(&marker, GONE_WAIT), Vec::<u32>::new(), "{ending}: a session process outlived the server");
+    }
+});
+
+both_identities!(session_errors_keep_serving, |f: &Fixture| {
+    let mut client = Client::initialized(f, &[]);
+    let unknown = client.call("session_exec", json!({ "session": "s99", "command": "true" }));
+    assert_eq!(unknown["isError"], true, "{unknown:#}");
+    assert_eq!(unknown["structuredContent"]["argument"], "session", "{unknown:#}");
+    for (arguments, argument) in [
+        (json!({ "command": "true" }), "session"),
+        (json!({ "session": 1, "command": "true" }), "session"),
+        (json!({ "session": "s1" }), "command"),
+        (json!({ "session": "s1", "command": "true", "shell": true }), "shell"),
+    ] {
+        let refused = client.call("session_exec", arguments.clone());
+        assert_eq!(refused["isError"], true, "{arguments}: {refused:#}");
+        assert_eq!(refused["structuredContent"]["error"], "invalid_argument", "{arguments}: {refused:#}");
+        assert_eq!(refused["structuredContent"]["argument"], argument, "{arguments}: {refused:#}");
+    }
+    let opened: Vec<String> = (0..16).map(|_| client.open_session(json!({}))).collect();
+    let over = client.call("session_open", json!({}));
+    assert_eq!(over["isError"], true, "{over:#}");
+    assert_eq!(over["structuredContent"]["error"], "too_many_sessions", "{over:#}");
+    for session in &opened {
+        let closed = client.call("session_close", json!({ "session": session }));
+        assert_eq!(closed["isError"], false, "{closed:#}");
+    }
+    let session = client.open_session(json!({}));
+    // A command too large for one message is refused, naming the argument.
+    let huge = client.call("session_exec", json!({ "session": session, "command": format!("echo {}", "x".repeat(200 << 10)) }));
+    assert_eq!(huge["isError"], true, "{huge:#}");
+    assert_eq!(huge["structuredContent"]["argument"], "command", "{huge:#}");
+    let missing = client.exec(&session, json!(["no-such-program"]), json!({}));
+    assert_eq!(missing["exit_code"], 127, "{missing:#}");
+    assert!(missing["exec_error"].as_str().unwrap().contains("not found"), "{missing:#}");
+    client.assert_serving();
+    let fine = client.exec(&session, json!("echo fine"), json!({}));
+    assert_output(&fine, "fine\n");
 });

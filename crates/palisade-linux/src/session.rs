@@ -1,0 +1,538 @@
+//! Sessions: one sandbox in which a client runs many commands, one after another.
+//!
+//! A session is a run whose command stage does not execute a program. Once confined (rlimits,
+//! Landlock, seccomp), it becomes the session host: it waits on a socket the client passed in
+//! and forks one child per request, which executes the requested program with the standard
+//! streams that came with the request. Commands therefore share the sandbox's files, `/tmp`
+//! and background processes, and each costs a fork and an `execve` instead of a new sandbox.
+//!
+//! The socket is a `SOCK_SEQPACKET` pair, so each message is one datagram. The client keeps
+//! the state that a shell would (working directory, environment) and sends it whole with each
+//! request; the host only executes. Closing the client's end ends the host, and with it init
+//! and every process of the session.
+//!
+//! Messages are a kind byte, an id, and length-prefixed fields (see [`Writer`] and [`Reader`]).
+//! Both ends are palisade, but the host still checks every length, since a message that does
+//! not parse must not crash it.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+
+use crate::sys;
+
+/// The largest message either end sends. A unix datagram socket cannot carry more than its
+/// send buffer, which the kernel caps at `net.core.wmem_max` (208 KiB by default), and
+/// `execve` refuses a single argument over 128 KiB anyway.
+pub const MAX_MESSAGE_BYTES: usize = 160 << 10;
+
+/// The descriptors an [`ExecRequest`] carries: stdin, stdout and stderr, then the state pipe
+/// when [`ExecRequest::state_fd`] is set.
+const STREAMS: usize = 3;
+
+const KIND_EXEC: u8 = b'x';
+const KIND_SIGNAL: u8 = b's';
+const KIND_READY: u8 = b'r';
+const KIND_EXITED: u8 = b'e';
+const KIND_SIGNALED: u8 = b'k';
+const KIND_FAILED: u8 = b'f';
+
+/// A request to run one command in the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// Chosen by the client; replies about this command carry it.
+    pub id: u64,
+    pub cwd: PathBuf,
+    pub argv: Vec<OsString>,
+    /// The whole environment, as `NAME=VALUE` entries.
+    pub env: Vec<OsString>,
+    /// The request carries a fourth descriptor, which the command gets as descriptor 3.
+    pub state_fd: bool,
+}
+
+/// A message from the client to the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Exec(ExecRequest),
+    /// Sends `signal` to the process group of the command `id`.
+    Signal { id: u64, signal: i32 },
+}
+
+/// A message from the host to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The host is confined and waiting. `env` is the environment a command gets under the
+    /// policy, proxy variables included.
+    Ready { cwd: PathBuf, env: Vec<OsString> },
+    /// The command `id` exited with `code`.
+    Exited { id: u64, code: i32 },
+    /// The command `id` was killed by `signal`.
+    Signaled { id: u64, signal: i32 },
+    /// The command `id` could not be started: `code` is 126 or 127 as a shell gives, and
+    /// `reason` says why. An [`Reply::Exited`] with the same code follows.
+    Failed { id: u64, code: i32, reason: String },
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Exec(exec) => {
+                let mut writer = Writer::new(KIND_EXEC, exec.id);
+                writer.bytes(exec.cwd.as_os_str().as_bytes());
+                writer.number(u64::from(exec.state_fd));
+                writer.list(&exec.argv);
+                writer.list(&exec.env);
+                writer.finish()
+            }
+            Request::Signal { id, signal } => {
+                let mut writer = Writer::new(KIND_SIGNAL, *id);
+                writer.number(*signal as u64);
+                writer.finish()
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Request> {
+        let (kind, id, mut reader) = Reader::start(bytes)?;
+        let request = match kind {
+            KIND_EXEC => {
+                let cwd = PathBuf::from(OsString::from_vec(reader.bytes()?.to_vec()));
+                let state_fd = reader.number()? != 0;
+                let argv = reader.list()?;
+                let env = reader.list()?;
+                if argv.is_empty() {
+                    return None;
+                }
+                Request::Exec(ExecRequest { id, cwd, argv, env, state_fd })
+            }
+            KIND_SIGNAL => Request::Signal { id, signal: i32::try_from(reader.number()?).ok()? },
+            _ => return None,
+        };
+        reader.end().then_some(request)
+    }
+}
+
+impl Reply {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Reply::Ready { cwd, env } => {
+                let mut writer = Writer::new(KIND_READY, 0);
+                writer.bytes(cwd.as_os_str().as_bytes());
+                writer.list(env);
+                writer.finish()
+            }
+            Reply::Exited { id, code } => {
+                let mut writer = Writer::new(KIND_EXITED, *id);
+                writer.number(*code as u32 as u64);
+                writer.finish()
+            }
+            Reply::Signaled { id, signal } => {
+                let mut writer = Writer::new(KIND_SIGNALED, *id);
+                writer.number(*signal as u32 as u64);
+                writer.finish()
+            }
+            Reply::Failed { id, code, reason } => {
+                let mut writer = Writer::new(KIND_FAILED, *id);
+                writer.number(*code as u32 as u64);
+                writer.bytes(reason.as_bytes());
+                writer.finish()
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Reply> {
+        let (kind, id, mut reader) = Reader::start(bytes)?;
+        let small = |number: u64| u32::try_from(number).ok().map(|number| number as i32);
+        let reply = match kind {
+            KIND_READY => {
+                let cwd = PathBuf::from(OsString::from_vec(reader.bytes()?.to_vec()));
+                Reply::Ready { cwd, env: reader.list()? }
+            }
+            KIND_EXITED => Reply::Exited { id, code: small(reader.number()?)? },
+            KIND_SIGNALED => Reply::Signaled { id, signal: small(reader.number()?)? },
+            KIND_FAILED => {
+                let code = small(reader.number()?)?;
+                Reply::Failed { id, code, reason: String::from_utf8_lossy(reader.bytes()?).into_owned() }
+            }
+            _ => return None,
+        };
+        reader.end().then_some(reply)
+    }
+}
+
+/// Builds one message: the kind byte, the id, then fields.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(kind: u8, id: u64) -> Writer {
+        let mut bytes = vec![kind];
+        bytes.extend_from_slice(&id.to_le_bytes());
+        Writer(bytes)
+    }
+
+    fn number(&mut self, number: u64) {
+        self.0.extend_from_slice(&number.to_le_bytes());
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn list(&mut self, items: &[OsString]) {
+        self.0.extend_from_slice(&(items.len() as u32).to_le_bytes());
+        for item in items {
+            self.bytes(item.as_bytes());
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Reads the fields of one message, refusing any length that runs past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn start(bytes: &'a [u8]) -> Option<(u8, u64, Reader<'a>)> {
+        let (&kind, rest) = bytes.split_first()?;
+        let mut reader = Reader(rest);
+        let id = reader.number()?;
+        Some((kind, id, reader))
+    }
+
+    fn take(&mut self, length: usize) -> Option<&'a [u8]> {
+        if self.0.len() < length {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(length);
+        self.0 = rest;
+        Some(taken)
+    }
+
+    fn number(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn length(&mut self) -> Option<usize> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let length = self.length()?;
+        self.take(length)
+    }
+
+    fn list(&mut self) -> Option<Vec<OsString>> {
+        let count = self.length()?;
+        // Each item takes at least its 4-byte length, so a count the message cannot hold is
+        // refused before anything is allocated for it.
+        if count > self.0.len() / 4 {
+            return None;
+        }
+        (0..count).map(|_| self.bytes().map(|item| OsString::from_vec(item.to_vec()))).collect()
+    }
+
+    fn end(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Creates the socket pair of a session: the client's end first. Both ends are close-on-exec;
+/// the client places the host's end where the host process expects it.
+pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (client, host) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok((client, host))
+}
+
+/// Takes ownership of the inherited descriptor `fd` as a session's socket, after checking that
+/// it is one: an open unix socket of type `SOCK_SEQPACKET`.
+pub fn adopt_socket(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {fd} is a standard stream, not a session socket")));
+    }
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags; it fails with EBADF if `fd` is
+    // not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {fd} is not open")));
+    }
+    // SAFETY: the descriptor is open, and nothing else in this process owns it: `main` marked
+    // every inherited descriptor close-on-exec and took none.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let kind = rustix::net::sockopt::socket_type(&owned)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {fd} is not a socket")))?;
+    if kind != rustix::net::SocketType::SEQPACKET {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {fd} is not a SOCK_SEQPACKET socket")));
+    }
+    Ok(owned)
+}
+
+/// Sends `message` with `fds` attached. Returns `WouldBlock` on a non-blocking socket whose
+/// buffer is full.
+pub fn send(socket: BorrowedFd<'_>, message: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if message.len() > MAX_MESSAGE_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a session message of {} bytes is over the maximum of {MAX_MESSAGE_BYTES}", message.len())));
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(STREAMS + 1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one session message"));
+    }
+    loop {
+        match rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Receives one message and the descriptors attached to it, without waiting. `Ok(None)` means
+/// the other end is closed; `WouldBlock` that nothing is there yet.
+pub fn receive(socket: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(STREAMS + 1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = loop {
+        let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+        match rustix::net::recvmsg(socket, &mut [IoSliceMut::new(&mut buffer)], &mut control, flags) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if received.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if received.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "a session message did not fit the receive buffer"));
+    }
+    buffer.truncate(received.bytes);
+    Ok(Some((buffer, fds)))
+}
+
+/// Runs in the command stage, confined, in place of the command: serves requests on `socket`
+/// until the client closes it, then exits. `env` is the environment under the policy, which
+/// the client receives in [`Reply::Ready`] and builds each request's environment from.
+pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
+    let signal_fd = match sys::block_into_signalfd(&[libc::SIGCHLD]) {
+        Ok(fd) => fd,
+        Err(_) => sys::exit_now(SESSION_FAILED),
+    };
+    set_blocking(socket.as_fd());
+    let env: Vec<OsString> = env.iter().map(|entry| OsStr::from_bytes(entry.as_bytes()).to_owned()).collect();
+    if send(socket.as_fd(), &Reply::Ready { cwd: cwd.to_owned(), env }.encode(), &[]).is_err() {
+        sys::exit_now(SESSION_FAILED);
+    }
+    let mut running: HashMap<libc::pid_t, u64> = HashMap::new();
+    loop {
+        let mut fds = [
+            rustix::event::PollFd::new(socket, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::new(&signal_fd, rustix::event::PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => sys::exit_now(SESSION_FAILED),
+        }
+        let (request_ready, child_ready) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        if child_ready {
+            let _ = sys::read_signal(signal_fd.as_fd());
+            reap(socket.as_fd(), &mut running);
+        }
+        if !request_ready {
+            continue;
+        }
+        let (message, received) = match receive(socket.as_fd()) {
+            Ok(Some(message)) => message,
+            // The client is gone: so is the session.
+            Ok(None) => sys::exit_now(0),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => continue,
+            Err(_) => sys::exit_now(SESSION_FAILED),
+        };
+        match Request::decode(&message) {
+            Some(Request::Exec(request)) => {
+                let wanted = STREAMS + usize::from(request.state_fd);
+                if received.len() != wanted {
+                    let reason = format!("the request carried {} descriptors instead of {wanted}", received.len());
+                    let _ = send(socket.as_fd(), &Reply::Failed { id: request.id, code: 126, reason }.encode(), &[]);
+                    let _ = send(socket.as_fd(), &Reply::Exited { id: request.id, code: 126 }.encode(), &[]);
+                    continue;
+                }
+                match start(socket.as_fd(), &request, &received) {
+                    Ok(pid) => {
+                        running.insert(pid, request.id);
+                    }
+                    Err(error) => {
+                        let reason = format!("failed to fork the command: {error}");
+                        let _ = send(socket.as_fd(), &Reply::Failed { id: request.id, code: 126, reason }.encode(), &[]);
+                        let _ = send(socket.as_fd(), &Reply::Exited { id: request.id, code: 126 }.encode(), &[]);
+                    }
+                }
+            }
+            Some(Request::Signal { id, signal }) => {
+                if let Some((&pid, _)) = running.iter().find(|(_, running_id)| **running_id == id) {
+                    crate::init::forward(pid, signal);
+                }
+            }
+            // A message that does not parse came from a broken client; there is nothing to
+            // answer it with, since its id is unknown.
+            None => {}
+        }
+    }
+}
+
+/// Exit status of the host when its socket or signal handling fails.
+const SESSION_FAILED: i32 = 125;
+
+/// The session's socket came non-blocking or blocking depending on the client; the host
+/// waits with `poll` and reads with `DONTWAIT`, so either works. Sends must not fail with
+/// `WouldBlock` though, so the descriptor itself is made blocking.
+fn set_blocking(socket: BorrowedFd<'_>) {
+    if let Ok(flags) = rustix::fs::fcntl_getfl(socket) {
+        let _ = rustix::fs::fcntl_setfl(socket, flags - rustix::fs::OFlags::NONBLOCK);
+    }
+}
+
+/// Reports every child that ended.
+fn reap(socket: BorrowedFd<'_>, running: &mut HashMap<libc::pid_t, u64>) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid local integer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let Some(id) = running.remove(&pid) else { continue };
+        let reply = if libc::WIFSIGNALED(status) {
+            Reply::Signaled { id, signal: libc::WTERMSIG(status) }
+        } else {
+            Reply::Exited { id, code: libc::WEXITSTATUS(status) }
+        };
+        let _ = send(socket, &reply.encode(), &[]);
+    }
+}
+
+/// Forks the child that becomes the command of `request`, with `streams` as its descriptors
+/// 0, 1, 2 and, when present, 3. Returns the child's pid.
+fn start(socket: BorrowedFd<'_>, request: &ExecRequest, streams: &[OwnedFd]) -> io::Result<libc::pid_t> {
+    // SAFETY of forking here: the host is single-threaded, a fork of single-threaded init.
+    match sys::clone_fork(0)? {
+        0 => {
+            let fail = |code: i32, reason: String| -> ! {
+                let _ = send(socket, &Reply::Failed { id: request.id, code, reason }.encode(), &[]);
+                sys::exit_now(code)
+            };
+            if let Err(error) = sys::reset_signals() {
+                fail(126, format!("failed to reset signal handling: {error}"));
+            }
+            // Each command leads its own process group, so a timeout or a cancellation reaches
+            // what it started in the foreground. Background processes it detached stay.
+            if let Err(error) = rustix::process::setsid() {
+                fail(126, format!("failed to start a new session: {error}"));
+            }
+            for (target, stream) in streams.iter().enumerate() {
+                if let Err(error) = place(stream.as_raw_fd(), target as RawFd) {
+                    fail(126, format!("failed to attach descriptor {target}: {error}"));
+                }
+            }
+            if let Err(error) = rustix::process::chdir(&request.cwd) {
+                fail(126, format!("cannot enter the working directory {}: {error}", request.cwd.display()));
+            }
+            let envp: Vec<CString> = request.env.iter().filter_map(|entry| CString::new(entry.as_bytes()).ok()).collect();
+            let path = request.env.iter().find_map(|entry| entry.as_bytes().strip_prefix(b"PATH=")).map(OsStr::from_bytes);
+            let (code, reason) = crate::init::execute(&request.argv, &envp, path);
+            fail(code, reason)
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Makes `target` a copy of `fd` that survives `execve`. `dup2` onto itself would keep the
+/// close-on-exec flag, so that case clears the flag instead.
+fn place(fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: plain descriptor calls on integers; the caller owns `fd`, and `target` is a
+    // standard slot the command is meant to get.
+    let rc = unsafe {
+        if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, target)
+        }
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let requests = [
+            Request::Exec(ExecRequest {
+                id: 7,
+                cwd: "/ws/sub dir".into(),
+                argv: vec!["/bin/sh".into(), "-c".into(), "echo 'a\nb'".into()],
+                env: vec!["PATH=/usr/bin".into(), "EMPTY=".into()],
+                state_fd: true,
+            }),
+            Request::Signal { id: u64::MAX, signal: 9 },
+        ];
+        for request in requests {
+            assert_eq!(Request::decode(&request.encode()), Some(request));
+        }
+        let replies = [
+            Reply::Ready { cwd: "/ws".into(), env: vec!["A=1".into()] },
+            Reply::Exited { id: 1, code: 255 },
+            Reply::Signaled { id: 2, signal: 15 },
+            Reply::Failed { id: 3, code: 127, reason: "x: not found".into() },
+        ];
+        for reply in replies {
+            assert_eq!(Reply::decode(&reply.encode()), Some(reply));
+        }
+    }
+
+    #[test]
+    fn truncated_or_padded_messages_are_refused() {
+        let request = Request::Exec(ExecRequest { id: 1, cwd: "/".into(), argv: vec!["true".into()], env: vec![], state_fd: false });
+        let bytes = request.encode();
+        for length in 0..bytes.len() {
+            assert_eq!(Request::decode(&bytes[..length]), None, "prefix of {length} bytes");
+        }
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert_eq!(Request::decode(&padded), None);
+        // A count far beyond what the message holds is refused before any allocation.
+        let mut huge = Writer::new(KIND_EXEC, 1);
+        huge.bytes(b"/");
+        huge.number(0);
+        huge.0.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Request::decode(&huge.finish()), None);
+    }
+
+    #[test]
+    fn empty_argv_is_refused() {
+        let request = Request::Exec(ExecRequest { id: 1, cwd: "/".into(), argv: vec![], env: vec![], state_fd: false });
+        assert_eq!(Request::decode(&request.encode()), None);
+    }
+}
