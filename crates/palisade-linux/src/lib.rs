@@ -37,6 +37,7 @@ use std::time::Duration;
 pub use error::Error;
 pub use network::NetworkOutcome;
 pub use palisade_proxy::Denial as NetworkDenial;
+pub use palisade_proxy::DenialSink;
 use palisade_policy::{NetworkMode, Policy, Profile};
 use plan::{Kind, MountPlan};
 
@@ -236,30 +237,33 @@ pub(crate) enum Workload<'a> {
 /// Runs `argv` under `policy` and waits for it to finish. `on_start` is called once with the
 /// layers that will protect the run, before the command starts, so a caller can tell the user
 /// about a degraded run first.
-pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
+///
+/// `on_denial`, if given, is called with each network request the proxy refuses, as it
+/// happens, from the supervisor's network thread.
+pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers), on_denial: Option<DenialSink>) -> Result<Outcome, Error> {
     assert!(!argv.is_empty(), "the command line is empty");
     check_supported(policy)?;
     if policy.profile == Profile::Unconfined {
         on_start(&Layers::default());
         return unconfined::run(policy, argv);
     }
-    launch(policy, Workload::Command(argv), on_start)
+    launch(policy, Workload::Command(argv), on_start, on_denial)
 }
 
 /// Starts a session under `policy` whose host serves the client at the other end of `socket`
 /// (from [`session::socket_pair`]), and waits until the client closes it or the session ends
 /// otherwise (a limit, a signal to palisade). The outcome describes the whole session.
-pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
+pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&Layers), on_denial: Option<DenialSink>) -> Result<Outcome, Error> {
     check_supported(policy)?;
     if policy.profile == Profile::Unconfined {
         // NOTE: a session runs its commands from a host inside the sandbox; the unconfined
         // profile has no sandbox to put one in, so its clients run each command on its own.
         return Err(Error::Unsupported { feature: "a session in the unconfined profile, which has no sandbox to keep commands in,".into() });
     }
-    launch(policy, Workload::Session(socket), on_start)
+    launch(policy, Workload::Session(socket), on_start, on_denial)
 }
 
-fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
+fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Layers), on_denial: Option<DenialSink>) -> Result<Outcome, Error> {
     let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
     match landlock::kernel_abi() {
         Some(abi) => layers.landlock_abi = Some(abi.min(landlock::NEWEST_ABI as i32)),
@@ -358,7 +362,7 @@ fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Lay
         }
     }
     on_start(&layers);
-    supervisor::run(policy, &plan, identity, workload, layers, cgroup, &root_locks)
+    supervisor::run(policy, &plan, identity, workload, layers, cgroup, &root_locks, on_denial)
 }
 
 /// Gives the sandbox's uid an account in the sandbox's `/etc/passwd` and `/etc/group`, so

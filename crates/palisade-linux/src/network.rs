@@ -306,6 +306,8 @@ pub(crate) struct Services {
     /// The host's listening sockets of the exposed ports, with the port each reaches in the
     /// sandbox, and the supervisor's end of the socket pair on which init sends new sockets on request.
     pub(crate) exposed: Option<(Vec<(TcpListener, u16)>, OwnedFd)>,
+    /// Called with each refusal of the proxy as it happens.
+    pub(crate) on_denial: Option<palisade_proxy::DenialSink>,
 }
 
 /// Palisade's proxy, forwarded ports and exposed ports, served on a thread of the supervisor
@@ -333,7 +335,10 @@ impl NetworkThread {
         if let Some((Listeners { proxy: listener, forwarded }, rules)) = services.proxy {
             address = Some(listener.local_addr()?);
             forwarded_addresses = forwarded.iter().map(|(_, forward)| forward.to_string()).collect();
-            let shared = Arc::new(Proxy::new(rules, Arc::new(SystemResolver)));
+            let shared = Arc::new(match services.on_denial {
+                Some(sink) => Proxy::with_denial_sink(rules, Arc::new(SystemResolver), sink),
+                None => Proxy::new(rules, Arc::new(SystemResolver)),
+            });
             proxy_listener = Some(listener);
             for (listener, forward) in forwarded {
                 let target = match forward.to {

@@ -39,6 +39,7 @@ pub fn run(
     mut layers: Layers,
     cgroup: Option<cgroup::RunCgroup>,
     root_locks: &RootLocks,
+    on_denial: Option<palisade_proxy::DenialSink>,
 ) -> Result<Outcome, Error> {
     let started = Instant::now();
     let rlimits = limits::rlimits(&policy.limits);
@@ -189,7 +190,7 @@ pub fn run(
         if proxy.is_none() && exposed.is_none() {
             return Ok(None);
         }
-        let thread = network::NetworkThread::start(network::Services { proxy, exposed }).map_err(|e| Error::setup("start", "palisade's network thread", e))?;
+        let thread = network::NetworkThread::start(network::Services { proxy, exposed, on_denial }).map_err(|e| Error::setup("start", "palisade's network thread", e))?;
         tracing::debug!(proxy = ?thread.address(), "palisade's network thread serves the run");
         Ok(Some(thread))
     });

@@ -26,10 +26,21 @@ pub struct Denial {
     pub reason: String,
 }
 
+/// Called with each denial as the proxy records it, on the thread that serves the
+/// connection; see [`crate::Proxy::with_denial_sink`].
+pub type DenialSink = std::sync::Arc<dyn Fn(&Denial) + Send + Sync>;
+
 /// The denials of one [`crate::Proxy`], shared by its connection tasks.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct DenialLog {
     state: Mutex<LogState>,
+    sink: Option<DenialSink>,
+}
+
+impl std::fmt::Debug for DenialLog {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("DenialLog").field("state", &self.state).field("sink", &self.sink.is_some()).finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -40,8 +51,17 @@ struct LogState {
 }
 
 impl DenialLog {
-    /// Logs `denial` at info level and records it, up to [`MAX_RECORDED_DENIALS`].
+    pub(crate) fn with_sink(sink: Option<DenialSink>) -> DenialLog {
+        DenialLog { state: Mutex::default(), sink }
+    }
+
+    /// Logs `denial` at info level and records it, up to [`MAX_RECORDED_DENIALS`]. The sink
+    /// gets it first, before the client hears of the refusal, so a watcher learns of it no
+    /// later than the command does. The sink also gets the denials past the cap.
     pub(crate) fn record(&self, denial: Denial) {
+        if let Some(sink) = &self.sink {
+            sink(&denial);
+        }
         let mut state = self.lock();
         if state.recorded.len() >= MAX_RECORDED_DENIALS {
             if state.dropped == 0 {
@@ -103,6 +123,17 @@ mod tests {
         let ports: Vec<u16> = log.snapshot().iter().map(|denial| denial.port).collect();
         assert_eq!(ports, [1, 2]);
         assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn sink_sees_every_denial() {
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let copy = std::sync::Arc::clone(&seen);
+        let log = DenialLog::with_sink(Some(std::sync::Arc::new(move |denial: &Denial| copy.lock().unwrap().push(denial.port))));
+        for port in 0..3 {
+            log.record(denial(port));
+        }
+        assert_eq!(*seen.lock().unwrap(), [0, 1, 2]);
     }
 
     #[test]

@@ -86,7 +86,7 @@ mod sni;
 mod socks;
 mod tunnel;
 
-pub use denial::{Denial, MAX_RECORDED_DENIALS};
+pub use denial::{Denial, DenialSink, MAX_RECORDED_DENIALS};
 pub use proxy::{Limits, Proxy};
 pub use resolve::{BoxFuture, Resolve, SystemResolver};
 

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tracing::{Instrument, debug, debug_span, error, warn};
 
-use crate::denial::{Denial, DenialLog};
+use crate::denial::{Denial, DenialLog, DenialSink};
 use crate::resolve::Resolve;
 use crate::tunnel::BufferBudget;
 use crate::{http, socks};
@@ -87,8 +87,18 @@ impl Proxy {
 
     /// Creates a proxy like [`Proxy::new`], under `limits`.
     pub fn with_limits(rules: Rules, resolver: Arc<dyn Resolve>, limits: Limits) -> Proxy {
+        Proxy::build(rules, resolver, limits, None)
+    }
+
+    /// Creates a proxy like [`Proxy::new`] that also passes each denial to `sink` as it
+    /// happens, before the client gets its refusal.
+    pub fn with_denial_sink(rules: Rules, resolver: Arc<dyn Resolve>, sink: DenialSink) -> Proxy {
+        Proxy::build(rules, resolver, Limits::default(), Some(sink))
+    }
+
+    fn build(rules: Rules, resolver: Arc<dyn Resolve>, limits: Limits, sink: Option<DenialSink>) -> Proxy {
         let buffers = BufferBudget::new(limits.max_tunnel_buffers);
-        let shared = Shared { rules, resolver, limits, denials: DenialLog::default(), buffers };
+        let shared = Shared { rules, resolver, limits, denials: DenialLog::with_sink(sink), buffers };
         Proxy { shared: Arc::new(shared) }
     }
 

@@ -42,6 +42,9 @@ pub struct SessionHostArgs {
     /// The inherited descriptor of the session's socket.
     #[arg(long, value_name = "FD")]
     pub socket_fd: i32,
+    /// As for `palisade run`.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +52,10 @@ pub struct SessionHostArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Write each network request the proxy refuses to FILE as one JSON line, as it happens
+    /// (FILE may be a named pipe or /dev/fd/N).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -268,7 +275,10 @@ impl PolicyArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| palisade_linux::run(policy, &args.command, notice);
+    let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| -> anyhow::Result<palisade_linux::Outcome> {
+        let events = args.events.as_deref().map(report::event_sink).transpose()?;
+        Ok(palisade_linux::run(policy, &args.command, notice, events)?)
+    };
     run_and_report(&args.policy, &args.command, launch)
 }
 
@@ -277,9 +287,10 @@ const SESSION_COMMAND: &str = "(palisade mcp session)";
 
 pub fn session_host(args: SessionHostArgs) -> anyhow::Result<u8> {
     let mut socket = Some(palisade_linux::session::adopt_socket(args.socket_fd).context("--socket-fd")?);
-    let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| {
+    let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| -> anyhow::Result<palisade_linux::Outcome> {
+        let events = args.events.as_deref().map(report::event_sink).transpose()?;
         let socket = socket.take().expect("a session starts once");
-        palisade_linux::run_session(policy, socket, notice)
+        Ok(palisade_linux::run_session(policy, socket, notice, events)?)
     };
     run_and_report(&args.policy, &[OsString::from(SESSION_COMMAND)], launch)
 }
@@ -289,7 +300,7 @@ pub fn session_host(args: SessionHostArgs) -> anyhow::Result<u8> {
 fn run_and_report(
     args: &PolicyArgs,
     command: &[OsString],
-    launch: impl FnOnce(&Policy, &mut dyn FnMut(&palisade_linux::Layers)) -> Result<palisade_linux::Outcome, palisade_linux::Error>,
+    launch: impl FnOnce(&Policy, &mut dyn FnMut(&palisade_linux::Layers)) -> anyhow::Result<palisade_linux::Outcome>,
 ) -> anyhow::Result<u8> {
     let result = launch_and_report(args, command, launch);
     if let (Err(error), Some(path)) = (&result, &args.report) {
@@ -303,7 +314,7 @@ fn run_and_report(
 fn launch_and_report(
     args: &PolicyArgs,
     command: &[OsString],
-    launch: impl FnOnce(&Policy, &mut dyn FnMut(&palisade_linux::Layers)) -> Result<palisade_linux::Outcome, palisade_linux::Error>,
+    launch: impl FnOnce(&Policy, &mut dyn FnMut(&palisade_linux::Layers)) -> anyhow::Result<palisade_linux::Outcome>,
 ) -> anyhow::Result<u8> {
     let policy = args.resolve()?;
     let mut notice = |layers: &palisade_linux::Layers| {

@@ -50,6 +50,18 @@ fn milliseconds(duration: Option<std::time::Duration>) -> Value {
 }
 
 /// Builds the report of a run that took place.
+/// Describes one refusal of the proxy, as the report's `denials` and the event stream give it.
+pub fn network_denial(denial: &palisade_linux::NetworkDenial) -> Value {
+    json!({
+        "kind": "network",
+        "destination": denial.destination,
+        "port": denial.port,
+        "protocol": denial.protocol,
+        "rule": denial.rule,
+        "message": denial.reason,
+    })
+}
+
 pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
     let limit = outcome.limits_reached.iter().find(|event| event.ended_run).map(|event| event.limit.name());
     let usage = &outcome.usage;
@@ -66,16 +78,7 @@ pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value 
             })
         })
         .collect();
-    denials.extend(outcome.network.denials.iter().map(|denial| {
-        json!({
-            "kind": "network",
-            "destination": denial.destination,
-            "port": denial.port,
-            "protocol": denial.protocol,
-            "rule": denial.rule,
-            "message": denial.reason,
-        })
-    }));
+    denials.extend(outcome.network.denials.iter().map(network_denial));
     json!({
         "format": FORMAT,
         "palisade_version": env!("CARGO_PKG_VERSION"),
@@ -136,4 +139,41 @@ pub fn write(path: &Path, report: &Value) -> anyhow::Result<()> {
     let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&temporary, text).with_context(|| format!("failed to write the report to {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("failed to write the report to {}", path.display()))
+}
+
+/// Opens `path` for the event stream of `--events` and returns the sink that writes each
+/// refusal of the proxy to it as one JSON line: the report's denial entry with the time
+/// added as `time_unix_ms`.
+///
+/// The proxy's thread writes each line before it answers the client, so a reader sees the
+/// event no later than the command sees its refusal. The stream is opened non-blocking: when
+/// it is a pipe the reader lets fill up, lines are dropped rather than the proxy held up, and
+/// the report still lists every refusal.
+pub fn event_sink(path: &std::path::Path) -> anyhow::Result<palisade_linux::DenialSink> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("failed to open the event stream {}", path.display()))?;
+    let file = std::sync::Mutex::new(file);
+    let dropped = std::sync::atomic::AtomicBool::new(false);
+    Ok(std::sync::Arc::new(move |denial: &palisade_linux::NetworkDenial| {
+        let mut event = network_denial(denial);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        event["time_unix_ms"] = json!(now.as_millis() as u64);
+        let mut line = event.to_string().into_bytes();
+        line.push(b'\n');
+        let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A pipe takes a line of up to PIPE_BUF (4 KiB) whole or not at all. A longer one, which
+        // only a destination of several kilobytes makes, may be cut when the pipe is nearly full.
+        if let Err(error) = std::io::Write::write_all(&mut *file, &line) {
+            if !dropped.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!("failed to write to the event stream, so events are dropped from it; the run report lists every refusal: {error}");
+            }
+        }
+    }))
 }

@@ -16,6 +16,9 @@ use tokio::process::{Child, ChildStdin, Command};
 /// The descriptor a `palisade session-host` child finds its session's socket at.
 pub const SESSION_SOCKET_FD: i32 = 3;
 
+/// The descriptor a `palisade session-host` child writes its event stream to.
+pub const SESSION_EVENTS_FD: i32 = 4;
+
 /// Bytes of stdout and of stderr kept for the result; the rest is counted and dropped.
 pub const OUTPUT_KEPT_BYTES: usize = 64 << 10;
 
@@ -90,11 +93,11 @@ impl Spawner {
 
     /// Starts `palisade session-host` with `args`, in `cwd`, with `socket` as its descriptor 3.
     /// Its stderr is piped, for the reason when it fails.
-    pub fn spawn_session(&self, args: &[OsString], cwd: &Path, socket: &OwnedFd) -> io::Result<Child> {
-        self.spawn(args, cwd, Stdio::null(), Stdio::null(), Some(socket))
+    pub fn spawn_session(&self, args: &[OsString], cwd: &Path, socket: &OwnedFd, events: &OwnedFd) -> io::Result<Child> {
+        self.spawn(args, cwd, Stdio::null(), Stdio::null(), Some((socket, events)))
     }
 
-    fn spawn(&self, args: &[OsString], cwd: &Path, stdin: Stdio, stdout: Stdio, socket: Option<&OwnedFd>) -> io::Result<Child> {
+    fn spawn(&self, args: &[OsString], cwd: &Path, stdin: Stdio, stdout: Stdio, session: Option<(&OwnedFd, &OwnedFd)>) -> io::Result<Child> {
         // `/proc/self/exe` is this very binary even if the file was replaced since, so every
         // run takes the flags the way this server rendered them.
         let mut command = Command::new("/proc/self/exe");
@@ -110,16 +113,18 @@ impl Spawner {
             .env_remove("PALISADE_LOG")
             .kill_on_drop(true);
         let server = self.server;
-        let socket = socket.map(AsRawFd::as_raw_fd);
+        let session = session.map(|(socket, events)| [(socket.as_raw_fd(), SESSION_SOCKET_FD), (events.as_raw_fd(), SESSION_EVENTS_FD)]);
         // SAFETY: the closure runs in the forked child before `execve`. It makes a few system
         // calls through rustix and libc and builds an `io::Error` from an errno. None of these
         // allocates or takes a lock that another thread of the server could hold. `socket`
         // stays open in the parent until `spawn` returns.
         unsafe {
             command.pre_exec(move || {
-                if let Some(socket) = socket {
-                    // Descriptor 3, without close-on-exec; dup2 onto itself would keep the flag.
-                    let rc = if socket == SESSION_SOCKET_FD { libc::fcntl(socket, libc::F_SETFD, 0) } else { libc::dup2(socket, SESSION_SOCKET_FD) };
+                // The session's descriptors go to 3 and 4, without close-on-exec; dup2 onto
+                // itself would keep the flag. Both sources are above 4, so neither overwrites
+                // the other (see `Tools::session_open`).
+                for (source, target) in session.into_iter().flatten() {
+                    let rc = if source == target { libc::fcntl(source, libc::F_SETFD, 0) } else { libc::dup2(source, target) };
                     if rc < 0 {
                         return Err(io::Error::last_os_error());
                     }

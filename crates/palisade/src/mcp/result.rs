@@ -172,7 +172,7 @@ fn status_line(report: &Value) -> String {
 }
 
 /// Maps one entry of the report's `denials` to `{kind, object, rule, message}`.
-fn denial(entry: &Value) -> Value {
+pub fn denial(entry: &Value) -> Value {
     match entry["kind"].as_str() {
         Some("limit") => {
             let limit = entry["limit"].as_str().unwrap_or_default();

@@ -52,6 +52,80 @@ const SHELL_WRAPPER: &str = r#"__palisade_line=$1; shift; eval "$__palisade_line
 /// Variables the shell sets for itself, which are not carried to the next command.
 const SHELL_OWN_VARIABLES: &[&str] = &["PWD", "OLDPWD", "SHLVL", "_"];
 
+/// The descriptors of a new session: the server keeps `socket` and `events_read`, and the
+/// session's palisade gets the other two as its descriptors 3 and 4.
+pub struct Descriptors {
+    pub socket: OwnedFd,
+    pub host_socket: OwnedFd,
+    pub events_read: OwnedFd,
+    pub events_write: OwnedFd,
+}
+
+impl Descriptors {
+    pub fn create() -> io::Result<Descriptors> {
+        let (socket, host_socket) = session::socket_pair()?;
+        let (events_read, events_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+        // The child moves the two to 3 and 4. Copies above 4 make sure that moving one cannot
+        // overwrite the other first.
+        let above = |fd: OwnedFd| -> io::Result<OwnedFd> { Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 5)?) };
+        Ok(Descriptors { socket, host_socket: above(host_socket)?, events_read, events_write: above(events_write)? })
+    }
+}
+
+/// How often the server empties a session's event pipe, so that the session's palisade does
+/// not find it full and drop events.
+const EVENT_READ_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Events kept for the command running; more are counted only. The session's report lists
+/// them all.
+const MAX_KEPT_EVENTS: usize = 1000;
+
+/// The refusals palisade's proxy reported on the session's event pipe, not yet claimed by a
+/// command's result.
+struct Events {
+    /// The read end of the pipe, non-blocking.
+    pipe: OwnedFd,
+    /// Bytes of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    kept: Vec<Value>,
+    not_kept: u64,
+}
+
+impl Events {
+    /// Reads what the pipe holds now, without waiting.
+    fn read(&mut self) {
+        let mut buffer = [0u8; 16 << 10];
+        while let Ok(read @ 1..) = rustix::io::read(&self.pipe, &mut buffer) {
+            self.partial.extend_from_slice(&buffer[..read]);
+        }
+        let Some(end) = self.partial.iter().rposition(|&byte| byte == b'\n') else { return };
+        let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in complete.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            match serde_json::from_slice(line) {
+                Ok(event) if self.kept.len() < MAX_KEPT_EVENTS => self.kept.push(event),
+                Ok(_) => self.not_kept += 1,
+                Err(error) => tracing::warn!("mcp: an event line of a session does not parse: {error}"),
+            }
+        }
+    }
+
+    /// Reads what the pipe holds now, and returns every event since the last call with the
+    /// number past [`MAX_KEPT_EVENTS`].
+    fn take(&mut self) -> (Vec<Value>, u64) {
+        self.read();
+        (std::mem::take(&mut self.kept), std::mem::take(&mut self.not_kept))
+    }
+}
+
+/// Empties the event pipe every [`EVENT_READ_INTERVAL`] until the session is gone.
+async fn read_events(events: std::sync::Weak<Mutex<Events>>) {
+    loop {
+        tokio::time::sleep(EVENT_READ_INTERVAL).await;
+        let Some(events) = events.upgrade() else { return };
+        events.lock().expect("events lock").read();
+    }
+}
+
 /// The state carried from one command of a session to the next.
 struct State {
     cwd: PathBuf,
@@ -70,6 +144,7 @@ pub struct Session {
     state: tokio::sync::Mutex<State>,
     process: tokio::sync::Mutex<Option<Child>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    events: Arc<Mutex<Events>>,
     pub report_path: PathBuf,
 }
 
@@ -106,6 +181,11 @@ pub struct Ended {
     /// The output was still open when reading stopped: a background process holds it.
     pub output_held: bool,
     pub cwd: PathBuf,
+    /// The requests palisade's proxy refused while the command ran, as the run report's
+    /// `denials` entries.
+    pub network_denials: Vec<Value>,
+    /// Refusals past the ones kept in `network_denials`.
+    pub network_denials_not_kept: u64,
 }
 
 /// Why a command got no result.
@@ -121,7 +201,7 @@ impl Session {
     /// Starts a session with `child` (a `palisade session-host` that was given the other end
     /// of `socket`) and waits until it is ready or fails. On failure the error says why,
     /// from palisade's stderr and report.
-    pub async fn start(name: String, mut child: Child, socket: OwnedFd, report_path: PathBuf) -> Result<Session, String> {
+    pub async fn start(name: String, mut child: Child, socket: OwnedFd, events: OwnedFd, report_path: PathBuf) -> Result<Session, String> {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(pipe) = child.stderr.take() {
             tokio::spawn(keep_stderr(pipe, Arc::clone(&stderr)));
@@ -134,10 +214,12 @@ impl Session {
             name,
             socket,
             state: tokio::sync::Mutex::new(State { cwd: PathBuf::new(), env: Vec::new(), next_id: 1, ended: None }),
+            events: Arc::new(Mutex::new(Events { pipe: events, partial: Vec::new(), kept: Vec::new(), not_kept: 0 })),
             process: tokio::sync::Mutex::new(Some(child)),
             stderr,
             report_path,
         };
+        tokio::spawn(read_events(Arc::downgrade(&session.events)));
         let ready = tokio::time::timeout(START_WAIT, session.receive()).await;
         match ready {
             Ok(Ok(Some((Reply::Ready { cwd, env }, _)))) => {
@@ -173,6 +255,9 @@ impl Session {
         if let Some(reason) = &state.ended {
             return Err(ExecError::SessionEnded(reason.clone()));
         }
+        // Refusals from between commands (of background processes) stay in the session's
+        // report; this command's result lists only its own.
+        self.events.lock().expect("events lock").take();
         let id = state.next_id;
         state.next_id += 1;
         let cwd = exec.cwd.clone().unwrap_or_else(|| state.cwd.clone());
@@ -252,6 +337,9 @@ impl Session {
             }
         }
         ended.output_cut_at = output.cut_at();
+        // The proxy writes each event before the client hears of the refusal, so every event
+        // of this command is in the pipe by the time the command has exited.
+        (ended.network_denials, ended.network_denials_not_kept) = self.events.lock().expect("events lock").take();
         if let Some((cwd, env)) = parse_state(&state_bytes) {
             state.cwd = cwd;
             state.env = keep_after(env, &state.env, &exec.env);
@@ -622,6 +710,7 @@ pub fn structured(session: &str, ended: &Ended, timeout: Option<Duration>) -> Va
             "message": format!("the command wrote more than {limit} bytes of output and was killed with its process group"),
         }));
     }
+    denials.extend(ended.network_denials.iter().map(crate::mcp::result::denial));
     json!({
         "session": session,
         "exit_code": ended.code,
@@ -637,6 +726,7 @@ pub fn structured(session: &str, ended: &Ended, timeout: Option<Duration>) -> Va
         "output_held_open": ended.output_held,
         "cwd": ended.cwd,
         "denials": denials,
+        "denials_not_listed": ended.network_denials_not_kept,
     })
 }
 

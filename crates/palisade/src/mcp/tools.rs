@@ -10,7 +10,7 @@ use palisade_policy::{NetworkMode, Profile};
 use serde_json::{json, Map, Value};
 
 use crate::mcp::ceiling::{format_duration, Ceiling, Refusal, TimeoutRequest};
-use crate::mcp::child::{Spawner, OUTPUT_KEPT_BYTES, SESSION_SOCKET_FD};
+use crate::mcp::child::{Spawner, OUTPUT_KEPT_BYTES, SESSION_EVENTS_FD, SESSION_SOCKET_FD};
 use crate::mcp::sessions::{self, ExecError, Session, Sessions, MAX_SESSIONS};
 use crate::mcp::jsonrpc::RpcError;
 use crate::mcp::result;
@@ -280,9 +280,9 @@ directory after the command.",
             let message = format!("{MAX_SESSIONS} sessions are open already ({open}); close one with session_close first");
             return Some(result::tool_result(message.clone(), json!({ "error": "too_many_sessions", "open": self.sessions.names(), "message": message }), true));
         };
-        let (socket, host_socket) = match palisade_linux::session::socket_pair() {
-            Ok(pair) => pair,
-            Err(error) => return Some(result::failure(format!("failed to create the session's socket: {error}"))),
+        let descriptors = match sessions::Descriptors::create() {
+            Ok(descriptors) => descriptors,
+            Err(error) => return Some(result::failure(format!("failed to create the session's socket and event pipe: {error}"))),
         };
         let report_path = self.scratch.report_path();
         let mut args: Vec<OsString> = vec!["session-host".into()];
@@ -294,13 +294,14 @@ directory after the command.",
         }
         args.extend(["--report".into(), report_path.clone().into_os_string()]);
         args.extend(["--socket-fd".into(), SESSION_SOCKET_FD.to_string().into()]);
-        let child = match self.spawner.spawn_session(&args, &cwd, &host_socket) {
+        args.extend(["--events".into(), format!("/dev/fd/{SESSION_EVENTS_FD}").into()]);
+        let child = match self.spawner.spawn_session(&args, &cwd, &descriptors.host_socket, &descriptors.events_write) {
             Ok(child) => child,
             Err(error) => return Some(result::failure(format!("failed to start palisade for a session: {error}"))),
         };
-        drop(host_socket);
+        let sessions::Descriptors { socket, events_read, .. } = descriptors;
         let started = tokio::select! {
-            started = Session::start(name.clone(), child, socket, report_path.clone()) => started,
+            started = Session::start(name.clone(), child, socket, events_read, report_path.clone()) => started,
             () = cancelled => return None,
         };
         let session = match started {

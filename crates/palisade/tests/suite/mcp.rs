@@ -407,6 +407,20 @@ both_identities!(network_refusal_listed_in_denials, |f: &Fixture| {
     assert!(denial["message"].as_str().unwrap().contains("not on the allowlist"), "{denial:#}");
     let text = result["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("--- denials ---\nnetwork: blocked.invalid:80 is not on the allowlist"), "{text}");
+
+    // In a session, each command's result lists the refusals made while it ran, and no others;
+    // the session's report at close lists them all.
+    let session = client.open_session(json!({}));
+    let curl = "curl -s -o /dev/null -w 'code %{http_code}\\n'";
+    let first = client.exec(&session, json!(format!("{curl} http://first.invalid/; {curl} https://second.invalid/")), json!({}));
+    assert_eq!(first["stdout"], "code 403\ncode 000\n", "{first:#}");
+    let objects: Vec<&str> = first["denials"].as_array().unwrap().iter().map(|denial| denial["object"].as_str().unwrap()).collect();
+    assert_eq!(objects, ["first.invalid:80", "second.invalid:443"], "{first:#}");
+    let quiet = client.exec(&session, json!("echo no network"), json!({}));
+    assert_eq!(quiet["denials"], json!([]), "{quiet:#}");
+    let closed = client.call("session_close", json!({ "session": session }));
+    let listed: Vec<&str> = closed["structuredContent"]["denials"].as_array().unwrap().iter().map(|denial| denial["object"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["first.invalid:80", "second.invalid:443"], "{closed:#}");
 });
 
 both_identities!(protocol_errors_keep_serving, |f: &Fixture| {
@@ -770,4 +784,12 @@ both_identities!(session_errors_keep_serving, |f: &Fixture| {
     client.assert_serving();
     let fine = client.exec(&session, json!("echo fine"), json!({}));
     assert_output(&fine, "fine\n");
+
+    // The host (pid 2, under init) is a copy of palisade and holds the server's whole
+    // environment in memory; its /proc files stay closed to the commands it runs.
+    let probe = "tr '\\0' ' ' < /proc/2/cmdline; echo; for file in /proc/1/environ /proc/2/environ /proc/2/mem /proc/2/maps; do head -c 1 $file >/dev/null 2>&1 && echo readable: $file; done; true";
+    let host = client.exec(&session, json!(probe), json!({}));
+    let stdout = host["stdout"].as_str().unwrap();
+    assert!(stdout.contains("session-host"), "pid 2 is not the session's host: {host:#}");
+    assert!(!stdout.contains("readable"), "a command read the host's private /proc files: {host:#}");
 });

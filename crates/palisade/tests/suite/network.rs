@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::both_identities;
-use crate::suite::harness::{CANARY, Fixture};
+use crate::suite::harness::{palisade_binary, skip, CANARY, Fixture};
 use crate::suite::netlab::{
     ALLOWED_ADDRESS, BLOCKED_ADDRESS, HOST_LOOPBACK_PORT, HTTP_PORT, Lab, LabRun, PRIVATE_ADDRESS, PYTHON, TLS_PORT,
     UDP_PORT, allow_upstream,
@@ -1039,4 +1039,43 @@ both_identities!(pip_download_through_proxy, |f: &Fixture| {
     assert!(refused.lines_starting("file ").is_empty(), "pip downloaded from a refused host\n{}", refused.describe());
     refused.assert_nothing_reached();
     assert!(!refused.network_denials().is_empty(), "{:#}", refused.report());
+});
+
+// PR-22 (refusals invisible until after the run): with --events, each refusal of the proxy
+// reaches the host as a JSON line while the command still runs. The command waits for the test
+// to acknowledge the event before it exits, so a stream written only at the end fails here.
+both_identities!(refusals_stream_as_events, |f: &Fixture| {
+    if !Path::new("/usr/bin/curl").exists() {
+        return skip(&f.name, "needs /usr/bin/curl");
+    }
+    let events = f.root.join("events.jsonl");
+    let script = "curl -s -o /dev/null -w 'code %{http_code}\\n' http://blocked.invalid/; \
+        for i in $(seq 100); do [ -e acknowledged ] && break; sleep 0.1; done; [ -e acknowledged ] && echo acknowledged";
+    let mut command = f.as_owner(palisade_binary().to_str().unwrap());
+    command.args(["run", "--allow-domain", "127.0.0.1:9", "--events"]).arg(&events).args(["--timeout", "30s", "--", "sh", "-c", script]);
+    command.current_dir(&f.ws).env("HOME", &f.home).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+    let child = command.spawn().expect("failed to start palisade");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break line.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no event within 10 s of the start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::fs::write(f.ws.join("acknowledged"), "").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout, "code 403\nacknowledged\n", "the command did not see the acknowledgement");
+
+    let event: Value = serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"));
+    assert_eq!(event["kind"], "network", "{event:#}");
+    assert_eq!(event["destination"], "blocked.invalid", "{event:#}");
+    assert_eq!(event["port"], 80, "{event:#}");
+    assert_eq!(event["protocol"], "http", "{event:#}");
+    assert!(event["message"].as_str().unwrap().contains("not on the allowlist"), "{event:#}");
+    assert!(event["time_unix_ms"].as_u64().is_some(), "{event:#}");
+    assert_eq!(std::fs::read_to_string(&events).unwrap().lines().count(), 1, "one refusal, one event");
 });
