@@ -234,6 +234,12 @@ pub(crate) enum Workload<'a> {
     Session(OwnedFd),
 }
 
+/// What one run does, and who hears of its refusals as they happen.
+pub(crate) struct Job<'a> {
+    pub(crate) workload: Workload<'a>,
+    pub(crate) on_denial: Option<DenialSink>,
+}
+
 /// Runs `argv` under `policy` and waits for it to finish. `on_start` is called once with the
 /// layers that will protect the run, before the command starts, so a caller can tell the user
 /// about a degraded run first.
@@ -362,7 +368,7 @@ fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Lay
         }
     }
     on_start(&layers);
-    supervisor::run(policy, &plan, identity, workload, layers, cgroup, &root_locks, on_denial)
+    supervisor::run(policy, &plan, identity, Job { workload, on_denial }, layers, cgroup, &root_locks)
 }
 
 /// Gives the sandbox's uid an account in the sandbox's `/etc/passwd` and `/etc/group`, so

@@ -19,7 +19,7 @@ use crate::output;
 use crate::plan::MountPlan;
 use crate::scrub;
 use crate::userns;
-use crate::{landlock, seccomp, sys, Error, Exit, Identity, Layers, Outcome, Workload};
+use crate::{landlock, seccomp, sys, Error, Exit, Identity, Job, Layers, Outcome};
 
 /// Signals the supervisor handles instead of dying from them.
 const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGWINCH];
@@ -30,17 +30,17 @@ const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// sent to it, before every process of the run is killed.
 const TERMINATION_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs `argv` in a new sandbox and waits for it.
+/// Runs `job` in a new sandbox and waits for it.
 pub fn run(
     policy: &Policy,
     plan: &MountPlan,
     identity: Identity,
-    workload: Workload<'_>,
+    job: Job<'_>,
     mut layers: Layers,
     cgroup: Option<cgroup::RunCgroup>,
     root_locks: &RootLocks,
-    on_denial: Option<palisade_proxy::DenialSink>,
 ) -> Result<Outcome, Error> {
+    let Job { workload, on_denial } = job;
     let started = Instant::now();
     let rlimits = limits::rlimits(&policy.limits);
     layers.rlimits = rlimits.iter().map(limits::Rlimit::describe).collect();
