@@ -77,7 +77,7 @@ pub enum Reply {
     /// The command `id` was killed by `signal`.
     Signaled { id: u64, signal: i32 },
     /// The command `id` could not be started: `code` is 126 or 127 as a shell gives, and
-    /// `reason` says why. An [`Reply::Exited`] with the same code follows.
+    /// `reason` is the cause. An [`Reply::Exited`] with the same code follows.
     Failed { id: u64, code: i32, reason: String },
 }
 
@@ -394,8 +394,8 @@ pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
                     crate::init::forward(pid, signal);
                 }
             }
-            // A message that does not parse came from a broken client; there is nothing to
-            // answer it with, since its id is unknown.
+            // A message that does not parse came from a broken client. Its id is unknown, so no
+            // reply can name it.
             None => {}
         }
     }
@@ -404,9 +404,8 @@ pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
 /// Exit status of the host when its socket or signal handling fails.
 const SESSION_FAILED: i32 = 125;
 
-/// The session's socket came non-blocking or blocking depending on the client; the host
-/// waits with `poll` and reads with `DONTWAIT`, so either works. Sends must not fail with
-/// `WouldBlock` though, so the descriptor itself is made blocking.
+/// Makes the session's socket blocking, whatever the client left it, so that a send never
+/// fails with `WouldBlock`. The host waits with `poll` and reads with `DONTWAIT` either way.
 fn set_blocking(socket: BorrowedFd<'_>) {
     if let Ok(flags) = rustix::fs::fcntl_getfl(socket) {
         let _ = rustix::fs::fcntl_setfl(socket, flags - rustix::fs::OFlags::NONBLOCK);
@@ -522,7 +521,7 @@ mod tests {
         let mut padded = bytes.clone();
         padded.push(0);
         assert_eq!(Request::decode(&padded), None);
-        // A count far beyond what the message holds is refused before any allocation.
+        // A count far beyond what the message contains is refused before any allocation.
         let mut huge = Writer::new(KIND_EXEC, 1);
         huge.bytes(b"/");
         huge.number(0);

@@ -34,7 +34,7 @@ pub const MAX_SESSIONS: usize = 16;
 const START_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a command's output is still read after it exited. A background process that kept
-/// stdout or stderr open holds the pipe; the result then has what arrived by this deadline.
+/// stdout or stderr open keeps the pipe from closing; the result then has what arrived by this deadline.
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
 /// How long a session may take to end once its socket is closed, before its palisade process
@@ -92,7 +92,7 @@ struct Events {
 }
 
 impl Events {
-    /// Reads what the pipe holds now, without waiting.
+    /// Reads what is in the pipe now, without waiting.
     fn read(&mut self) {
         let mut buffer = [0u8; 16 << 10];
         while let Ok(read @ 1..) = rustix::io::read(&self.pipe, &mut buffer) {
@@ -109,7 +109,7 @@ impl Events {
         }
     }
 
-    /// Reads what the pipe holds now, and returns every event since the last call with the
+    /// Reads what is in the pipe now, and returns every event since the last call with the
     /// number past [`MAX_KEPT_EVENTS`].
     fn take(&mut self) -> (Vec<Value>, u64) {
         self.read();
@@ -148,7 +148,7 @@ pub struct Session {
     pub report_path: PathBuf,
 }
 
-/// What one command of a session asks for, checked against the ceiling already.
+/// The request of one command of a session, checked against the ceiling already.
 pub struct Exec {
     pub command: Command,
     /// `None` continues in the session's current directory.
@@ -167,14 +167,14 @@ pub enum Command {
     Argv(Vec<OsString>),
 }
 
-/// How one command ended.
+/// The end of one command: its status, its output and the session's state after it.
 #[derive(Debug, Default)]
 pub struct Ended {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
     pub output_cut_at: Option<u64>,
-    /// Why the command could not be started (exit code 126 or 127).
+    /// The reason the command could not start (exit code 126 or 127).
     pub exec_error: Option<String>,
     pub stdout: Captured,
     pub stderr: Captured,
@@ -188,7 +188,7 @@ pub struct Ended {
     pub network_denials_not_kept: u64,
 }
 
-/// Why a command got no result.
+/// The reasons a command gets no result.
 pub enum ExecError {
     /// The session is gone; the reason, with the session's report when it wrote one.
     SessionEnded(String),
@@ -429,7 +429,7 @@ impl Session {
     }
 
     /// Ends the session: closes its socket, which ends the host and every process of the
-    /// session, and waits for palisade to exit. Returns `reason` with what palisade said on
+    /// session, and waits for palisade to exit. Returns `reason` with what palisade wrote on
     /// stderr, if anything.
     pub async fn end(&self, reason: &str) -> String {
         let _ = rustix::net::shutdown(self.socket.get_ref(), rustix::net::Shutdown::Both);
@@ -437,8 +437,8 @@ impl Session {
         if let Some(mut child) = process.take() {
             wait_or_kill(&mut child).await;
         }
-        let said = String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).trim().to_owned();
-        let message = if said.is_empty() { reason.to_owned() } else { format!("{reason}; palisade said: {said}") };
+        let written = String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).trim().to_owned();
+        let message = if written.is_empty() { reason.to_owned() } else { format!("{reason}; palisade's stderr: {written}") };
         let mut state = self.state.try_lock();
         if let Ok(state) = state.as_deref_mut() {
             state.ended.get_or_insert_with(|| message.clone());
@@ -690,7 +690,7 @@ pub fn status_text(ended: &Ended) -> String {
     }
 }
 
-/// The structured part of a `session_exec` result.
+/// Builds the `structuredContent` of a `session_exec` result.
 pub fn structured(session: &str, ended: &Ended, timeout: Option<Duration>) -> Value {
     let mut denials = Vec::new();
     if ended.timed_out {
