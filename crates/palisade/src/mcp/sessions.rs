@@ -199,8 +199,8 @@ pub enum ExecError {
 
 impl Session {
     /// Starts a session with `child` (a `palisade session-host` that was given the other end
-    /// of `socket`) and waits until it is ready or fails. On failure the error says why,
-    /// from palisade's stderr and report.
+    /// of `socket`) and waits until it is ready or fails. On failure the error gives the
+    /// reason, with palisade's stderr.
     pub async fn start(name: String, mut child: Child, socket: OwnedFd, events: OwnedFd, report_path: PathBuf) -> Result<Session, String> {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(pipe) = child.stderr.take() {
