@@ -34,8 +34,8 @@ use crate::sys;
 /// `execve` refuses a single argument over 128 KiB anyway.
 pub const MAX_MESSAGE_BYTES: usize = 160 << 10;
 
-/// The descriptors an [`ExecRequest`] carries: stdin, stdout and stderr, then the state pipe
-/// when [`ExecRequest::state_fd`] is set.
+/// The descriptors an [`ExecRequest`] carries: stdin, stdout and stderr (unless it asks for a
+/// terminal), then the state pipe when [`ExecRequest::state_fd`] is set.
 const STREAMS: usize = 3;
 
 const KIND_EXEC: u8 = b'x';
@@ -44,6 +44,7 @@ const KIND_READY: u8 = b'r';
 const KIND_EXITED: u8 = b'e';
 const KIND_SIGNALED: u8 = b'k';
 const KIND_FAILED: u8 = b'f';
+const KIND_STARTED: u8 = b't';
 
 /// A request to run one command in the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +55,12 @@ pub struct ExecRequest {
     pub argv: Vec<OsString>,
     /// The whole environment, as `NAME=VALUE` entries.
     pub env: Vec<OsString>,
-    /// The request carries a fourth descriptor, which the command gets as descriptor 3.
+    /// The request carries a descriptor for the state, which the command gets as descriptor 3.
     pub state_fd: bool,
+    /// Run the command on a new pseudo-terminal of this many rows and columns instead of the
+    /// request's streams, which it then does not carry. The host sends the terminal's master
+    /// side with [`Reply::Started`].
+    pub terminal: Option<(u16, u16)>,
 }
 
 /// A message from the client to the host.
@@ -72,6 +77,8 @@ pub enum Reply {
     /// The host is confined and waiting. `env` is the environment a command gets under the
     /// policy, proxy variables included.
     Ready { cwd: PathBuf, env: Vec<OsString> },
+    /// The command `id` runs on a terminal, whose master side comes with this message.
+    Started { id: u64 },
     /// The command `id` exited with `code`.
     Exited { id: u64, code: i32 },
     /// The command `id` was killed by `signal`.
@@ -88,6 +95,8 @@ impl Request {
                 let mut writer = Writer::new(KIND_EXEC, exec.id);
                 writer.bytes(exec.cwd.as_os_str().as_bytes());
                 writer.number(u64::from(exec.state_fd));
+                let (rows, columns) = exec.terminal.unwrap_or((0, 0));
+                writer.number(u64::from(exec.terminal.is_some()) << 32 | u64::from(rows) << 16 | u64::from(columns));
                 writer.list(&exec.argv);
                 writer.list(&exec.env);
                 writer.finish()
@@ -106,12 +115,14 @@ impl Request {
             KIND_EXEC => {
                 let cwd = PathBuf::from(OsString::from_vec(reader.bytes()?.to_vec()));
                 let state_fd = reader.number()? != 0;
+                let terminal = reader.number()?;
+                let terminal = (terminal >> 32 != 0).then_some(((terminal >> 16) as u16, terminal as u16));
                 let argv = reader.list()?;
                 let env = reader.list()?;
                 if argv.is_empty() {
                     return None;
                 }
-                Request::Exec(ExecRequest { id, cwd, argv, env, state_fd })
+                Request::Exec(ExecRequest { id, cwd, argv, env, state_fd, terminal })
             }
             KIND_SIGNAL => Request::Signal { id, signal: i32::try_from(reader.number()?).ok()? },
             _ => return None,
@@ -129,6 +140,7 @@ impl Reply {
                 writer.list(env);
                 writer.finish()
             }
+            Reply::Started { id } => Writer::new(KIND_STARTED, *id).finish(),
             Reply::Exited { id, code } => {
                 let mut writer = Writer::new(KIND_EXITED, *id);
                 writer.number(*code as u32 as u64);
@@ -156,6 +168,7 @@ impl Reply {
                 let cwd = PathBuf::from(OsString::from_vec(reader.bytes()?.to_vec()));
                 Reply::Ready { cwd, env: reader.list()? }
             }
+            KIND_STARTED => Reply::Started { id },
             KIND_EXITED => Reply::Exited { id, code: small(reader.number()?)? },
             KIND_SIGNALED => Reply::Signaled { id, signal: small(reader.number()?)? },
             KIND_FAILED => {
@@ -371,22 +384,41 @@ pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
         };
         match Request::decode(&message) {
             Some(Request::Exec(request)) => {
-                let wanted = STREAMS + usize::from(request.state_fd);
-                if received.len() != wanted {
-                    let reason = format!("the request carried {} descriptors instead of {wanted}", received.len());
+                let failed = |reason: String| {
                     let _ = send(socket.as_fd(), &Reply::Failed { id: request.id, code: 126, reason }.encode(), &[]);
                     let _ = send(socket.as_fd(), &Reply::Exited { id: request.id, code: 126 }.encode(), &[]);
+                };
+                let wanted = if request.terminal.is_some() { 0 } else { STREAMS } + usize::from(request.state_fd);
+                if received.len() != wanted {
+                    failed(format!("the request carried {} descriptors instead of {wanted}", received.len()));
                     continue;
                 }
-                match start(socket.as_fd(), &request, &received) {
+                let mut received = received.into_iter();
+                let stdio = match request.terminal {
+                    Some(size) => match open_terminal(size) {
+                        Ok((master, slave)) => {
+                            if let Err(error) = send(socket.as_fd(), &Reply::Started { id: request.id }.encode(), &[master.as_fd()]) {
+                                failed(format!("failed to pass the terminal on: {error}"));
+                                continue;
+                            }
+                            // The host keeps no copy of the master, so the client reads
+                            // end-of-file once the command's side closes.
+                            drop(master);
+                            Stdio::Terminal(slave)
+                        }
+                        Err(error) => {
+                            failed(format!("failed to create a pseudo-terminal inside the sandbox: {error}"));
+                            continue;
+                        }
+                    },
+                    None => Stdio::Pipes(received.by_ref().take(STREAMS).collect()),
+                };
+                let state = received.next();
+                match start(socket.as_fd(), &request, &stdio, state.as_ref()) {
                     Ok(pid) => {
                         running.insert(pid, request.id);
                     }
-                    Err(error) => {
-                        let reason = format!("failed to fork the command: {error}");
-                        let _ = send(socket.as_fd(), &Reply::Failed { id: request.id, code: 126, reason }.encode(), &[]);
-                        let _ = send(socket.as_fd(), &Reply::Exited { id: request.id, code: 126 }.encode(), &[]);
-                    }
+                    Err(error) => failed(format!("failed to fork the command: {error}")),
                 }
             }
             Some(Request::Signal { id, signal }) => {
@@ -431,9 +463,31 @@ fn reap(socket: BorrowedFd<'_>, running: &mut HashMap<libc::pid_t, u64>) {
     }
 }
 
-/// Forks the child that becomes the command of `request`, with `streams` as its descriptors
-/// 0, 1, 2 and, when present, 3. Returns the child's pid.
-fn start(socket: BorrowedFd<'_>, request: &ExecRequest, streams: &[OwnedFd]) -> io::Result<libc::pid_t> {
+/// The standard streams of one command.
+enum Stdio {
+    /// stdin, stdout and stderr, as the client sent them.
+    Pipes(Vec<OwnedFd>),
+    /// The slave side of a pseudo-terminal, for all three and as the controlling terminal.
+    Terminal(OwnedFd),
+}
+
+/// Creates a pseudo-terminal in the sandbox's own `/dev/pts`, of `rows` and `columns`.
+/// Returns the master and the slave side. The host runs as the command's uid, so the slave
+/// belongs to the command, which can reopen it by its name.
+fn open_terminal((rows, columns): (u16, u16)) -> io::Result<(OwnedFd, OwnedFd)> {
+    let flags = rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY | rustix::pty::OpenptFlags::CLOEXEC;
+    let master = rustix::pty::openpt(flags)?;
+    rustix::pty::unlockpt(&master)?;
+    // TIOCGPTPEER opens the slave through the master, with no lookup by name.
+    let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags)?;
+    let size = rustix::termios::Winsize { ws_row: rows, ws_col: columns, ws_xpixel: 0, ws_ypixel: 0 };
+    rustix::termios::tcsetwinsize(&master, size)?;
+    Ok((master, slave))
+}
+
+/// Forks the child that becomes the command of `request`, with `stdio` as its descriptors 0,
+/// 1 and 2 and `state`, when present, as 3. Returns the child's pid.
+fn start(socket: BorrowedFd<'_>, request: &ExecRequest, stdio: &Stdio, state: Option<&OwnedFd>) -> io::Result<libc::pid_t> {
     // SAFETY of forking here: the host is single-threaded, a fork of single-threaded init.
     match sys::clone_fork(0)? {
         0 => {
@@ -449,10 +503,33 @@ fn start(socket: BorrowedFd<'_>, request: &ExecRequest, streams: &[OwnedFd]) -> 
             if let Err(error) = rustix::process::setsid() {
                 fail(126, format!("failed to start a new session: {error}"));
             }
-            for (target, stream) in streams.iter().enumerate() {
-                if let Err(error) = place(stream.as_raw_fd(), target as RawFd) {
+            let streams: Vec<RawFd> = match stdio {
+                Stdio::Pipes(pipes) => pipes.iter().map(AsRawFd::as_raw_fd).collect(),
+                Stdio::Terminal(slave) => {
+                    // The new session has no controlling terminal yet, so this one becomes it,
+                    // with the command's process group in the foreground.
+                    if let Err(error) = rustix::process::ioctl_tiocsctty(slave) {
+                        fail(126, format!("failed to make the pseudo-terminal the controlling terminal: {error}"));
+                    }
+                    vec![slave.as_raw_fd(); STREAMS]
+                }
+            };
+            // The state pipe first goes above the standard slots, so that placing the streams
+            // cannot overwrite it.
+            let state = state.map(|state| rustix::io::fcntl_dupfd_cloexec(state, STREAMS as RawFd + 1));
+            for (target, stream) in streams.into_iter().enumerate() {
+                if let Err(error) = place(stream, target as RawFd) {
                     fail(126, format!("failed to attach descriptor {target}: {error}"));
                 }
+            }
+            match state {
+                Some(Ok(state)) => {
+                    if let Err(error) = place(state.as_raw_fd(), STREAMS as RawFd) {
+                        fail(126, format!("failed to attach descriptor 3: {error}"));
+                    }
+                }
+                Some(Err(error)) => fail(126, format!("failed to copy the state descriptor: {error}")),
+                None => {}
             }
             if let Err(error) = rustix::process::chdir(&request.cwd) {
                 fail(126, format!("cannot enter the working directory {}: {error}", request.cwd.display()));
@@ -494,6 +571,7 @@ mod tests {
                 argv: vec!["/bin/sh".into(), "-c".into(), "echo 'a\nb'".into()],
                 env: vec!["PATH=/usr/bin".into(), "EMPTY=".into()],
                 state_fd: true,
+                terminal: Some((40, 132)),
             }),
             Request::Signal { id: u64::MAX, signal: 9 },
         ];
@@ -502,6 +580,7 @@ mod tests {
         }
         let replies = [
             Reply::Ready { cwd: "/ws".into(), env: vec!["A=1".into()] },
+            Reply::Started { id: 4 },
             Reply::Exited { id: 1, code: 255 },
             Reply::Signaled { id: 2, signal: 15 },
             Reply::Failed { id: 3, code: 127, reason: "x: not found".into() },
@@ -513,7 +592,7 @@ mod tests {
 
     #[test]
     fn truncated_or_padded_messages_are_refused() {
-        let request = Request::Exec(ExecRequest { id: 1, cwd: "/".into(), argv: vec!["true".into()], env: vec![], state_fd: false });
+        let request = Request::Exec(ExecRequest { id: 1, cwd: "/".into(), argv: vec!["true".into()], env: vec![], state_fd: false, terminal: None });
         let bytes = request.encode();
         for length in 0..bytes.len() {
             assert_eq!(Request::decode(&bytes[..length]), None, "prefix of {length} bytes");
@@ -531,7 +610,7 @@ mod tests {
 
     #[test]
     fn empty_argv_is_refused() {
-        let request = Request::Exec(ExecRequest { id: 1, cwd: "/".into(), argv: vec![], env: vec![], state_fd: false });
+        let request = Request::Exec(ExecRequest { id: 1, cwd: "/".into(), argv: vec![], env: vec![], state_fd: false, terminal: None });
         assert_eq!(Request::decode(&request.encode()), None);
     }
 }

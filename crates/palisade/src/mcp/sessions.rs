@@ -157,6 +157,8 @@ pub struct Exec {
     pub stdin: Option<Vec<u8>>,
     pub env: Vec<(String, String)>,
     pub max_output: Option<u64>,
+    /// Rows and columns of a pseudo-terminal for the command, instead of pipes.
+    pub terminal: Option<(u16, u16)>,
 }
 
 pub enum Command {
@@ -269,29 +271,54 @@ impl Session {
             ),
             Command::Argv(argv) => (argv.clone(), false),
         };
-        let request = Request::Exec(ExecRequest { id, cwd: cwd.clone(), argv, env, state_fd: wants_state }).encode();
+        let request = Request::Exec(ExecRequest { id, cwd: cwd.clone(), argv, env, state_fd: wants_state, terminal: exec.terminal }).encode();
         if request.len() > session::MAX_MESSAGE_BYTES {
             return Err(ExecError::TooLarge(request.len()));
         }
 
         let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|error| ExecError::Io(error.into()));
-        let (stdin_read, stdin_write) = pipe()?;
-        let (stdout_read, stdout_write) = pipe()?;
-        let (stderr_read, stderr_write) = pipe()?;
         let state_pipe = if wants_state { Some(pipe()?) } else { None };
-        let mut streams = vec![stdin_read.as_fd(), stdout_write.as_fd(), stderr_write.as_fd()];
-        if let Some((_, write)) = &state_pipe {
-            streams.push(write.as_fd());
-        }
-        self.send(&request, &streams).await.map_err(|error| self.lost(error))?;
-        drop(streams);
-        drop((stdin_read, stdout_write, stderr_write));
-        let state_read = state_pipe.map(|(read, _write)| read);
-
         let receiver = |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd).map_err(ExecError::Io);
-        let (stdout, stderr) = (receiver(stdout_read)?, receiver(stderr_read)?);
-        let state_receiver = state_read.map(receiver).transpose()?;
-        let stdin = pipe::Sender::from_owned_fd(stdin_write).map_err(ExecError::Io)?;
+        let mut early_error = None;
+        let streams = if exec.terminal.is_some() {
+            let fds: Vec<_> = state_pipe.iter().map(|(_, write)| write.as_fd()).collect();
+            self.send(&request, &fds).await.map_err(|error| self.lost(error))?;
+            // The host sends the terminal's master side before it starts the command, or says
+            // why it could not create the terminal; the exit follows either way.
+            let master = loop {
+                match self.receive().await.map_err(|error| self.lost(error))? {
+                    Some((Reply::Started { id: started }, mut fds)) if started == id => break fds.pop(),
+                    Some((Reply::Failed { id: failed, reason, .. }, _)) if failed == id => {
+                        early_error = Some(reason);
+                        break None;
+                    }
+                    Some(_) => {}
+                    None => {
+                        drop(state);
+                        return Err(ExecError::SessionEnded(self.end("the session ended while the command started").await));
+                    }
+                }
+            };
+            let master = master.map(terminal_master).transpose().map_err(ExecError::Io)?;
+            Streams::Terminal(master)
+        } else {
+            let (stdin_read, stdin_write) = pipe()?;
+            let (stdout_read, stdout_write) = pipe()?;
+            let (stderr_read, stderr_write) = pipe()?;
+            let mut fds = vec![stdin_read.as_fd(), stdout_write.as_fd(), stderr_write.as_fd()];
+            if let Some((_, write)) = &state_pipe {
+                fds.push(write.as_fd());
+            }
+            self.send(&request, &fds).await.map_err(|error| self.lost(error))?;
+            drop(fds);
+            drop((stdin_read, stdout_write, stderr_write));
+            Streams::Pipes {
+                stdin: pipe::Sender::from_owned_fd(stdin_write).map_err(ExecError::Io)?,
+                stdout: receiver(stdout_read)?,
+                stderr: receiver(stderr_read)?,
+            }
+        };
+        let state_receiver = state_pipe.map(|(read, _write)| receiver(read)).transpose()?;
 
         let output = OutputCounter::new(exec.max_output);
         let mut ended = Ended { cwd: cwd.clone(), ..Ended::default() };
@@ -299,12 +326,25 @@ impl Session {
         let mut state_bytes = Vec::new();
         let finished = {
             let reading = async {
-                tokio::join!(
-                    feed(stdin, exec.stdin.as_deref()),
-                    capture(stdout, &mut stdout_captured, &output),
-                    capture(stderr, &mut stderr_captured, &output),
-                    read_all(state_receiver, &mut state_bytes),
-                );
+                match streams {
+                    Streams::Pipes { stdin, stdout, stderr } => {
+                        tokio::join!(
+                            feed(stdin, exec.stdin.as_deref()),
+                            capture(stdout, &mut stdout_captured, &output),
+                            capture(stderr, &mut stderr_captured, &output),
+                            read_all(state_receiver, &mut state_bytes),
+                        );
+                    }
+                    Streams::Terminal(master) => {
+                        if let Some(master) = &master {
+                            tokio::join!(
+                                feed_terminal(master, exec.stdin.as_deref()),
+                                capture_terminal(master, &mut stdout_captured, &output),
+                                read_all(state_receiver, &mut state_bytes),
+                            );
+                        }
+                    }
+                }
             };
             tokio::pin!(reading);
             let mut read_all_output = false;
@@ -333,7 +373,7 @@ impl Session {
                 ended.code = code;
                 ended.signal = signal;
                 ended.timed_out = timed_out;
-                ended.exec_error = exec_error;
+                ended.exec_error = exec_error.or(early_error);
             }
         }
         ended.output_cut_at = output.cut_at();
@@ -452,6 +492,62 @@ impl Session {
         state.ended.get_or_insert_with(|| "the session was closed".to_owned());
         drop(state);
         self.end("the session was closed").await
+    }
+}
+
+/// Where a command's standard streams go.
+enum Streams {
+    Pipes { stdin: pipe::Sender, stdout: pipe::Receiver, stderr: pipe::Receiver },
+    /// The master side of the command's pseudo-terminal, or `None` when the host could not
+    /// create it.
+    Terminal(Option<AsyncFd<OwnedFd>>),
+}
+
+/// Watches the master side of a command's pseudo-terminal.
+fn terminal_master(master: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    rustix::io::ioctl_fionbio(&master, true)?;
+    // SAFETY: the `OwnedFd` owns the open descriptor, and the `AsyncFd` takes that ownership.
+    unsafe { AsyncFd::register(master) }.map_err(io::Error::from)
+}
+
+/// Types `data` into the terminal, then the end-of-file character, so a program that reads
+/// its input to the end finishes. A last line without a newline gets the character twice: the
+/// first passes the line on, the second is the end of the input.
+async fn feed_terminal(master: &AsyncFd<OwnedFd>, data: Option<&[u8]>) {
+    const END_OF_FILE: u8 = 0x04;
+    let mut input = data.unwrap_or_default().to_vec();
+    if !input.is_empty() && !input.ends_with(b"\n") {
+        input.push(END_OF_FILE);
+    }
+    input.push(END_OF_FILE);
+    let mut written = 0;
+    while written < input.len() {
+        let Ok(mut guard) = master.writable().await else { return };
+        match guard.try_io(|master| rustix::io::write(master.get_ref(), &input[written..]).map_err(io::Error::from)) {
+            Ok(Ok(count)) => written += count,
+            Ok(Err(_)) => return,
+            Err(_would_block) => {}
+        }
+    }
+}
+
+/// Reads the terminal's output into `captured` until the command's side is closed (the
+/// master then reads EIO) or the output limit is passed.
+async fn capture_terminal(master: &AsyncFd<OwnedFd>, captured: &mut Captured, output: &OutputCounter) {
+    let mut buffer = vec![0u8; 16 << 10];
+    loop {
+        let Ok(mut guard) = master.readable().await else { return };
+        let read = match guard.try_io(|master| rustix::io::read(master.get_ref(), &mut buffer).map_err(io::Error::from)) {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(read)) => read,
+            Err(_would_block) => continue,
+        };
+        let room = OUTPUT_KEPT_BYTES.saturating_sub(captured.kept.len());
+        captured.kept.extend_from_slice(&buffer[..read.min(room)]);
+        captured.total += read as u64;
+        if !output.add(read) {
+            return;
+        }
     }
 }
 

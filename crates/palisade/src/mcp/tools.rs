@@ -19,7 +19,7 @@ use crate::mcp::scratch::Scratch;
 const RUN_ARGUMENTS: &[&str] = &["command", "cwd", "timeout", "stdin", "env"];
 const TOOL_NAMES: &[&str] = &["run", "session_open", "session_exec", "session_close", "check"];
 const SESSION_OPEN_ARGUMENTS: &[&str] = &["cwd", "env"];
-const SESSION_EXEC_ARGUMENTS: &[&str] = &["session", "command", "cwd", "timeout", "stdin", "env"];
+const SESSION_EXEC_ARGUMENTS: &[&str] = &["session", "command", "cwd", "timeout", "stdin", "env", "pty"];
 const SESSION_CLOSE_ARGUMENTS: &[&str] = &["session"];
 
 /// The state that tool calls share: the ceiling, the process spawner and the scratch directory.
@@ -35,7 +35,7 @@ pub struct Tools {
 pub enum Call {
     Run(RunRequest),
     SessionOpen { cwd: Option<String>, env: Vec<(String, String)> },
-    SessionExec { session: String, request: RunRequest },
+    SessionExec { session: String, request: RunRequest, terminal: Option<(u16, u16)> },
     SessionClose { session: String },
     Check,
 }
@@ -151,7 +151,7 @@ Reads of hidden paths and refused system calls reach the command only as error c
         match call {
             Call::Run(request) => self.run(request, cancelled).await,
             Call::SessionOpen { cwd, env } => self.session_open(cwd, env, cancelled).await,
-            Call::SessionExec { session, request } => self.session_exec(&session, request, cancelled).await,
+            Call::SessionExec { session, request, terminal } => self.session_exec(&session, request, terminal, cancelled).await,
             Call::SessionClose { session } => Some(self.session_close(&session).await),
             Call::Check => self.check(cancelled).await,
         }
@@ -266,6 +266,20 @@ directory after the command.",
             self.ceiling.workspace().display()
         ));
         schema["properties"]["env"]["description"] = json!("Environment variables for this command only, as NAME: VALUE.");
+        schema["properties"]["pty"] = json!({
+            "description": "Run the command on a pseudo-terminal of its own instead of pipes, for programs that need one (prompts, REPLs, \
+colored output). true gives 24 rows and 80 columns. stdin is typed into the terminal, followed by end-of-file (Ctrl-D), and the terminal echoes \
+it; stdout carries everything the terminal showed, and stderr is empty.",
+            "anyOf": [
+                { "type": "boolean" },
+                {
+                    "type": "object",
+                    "properties": { "rows": { "type": "integer", "minimum": 1, "maximum": 1000 }, "cols": { "type": "integer", "minimum": 1, "maximum": 1000 } },
+                    "required": ["rows", "cols"],
+                    "additionalProperties": false,
+                },
+            ],
+        });
         schema["required"] = json!(["session", "command"]);
         tool
     }
@@ -322,7 +336,7 @@ directory after the command.",
         Some(result::tool_result(text, json!({ "session": name, "cwd": cwd }), false))
     }
 
-    async fn session_exec(&self, name: &str, request: RunRequest, cancelled: impl Future<Output = ()>) -> Option<Value> {
+    async fn session_exec(&self, name: &str, request: RunRequest, terminal: Option<(u16, u16)>, cancelled: impl Future<Output = ()>) -> Option<Value> {
         let Some(session) = self.sessions.get(name) else {
             return Some(unknown_session("session_exec", name, &self.sessions.names()));
         };
@@ -345,6 +359,7 @@ directory after the command.",
             stdin: request.stdin.map(String::into_bytes),
             env: request.env,
             max_output: self.ceiling.policy.limits.max_output,
+            terminal,
         };
         match session.exec(exec, cancelled).await {
             Ok(Some(ended)) => {
@@ -459,8 +474,9 @@ pub fn parse_call(mut params: Map<String, Value>) -> Result<Call, RpcError> {
         "session_exec" => {
             check_names("session_exec", &arguments, SESSION_EXEC_ARGUMENTS)?;
             let session = parse_session("session_exec", &mut arguments)?;
+            let terminal = parse_pty(&mut arguments)?;
             let request = parse_command_request("session_exec", arguments)?;
-            Ok(Call::SessionExec { session, request })
+            Ok(Call::SessionExec { session, request, terminal })
         }
         "session_close" => {
             check_names("session_close", &arguments, SESSION_CLOSE_ARGUMENTS)?;
@@ -531,6 +547,26 @@ fn parse_env_argument(tool: &str, arguments: &mut Map<String, Value>) -> Result<
         None => Ok(Vec::new()),
         Some(Value::Object(env)) => parse_env(env).map_err(|message| argument_error(tool, "env", message)),
         Some(_) => Err(argument_error(tool, "env", "argument \"env\" must be an object of NAME: VALUE strings".into())),
+    }
+}
+
+/// The window size a `pty: true` terminal gets.
+const DEFAULT_TERMINAL: (u16, u16) = (24, 80);
+
+/// Reads `pty`: `true` for a 24 by 80 terminal, or `{"rows": R, "cols": C}`.
+fn parse_pty(arguments: &mut Map<String, Value>) -> Result<Option<(u16, u16)>, RpcError> {
+    let invalid = || argument_error("session_exec", "pty", "argument \"pty\" must be true, false or {\"rows\": ROWS, \"cols\": COLUMNS} with each from 1 to 1000".into());
+    let dimension = |size: &Map<String, Value>, name: &str| size.get(name).and_then(Value::as_u64).filter(|value| (1..=1000).contains(value)).map(|value| value as u16);
+    match arguments.remove("pty") {
+        None | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(DEFAULT_TERMINAL)),
+        Some(Value::Object(size)) if size.keys().all(|key| key == "rows" || key == "cols") => {
+            match (dimension(&size, "rows"), dimension(&size, "cols")) {
+                (Some(rows), Some(columns)) => Ok(Some((rows, columns))),
+                _ => Err(invalid()),
+            }
+        }
+        Some(_) => Err(invalid()),
     }
 }
 

@@ -793,3 +793,43 @@ both_identities!(session_errors_keep_serving, |f: &Fixture| {
     assert!(stdout.contains("session-host"), "pid 2 is not the session's host: {host:#}");
     assert!(!stdout.contains("readable"), "a command read the host's private /proc files: {host:#}");
 });
+
+// `pty` runs a session command on a pseudo-terminal of the sandbox's own: programs see a
+// terminal of the requested size, can open /dev/tty, read typed input, and still cannot push
+// input into the terminal with TIOCSTI.
+both_identities!(session_pty_gives_a_terminal, |f: &Fixture| {
+    let mut client = Client::initialized(f, &[]);
+    let session = client.open_session(json!({}));
+
+    let terminal = client.exec(&session, json!("tty; test -t 0 && test -t 1 && test -t 2 && echo all-terminals; stty size; echo via-tty > /dev/tty"), json!({ "pty": true }));
+    assert_eq!(terminal["exit_code"], 0, "{terminal:#}");
+    let stdout = terminal["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("/dev/pts/"), "{terminal:#}");
+    assert!(stdout.contains("all-terminals\r\n24 80\r\nvia-tty\r\n"), "{terminal:#}");
+    assert_eq!(terminal["stderr"], "", "{terminal:#}");
+    let sized = client.exec(&session, json!("stty size"), json!({ "pty": { "rows": 40, "cols": 100 } }));
+    assert_eq!(sized["stdout"], "40 100\r\n", "{sized:#}");
+    // Without `pty`, the same session has no terminal.
+    let piped = client.exec(&session, json!("test -t 0 || echo no-terminal"), json!({}));
+    assert_output(&piped, "no-terminal\n");
+
+    let typed = client.exec(&session, json!("read -r line; echo \"got:$line\""), json!({ "pty": true, "stdin": "typed text\n" }));
+    assert_eq!(typed["exit_code"], 0, "{typed:#}");
+    assert!(typed["stdout"].as_str().unwrap().contains("got:typed text"), "{typed:#}");
+
+    if Path::new("/usr/bin/python3").exists() {
+        let inject = "import errno, fcntl, termios\ntry:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n    print('injected')\nexcept OSError as error:\n    print('refused', errno.errorcode[error.errno])";
+        let refused = client.exec(&session, json!(["/usr/bin/python3", "-c", inject]), json!({ "pty": true }));
+        assert_eq!(refused["stdout"], "refused EPERM\r\n", "{refused:#}");
+    } else {
+        skip(&f.name, "the TIOCSTI probe needs /usr/bin/python3");
+    }
+
+    let invalid = client.call("session_exec", json!({ "session": session, "command": "true", "pty": { "rows": 0, "cols": 80 } }));
+    assert_eq!(invalid["isError"], true, "{invalid:#}");
+    assert_eq!(invalid["structuredContent"]["argument"], "pty", "{invalid:#}");
+    let timed_out = client.exec(&session, json!("sleep 30"), json!({ "pty": true, "timeout": 1 }));
+    assert_eq!(timed_out["timed_out"], true, "{timed_out:#}");
+    let after = client.exec(&session, json!("echo after"), json!({}));
+    assert_output(&after, "after\n");
+});
