@@ -13,6 +13,7 @@ pub mod cgroup;
 mod degraded;
 mod error;
 mod guard;
+mod handoff;
 mod init;
 mod landlock;
 pub mod limits;

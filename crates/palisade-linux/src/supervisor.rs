@@ -13,6 +13,7 @@ use palisade_policy::{NetworkMode, Policy};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::cgroup;
+use crate::handoff;
 use crate::init::{self, InitContext, Message};
 use crate::limits::{self, Limit};
 use crate::network;
@@ -85,7 +86,7 @@ pub fn run(
     let listen_addresses: Vec<std::net::SocketAddr> = forwarded.iter().map(|forward| forward.listen).collect();
     let (proxy_channel, init_proxy_channel) = match rules {
         Some(_) => {
-            let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e))?;
+            let (supervisor_end, init_end) = handoff::pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e))?;
             (Some(supervisor_end), Some(init_end))
         }
         None => (None, None),
@@ -96,7 +97,7 @@ pub fn run(
     let (factory_channel, init_factory_channel) = if exposed.is_empty() {
         (None, None)
     } else {
-        let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the socket pair for exposed ports", e))?;
+        let (supervisor_end, init_end) = handoff::pair().map_err(|e| Error::setup("create", "the socket pair for exposed ports", e))?;
         (Some(supervisor_end), Some(init_end))
     };
 
