@@ -22,6 +22,7 @@ mod network;
 mod output;
 pub mod plan;
 pub mod probe;
+mod pty;
 mod scrub;
 mod seccomp;
 mod supervisor;
@@ -92,6 +93,14 @@ impl MountPlan {
     pub fn needs_idmap(&self) -> bool {
         self.ops.iter().any(|op| matches!(op, plan::MountOp::Bind { idmap: true, .. } | plan::MountOp::Overlay { idmap: true, .. }))
     }
+}
+
+/// Options of one run that are not part of the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Give the command a pseudo-terminal of its own as stdin, stdout, stderr and controlling
+    /// terminal, relayed to palisade's own descriptors (`palisade run --pty`).
+    pub pty: bool,
 }
 
 /// The way a run ended.
@@ -226,10 +235,16 @@ fn is_stale_placeholder(meta: &std::fs::Metadata) -> bool {
 /// Runs `argv` under `policy` and waits for it to finish. `on_start` is called once with the
 /// layers that will protect the run, before the command starts, so a caller can tell the user
 /// about a degraded run first.
-pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
+pub fn run(policy: &Policy, argv: &[OsString], options: RunOptions, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
     assert!(!argv.is_empty(), "the command line is empty");
     check_supported(policy)?;
     if policy.profile == Profile::Unconfined {
+        if options.pty {
+            return Err(Error::PtyUnavailable {
+                reason: "the unconfined profile runs the command directly, without a sandbox to create its terminal in".into(),
+                fix: "drop --pty: the command already gets your terminal as it is".into(),
+            });
+        }
         on_start(&Layers::default());
         return unconfined::run(policy, argv);
     }
@@ -275,6 +290,14 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
     // with the reason.
     if policy.allow_degraded {
         if let Err((cause, fix)) = probe::namespaces() {
+            // The command's pseudo-terminal lives in the sandbox's private /dev/pts, which only
+            // a run with namespaces has.
+            if options.pty {
+                return Err(Error::PtyUnavailable {
+                    reason: format!("degraded mode has no private /dev/pts to create the command's terminal in, and this run would be degraded: {cause}"),
+                    fix: format!("{fix}, or drop --pty"),
+                });
+            }
             layers.namespaces = false;
             layers.missing.insert(0, format!("namespaces: {cause}"));
             if let Err((cause, _)) = limits::accounting_available() {
@@ -326,7 +349,7 @@ pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers)
         }
     }
     on_start(&layers);
-    supervisor::run(policy, &plan, identity, argv, layers, cgroup, &root_locks)
+    supervisor::run(policy, &plan, identity, argv, options, layers, cgroup, &root_locks)
 }
 
 /// Gives the sandbox's uid an account in the sandbox's `/etc/passwd` and `/etc/group`, so

@@ -36,6 +36,11 @@ pub enum Command {
 pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Give the command a pseudo-terminal of its own as stdin, stdout, stderr and controlling
+    /// terminal, for programs that need one (editors, REPLs, password prompts). Not with the
+    /// unconfined profile or in degraded mode.
+    #[arg(long)]
+    pub pty: bool,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -279,7 +284,8 @@ fn run_and_report(args: &RunArgs) -> anyhow::Result<u8> {
             );
         }
     };
-    let outcome = palisade_linux::run(&policy, &args.command, &mut notice)?;
+    let options = palisade_linux::RunOptions { pty: args.pty };
+    let outcome = palisade_linux::run(&policy, &args.command, options, &mut notice)?;
     if let Some((_, reason)) = &outcome.exec_error {
         eprintln!("palisade: {reason}");
     }
