@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{feature} is not enforced by this build of palisade; refusing to run without it")]
     Unsupported { feature: String },
 
+    /// `--pty` was requested for a run that cannot give the command a terminal of its own.
+    #[error("--pty is not available for this run: {reason}\nfix: {fix}")]
+    PtyUnavailable { reason: String, fix: String },
+
     /// A path that must be a directory or file is neither, or cannot be used as a mount source.
     #[error("cannot use {path} in the sandbox: {reason}")]
     Path { path: PathBuf, reason: String },

@@ -18,6 +18,7 @@ use palisade_policy::Policy;
 
 use crate::mounts::{self, Owner};
 use crate::plan::MountPlan;
+use crate::pty;
 use crate::sys;
 use crate::{Identity, Workload};
 
@@ -123,6 +124,8 @@ pub struct InitContext<'a> {
     pub socket_requests: Option<OwnedFd>,
     /// The loopback addresses and ports forwarded to the host, in allowlist mode.
     pub forwarded: &'a [std::net::SocketAddr],
+    /// With `--pty`, the request for the command's pseudo-terminal.
+    pub terminal: Option<pty::Request>,
 }
 
 /// The layers the command stage applies after the root is built, each prepared before the
@@ -169,6 +172,14 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         Ok(port) => port,
         Err(text) => fail(&context.report, text),
     };
+    // The pseudo-terminal comes after the root, in the sandbox's own /dev/pts, so its name
+    // resolves inside the sandbox.
+    let (uid, gid) = context.identity.sandbox_ids();
+    let terminal = match context.terminal.take().map(|request| pty::create_and_send(request, uid, gid)) {
+        Some(Ok(slave)) => Some(slave),
+        Some(Err(text)) => fail(&context.report, text),
+        None => None,
+    };
     // Changing the filesystem uid during setup (for placeholders on idmapped mounts) clears the
     // parent-death signal, so it is set again. The supervisor keeps its end of the start pipe
     // open for the whole run: a hang-up there means it died before the signal was back.
@@ -184,10 +195,15 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     }
     drop(go_pipe);
 
-    let signals = [
+    let mut signals = vec![
         libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1,
         libc::SIGUSR2, libc::SIGWINCH, libc::SIGCONT, libc::SIGALRM,
     ];
+    // With its own terminal, the command gets SIGWINCH from the kernel when the supervisor
+    // resizes that terminal. A copy from init could arrive before the new size is set.
+    if terminal.is_some() {
+        signals.retain(|&signal| signal != libc::SIGWINCH);
+    }
     let signal_fd = match sys::block_into_signalfd(&signals) {
         Ok(fd) => fd,
         Err(error) => fail(&context.report, format!("failed to set up signal forwarding: {error}")),
@@ -202,14 +218,15 @@ pub fn main(mut context: InitContext<'_>) -> ! {
             if let Err(error) = attach_output(&context.output) {
                 fail(&context.report, format!("failed to attach the output pipes: {error}"));
             }
-            command_stage(context.policy, context.workload, context.identity, context.confinement, proxy_port, &context.report)
+            command_stage(context.policy, context.workload, context.identity, context.confinement, proxy_port, terminal.as_ref(), &context.report)
         }
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
     };
-    // Init keeps no write end of the output pipes, so the supervisor reads end-of-file as
-    // soon as the last process of the run is gone.
+    // Init keeps no write end of the output pipes and no slave of the terminal, so the
+    // supervisor reads end-of-file as soon as the last process of the run is gone.
     context.output = [None, None];
+    drop(terminal);
     supervise(command_pid, &signal_fd, context.socket_requests, &context.report)
 }
 
@@ -356,22 +373,30 @@ fn reap_all() -> bool {
     }
 }
 
-/// Becomes the command: drops every privilege, then executes it. Never returns.
+/// Becomes the command: drops every privilege, then executes it. Never returns. `terminal` is
+/// the slave side of the command's pseudo-terminal, with `--pty`.
 fn command_stage(
     policy: &Policy,
     workload: &Workload<'_>,
     identity: Identity,
     confinement: &Confinement,
     proxy_port: Option<u16>,
+    terminal: Option<&OwnedFd>,
     report: &OwnedFd,
 ) -> ! {
     // A new session: the command leaves palisade's process group, so `kill 0` and terminal job
-    // control cannot reach processes outside the sandbox, and it has no controlling terminal,
-    // which TIOCSTI keystroke injection needs. Init forwards the terminal's signals instead.
-    // NOTE: programs that open /dev/tty (password prompts, some editors) fail without a
-    // controlling terminal; an interactive mode with its own pseudo-terminal is still missing.
+    // control cannot reach processes outside the sandbox. Without `--pty` it has no controlling
+    // terminal, which TIOCSTI keystroke injection needs, and init forwards the terminal's
+    // signals. Programs that open /dev/tty (password prompts, some editors) then fail.
     if let Err(error) = rustix::process::setsid() {
         fail(report, format!("failed to start a new session: {error}"));
+    }
+    // With `--pty`, the controlling terminal is the sandbox's own pseudo-terminal, never the
+    // caller's terminal, so input pushed into it could only reach the sandbox.
+    if let Some(slave) = terminal {
+        if let Err(error) = pty::attach(slave) {
+            fail(report, format!("failed to attach the command's pseudo-terminal: {error}"));
+        }
     }
     if let Err(text) = drop_privileges(identity) {
         fail(report, text);

@@ -13,6 +13,7 @@ pub mod cgroup;
 mod degraded;
 mod error;
 mod guard;
+mod handoff;
 mod init;
 mod landlock;
 pub mod limits;
@@ -21,6 +22,7 @@ mod network;
 mod output;
 pub mod plan;
 pub mod probe;
+mod pty;
 mod scrub;
 mod seccomp;
 pub mod session;
@@ -94,6 +96,14 @@ impl MountPlan {
     pub fn needs_idmap(&self) -> bool {
         self.ops.iter().any(|op| matches!(op, plan::MountOp::Bind { idmap: true, .. } | plan::MountOp::Overlay { idmap: true, .. }))
     }
+}
+
+/// Options of one run that are not part of the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Give the command a pseudo-terminal of its own as stdin, stdout, stderr and controlling
+    /// terminal, relayed to palisade's own descriptors (`palisade run --pty`).
+    pub pty: bool,
 }
 
 /// The way a run ended.
@@ -237,6 +247,7 @@ pub(crate) enum Workload<'a> {
 /// What one run does, and who hears of its refusals as they happen.
 pub(crate) struct Job<'a> {
     pub(crate) workload: Workload<'a>,
+    pub(crate) options: RunOptions,
     pub(crate) on_denial: Option<DenialSink>,
 }
 
@@ -246,14 +257,26 @@ pub(crate) struct Job<'a> {
 ///
 /// `on_denial`, if given, is called with each network request the proxy refuses, as it
 /// happens, from the supervisor's network thread.
-pub fn run(policy: &Policy, argv: &[OsString], on_start: &mut dyn FnMut(&Layers), on_denial: Option<DenialSink>) -> Result<Outcome, Error> {
+pub fn run(
+    policy: &Policy,
+    argv: &[OsString],
+    options: RunOptions,
+    on_start: &mut dyn FnMut(&Layers),
+    on_denial: Option<DenialSink>,
+) -> Result<Outcome, Error> {
     assert!(!argv.is_empty(), "the command line is empty");
     check_supported(policy)?;
     if policy.profile == Profile::Unconfined {
+        if options.pty {
+            return Err(Error::PtyUnavailable {
+                reason: "the unconfined profile runs the command directly, without a sandbox to create its terminal in".into(),
+                fix: "drop --pty: the command already gets your terminal as it is".into(),
+            });
+        }
         on_start(&Layers::default());
         return unconfined::run(policy, argv);
     }
-    launch(policy, Workload::Command(argv), on_start, on_denial)
+    launch(policy, Job { workload: Workload::Command(argv), options, on_denial }, on_start)
 }
 
 /// Starts a session under `policy` whose host serves the client at the other end of `socket`
@@ -266,10 +289,11 @@ pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&L
         // profile has no sandbox to put one in, so its clients run each command on its own.
         return Err(Error::Unsupported { feature: "a session in the unconfined profile, which has no sandbox to keep commands in,".into() });
     }
-    launch(policy, Workload::Session(socket), on_start, on_denial)
+    // Each command of a session asks for its own terminal (see `session`).
+    launch(policy, Job { workload: Workload::Session(socket), options: RunOptions::default(), on_denial }, on_start)
 }
 
-fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Layers), on_denial: Option<DenialSink>) -> Result<Outcome, Error> {
+fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
     let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
     match landlock::kernel_abi() {
         Some(abi) => layers.landlock_abi = Some(abi.min(landlock::NEWEST_ABI as i32)),
@@ -312,12 +336,20 @@ fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Lay
     // with the reason.
     if policy.allow_degraded {
         if let Err((cause, fix)) = probe::namespaces() {
+            // The command's pseudo-terminal lives in the sandbox's private /dev/pts, which only
+            // a run with namespaces has.
+            if job.options.pty {
+                return Err(Error::PtyUnavailable {
+                    reason: format!("degraded mode has no private /dev/pts to create the command's terminal in, and this run would be degraded: {cause}"),
+                    fix: format!("{fix}, or drop --pty"),
+                });
+            }
             layers.namespaces = false;
             layers.missing.insert(0, format!("namespaces: {cause}"));
             if let Err((cause, _)) = limits::accounting_available() {
                 layers.missing.push(format!("memory and CPU time limits: {cause}"));
             }
-            let Workload::Command(argv) = workload else {
+            let Workload::Command(argv) = job.workload else {
                 // NOTE: degraded mode forks each command straight from palisade and has no
                 // session host yet, so a session there is refused rather than weakened.
                 return Err(Error::UserNamespaces { cause, fix: format!("{fix}; sessions need the namespaces even with --allow-degraded") });
@@ -368,7 +400,7 @@ fn launch(policy: &Policy, workload: Workload<'_>, on_start: &mut dyn FnMut(&Lay
         }
     }
     on_start(&layers);
-    supervisor::run(policy, &plan, identity, Job { workload, on_denial }, layers, cgroup, &root_locks)
+    supervisor::run(policy, &plan, identity, job, layers, cgroup, &root_locks)
 }
 
 /// Gives the sandbox's uid an account in the sandbox's `/etc/passwd` and `/etc/group`, so

@@ -20,8 +20,7 @@
 //! A socket stays in the network namespace it was created in, so the supervisor connects it to
 //! the same port on the sandbox's loopback, where the command's server listens.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -30,10 +29,9 @@ use std::time::Duration;
 
 use palisade_policy::network::Rules;
 use palisade_proxy::{Denial, Proxy, SystemResolver};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-    SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use crate::handoff;
 
 /// The variables that tell clients where the proxy is. Each is set in both cases, since curl
 /// reads only the lowercase `http_proxy` and other tools only the uppercase names.
@@ -149,12 +147,6 @@ pub struct NetworkOutcome {
     pub denials_dropped: u64,
 }
 
-/// Creates the socket pair init hands the listening socket over: the supervisor's end first.
-pub(crate) fn handoff_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (supervisor, init) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
-    Ok((supervisor, init))
-}
-
 /// Runs in init, inside the run's network namespace once loopback is up: creates the proxy's
 /// listening socket and one for each address in `forwarded`, and sends them to the supervisor.
 /// Returns the proxy's port. Init keeps no copy, so the command cannot accept the connections
@@ -170,11 +162,7 @@ pub(crate) fn listen_and_send(channel: &OwnedFd, forwarded: &[SocketAddr]) -> Re
     }
 
     let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    let port_bytes = port.to_be_bytes();
-    rustix::net::sendmsg(channel, &[IoSlice::new(&port_bytes)], &mut control, SendFlags::NOSIGNAL)
+    handoff::send(channel, &port.to_be_bytes(), &fds)
         .map_err(|error| format!("failed to hand the proxy's listening sockets to palisade: {error}"))?;
     Ok(port)
 }
@@ -184,26 +172,11 @@ pub(crate) fn listen_and_send(channel: &OwnedFd, forwarded: &[SocketAddr]) -> Re
 /// closed its end without sending, because setup failed first, and init's report has the reason.
 pub(crate) fn receive_listeners(channel: &OwnedFd, forwarded: &[Forward]) -> io::Result<Option<Listeners>> {
     let mut port_bytes = [0u8; 2];
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(forwarded.len() + 1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let received = loop {
-        match rustix::net::recvmsg(channel, &mut [IoSliceMut::new(&mut port_bytes)], &mut control, RecvFlags::CMSG_CLOEXEC) {
-            Err(rustix::io::Errno::INTR) => continue,
-            other => break other?,
-        }
-    };
+    let received = handoff::receive(channel, &mut port_bytes, forwarded.len() + 1)?;
     if received.bytes == 0 {
         return Ok(None);
     }
-    if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "the listening sockets did not fit the control buffer"));
-    }
-    let mut listeners: Vec<TcpListener> = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(fds) = message {
-            listeners.extend(fds.map(TcpListener::from));
-        }
-    }
+    let mut listeners: Vec<TcpListener> = received.fds.into_iter().map(TcpListener::from).collect();
     if listeners.len() != forwarded.len() + 1 {
         let message = format!("init sent {} listening sockets, expected {}", listeners.len(), forwarded.len() + 1);
         return Err(io::Error::new(io::ErrorKind::InvalidData, message));
@@ -226,33 +199,23 @@ pub(crate) fn serve_socket_request(channel: &OwnedFd) -> bool {
     let socket = match rustix::net::socket_with(AddressFamily::INET, SocketType::STREAM, SocketFlags::CLOEXEC, None) {
         Ok(socket) => socket,
         // The supervisor reads a reply without a socket as a failure and closes its client.
-        Err(_) => return rustix::io::write(channel, b"0").is_ok(),
+        Err(_) => return handoff::send(channel, b"0", &[]).is_ok(),
     };
-    let fds = [socket.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    rustix::net::sendmsg(channel, &[IoSlice::new(b"1")], &mut control, SendFlags::NOSIGNAL).is_ok()
+    handoff::send(channel, b"1", &[socket.as_fd()]).is_ok()
 }
 
 /// Runs in the supervisor: requests a TCP socket of the run's network namespace from init.
 fn request_socket(channel: &OwnedFd) -> io::Result<std::net::TcpStream> {
     rustix::io::write(channel, b"s")?;
     let mut reply = [0u8; 1];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let received = rustix::net::recvmsg(channel, &mut [IoSliceMut::new(&mut reply)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let received = handoff::receive(channel, &mut reply, 1)?;
     if received.bytes == 0 {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the sandbox's init has exited"));
     }
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
-            if let Some(fd) = fds.next() {
-                return Ok(std::net::TcpStream::from(fd));
-            }
-        }
+    match received.fds.into_iter().next() {
+        Some(fd) => Ok(std::net::TcpStream::from(fd)),
+        None => Err(io::Error::other("the sandbox's init failed to create a socket")),
     }
-    Err(io::Error::other("the sandbox's init failed to create a socket"))
 }
 
 /// Creates the host's listening sockets for the exposed `ports`, on 127.0.0.1, before the run
@@ -544,7 +507,7 @@ mod tests {
 
     #[test]
     fn listener_crosses_the_socket_pair() {
-        let (supervisor, init) = handoff_pair().unwrap();
+        let (supervisor, init) = handoff::pair().unwrap();
         // A port the kernel just handed out and took back is very likely still free.
         let free = TcpListener::bind((PROXY_HOST, 0)).unwrap().local_addr().unwrap();
         let port = listen_and_send(&init, &[free]).unwrap();
@@ -580,7 +543,7 @@ mod tests {
 
     #[test]
     fn closed_channel_means_no_listener() {
-        let (supervisor, init) = handoff_pair().unwrap();
+        let (supervisor, init) = handoff::pair().unwrap();
         drop(init);
         assert!(receive_listeners(&supervisor, &[]).unwrap().is_none());
     }

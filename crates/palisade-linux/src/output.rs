@@ -3,7 +3,9 @@
 //!
 //! A stream that is a terminal is passed to the command as it is, unless an output limit is
 //! set, so interactive programs keep their terminal. Every other stream goes through a pipe
-//! and a thread that copies it to palisade's own descriptor unchanged.
+//! and a thread that copies it to palisade's own descriptor unchanged. With `--pty` there are no
+//! pipes: the master side of the command's pseudo-terminal is read the same way, as one stream
+//! that carries both stdout and stderr ([`Pumps::adopt_terminal`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +54,14 @@ pub fn prepare(max_output: Option<u64>) -> std::io::Result<Streams> {
         }
     }
     Ok(streams)
+}
+
+impl Streams {
+    /// Returns streams without pipes, for a command whose stdout and stderr are its
+    /// pseudo-terminal. The master is added once init has sent it ([`Pumps::adopt_terminal`]).
+    pub fn for_terminal() -> Streams {
+        Streams { write_ends: [None, None], read_ends: Vec::new(), merged: true }
+    }
 }
 
 /// The copying of the output, started once the sandbox runs. A pipe gets its thread only when
@@ -148,6 +158,13 @@ impl Pumps {
         Ok(())
     }
 
+    /// Adds the master side of the command's pseudo-terminal, a non-blocking descriptor, as the
+    /// one stream of the run's output. Like a pipe, it gets its thread at its first output.
+    pub fn adopt_terminal(&mut self, master: OwnedFd) {
+        self.idle.push((0, master));
+        self.pumped = [true, true];
+    }
+
     /// Starts a thread for every pipe at once, for a caller that does not poll them.
     pub fn start_all(&mut self) -> std::io::Result<()> {
         for (index, read_end) in std::mem::take(&mut self.idle) {
@@ -162,7 +179,7 @@ impl Pumps {
         // The copy buffer is on the heap, so a small stack suffices and the thread starts
         // faster than with the default 2 MiB one.
         std::thread::Builder::new().name(format!("palisade-output-{index}")).stack_size(PUMP_STACK_SIZE).spawn(move || {
-            pump(&read_end, index, &shared);
+            pump(&read_end, index, &shared, true);
             let _ = sender.send(());
         })?;
         self.running += 1;
@@ -178,7 +195,7 @@ impl Pumps {
         for (index, read_end) in self.idle.drain(..).chain(self.closed.drain(..)) {
             // Non-blocking, so a writer that somehow survived the run cannot hold palisade.
             if rustix::fs::fcntl_setfl(&read_end, rustix::fs::OFlags::NONBLOCK).is_ok() {
-                pump(&read_end, index, &self.shared);
+                pump(&read_end, index, &self.shared, false);
             }
         }
         let deadline = Instant::now() + wait;
@@ -198,8 +215,10 @@ impl Pumps {
 }
 
 /// Copies `read_end` to palisade's descriptor `index + 1` until end-of-file, counting the
-/// bytes and cutting at the output limit.
-fn pump(read_end: &OwnedFd, index: usize, shared: &Shared) {
+/// bytes and cutting at the output limit. A non-blocking `read_end` with nothing to read is
+/// waited for with `wait_when_empty`, and ends the copy without it. The pseudo-terminal's
+/// master ends with EIO once no process has its slave open.
+fn pump(read_end: &OwnedFd, index: usize, shared: &Shared, wait_when_empty: bool) {
     let target = if index == 0 { std::io::stdout().as_fd().try_clone_to_owned() } else { std::io::stderr().as_fd().try_clone_to_owned() };
     let Ok(target) = target else { return };
     let mut buffer = vec![0u8; 64 * 1024];
@@ -209,6 +228,11 @@ fn pump(read_end: &OwnedFd, index: usize, shared: &Shared) {
             Ok(0) => return,
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) if wait_when_empty => {
+                let mut fds = [rustix::event::PollFd::new(read_end, rustix::event::PollFlags::IN)];
+                let _ = rustix::event::poll(&mut fds, None);
+                continue;
+            }
             Err(_) => return,
         };
         shared.counted[index].fetch_add(n as u64, Ordering::Relaxed);

@@ -12,17 +12,22 @@ use palisade_policy::{NetworkMode, Policy};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::cgroup;
+use crate::handoff;
 use crate::init::{self, InitContext, Message};
 use crate::limits::{self, Limit};
 use crate::network;
 use crate::output;
 use crate::plan::MountPlan;
+use crate::pty;
 use crate::scrub;
 use crate::userns;
 use crate::{landlock, seccomp, sys, Error, Exit, Identity, Job, Layers, Outcome};
 
 /// Signals the supervisor handles instead of dying from them.
 const HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGWINCH];
+/// Signals the supervisor also handles with `--pty`, because dying from them would leave the
+/// caller's terminal in raw mode. Like the others, it passes them on to init.
+const PTY_HANDLED_SIGNALS: &[libc::c_int] = &[libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM];
 
 /// How long the output threads may take to drain the pipes after the run ended.
 const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(5);
@@ -40,7 +45,7 @@ pub fn run(
     cgroup: Option<cgroup::RunCgroup>,
     root_locks: &RootLocks,
 ) -> Result<Outcome, Error> {
-    let Job { workload, on_denial } = job;
+    let Job { workload, options, on_denial } = job;
     let started = Instant::now();
     let rlimits = limits::rlimits(&policy.limits);
     layers.rlimits = rlimits.iter().map(limits::Rlimit::describe).collect();
@@ -57,7 +62,11 @@ pub fn run(
     let pipe = |what| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", what, e.into()));
     let (go_read, go_write) = pipe("the start pipe")?;
     let (report_read, report_write) = pipe("the report pipe")?;
-    let mut streams = output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?;
+    let mut streams = if options.pty {
+        output::Streams::for_terminal()
+    } else {
+        output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?
+    };
     let (idmap_userns, idmap_helper) = match identity {
         Identity::Root { sandbox_uid } if plan.needs_idmap() => {
             let (fd, helper) = userns::idmap_namespace(sandbox_uid)?;
@@ -66,7 +75,11 @@ pub fn run(
         _ => (None, None),
     };
     let _reap_helper = ReapOnDrop(idmap_helper);
-    let signal_fd = sys::block_into_signalfd(HANDLED_SIGNALS).map_err(|e| Error::setup("block", "signals", e))?;
+    let mut handled_signals = HANDLED_SIGNALS.to_vec();
+    if options.pty {
+        handled_signals.extend_from_slice(PTY_HANDLED_SIGNALS);
+    }
+    let signal_fd = sys::block_into_signalfd(&handled_signals).map_err(|e| Error::setup("block", "signals", e))?;
     let rules = match &policy.network {
         NetworkMode::Allowlist { allow, deny, .. } => Some(Rules::from_strings(allow, deny).map_err(|error| Error::Sandbox(error.to_string()))?),
         _ => None,
@@ -85,7 +98,7 @@ pub fn run(
     let listen_addresses: Vec<std::net::SocketAddr> = forwarded.iter().map(|forward| forward.listen).collect();
     let (proxy_channel, init_proxy_channel) = match rules {
         Some(_) => {
-            let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e))?;
+            let (supervisor_end, init_end) = handoff::pair().map_err(|e| Error::setup("create", "the proxy's socket pair", e))?;
             (Some(supervisor_end), Some(init_end))
         }
         None => (None, None),
@@ -96,8 +109,18 @@ pub fn run(
     let (factory_channel, init_factory_channel) = if exposed.is_empty() {
         (None, None)
     } else {
-        let (supervisor_end, init_end) = network::handoff_pair().map_err(|e| Error::setup("create", "the socket pair for exposed ports", e))?;
+        let (supervisor_end, init_end) = handoff::pair().map_err(|e| Error::setup("create", "the socket pair for exposed ports", e))?;
         (Some(supervisor_end), Some(init_end))
+    };
+
+    // With `--pty`, init sends the master side of the command's terminal over a socket pair of
+    // its own, and the terminal starts with the caller's window size.
+    let (terminal_channel, init_terminal) = if options.pty {
+        let (supervisor_end, init_end) = handoff::pair().map_err(|e| Error::setup("create", "the socket pair for the command's terminal", e))?;
+        let size = pty::caller_window_size().unwrap_or(pty::DEFAULT_WINDOW_SIZE);
+        (Some(supervisor_end), Some(pty::Request { channel: init_end, size }))
+    } else {
+        (None, None)
     };
 
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
@@ -116,6 +139,7 @@ pub fn run(
             drop(signal_fd);
             drop(proxy_channel);
             drop(factory_channel);
+            drop(terminal_channel);
             drop(exposed);
             let output = std::mem::take(&mut streams.write_ends);
             // Init must hold no read end: with one open, the command would never see EPIPE
@@ -134,6 +158,7 @@ pub fn run(
                 proxy_channel: init_proxy_channel,
                 socket_requests: init_factory_channel,
                 forwarded: &listen_addresses,
+                terminal: init_terminal,
             })
         }
         Ok(pid) => pid,
@@ -147,6 +172,7 @@ pub fn run(
     drop(idmap_userns);
     drop(init_proxy_channel);
     drop(init_factory_channel);
+    drop(init_terminal);
     streams.write_ends = [None, None];
     let child = rustix::process::Pid::from_raw(pid).expect("clone returned a positive pid");
     let started_child = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
@@ -212,13 +238,17 @@ pub fn run(
     // against its process limit; as root it does not.
     let mut monitor = limits::Monitor::new(&policy.limits, proc, pid, matches!(identity, Identity::User { .. }));
     let fds = WaitFds { pidfd: &pidfd, signals: &signal_fd, report: &report_read };
-    let end = wait_for_exit(pid, &fds, &mut pumps, &mut bytes, policy.limits.timeout, &mut monitor);
+    let mut terminal = terminal_channel.map(pty::Session::Waiting);
+    let end = wait_for_exit(pid, &fds, &mut pumps, &mut bytes, policy.limits.timeout, &mut monitor, terminal.as_mut());
+    // Ending the terminal session restores the caller's terminal modes before palisade prints
+    // anything more.
+    let terminal_error = terminal.and_then(|session| session.finish(&mut pumps));
     let mut init_usage = None;
     match end {
         // Init may still be tearing its namespaces down. It is reaped now if it is done, and
         // otherwise by `reap_finished` at the next run or when this process exits.
         End::Finished => reap_finished(pid),
-        End::Exited | End::Limit(_) | End::Terminated => {
+        End::Exited | End::Limit(_) | End::Terminated | End::TerminalFailed => {
             init_usage = reap(pid);
             let _ = std::fs::File::from(report_read).read_to_end(&mut bytes);
         }
@@ -290,6 +320,9 @@ pub fn run(
             limits::format_size(max)
         ));
         return finish(Exit::Killed(Limit::Memory), None, usage, monitor.events, layers);
+    }
+    if let Some(error) = terminal_error {
+        return Err(Error::setup("relay", "the command's pseudo-terminal", error));
     }
     let mut exec_error = None;
     for message in &messages {
@@ -398,6 +431,8 @@ enum End {
     /// The command did not exit within [`TERMINATION_GRACE`] of a termination signal sent to
     /// palisade, and every process of the run was killed.
     Terminated,
+    /// Relaying the command's pseudo-terminal failed, and every process of the run was killed.
+    TerminalFailed,
 }
 
 /// The descriptors the supervisor waits on.
@@ -407,8 +442,8 @@ struct WaitFds<'a> {
     report: &'a OwnedFd,
 }
 
-/// Waits until the run ends, forwarding signals, collecting init's reports, and enforcing the
-/// limits meanwhile.
+/// Waits until the run ends, forwarding signals, collecting init's reports, relaying the
+/// command's `terminal` if it has one, and enforcing the limits meanwhile.
 fn wait_for_exit(
     pid: libc::pid_t,
     fds: &WaitFds<'_>,
@@ -416,6 +451,7 @@ fn wait_for_exit(
     bytes: &mut Vec<u8>,
     timeout: Option<Duration>,
     monitor: &mut limits::Monitor<'_>,
+    mut terminal: Option<&mut pty::Session>,
 ) -> End {
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
     let mut kill_at: Option<Instant> = None;
@@ -447,7 +483,11 @@ fn wait_for_exit(
             PollFd::new(fds.report, report_events),
             PollFd::from_borrowed_fd(output_limit, PollFlags::IN),
         ];
-        // The output pipes that have no thread yet, after the four above.
+        // The terminal session's descriptors, then the output pipes that have no thread yet.
+        let watched = terminal.as_deref().map(pty::Session::watched).unwrap_or_default();
+        let watches: Vec<pty::Watch> = watched.iter().map(|(watch, _, _)| *watch).collect();
+        poll_fds.extend(watched.into_iter().map(|(_, fd, events)| PollFd::from_borrowed_fd(fd, events)));
+        let idle_start = poll_fds.len();
         poll_fds.extend(pumps.idle_fds().into_iter().map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)));
         match rustix::event::poll(&mut poll_fds, Some(&timespec)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -455,12 +495,21 @@ fn wait_for_exit(
         }
         let revents: Vec<PollFlags> = poll_fds.iter().map(PollFd::revents).collect();
         drop(poll_fds);
-        let idle = &revents[4..];
+        let idle = &revents[idle_start..];
         if !idle.is_empty() {
             let readable: Vec<bool> = idle.iter().map(|flags| flags.contains(PollFlags::IN)).collect();
             let hung_up: Vec<bool> = idle.iter().map(|flags| !flags.is_empty()).collect();
             if pumps.wake(&readable, &hung_up).is_err() {
                 return kill(End::Exited);
+            }
+        }
+        // After the pipes, whose results match the idle list before the master joins it, and
+        // before the report, so the master is taken before the run's end is seen.
+        if let Some(session) = terminal.as_deref_mut() {
+            for (&watch, &flags) in watches.iter().zip(&revents[4..idle_start]) {
+                if !flags.is_empty() && !session.handle(watch, flags, pumps) {
+                    return kill(End::TerminalFailed);
+                }
             }
         }
         if !revents[2].is_empty() {
@@ -485,7 +534,12 @@ fn wait_for_exit(
             // reach it directly and it forwards them to the command, which runs in its own
             // session. Only signals sent to palisade itself are passed on from here.
             if let Ok((signal, from_terminal)) = sys::read_signal(fds.signals.as_fd()) {
-                if !from_terminal {
+                // With `--pty`, a resize of the caller's terminal is copied to the command's
+                // terminal, whether the signal came from the terminal or from another process,
+                // and init does not pass SIGWINCH on.
+                if let (Some(session), libc::SIGWINCH) = (terminal.as_deref(), signal) {
+                    session.copy_window_size();
+                } else if !from_terminal {
                     let _ = sys::kill(pid, signal);
                     if matches!(signal, libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT) && kill_at.is_none() {
                         kill_at = Some(Instant::now() + TERMINATION_GRACE);

@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// (FILE may be a named pipe or /dev/fd/N).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Give the command a pseudo-terminal of its own as stdin, stdout, stderr and controlling
+    /// terminal, for programs that need one (editors, REPLs, password prompts). Not with the
+    /// unconfined profile or in degraded mode.
+    #[arg(long)]
+    pub pty: bool,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -277,7 +282,8 @@ impl PolicyArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| -> anyhow::Result<palisade_linux::Outcome> {
         let events = args.events.as_deref().map(report::event_sink).transpose()?;
-        Ok(palisade_linux::run(policy, &args.command, notice, events)?)
+        let options = palisade_linux::RunOptions { pty: args.pty };
+        Ok(palisade_linux::run(policy, &args.command, options, notice, events)?)
     };
     run_and_report(&args.policy, &args.command, launch)
 }

@@ -96,6 +96,21 @@ both_identities!(degraded_mode_runs_and_says_so, |f: &Fixture| {
     assert_eq!(report["exit"]["code"], 0, "{report}");
 });
 
+// The command's pseudo-terminal is created in the sandbox's private /dev/pts, which degraded
+// mode does not have, so --pty is rejected there rather than ignored.
+both_identities!(degraded_mode_rejects_pty, |f: &Fixture| {
+    let marker = f.ws.join("ran");
+    let touch = format!("touch {}", marker.display());
+    let Some(run) = without_user_namespaces(f, "", &["run", "--allow-degraded", "--pty", "--", "sh", "-c", &touch]) else {
+        return;
+    };
+    run.expect_code(125);
+    assert!(run.stderr.contains("--pty is not available"), "the error does not name --pty\n{}", run.stderr);
+    assert!(run.stderr.contains("degraded mode"), "the error does not give the reason\n{}", run.stderr);
+    assert!(run.stderr.contains("max_user_namespaces"), "the error does not name the cause\n{}", run.stderr);
+    assert!(!marker.exists(), "the command ran although palisade rejected --pty");
+});
+
 // The read-only profile stays read-only in degraded mode, /tmp included.
 both_identities!(degraded_mode_honours_read_only, |f: &Fixture| {
     let script = "touch /tmp/probe_ro; echo tmp=$?; touch probe_ro; echo ws=$?; touch \"$TMPDIR/x\"; echo tmpdir=$?";

@@ -7,6 +7,7 @@ pub mod filesystem;
 pub mod git;
 pub mod syscalls;
 pub mod terminal;
+pub mod terminal_pty;
 pub mod degraded;
 pub mod limits;
 pub mod netlab;

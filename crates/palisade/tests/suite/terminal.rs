@@ -16,29 +16,43 @@ use crate::suite::harness::{palisade_binary, skip, Fixture, Run};
 
 /// The python that runs the driver on the host and the probes inside the sandbox, where it is
 /// visible under the default policy.
-const PYTHON: &str = "/usr/bin/python3";
+pub(crate) const PYTHON: &str = "/usr/bin/python3";
+
+/// The window size of the driver's terminal when ARGV starts: rows, then columns.
+pub(crate) const DRIVER_WINDOW: (u16, u16) = (33, 111);
 
 /// Runs ARGV as the session leader of a new pseudo-terminal, reads the master side and prints
 /// what ARGV wrote, then the exit status of ARGV.
 ///
-/// Usage: `driver.py ACTION TRIGGER TEXT -- ARGV...`. Once TRIGGER appears in the output, the
-/// driver performs ACTION once: `type` writes TEXT to the master as typed input, `resize`
-/// sets the window size to 40 rows and 100 columns, and `none` does nothing. It prints
-/// `DRIVER status=N` (negative N: killed by signal -N) and, after an action,
-/// `DRIVER seconds-after-action=S`, the time from the action to the exit of ARGV. After 20 s it
-/// kills ARGV's process group and prints `DRIVER timed out`.
+/// Usage: `driver.py ACTION TRIGGER TEXT -- ARGV...`. The terminal has 33 rows and 111 columns
+/// when ARGV starts. Once TRIGGER appears in the output, the driver performs ACTION once:
+/// `type` writes TEXT to the master as typed input, `resize` sets the window size to 40 rows
+/// and 100 columns, and `none` does nothing. It prints `DRIVER status=N` (negative N: killed
+/// by signal -N). After an action it also prints `DRIVER seconds-after-action=S`, the time from
+/// the action to the exit of ARGV. It then prints `DRIVER canonical-at-action=B`, 1 when the
+/// terminal was in canonical (line-by-line) mode just before the action and 0 when it was not.
+/// After 20 s it kills ARGV's process group and prints `DRIVER timed out`.
 const PTY_DRIVER: &str = r#"
-import fcntl, os, pty, select, signal, struct, sys, termios, time
+import fcntl, os, select, signal, struct, sys, termios, time
 
 action, trigger, text = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
 argv = sys.argv[5:]
 deadline = time.monotonic() + 20
 
-# pty.fork makes the child a session leader with the slave as its controlling terminal and as
-# its stdin, stdout and stderr.
-pid, master = pty.fork()
+master, slave = os.openpty()
+# Set before ARGV starts, so its first query already returns it.
+fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+pid = os.fork()
 if pid == 0:
     try:
+        # A session leader with the slave as its controlling terminal and as its stdin, stdout
+        # and stderr, as pty.fork makes it.
+        os.close(master)
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(slave)
         # A shell starts its foreground jobs with SIGINT and SIGQUIT at their defaults, even
         # when it was itself started with them ignored, as a background job of a
         # non-interactive shell is.
@@ -47,8 +61,12 @@ if pid == 0:
         os.execv(argv[0], argv)
     finally:
         os._exit(127)
+# Only ARGV holds the slave, so reading the master fails with EIO once ARGV and its children
+# have closed it.
+os.close(slave)
 
 output = b""
+canonical_at_action = None
 acted_at = None
 status = None
 exited_at = None
@@ -60,6 +78,8 @@ while True:
         os.killpg(pid, signal.SIGKILL)
         break
     if acted_at is None and trigger in output:
+        # On a pseudo-terminal the master reads the slave's modes.
+        canonical_at_action = int(bool(termios.tcgetattr(master)[3] & termios.ICANON))
         if action == "type":
             os.write(master, text)
         elif action == "resize":
@@ -97,11 +117,13 @@ else:
     print(f"DRIVER status={status}")
 if acted_at is not None and exited_at is not None:
     print(f"DRIVER seconds-after-action={exited_at - acted_at:.2f}")
+if canonical_at_action is not None:
+    print(f"DRIVER canonical-at-action={canonical_at_action}")
 "#;
 
 /// What the driver does once its trigger text appears.
 #[derive(Clone, Copy)]
-enum Action<'a> {
+pub(crate) enum Action<'a> {
     None,
     /// Writes the text to the terminal as if typed.
     Type { after: &'a str, text: &'a str },
@@ -111,7 +133,7 @@ enum Action<'a> {
 
 /// Runs `argv` on a new pseudo-terminal as the fixture's owner, from the workspace, and returns
 /// the driver's report on stdout.
-fn run_on_pty(f: &Fixture, action: Action, argv: &[&str]) -> Run {
+pub(crate) fn run_on_pty(f: &Fixture, action: Action, argv: &[&str]) -> Run {
     let driver = f.root.join("pty_driver.py");
     f.write(&driver, PTY_DRIVER);
     let (name, trigger, text) = match action {
@@ -126,19 +148,19 @@ fn run_on_pty(f: &Fixture, action: Action, argv: &[&str]) -> Run {
 }
 
 /// Returns the exit status the driver reported, or `None` if it timed out.
-fn driver_status(run: &Run) -> Option<i32> {
+pub(crate) fn driver_status(run: &Run) -> Option<i32> {
     let line = run.lines_starting("DRIVER status=").pop()?;
     line.trim_start_matches("DRIVER status=").parse().ok()
 }
 
 /// Returns the driver's and the command's output for an assertion message.
-fn transcript(run: &Run) -> String {
+pub(crate) fn transcript(run: &Run) -> String {
     format!("driver stdout:\n{}\ndriver stderr:\n{}", run.stdout, run.stderr)
 }
 
 /// Returns the rest of the first output line that starts with `prefix`, such as `BLOCKED 1` for
 /// the prefix `stdin TIOCSTI `.
-fn probe_result<'a>(run: &'a Run, prefix: &str) -> Option<&'a str> {
+pub(crate) fn probe_result<'a>(run: &'a Run, prefix: &str) -> Option<&'a str> {
     let line = run.lines_starting(prefix).into_iter().next()?;
     Some(line[prefix.len()..].trim())
 }
@@ -341,14 +363,14 @@ while [ $i -lt 50 ] && [ -z "$seen" ]; do sleep 0.1; i=$((i+1)); done
 });
 
 /// Returns the host pids whose command line contains `marker`.
-fn pids_matching(marker: &str) -> Vec<u32> {
+pub(crate) fn pids_matching(marker: &str) -> Vec<u32> {
     let output = Command::new("pgrep").args(["-f", marker]).output().expect("run pgrep");
     String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| line.trim().parse().ok()).collect()
 }
 
 /// Kills, when dropped, every host process whose command line contains the marker, so a
 /// failing test leaves no process behind.
-struct MarkedProcesses(String);
+pub(crate) struct MarkedProcesses(pub(crate) String);
 
 impl Drop for MarkedProcesses {
     fn drop(&mut self) {
