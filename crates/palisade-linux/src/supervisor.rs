@@ -475,12 +475,14 @@ fn wait_for_exit(
         let wake = [deadline, kill_at, Some(monitor.next_reading())].into_iter().flatten().min().expect("the monitor always has a next reading");
         let left = wake.saturating_duration_since(Instant::now());
         let timespec = rustix::fs::Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
-        let report_events = if report_open { PollFlags::IN } else { PollFlags::empty() };
+        // A closed pipe reports a hang-up whatever events are asked for, so once the report is
+        // at its end, its slot watches the pidfd instead and the loop does not spin.
+        let report_slot = if report_open { fds.report } else { fds.pidfd };
         let output_limit = pumps.limit_fd();
         let mut poll_fds = vec![
             PollFd::new(fds.pidfd, PollFlags::IN),
             PollFd::new(fds.signals, PollFlags::IN),
-            PollFd::new(fds.report, report_events),
+            PollFd::new(report_slot, PollFlags::IN),
             PollFd::from_borrowed_fd(output_limit, PollFlags::IN),
         ];
         // The terminal session's descriptors, then the output pipes that have no thread yet.
@@ -512,7 +514,7 @@ fn wait_for_exit(
                 }
             }
         }
-        if !revents[2].is_empty() {
+        if report_open && !revents[2].is_empty() {
             let mut buffer = [0u8; 4096];
             match rustix::io::read(fds.report, &mut buffer) {
                 Ok(0) | Err(_) => report_open = false,
