@@ -146,19 +146,21 @@ pub fn write(path: &Path, report: &Value) -> anyhow::Result<()> {
 /// added as `time_unix_ms`.
 ///
 /// The proxy's thread writes each line before it replies to the client, so a reader sees the
-/// event no later than the command sees its refusal. The stream is opened non-blocking: when
-/// it is a pipe the reader lets fill up, lines are dropped rather than the proxy held up, and
-/// the report still lists every refusal.
+/// event no later than the command sees its refusal. The stream is made non-blocking once
+/// open: when it is a pipe the reader lets fill up, lines are dropped rather than the proxy
+/// held up, and the report still lists every refusal. Opening a named pipe waits for a reader,
+/// as any writer of a named pipe does.
 pub fn event_sink(path: &std::path::Path) -> anyhow::Result<palisade_linux::DenialSink> {
     use anyhow::Context as _;
-    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("failed to open the event stream {}", path.display()))?;
+    let flags = rustix::fs::fcntl_getfl(&file).with_context(|| format!("failed to read the flags of the event stream {}", path.display()))?;
+    rustix::fs::fcntl_setfl(&file, flags | rustix::fs::OFlags::NONBLOCK)
+        .with_context(|| format!("failed to make the event stream {} non-blocking", path.display()))?;
     let file = std::sync::Mutex::new(file);
     let dropped = std::sync::atomic::AtomicBool::new(false);
     Ok(std::sync::Arc::new(move |denial: &palisade_linux::NetworkDenial| {

@@ -72,9 +72,10 @@ impl Descriptors {
     }
 }
 
-/// How often the server empties a session's event pipe, so that the session's palisade does
-/// not find it full and drop events.
-const EVENT_READ_INTERVAL: Duration = Duration::from_millis(100);
+/// The size the server asks for its end of a session's event pipe, the most an unprivileged
+/// process may set by default. The proxy drops lines it cannot write at once, so the pipe must
+/// absorb bursts while the server is busy elsewhere.
+const EVENT_PIPE_BYTES: usize = 1 << 20;
 
 /// Events kept for the command running; more are counted only. The session's report lists
 /// them all.
@@ -82,9 +83,8 @@ const MAX_KEPT_EVENTS: usize = 1000;
 
 /// The refusals palisade's proxy reported on the session's event pipe, not yet claimed by a
 /// command's result.
+#[derive(Default)]
 struct Events {
-    /// The read end of the pipe, non-blocking.
-    pipe: OwnedFd,
     /// Bytes of a line whose end has not arrived yet.
     partial: Vec<u8>,
     kept: Vec<Value>,
@@ -92,37 +92,49 @@ struct Events {
 }
 
 impl Events {
-    /// Reads what is in the pipe now, without waiting.
-    fn read(&mut self) {
+    /// Reads what is in `pipe` now, without waiting. Returns the error that stopped the
+    /// reading: `WouldBlock` once the pipe is empty; `Ok` at its end.
+    fn read(&mut self, pipe: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
         let mut buffer = [0u8; 16 << 10];
-        while let Ok(read @ 1..) = rustix::io::read(&self.pipe, &mut buffer) {
-            self.partial.extend_from_slice(&buffer[..read]);
-        }
-        let Some(end) = self.partial.iter().rposition(|&byte| byte == b'\n') else { return };
-        let complete: Vec<u8> = self.partial.drain(..=end).collect();
-        for line in complete.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
-            match serde_json::from_slice(line) {
-                Ok(event) if self.kept.len() < MAX_KEPT_EVENTS => self.kept.push(event),
-                Ok(_) => self.not_kept += 1,
-                Err(error) => tracing::warn!("mcp: an event line of a session does not parse: {error}"),
+        let stopped = loop {
+            match rustix::io::read(pipe, &mut buffer) {
+                Ok(0) => break Ok(()),
+                Ok(read) => self.partial.extend_from_slice(&buffer[..read]),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(error) => break Err(io::Error::from(error)),
+            }
+        };
+        if let Some(end) = self.partial.iter().rposition(|&byte| byte == b'\n') {
+            let complete: Vec<u8> = self.partial.drain(..=end).collect();
+            for line in complete.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+                match serde_json::from_slice(line) {
+                    Ok(event) if self.kept.len() < MAX_KEPT_EVENTS => self.kept.push(event),
+                    Ok(_) => self.not_kept += 1,
+                    Err(error) => tracing::warn!("mcp: an event line of a session does not parse: {error}"),
+                }
             }
         }
+        stopped
     }
 
-    /// Reads what is in the pipe now, and returns every event since the last call with the
-    /// number past [`MAX_KEPT_EVENTS`].
+    /// Returns every event since the last call, with the number past [`MAX_KEPT_EVENTS`].
     fn take(&mut self) -> (Vec<Value>, u64) {
-        self.read();
         (std::mem::take(&mut self.kept), std::mem::take(&mut self.not_kept))
     }
 }
 
-/// Empties the event pipe every [`EVENT_READ_INTERVAL`] until the session is gone.
-async fn read_events(events: std::sync::Weak<Mutex<Events>>) {
+/// Reads the event pipe whenever it has data, until its end: the session's palisade exited.
+async fn read_events(pipe: Arc<AsyncFd<OwnedFd>>, events: Arc<Mutex<Events>>) {
     loop {
-        tokio::time::sleep(EVENT_READ_INTERVAL).await;
-        let Some(events) = events.upgrade() else { return };
-        events.lock().expect("events lock").read();
+        let Ok(mut guard) = pipe.readable().await else { return };
+        match guard.try_io(|pipe| events.lock().expect("events lock").read(pipe.get_ref().as_fd())) {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => {
+                tracing::warn!("mcp: failed to read a session's events: {error}");
+                return;
+            }
+            Err(_would_block) => {}
+        }
     }
 }
 
@@ -144,6 +156,7 @@ pub struct Session {
     state: tokio::sync::Mutex<State>,
     process: tokio::sync::Mutex<Option<Child>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    events_pipe: Arc<AsyncFd<OwnedFd>>,
     events: Arc<Mutex<Events>>,
     pub report_path: PathBuf,
 }
@@ -212,16 +225,21 @@ impl Session {
         // SAFETY: `socket` is an open descriptor the `OwnedFd` owns, and the `AsyncFd` takes
         // that ownership: nothing else can close or replace it while the `AsyncFd` lives.
         let socket = unsafe { AsyncFd::register(socket) }.map_err(|error| format!("failed to watch the session's socket: {error}"))?;
+        // Best effort: the default size, 64 KiB, holds a few hundred events.
+        let _ = rustix::pipe::fcntl_setpipe_size(&events, EVENT_PIPE_BYTES);
+        // SAFETY: as for the socket; the pipe was created non-blocking.
+        let events_pipe = unsafe { AsyncFd::register(events) }.map_err(|error| format!("failed to watch the session's event pipe: {error}"))?;
         let session = Session {
             name,
             socket,
             state: tokio::sync::Mutex::new(State { cwd: PathBuf::new(), env: Vec::new(), next_id: 1, ended: None }),
-            events: Arc::new(Mutex::new(Events { pipe: events, partial: Vec::new(), kept: Vec::new(), not_kept: 0 })),
+            events_pipe: Arc::new(events_pipe),
+            events: Arc::default(),
             process: tokio::sync::Mutex::new(Some(child)),
             stderr,
             report_path,
         };
-        tokio::spawn(read_events(Arc::downgrade(&session.events)));
+        tokio::spawn(read_events(Arc::clone(&session.events_pipe), Arc::clone(&session.events)));
         let ready = tokio::time::timeout(START_WAIT, session.receive()).await;
         match ready {
             Ok(Ok(Some((Reply::Ready { cwd, env }, _)))) => {
@@ -259,7 +277,7 @@ impl Session {
         }
         // Refusals from between commands (of background processes) stay in the session's
         // report; this command's result lists only its own.
-        self.events.lock().expect("events lock").take();
+        self.take_events();
         let id = state.next_id;
         state.next_id += 1;
         let cwd = exec.cwd.clone().unwrap_or_else(|| state.cwd.clone());
@@ -379,9 +397,13 @@ impl Session {
         ended.output_cut_at = output.cut_at();
         // The proxy writes each event before the client hears of the refusal, so every event
         // of this command is in the pipe by the time the command has exited.
-        (ended.network_denials, ended.network_denials_not_kept) = self.events.lock().expect("events lock").take();
+        (ended.network_denials, ended.network_denials_not_kept) = self.take_events();
         if let Some((cwd, env)) = parse_state(&state_bytes) {
-            state.cwd = cwd;
+            // A directory given for this command is for this command only, and so is any `cd`
+            // the command makes from it.
+            if exec.cwd.is_none() {
+                state.cwd = cwd;
+            }
             state.env = keep_after(env, &state.env, &exec.env);
         }
         ended.cwd = state.cwd.clone();
@@ -432,6 +454,13 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Reads what is in the event pipe now, then returns every event since the last call.
+    fn take_events(&self) -> (Vec<Value>, u64) {
+        let mut events = self.events.lock().expect("events lock");
+        let _ = events.read(self.events_pipe.get_ref().as_fd());
+        events.take()
     }
 
     async fn kill(&self, id: u64) -> io::Result<()> {

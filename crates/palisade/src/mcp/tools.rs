@@ -313,7 +313,10 @@ it; stdout carries everything the terminal showed, and stderr is empty.",
             Ok(child) => child,
             Err(error) => return Some(result::failure(format!("failed to start palisade for a session: {error}"))),
         };
-        let sessions::Descriptors { socket, events_read, .. } = descriptors;
+        let sessions::Descriptors { socket, host_socket, events_read, events_write } = descriptors;
+        // Only the child may hold these: with a copy here, the server would not see the
+        // socket close when a child that failed to start exits.
+        drop((host_socket, events_write));
         let started = tokio::select! {
             started = Session::start(name.clone(), child, socket, events_read, report_path.clone()) => started,
             () = cancelled => return None,
@@ -587,7 +590,7 @@ fn parse_timeout(value: &Value) -> Result<TimeoutRequest, String> {
             let milliseconds = (seconds * 1000.0).ceil();
             // An upper bound of about 31,000 years keeps the conversion exact.
             if !(1.0..1e15).contains(&milliseconds) {
-                return Err(format!("argument \"timeout\" must be a positive number of seconds, not {number}"));
+                return Err(format!("argument \"timeout\" must be a number of seconds from 0.001 to 10^12, not {number}"));
             }
             Ok(TimeoutRequest::Duration(Duration::from_millis(milliseconds as u64)))
         }

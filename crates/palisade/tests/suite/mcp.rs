@@ -418,9 +418,16 @@ both_identities!(network_refusal_listed_in_denials, |f: &Fixture| {
     assert_eq!(objects, ["first.invalid:80", "second.invalid:443"], "{first:#}");
     let quiet = client.exec(&session, json!("echo no network"), json!({}));
     assert_eq!(quiet["denials"], json!([]), "{quiet:#}");
+    // A burst of refusals reaches the result whole: 1000 listed and the rest counted.
+    let burst = "for i in $(seq 1005); do echo \"url = http://n$i.invalid/\"; echo 'output = /dev/null'; done > /tmp/urls; curl -s -K /tmp/urls; echo done";
+    let many = client.exec(&session, json!(burst), json!({}));
+    assert_eq!(many["stdout"], "done\n", "{many:#}");
+    assert_eq!(many["denials"].as_array().unwrap().len(), 1000, "{}", many["denials_not_listed"]);
+    assert_eq!(many["denials_not_listed"], 5, "{}", many["denials"].as_array().unwrap().len());
     let closed = client.call("session_close", json!({ "session": session }));
     let listed: Vec<&str> = closed["structuredContent"]["denials"].as_array().unwrap().iter().map(|denial| denial["object"].as_str().unwrap()).collect();
-    assert_eq!(listed, ["first.invalid:80", "second.invalid:443"], "{closed:#}");
+    assert_eq!(listed.len(), 1007, "{:?}", &listed[..3]);
+    assert_eq!(listed[..2], ["first.invalid:80", "second.invalid:443"]);
 });
 
 both_identities!(protocol_errors_keep_serving, |f: &Fixture| {
@@ -668,6 +675,10 @@ both_identities!(session_carries_state_over_ten_commands, |f: &Fixture| {
     let ninth = client.exec(&session, json!("unset GREETING; cd .. && false"), json!({}));
     assert_eq!(ninth["exit_code"], 1, "{ninth:#}");
     assert_eq!(ninth["cwd"], format!("{ws}/sub"), "{ninth:#}");
+    // A directory given for one command is for that command only, `cd` in it included.
+    let elsewhere = client.exec(&session, json!("pwd; cd sub/deeper; pwd"), json!({ "cwd": "." }));
+    assert_output(&elsewhere, &format!("{ws}\n{ws}/sub/deeper\n"));
+    assert_eq!(elsewhere["cwd"], format!("{ws}/sub"), "{elsewhere:#}");
     // `exit` skips the state capture: the directory and the environment stay as they were.
     let tenth = client.exec(&session, json!("echo \"[$GREETING]\"; pwd; cd /; exit 7"), json!({}));
     assert_eq!(tenth["exit_code"], 7, "{tenth:#}");
@@ -792,6 +803,15 @@ both_identities!(session_errors_keep_serving, |f: &Fixture| {
     let stdout = host["stdout"].as_str().unwrap();
     assert!(stdout.contains("session-host"), "pid 2 is not the session's host: {host:#}");
     assert!(!stdout.contains("readable"), "a command read the host's private /proc files: {host:#}");
+
+    // The unconfined profile has no sandbox to keep a session in: refused at once, with the reason.
+    let mut unconfined = Client::initialized(f, &["-p", "unconfined"]);
+    let started = Instant::now();
+    let refused = unconfined.call("session_open", json!({}));
+    assert_eq!(refused["isError"], true, "{refused:#}");
+    assert!(refused["structuredContent"]["message"].as_str().unwrap().contains("unconfined"), "{refused:#}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the refusal took {:?}", started.elapsed());
+    unconfined.assert_serving();
 });
 
 // `pty` runs a session command on a pseudo-terminal of the sandbox's own: programs see a
