@@ -41,6 +41,10 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 /// gets SIGTERM, and then SIGKILL after as long again.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long the server waits, once a session's palisade has exited, for the rest of its stderr.
+/// A process the session left behind could keep the pipe open.
+const STDERR_WAIT: Duration = Duration::from_secs(1);
+
 /// The bytes of palisade's own stderr kept for a session, for the message when it fails.
 const STDERR_KEPT_BYTES: usize = 16 << 10;
 
@@ -156,6 +160,8 @@ pub struct Session {
     state: tokio::sync::Mutex<State>,
     process: tokio::sync::Mutex<Option<Child>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The task that reads palisade's stderr into `stderr`, until the end of the pipe.
+    stderr_reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     events_pipe: Arc<AsyncFd<OwnedFd>>,
     events: Arc<Mutex<Events>>,
     pub report_path: PathBuf,
@@ -218,9 +224,7 @@ impl Session {
     /// reason, with palisade's stderr.
     pub async fn start(name: String, mut child: Child, socket: OwnedFd, events: OwnedFd, report_path: PathBuf) -> Result<Session, String> {
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(pipe) = child.stderr.take() {
-            tokio::spawn(keep_stderr(pipe, Arc::clone(&stderr)));
-        }
+        let stderr_reader = child.stderr.take().map(|pipe| tokio::spawn(keep_stderr(pipe, Arc::clone(&stderr))));
         rustix::io::ioctl_fionbio(&socket, true).map_err(|error| format!("failed to make the session's socket non-blocking: {error}"))?;
         // SAFETY: `socket` is an open descriptor the `OwnedFd` owns, and the `AsyncFd` takes
         // that ownership: nothing else can close or replace it while the `AsyncFd` lives.
@@ -237,6 +241,7 @@ impl Session {
             events: Arc::default(),
             process: tokio::sync::Mutex::new(Some(child)),
             stderr,
+            stderr_reader: Mutex::new(stderr_reader),
             report_path,
         };
         tokio::spawn(read_events(Arc::clone(&session.events_pipe), Arc::clone(&session.events)));
@@ -505,6 +510,11 @@ impl Session {
         let mut process = self.process.lock().await;
         if let Some(mut child) = process.take() {
             wait_or_kill(&mut child).await;
+        }
+        // The last lines palisade wrote may still be in the pipe when it has exited.
+        let reader = self.stderr_reader.lock().expect("stderr reader lock").take();
+        if let Some(reader) = reader {
+            let _ = tokio::time::timeout(STDERR_WAIT, reader).await;
         }
         let written = String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).trim().to_owned();
         let message = if written.is_empty() { reason.to_owned() } else { format!("{reason}; palisade's stderr: {written}") };
