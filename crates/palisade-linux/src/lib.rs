@@ -235,7 +235,7 @@ fn is_stale_placeholder(meta: &std::fs::Metadata) -> bool {
     meta.file_type().is_fifo() && meta.mode() & 0o7777 == 0
 }
 
-/// What a run's command stage becomes once it is confined.
+/// The role of a run's command stage once it is confined.
 pub(crate) enum Workload<'a> {
     /// The program of this command line.
     Command(&'a [OsString]),
@@ -244,7 +244,7 @@ pub(crate) enum Workload<'a> {
     Session(OwnedFd),
 }
 
-/// What one run does, and who hears of its refusals as they happen.
+/// The work of one run, its options, and the receiver of its refusals as they happen.
 pub(crate) struct Job<'a> {
     pub(crate) workload: Workload<'a>,
     pub(crate) options: RunOptions,
@@ -285,11 +285,11 @@ pub fn run(
 pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&Layers), on_denial: Option<DenialSink>) -> Result<Outcome, Error> {
     check_supported(policy)?;
     if policy.profile == Profile::Unconfined {
-        // NOTE: a session runs its commands from a host inside the sandbox; the unconfined
+        // NOTE: a session runs its commands from a host inside the sandbox. The unconfined
         // profile has no sandbox to put one in, so its clients run each command on its own.
         return Err(Error::Unsupported { feature: "a session in the unconfined profile, which has no sandbox to keep commands in,".into() });
     }
-    // Each command of a session asks for its own terminal (see `session`).
+    // Each command of a session requests its own terminal (see `session`).
     launch(policy, Job { workload: Workload::Session(socket), options: RunOptions::default(), on_denial }, on_start)
 }
 

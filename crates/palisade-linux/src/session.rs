@@ -34,7 +34,7 @@ use crate::sys;
 /// `execve` refuses a single argument over 128 KiB anyway.
 pub const MAX_MESSAGE_BYTES: usize = 160 << 10;
 
-/// The descriptors an [`ExecRequest`] carries: stdin, stdout and stderr (unless it asks for a
+/// The descriptors an [`ExecRequest`] carries: stdin, stdout and stderr (unless it requests a
 /// terminal), then the state pipe when [`ExecRequest::state_fd`] is set.
 const STREAMS: usize = 3;
 

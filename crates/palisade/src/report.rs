@@ -145,8 +145,8 @@ pub fn write(path: &Path, report: &Value) -> anyhow::Result<()> {
 /// refusal of the proxy to it as one JSON line: the report's denial entry with the time
 /// added as `time_unix_ms`.
 ///
-/// The proxy's thread writes each line before it replies to the client, so a reader sees the
-/// event no later than the command sees its refusal. The stream is made non-blocking once
+/// The proxy's thread writes each line before it replies to the client, so the event reaches a
+/// reader no later than the refusal reaches the command. The stream is made non-blocking once
 /// open: when it is a pipe the reader lets fill up, lines are dropped rather than the proxy
 /// held up, and the report still lists every refusal. Opening a named pipe waits for a reader,
 /// as any writer of a named pipe does.

@@ -76,7 +76,7 @@ impl Descriptors {
     }
 }
 
-/// The size the server asks for its end of a session's event pipe, the most an unprivileged
+/// The size the server requests for a session's event pipe, the most an unprivileged
 /// process may set by default. The proxy drops lines it cannot write at once, so the pipe must
 /// absorb bursts while the server is busy elsewhere.
 const EVENT_PIPE_BYTES: usize = 1 << 20;
@@ -199,7 +199,7 @@ pub struct Ended {
     pub exec_error: Option<String>,
     pub stdout: Captured,
     pub stderr: Captured,
-    /// The output was still open when reading stopped: a background process holds it.
+    /// The output was still open when reading stopped, because a background process kept it open.
     pub output_held: bool,
     pub cwd: PathBuf,
     /// The requests palisade's proxy refused while the command ran, as the run report's
@@ -229,7 +229,7 @@ impl Session {
         // SAFETY: `socket` is an open descriptor the `OwnedFd` owns, and the `AsyncFd` takes
         // that ownership: nothing else can close or replace it while the `AsyncFd` lives.
         let socket = unsafe { AsyncFd::register(socket) }.map_err(|error| format!("failed to watch the session's socket: {error}"))?;
-        // Best effort: the default size, 64 KiB, holds a few hundred events.
+        // Best effort: the default size, 64 KiB, is room for a few hundred events.
         let _ = rustix::pipe::fcntl_setpipe_size(&events, EVENT_PIPE_BYTES);
         // SAFETY: as for the socket; the pipe was created non-blocking.
         let events_pipe = unsafe { AsyncFd::register(events) }.map_err(|error| format!("failed to watch the session's event pipe: {error}"))?;
@@ -306,8 +306,8 @@ impl Session {
         let streams = if exec.terminal.is_some() {
             let fds: Vec<_> = state_pipe.iter().map(|(_, write)| write.as_fd()).collect();
             self.send(&request, &fds).await.map_err(|error| self.lost(error))?;
-            // The host sends the terminal's master side before it starts the command, or says
-            // why it could not create the terminal; the exit follows either way.
+            // The host sends the terminal's master side before it starts the command, or the
+            // reason it could not create the terminal. The exit follows either way.
             let master = loop {
                 match self.receive().await.map_err(|error| self.lost(error))? {
                     Some((Reply::Started { id: started }, mut fds)) if started == id => break fds.pop(),
@@ -534,7 +534,7 @@ impl Session {
     }
 }
 
-/// Where a command's standard streams go.
+/// The destination of a command's standard streams.
 enum Streams {
     Pipes { stdin: pipe::Sender, stdout: pipe::Receiver, stderr: pipe::Receiver },
     /// The master side of the command's pseudo-terminal, or `None` when the host could not
