@@ -1,13 +1,14 @@
 //! Descriptors handed between the sandbox's init and the supervisor over a UNIX socket pair
 //! (`SCM_RIGHTS`): the proxy's listening sockets, new sockets for exposed ports, and the master
-//! side of the command's pseudo-terminal.
+//! side of the command's pseudo-terminal. A session's socket (see [`crate::session`]) uses the
+//! same calls.
 //!
 //! The pair is `SOCK_SEQPACKET`, so each hand-over is one message whose payload and
 //! descriptors arrive together, and a read of 0 bytes means that the peer closed its end.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -24,14 +25,24 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Sends `payload` and `fds` as one message. The payload must not be empty, because the
 /// receiver reads an empty message as the end of the channel.
 pub(crate) fn send(channel: &OwnedFd, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    send_with(channel.as_fd(), payload, fds, SendFlags::empty())
+}
+
+/// Sends like [`send`], with `flags` added to `MSG_NOSIGNAL`, such as `MSG_DONTWAIT` for a
+/// caller that waits for the socket itself. A call interrupted by a signal is repeated.
+pub(crate) fn send_with(channel: BorrowedFd<'_>, payload: &[u8], fds: &[BorrowedFd<'_>], flags: SendFlags) -> io::Result<()> {
     debug_assert!(!payload.is_empty(), "an empty message reads as a closed channel");
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
         control.push(SendAncillaryMessage::ScmRights(fds));
     }
-    rustix::net::sendmsg(channel, &[IoSlice::new(payload)], &mut control, SendFlags::NOSIGNAL)?;
-    Ok(())
+    loop {
+        match rustix::net::sendmsg(channel, &[IoSlice::new(payload)], &mut control, SendFlags::NOSIGNAL | flags) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map(drop).map_err(io::Error::from),
+        }
+    }
 }
 
 /// One message read by [`receive`].
@@ -40,16 +51,23 @@ pub(crate) struct Received {
     pub(crate) bytes: usize,
     /// The descriptors that came with the payload, close-on-exec.
     pub(crate) fds: Vec<OwnedFd>,
+    /// The payload was longer than the buffer, and the rest of it is lost.
+    pub(crate) truncated: bool,
 }
 
 /// Reads one message into `payload`, with room for `max_fds` descriptors. Blocks until a
 /// message arrives or the peer closes its end. A message that carried more than `max_fds`
 /// descriptors is an error, and the kernel closes the ones that did not fit.
 pub(crate) fn receive(channel: &OwnedFd, payload: &mut [u8], max_fds: usize) -> io::Result<Received> {
+    receive_with(channel.as_fd(), payload, max_fds, RecvFlags::empty())
+}
+
+/// Receives like [`receive`], with `flags` added to `MSG_CMSG_CLOEXEC`, such as `MSG_DONTWAIT`.
+pub(crate) fn receive_with(channel: BorrowedFd<'_>, payload: &mut [u8], max_fds: usize, flags: RecvFlags) -> io::Result<Received> {
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let received = loop {
-        match rustix::net::recvmsg(channel, &mut [IoSliceMut::new(payload)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(channel, &mut [IoSliceMut::new(payload)], &mut control, RecvFlags::CMSG_CLOEXEC | flags) {
             Err(rustix::io::Errno::INTR) => continue,
             other => break other?,
         }
@@ -65,7 +83,7 @@ pub(crate) fn receive(channel: &OwnedFd, payload: &mut [u8], max_fds: usize) -> 
     if received.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the message carried more than the {max_fds} descriptors expected")));
     }
-    Ok(Received { bytes: received.bytes, fds })
+    Ok(Received { bytes: received.bytes, fds, truncated: received.flags.contains(ReturnFlags::TRUNC) })
 }
 
 #[cfg(test)]

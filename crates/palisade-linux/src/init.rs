@@ -101,7 +101,7 @@ impl Message {
 pub struct InitContext<'a> {
     pub policy: &'a Policy,
     pub plan: &'a MountPlan,
-    /// What the command stage becomes: a program, or a session's host.
+    /// The role of the command stage: a program, or a session's host.
     pub workload: &'a Workload<'a>,
     pub identity: Identity,
     /// Read end of the start pipe: the supervisor writes one byte once the id maps are written,

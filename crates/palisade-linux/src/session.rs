@@ -17,15 +17,12 @@
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-};
+use rustix::net::{RecvFlags, SendFlags};
 
 use crate::sys;
 
@@ -263,13 +260,7 @@ impl<'a> Reader<'a> {
 /// Creates the socket pair of a session: the client's end first. Both ends are close-on-exec;
 /// the client places the host's end where the host process expects it.
 pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (client, host) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::SEQPACKET,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    Ok((client, host))
+    crate::handoff::pair()
 }
 
 /// Takes ownership of the inherited descriptor `fd` as a session's socket, after checking that
@@ -294,53 +285,31 @@ pub fn adopt_socket(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
-/// Sends `message` with `fds` attached. Returns `WouldBlock` on a non-blocking socket whose
-/// buffer is full.
+/// Sends `message` with `fds` attached, without waiting: the client's call, for a caller that
+/// waits for the socket itself. Returns `WouldBlock` when the socket's buffer is full.
 pub fn send(socket: BorrowedFd<'_>, message: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if message.len() > MAX_MESSAGE_BYTES {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a session message of {} bytes is over the maximum of {MAX_MESSAGE_BYTES}", message.len())));
     }
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(STREAMS + 1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one session message"));
+    if fds.len() > STREAMS + 1 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} descriptors are too many for one session message", fds.len())));
     }
-    loop {
-        match rustix::net::sendmsg(socket, &[IoSlice::new(message)], &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
-            Ok(_) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(error) => return Err(error.into()),
-        }
-    }
+    crate::handoff::send_with(socket, message, fds, SendFlags::DONTWAIT)
 }
 
 /// Receives one message and the descriptors attached to it, without waiting. `Ok(None)` means
 /// the other end is closed; `WouldBlock` that nothing is there yet.
 pub fn receive(socket: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(STREAMS + 1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let received = loop {
-        let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
-        match rustix::net::recvmsg(socket, &mut [IoSliceMut::new(&mut buffer)], &mut control, flags) {
-            Err(rustix::io::Errno::INTR) => continue,
-            other => break other?,
-        }
-    };
-    let mut fds = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
-    if received.bytes == 0 && fds.is_empty() {
+    let received = crate::handoff::receive_with(socket, &mut buffer, STREAMS + 1, RecvFlags::DONTWAIT)?;
+    if received.bytes == 0 && received.fds.is_empty() {
         return Ok(None);
     }
-    if received.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) {
+    if received.truncated {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "a session message did not fit the receive buffer"));
     }
     buffer.truncate(received.bytes);
-    Ok(Some((buffer, fds)))
+    Ok(Some((buffer, received.fds)))
 }
 
 /// Runs in the command stage, confined, in place of the command: serves requests on `socket`
@@ -353,7 +322,7 @@ pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
     };
     set_blocking(socket.as_fd());
     let env: Vec<OsString> = env.iter().map(|entry| OsStr::from_bytes(entry.as_bytes()).to_owned()).collect();
-    if send(socket.as_fd(), &Reply::Ready { cwd: cwd.to_owned(), env }.encode(), &[]).is_err() {
+    if reply(socket.as_fd(), &Reply::Ready { cwd: cwd.to_owned(), env }, &[]).is_err() {
         sys::exit_now(SESSION_FAILED);
     }
     let mut running: HashMap<libc::pid_t, u64> = HashMap::new();
@@ -385,8 +354,8 @@ pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
         match Request::decode(&message) {
             Some(Request::Exec(request)) => {
                 let failed = |reason: String| {
-                    let _ = send(socket.as_fd(), &Reply::Failed { id: request.id, code: 126, reason }.encode(), &[]);
-                    let _ = send(socket.as_fd(), &Reply::Exited { id: request.id, code: 126 }.encode(), &[]);
+                    let _ = reply(socket.as_fd(), &Reply::Failed { id: request.id, code: 126, reason }, &[]);
+                    let _ = reply(socket.as_fd(), &Reply::Exited { id: request.id, code: 126 }, &[]);
                 };
                 let wanted = if request.terminal.is_some() { 0 } else { STREAMS } + usize::from(request.state_fd);
                 if received.len() != wanted {
@@ -397,7 +366,7 @@ pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
                 let stdio = match request.terminal {
                     Some(size) => match open_terminal(size) {
                         Ok((master, slave)) => {
-                            if let Err(error) = send(socket.as_fd(), &Reply::Started { id: request.id }.encode(), &[master.as_fd()]) {
+                            if let Err(error) = reply(socket.as_fd(), &Reply::Started { id: request.id }, &[master.as_fd()]) {
                                 failed(format!("failed to pass the terminal on: {error}"));
                                 continue;
                             }
@@ -436,8 +405,14 @@ pub(crate) fn host(socket: &OwnedFd, cwd: &Path, env: &[CString]) -> ! {
 /// Exit status of the host when its socket or signal handling fails.
 const SESSION_FAILED: i32 = 125;
 
-/// Makes the session's socket blocking, whatever the client left it, so that a send never
-/// fails with `WouldBlock`. The host waits with `poll` and reads with `DONTWAIT` either way.
+/// Sends `message` from the host, waiting for room in the socket's buffer, so that no reply
+/// is lost while the client is slow to read.
+fn reply(socket: BorrowedFd<'_>, message: &Reply, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    crate::handoff::send_with(socket, &message.encode(), fds, SendFlags::empty())
+}
+
+/// Clears `O_NONBLOCK` on the session's socket, whatever the client left it, so that the
+/// host's sends wait for room. The host waits with `poll` and reads with `MSG_DONTWAIT`.
 fn set_blocking(socket: BorrowedFd<'_>) {
     if let Ok(flags) = rustix::fs::fcntl_getfl(socket) {
         let _ = rustix::fs::fcntl_setfl(socket, flags - rustix::fs::OFlags::NONBLOCK);
@@ -454,12 +429,12 @@ fn reap(socket: BorrowedFd<'_>, running: &mut HashMap<libc::pid_t, u64>) {
             return;
         }
         let Some(id) = running.remove(&pid) else { continue };
-        let reply = if libc::WIFSIGNALED(status) {
+        let finished = if libc::WIFSIGNALED(status) {
             Reply::Signaled { id, signal: libc::WTERMSIG(status) }
         } else {
             Reply::Exited { id, code: libc::WEXITSTATUS(status) }
         };
-        let _ = send(socket, &reply.encode(), &[]);
+        let _ = reply(socket, &finished, &[]);
     }
 }
 
@@ -492,7 +467,7 @@ fn start(socket: BorrowedFd<'_>, request: &ExecRequest, stdio: &Stdio, state: Op
     match sys::clone_fork(0)? {
         0 => {
             let fail = |code: i32, reason: String| -> ! {
-                let _ = send(socket, &Reply::Failed { id: request.id, code, reason }.encode(), &[]);
+                let _ = reply(socket, &Reply::Failed { id: request.id, code, reason }, &[]);
                 sys::exit_now(code)
             };
             if let Err(error) = sys::reset_signals() {

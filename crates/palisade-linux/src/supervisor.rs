@@ -164,7 +164,7 @@ pub fn run(
         Ok(pid) => pid,
         Err(error) => return Err(userns::explain_clone_failure(error)),
     };
-    // The session's host holds the socket now. Without this copy, the client reads
+    // The session's host has its own copy of the socket now. Without this copy, the client reads
     // end-of-file as soon as the host is gone, not only once palisade has cleaned up.
     drop(workload);
     drop(go_read);

@@ -225,6 +225,7 @@ impl Session {
     pub async fn start(name: String, mut child: Child, socket: OwnedFd, events: OwnedFd, report_path: PathBuf) -> Result<Session, String> {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_reader = child.stderr.take().map(|pipe| tokio::spawn(keep_stderr(pipe, Arc::clone(&stderr))));
+
         rustix::io::ioctl_fionbio(&socket, true).map_err(|error| format!("failed to make the session's socket non-blocking: {error}"))?;
         // SAFETY: `socket` is an open descriptor the `OwnedFd` owns, and the `AsyncFd` takes
         // that ownership: nothing else can close or replace it while the `AsyncFd` lives.
@@ -233,6 +234,7 @@ impl Session {
         let _ = rustix::pipe::fcntl_setpipe_size(&events, EVENT_PIPE_BYTES);
         // SAFETY: as for the socket; the pipe was created non-blocking.
         let events_pipe = unsafe { AsyncFd::register(events) }.map_err(|error| format!("failed to watch the session's event pipe: {error}"))?;
+
         let session = Session {
             name,
             socket,
@@ -245,6 +247,7 @@ impl Session {
             report_path,
         };
         tokio::spawn(read_events(Arc::clone(&session.events_pipe), Arc::clone(&session.events)));
+
         let ready = tokio::time::timeout(START_WAIT, session.receive()).await;
         match ready {
             Ok(Ok(Some((Reply::Ready { cwd, env }, _)))) => {

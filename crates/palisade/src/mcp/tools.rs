@@ -298,6 +298,7 @@ it; stdout carries everything the terminal showed, and stderr is empty.",
             Ok(descriptors) => descriptors,
             Err(error) => return Some(result::failure(format!("failed to create the session's socket and event pipe: {error}"))),
         };
+
         let report_path = self.scratch.report_path();
         let mut args: Vec<OsString> = vec!["session-host".into()];
         args.extend(self.ceiling.run_flags(None));
@@ -317,6 +318,7 @@ it; stdout carries everything the terminal showed, and stderr is empty.",
         // Only the child may hold these: with a copy here, the server would not see the
         // socket close when a child that failed to start exits.
         drop((host_socket, events_write));
+
         let started = tokio::select! {
             started = Session::start(name.clone(), child, socket, events_read, report_path.clone()) => started,
             () = cancelled => return None,
@@ -329,6 +331,7 @@ it; stdout carries everything the terminal showed, and stderr is empty.",
                 return Some(result::tool_result(message.clone(), json!({ "error": "refused", "message": message, "report": report }), true));
             }
         };
+
         let cwd = session.cwd().await;
         if let Err(session) = self.sessions.insert(Arc::clone(&session)) {
             session.end("too many sessions").await;
