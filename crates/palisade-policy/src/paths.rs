@@ -188,12 +188,12 @@ pub fn expand(text: &str, home: &Path, workspace: &Path) -> Result<PathBuf, Stri
 /// paths are. Comparing bytes instead of `Path::starts_with` matters because resolution and
 /// planning compare every hidden path with every visible one on each start.
 pub fn is_within(path: &Path, root: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let (path, root) = (path.as_os_str().as_bytes(), root.as_os_str().as_bytes());
-    if root == b"/" {
-        return path.first() == Some(&b'/');
+    const SEPARATOR: u8 = std::path::MAIN_SEPARATOR as u8;
+    let (path, root) = (path.as_os_str().as_encoded_bytes(), root.as_os_str().as_encoded_bytes());
+    if root == [SEPARATOR] {
+        return path.first() == Some(&SEPARATOR);
     }
-    path.starts_with(root) && (path.len() == root.len() || path[root.len()] == b'/')
+    path.starts_with(root) && (path.len() == root.len() || path[root.len()] == SEPARATOR)
 }
 
 #[cfg(test)]

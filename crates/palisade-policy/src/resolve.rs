@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -134,12 +133,18 @@ impl Context {
     pub fn from_process() -> std::io::Result<Context> {
         Ok(Context {
             cwd: std::env::current_dir()?,
-            home: std::env::var_os("HOME").map(PathBuf::from),
+            home: std::env::var_os(HOME_VARIABLE).map(PathBuf::from),
             env: std::env::vars_os().collect(),
             memory_total: read_memory_total(),
         })
     }
 }
+
+/// The variable that names the caller's home directory.
+#[cfg(not(windows))]
+const HOME_VARIABLE: &str = "HOME";
+#[cfg(windows)]
+const HOME_VARIABLE: &str = "USERPROFILE";
 
 /// Reads `MemTotal` from `/proc/meminfo`. Returns `None` where there is no such file.
 fn read_memory_total() -> Option<u64> {
@@ -1088,7 +1093,7 @@ fn validate_relative_name(text: &str) -> Result<(), String> {
     if path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
         return Err("'.' and '..' are not allowed in protected names".into());
     }
-    if text.as_bytes().contains(&0) || OsString::from(text).as_bytes().contains(&b'\n') {
+    if text.contains(['\0', '\n']) {
         return Err("control characters are not allowed".into());
     }
     Ok(())

@@ -1,0 +1,787 @@
+//! The translation of a resolved policy into what Windows enforces: which sandbox account runs
+//! the command, the token it gets, the job object's limits, the ACL entries that `palisade
+//! setup` applies once, the placeholders a run creates, and the firewall filters.
+//!
+//! Everything here is pure so that it is tested on every platform; `sys` carries the plan out.
+//! The design, and why it was chosen over the alternatives, is in `docs/windows.md`.
+
+use std::fmt;
+use std::time::Duration;
+
+use palisade_policy::{Limits, NetworkMode, Profile};
+
+use crate::path::{PathError, WinPath};
+
+/// Facts about the machine and the calling user that the plan depends on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// The caller's account name, from which the sandbox accounts are named.
+    pub user_name: String,
+    /// `%USERPROFILE%`.
+    pub profile_dir: WinPath,
+    /// The directories of the caller's `PATH`, in order.
+    pub path_dirs: Vec<WinPath>,
+    /// `%SystemRoot%`, normally `C:\Windows`.
+    pub system_root: WinPath,
+    /// Logical processors, for the CPU rate of the job.
+    pub cpu_count: u32,
+    /// palisade's machine-wide directory, `%ProgramData%\palisade`, created by setup.
+    pub state_dir: WinPath,
+}
+
+/// The parts of a resolved policy the Windows backend enforces, with Windows paths.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub profile: Profile,
+    pub workspace: WinPath,
+    pub cwd: WinPath,
+    pub read_only: Vec<WinPath>,
+    /// Caches that the Linux backend shows through a copy-on-write layer. Windows has no such
+    /// layer; they are readable and not writable.
+    pub copy_on_write: Vec<WinPath>,
+    pub writable: Vec<WinPath>,
+    pub hidden: Vec<WinPath>,
+    pub protected: Vec<WinPath>,
+    pub network: NetworkMode,
+    pub limits: Limits,
+    /// The limits of the profile before the policy changed any, so the plan can tell a limit
+    /// the user asked for from a default.
+    pub default_limits: Limits,
+}
+
+/// Why a policy cannot be planned on Windows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error("{what} {path:?} is not a usable Windows path: {source}")]
+    Path { what: &'static str, path: String, source: PathError },
+    #[error("the writable root {0} would give the sandbox {1}; choose a directory below it")]
+    WritableTooBroad(WinPath, &'static str),
+    #[error("the {limit} limit cannot be enforced on Windows: {reason}")]
+    LimitUnsupported { limit: &'static str, reason: &'static str },
+    #[error("the unconfined profile is not planned: it runs the command as the caller")]
+    Unconfined,
+}
+
+/// The two local accounts that `palisade setup` creates for one caller. Commands run as one of
+/// them, never as the caller, so the caller's profile, documents and credential stores are
+/// unreadable unless the plan grants a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accounts {
+    /// For `--net none` and `--net allowlist`: every outbound connection is blocked by the
+    /// firewall except to the sandbox's own loopback servers and to palisade's proxy.
+    pub offline: String,
+    /// For `--net full`: no firewall filter.
+    pub online: String,
+}
+
+/// Local account names are at most 20 characters and may not hold `"/\[]:;|=,+*?<>@`.
+const ACCOUNT_NAME_MAX: usize = 20;
+
+impl Accounts {
+    /// Derives the account names from the caller's name: `pal-<name>-<hash>` and the same
+    /// with `-net`. The name is cut to fit Windows' limit, so the hash of the whole name keeps
+    /// two callers whose names share a beginning from sharing an account.
+    pub fn for_user(user_name: &str) -> Accounts {
+        let clean: String = user_name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .map(|c| c.to_ascii_lowercase())
+            .take(7)
+            .collect();
+        let clean = if clean.is_empty() { "user".to_owned() } else { clean };
+        let base = format!("pal-{clean}-{:04x}", fnv1a(user_name.to_lowercase().as_bytes()) & 0xffff);
+        debug_assert!(base.len() + "-net".len() <= ACCOUNT_NAME_MAX);
+        Accounts { online: format!("{base}-net"), offline: base }
+    }
+}
+
+/// The 32-bit FNV-1a hash: stable across versions and platforms, unlike `std`'s hasher.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, &byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
+}
+
+/// Which of the two accounts runs a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Offline,
+    Online,
+}
+
+/// A mandatory integrity level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// `S-1-16-4096`. A Low process cannot write to an object labelled Medium or above, which
+    /// is every object without a label, whatever its DACL grants ("no write up").
+    Low,
+}
+
+impl Integrity {
+    pub fn sid(self) -> &'static str {
+        match self {
+            Integrity::Low => "S-1-16-4096",
+        }
+    }
+
+    /// The SDDL label entry that lets processes of this level write to an object and, through
+    /// inheritance, to everything created below it.
+    pub fn inheritable_label(self) -> &'static str {
+        match self {
+            Integrity::Low => "S:(ML;OICI;NW;;;LW)",
+        }
+    }
+}
+
+/// The token the command runs with, derived from the sandbox account's own token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPlan {
+    pub integrity: Integrity,
+    /// Groups turned into deny-only: they can deny access but never grant it. The sandbox
+    /// accounts belong to none of these, but a machine policy could add them to one.
+    pub deny_only: &'static [&'static str],
+    /// The only privilege kept. Bypass-traverse checking is needed to open any path below a
+    /// directory the account cannot list, and every Windows program assumes it.
+    pub keep_privilege: &'static str,
+}
+
+/// Administrators, Power Users, Backup Operators, Network Configuration Operators, Hyper-V
+/// Administrators, and Remote Management Users.
+const DENY_ONLY_GROUPS: &[&str] = &["S-1-5-32-544", "S-1-5-32-547", "S-1-5-32-551", "S-1-5-32-556", "S-1-5-32-578", "S-1-5-32-580"];
+
+/// The job object every run is assigned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobPlan {
+    /// Closing palisade's handle, which happens however palisade ends, kills every process.
+    pub kill_on_close: bool,
+    /// Processes may not leave the job, not even with `CREATE_BREAKAWAY_FROM_JOB`.
+    pub allow_breakaway: bool,
+    /// A crash ends the process instead of showing a dialog that keeps the job alive.
+    pub die_on_unhandled_exception: bool,
+    /// Committed memory of all processes together, in bytes.
+    pub job_memory: Option<u64>,
+    /// Processes alive at once. Windows counts processes only, not threads.
+    pub active_processes: Option<u32>,
+    /// User-mode CPU time of all processes together.
+    pub job_user_time: Option<Duration>,
+    /// A hard cap of CPU use, in hundredths of a percent of the whole machine (1 to 10000).
+    pub cpu_rate: Option<u32>,
+    /// No clipboard, desktop switching, global atoms, display or system settings, no handles to
+    /// other processes' windows, and no logging off the user.
+    pub ui_restrictions: bool,
+    /// Wall-clock time, enforced by palisade, which then terminates the job.
+    pub timeout: Option<Duration>,
+    /// Bytes of stdout and stderr together, counted by palisade on its pipes.
+    pub max_output: Option<u64>,
+}
+
+/// What an access control entry lets the sandbox accounts do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read, list, and execute.
+    ReadExecute,
+    /// As `ReadExecute`, plus write, create and delete the object itself. Deliberately without
+    /// `FILE_DELETE_CHILD`, which would let a process delete or rename a protected entry
+    /// through its parent whatever the entry's own ACL says.
+    Modify,
+}
+
+impl Access {
+    /// The access mask of the entry.
+    pub fn mask(self) -> u32 {
+        match self {
+            Access::ReadExecute => mask::READ_EXECUTE,
+            Access::Modify => mask::READ_EXECUTE | mask::WRITE | mask::DELETE,
+        }
+    }
+}
+
+/// Access masks of file objects, from the Windows SDK's `winnt.h`.
+pub mod mask {
+    pub const READ_DATA: u32 = 0x0001;
+    pub const WRITE_DATA: u32 = 0x0002;
+    pub const APPEND_DATA: u32 = 0x0004;
+    pub const READ_EA: u32 = 0x0008;
+    pub const WRITE_EA: u32 = 0x0010;
+    pub const EXECUTE: u32 = 0x0020;
+    pub const DELETE_CHILD: u32 = 0x0040;
+    pub const READ_ATTRIBUTES: u32 = 0x0080;
+    pub const WRITE_ATTRIBUTES: u32 = 0x0100;
+    pub const DELETE: u32 = 0x0001_0000;
+    pub const READ_CONTROL: u32 = 0x0002_0000;
+    pub const WRITE_DAC: u32 = 0x0004_0000;
+    pub const WRITE_OWNER: u32 = 0x0008_0000;
+    pub const SYNCHRONIZE: u32 = 0x0010_0000;
+
+    pub const READ_EXECUTE: u32 = READ_DATA | READ_EA | EXECUTE | READ_ATTRIBUTES | READ_CONTROL | SYNCHRONIZE;
+    /// Writing data, attributes and extended attributes; on a directory, creating entries.
+    pub const WRITE: u32 = WRITE_DATA | APPEND_DATA | WRITE_EA | WRITE_ATTRIBUTES;
+    /// Everything that changes an object, its name, its children or its security.
+    pub const ANY_CHANGE: u32 = WRITE | DELETE | DELETE_CHILD | WRITE_DAC | WRITE_OWNER;
+    /// Everything that reveals an object's content or its children.
+    pub const ANY_READ: u32 = READ_DATA | READ_EA | EXECUTE | READ_ATTRIBUTES;
+}
+
+/// An allow entry for the sandbox accounts, inheritable to files and directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub path: WinPath,
+    pub access: Access,
+    pub reason: Reason,
+}
+
+/// A deny entry for the sandbox accounts, inheritable to files and directories. Deny entries
+/// come before allow entries in a DACL, so they win over every grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    pub path: WinPath,
+    /// The denied rights (a combination of [`mask`] values).
+    pub mask: u32,
+    pub reason: Reason,
+}
+
+/// Why the plan touches a path; shown by `palisade setup` and in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Workspace,
+    WritableRoot,
+    ReadRoot,
+    /// A directory of the caller's `PATH`, so tools installed per user run (CX-16).
+    PathDirectory,
+    Cache,
+    Hidden,
+    Protected,
+    Temp,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Workspace => "the workspace",
+            Reason::WritableRoot => "a writable root",
+            Reason::ReadRoot => "a readable path",
+            Reason::PathDirectory => "a directory on PATH",
+            Reason::Cache => "a build cache (readable, not writable, on Windows)",
+            Reason::Hidden => "a hidden path",
+            Reason::Protected => "a protected path",
+            Reason::Temp => "palisade's temporary directories",
+        })
+    }
+}
+
+/// The ACL side of the plan. `palisade setup` applies `grants`, `labels` and `denies` once;
+/// a run only checks that they are in place and never rewrites ACLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePlan {
+    pub grants: Vec<Grant>,
+    /// Roots that get an inheritable Low integrity label, so the Low token can write there.
+    pub labels: Vec<WinPath>,
+    pub denies: Vec<Deny>,
+    /// Protected names whose parent is a directory: where one does not exist when a run starts,
+    /// the run creates an empty directory in its place with the deny entry, so the command can
+    /// neither create it nor remove the placeholder, and removes it when the run ends.
+    pub placeholders: Vec<WinPath>,
+    /// The directory below which each run gets a private temporary directory (`TEMP`, `TMP`),
+    /// removed when the run ends.
+    pub temp_root: WinPath,
+}
+
+/// A filter of the Windows Filtering Platform, installed by setup, keyed on a sandbox
+/// account's SID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub account: AccountKind,
+    pub layer: Layer,
+    pub action: FilterAction,
+    /// Only connections to a loopback address.
+    pub loopback_only: bool,
+    /// Only connections to a socket owned by the same sandbox account.
+    pub remote_is_sandbox: bool,
+    /// Higher weights are evaluated first.
+    pub weight: u8,
+}
+
+/// The filtering layers that authorise new connections, for both address families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// `FWPM_LAYER_ALE_AUTH_CONNECT_V4`: outgoing TCP connections and the first datagram of
+    /// every UDP or raw flow.
+    ConnectV4,
+    ConnectV6,
+    /// `FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V4`: incoming connections and datagrams.
+    AcceptV4,
+    AcceptV6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterAction {
+    Block,
+    Permit,
+}
+
+/// How the command reaches the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkPlan {
+    /// Only the sandbox account's own loopback servers.
+    None,
+    /// As `None`, plus palisade's proxy on 127.0.0.1, which requires the run's credential.
+    Proxy,
+    /// The host's network.
+    Full,
+}
+
+/// A part of the policy this backend does not enforce for this run, reported to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub what: &'static str,
+    pub consequence: &'static str,
+}
+
+/// Everything a run needs, derived from one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub accounts: Accounts,
+    pub account: AccountKind,
+    pub token: TokenPlan,
+    pub job: JobPlan,
+    pub files: FilePlan,
+    pub network: NetworkPlan,
+    /// Every filter of both accounts: setup installs them all, whatever this run's network.
+    pub filters: Vec<Filter>,
+    pub gaps: Vec<Gap>,
+}
+
+/// Builds the plan for `request` on `machine`.
+pub fn plan(request: &Request, machine: &Machine) -> Result<Plan, PlanError> {
+    if request.profile == Profile::Unconfined {
+        return Err(PlanError::Unconfined);
+    }
+    let mut gaps = Vec::new();
+    let files = plan_files(request, machine)?;
+    let job = plan_job(&request.limits, &request.default_limits, machine.cpu_count, &mut gaps)?;
+    let (account, network) = match request.network {
+        NetworkMode::None => (AccountKind::Offline, NetworkPlan::None),
+        NetworkMode::Allowlist { .. } => (AccountKind::Offline, NetworkPlan::Proxy),
+        NetworkMode::Full => (AccountKind::Online, NetworkPlan::Full),
+    };
+    if !request.copy_on_write.is_empty() {
+        gaps.push(Gap {
+            what: "copy-on-write caches",
+            consequence: "build caches are readable but not writable, so a build that must download into one fails instead of writing there",
+        });
+    }
+    Ok(Plan {
+        accounts: Accounts::for_user(&machine.user_name),
+        account,
+        token: TokenPlan { integrity: Integrity::Low, deny_only: DENY_ONLY_GROUPS, keep_privilege: "SeChangeNotifyPrivilege" },
+        job,
+        files,
+        network,
+        filters: filters(),
+        gaps,
+    })
+}
+
+fn plan_files(request: &Request, machine: &Machine) -> Result<FilePlan, PlanError> {
+    let mut grants = Vec::new();
+    let mut labels = Vec::new();
+    for (index, root) in request.writable.iter().enumerate() {
+        check_writable(root, machine)?;
+        let reason = if *root == request.workspace || (index == 0 && root.starts_with(&request.workspace)) {
+            Reason::Workspace
+        } else {
+            Reason::WritableRoot
+        };
+        grants.push(Grant { path: root.clone(), access: Access::Modify, reason });
+        labels.push(root.clone());
+    }
+    let readable = [
+        (&request.read_only, Reason::ReadRoot),
+        (&request.copy_on_write, Reason::Cache),
+    ];
+    for (paths, reason) in readable {
+        for path in paths {
+            push_read(&mut grants, path, reason);
+        }
+    }
+    // CX-16: tools installed per user live on PATH below the profile, which the sandbox
+    // accounts cannot read by default. Directories outside the profile are readable already.
+    for dir in &machine.path_dirs {
+        if dir.starts_with(&machine.profile_dir) {
+            push_read(&mut grants, dir, Reason::PathDirectory);
+        }
+    }
+    // The workspace is readable in read-only mode too.
+    push_read(&mut grants, &request.workspace, Reason::Workspace);
+
+    let temp_root = machine.state_dir.join("tmp").expect("a fixed relative name joins");
+    grants.push(Grant { path: temp_root.clone(), access: Access::Modify, reason: Reason::Temp });
+    labels.push(temp_root.clone());
+
+    let mut denies = Vec::new();
+    for path in &request.hidden {
+        denies.push(Deny { path: path.clone(), mask: mask::ANY_READ | mask::ANY_CHANGE, reason: Reason::Hidden });
+    }
+    let mut placeholders = Vec::new();
+    for path in &request.protected {
+        denies.push(Deny { path: path.clone(), mask: mask::ANY_CHANGE, reason: Reason::Protected });
+        // A name is created only inside a writable root, and only where its parent exists at
+        // run time; the run checks the latter.
+        if request.writable.iter().any(|root| path.starts_with(root) && path != root) {
+            placeholders.push(path.clone());
+        }
+    }
+    Ok(FilePlan { grants, labels, denies, placeholders, temp_root })
+}
+
+/// Adds a read grant unless a grant already covers `path`.
+fn push_read(grants: &mut Vec<Grant>, path: &WinPath, reason: Reason) {
+    if grants.iter().any(|grant| path.starts_with(&grant.path)) {
+        return;
+    }
+    grants.push(Grant { path: path.clone(), access: Access::ReadExecute, reason });
+}
+
+/// Rejects writable roots that would hand the sandbox a whole drive, the profile, or the
+/// system, where an inheritable grant would also reach what the user never meant to share.
+fn check_writable(root: &WinPath, machine: &Machine) -> Result<(), PlanError> {
+    if root.components().is_empty() {
+        return Err(PlanError::WritableTooBroad(root.clone(), "a whole drive or share"));
+    }
+    if machine.profile_dir.starts_with(root) {
+        return Err(PlanError::WritableTooBroad(root.clone(), "your whole profile, credential stores included"));
+    }
+    if root.starts_with(&machine.system_root) || machine.system_root.starts_with(root) {
+        return Err(PlanError::WritableTooBroad(root.clone(), "the Windows directory"));
+    }
+    if machine.state_dir.starts_with(root) {
+        return Err(PlanError::WritableTooBroad(root.clone(), "palisade's own state"));
+    }
+    Ok(())
+}
+
+fn plan_job(limits: &Limits, defaults: &Limits, cpu_count: u32, gaps: &mut Vec<Gap>) -> Result<JobPlan, PlanError> {
+    // Windows has no per-file size limit, no per-process limit of open handles and no size
+    // limit for a directory. A limit the user set is refused; the profile's default is
+    // reported as not enforced.
+    let unsupported = [
+        ("max_file_size", limits.max_file_size, defaults.max_file_size, "Windows has no limit on the size of one file"),
+        ("max_open_files", limits.max_open_files, defaults.max_open_files, "Windows has no limit on the handles of one process"),
+        ("tmp_size", limits.tmp_size, defaults.tmp_size, "the temporary directory is on a disk, not a sized tmpfs"),
+    ];
+    for (limit, value, default, reason) in unsupported {
+        match value {
+            None => {}
+            Some(_) if value == default => gaps.push(Gap { what: limit, consequence: reason }),
+            Some(_) => return Err(PlanError::LimitUnsupported { limit, reason }),
+        }
+    }
+    let cpu_rate = limits.cpus_milli.map(|milli| {
+        // cpus = 1.5 on a 4-CPU machine is 37.5% of the machine, a rate of 3750.
+        let cpus = u64::from(cpu_count.max(1));
+        (milli * 10 / cpus).clamp(1, 10_000) as u32
+    });
+    Ok(JobPlan {
+        kill_on_close: true,
+        allow_breakaway: false,
+        die_on_unhandled_exception: true,
+        job_memory: limits.memory,
+        active_processes: limits.max_procs.map(|count| count.min(u64::from(u32::MAX)) as u32),
+        job_user_time: limits.cpu_time,
+        cpu_rate,
+        ui_restrictions: true,
+        timeout: limits.timeout,
+        max_output: limits.max_output,
+    })
+}
+
+/// The filters of both accounts. The offline account may connect only to loopback sockets of
+/// its own account (servers the command started) and to palisade's proxy, which runs as the
+/// caller and requires the run's credential; nothing else, in either address family. The
+/// online account gets no filter.
+fn filters() -> Vec<Filter> {
+    let mut filters = Vec::new();
+    for layer in [Layer::ConnectV4, Layer::ConnectV6, Layer::AcceptV4, Layer::AcceptV6] {
+        filters.push(Filter {
+            account: AccountKind::Offline,
+            layer,
+            action: FilterAction::Block,
+            loopback_only: false,
+            remote_is_sandbox: false,
+            weight: 1,
+        });
+        filters.push(Filter {
+            account: AccountKind::Offline,
+            layer,
+            action: FilterAction::Permit,
+            loopback_only: true,
+            remote_is_sandbox: true,
+            weight: 10,
+        });
+    }
+    // The proxy listens on IPv4 loopback only.
+    filters.push(Filter {
+        account: AccountKind::Offline,
+        layer: Layer::ConnectV4,
+        action: FilterAction::Permit,
+        loopback_only: true,
+        remote_is_sandbox: false,
+        weight: 5,
+    });
+    filters
+}
+
+impl Request {
+    /// Converts the paths of a resolved policy. Used on Windows, where the policy's paths are
+    /// Windows paths.
+    pub fn from_policy(policy: &palisade_policy::Policy, default_limits: Limits) -> Result<Request, PlanError> {
+        let convert = |what: &'static str, path: &std::path::Path| -> Result<WinPath, PlanError> {
+            let text = path.to_str().ok_or_else(|| PlanError::Path {
+                what,
+                path: path.display().to_string(),
+                source: PathError::BadCharacter(path.display().to_string()),
+            })?;
+            WinPath::parse(text).map_err(|source| PlanError::Path { what, path: text.to_owned(), source })
+        };
+        let all = |what: &'static str, paths: &[std::path::PathBuf]| -> Result<Vec<WinPath>, PlanError> {
+            paths.iter().map(|path| convert(what, path)).collect()
+        };
+        let fs = &policy.filesystem;
+        Ok(Request {
+            profile: policy.profile,
+            workspace: convert("the workspace", &policy.workspace)?,
+            cwd: convert("the working directory", &policy.cwd)?,
+            read_only: all("a readable path", &fs.read_only)?,
+            copy_on_write: all("a cache", &fs.copy_on_write)?,
+            writable: all("a writable root", &fs.writable)?,
+            hidden: all("a hidden path", &fs.hidden)?,
+            protected: all("a protected path", &fs.protected)?,
+            network: policy.network.clone(),
+            limits: policy.limits.clone(),
+            default_limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> WinPath {
+        WinPath::parse(text).unwrap()
+    }
+
+    fn machine() -> Machine {
+        Machine {
+            user_name: "Dev User".into(),
+            profile_dir: p(r"C:\Users\dev"),
+            path_dirs: vec![
+                p(r"C:\Windows\system32"),
+                p(r"C:\Program Files\Git\cmd"),
+                p(r"C:\Users\dev\AppData\Local\Programs\mytool"),
+                p(r"C:\Users\dev\.cargo\bin"),
+            ],
+            system_root: p(r"C:\Windows"),
+            cpu_count: 4,
+            state_dir: p(r"C:\ProgramData\palisade"),
+        }
+    }
+
+    fn request() -> Request {
+        let defaults = Limits::defaults(Some(16 << 30));
+        Request {
+            profile: Profile::WorkspaceWrite,
+            workspace: p(r"C:\Users\dev\src\ws"),
+            cwd: p(r"C:\Users\dev\src\ws"),
+            read_only: vec![p(r"C:\Users\dev\.rustup")],
+            copy_on_write: vec![p(r"C:\Users\dev\.cargo")],
+            writable: vec![p(r"C:\Users\dev\src\ws")],
+            hidden: vec![p(r"C:\Users\dev\.ssh"), p(r"C:\Users\dev\.cargo\credentials.toml")],
+            protected: vec![p(r"C:\Users\dev\src\ws\.git\hooks"), p(r"C:\Users\dev\src\ws\.vscode")],
+            network: NetworkMode::None,
+            limits: defaults.clone(),
+            default_limits: defaults,
+        }
+    }
+
+    fn grant_for<'a>(plan: &'a Plan, path: &str) -> Option<&'a Grant> {
+        let path = p(path);
+        plan.files.grants.iter().find(|grant| path.starts_with(&grant.path))
+    }
+
+    #[test]
+    fn account_names_fit_windows_limits() {
+        let accounts = Accounts::for_user("Dev User");
+        assert!(accounts.offline.starts_with("pal-devuser-"), "{}", accounts.offline);
+        assert_eq!(accounts.online, format!("{}-net", accounts.offline));
+        assert_eq!(accounts, Accounts::for_user("dev user"), "Windows account names ignore case");
+        for name in ["a-very-long-user-name-indeed", "Ünï\\[]", "x:y@z", ""] {
+            let accounts = Accounts::for_user(name);
+            assert!(accounts.online.len() <= ACCOUNT_NAME_MAX, "{}", accounts.online);
+            assert!(accounts.online.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+        }
+        // Names that share their first characters still get their own accounts.
+        assert_ne!(Accounts::for_user("developer-one"), Accounts::for_user("developer-two"));
+    }
+
+    #[test]
+    fn workspace_is_granted_modify_and_labelled_low() {
+        let plan = plan(&request(), &machine()).unwrap();
+        let grant = grant_for(&plan, r"C:\Users\dev\src\ws\src\main.rs").unwrap();
+        assert_eq!(grant.access, Access::Modify);
+        assert_eq!(grant.reason, Reason::Workspace);
+        assert!(plan.files.labels.contains(&p(r"C:\Users\dev\src\ws")));
+        assert_eq!(plan.token.integrity, Integrity::Low);
+    }
+
+    // PR-3 (srt #402): additive grants left every directory that Authenticated Users may modify
+    // writable. Here nothing outside the writable roots and palisade's temporary directory is
+    // labelled Low, and a Low token cannot write to an unlabelled (Medium) object whatever its
+    // DACL says.
+    #[test]
+    fn only_writable_roots_and_temp_are_labelled_low() {
+        let plan = plan(&request(), &machine()).unwrap();
+        assert_eq!(plan.files.labels, vec![p(r"C:\Users\dev\src\ws"), p(r"C:\ProgramData\palisade\tmp")]);
+        for outside in [r"D:\other\x.txt", r"C:\Users\Public\x", r"C:\ProgramData\x", r"C:\Users\dev\x"] {
+            assert!(!plan.files.labels.iter().any(|label| p(outside).starts_with(label)), "{outside}");
+            assert!(
+                grant_for(&plan, outside).is_none_or(|grant| grant.access != Access::Modify),
+                "{outside}"
+            );
+        }
+    }
+
+    // CX-20 (Codex #18558): with network access on, files outside the workspace became
+    // writable. The network mode chooses only the account and the firewall; the files part of
+    // the plan is the same.
+    #[test]
+    fn network_mode_does_not_change_file_access() {
+        let none = plan(&request(), &machine()).unwrap();
+        for network in [NetworkMode::Full, NetworkMode::Allowlist { allow: vec!["example.com".into()], deny: vec![], resolve_allowed: false }] {
+            let other = plan(&Request { network, ..request() }, &machine()).unwrap();
+            assert_eq!(other.files, none.files);
+            assert_eq!(other.token, none.token);
+        }
+    }
+
+    #[test]
+    fn network_mode_chooses_the_account() {
+        let none = plan(&request(), &machine()).unwrap();
+        assert_eq!((none.account, &none.network), (AccountKind::Offline, &NetworkPlan::None));
+        let full = plan(&Request { network: NetworkMode::Full, ..request() }, &machine()).unwrap();
+        assert_eq!((full.account, &full.network), (AccountKind::Online, &NetworkPlan::Full));
+        let allow = NetworkMode::Allowlist { allow: vec!["crates.io".into()], deny: vec![], resolve_allowed: false };
+        let proxy = plan(&Request { network: allow, ..request() }, &machine()).unwrap();
+        assert_eq!((proxy.account, &proxy.network), (AccountKind::Offline, &NetworkPlan::Proxy));
+    }
+
+    #[test]
+    fn offline_account_is_blocked_in_both_families_and_directions() {
+        let filters = filters();
+        for layer in [Layer::ConnectV4, Layer::ConnectV6, Layer::AcceptV4, Layer::AcceptV6] {
+            let block = filters.iter().find(|f| f.layer == layer && f.action == FilterAction::Block).unwrap();
+            assert_eq!(block.account, AccountKind::Offline);
+            assert!(!block.loopback_only && !block.remote_is_sandbox, "the block covers every address");
+            // Every permit is narrower than the block and only reaches loopback.
+            for permit in filters.iter().filter(|f| f.layer == layer && f.action == FilterAction::Permit) {
+                assert!(permit.loopback_only);
+                assert!(permit.weight > block.weight);
+            }
+        }
+        assert!(filters.iter().all(|f| f.account == AccountKind::Offline), "the online account is not filtered");
+        // The only permit to sockets of other identities is the IPv4 proxy connection.
+        let foreign: Vec<_> = filters.iter().filter(|f| f.action == FilterAction::Permit && !f.remote_is_sandbox).collect();
+        assert_eq!(foreign.len(), 1);
+        assert_eq!(foreign[0].layer, Layer::ConnectV4);
+    }
+
+    #[test]
+    fn hidden_paths_are_denied_read_and_write() {
+        let plan = plan(&request(), &machine()).unwrap();
+        let ssh = plan.files.denies.iter().find(|deny| deny.path == p(r"C:\Users\dev\.ssh")).unwrap();
+        assert_eq!(ssh.mask & mask::READ_DATA, mask::READ_DATA);
+        assert_eq!(ssh.mask & mask::WRITE_DATA, mask::WRITE_DATA);
+        // A credential file inside a readable cache is denied even though its parent is granted.
+        let credentials = p(r"C:\Users\dev\.cargo\credentials.toml");
+        assert!(grant_for(&plan, credentials.to_string().as_str()).is_some());
+        assert!(plan.files.denies.iter().any(|deny| deny.path == credentials && deny.mask & mask::READ_DATA != 0));
+    }
+
+    // CX-23: protection must hold for `.GiT` and `config:stream`; it does because the deny
+    // entry sits on the object. Placeholders cover the names that do not exist yet, and the
+    // grant never includes FILE_DELETE_CHILD, which would let a process rename a protected
+    // entry away through its parent.
+    #[test]
+    fn protected_names_are_denied_change_and_get_placeholders() {
+        let plan = plan(&request(), &machine()).unwrap();
+        for name in [r"C:\Users\dev\src\ws\.git\hooks", r"C:\Users\dev\src\ws\.vscode"] {
+            let deny = plan.files.denies.iter().find(|deny| deny.path == p(name)).unwrap();
+            assert_eq!(deny.mask, mask::ANY_CHANGE);
+            assert_eq!(deny.mask & mask::ANY_READ, 0, "protected entries stay readable");
+            assert!(plan.files.placeholders.contains(&p(name)));
+        }
+        assert_eq!(Access::Modify.mask() & mask::DELETE_CHILD, 0);
+        assert_eq!(Access::Modify.mask() & (mask::WRITE_DAC | mask::WRITE_OWNER), 0);
+    }
+
+    // CX-16 (Codex #27171): tools installed per user under %LOCALAPPDATA%\Programs failed with
+    // "Access denied". PATH directories inside the profile are readable and executable.
+    #[test]
+    fn path_directories_in_the_profile_are_readable() {
+        let plan = plan(&request(), &machine()).unwrap();
+        let tool = grant_for(&plan, r"C:\Users\dev\AppData\Local\Programs\mytool\tool.exe").unwrap();
+        assert_eq!((tool.access, tool.reason), (Access::ReadExecute, Reason::PathDirectory));
+        // Already covered by the cache grant, so not listed twice.
+        assert_eq!(grant_for(&plan, r"C:\Users\dev\.cargo\bin\cargo.exe").unwrap().reason, Reason::Cache);
+        // System directories need no grant.
+        assert!(grant_for(&plan, r"C:\Windows\system32\cmd.exe").is_none());
+        // The rest of the profile stays unreadable.
+        assert!(grant_for(&plan, r"C:\Users\dev\Documents\taxes.pdf").is_none());
+    }
+
+    #[test]
+    fn broad_writable_roots_are_rejected() {
+        for root in [r"C:\", r"C:\Users", r"C:\Users\dev", r"C:\Windows\Temp", r"C:\ProgramData", r"\\server\share"] {
+            let request = Request { writable: vec![p(root)], ..request() };
+            assert!(matches!(plan(&request, &machine()), Err(PlanError::WritableTooBroad(..))), "{root}");
+        }
+    }
+
+    #[test]
+    fn limits_map_onto_the_job() {
+        let mut request = request();
+        request.limits.memory = Some(1 << 30);
+        request.limits.max_procs = Some(64);
+        request.limits.cpu_time = Some(Duration::from_secs(30));
+        request.limits.cpus_milli = Some(1500);
+        request.limits.timeout = Some(Duration::from_secs(5));
+        let job = plan(&request, &machine()).unwrap().job;
+        assert!(job.kill_on_close && !job.allow_breakaway && job.die_on_unhandled_exception && job.ui_restrictions);
+        assert_eq!(job.job_memory, Some(1 << 30));
+        assert_eq!(job.active_processes, Some(64));
+        assert_eq!(job.job_user_time, Some(Duration::from_secs(30)));
+        assert_eq!(job.cpu_rate, Some(3750));
+        assert_eq!(job.timeout, Some(Duration::from_secs(5)));
+        request.limits.cpus_milli = Some(64_000);
+        assert_eq!(plan(&request, &machine()).unwrap().job.cpu_rate, Some(10_000));
+    }
+
+    #[test]
+    fn limits_windows_lacks_are_refused_when_set_and_reported_when_default() {
+        let plan_default = plan(&request(), &machine()).unwrap();
+        let gaps: Vec<_> = plan_default.gaps.iter().map(|gap| gap.what).collect();
+        assert!(gaps.contains(&"max_file_size") && gaps.contains(&"max_open_files") && gaps.contains(&"tmp_size"));
+        let mut request = request();
+        request.limits.max_file_size = Some(1 << 20);
+        assert!(matches!(plan(&request, &machine()), Err(PlanError::LimitUnsupported { limit: "max_file_size", .. })));
+        request.limits.max_file_size = None;
+        request.limits.max_open_files = None;
+        request.limits.tmp_size = None;
+        assert!(plan(&request, &machine()).unwrap().gaps.iter().all(|gap| gap.what == "copy-on-write caches"));
+    }
+
+    #[test]
+    fn unconfined_is_not_planned() {
+        let request = Request { profile: Profile::Unconfined, ..request() };
+        assert!(matches!(plan(&request, &machine()), Err(PlanError::Unconfined)));
+    }
+}
