@@ -29,6 +29,9 @@ impl Proxy {
     ///   header naming `name`, and each forwarded on its own;
     /// - a TLS ClientHello must carry `name` as its server name, or the connection is closed;
     /// - anything else, or a server that speaks first (SSH, SMTP), is relayed as it is.
+    ///
+    /// The credential of [`Proxy::with_credential`] is not asked for, because such a client does
+    /// not know that it talks to a proxy. Serve only connections from inside the sandbox here.
     pub async fn serve_resolved(&self, client: TcpStream, name: &str, port: u16) {
         let mut client = client;
         let mut upstream = match self.shared.dial(name, port, Protocol::Tcp).await {

@@ -4,6 +4,7 @@
 mod forward;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, PROXY_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -20,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::credential::AuthFailure;
 use crate::denial::Denial;
 use crate::dial::{DialError, Protocol};
 use crate::proxy::Shared;
@@ -39,6 +41,15 @@ const DENIED_HEADER: HeaderName = HeaderName::from_static("x-palisade-denied");
 /// array from the stack to the heap.
 const MAX_HEADERS: usize = 100;
 
+/// The challenge of a 407 response. Basic is the scheme that clients send for a proxy URL with
+/// user info (`http://user:password@host:port`).
+const AUTHENTICATE_CHALLENGE: &str = "Basic realm=\"palisade\"";
+
+/// The body of a 407 response. It names where the credential is, never the credential.
+const AUTHENTICATION_REQUIRED_TEXT: &str = "palisade proxy: this proxy serves only the command palisade runs, which \
+     must send the run's credential. palisade puts it in the proxy URL of the HTTP_PROXY variable it sets \
+     (http://palisade:TOKEN@127.0.0.1:PORT), so use that URL as the proxy, user info included.\n";
+
 /// A CONNECT tunnel waiting for hyper to hand over the client connection.
 struct Tunnel {
     on_upgrade: OnUpgrade,
@@ -56,10 +67,14 @@ type TunnelSlot = Arc<Mutex<Option<Tunnel>>>;
 /// ended it, if any.
 pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
     let tunnel = TunnelSlot::default();
+    // True once a request on this connection has presented the credential, and from the start
+    // when the proxy has none.
+    let authenticated = Arc::new(AtomicBool::new(shared.credential.is_none()));
     let service = {
         let shared = Arc::clone(shared);
         let tunnel = Arc::clone(&tunnel);
-        service_fn(move |request| handle(Arc::clone(&shared), Arc::clone(&tunnel), request))
+        let authenticated = Arc::clone(&authenticated);
+        service_fn(move |request| handle(Arc::clone(&shared), Arc::clone(&tunnel), Arc::clone(&authenticated), request))
     };
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -68,7 +83,7 @@ pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {
-        record_connection_error(shared, &error);
+        record_connection_error(shared, &error, authenticated.load(Ordering::Relaxed));
         return;
     }
 
@@ -100,13 +115,18 @@ pub(crate) async fn serve_fixed(shared: &Arc<Shared>, stream: TcpStream, name: &
         .max_header_size(shared.limits.max_request_head)
         .serve_connection(TokioIo::new(stream), service);
     if let Err(error) = connection.await {
-        record_connection_error(shared, &error);
+        // These clients connected to an address inside the sandbox, so they are the command's.
+        record_connection_error(shared, &error, true);
     }
 }
 
 /// Records the malformed requests hyper rejected itself (with 400 or 431), and logs other
 /// connection errors at debug level.
-fn record_connection_error(shared: &Shared, error: &hyper::Error) {
+///
+/// A malformed request on a connection that has not presented the proxy's credential
+/// (`authenticated` is false) may come from any local process. It is therefore counted as a
+/// failed authentication, not recorded as a denial.
+fn record_connection_error(shared: &Shared, error: &hyper::Error, authenticated: bool) {
     let reason = if error.is_parse_too_large() {
         format!(
             "the request head is larger than {} bytes or has more than {MAX_HEADERS} header fields",
@@ -121,15 +141,31 @@ fn record_connection_error(shared: &Shared, error: &hyper::Error) {
         debug!(%error, "HTTP connection ended with an error");
         return;
     };
-    shared.refuse("", 0, Protocol::Http, None, reason);
+    if authenticated {
+        shared.refuse("", 0, Protocol::Http, None, reason);
+    } else {
+        shared.reject_unauthenticated(Protocol::Http, &AuthFailure::MalformedRequest(reason));
+    }
 }
 
 async fn handle(
     shared: Arc<Shared>,
     tunnel: TunnelSlot,
+    authenticated: Arc<AtomicBool>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let response = if request.method() == Method::CONNECT {
+    let protocol = if request.method() == Method::CONNECT { Protocol::Connect } else { Protocol::Http };
+    // The credential is checked before anything else, so that a client without it learns
+    // nothing about the rules and causes no lookup, connection or denial.
+    if let Some(credential) = &shared.credential {
+        if let Err(failure) = credential.check_proxy_authorization(request.headers()) {
+            shared.reject_unauthenticated(protocol, &failure);
+            return Ok(authentication_required());
+        }
+        authenticated.store(true, Ordering::Relaxed);
+    }
+
+    let response = if protocol == Protocol::Connect {
         connect(&shared, &tunnel, request).await
     } else {
         forward::forward(&shared, request).await
@@ -191,6 +227,18 @@ fn denied(host: &str, port: u16, denial: &Denial) -> Response<ProxyBody> {
         ));
     }
     text_response(StatusCode::FORBIDDEN, text, true)
+}
+
+/// Returns 407 for a request without the proxy's credential, and closes the connection after it.
+/// A client that has the credential sends it with its first request, so it needs no second
+/// chance on the same connection.
+fn authentication_required() -> Response<ProxyBody> {
+    let mut response =
+        text_response(StatusCode::PROXY_AUTHENTICATION_REQUIRED, AUTHENTICATION_REQUIRED_TEXT.to_owned(), false);
+    let headers = response.headers_mut();
+    headers.insert(PROXY_AUTHENTICATE, HeaderValue::from_static(AUTHENTICATE_CHALLENGE));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Returns 400 for a malformed request the proxy refused.

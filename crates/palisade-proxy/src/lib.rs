@@ -16,7 +16,28 @@
 //!   in origin form, without hop-by-hop headers. A `Host` header naming another destination
 //!   than the URI is rejected with 400, and so are origin-form requests and `https://` URIs.
 //! - **SOCKS5** (RFC 1928) with the "no authentication" method and the CONNECT command, for
-//!   domain names, IPv4 and IPv6 addresses.
+//!   domain names, IPv4 and IPv6 addresses. With a credential, the username/password method
+//!   (RFC 1929) takes its place.
+//!
+//! # Credential
+//!
+//! On Linux the proxy listens inside the sandbox's network namespace, where only the command
+//! can connect. A backend whose proxy listens on the host's 127.0.0.1, where every local
+//! process can connect, gives it a per-run [`Credential`] with [`Proxy::with_credential`], and
+//! gives the command the URLs of [`Credential::proxy_urls`]:
+//! `http://palisade:TOKEN@127.0.0.1:PORT` and `socks5h://palisade:TOKEN@127.0.0.1:PORT`.
+//! The proxy then checks the credential before anything else:
+//!
+//! - an HTTP request (CONNECT or absolute URI) needs `Proxy-Authorization: Basic` with the
+//!   user name and token, or gets 407 with `Proxy-Authenticate: Basic realm="palisade"`, and
+//!   the connection is closed;
+//! - a SOCKS5 client must select username/password. One that offers only "no authentication"
+//!   gets "no acceptable methods" (0xFF), and a wrong user name or token gets a failure
+//!   status. Either way the connection is closed.
+//!
+//! Nothing is resolved or dialled for such a client, and the proxy forwards no
+//! `Proxy-Authorization` header upstream. Failed authentications are counted in
+//! [`Proxy::auth_failures`] and logged at debug level, but are not [`Denial`]s.
 //!
 //! # Decisions
 //!
@@ -35,7 +56,8 @@
 //! The address connected to is always one that step 4 allowed, and no second lookup happens,
 //! so a DNS answer that changes between check and connect (rebinding) gains nothing. Every
 //! refusal, by the rules or of a malformed request, is logged at info level and kept for
-//! [`Proxy::denials`], which the run report lists.
+//! [`Proxy::denials`], which the run report lists. A request without the proxy's credential,
+//! when it has one, is not such a refusal (see [Credential](#credential)).
 //!
 //! # Example
 //!
@@ -76,6 +98,7 @@
 //!   inside a CONNECT tunnel. Plain-HTTP requests cannot upgrade (WebSocket over `ws://`);
 //!   `wss://` through CONNECT works.
 
+mod credential;
 mod denial;
 mod dial;
 mod direct;
@@ -86,6 +109,7 @@ mod sni;
 mod socks;
 mod tunnel;
 
+pub use credential::{Credential, ProxyUrls};
 pub use denial::{Denial, DenialSink, MAX_RECORDED_DENIALS};
 pub use proxy::{Limits, Proxy};
 pub use resolve::{BoxFuture, Resolve, SystemResolver};

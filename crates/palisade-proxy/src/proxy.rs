@@ -4,6 +4,7 @@ use std::future::Future;
 use std::io;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_policy::network::Rules;
@@ -12,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tracing::{Instrument, debug, debug_span, error, warn};
 
+use crate::credential::Credential;
 use crate::denial::{Denial, DenialLog, DenialSink};
 use crate::resolve::Resolve;
 use crate::tunnel::BufferBudget;
@@ -69,12 +71,16 @@ pub struct Proxy {
 }
 
 /// The state every connection task of a [`Proxy`] reads: the rules, the resolver, the limits,
-/// the denials recorded so far and the budget of the tunnels' copy buffers.
+/// the credential clients must present, the denials and failed authentications so far and the
+/// budget of the tunnels' copy buffers.
 pub(crate) struct Shared {
     pub(crate) rules: Rules,
     pub(crate) resolver: Arc<dyn Resolve>,
     pub(crate) limits: Limits,
+    /// `None` serves every client that reaches the listening socket.
+    pub(crate) credential: Option<Credential>,
     pub(crate) denials: DenialLog,
+    pub(crate) auth_failures: AtomicU64,
     pub(crate) buffers: BufferBudget,
 }
 
@@ -98,8 +104,36 @@ impl Proxy {
 
     fn build(rules: Rules, resolver: Arc<dyn Resolve>, limits: Limits, sink: Option<DenialSink>) -> Proxy {
         let buffers = BufferBudget::new(limits.max_tunnel_buffers);
-        let shared = Shared { rules, resolver, limits, denials: DenialLog::with_sink(sink), buffers };
+        let shared = Shared {
+            rules,
+            resolver,
+            limits,
+            credential: None,
+            denials: DenialLog::with_sink(sink),
+            auth_failures: AtomicU64::new(0),
+            buffers,
+        };
         Proxy { shared: Arc::new(shared) }
+    }
+
+    /// Makes the proxy serve only clients that present `credential`: HTTP requests in a
+    /// `Proxy-Authorization: Basic` header, SOCKS5 clients with the username/password method.
+    /// Other HTTP requests get 407 and SOCKS5 clients a failure, and their connection is
+    /// closed before anything is resolved or dialled. Give the command the URLs of
+    /// [`Credential::proxy_urls`].
+    ///
+    /// Use it where the listening socket is reachable by other local processes, such as the
+    /// host's 127.0.0.1. [`Proxy::serve_resolved`] does not check it.
+    ///
+    /// # Panics
+    ///
+    /// Panics if a connection task of an earlier [`Proxy::serve`] on this proxy is still alive,
+    /// which can happen only when its future was dropped instead of run to the end.
+    pub fn with_credential(mut self, credential: Credential) -> Proxy {
+        let shared = Arc::get_mut(&mut self.shared)
+            .expect("with_credential called while connection tasks of an earlier serve still share the proxy's state");
+        shared.credential = Some(credential);
+        self
     }
 
     /// Serves connections accepted on `listener` until `shutdown` resolves.
@@ -160,6 +194,13 @@ impl Proxy {
     /// [`Proxy::denials`] does not list.
     pub fn denials_dropped(&self) -> u64 {
         self.shared.denials.dropped()
+    }
+
+    /// Returns the number of HTTP requests and SOCKS5 clients rejected so far for a missing or
+    /// wrong credential (see [`Proxy::with_credential`]). They are not in [`Proxy::denials`],
+    /// because they may come from any local process, not only from the command.
+    pub fn auth_failures(&self) -> u64 {
+        self.shared.auth_failures.load(Ordering::Relaxed)
     }
 }
 

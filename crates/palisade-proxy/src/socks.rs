@@ -1,4 +1,5 @@
-//! SOCKS5 (RFC 1928) without authentication, CONNECT only.
+//! SOCKS5 (RFC 1928), CONNECT only. Without a credential the proxy takes the "no
+//! authentication" method, and with one only username/password (RFC 1929).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -7,13 +8,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::credential::{AuthFailure, Credential};
 use crate::dial::{DialError, Protocol};
 use crate::proxy::{SOCKS5_VERSION, Shared};
 use crate::sni::relay_checked;
 
 /// Authentication methods (RFC 1928 section 3).
 const METHOD_NO_AUTHENTICATION: u8 = 0x00;
+const METHOD_USERNAME_PASSWORD: u8 = 0x02;
 const METHOD_NONE_ACCEPTABLE: u8 = 0xff;
+
+/// The version of the username/password subnegotiation, and its status codes (RFC 1929). Any
+/// status other than 0 is a failure.
+const PASSWORD_VERSION: u8 = 0x01;
+const PASSWORD_SUCCEEDED: u8 = 0x00;
+const PASSWORD_FAILED: u8 = 0x01;
 
 const COMMAND_CONNECT: u8 = 0x01;
 
@@ -50,6 +59,9 @@ enum HandshakeError {
     /// The proxy refuses the request: `reply` goes to the client (unless it is `None`) and
     /// the rest is recorded as a denial.
     Refused { reply: Option<Reply>, host: String, port: u16, reason: String },
+    /// The client did not present the proxy's credential. It has been sent its reply, and the
+    /// connection is closed without recording a denial.
+    Unauthenticated(AuthFailure),
 }
 
 impl From<io::Error> for HandshakeError {
@@ -61,7 +73,7 @@ impl From<io::Error> for HandshakeError {
 /// Serves one SOCKS5 client: reads its greeting and request, then dials and splices, or sends
 /// the reply code for the refusal or failure.
 pub(crate) async fn serve(shared: &Shared, mut stream: TcpStream) {
-    let handshake = tokio::time::timeout(shared.limits.head_timeout, handshake(&mut stream)).await;
+    let handshake = tokio::time::timeout(shared.limits.head_timeout, handshake(shared, &mut stream)).await;
     let request = match handshake {
         Ok(Ok(request)) => request,
         Ok(Err(HandshakeError::Refused { reply, host, port, reason })) => {
@@ -69,6 +81,10 @@ pub(crate) async fn serve(shared: &Shared, mut stream: TcpStream) {
             if let Some(reply) = reply {
                 send_reply(&mut stream, reply, None).await;
             }
+            return;
+        }
+        Ok(Err(HandshakeError::Unauthenticated(failure))) => {
+            shared.reject_unauthenticated(Protocol::Socks5, &failure);
             return;
         }
         Ok(Err(HandshakeError::Io(error))) => {
@@ -96,11 +112,21 @@ pub(crate) async fn serve(shared: &Shared, mut stream: TcpStream) {
     }
 }
 
-/// Reads the method negotiation and the request (RFC 1928 sections 3 and 4).
-async fn handshake(stream: &mut TcpStream) -> Result<ConnectRequest, HandshakeError> {
+/// Reads the method negotiation, authenticates the client if the proxy has a credential, and
+/// reads the request (RFC 1928 sections 3 and 4).
+async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<ConnectRequest, HandshakeError> {
     let [_version, method_count] = read_array::<2>(stream).await?;
     let mut methods = vec![0u8; usize::from(method_count)];
     stream.read_exact(&mut methods).await?;
+    match &shared.credential {
+        Some(credential) => authenticate(stream, methods, credential).await?,
+        None => accept_no_authentication(stream, &methods).await?,
+    }
+    read_request(stream).await
+}
+
+/// Selects the "no authentication" method, or replies that none of `methods` is acceptable.
+async fn accept_no_authentication(stream: &mut TcpStream, methods: &[u8]) -> Result<(), HandshakeError> {
     if !methods.contains(&METHOD_NO_AUTHENTICATION) {
         stream.write_all(&[SOCKS5_VERSION, METHOD_NONE_ACCEPTABLE]).await?;
         return Err(HandshakeError::Refused {
@@ -114,7 +140,42 @@ async fn handshake(stream: &mut TcpStream) -> Result<ConnectRequest, HandshakeEr
         });
     }
     stream.write_all(&[SOCKS5_VERSION, METHOD_NO_AUTHENTICATION]).await?;
+    Ok(())
+}
 
+/// Selects the username/password method and checks the client's user name and password
+/// against `credential` (RFC 1929). A client that does not offer the method gets "no
+/// acceptable methods" (0xFF), and one that sends the wrong credential gets a failure status.
+/// After either the caller closes the connection, as RFC 1929 requires after a failure.
+async fn authenticate(stream: &mut TcpStream, methods: Vec<u8>, credential: &Credential) -> Result<(), HandshakeError> {
+    if !methods.contains(&METHOD_USERNAME_PASSWORD) {
+        stream.write_all(&[SOCKS5_VERSION, METHOD_NONE_ACCEPTABLE]).await?;
+        return Err(HandshakeError::Unauthenticated(AuthFailure::NoPasswordMethod(methods)));
+    }
+    stream.write_all(&[SOCKS5_VERSION, METHOD_USERNAME_PASSWORD]).await?;
+
+    let [version, user_length] = read_array::<2>(stream).await?;
+    if version != PASSWORD_VERSION {
+        // The rest of the message cannot be trusted to follow RFC 1929's layout, so it is not read.
+        stream.write_all(&[PASSWORD_VERSION, PASSWORD_FAILED]).await?;
+        return Err(HandshakeError::Unauthenticated(AuthFailure::PasswordVersion(version)));
+    }
+    let mut user = vec![0u8; usize::from(user_length)];
+    stream.read_exact(&mut user).await?;
+    let [password_length] = read_array::<1>(stream).await?;
+    let mut password = vec![0u8; usize::from(password_length)];
+    stream.read_exact(&mut password).await?;
+
+    if !credential.matches(&user, &password) {
+        stream.write_all(&[PASSWORD_VERSION, PASSWORD_FAILED]).await?;
+        return Err(HandshakeError::Unauthenticated(AuthFailure::Mismatch));
+    }
+    stream.write_all(&[PASSWORD_VERSION, PASSWORD_SUCCEEDED]).await?;
+    Ok(())
+}
+
+/// Reads the CONNECT request that follows the method negotiation (RFC 1928 section 4).
+async fn read_request(stream: &mut TcpStream) -> Result<ConnectRequest, HandshakeError> {
     let [version, command, _reserved, address_type] = read_array::<4>(stream).await?;
     if version != SOCKS5_VERSION {
         return Err(HandshakeError::Refused {

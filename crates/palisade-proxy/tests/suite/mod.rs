@@ -5,6 +5,7 @@ pub mod socks5;
 pub mod limits;
 pub mod denials;
 pub mod curl;
+pub mod credential;
 pub mod fuzz;
 pub mod server_name;
 pub mod resolved;

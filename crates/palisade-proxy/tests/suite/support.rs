@@ -84,9 +84,14 @@ impl RunningProxy {
     }
 
     pub async fn start_with_limits(rules: Rules, resolver: Arc<StubResolver>, limits: Limits) -> RunningProxy {
+        RunningProxy::serve(Proxy::with_limits(rules, resolver, limits)).await
+    }
+
+    /// Serves `proxy` on a port of 127.0.0.1 that the kernel picks.
+    pub async fn serve(proxy: Proxy) -> RunningProxy {
         let listener = TcpListener::bind((LOOPBACK_V4, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::with_limits(rules, resolver, limits));
+        let proxy = Arc::new(proxy);
         let (shutdown, shutdown_received) = oneshot::channel::<()>();
         let serving = Arc::clone(&proxy);
         let task = tokio::spawn(async move {
