@@ -170,6 +170,13 @@ pub struct CheckArgs {
 
 impl PolicyArgs {
     pub(crate) fn resolve(&self) -> anyhow::Result<Policy> {
+        let context = Context::from_process().context("failed to read the current directory")?;
+        self.resolve_in(&context)
+    }
+
+    /// Resolves these options against `context` instead of the current process's directory,
+    /// home and environment.
+    pub(crate) fn resolve_in(&self, context: &Context) -> anyhow::Result<Policy> {
         let raw = match &self.policy_file {
             Some(path) => RawPolicy::from_file(path)?,
             None => RawPolicy::default(),
@@ -198,8 +205,7 @@ impl PolicyArgs {
             allow_degraded: self.allow_degraded,
             allow_ptrace: self.allow_ptrace,
         };
-        let context = Context::from_process().context("failed to read the current directory")?;
-        Ok(palisade_policy::resolve(&raw, &overrides, &context)?)
+        Ok(palisade_policy::resolve(&raw, &overrides, context)?)
     }
 
     /// Renders these options as the flags that set them, so that `palisade mcp` can pass its
