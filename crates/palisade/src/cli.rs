@@ -32,6 +32,12 @@ pub enum Command {
     /// Internal to `palisade mcp`: host a session on an inherited socket.
     #[command(hide = true)]
     SessionHost(SessionHostArgs),
+    /// Try a built-in set of escapes in the sandbox on this machine and print which protections
+    /// held. Exits 0 when every probe that ran held and 1 when one did not.
+    Selftest(crate::selftest::SelftestArgs),
+    /// Internal to `palisade selftest`: make one probe's attempt inside the sandbox.
+    #[command(hide = true)]
+    SelftestProbe(crate::selftest::ProbeArgs),
 }
 
 /// The arguments of `palisade session-host`, which `palisade mcp` starts for each session.
