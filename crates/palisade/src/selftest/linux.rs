@@ -157,9 +157,26 @@ impl Selftest {
     }
 
     /// Runs `probe` and judges it. Any process of the probe still running afterwards is killed
-    /// and makes the probe not hold.
+    /// and makes the probe not hold, also when the probe failed.
     fn check(&self, probe: Probe) -> anyhow::Result<Verdict> {
-        let verdict = match probe {
+        let verdict = self.run_and_judge(probe);
+        let survivors = wait_until_gone(&probe_processes(&self.scratch.probe_exe));
+        kill(&survivors);
+        let verdict = verdict?;
+        if survivors.is_empty() {
+            return Ok(verdict);
+        }
+        let note = match survivors.len() {
+            1 => "a process of the probe outlived the run, and selftest killed it".to_owned(),
+            count => format!("{count} processes of the probe outlived the run, and selftest killed them"),
+        };
+        Ok(match verdict {
+            Verdict::NotHeld(detail) | Verdict::Held(detail) | Verdict::Skipped(detail) => Verdict::NotHeld(format!("{detail}; {note}")),
+        })
+    }
+
+    fn run_and_judge(&self, probe: Probe) -> anyhow::Result<Verdict> {
+        Ok(match probe {
             Probe::WriteOutsideWorkspace => self.write_outside()?,
             Probe::WriteInsideWorkspace => self.write_inside()?,
             Probe::ReadCredential => self.read_credential()?,
@@ -173,18 +190,6 @@ impl Selftest {
             Probe::IoUring => judge::refused(&self.launch_plain(Probe::IoUring, &[])?, &inside::io_uring_setup()),
             Probe::Bpf => judge::refused(&self.launch_plain(Probe::Bpf, &[])?, &inside::bpf_unknown_command()),
             Probe::ReadShadow => self.read_shadow()?,
-        };
-        let survivors = wait_until_gone(&probe_processes(&self.scratch.probe_exe));
-        if survivors.is_empty() {
-            return Ok(verdict);
-        }
-        kill(&survivors);
-        let note = match survivors.len() {
-            1 => "a process of the probe outlived the run, and selftest killed it".to_owned(),
-            count => format!("{count} processes of the probe outlived the run, and selftest killed them"),
-        };
-        Ok(match verdict {
-            Verdict::NotHeld(detail) | Verdict::Held(detail) | Verdict::Skipped(detail) => Verdict::NotHeld(format!("{detail}; {note}")),
         })
     }
 
