@@ -32,6 +32,12 @@ pub enum Command {
     /// Internal to `palisade mcp`: host a session on an inherited socket.
     #[command(hide = true)]
     SessionHost(SessionHostArgs),
+    /// Try a built-in set of escapes in the sandbox on this machine and print which protections
+    /// held. Exits 0 when every probe that ran held and 1 when one did not.
+    Selftest(crate::selftest::SelftestArgs),
+    /// Internal to `palisade selftest`: make one probe's attempt inside the sandbox.
+    #[command(hide = true)]
+    SelftestProbe(crate::selftest::ProbeArgs),
 }
 
 /// The arguments of `palisade session-host`, which `palisade mcp` starts for each session.
@@ -170,6 +176,13 @@ pub struct CheckArgs {
 
 impl PolicyArgs {
     pub(crate) fn resolve(&self) -> anyhow::Result<Policy> {
+        let context = Context::from_process().context("failed to read the current directory")?;
+        self.resolve_in(&context)
+    }
+
+    /// Resolves these options against `context` instead of the current process's directory,
+    /// home and environment.
+    pub(crate) fn resolve_in(&self, context: &Context) -> anyhow::Result<Policy> {
         let raw = match &self.policy_file {
             Some(path) => RawPolicy::from_file(path)?,
             None => RawPolicy::default(),
@@ -198,8 +211,7 @@ impl PolicyArgs {
             allow_degraded: self.allow_degraded,
             allow_ptrace: self.allow_ptrace,
         };
-        let context = Context::from_process().context("failed to read the current directory")?;
-        Ok(palisade_policy::resolve(&raw, &overrides, &context)?)
+        Ok(palisade_policy::resolve(&raw, &overrides, context)?)
     }
 
     /// Renders these options as the flags that set them, so that `palisade mcp` can pass its

@@ -4,6 +4,7 @@
 mod cli;
 mod mcp;
 mod report;
+mod selftest;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => cli::check(args),
         Command::Mcp(args) => mcp::serve(args),
         Command::SessionHost(args) => cli::session_host(args),
+        Command::Selftest(args) => selftest::run(args),
+        Command::SelftestProbe(args) => selftest::probe(args),
     }
 }
 

@@ -324,12 +324,21 @@ impl Fixture {
     /// holds even if palisade fails to: at most `max_tasks` processes and threads for the
     /// user the sandbox runs as (`prlimit --nproc`), and `seconds` of wall-clock time.
     pub fn palisade_guarded<S: AsRef<OsStr>>(&self, max_tasks: u64, seconds: u64, args: &[S]) -> Run {
+        self.palisade_guarded_with_env(max_tasks, seconds, args, &[])
+    }
+
+    /// Runs `palisade ARGS` as [`Fixture::palisade_guarded`] does, with extra environment
+    /// variables.
+    pub fn palisade_guarded_with_env<S: AsRef<OsStr>>(&self, max_tasks: u64, seconds: u64, args: &[S], env: &[(&str, &str)]) -> Run {
         let mut command = Command::new("timeout");
         command.arg("--kill-after=5").arg(seconds.to_string());
         command.arg("prlimit").arg(format!("--nproc={max_tasks}")).arg("--");
         let owner = self.as_owner(palisade_binary().to_str().unwrap());
         command.arg(owner.get_program()).args(owner.get_args()).args(args);
         command.current_dir(&self.ws).env("HOME", &self.home).stdin(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
         Run::from_output(command.output().unwrap())
     }
 

@@ -14,3 +14,4 @@ pub mod netlab;
 pub mod network;
 pub mod ports;
 pub mod mcp;
+pub mod selftest;

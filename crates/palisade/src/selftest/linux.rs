@@ -1,0 +1,548 @@
+//! The Linux side of `palisade selftest`: runs each probe of the catalogue in the real sandbox
+//! and judges it from the host.
+//!
+//! Selftest builds a scratch world under a fresh temporary directory: a workspace holding a git
+//! repository and a copy of this binary, a fake home directory with a planted fake SSH key, and
+//! a directory outside the workspace. Each probe is one `palisade run` of the copy's
+//! `selftest-probe` subcommand, in that workspace, with `HOME` set to the fake home. The probe
+//! makes its attempt and prints one result line (`inside.rs`). Selftest then checks the host:
+//! the outside directory, the hook, the listener, the processes. A probe whose host check
+//! contradicts its own report does not hold. The scratch directory is removed at the end.
+
+mod inside;
+mod judge;
+mod processes;
+mod scratch;
+
+use std::cell::RefCell;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use palisade_policy::{Context, Policy, Profile};
+
+use crate::cli::PolicyArgs;
+use crate::selftest::{Finding, PROBE_MAX_PROCS, PROBE_PROCESS_ATTEMPTS, PROBE_TIMEOUT_SECONDS, Probe, Verdict};
+
+pub use inside::attempt;
+use inside::Attempt;
+use processes::{kill, probe_processes, wait_until_gone};
+use scratch::{Scratch, FAKE_KEY};
+
+/// `--timeout` of each probe's run except the timeout probe's, so that a probe that hangs ends
+/// there instead of hanging selftest.
+const RUN_TIMEOUT: &str = "30s";
+/// How long selftest waits for a probe's `palisade run` to exit before it kills it: the
+/// longest timeout plus time for palisade to end the run and exit.
+const RUN_LIMIT: Duration = Duration::from_secs(40);
+/// How long selftest waits, once a run has exited, for the rest of its output and for its
+/// processes to disappear from `/proc`.
+pub(super) const SETTLE: Duration = Duration::from_secs(2);
+pub(super) const POLL: Duration = Duration::from_millis(20);
+
+/// The credential-like variable that selftest sets for palisade and the probe looks for.
+const SECRET_VARIABLE: &str = "PALISADE_SELFTEST_TOKEN";
+const SHADOW: &str = "/etc/shadow";
+
+/// Lines of palisade's stderr that concern every probe alike. Selftest prints each once.
+const NOTICE_PREFIXES: &[&str] = &["palisade: degraded mode", "palisade: profile unconfined"];
+
+/// Runs every probe of the catalogue and returns the findings in catalogue order.
+pub fn run_probes(args: &PolicyArgs) -> anyhow::Result<Vec<Finding>> {
+    reject_selftest_options(args)?;
+    let selftest = Selftest::new(args)?;
+    let mut findings = Vec::new();
+    for probe in Probe::ALL {
+        let verdict = selftest.check(probe)?;
+        findings.push(Finding { probe, verdict });
+    }
+    for notice in selftest.notices.borrow().iter() {
+        eprintln!("{notice}");
+    }
+    Ok(findings)
+}
+
+/// Rejects the options that selftest sets itself for every probe.
+fn reject_selftest_options(args: &PolicyArgs) -> anyhow::Result<()> {
+    if args.workspace.is_some() {
+        anyhow::bail!("--workspace is not accepted by selftest: every probe runs in a temporary workspace of its own");
+    }
+    if args.timeout.is_some() {
+        anyhow::bail!(
+            "--timeout is not accepted by selftest: every probe runs with a timeout of its own, and the timeout probe checks one of {PROBE_TIMEOUT_SECONDS}s"
+        );
+    }
+    if args.report.is_some() {
+        anyhow::bail!("--report is not accepted by selftest: it runs one sandbox per probe; use --json for a machine-readable result");
+    }
+    Ok(())
+}
+
+/// Returns `args` with each relative path made absolute against the current directory,
+/// because the probes run in another directory. Paths starting with `~` or `{workspace}` keep
+/// their meaning: the fake home and the temporary workspace.
+fn with_absolute_paths(args: &PolicyArgs) -> anyhow::Result<PolicyArgs> {
+    let mut args = args.clone();
+    let paths = args.policy_file.iter_mut().chain(&mut args.allow_write).chain(&mut args.allow_read).chain(&mut args.deny_read);
+    for path in paths {
+        let text = path.to_string_lossy();
+        if path.is_relative() && !text.starts_with('~') && !text.starts_with("{workspace}") {
+            *path = std::path::absolute(&*path).with_context(|| format!("failed to make {} absolute", path.display()))?;
+        }
+    }
+    Ok(args)
+}
+
+/// One selftest: the scratch world, the caller's policy options and what they resolve to.
+struct Selftest {
+    scratch: Scratch,
+    /// The caller's options, with absolute paths and the scratch workspace.
+    args: PolicyArgs,
+    /// The resolved policy of `args`, for the profile and the process limit.
+    policy: Policy,
+    /// The value of [`SECRET_VARIABLE`].
+    token: String,
+    /// The distinct [`NOTICE_PREFIXES`] lines palisade printed.
+    notices: RefCell<Vec<String>>,
+}
+
+/// The outcome of one probe's `palisade run`.
+pub(super) struct Finished {
+    code: Option<i32>,
+    result: Option<Attempt>,
+    stderr: String,
+}
+
+impl Selftest {
+    fn new(args: &PolicyArgs) -> anyhow::Result<Selftest> {
+        let command_owner = match palisade_linux::Identity::current() {
+            identity @ palisade_linux::Identity::Root { .. } => Some(identity.sandbox_ids()),
+            palisade_linux::Identity::User { .. } => None,
+        };
+        let mut args = with_absolute_paths(args)?;
+        let scratch = Scratch::create()?;
+        args.workspace = Some(scratch.workspace.clone());
+        // Resolved as each probe's `palisade run` resolves it: in the workspace, with the
+        // fake home. An invalid policy fails here, before any probe runs.
+        let mut context = Context::from_process().context("failed to read the current directory")?;
+        context.cwd = scratch.workspace.clone();
+        context.home = Some(scratch.home.clone());
+        let policy = args.resolve_in(&context)?;
+        if let Some(owner) = command_owner {
+            // As root, the command owns the host's root-owned files in writable roots and
+            // copy-on-write layers, which palisade mounts idmapped, and elsewhere the files of
+            // the sandbox uid itself.
+            let filesystem = &policy.filesystem;
+            let idmapped = |path: &Path| filesystem.writable.iter().chain(&filesystem.copy_on_write).any(|root| path.starts_with(root));
+            if !idmapped(&scratch.outside) {
+                scratch.give_outside_to(owner)?;
+            }
+            if !idmapped(&scratch.home) {
+                scratch.give_key_to(owner)?;
+            }
+        }
+        let token = format!("selftest-{}-{}", std::process::id(), scratch.root.display());
+        Ok(Selftest { scratch, args, policy, token, notices: RefCell::new(Vec::new()) })
+    }
+
+    fn unconfined(&self) -> bool {
+        self.policy.profile == Profile::Unconfined
+    }
+
+    /// Runs `probe` and judges it. Any process of the probe still running afterwards is killed
+    /// and makes the probe not hold, also when the probe failed.
+    fn check(&self, probe: Probe) -> anyhow::Result<Verdict> {
+        let verdict = self.run_and_judge(probe);
+        let survivors = wait_until_gone(&probe_processes(&self.scratch.probe_exe));
+        kill(&survivors);
+        let verdict = verdict?;
+        if survivors.is_empty() {
+            return Ok(verdict);
+        }
+        let note = match survivors.len() {
+            1 => "a process of the probe outlived the run, and selftest killed it".to_owned(),
+            count => format!("{count} processes of the probe outlived the run, and selftest killed them"),
+        };
+        Ok(match verdict {
+            Verdict::NotHeld(detail) | Verdict::Held(detail) | Verdict::Skipped(detail) => Verdict::NotHeld(format!("{detail}; {note}")),
+        })
+    }
+
+    fn run_and_judge(&self, probe: Probe) -> anyhow::Result<Verdict> {
+        Ok(match probe {
+            Probe::WriteOutsideWorkspace => self.write_outside()?,
+            Probe::WriteInsideWorkspace => self.write_inside()?,
+            Probe::ReadCredential => self.read_credential()?,
+            Probe::GitHook => self.git_hook()?,
+            Probe::SecretEnvironment => self.secret_environment()?,
+            Probe::ConnectHostLoopback => self.connect_host_loopback()?,
+            Probe::ProcessLimit => self.process_limit()?,
+            Probe::TimeoutDetached => self.timeout_detached()?,
+            Probe::UserNamespace => judge::failed(&self.launch_plain(Probe::UserNamespace, &[])?),
+            Probe::Ptrace => judge::failed(&self.launch_plain(Probe::Ptrace, &[])?),
+            Probe::IoUring => judge::refused(&self.launch_plain(Probe::IoUring, &[])?, &inside::io_uring_setup()),
+            Probe::Bpf => judge::refused(&self.launch_plain(Probe::Bpf, &[])?, &inside::bpf_unknown_command()),
+            Probe::ReadShadow => self.read_shadow()?,
+        })
+    }
+
+    /// Starts `palisade run` of `probe` with the caller's options, adjusted by `adjust`, and
+    /// waits for it. Calls `on_result` as soon as the probe prints its result, while the run
+    /// may still go on.
+    fn launch(
+        &self,
+        probe: Probe,
+        probe_args: &[&OsStr],
+        adjust: impl FnOnce(&mut PolicyArgs),
+        mut on_result: impl FnMut(&Attempt),
+    ) -> anyhow::Result<Finished> {
+        let mut args = self.args.clone();
+        args.timeout = Some(RUN_TIMEOUT.into());
+        adjust(&mut args);
+        // `/proc/self/exe` is this very binary even if its file was replaced since.
+        let mut command = Command::new("/proc/self/exe");
+        command
+            .arg0(std::env::current_exe().map(PathBuf::into_os_string).unwrap_or_else(|_| "palisade".into()))
+            .arg("run")
+            .args(args.to_flags())
+            .arg("--")
+            .arg(&self.scratch.probe_exe)
+            .arg("selftest-probe")
+            .arg(probe.id())
+            .args(probe_args)
+            .current_dir(&self.scratch.workspace)
+            .env("HOME", &self.scratch.home)
+            .env(SECRET_VARIABLE, &self.token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().with_context(|| format!("failed to start palisade run for probe {}", probe.id()))?;
+        let lines = read_lines(&mut child);
+        let stderr = read_all(&mut child);
+
+        let deadline = Instant::now() + RUN_LIMIT;
+        let mut result = None;
+        let mut take = |line: String| {
+            if let Some(attempt) = Attempt::from_line(&line) {
+                on_result(&attempt);
+                result = Some(attempt);
+            }
+        };
+        let status = loop {
+            match lines.recv_timeout(POLL) {
+                Ok(line) => take(line),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+            }
+            if let Some(status) = child.try_wait().context("failed to wait for palisade run")? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("palisade run of probe {} did not exit within {}s, so selftest killed it", probe.id(), RUN_LIMIT.as_secs());
+            }
+        };
+        // A process that outlived the run may hold the pipes open, so wait only so long.
+        let settled = Instant::now() + SETTLE;
+        while let Ok(line) = lines.recv_timeout(settled.saturating_duration_since(Instant::now())) {
+            take(line);
+        }
+        let stderr = stderr.recv_timeout(settled.saturating_duration_since(Instant::now())).unwrap_or_default();
+        self.note(&stderr);
+
+        let code = status.code();
+        // Status 125 means that palisade failed, and 126 or 127 that the probe could not be
+        // executed inside.
+        if matches!(code, Some(125..=127)) {
+            anyhow::bail!("palisade run of probe {} failed with status {}: {}", probe.id(), code.unwrap_or_default(), stderr.trim());
+        }
+        Ok(Finished { code, result, stderr })
+    }
+
+    /// Runs `probe` with the caller's options as they are.
+    fn launch_plain(&self, probe: Probe, probe_args: &[&OsStr]) -> anyhow::Result<Finished> {
+        self.launch(probe, probe_args, |_| {}, |_| {})
+    }
+
+    fn note(&self, stderr: &str) {
+        let mut notices = self.notices.borrow_mut();
+        for line in stderr.lines().filter(|line| NOTICE_PREFIXES.iter().any(|prefix| line.starts_with(prefix))) {
+            if !notices.iter().any(|notice| notice == line) {
+                notices.push(line.to_owned());
+            }
+        }
+    }
+
+    fn write_outside(&self) -> anyhow::Result<Verdict> {
+        let outside = &self.scratch.outside;
+        let created = outside.join("created");
+        let existing = self.scratch.existing_outside();
+        let before = snapshot(outside)?;
+        // Shown read-only, so the writes meet the sandbox's refusal rather than a directory
+        // that is not there. Not where the caller's policy shows it already, which the rule
+        // would narrow, and not for the unconfined profile, which rejects such rules.
+        let filesystem = &self.policy.filesystem;
+        let mut visible = filesystem.writable.iter().chain(&filesystem.read_only).chain(&filesystem.copy_on_write);
+        let show = !self.unconfined() && !visible.any(|root| outside.starts_with(root));
+        let run = self.launch(
+            Probe::WriteOutsideWorkspace,
+            &[created.as_os_str(), existing.as_os_str()],
+            |args| {
+                if show {
+                    args.allow_read.push(outside.clone());
+                }
+            },
+            |_| {},
+        )?;
+        let Some(result) = &run.result else { return Ok(judge::no_result(&run)) };
+        Ok(judge::write_refused(result, &changes(&before, &snapshot(outside)?)))
+    }
+
+    fn write_inside(&self) -> anyhow::Result<Verdict> {
+        if self.policy.profile == Profile::ReadOnly {
+            return Ok(Verdict::Skipped("the read-only profile makes the workspace read-only by design".into()));
+        }
+        let target = self.scratch.workspace.join("selftest-write-inside");
+        let run = self.launch_plain(Probe::WriteInsideWorkspace, &[target.as_os_str()])?;
+        let Some(result) = &run.result else { return Ok(judge::no_result(&run)) };
+        let on_host = fs::read(&target).is_ok_and(|contents| contents == inside::INSIDE_CONTENT.as_bytes());
+        Ok(judge::write_inside(result, on_host))
+    }
+
+    fn read_credential(&self) -> anyhow::Result<Verdict> {
+        let key = self.scratch.fake_key();
+        let run = self.launch_plain(Probe::ReadCredential, &[key.as_os_str()])?;
+        let Some(result) = &run.result else { return Ok(judge::no_result(&run)) };
+        // The key must still be on the host, or its absence inside would show nothing.
+        if fs::read(&key).ok().as_deref() != Some(FAKE_KEY.as_bytes()) {
+            return Ok(Verdict::NotHeld(format!("{}; the planted key changed or vanished on the host", result.detail)));
+        }
+        Ok(judge::credential_hidden(result))
+    }
+
+    fn git_hook(&self) -> anyhow::Result<Verdict> {
+        let hook = self.scratch.workspace.join(".git/hooks/pre-commit");
+        let run = self.launch_plain(Probe::GitHook, &[hook.as_os_str()])?;
+        let Some(result) = &run.result else { return Ok(judge::no_result(&run)) };
+        let changes = if hook.symlink_metadata().is_ok() { vec!["hooks/pre-commit exists".to_owned()] } else { Vec::new() };
+        Ok(judge::write_refused(result, &changes))
+    }
+
+    fn secret_environment(&self) -> anyhow::Result<Verdict> {
+        Ok(judge::failed(&self.launch_plain(Probe::SecretEnvironment, &[OsStr::new(SECRET_VARIABLE)])?))
+    }
+
+    fn connect_host_loopback(&self) -> anyhow::Result<Verdict> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("failed to listen on 127.0.0.1")?;
+        listener.set_nonblocking(true).context("failed to make the listener non-blocking")?;
+        let port = listener.local_addr().context("failed to read the listener's port")?.port().to_string();
+        let run = self.launch_plain(Probe::ConnectHostLoopback, &[OsStr::new(&port)])?;
+        let Some(result) = &run.result else { return Ok(judge::no_result(&run)) };
+        Ok(judge::connect(result, count_accepted(&listener)))
+    }
+
+    /// Returns the process limit of the process-limit probe: none for the unconfined profile,
+    /// the caller's `--max-procs` if given, and [`PROBE_MAX_PROCS`] otherwise.
+    fn probe_process_limit(&self) -> Option<u64> {
+        if self.unconfined() {
+            None
+        } else if self.args.max_procs.is_some() {
+            self.policy.limits.max_procs
+        } else {
+            Some(PROBE_MAX_PROCS)
+        }
+    }
+
+    fn process_limit(&self) -> anyhow::Result<Verdict> {
+        let limit = self.probe_process_limit();
+        if let Some(limit) = limit.filter(|&limit| limit >= PROBE_PROCESS_ATTEMPTS) {
+            return Ok(Verdict::Skipped(format!(
+                "the policy allows {limit} processes, and this probe starts {PROBE_PROCESS_ATTEMPTS} at most"
+            )));
+        }
+        let set_limit = !self.unconfined() && self.args.max_procs.is_none();
+        let attempts = PROBE_PROCESS_ATTEMPTS.to_string();
+        let run = self.launch(
+            Probe::ProcessLimit,
+            &[OsStr::new(&attempts)],
+            |args| {
+                if set_limit {
+                    args.max_procs = Some(PROBE_MAX_PROCS.to_string());
+                }
+            },
+            |_| {},
+        )?;
+        let Some(result) = &run.result else {
+            // Palisade ends a run that stays at its process limit, which also stops the probe.
+            if run.code == Some(i32::from(crate::EXIT_KILLED_AT_LIMIT)) && run.stderr.contains("processes") {
+                return Ok(Verdict::Held(format!("palisade ended the run at its process limit: {}", run.stderr.lines().last().unwrap_or_default().trim())));
+            }
+            return Ok(judge::no_result(&run));
+        };
+        Ok(judge::process_limit(result, limit))
+    }
+
+    fn timeout_detached(&self) -> anyhow::Result<Verdict> {
+        let probe_exe = &self.scratch.probe_exe;
+        let mut detached = Vec::new();
+        let run = self.launch(
+            Probe::TimeoutDetached,
+            &[],
+            |args| args.timeout = Some(format!("{PROBE_TIMEOUT_SECONDS}s")),
+            |result| {
+                // Seen from the host while the run goes on. The child that called setsid leads
+                // a session and is a child of the probe, which may lead a session too.
+                if result.succeeded {
+                    let processes = probe_processes(probe_exe);
+                    let is_probe = |pid: i32| processes.iter().any(|process| process.pid == pid);
+                    detached = processes.iter().copied().filter(|process| process.session_leader && is_probe(process.parent)).collect();
+                }
+            },
+        )?;
+        let Some(result) = &run.result else { return Ok(judge::no_result(&run)) };
+        if !result.succeeded {
+            return Ok(Verdict::Skipped(format!("the probe could not start its detached process: {}", result.detail)));
+        }
+        if detached.is_empty() {
+            return Ok(Verdict::Skipped(
+                "the detached process did not appear in the host's /proc, so its end cannot be checked".into(),
+            ));
+        }
+        let survivors = wait_until_gone(&detached);
+        kill(&survivors);
+        Ok(judge::timeout(run.code, &detached, &survivors))
+    }
+
+    fn read_shadow(&self) -> anyhow::Result<Verdict> {
+        let uid = rustix::process::geteuid().as_raw();
+        if uid != 0 {
+            return Ok(Verdict::Skipped(format!(
+                "palisade runs as uid {uid}, which cannot read {SHADOW} with or without a sandbox; the probe shows something only as root"
+            )));
+        }
+        if fs::symlink_metadata(SHADOW).is_err() {
+            return Ok(Verdict::Skipped(format!("this machine has no {SHADOW}")));
+        }
+        Ok(judge::failed(&self.launch_plain(Probe::ReadShadow, &[OsStr::new(SHADOW)])?))
+    }
+}
+
+/// Sends each line of the child's stdout, as it arrives, to the returned channel.
+fn read_lines(child: &mut Child) -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).is_ok_and(|size| size > 0) {
+                if sender.send(String::from_utf8_lossy(&line).trim_end().to_owned()).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+    }
+    receiver
+}
+
+/// Sends the child's whole stderr, once it ends, to the returned channel.
+fn read_all(child: &mut Child) -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    if let Some(mut stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            let _ = sender.send(String::from_utf8_lossy(&text).into_owned());
+        });
+    }
+    receiver
+}
+
+/// Returns the files of a directory, one level deep, with their contents.
+fn snapshot(dir: &Path) -> anyhow::Result<Vec<(OsString, Option<Vec<u8>>)>> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
+        entries.push((entry.file_name(), fs::read(entry.path()).ok()));
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+/// Describes how the directory of snapshot `after` differs from `before`.
+fn changes(before: &[(OsString, Option<Vec<u8>>)], after: &[(OsString, Option<Vec<u8>>)]) -> Vec<String> {
+    let mut changes = Vec::new();
+    for (name, contents) in after {
+        match before.iter().find(|(old, _)| old == name) {
+            None => changes.push(format!("{} appeared", name.to_string_lossy())),
+            Some((_, old)) if old != contents => changes.push(format!("{} changed", name.to_string_lossy())),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in before {
+        if !after.iter().any(|(new, _)| new == name) {
+            changes.push(format!("{} disappeared", name.to_string_lossy()));
+        }
+    }
+    changes
+}
+
+fn count_accepted(listener: &TcpListener) -> usize {
+    std::iter::from_fn(|| listener.accept().ok()).count()
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn policy_args(flags: &[&str]) -> PolicyArgs {
+        let mut argv = vec!["palisade", "selftest"];
+        argv.extend_from_slice(flags);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Selftest(args) => args.policy,
+            other => panic!("expected selftest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_selftest_sets_are_rejected() {
+        for flags in [["--workspace", "ws"], ["--timeout", "5s"], ["--report", "r.json"]] {
+            let error = reject_selftest_options(&policy_args(&flags)).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("{} is not accepted by selftest", flags[0])), "{error}");
+        }
+        reject_selftest_options(&policy_args(&["--net", "full", "--max-procs", "8"])).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_become_absolute() {
+        let args = with_absolute_paths(&policy_args(&[
+            "--policy", "p.toml", "--allow-read", "data", "--allow-write", "/srv/out", "--deny-read", "~/.config/x",
+            "--allow-read", "{workspace}/docs",
+        ]))
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(args.policy_file, Some(cwd.join("p.toml")));
+        assert_eq!(args.allow_read, [cwd.join("data"), PathBuf::from("{workspace}/docs")]);
+        assert_eq!(args.allow_write, [PathBuf::from("/srv/out")]);
+        assert_eq!(args.deny_read, [PathBuf::from("~/.config/x")]);
+    }
+
+    #[test]
+    fn changes_name_each_difference() {
+        let entry = |name: &str, contents: &str| (OsString::from(name), Some(contents.as_bytes().to_vec()));
+        let before = [entry("existing", "a"), entry("gone", "b")];
+        let after = [entry("created", "c"), entry("existing", "a2")];
+        assert_eq!(changes(&before, &after), ["created appeared", "existing changed", "gone disappeared"]);
+        assert!(changes(&before, &before).is_empty());
+    }
+}

@@ -1,0 +1,378 @@
+//! `palisade selftest`: tries a fixed catalogue of escapes in the real sandbox on this machine
+//! and reports which protections held.
+//!
+//! This file is the part every platform shares: the catalogue of probes, the verdicts, the text
+//! and JSON output, and the exit status. A platform module runs the probes and judges them
+//! (`linux.rs`). Each probe's id is stable, because scripts read the JSON output by id.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+use linux as platform;
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+
+use clap::Args;
+
+use crate::cli::PolicyArgs;
+use crate::report;
+
+/// Exit status when at least one probe that ran did not hold.
+const EXIT_NOT_HELD: u8 = 1;
+
+/// `--max-procs` of the process-limit probe, unless the caller passes one.
+pub const PROBE_MAX_PROCS: u64 = 16;
+/// How many processes the process-limit probe tries to start at most. It stops there even when
+/// nothing stopped it, so a policy without a process limit cannot turn the probe into a fork
+/// bomb.
+pub const PROBE_PROCESS_ATTEMPTS: u64 = 200;
+/// `--timeout` of the timeout probe, in seconds.
+pub const PROBE_TIMEOUT_SECONDS: u64 = 1;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Each probe runs as its own `palisade run` in a temporary workspace, with HOME set to a \
+temporary fake home directory; both are removed afterwards. The options apply to every probe, on top of what \
+the probe needs, so `palisade selftest --policy FILE` checks that policy. The workspace, the timeout and the \
+report belong to selftest and cannot be given. Exits 0 when every probe that ran held, 1 when one did not, \
+and 125 when palisade itself failed.")]
+pub struct SelftestArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `palisade selftest-probe`, which `palisade selftest` runs inside the sandbox.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The probe's id, from the catalogue.
+    pub id: String,
+    /// The paths, port or count that the attempt needs.
+    pub args: Vec<OsString>,
+}
+
+/// One escape attempt of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    WriteOutsideWorkspace,
+    WriteInsideWorkspace,
+    ReadCredential,
+    GitHook,
+    SecretEnvironment,
+    ConnectHostLoopback,
+    ProcessLimit,
+    TimeoutDetached,
+    UserNamespace,
+    Ptrace,
+    IoUring,
+    Bpf,
+    ReadShadow,
+}
+
+impl Probe {
+    /// Every probe, in the order they run and are printed.
+    pub const ALL: [Probe; 13] = [
+        Probe::WriteOutsideWorkspace,
+        Probe::WriteInsideWorkspace,
+        Probe::ReadCredential,
+        Probe::GitHook,
+        Probe::SecretEnvironment,
+        Probe::ConnectHostLoopback,
+        Probe::ProcessLimit,
+        Probe::TimeoutDetached,
+        Probe::UserNamespace,
+        Probe::Ptrace,
+        Probe::IoUring,
+        Probe::Bpf,
+        Probe::ReadShadow,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Probe::WriteOutsideWorkspace => "write-outside-workspace",
+            Probe::WriteInsideWorkspace => "write-inside-workspace",
+            Probe::ReadCredential => "read-credential",
+            Probe::GitHook => "git-hook",
+            Probe::SecretEnvironment => "secret-environment",
+            Probe::ConnectHostLoopback => "connect-host-loopback",
+            Probe::ProcessLimit => "process-limit",
+            Probe::TimeoutDetached => "timeout-detached",
+            Probe::UserNamespace => "user-namespace",
+            Probe::Ptrace => "ptrace",
+            Probe::IoUring => "io-uring",
+            Probe::Bpf => "bpf",
+            Probe::ReadShadow => "read-shadow",
+        }
+    }
+
+    /// Returns what the probe attempts and what must happen for the protection to hold.
+    pub fn description(self) -> &'static str {
+        match self {
+            Probe::WriteOutsideWorkspace => {
+                "Create a file in, and append to a file of, a directory outside the workspace that the sandbox shows \
+                 read-only; both must fail and the directory must stay unchanged on the host."
+            }
+            Probe::WriteInsideWorkspace => {
+                "Create a file in the workspace; it must succeed and the file must appear on the host, which shows that \
+                 the sandbox does not simply refuse everything."
+            }
+            Probe::ReadCredential => {
+                "Read ~/.ssh/id_ed25519 of a fake home directory where selftest planted a fake key; the file must be \
+                 absent inside."
+            }
+            Probe::GitHook => {
+                "Create .git/hooks/pre-commit in the workspace's repository; it must fail and no hook may appear on the \
+                 host."
+            }
+            Probe::SecretEnvironment => {
+                "Look for PALISADE_SELFTEST_TOKEN, which selftest sets in palisade's environment; the variable must not \
+                 reach the command."
+            }
+            Probe::ConnectHostLoopback => {
+                "Connect to a TCP listener that selftest opens on the host's 127.0.0.1; the connection must fail and the \
+                 listener must accept none."
+            }
+            Probe::ProcessLimit => {
+                "Start up to 200 processes under --max-procs 16; starting them must fail before the 200th, and no \
+                 process may outlive the run."
+            }
+            Probe::TimeoutDetached => {
+                "Start a process that leaves the command's session, then outlive --timeout 1s; the run must end at the \
+                 timeout and the detached process must be gone from the host."
+            }
+            Probe::UserNamespace => "Create a user namespace; it must be refused.",
+            Probe::Ptrace => "Attach with ptrace to a child process of the probe; it must be refused.",
+            Probe::IoUring => {
+                "Call io_uring_setup with a null parameter pointer; it must be refused before the kernel reads the \
+                 arguments."
+            }
+            Probe::Bpf => "Call bpf with an unknown command; it must be refused before the kernel reads the arguments.",
+            Probe::ReadShadow => {
+                "When palisade runs as root, open /etc/shadow for reading; it must fail, because the command runs as an \
+                 unprivileged user."
+            }
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Probe> {
+        Probe::ALL.into_iter().find(|probe| probe.id() == id)
+    }
+}
+
+/// The result of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The attempt failed as it must, and the host confirms it. The text describes the failure.
+    Held(String),
+    /// The attempt succeeded, or the host contradicts what the probe reported. The text
+    /// describes what happened.
+    NotHeld(String),
+    /// The probe did not run, for the reason in the text. A skip never counts as held.
+    Skipped(String),
+}
+
+impl Verdict {
+    /// Returns the verdict's name in the JSON output.
+    fn name(&self) -> &'static str {
+        match self {
+            Verdict::Held(_) => "held",
+            Verdict::NotHeld(_) => "not_held",
+            Verdict::Skipped(_) => "skipped",
+        }
+    }
+
+    /// Returns the verdict as the text table prints it, in capitals where it needs attention.
+    fn label(&self) -> &'static str {
+        match self {
+            Verdict::Held(_) => "held",
+            Verdict::NotHeld(_) => "NOT HELD",
+            Verdict::Skipped(_) => "SKIP",
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Verdict::Held(detail) | Verdict::NotHeld(detail) | Verdict::Skipped(detail) => detail,
+        }
+    }
+}
+
+/// A probe with its verdict.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub probe: Probe,
+    pub verdict: Verdict,
+}
+
+/// Counts of each verdict.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Summary {
+    held: usize,
+    not_held: usize,
+    skipped: usize,
+}
+
+impl Summary {
+    fn of(findings: &[Finding]) -> Summary {
+        let mut summary = Summary::default();
+        for finding in findings {
+            match finding.verdict {
+                Verdict::Held(_) => summary.held += 1,
+                Verdict::NotHeld(_) => summary.not_held += 1,
+                Verdict::Skipped(_) => summary.skipped += 1,
+            }
+        }
+        summary
+    }
+}
+
+/// Runs every probe and prints the findings. Returns 0 when every probe that ran held and
+/// [`EXIT_NOT_HELD`] when one did not; an error means palisade itself failed.
+pub fn run(args: SelftestArgs) -> anyhow::Result<u8> {
+    let findings = platform::run_probes(&args.policy)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&render_json(&findings)).expect("a JSON value serialises");
+        println!("{text}");
+    } else {
+        print!("{}", render_text(&findings));
+    }
+    Ok(exit_status(&findings))
+}
+
+/// Makes one probe's attempt and prints its result, for `palisade selftest-probe` inside the
+/// sandbox.
+pub fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
+    let Some(probe) = Probe::from_id(&args.id) else {
+        anyhow::bail!("unknown probe {:?}; the catalogue has {}", args.id, ids().join(", "));
+    };
+    platform::attempt(probe, &args.args)
+}
+
+fn ids() -> Vec<&'static str> {
+    Probe::ALL.iter().map(|probe| probe.id()).collect()
+}
+
+fn exit_status(findings: &[Finding]) -> u8 {
+    if Summary::of(findings).not_held > 0 { EXIT_NOT_HELD } else { 0 }
+}
+
+/// Renders the findings as a table, one line per probe, and a summary line.
+fn render_text(findings: &[Finding]) -> String {
+    let width = Probe::ALL.iter().map(|probe| probe.id().len()).max().unwrap_or(0);
+    let mut text = String::new();
+    for finding in findings {
+        let _ = writeln!(text, "{:<width$}  {:<8}  {}", finding.probe.id(), finding.verdict.label(), finding.verdict.detail());
+    }
+    let summary = Summary::of(findings);
+    let _ = writeln!(
+        text,
+        "\n{} probes: {} held, {} not held, {} skipped.",
+        findings.len(),
+        summary.held,
+        summary.not_held,
+        summary.skipped
+    );
+    if summary.not_held > 0 {
+        let _ = writeln!(text, "NOT HELD marks a protection that failed on this machine under this policy.");
+    } else {
+        let _ = writeln!(text, "Every probe that ran held.");
+    }
+    if summary.skipped > 0 {
+        let _ = writeln!(text, "SKIP marks a probe that did not run here; it shows nothing either way.");
+    }
+    text
+}
+
+/// Renders the findings as one JSON object: `format`, `probes` (id, description, verdict,
+/// detail, in catalogue order) and `summary`.
+fn render_json(findings: &[Finding]) -> serde_json::Value {
+    let probes: Vec<serde_json::Value> = findings
+        .iter()
+        .map(|finding| {
+            serde_json::json!({
+                "id": finding.probe.id(),
+                "description": finding.probe.description(),
+                "verdict": finding.verdict.name(),
+                "detail": finding.verdict.detail(),
+            })
+        })
+        .collect();
+    let summary = Summary::of(findings);
+    serde_json::json!({
+        "format": report::FORMAT,
+        "probes": probes,
+        "summary": {
+            "held": summary.held,
+            "not_held": summary.not_held,
+            "skipped": summary.skipped,
+            "all_held": summary.not_held == 0,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings(verdicts: &[Verdict]) -> Vec<Finding> {
+        Probe::ALL.iter().zip(verdicts).map(|(&probe, verdict)| Finding { probe, verdict: verdict.clone() }).collect()
+    }
+
+    #[test]
+    fn ids_are_unique_and_round_trip() {
+        for probe in Probe::ALL {
+            assert_eq!(Probe::from_id(probe.id()), Some(probe));
+        }
+        let mut ids = ids();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), Probe::ALL.len());
+        assert_eq!(Probe::from_id("no-such-probe"), None);
+    }
+
+    #[test]
+    fn descriptions_name_the_probe_constants() {
+        let processes = Probe::ProcessLimit.description();
+        assert!(processes.contains(&format!("up to {PROBE_PROCESS_ATTEMPTS} processes")), "{processes}");
+        assert!(processes.contains(&format!("--max-procs {PROBE_MAX_PROCS}")), "{processes}");
+        let timeout = Probe::TimeoutDetached.description();
+        assert!(timeout.contains(&format!("--timeout {PROBE_TIMEOUT_SECONDS}s")), "{timeout}");
+    }
+
+    #[test]
+    fn exit_status_ignores_skips() {
+        let held = Verdict::Held("refused".into());
+        let skipped = Verdict::Skipped("not root".into());
+        assert_eq!(exit_status(&findings(&[held.clone(), skipped.clone()])), 0);
+        assert_eq!(exit_status(&findings(&[skipped, Verdict::NotHeld("connected".into()), held])), EXIT_NOT_HELD);
+    }
+
+    #[test]
+    fn text_marks_skips_and_failures() {
+        let text = render_text(&findings(&[
+            Verdict::Held("refused".into()),
+            Verdict::NotHeld("created".into()),
+            Verdict::Skipped("not root".into()),
+        ]));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("write-outside-workspace  held"), "{text}");
+        assert!(lines[1].starts_with("write-inside-workspace   NOT HELD  created"), "{text}");
+        assert!(lines[2].starts_with("read-credential          SKIP      not root"), "{text}");
+        assert!(text.contains("3 probes: 1 held, 1 not held, 1 skipped."), "{text}");
+    }
+
+    #[test]
+    fn json_lists_each_probe_and_the_summary() {
+        let value = render_json(&findings(&[Verdict::Held("refused".into()), Verdict::Skipped("not root".into())]));
+        assert_eq!(value["probes"][0]["id"], "write-outside-workspace");
+        assert_eq!(value["probes"][0]["verdict"], "held");
+        assert_eq!(value["probes"][0]["detail"], "refused");
+        assert_eq!(value["probes"][0]["description"], Probe::WriteOutsideWorkspace.description());
+        assert_eq!(value["probes"][1]["verdict"], "skipped");
+        assert_eq!(value["summary"]["held"], 1);
+        assert_eq!(value["summary"]["skipped"], 1);
+        assert_eq!(value["summary"]["all_held"], true);
+    }
+}
