@@ -11,6 +11,7 @@
 //! the plan out are in `sys`, compiled only for Windows. `docs/windows.md` explains the design
 //! and lists what has been verified only under Wine.
 
+pub mod ace;
 pub mod path;
 pub mod plan;
 
