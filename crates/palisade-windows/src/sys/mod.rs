@@ -14,6 +14,7 @@ pub mod check;
 mod error;
 pub mod job;
 pub mod run;
+mod security;
 pub mod setup;
 pub mod spawn;
 pub mod token;
