@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::path::WinPath;
-use crate::plan::{AccountKind, Plan, Reason};
+use crate::plan::{Access, AccountKind, FilePlan, Plan, Reason};
 
 /// One step of setup. Steps run in the order [`steps`] returns them: the accounts first,
 /// because every ACL entry and filter names their SIDs.
@@ -28,7 +28,7 @@ pub enum Step {
 /// Which kinds of entry an ACL step writes on its root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AclEntries {
-    pub grant: Option<crate::plan::Access>,
+    pub grant: Option<Access>,
     pub label: bool,
     pub deny: Option<u32>,
 }
@@ -63,8 +63,8 @@ impl fmt::Display for Step {
             Step::ApplyAcl { path, reason, entries } => {
                 let mut parts = Vec::new();
                 match entries.grant {
-                    Some(crate::plan::Access::Modify) => parts.push("allow modify"),
-                    Some(crate::plan::Access::ReadExecute) => parts.push("allow read and execute"),
+                    Some(Access::Modify) => parts.push("allow modify"),
+                    Some(Access::ReadExecute) => parts.push("allow read and execute"),
                     None => {}
                 }
                 if entries.label {
@@ -88,22 +88,30 @@ pub fn steps(plan: &Plan) -> Vec<Step> {
     steps.push(Step::InstallFilters { count: plan.filters.len() });
     steps.push(Step::CreateTempRoot { path: plan.files.temp_root.clone() });
 
-    // One ACL step per root, in the order grants, labels, denies list them, merged by path.
+    steps.extend(acl_roots(&plan.files).into_iter().map(|(path, reason, entries)| Step::ApplyAcl { path, reason, entries }));
+    steps
+}
+
+/// Every root of the ACL plan with the entries it carries, in the order grants, labels and
+/// denies list them, palisade's own machine-wide directory first (its step needs elevation).
+pub fn acl_roots(files: &FilePlan) -> Vec<(WinPath, Reason, AclEntries)> {
     let mut acl: Vec<(WinPath, Reason, AclEntries)> = Vec::new();
-    for grant in &plan.files.grants {
-        entries_of(&mut acl, &grant.path, grant.reason).grant = Some(grant.access);
+    for grant in &files.grants {
+        let entries = entries_of(&mut acl, &grant.path, grant.reason);
+        // Two grants on one path combine; Modify includes ReadExecute.
+        if entries.grant != Some(Access::Modify) {
+            entries.grant = Some(grant.access);
+        }
     }
-    for label in &plan.files.labels {
+    for label in &files.labels {
         entries_of(&mut acl, label, Reason::WritableRoot).label = true;
     }
-    for deny in &plan.files.denies {
+    for deny in &files.denies {
         let entries = entries_of(&mut acl, &deny.path, deny.reason);
         entries.deny = Some(entries.deny.unwrap_or(0) | deny.mask);
     }
-    // palisade's own directory first: it is the one ACL step that needs elevation.
     acl.sort_by_key(|(_, reason, _)| *reason != Reason::Temp);
-    steps.extend(acl.into_iter().map(|(path, reason, entries)| Step::ApplyAcl { path, reason, entries }));
-    steps
+    acl
 }
 
 /// The entries of `path` in `acl`, added with `reason` when the path is new.
@@ -180,7 +188,7 @@ pub fn elevation_message(missing: &[&Step]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{mask, Access, Accounts, Deny, FilePlan, Grant, Integrity, JobPlan, NetworkPlan, TokenPlan};
+    use crate::plan::{mask, Accounts, Deny, Grant, Integrity, JobPlan, NetworkPlan, TokenPlan};
 
     fn p(text: &str) -> WinPath {
         WinPath::parse(text).unwrap()

@@ -12,6 +12,7 @@ pub mod account;
 pub mod acl;
 pub mod check;
 mod error;
+mod file_object;
 pub mod job;
 pub mod run;
 mod security;
