@@ -2,6 +2,7 @@
 //! filter that need no Windows call: keys, names, weights, and the security descriptor that
 //! makes a condition match one account. `sys::wfp` installs and verifies the filters with them.
 
+use crate::ace::{Acl, Sid, ace_type};
 use crate::plan::{AccountKind, Filter, FilterAction, Layer};
 
 /// The key of palisade's provider, which owns its sublayer and filters.
@@ -63,6 +64,27 @@ pub fn user_match_sddl(sid: &str) -> String {
     format!("D:(A;;CC;;;{sid})")
 }
 
+/// Whether the self-relative security descriptor `bytes`, as a filter condition returned by
+/// the engine holds it, grants `sid` the right that makes the condition match.
+pub fn descriptor_matches(bytes: &[u8], sid: &Sid) -> bool {
+    // SECURITY_DESCRIPTOR_RELATIVE: revision, padding, control, then the offsets of owner,
+    // group, SACL and DACL (winnt.h).
+    const SE_DACL_PRESENT: u16 = 0x0004;
+    const SE_SELF_RELATIVE: u16 = 0x8000;
+    if bytes.len() < 20 || bytes[0] != 1 {
+        return false;
+    }
+    let control = u16::from_le_bytes([bytes[2], bytes[3]]);
+    let dacl_offset = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) as usize;
+    if control & SE_SELF_RELATIVE == 0 || control & SE_DACL_PRESENT == 0 || dacl_offset == 0 {
+        return false;
+    }
+    let Some(Ok(dacl)) = bytes.get(dacl_offset..).map(Acl::parse) else {
+        return false;
+    };
+    dacl.aces.iter().any(|ace| ace.ace_type == ace_type::ALLOW && ace.sid() == Some(sid) && ace.mask().is_some_and(|mask| mask & ACTRL_MATCH_FILTER != 0))
+}
+
 /// The display name of a filter, shown by `netsh wfp show filters`.
 pub fn filter_name(filter: &Filter, account_name: &str) -> String {
     let action = match filter.action {
@@ -104,6 +126,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ace::Ace;
 
     fn all_filters() -> Vec<Filter> {
         let mut filters = Vec::new();
@@ -154,6 +177,33 @@ mod tests {
     #[test]
     fn user_descriptor_grants_match_right_to_the_sid_only() {
         assert_eq!(user_match_sddl("S-1-5-21-1-2-3-1001"), "D:(A;;CC;;;S-1-5-21-1-2-3-1001)");
+    }
+
+    /// A self-relative descriptor with only a DACL, laid out as Windows returns one.
+    fn relative_descriptor(dacl: &Acl) -> Vec<u8> {
+        let mut bytes = vec![1, 0];
+        bytes.extend_from_slice(&(0x8000u16 | 0x0004).to_le_bytes());
+        bytes.extend_from_slice(&[0; 12]);
+        bytes.extend_from_slice(&20u32.to_le_bytes());
+        bytes.extend_from_slice(&dacl.to_bytes().unwrap());
+        bytes
+    }
+
+    #[test]
+    fn descriptor_matches_only_the_account() {
+        let sid = Sid::parse("S-1-5-21-1-2-3-1001").unwrap();
+        let other = Sid::parse("S-1-5-21-1-2-3-1002").unwrap();
+        let descriptor = relative_descriptor(&Acl::new(vec![Ace::allow(&sid, ACTRL_MATCH_FILTER, 0)]));
+        assert!(descriptor_matches(&descriptor, &sid));
+        assert!(!descriptor_matches(&descriptor, &other));
+        let deny = relative_descriptor(&Acl::new(vec![Ace::deny(&sid, ACTRL_MATCH_FILTER, 0)]));
+        assert!(!descriptor_matches(&deny, &sid));
+        let wrong_right = relative_descriptor(&Acl::new(vec![Ace::allow(&sid, 0x2, 0)]));
+        assert!(!descriptor_matches(&wrong_right, &sid));
+        assert!(!descriptor_matches(&descriptor[..19], &sid));
+        let mut absolute = descriptor.clone();
+        absolute[3] &= 0x7f;
+        assert!(!descriptor_matches(&absolute, &sid), "an absolute descriptor holds pointers, not offsets");
     }
 
     #[test]
