@@ -135,6 +135,8 @@ pub enum Outcome {
     WouldDo,
     /// Done, with something the user should know, such as objects that were skipped.
     DoneWithNote(String),
+    /// A dry run could not tell whether the step is in place, for this reason.
+    CannotCheck(String),
 }
 
 /// The report of `palisade setup`: each step and its outcome.
@@ -152,6 +154,7 @@ impl fmt::Display for SetupReport {
                 Outcome::AlreadyInPlace => ("in place", None),
                 Outcome::WouldDo => ("would do", None),
                 Outcome::DoneWithNote(note) => ("done", Some(note)),
+                Outcome::CannotCheck(reason) => ("unknown", Some(reason)),
             };
             let admin = if step.needs_admin() { " [admin]" } else { "" };
             writeln!(f, "{state:<9} {step}{admin}")?;
@@ -159,9 +162,9 @@ impl fmt::Display for SetupReport {
                 writeln!(f, "{:<9} note: {note}", "")?;
             }
         }
-        let missing = self.steps.iter().filter(|(_, outcome)| *outcome == Outcome::WouldDo).count();
+        let missing = self.steps.iter().filter(|(_, outcome)| matches!(outcome, Outcome::WouldDo | Outcome::CannotCheck(_))).count();
         if self.dry_run {
-            writeln!(f, "\nDry run: nothing was changed. {missing} of {} steps would be taken.", self.steps.len())?;
+            writeln!(f, "\nDry run: nothing was changed. {missing} of {} steps would be taken or could not be checked.", self.steps.len())?;
             if self.steps.iter().any(|(step, outcome)| *outcome == Outcome::WouldDo && step.needs_admin()) {
                 writeln!(f, "Steps marked [admin] need `palisade setup` from an elevated prompt (Run as administrator).")?;
             }
@@ -299,5 +302,14 @@ mod tests {
         assert!(text.starts_with("in place  store"), "{text}");
         assert!(text.contains("note: a note"));
         assert!(text.contains("Setup is complete"));
+    }
+
+    #[test]
+    fn dry_run_shows_steps_it_could_not_check() {
+        let report = SetupReport { dry_run: true, steps: vec![(Step::InstallFilters { count: 9 }, Outcome::CannotCheck("FwpmEngineOpen0 failed".into()))] };
+        let text = report.to_string();
+        assert!(text.starts_with("unknown   install"), "{text}");
+        assert!(text.contains("note: FwpmEngineOpen0 failed"));
+        assert!(text.contains("1 of 1 steps would be taken or could not be checked"), "{text}");
     }
 }
