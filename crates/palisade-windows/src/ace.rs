@@ -438,7 +438,7 @@ pub fn has_root_entry(dacl: &Acl, sid: &Sid, expect: Expect, is_dir: bool) -> bo
 /// Checks that the label entries `sacl` hold the explicit, inheritable Low label.
 pub fn has_root_label(sacl: Option<&Acl>, is_dir: bool) -> bool {
     let ours = Ace::low_label(inheritance(is_dir, false));
-    sacl.is_some_and(|acl| acl.aces.iter().any(|ace| *ace == ours))
+    sacl.is_some_and(|acl| acl.aces.contains(&ours))
 }
 
 /// Checks that every name of a file with several hard links lies below `root`. Granting such

@@ -69,33 +69,43 @@ impl Api {
         if module.is_null() {
             return Err(Error::Unavailable { function: "LoadLibraryW", library: LIBRARY, consequence: CONSEQUENCE });
         }
-        let find = |function: &'static str| -> Result<unsafe extern "system" fn() -> isize, Error> {
-            let symbol = std::ffi::CString::new(function).expect("function names hold no NUL");
-            // SAFETY: `module` is loaded and `symbol` is NUL-terminated.
-            unsafe { GetProcAddress(module, symbol.as_ptr().cast()) }.ok_or(Error::Unavailable { function, library: LIBRARY, consequence: CONSEQUENCE })
-        };
-        // SAFETY (every transmute below): each pointer is the export of that name from
-        // fwpuclnt.dll, whose signature in fwpmu.h is the function type it is turned into.
+        // SAFETY: each type named below is the signature that fwpmu.h declares for the
+        // export of that name, and `module` stays loaded while `Api` holds the pointers.
         let api = unsafe {
             Api {
                 module,
-                engine_open: std::mem::transmute::<_, EngineOpen>(find("FwpmEngineOpen0")?),
-                engine_close: std::mem::transmute::<_, EngineClose>(find("FwpmEngineClose0")?),
-                transaction_begin: std::mem::transmute::<_, TransactionBegin>(find("FwpmTransactionBegin0")?),
-                transaction_commit: std::mem::transmute::<_, Transaction>(find("FwpmTransactionCommit0")?),
-                transaction_abort: std::mem::transmute::<_, Transaction>(find("FwpmTransactionAbort0")?),
-                provider_add: std::mem::transmute::<_, ProviderAdd>(find("FwpmProviderAdd0")?),
-                provider_get: std::mem::transmute::<_, GetByKey>(find("FwpmProviderGetByKey0")?),
-                sublayer_add: std::mem::transmute::<_, SubLayerAdd>(find("FwpmSubLayerAdd0")?),
-                sublayer_get: std::mem::transmute::<_, GetByKey>(find("FwpmSubLayerGetByKey0")?),
-                filter_add: std::mem::transmute::<_, FilterAdd>(find("FwpmFilterAdd0")?),
-                filter_get: std::mem::transmute::<_, GetByKey>(find("FwpmFilterGetByKey0")?),
-                filter_delete: std::mem::transmute::<_, DeleteByKey>(find("FwpmFilterDeleteByKey0")?),
-                free_memory: std::mem::transmute::<_, FreeMemory>(find("FwpmFreeMemory0")?),
+                engine_open: export::<EngineOpen>(module, "FwpmEngineOpen0")?,
+                engine_close: export::<EngineClose>(module, "FwpmEngineClose0")?,
+                transaction_begin: export::<TransactionBegin>(module, "FwpmTransactionBegin0")?,
+                transaction_commit: export::<Transaction>(module, "FwpmTransactionCommit0")?,
+                transaction_abort: export::<Transaction>(module, "FwpmTransactionAbort0")?,
+                provider_add: export::<ProviderAdd>(module, "FwpmProviderAdd0")?,
+                provider_get: export::<GetByKey>(module, "FwpmProviderGetByKey0")?,
+                sublayer_add: export::<SubLayerAdd>(module, "FwpmSubLayerAdd0")?,
+                sublayer_get: export::<GetByKey>(module, "FwpmSubLayerGetByKey0")?,
+                filter_add: export::<FilterAdd>(module, "FwpmFilterAdd0")?,
+                filter_get: export::<GetByKey>(module, "FwpmFilterGetByKey0")?,
+                filter_delete: export::<DeleteByKey>(module, "FwpmFilterDeleteByKey0")?,
+                free_memory: export::<FreeMemory>(module, "FwpmFreeMemory0")?,
             }
         };
         Ok(api)
     }
+}
+
+/// The export `function` of `module` as a function pointer of type `F`.
+///
+/// # Safety
+/// `F` must be an `extern "system"` function pointer type matching the export's signature.
+unsafe fn export<F: Copy>(module: HMODULE, function: &'static str) -> Result<F, Error> {
+    let symbol = std::ffi::CString::new(function).expect("function names hold no NUL");
+    // SAFETY: `module` is loaded and `symbol` is NUL-terminated.
+    let address = unsafe { GetProcAddress(module, symbol.as_ptr().cast()) };
+    let address = address.ok_or(Error::Unavailable { function, library: LIBRARY, consequence: CONSEQUENCE })?;
+    assert_eq!(size_of::<F>(), size_of_val(&address), "F must be a function pointer");
+    // SAFETY: the caller guarantees that `F` is the export's function pointer type, which has
+    // the size and representation of the pointer GetProcAddress returned.
+    Ok(unsafe { std::mem::transmute_copy(&address) })
 }
 
 impl Drop for Api {
