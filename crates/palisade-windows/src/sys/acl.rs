@@ -421,3 +421,35 @@ pub fn create_missing_root(path: &WinPath, reason: Reason) -> Result<bool, Error
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use windows_sys::Win32::Security::{ACL, GetSecurityDescriptorDacl};
+
+    use super::*;
+
+    // The byte layout of `ace::Acl` must be the one Windows itself produces: Windows' SDDL
+    // parser and `Acl::parse` must agree on the placeholder's descriptor.
+    #[test]
+    fn windows_parses_placeholder_sddl_into_the_same_entries() {
+        let sids = [Sid::parse("S-1-5-21-1-2-3-1001").unwrap(), Sid::parse("S-1-5-21-1-2-3-1002").unwrap()];
+        let caller = Sid::parse("S-1-5-21-1-2-3-500").unwrap();
+        let descriptor = Descriptor::from_sddl(&placeholder_sddl(&sids, &caller)).unwrap();
+        let (mut present, mut defaulted) = (0, 0);
+        let mut dacl: *mut ACL = null_mut();
+        // SAFETY: the descriptor is valid and alive; the out-pointers are locals, and the DACL
+        // pointer points into the descriptor.
+        let ok = unsafe { GetSecurityDescriptorDacl(descriptor.as_ptr(), &mut present, &mut dacl, &mut defaulted) };
+        assert!(ok != 0 && present != 0 && !dacl.is_null());
+        // SAFETY: `dacl` points to the valid ACL inside `descriptor`, alive here.
+        let bytes = unsafe { std::slice::from_raw_parts(dacl.cast::<u8>(), usize::from((*dacl).AclSize)) };
+        let parsed = Acl::parse(bytes).unwrap();
+        let expected = vec![
+            Ace::deny(&sids[0], mask::ANY_CHANGE, ace_flags::TREE),
+            Ace::deny(&sids[1], mask::ANY_CHANGE, ace_flags::TREE),
+            Ace::allow(&caller, 0x001f_01ff, ace_flags::TREE),
+        ];
+        assert_eq!(parsed.aces, expected);
+        assert_eq!(Acl { revision: parsed.revision, aces: expected }.to_bytes().unwrap(), bytes);
+    }
+}

@@ -151,7 +151,10 @@ pub(crate) fn account_sid(name: &str) -> Result<Option<Sid>, Error> {
 /// run for this caller.
 pub(crate) fn account_sids(accounts: &Accounts) -> Result<[Sid; 2], Error> {
     let lookup = |kind: AccountKind, name: &str| -> Result<Sid, Error> {
-        account_sid(name)?.ok_or_else(|| not_set_up(format!("the {} sandbox account {name}", crate::store::kind_name(kind))))
+        account_sid(name)?.ok_or_else(|| Error::NotSetUp {
+            what: format!("the {} sandbox account {name}", crate::store::kind_name(kind)),
+            fix: "run `palisade setup` from an elevated prompt (Run as administrator)".into(),
+        })
     };
     Ok([lookup(AccountKind::Offline, &accounts.offline)?, lookup(AccountKind::Online, &accounts.online)?])
 }
