@@ -12,10 +12,10 @@ use std::ptr::null_mut;
 
 use windows_sys::Win32::Foundation::{ERROR_ALREADY_EXISTS, GetLastError};
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
-use windows_sys::Win32::Storage::FileSystem::{CreateDirectoryW, RemoveDirectoryW};
+use windows_sys::Win32::Storage::FileSystem::CreateDirectoryW;
 
 use super::Error;
-use super::file_object::{FileObject, link_names, long_name, named_security, resolve};
+use super::file_object::{FileId, FileObject, identity, link_names, long_name, named_security, remove_empty_directory, resolve};
 use super::security::{Descriptor, account_sids, current_user_sid, not_set_up, wide};
 use crate::ace::{self, Ace, Acl, Expect, LabelChange, Sid, ace_flags};
 use crate::path::WinPath;
@@ -66,7 +66,7 @@ fn access_text(access: Access) -> &'static str {
 /// this value is dropped, if it is still empty.
 #[derive(Debug)]
 pub struct Placeholders {
-    created: Vec<WinPath>,
+    created: Vec<(WinPath, FileId)>,
 }
 
 impl Placeholders {
@@ -90,6 +90,12 @@ impl Placeholders {
             if !parent_exists || std::fs::symlink_metadata(path.to_verbatim()).is_ok() {
                 continue;
             }
+            // A parent reached through a junction or link (which the command of an earlier
+            // run could have planted) would put the placeholder outside the workspace.
+            let parent = path.parent().expect("a path with an existing parent");
+            if resolve(&parent)? != Some(long_name(&parent)?) {
+                continue;
+            }
             let name = wide(&path.to_verbatim());
             // SAFETY: `name` is NUL-terminated; `attributes` points to a descriptor that is
             // alive for the call.
@@ -102,25 +108,27 @@ impl Placeholders {
                 // Dropping `placeholders` removes those already created.
                 return Err(Error::last("CreateDirectoryW", path));
             }
-            placeholders.created.push(path.clone());
+            let Some(id) = identity(path)? else {
+                return Err(Error::Io { what: format!("the placeholder {path}"), source: std::io::Error::other("removed as soon as it was created") });
+            };
+            placeholders.created.push((path.clone(), id));
         }
         Ok(placeholders)
     }
 
     /// The directories this value created.
-    pub fn paths(&self) -> &[WinPath] {
-        &self.created
+    pub fn paths(&self) -> Vec<WinPath> {
+        self.created.iter().map(|(path, _)| path.clone()).collect()
     }
 }
 
 impl Drop for Placeholders {
     fn drop(&mut self) {
-        for path in self.created.iter().rev() {
-            let name = wide(&path.to_verbatim());
-            // A placeholder that is not empty, or is gone, stays as it is: RemoveDirectoryW
-            // only removes an empty directory.
-            // SAFETY: `name` is NUL-terminated.
-            unsafe { RemoveDirectoryW(name.as_ptr()) };
+        // Only the object created here, and only while it is empty. The command cannot
+        // delete or fill a placeholder, but it can rename a directory above it; the
+        // placeholder then stays where it was moved to.
+        for (path, id) in self.created.iter().rev() {
+            remove_empty_directory(path, *id);
         }
     }
 }

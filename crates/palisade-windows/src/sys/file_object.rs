@@ -14,7 +14,7 @@ use windows_sys::Win32::Security::{
     SetKernelObjectSecurity, SetSecurityDescriptorControl, SetSecurityDescriptorDacl, SetSecurityDescriptorSacl,
 };
 use windows_sys::Win32::Storage::FileSystem::{
-    BY_HANDLE_FILE_INFORMATION, CreateFileW, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT, FILE_FLAG_BACKUP_SEMANTICS,
+    BY_HANDLE_FILE_INFORMATION, CreateFileW, DELETE, FILE_DISPOSITION_INFO, FileDispositionInfo, SetFileInformationByHandle, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_REPARSE_POINT, FILE_FLAG_BACKUP_SEMANTICS,
     FILE_FLAG_OPEN_REPARSE_POINT, FILE_FULL_DIR_INFO, FILE_LIST_DIRECTORY, FILE_NAME_NORMALIZED, FILE_READ_ATTRIBUTES,
     FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE, FindClose, FindFirstFileNameW, FindNextFileNameW,
     FileFullDirectoryInfo, FileFullDirectoryRestartInfo, GetFileInformationByHandle, GetFileInformationByHandleEx,
@@ -367,4 +367,73 @@ pub(crate) fn link_names(path: &WinPath) -> Result<Vec<String>, Error> {
     // SAFETY: `find` is open and closed once.
     unsafe { FindClose(find) };
     Ok(names)
+}
+
+/// The identity of a file object on its volume, which no rename or new link changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    volume: u32,
+    index: u64,
+}
+
+/// Opens the object at `path` itself with `access`, never following a link at its end.
+fn open_object(path: &WinPath, access: u32) -> Result<Option<OwnedHandle>, Error> {
+    let name = wide(&path.to_verbatim());
+    // SAFETY: `name` is NUL-terminated and outlives the call; no security attributes or
+    // template are passed.
+    let raw = unsafe {
+        CreateFileW(
+            name.as_ptr(),
+            access,
+            FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+            null(),
+            OPEN_EXISTING,
+            FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OPEN_REPARSE_POINT,
+            null_mut(),
+        )
+    };
+    if raw == INVALID_HANDLE_VALUE {
+        // SAFETY: reads the calling thread's last error, set by CreateFileW.
+        return match unsafe { GetLastError() } {
+            ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND => Ok(None),
+            _ => Err(Error::last("CreateFileW", path)),
+        };
+    }
+    // SAFETY: CreateFileW succeeded, so `raw` is a new handle that nothing else owns.
+    Ok(Some(unsafe { OwnedHandle::from_raw_handle(raw) }))
+}
+
+fn file_id(handle_: &OwnedHandle, path: &WinPath) -> Result<FileId, Error> {
+    // SAFETY: BY_HANDLE_FILE_INFORMATION is plain data, valid when zeroed.
+    let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: the handle is open with FILE_READ_ATTRIBUTES; `info` is a local.
+    if unsafe { GetFileInformationByHandle(handle(handle_), &mut info) } == 0 {
+        return Err(Error::last("GetFileInformationByHandle", path));
+    }
+    Ok(FileId { volume: info.dwVolumeSerialNumber, index: u64::from(info.nFileIndexHigh) << 32 | u64::from(info.nFileIndexLow) })
+}
+
+/// The identity of the object at `path`, or `None` when nothing is there.
+pub(crate) fn identity(path: &WinPath) -> Result<Option<FileId>, Error> {
+    match open_object(path, FILE_READ_ATTRIBUTES)? {
+        Some(handle_) => file_id(&handle_, path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Removes the directory at `path` if it is still the object `expected` and is empty. The
+/// delete goes through a handle to that object, so a junction put in place of a directory
+/// above it since cannot redirect the delete elsewhere. Returns whether it was removed.
+pub(crate) fn remove_empty_directory(path: &WinPath, expected: FileId) -> bool {
+    let Ok(Some(handle_)) = open_object(path, DELETE | FILE_READ_ATTRIBUTES) else {
+        return false;
+    };
+    if file_id(&handle_, path).ok() != Some(expected) {
+        return false;
+    }
+    let disposition = FILE_DISPOSITION_INFO { DeleteFile: true };
+    // SAFETY: the handle is open with DELETE; `disposition` is a local of the size passed. A
+    // directory that is not empty makes the call fail and stays.
+    let ok = unsafe { SetFileInformationByHandle(handle(&handle_), FileDispositionInfo, (&raw const disposition).cast(), size_of::<FILE_DISPOSITION_INFO>() as u32) };
+    ok != 0
 }
