@@ -49,7 +49,7 @@ const ACE_HEADER_LEN: usize = 4;
 /// A SID has at most 15 sub-authorities (`SID_MAX_SUB_AUTHORITIES`).
 const SID_MAX_SUB_AUTHORITIES: usize = 15;
 
-/// Why bytes or text are not a valid SID or ACL.
+/// The reason bytes or text are not a valid SID or ACL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
@@ -142,7 +142,7 @@ pub struct Ace {
     pub body: AceBody,
 }
 
-/// What follows the entry's header.
+/// The part of an entry after its header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AceBody {
     /// The layout of allow, deny and mandatory label entries: an access mask and a SID.
@@ -160,13 +160,13 @@ impl Ace {
         Ace { ace_type: ace_type::DENY, flags, body: AceBody::MaskSid { mask, sid: sid.clone() } }
     }
 
-    /// The Low mandatory label with no-write-up.
+    /// Builds the Low mandatory label with no-write-up.
     pub fn low_label(flags: u8) -> Ace {
         let sid = Sid::parse(LOW_INTEGRITY_SID).expect("the Low integrity SID is well formed");
         Ace { ace_type: ace_type::MANDATORY_LABEL, flags, body: AceBody::MaskSid { mask: LABEL_NO_WRITE_UP, sid } }
     }
 
-    /// The SID of an allow, deny or label entry.
+    /// Returns the SID of an allow, deny or label entry.
     pub fn sid(&self) -> Option<&Sid> {
         match &self.body {
             AceBody::MaskSid { sid, .. } if self.is_mask_sid_type() => Some(sid),
@@ -189,7 +189,8 @@ impl Ace {
         matches!(self.ace_type, ace_type::ALLOW | ace_type::DENY | ace_type::MANDATORY_LABEL)
     }
 
-    /// The entry in SDDL, as `palisade setup --dry-run` shows it: `(A;OICI;0x1301bf;;;S-1-...)`.
+    /// Formats the entry in SDDL, as `palisade setup --dry-run` shows it:
+    /// `(A;OICI;0x1301bf;;;S-1-...)`.
     pub fn to_sddl(&self) -> String {
         let kind = match self.ace_type {
             ace_type::ALLOW => "A",

@@ -12,7 +12,7 @@ pub struct Layer {
     pub available: bool,
     /// Whether the default policy needs this layer to be enforced.
     pub required: bool,
-    /// What is available, or why it is not.
+    /// The feature that is available, or the reason it is not.
     pub detail: String,
     /// How to make the layer available; empty when it is.
     pub fix: String,
@@ -27,7 +27,7 @@ impl Layer {
     }
 }
 
-/// What this machine enforces, layer by layer.
+/// The layers this machine enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
     pub layers: Vec<Layer>,
@@ -37,12 +37,13 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// Whether the default policy is enforced: every required layer available, not under Wine.
+    /// Checks whether the default policy is enforced: every required layer available, and not
+    /// under Wine.
     pub fn fully_enforced(&self) -> bool {
         self.wine.is_none() && self.layers.iter().all(|layer| layer.available || !layer.required)
     }
 
-    /// The report as a JSON object: `{"platform", "wine", "layers": {name: {available,
+    /// Formats the report as a JSON object: `{"platform", "wine", "layers": {name: {available,
     /// required, detail, fix}}, "default_policy_enforced"}`, with the layer fields as in
     /// `palisade check --json` on Linux.
     pub fn to_json(&self) -> String {
@@ -92,7 +93,7 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// A JSON string literal, with the escapes RFC 8259 requires.
+/// Quotes `text` as a JSON string literal, with the escapes RFC 8259 requires.
 fn json_string(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len() + 2);
     quoted.push('"');

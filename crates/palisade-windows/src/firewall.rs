@@ -9,8 +9,8 @@ use crate::plan::{AccountKind, Filter, FilterAction, Layer};
 pub const PROVIDER_KEY: u128 = 0x5f1c_2a7e_9b0d_4c36_8e41_7a2d_c0b3_9e01;
 
 /// The key of palisade's sublayer. Its filters are arbitrated apart from the Windows
-/// Firewall's: a block here stands whatever a permit in another sublayer says, unless that
-/// permit clears the action right from a sublayer of higher weight.
+/// Firewall's: a block here wins over a permit in another sublayer, unless that permit clears
+/// the action right from a sublayer of higher weight.
 pub const SUBLAYER_KEY: u128 = 0x5f1c_2a7e_9b0d_4c36_8e41_7a2d_c0b3_9e02;
 
 /// The weight of palisade's sublayer. Sublayers of higher weight are evaluated first, and only
@@ -33,7 +33,7 @@ pub const PROVIDER_NAME: &str = "palisade";
 pub const PROVIDER_DESCRIPTION: &str = "Network filters of palisade's sandbox accounts";
 pub const SUBLAYER_NAME: &str = "palisade sandbox accounts";
 
-/// The key of `filter` for the account named `account_name`. It depends only on the account's
+/// Computes the key of `filter` for the account named `account_name`. It depends only on the account's
 /// name and the filter's properties, so `palisade setup` replaces a filter in place and a run
 /// finds it with `FwpmFilterGetByKey0`.
 pub fn filter_key(filter: &Filter, account_name: &str) -> u128 {
@@ -56,7 +56,7 @@ pub fn filter_key(filter: &Filter, account_name: &str) -> u128 {
     FILTER_KEY_BASE | u128::from(account | u64::from(code))
 }
 
-/// The security descriptor that `FWPM_CONDITION_ALE_USER_ID` and
+/// Formats the security descriptor that `FWPM_CONDITION_ALE_USER_ID` and
 /// `FWPM_CONDITION_ALE_REMOTE_USER_ID` compare a socket's user with: the condition matches
 /// when an access check of the user's token for `FWP_ACTRL_MATCH_FILTER` succeeds, so the
 /// descriptor grants that right to the account's SID alone.
@@ -64,8 +64,8 @@ pub fn user_match_sddl(sid: &str) -> String {
     format!("D:(A;;CC;;;{sid})")
 }
 
-/// Whether the self-relative security descriptor `bytes`, as a filter condition returned by
-/// the engine holds it, grants `sid` the right that makes the condition match.
+/// Checks whether the self-relative security descriptor `bytes` of a filter condition, as the
+/// engine returns it, grants `sid` the right that makes the condition match.
 pub fn descriptor_matches(bytes: &[u8], sid: &Sid) -> bool {
     // SECURITY_DESCRIPTOR_RELATIVE: revision, padding, control, then the offsets of owner,
     // group, SACL and DACL (winnt.h).
@@ -85,7 +85,7 @@ pub fn descriptor_matches(bytes: &[u8], sid: &Sid) -> bool {
     dacl.aces.iter().any(|ace| ace.ace_type == ace_type::ALLOW && ace.sid() == Some(sid) && ace.mask().is_some_and(|mask| mask & ACTRL_MATCH_FILTER != 0))
 }
 
-/// The display name of a filter, shown by `netsh wfp show filters`.
+/// Formats the display name of a filter, shown by `netsh wfp show filters`.
 pub fn filter_name(filter: &Filter, account_name: &str) -> String {
     let action = match filter.action {
         FilterAction::Block => "block",
@@ -101,7 +101,7 @@ pub fn filter_name(filter: &Filter, account_name: &str) -> String {
     format!("palisade: {action}{scope} {} for {account_name}", layer_name(filter.layer))
 }
 
-/// The name of the layer in the Windows SDK.
+/// Returns the name of the layer in the Windows SDK.
 pub fn layer_name(layer: Layer) -> &'static str {
     match layer {
         Layer::ConnectV4 => "FWPM_LAYER_ALE_AUTH_CONNECT_V4",
@@ -118,7 +118,8 @@ pub fn guid_text(key: u128) -> String {
     format!("{{{}-{}-{}-{}-{}}}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
-/// The 64-bit FNV-1a hash: stable across versions and platforms, so keys never change.
+/// Hashes with 64-bit FNV-1a, which is stable across versions and platforms, so keys never
+/// change.
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }
@@ -150,7 +151,8 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), filters.len());
         assert!(keys.iter().all(|key| key >> 64 == FILTER_KEY_BASE >> 64));
-        assert!(!keys.contains(&PROVIDER_KEY) && !keys.contains(&SUBLAYER_KEY));
+        assert!(!keys.contains(&PROVIDER_KEY));
+        assert!(!keys.contains(&SUBLAYER_KEY));
     }
 
     #[test]
@@ -175,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn user_descriptor_grants_match_right_to_the_sid_only() {
+    fn user_descriptor_names_one_sid() {
         assert_eq!(user_match_sddl("S-1-5-21-1-2-3-1001"), "D:(A;;CC;;;S-1-5-21-1-2-3-1001)");
     }
 

@@ -25,7 +25,7 @@ pub enum Step {
     ApplyAcl { path: WinPath, reason: Reason, entries: AclEntries },
 }
 
-/// Which kinds of entry an ACL step writes on its root.
+/// The kinds of entry an ACL step writes on its root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AclEntries {
     pub grant: Option<Access>,
@@ -34,7 +34,7 @@ pub struct AclEntries {
 }
 
 impl Step {
-    /// Whether the step changes machine-wide state, which needs an elevated prompt. The ACL
+    /// Checks whether the step changes machine-wide state, which needs an elevated prompt. The ACL
     /// steps run as the caller, the owner of the directories, except on palisade's own
     /// machine-wide directory.
     pub fn needs_admin(&self) -> bool {
@@ -79,7 +79,7 @@ impl fmt::Display for Step {
     }
 }
 
-/// The steps that `plan` needs, in order.
+/// Lists the steps that `plan` needs, in order.
 pub fn steps(plan: &Plan) -> Vec<Step> {
     let accounts = [(AccountKind::Offline, &plan.accounts.offline), (AccountKind::Online, &plan.accounts.online)];
     let mut steps: Vec<Step> = accounts.iter().map(|(kind, name)| Step::CreateAccount { kind: *kind, name: (*name).clone() }).collect();
@@ -92,7 +92,7 @@ pub fn steps(plan: &Plan) -> Vec<Step> {
     steps
 }
 
-/// Every root of the ACL plan with the entries it carries, in the order grants, labels and
+/// Lists every root of the ACL plan with the entries it carries, in the order grants, labels and
 /// denies list them, palisade's own machine-wide directory first (its step needs elevation).
 pub fn acl_roots(files: &FilePlan) -> Vec<(WinPath, Reason, AclEntries)> {
     let mut acl: Vec<(WinPath, Reason, AclEntries)> = Vec::new();
@@ -114,7 +114,7 @@ pub fn acl_roots(files: &FilePlan) -> Vec<(WinPath, Reason, AclEntries)> {
     acl
 }
 
-/// The entries of `path` in `acl`, added with `reason` when the path is new.
+/// Finds the entries of `path` in `acl`, adding the path with `reason` when it is new.
 fn entries_of<'a>(acl: &'a mut Vec<(WinPath, Reason, AclEntries)>, path: &WinPath, reason: Reason) -> &'a mut AclEntries {
     let index = match acl.iter().position(|(existing, _, _)| existing == path) {
         Some(index) => index,
@@ -126,7 +126,7 @@ fn entries_of<'a>(acl: &'a mut Vec<(WinPath, Reason, AclEntries)>, path: &WinPat
     &mut acl[index].2
 }
 
-/// What happened to one step.
+/// The result of one step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Done,
@@ -175,7 +175,7 @@ impl fmt::Display for SetupReport {
     }
 }
 
-/// The message for a caller without elevation when `missing` steps need it, or `None` when
+/// Builds the message for a caller without elevation when `missing` steps need it, or `None` when
 /// every missing step can run as the caller.
 pub fn elevation_message(missing: &[&Step]) -> Option<String> {
     let admin: Vec<String> = missing.iter().filter(|step| step.needs_admin()).map(|step| format!("  - {step}")).collect();
@@ -244,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn one_acl_step_per_root_with_all_its_entries() {
+    fn acl_steps_merge_entries_per_root() {
         let steps = steps(&plan());
         let acl: Vec<_> = steps.iter().filter_map(|step| match step {
             Step::ApplyAcl { path, entries, .. } => Some((path.to_string(), *entries)),

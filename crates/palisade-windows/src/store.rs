@@ -2,7 +2,7 @@
 //! text format of `%LOCALAPPDATA%\palisade\accounts`. `sys::account` supplies the random
 //! bytes, protects each password with DPAPI before it reaches this format, and writes the file.
 //!
-//! The file holds one line per account, `<kind> <name> <hex of the DPAPI blob>`, and comment
+//! The file has one line per account, `<kind> <name> <hex of the DPAPI blob>`, and comment
 //! lines starting with `#`.
 
 use std::fmt::Write as _;
@@ -48,7 +48,7 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// Why the store file cannot be read.
+/// The reason the store file cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -97,8 +97,8 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, StoreError> {
     Ok(entries)
 }
 
-/// The entry of `kind` for the account `name`, compared without case as Windows compares
-/// account names.
+/// Finds the entry of `kind` for the account `name`, compared without case as Windows
+/// compares account names.
 pub fn find<'a>(entries: &'a [Entry], kind: AccountKind, name: &str) -> Option<&'a Entry> {
     entries.iter().find(|entry| entry.kind == kind && entry.name.eq_ignore_ascii_case(name))
 }

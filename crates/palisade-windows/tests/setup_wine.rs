@@ -23,7 +23,7 @@ fn win_path(path: &std::path::Path) -> WinPath {
     WinPath::parse(path.to_str().expect("temporary paths are UTF-8")).expect("temporary paths are absolute")
 }
 
-/// A fresh directory of this test's own below the temporary directory.
+/// Creates a fresh directory of this test's own below the temporary directory.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("palisade-setup-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -122,7 +122,7 @@ pub(crate) fn read_store() -> Result<Vec<store::Entry>, Error> {
     Ok(std::fs::read_to_string(&path).ok().and_then(|text| store::parse(&text).ok()).unwrap_or_default())
 }
 
-/// Whether the store holds a password for the account that still signs it in.
+/// Checks whether the store has a password for the account that still signs it in.
 pub(crate) fn stored_password_works(entries: &[store::Entry], kind: AccountKind, name: &str) -> bool {
     let Some(entry) = store::find(entries, kind, name) else {
         return false;

@@ -116,7 +116,7 @@ impl Placeholders {
         Ok(placeholders)
     }
 
-    /// The directories this value created.
+    /// Lists the directories this value created.
     pub fn paths(&self) -> Vec<WinPath> {
         self.created.iter().map(|(path, _)| path.clone()).collect()
     }
@@ -133,7 +133,7 @@ impl Drop for Placeholders {
     }
 }
 
-/// The descriptor of a placeholder: the protected entry's deny for both accounts, and full
+/// Formats the descriptor of a placeholder: the protected entry's deny for both accounts, and full
 /// access for the caller, who removes it. Entries that the parent passes on are added by
 /// Windows when the directory is created.
 fn placeholder_sddl(sids: &[Sid], caller: &Sid) -> String {
@@ -203,19 +203,19 @@ impl Resolved {
         self.targets.iter().find(|(named, _)| named == root).map(|(_, targets)| targets.as_slice()).unwrap_or_default()
     }
 
-    /// Whether an object at `path` lies in a hidden or protected tree.
+    /// Checks whether an object at `path` lies in a hidden or protected tree.
     fn denied(&self, path: &WinPath) -> bool {
         self.files.denies.iter().any(|deny| path.starts_with(&deny.path))
     }
 
-    /// The deepest grant or label root that covers `path`.
+    /// Finds the deepest grant or label root that covers `path`.
     fn deepest_root(&self, path: &WinPath) -> Option<&WinPath> {
         let grants = self.files.grants.iter().map(|grant| &grant.path);
         grants.chain(&self.files.labels).filter(|root| path.starts_with(root)).max_by_key(|root| root.components().len())
     }
 }
 
-/// What the walk of one root did.
+/// The result of the walk of one root.
 #[derive(Debug, Default)]
 pub struct WalkSummary {
     pub objects: u64,

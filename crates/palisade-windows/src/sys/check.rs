@@ -32,7 +32,7 @@ pub fn check() -> CheckReport {
     CheckReport { layers, wine }
 }
 
-/// The plan of a read-only policy for `user_name`. The token and the filters do not depend on
+/// Builds the plan of a read-only policy for `user_name`. The token and the filters do not depend on
 /// the policy's paths, which is all `check` takes from it.
 fn reference_plan(user_name: &str) -> Result<Plan, String> {
     let path = |text: &str| WinPath::parse(text).expect("a fixed absolute path parses");

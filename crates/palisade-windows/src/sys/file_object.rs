@@ -36,7 +36,7 @@ pub(crate) struct FileObject {
     pub path: WinPath,
 }
 
-/// What an object is, from its handle.
+/// The type of an object, read from its handle.
 pub(crate) struct Kind {
     pub is_dir: bool,
     /// A junction, symbolic link or other reparse point, which the walk never crosses.
@@ -55,7 +55,7 @@ pub(crate) struct Security {
 
 impl FileObject {
     /// Opens the object at `path` itself, not what a reparse point there leads to. Returns
-    /// `None` when nothing exists at `path`. `write_label` asks for `WRITE_OWNER`, which
+    /// `None` when nothing exists at `path`. `write_label` requests `WRITE_OWNER`, which
     /// changing the mandatory label needs.
     pub fn open(path: &WinPath, write_label: bool) -> Result<Option<FileObject>, Error> {
         let name = wide(&path.to_verbatim());
@@ -88,8 +88,8 @@ impl FileObject {
         Ok(Some(FileObject { handle, path: path.clone() }))
     }
 
-    /// The path Windows reports for the open object, with long names and no reparse point
-    /// resolved above it.
+    /// Returns the path Windows reports for the open object: long names, every reparse point
+    /// above it resolved.
     pub fn final_path(&self) -> Result<WinPath, Error> {
         final_path(&self.handle, &self.path)
     }
@@ -108,7 +108,7 @@ impl FileObject {
         })
     }
 
-    /// The names in the directory, without `.` and `..`.
+    /// Lists the names in the directory, without `.` and `..`.
     pub fn children(&self) -> Result<Vec<String>, Error> {
         // Entries are 8-byte aligned in the buffer, so it is made of u64.
         let mut buffer = vec![0u64; 8192];
@@ -157,7 +157,7 @@ impl FileObject {
         let mut dacl: *mut ACL = null_mut();
         let mut sacl: *mut ACL = null_mut();
         let mut descriptor: PSECURITY_DESCRIPTOR = null_mut();
-        // SAFETY: the handle is open with READ_CONTROL; every out-pointer is a local; on
+        // SAFETY: the handle is open with READ_CONTROL and every out-pointer is a local. On
         // success the descriptor is LocalAlloc'd and owned below, and the ACL pointers point
         // into it.
         let status = unsafe { GetSecurityInfo(handle(&self.handle), SE_FILE_OBJECT, info, null_mut(), null_mut(), &mut dacl, &mut sacl, &mut descriptor) };
@@ -165,7 +165,7 @@ impl FileObject {
             return Err(Error::Call { call: "GetSecurityInfo", object: self.path.to_string(), code: Code(status) });
         }
         let memory = LocalMemory(descriptor);
-        // SAFETY: `memory` holds the descriptor the ACL pointers point into, alive here.
+        // SAFETY: `memory` owns the descriptor the ACL pointers point into, alive here.
         unsafe { read_security(&memory, dacl, if label { sacl } else { null_mut() }, &self.path) }
     }
 
@@ -230,7 +230,7 @@ pub(crate) fn named_security(path: &WinPath, label: bool) -> Result<Option<Secur
         _ => return Err(Error::Call { call: "GetNamedSecurityInfoW", object: path.to_string(), code: Code(status) }),
     }
     let memory = LocalMemory(descriptor);
-    // SAFETY: `memory` holds the descriptor the ACL pointers point into, alive here.
+    // SAFETY: `memory` owns the descriptor the ACL pointers point into, alive here.
     unsafe { read_security(&memory, dacl, if label { sacl } else { null_mut() }, path) }.map(Some)
 }
 

@@ -28,7 +28,7 @@ pub(crate) fn wide(text: &str) -> Vec<u16> {
     text.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
-/// The UTF-16 string at `pointer`, up to its NUL.
+/// Copies the UTF-16 string at `pointer`, up to its NUL.
 ///
 /// # Safety
 /// `pointer` must be null or point to a NUL-terminated UTF-16 string.
@@ -84,7 +84,7 @@ impl Descriptor {
     }
 }
 
-/// The current process's token, opened with `access`.
+/// Opens the current process's token with `access`.
 pub(crate) fn own_token(access: TOKEN_ACCESS_MASK) -> Result<OwnedHandle, Error> {
     let mut token: HANDLE = null_mut();
     // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing; `token` is a
@@ -96,11 +96,11 @@ pub(crate) fn own_token(access: TOKEN_ACCESS_MASK) -> Result<OwnedHandle, Error>
     Ok(unsafe { OwnedHandle::from_raw_handle(token) })
 }
 
-/// Reads one class of token information into a buffer aligned for the structures it holds
-/// (they contain pointers, so 8 bytes).
+/// Reads one class of token information into a buffer aligned for the structures in it,
+/// which contain pointers, so 8 bytes.
 pub(crate) fn token_information(token: HANDLE, class: TOKEN_INFORMATION_CLASS, what: &'static str) -> Result<Vec<u64>, Error> {
     let mut needed = 0u32;
-    // SAFETY: a null buffer of length 0 asks only for the size, written to a local.
+    // SAFETY: a null buffer of length 0 requests only the size, written to a local.
     unsafe { GetTokenInformation(token, class, null_mut(), 0, &mut needed) };
     let mut buffer = vec![0u64; (needed as usize).div_ceil(8).max(1)];
     let len = (buffer.len() * 8) as u32;
@@ -111,7 +111,7 @@ pub(crate) fn token_information(token: HANDLE, class: TOKEN_INFORMATION_CLASS, w
     Ok(buffer)
 }
 
-/// The SID at `sid`, copied out of Windows' memory.
+/// Copies the SID at `sid` out of Windows' memory.
 ///
 /// # Safety
 /// `sid` must point to a valid SID.
@@ -125,7 +125,7 @@ pub(crate) unsafe fn sid_at(sid: *const c_void) -> Result<Sid, Error> {
     Sid::from_bytes(bytes).map_err(|error| Error::Io { what: "a SID returned by Windows".into(), source: std::io::Error::other(error) })
 }
 
-/// The SID of the local account `name`, or `None` when there is no such account.
+/// Looks up the SID of the local account `name`; `None` when there is no such account.
 pub(crate) fn account_sid(name: &str) -> Result<Option<Sid>, Error> {
     let account = wide(name);
     let mut sid = vec![0u8; 68];

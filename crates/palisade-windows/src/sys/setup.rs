@@ -23,7 +23,7 @@ use crate::store;
 
 pub use crate::setup_steps::SetupReport;
 
-/// How `palisade setup` runs.
+/// The options of `palisade setup`.
 #[derive(Debug, Clone, Default)]
 pub struct SetupOptions {
     /// Check every step and report what would be done, changing nothing.
@@ -110,7 +110,8 @@ pub fn setup(plan: &Plan, options: &SetupOptions) -> Result<SetupReport, Error> 
     Ok(SetupReport { dry_run: false, steps: report })
 }
 
-/// The resolved ACL plan, or why a root does not resolve; `None` while an account is missing.
+/// Resolves the ACL plan, or returns why a root does not resolve; `None` while an account is
+/// missing.
 fn resolve_if_accounts_exist(plan: &Plan) -> Result<Option<Result<Resolved, Error>>, Error> {
     for name in [&plan.accounts.offline, &plan.accounts.online] {
         if account_sid(name)?.is_none() {
@@ -120,7 +121,7 @@ fn resolve_if_accounts_exist(plan: &Plan) -> Result<Option<Result<Resolved, Erro
     Ok(Some(acl::resolve_roots(&plan.files, &plan.accounts)))
 }
 
-/// Whether one step is already in place. Only reads.
+/// Checks whether one step is already in place, changing nothing.
 fn in_place(step: &Step, plan: &Plan, store_entries: &[store::Entry], resolved: Option<&Result<Resolved, Error>>) -> Result<bool, Error> {
     match step {
         Step::CreateAccount { kind, name } => Ok(account_sid(name)?.is_some() && account::stored_password_works(store_entries, *kind, name)),

@@ -31,8 +31,8 @@ pub fn sandbox_token(plan: &TokenPlan) -> Result<OwnedHandle, Error> {
     let keep = privilege_luid(plan.keep_privilege)?;
 
     // DISABLE_MAX_PRIVILEGE alone removes every privilege but SeChangeNotifyPrivilege on
-    // Windows; the explicit list below also covers a different `keep_privilege` and systems
-    // that ignore the flag (Wine 8 does).
+    // Windows. The explicit list below also covers a different `keep_privilege`, and systems
+    // that ignore the flag, as Wine 8 does.
     let privileges = privileges_of(handle(&own))?;
     let delete: Vec<LUID_AND_ATTRIBUTES> = privileges.iter().filter(|luid| !same_luid(luid, &keep)).map(|luid| LUID_AND_ATTRIBUTES { Luid: *luid, Attributes: 0 }).collect();
 
@@ -40,9 +40,9 @@ pub fn sandbox_token(plan: &TokenPlan) -> Result<OwnedHandle, Error> {
     let disable: Vec<SID_AND_ATTRIBUTES> = deny_only.iter().map(|sid| SID_AND_ATTRIBUTES { Sid: sid.as_bytes().as_ptr().cast_mut().cast(), Attributes: 0 }).collect();
 
     let mut restricted: HANDLE = null_mut();
-    // SAFETY: `own` is a token handle with TOKEN_DUPLICATE; `disable` and `delete` hold
-    // `len()` initialised entries whose SID pointers point into `deny_only`, alive for the
-    // call; no restricting SIDs are passed; `restricted` is a local.
+    // SAFETY: `own` is a token handle with TOKEN_DUPLICATE. `disable` and `delete` contain
+    // `len()` initialised entries, whose SID pointers point into `deny_only`, alive for the
+    // call. No restricting SIDs are passed, and `restricted` is a local.
     let ok = unsafe {
         CreateRestrictedToken(
             handle(&own),
@@ -68,7 +68,7 @@ pub fn sandbox_token(plan: &TokenPlan) -> Result<OwnedHandle, Error> {
     Ok(token)
 }
 
-/// The LUID of the privilege named `name` on this system.
+/// Looks up the LUID of the privilege named `name` on this system.
 fn privilege_luid(name: &str) -> Result<LUID, Error> {
     let text = wide(name);
     let mut luid = LUID { LowPart: 0, HighPart: 0 };
@@ -83,7 +83,7 @@ fn same_luid(a: &LUID, b: &LUID) -> bool {
     a.LowPart == b.LowPart && a.HighPart == b.HighPart
 }
 
-/// The LUIDs of every privilege the token holds, enabled or not.
+/// Lists the LUIDs of every privilege in the token, enabled or not.
 fn privileges_of(token: HANDLE) -> Result<Vec<LUID>, Error> {
     let buffer = token_information(token, TokenPrivileges, "TokenPrivileges")?;
     // SAFETY: GetTokenInformation(TokenPrivileges) filled `buffer` with a TOKEN_PRIVILEGES
@@ -108,7 +108,7 @@ fn check_privileges(token: HANDLE, keep: &LUID) -> Result<(), Error> {
     })
 }
 
-/// Fails unless every group of `deny_only` that the token holds is deny-only in it.
+/// Fails unless every group of `deny_only` that is in the token is deny-only there.
 fn check_deny_only(token: HANDLE, deny_only: &[Sid]) -> Result<(), Error> {
     let buffer = token_information(token, TokenGroups, "TokenGroups")?;
     // SAFETY: GetTokenInformation(TokenGroups) filled `buffer` with a TOKEN_GROUPS holding

@@ -2,8 +2,8 @@
 //! setup (which needs an administrator), looked up by their fixed keys on each run.
 //!
 //! `fwpuclnt.dll`'s functions are looked up at run time, so a system without them, or Wine
-//! (whose `FwpmEngineOpen0` returns `RPC_S_CANNOT_SUPPORT`), gets an error that says so instead
-//! of a process that fails to load.
+//! (whose `FwpmEngineOpen0` returns `RPC_S_CANNOT_SUPPORT`), gets an error that names the
+//! missing function instead of a process that fails to load.
 
 use std::ffi::c_void;
 use std::ptr::{null, null_mut};
@@ -70,7 +70,7 @@ impl Api {
             return Err(Error::Unavailable { function: "LoadLibraryW", library: LIBRARY, consequence: CONSEQUENCE });
         }
         // SAFETY: each type named below is the signature that fwpmu.h declares for the
-        // export of that name, and `module` stays loaded while `Api` holds the pointers.
+        // export of that name, and `module` stays loaded while `Api` keeps the pointers.
         let api = unsafe {
             Api {
                 module,
@@ -125,7 +125,7 @@ impl Engine {
     fn open() -> Result<Engine, Error> {
         let api = Api::load()?;
         let mut handle: HANDLE = null_mut();
-        // SAFETY: a null server name means this machine; no identity or session is passed;
+        // SAFETY: a null server name means this machine, and no identity or session is passed.
         // `handle` is a local that receives the engine handle, closed on drop.
         let status = unsafe { (api.engine_open)(null(), RPC_C_AUTHN_DEFAULT, null(), null(), &mut handle) };
         if status != 0 {
@@ -190,7 +190,7 @@ pub fn verify(filters: &[Filter], accounts: &Accounts) -> Result<(), Error> {
     Ok(())
 }
 
-/// How many of palisade's firewall objects are missing or differ: the provider, the sublayer
+/// Counts palisade's firewall objects that are missing or differ: the provider, the sublayer
 /// and each filter. Used by a dry run and to report a setup step as already in place.
 pub fn missing(filters: &[Filter], accounts: &Accounts) -> Result<usize, Error> {
     let engine = Engine::open()?;
@@ -214,7 +214,7 @@ pub fn missing(filters: &[Filter], accounts: &Accounts) -> Result<usize, Error> 
 /// differs, in one transaction. Returns how many objects were added.
 pub fn install(filters: &[Filter], accounts: &Accounts) -> Result<usize, Error> {
     let engine = Engine::open()?;
-    // SAFETY: the engine is open; 0 asks for a read-write transaction.
+    // SAFETY: the engine is open, and flags 0 request a read-write transaction.
     engine.check("FwpmTransactionBegin0", "palisade's filters", unsafe { (engine.api.transaction_begin)(engine.handle, 0) })?;
     match install_in_transaction(&engine, filters, accounts) {
         Ok(added) => {
