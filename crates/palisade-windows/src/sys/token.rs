@@ -150,7 +150,7 @@ fn set_integrity(token: HANDLE, level_sid: &str) -> Result<(), Error> {
         // Wine 8 accepts the call and keeps the old level.
         return Err(Error::Unavailable {
             function: "SetTokenInformation(TokenIntegrityLevel)",
-            library: "ntdll.dll",
+            library: "advapi32.dll",
             consequence: "the token kept its integrity level instead of Low, so the command is not started with it",
         });
     }
