@@ -11,8 +11,13 @@
 //! the plan out are in `sys`, compiled only for Windows. `docs/windows.md` explains the design
 //! and lists what has been verified only under Wine.
 
+pub mod ace;
+pub mod check_report;
+pub mod firewall;
 pub mod path;
 pub mod plan;
+pub mod setup_steps;
+pub mod store;
 
 pub use path::{ObjectPath, PathError, WinPath};
 pub use plan::{Machine, Plan, PlanError, Request};
