@@ -52,7 +52,12 @@ pub fn filter_key(filter: &Filter, account_name: &str) -> u128 {
         FilterAction::Block => 0u16,
         FilterAction::Permit => 1,
     };
-    let code = kind << 12 | layer << 8 | action << 4 | u16::from(filter.loopback_only) << 1 | u16::from(filter.remote_is_sandbox);
+    let code = kind << 12
+        | layer << 8
+        | action << 4
+        | u16::from(filter.remote_ports.is_some()) << 2
+        | u16::from(filter.loopback_only) << 1
+        | u16::from(filter.remote_is_sandbox);
     FILTER_KEY_BASE | u128::from(account | u64::from(code))
 }
 
@@ -98,6 +103,9 @@ pub fn filter_name(filter: &Filter, account_name: &str) -> String {
     if filter.remote_is_sandbox {
         scope.push_str(" same-account");
     }
+    if let Some((first, last)) = filter.remote_ports {
+        scope.push_str(&format!(" ports {first}-{last}"));
+    }
     format!("palisade: {action}{scope} {} for {account_name}", layer_name(filter.layer))
 }
 
@@ -135,7 +143,9 @@ mod tests {
             for layer in [Layer::ConnectV4, Layer::ConnectV6, Layer::AcceptV4, Layer::AcceptV6] {
                 for action in [FilterAction::Block, FilterAction::Permit] {
                     for (loopback_only, remote_is_sandbox) in [(false, false), (true, false), (false, true), (true, true)] {
-                        filters.push(Filter { account, layer, action, loopback_only, remote_is_sandbox, weight: 1 });
+                        for remote_ports in [None, Some(crate::plan::PROXY_PORTS)] {
+                            filters.push(Filter { account, layer, action, loopback_only, remote_is_sandbox, remote_ports, weight: 1 });
+                        }
                     }
                 }
             }
@@ -166,7 +176,7 @@ mod tests {
     fn keys_are_stable_across_releases() {
         // A changed key would leave the filters of an earlier setup behind, unverified and
         // unremovable by key: this value must never change.
-        let filter = Filter { account: AccountKind::Offline, layer: Layer::ConnectV4, action: FilterAction::Block, loopback_only: false, remote_is_sandbox: false, weight: 1 };
+        let filter = Filter { account: AccountKind::Offline, layer: Layer::ConnectV4, action: FilterAction::Block, loopback_only: false, remote_is_sandbox: false, remote_ports: None, weight: 1 };
         assert_eq!(guid_text(filter_key(&filter, "pal-dev-1234")), format!("{{5F1C2A7E-9B0D-4C36-{}}}", {
             let low = fnv1a64(b"pal-dev-1234") & 0xffff_ffff_ffff_0000;
             let hex = format!("{low:016X}");
@@ -215,7 +225,7 @@ mod tests {
 
     #[test]
     fn filter_names_say_what_they_do() {
-        let filter = Filter { account: AccountKind::Offline, layer: Layer::ConnectV6, action: FilterAction::Permit, loopback_only: true, remote_is_sandbox: true, weight: 10 };
+        let filter = Filter { account: AccountKind::Offline, layer: Layer::ConnectV6, action: FilterAction::Permit, loopback_only: true, remote_is_sandbox: true, remote_ports: None, weight: 10 };
         assert_eq!(filter_name(&filter, "pal-dev-1234"), "palisade: permit loopback same-account FWPM_LAYER_ALE_AUTH_CONNECT_V6 for pal-dev-1234");
     }
 }

@@ -296,6 +296,8 @@ pub struct Filter {
     pub loopback_only: bool,
     /// Only connections to a socket owned by the same sandbox account.
     pub remote_is_sandbox: bool,
+    /// Only connections to a remote port in this range (inclusive).
+    pub remote_ports: Option<(u16, u16)>,
     /// Higher weights are evaluated first.
     pub weight: u8,
 }
@@ -494,11 +496,20 @@ fn plan_job(limits: &Limits, defaults: &Limits, cpu_count: u32, gaps: &mut Vec<G
     })
 }
 
+/// The loopback ports palisade's proxy listens on, one per concurrent run (inclusive). The
+/// firewall lets the offline account reach the caller's loopback only on these ports, and the
+/// proxy there requires the run's own credential, so a command can neither borrow another
+/// run's proxy nor reach the caller's other loopback services.
+///
+/// NOTE: nothing reserves these ports yet. Another program of the caller that listens on one of
+/// them is reachable from the sandbox; a run that finds the range full fails to start its proxy.
+pub const PROXY_PORTS: (u16, u16) = (47_610, 47_641);
+
 /// The filters of both accounts. The offline account may connect only to loopback sockets of
 /// its own account (servers the command started) and to palisade's proxy, which runs as the
 /// caller and requires the run's credential; nothing else, in either address family. The
 /// online account gets no filter.
-fn filters() -> Vec<Filter> {
+pub fn filters() -> Vec<Filter> {
     let mut filters = Vec::new();
     for layer in [Layer::ConnectV4, Layer::ConnectV6, Layer::AcceptV4, Layer::AcceptV6] {
         filters.push(Filter {
@@ -507,6 +518,7 @@ fn filters() -> Vec<Filter> {
             action: FilterAction::Block,
             loopback_only: false,
             remote_is_sandbox: false,
+            remote_ports: None,
             weight: 1,
         });
         filters.push(Filter {
@@ -515,16 +527,18 @@ fn filters() -> Vec<Filter> {
             action: FilterAction::Permit,
             loopback_only: true,
             remote_is_sandbox: true,
+            remote_ports: None,
             weight: 10,
         });
     }
-    // The proxy listens on IPv4 loopback only.
+    // The proxy listens on IPv4 loopback only, on a port of PROXY_PORTS.
     filters.push(Filter {
         account: AccountKind::Offline,
         layer: Layer::ConnectV4,
         action: FilterAction::Permit,
         loopback_only: true,
         remote_is_sandbox: false,
+        remote_ports: Some(PROXY_PORTS),
         weight: 5,
     });
     filters
@@ -688,10 +702,13 @@ mod tests {
             }
         }
         assert!(filters.iter().all(|f| f.account == AccountKind::Offline), "the online account is not filtered");
-        // The only permit to sockets of other identities is the IPv4 proxy connection.
+        // The only permit to sockets of other identities is the IPv4 proxy connection, and it
+        // reaches only the proxy's ports, not every loopback service of the caller.
         let foreign: Vec<_> = filters.iter().filter(|f| f.action == FilterAction::Permit && !f.remote_is_sandbox).collect();
         assert_eq!(foreign.len(), 1);
         assert_eq!(foreign[0].layer, Layer::ConnectV4);
+        assert_eq!(foreign[0].remote_ports, Some(PROXY_PORTS));
+        assert!(PROXY_PORTS.0 <= PROXY_PORTS.1);
     }
 
     #[test]

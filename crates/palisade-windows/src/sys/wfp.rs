@@ -10,8 +10,8 @@ use std::ptr::{null, null_mut};
 
 use windows_sys::Win32::Foundation::{FWP_E_ALREADY_EXISTS, FWP_E_FILTER_NOT_FOUND, FreeLibrary, HANDLE, HMODULE};
 use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform::{
-    FWP_ACTION_BLOCK, FWP_ACTION_PERMIT, FWP_BYTE_BLOB, FWP_CONDITION_FLAG_IS_LOOPBACK, FWP_MATCH_EQUAL, FWP_MATCH_FLAGS_ALL_SET,
-    FWP_SECURITY_DESCRIPTOR_TYPE, FWP_UINT8, FWP_UINT32, FWPM_CONDITION_ALE_REMOTE_USER_ID, FWPM_CONDITION_ALE_USER_ID,
+    FWP_ACTION_BLOCK, FWP_ACTION_PERMIT, FWP_BYTE_BLOB, FWP_CONDITION_FLAG_IS_LOOPBACK, FWP_MATCH_EQUAL, FWP_MATCH_FLAGS_ALL_SET, FWP_MATCH_RANGE, FWP_RANGE0, FWP_RANGE_TYPE, FWP_UINT16,
+    FWP_SECURITY_DESCRIPTOR_TYPE, FWP_UINT8, FWP_UINT32, FWPM_CONDITION_ALE_REMOTE_USER_ID, FWPM_CONDITION_ALE_USER_ID, FWPM_CONDITION_IP_REMOTE_PORT,
     FWPM_CONDITION_FLAGS, FWPM_FILTER_CONDITION0, FWPM_FILTER_FLAG_PERSISTENT, FWPM_FILTER0, FWPM_LAYER_ALE_AUTH_CONNECT_V4,
     FWPM_LAYER_ALE_AUTH_CONNECT_V6, FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V4, FWPM_LAYER_ALE_AUTH_RECV_ACCEPT_V6, FWPM_PROVIDER_FLAG_PERSISTENT,
     FWPM_PROVIDER0, FWPM_SESSION0, FWPM_SUBLAYER_FLAG_PERSISTENT, FWPM_SUBLAYER0,
@@ -316,6 +316,18 @@ fn add_filter(engine: &Engine, filter: &Filter, account_name: &str, sid: &Sid, p
         remote.conditionValue.Anonymous.sd = &mut blob;
         conditions.push(remote);
     }
+    // The range lives until FwpmFilterAdd0 returns, like the other values the conditions
+    // point to.
+    let mut ports = port_range(filter.remote_ports);
+    if let Some(range) = ports.as_mut() {
+        // SAFETY: as above.
+        let mut port: FWPM_FILTER_CONDITION0 = unsafe { std::mem::zeroed() };
+        port.fieldKey = FWPM_CONDITION_IP_REMOTE_PORT;
+        port.matchType = FWP_MATCH_RANGE;
+        port.conditionValue.r#type = FWP_RANGE_TYPE;
+        port.conditionValue.Anonymous.rangeValue = range;
+        conditions.push(port);
+    }
 
     // SAFETY: FWPM_FILTER0 is plain data with pointers and unions, valid when zeroed.
     let mut entry: FWPM_FILTER0 = unsafe { std::mem::zeroed() };
@@ -359,7 +371,12 @@ fn filter_in_place(engine: &Engine, filter: &Filter, account_name: &str, sid: &S
             let blob = &*condition.conditionValue.Anonymous.sd;
             firewall::descriptor_matches(std::slice::from_raw_parts(blob.data, blob.size as usize), sid)
         });
-        guid_value(&entry.layerKey) == guid_value(&layer_key(filter.layer)) && entry.action.r#type == action_type(filter.action) && user_matches
+        // The condition count tells a filter of this key from one an older palisade
+        // installed with fewer conditions, which would match more connections.
+        guid_value(&entry.layerKey) == guid_value(&layer_key(filter.layer))
+            && entry.action.r#type == action_type(filter.action)
+            && user_matches
+            && conditions.len() == condition_count(filter)
     };
     Ok(installed)
 }
@@ -372,6 +389,23 @@ fn account(accounts: &Accounts, kind: AccountKind) -> Result<(&str, Sid), Error>
         fix: "run `palisade setup` from an elevated prompt (Run as administrator)".into(),
     })?;
     Ok((name, sid))
+}
+
+/// The number of conditions `add_filter` gives `filter`.
+fn condition_count(filter: &Filter) -> usize {
+    1 + usize::from(filter.loopback_only) + usize::from(filter.remote_is_sandbox) + usize::from(filter.remote_ports.is_some())
+}
+
+/// An FWP_RANGE0 of two FWP_UINT16 values for a port condition.
+fn port_range(ports: Option<(u16, u16)>) -> Option<FWP_RANGE0> {
+    let (first, last) = ports?;
+    // SAFETY: FWP_RANGE0 is plain data with unions, valid when zeroed.
+    let mut range: FWP_RANGE0 = unsafe { std::mem::zeroed() };
+    range.valueLow.r#type = FWP_UINT16;
+    range.valueLow.Anonymous.uint16 = first;
+    range.valueHigh.r#type = FWP_UINT16;
+    range.valueHigh.Anonymous.uint16 = last;
+    Some(range)
 }
 
 fn layer_key(layer: Layer) -> GUID {
