@@ -1,13 +1,18 @@
 //! The macOS backend of palisade: a resolved policy compiled into a Seatbelt profile.
 //!
 //! [`Request::from_policy`] takes the policy's paths and the machine's own directories to the
-//! spelling Seatbelt matches ([`canonical`]). [`escape`] is the only way a value enters a
-//! profile's text. Both are pure and tested on every platform.
+//! spelling Seatbelt matches ([`canonical`]); [`generate`] writes the profile in a fixed order
+//! of sections, deny by default ([`profile`]). All of that is pure and tested on every
+//! platform.
 
 pub mod canonical;
 pub mod escape;
 pub mod marker;
+mod platform;
+pub mod profile;
 pub mod request;
+pub mod sbpl;
 
 pub use canonical::{CanonicalError, FileSystem, HostFileSystem, MemoryFileSystem};
+pub use profile::{generate, GenerateError, SeatbeltProfile};
 pub use request::{Gap, Machine, Network, Request, RequestError};
