@@ -3,13 +3,16 @@
 //! [`Request::from_policy`] takes the policy's paths and the machine's own directories to the
 //! spelling Seatbelt matches ([`canonical`]); [`generate`] writes the profile in a fixed order
 //! of sections, deny by default ([`profile`]). All of that is pure and tested on every
-//! platform.
+//! platform, together with a reader of SBPL text ([`reader`]) and a model of Seatbelt's
+//! decisions ([`model`]) that the tests use to state what a profile must allow and deny.
 
 pub mod canonical;
 pub mod escape;
 pub mod marker;
+pub mod model;
 mod platform;
 pub mod profile;
+pub mod reader;
 pub mod request;
 pub mod sbpl;
 
