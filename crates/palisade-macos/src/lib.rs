@@ -8,7 +8,8 @@
 //! state what a profile must allow and deny.
 //!
 //! The calls into macOS (`sandbox_init`, `sandbox_check`, rlimits, killing a run's processes)
-//! are not written yet.
+//! are in `sys`, compiled only for macOS. `docs/macos.md` explains the design and lists what
+//! has been verified only by these tests and what needs a Mac.
 
 pub mod canonical;
 pub mod escape;
@@ -28,3 +29,6 @@ pub use canonical::{CanonicalError, FileSystem, HostFileSystem, MemoryFileSystem
 pub use limits::{plan_limits, LimitPlan, LimitsError};
 pub use profile::{generate, GenerateError, SeatbeltProfile};
 pub use request::{Gap, Machine, Network, Request, RequestError};
+
+#[cfg(target_os = "macos")]
+pub mod sys;
