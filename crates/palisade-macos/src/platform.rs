@@ -4,8 +4,8 @@
 //! stays denied. Which tool needs which entry is noted where it is not obvious.
 
 /// Directories of the system that every command reads and may execute from. Spellings are
-/// canonical: `/private/etc`, not `/etc`. `/System/Volumes` is left out on purpose, because
-/// `/System/Volumes/Data` is a second spelling of every user's home directory.
+/// canonical: `/private/etc`, not `/etc`. `/System/Volumes/Data` is left out on purpose,
+/// because it is a second spelling of every user's home directory.
 pub const SYSTEM_READ: &[&str] = &[
     "/System/Library",
     // The dyld shared cache lives in the OS cryptex since macOS 13.

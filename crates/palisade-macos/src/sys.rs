@@ -176,8 +176,9 @@ pub fn confine_and_exec(stage: &Stage) -> SysError {
 
 fn confine(stage: &Stage) -> Result<(), SysError> {
     // A session of its own: the run's processes form one process group palisade can signal,
-    // and without a controlling terminal the command cannot push keystrokes into the
-    // caller's with TIOCSTI.
+    // and the command has no controlling terminal to push keystrokes into with TIOCSTI.
+    // NOTE: that macOS refuses TIOCSTI on a terminal that is not the caller's controlling
+    // terminal, as Linux does, is unverified.
     // SAFETY: setsid takes no arguments and touches no memory of this process; a failure (the
     // stage already leads a process group) is returned below.
     if unsafe { libc::setsid() } < 0 {
