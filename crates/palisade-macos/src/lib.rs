@@ -1,0 +1,34 @@
+//! The macOS backend of palisade: a resolved policy compiled into a Seatbelt profile.
+//!
+//! [`Request::from_policy`] takes the policy's paths and the machine's own directories to the
+//! spelling Seatbelt matches ([`canonical`]); [`generate`] writes the profile in a fixed order
+//! of sections, deny by default ([`profile`]); [`plan_limits`] lists which limits macOS can hold
+//! ([`limits`]). All of that is pure and tested on every platform, together with a reader of
+//! SBPL text ([`reader`]) and a model of Seatbelt's decisions ([`model`]) that the tests use to
+//! state what a profile must allow and deny.
+//!
+//! The calls into macOS (`sandbox_init`, `sandbox_check`, rlimits, killing a run's processes)
+//! are in `sys`, compiled only for macOS. `docs/macos.md` explains the design and lists what
+//! has been verified only by these tests and what needs a Mac.
+
+pub mod canonical;
+pub mod escape;
+pub mod limits;
+pub mod marker;
+pub mod model;
+pub mod nesting;
+mod platform;
+pub mod profile;
+pub mod reader;
+pub mod request;
+pub mod sbpl;
+pub mod tree;
+pub mod violations;
+
+pub use canonical::{CanonicalError, FileSystem, HostFileSystem, MemoryFileSystem};
+pub use limits::{plan_limits, LimitPlan, LimitsError};
+pub use profile::{generate, GenerateError, SeatbeltProfile};
+pub use request::{Gap, Machine, Network, Request, RequestError};
+
+#[cfg(target_os = "macos")]
+pub mod sys;

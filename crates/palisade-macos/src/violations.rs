@@ -1,0 +1,77 @@
+//! Sandbox denials from the unified log, as best-effort entries of the run report.
+//!
+//! The kernel logs each refusal as `Sandbox: NAME(PID) deny(COUNT) OPERATION TARGET`. The log
+//! can start late, folds repeats into "duplicate report" lines and reuses process ids, so a
+//! denial read here is something palisade observed, never proof that nothing else was
+//! denied. palisade keeps the denials of the run's own processes ([`crate::tree`]).
+
+/// The arguments of the `log` command that streams sandbox denials, one line each.
+///
+/// NOTE: the predicate follows what other Seatbelt tools use. The line format, and whether an
+/// account without administrator rights may stream the log, are unverified on a Mac.
+pub const LOG_STREAM_ARGUMENTS: &[&str] =
+    &["stream", "--style", "compact", "--predicate", r#"sender == "Sandbox" AND eventMessage CONTAINS "deny(""#];
+
+/// One refusal seen in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub process: String,
+    pub pid: i32,
+    /// The operation, such as `file-read-data` or `network-outbound`.
+    pub operation: String,
+    /// The path, address or name the operation was refused on; empty for operations without
+    /// one.
+    pub target: String,
+}
+
+/// Parses a log line that contains a sandbox denial, wherever the message starts in the line.
+/// Returns `None` for every other line, "duplicate report" summaries included.
+pub fn parse_denial(line: &str) -> Option<Denial> {
+    let message = &line[line.find("Sandbox: ")? + "Sandbox: ".len()..];
+    // A process name may hold spaces and parentheses, so the pid is the last parenthesised
+    // number before " deny(".
+    let deny = message.find(") deny(")?;
+    let open = message[..deny].rfind('(')?;
+    let pid: i32 = message[open + 1..deny].parse().ok()?;
+    let process = message[..open].to_owned();
+    let after = &message[deny + ") deny(".len()..];
+    let after = &after[after.find(") ")? + 2..];
+    let (operation, target) = after.split_once(' ').unwrap_or((after, ""));
+    if process.is_empty() || operation.is_empty() {
+        return None;
+    }
+    Some(Denial { process, pid, operation: operation.to_owned(), target: target.trim_end().to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_lines_parse() {
+        let line = "2026-12-05 10:00:00.123 E  kernel[0:1a2b] (Sandbox) Sandbox: cat(4242) deny(1) file-read-data /Users/dev/ws/.env";
+        assert_eq!(
+            parse_denial(line),
+            Some(Denial { process: "cat".into(), pid: 4242, operation: "file-read-data".into(), target: "/Users/dev/ws/.env".into() })
+        );
+        let spaced = "Sandbox: Code Helper (Plugin)(77) deny(2) file-write-create /Users/dev/My Files/x";
+        let denial = parse_denial(spaced).unwrap();
+        assert_eq!((denial.process.as_str(), denial.pid, denial.target.as_str()), ("Code Helper (Plugin)", 77, "/Users/dev/My Files/x"));
+        let network = parse_denial("Sandbox: curl(9) deny(1) network-outbound 10.99.0.1:80").unwrap();
+        assert_eq!((network.operation.as_str(), network.target.as_str()), ("network-outbound", "10.99.0.1:80"));
+        let no_target = parse_denial("Sandbox: node(10) deny(1) process-fork").unwrap();
+        assert_eq!((no_target.operation.as_str(), no_target.target.as_str()), ("process-fork", ""));
+    }
+
+    #[test]
+    fn other_lines_are_skipped() {
+        for line in [
+            "Filtering the log data using \"sender == Sandbox\"",
+            "Sandbox: 3 duplicate reports for cat deny(1) file-read-data /x",
+            "kernel: something else",
+            "Sandbox: cat(x) deny(1) file-read-data /x",
+        ] {
+            assert_eq!(parse_denial(line), None, "{line}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+mod cases;
+mod escaping;
+mod fixtures;
+mod golden;
+mod invariants;
