@@ -114,8 +114,10 @@ pub struct Usage {
     /// The most committed memory of the job's processes together. `None` where the system does
     /// not account for it (Wine returns zero).
     pub peak_memory: Option<u64>,
+    /// The most processes alive at once, counted from the job's messages, which Windows may
+    /// drop under load: a lower bound. `None` when no message arrived.
+    pub peak_processes: Option<u64>,
     /// Processes ever started in the job, palisade's runner included in a confined run.
-    /// Windows does not count the most processes alive at once.
     pub total_processes: Option<u64>,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,

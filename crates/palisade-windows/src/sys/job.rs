@@ -21,10 +21,10 @@ use std::time::Duration;
 use windows_sys::Win32::Foundation::{HANDLE, INVALID_HANDLE_VALUE};
 use windows_sys::Win32::System::IO::{CreateIoCompletionPort, GetQueuedCompletionStatus, PostQueuedCompletionStatus, OVERLAPPED};
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JobObjectAssociateCompletionPortInformation, JobObjectBasicAndIoAccountingInformation,
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectAssociateCompletionPortInformation, JobObjectBasicAccountingInformation,
     JobObjectBasicUIRestrictions, JobObjectCpuRateControlInformation, JobObjectExtendedLimitInformation, QueryInformationJobObject,
     SetInformationJobObject, TerminateJobObject, JOBOBJECTINFOCLASS, JOBOBJECT_ASSOCIATE_COMPLETION_PORT,
-    JOBOBJECT_BASIC_AND_IO_ACCOUNTING_INFORMATION, JOBOBJECT_BASIC_UI_RESTRICTIONS, JOBOBJECT_CPU_RATE_CONTROL_INFORMATION,
+    JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, JOBOBJECT_BASIC_UI_RESTRICTIONS, JOBOBJECT_CPU_RATE_CONTROL_INFORMATION,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_CPU_RATE_CONTROL_ENABLE, JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP,
     JOB_OBJECT_LIMIT_ACTIVE_PROCESS, JOB_OBJECT_LIMIT_BREAKAWAY_OK, JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION, JOB_OBJECT_LIMIT_JOB_MEMORY,
     JOB_OBJECT_LIMIT_JOB_TIME, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOB_OBJECT_UILIMIT_DESKTOP, JOB_OBJECT_UILIMIT_DISPLAYSETTINGS,
@@ -151,11 +151,10 @@ impl Job {
 
     /// Reads the job's accounting.
     pub fn accounting(&self) -> Result<Accounting, Error> {
-        let mut basic = JOBOBJECT_BASIC_AND_IO_ACCOUNTING_INFORMATION::default();
-        query_information(&self.handle, JobObjectBasicAndIoAccountingInformation, &mut basic, "the job's accounting")?;
+        let mut info = JOBOBJECT_BASIC_ACCOUNTING_INFORMATION::default();
+        query_information(&self.handle, JobObjectBasicAccountingInformation, &mut info, "the job's accounting")?;
         let mut extended = JOBOBJECT_EXTENDED_LIMIT_INFORMATION::default();
         query_information(&self.handle, JobObjectExtendedLimitInformation, &mut extended, "the job's peak memory")?;
-        let info = basic.BasicInfo;
         Ok(Accounting {
             user_time: from_100ns(info.TotalUserTime),
             kernel_time: from_100ns(info.TotalKernelTime),

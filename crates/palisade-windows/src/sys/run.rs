@@ -227,6 +227,9 @@ fn command_line_error(error: crate::cmdline::CommandLineError) -> Error {
 }
 
 /// The standard input the command gets: palisade's own, or `NUL` when palisade has none.
+///
+/// NOTE: a console is passed as it is. A confined command runs as the sandbox account, with no
+/// console of palisade's attached, so reading from one may fail; unverified on Windows.
 fn command_stdin() -> Result<OwnedHandle, Error> {
     match std_handle(StdStream::Input) {
         Some(stdin) => stdin.try_clone_to_owned().map_err(|source| Error::Io { what: "failed to duplicate palisade's stdin".into(), source }),
@@ -293,6 +296,7 @@ fn collect(job: &Job, process: &Process, pumps: Pumps, limit_event: &Event, star
         user_cpu: accounting.as_ref().map(|a| a.user_time),
         kernel_cpu: accounting.as_ref().map(|a| a.kernel_time),
         peak_memory: accounting.as_ref().map(|a| a.peak_job_memory).filter(|&bytes| bytes > 0),
+        peak_processes: Some(job.peak_processes()).filter(|&count| count > 0),
         total_processes: accounting.as_ref().map(|a| u64::from(a.total_processes)),
         stdout_bytes,
         stderr_bytes,

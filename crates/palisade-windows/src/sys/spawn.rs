@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{
     DuplicateHandle, DUPLICATE_SAME_ACCESS, ERROR_ACCESS_DENIED, ERROR_BAD_EXE_FORMAT, ERROR_ELEVATION_REQUIRED, ERROR_EXE_MACHINE_TYPE_MISMATCH,
-    ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND, GENERIC_READ, HANDLE, INVALID_HANDLE_VALUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND, GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, GetFileAttributesW, FILE_ATTRIBUTE_DIRECTORY, FILE_SHARE_READ, FILE_SHARE_WRITE, INVALID_FILE_ATTRIBUTES, OPEN_EXISTING,
@@ -365,12 +365,13 @@ pub enum StdStream {
     Error,
 }
 
-/// Opens the `NUL` device, for a command whose stdin palisade does not have.
+/// Opens the `NUL` device for reading and writing, for a standard handle palisade does not
+/// have.
 pub fn open_null() -> Result<OwnedHandle, Error> {
     let name: Vec<u16> = "NUL\0".encode_utf16().collect();
     // SAFETY: the name is NUL-terminated; no security attributes or template.
     let handle = unsafe {
-        CreateFileW(name.as_ptr(), GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE, std::ptr::null(), OPEN_EXISTING, 0, std::ptr::null_mut())
+        CreateFileW(name.as_ptr(), GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE, std::ptr::null(), OPEN_EXISTING, 0, std::ptr::null_mut())
     };
     if handle == INVALID_HANDLE_VALUE {
         return Err(Error::last("CreateFileW", "NUL"));
