@@ -86,6 +86,8 @@ fn helper_spawn_and_exit() {
     }
 }
 
+// The child is left running on purpose: the job under test must end it.
+#[allow(clippy::zombie_processes)]
 fn spawn_sleeper_and_write_pid() {
     let child = std::process::Command::new(std::env::current_exe().unwrap()).args(helper_args("helper_sleep")).spawn().unwrap();
     let pid_file = PathBuf::from(std::env::var_os(PID_FILE_VARIABLE).unwrap());
@@ -166,7 +168,7 @@ fn wide(text: &std::ffi::OsStr) -> Vec<u16> {
     text.encode_wide().collect()
 }
 
-/// A private directory for one test's files.
+/// Creates a private directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("palisade-test-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -249,7 +251,7 @@ fn open_grandchild(pid_file: &Path) -> OwnedHandle {
     unsafe { OwnedHandle::from_raw_handle(handle) }
 }
 
-/// Whether the process behind `handle` ends within `timeout`.
+/// Returns whether the process behind `handle` ends within `timeout`.
 fn ends_within(handle: &OwnedHandle, timeout: Duration) -> bool {
     // SAFETY: the handle is valid and was opened with SYNCHRONIZE.
     match unsafe { WaitForSingleObject(handle.as_raw_handle(), timeout.as_millis() as u32) } {
@@ -363,7 +365,7 @@ fn unconfined_run_leaves_no_process() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The runner the tests start: the `runner_for_tests` example, built by `cargo test`.
+/// Returns the runner the tests start: the `runner_for_tests` example, built by `cargo test`.
 fn test_runner() -> PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
     let runner = deps.parent().unwrap().join("examples").join("runner_for_tests.exe");

@@ -4,7 +4,7 @@
 //! How palisade learns that a limit was reached: the job posts `JOB_OBJECT_MSG_*` messages to
 //! an I/O completion port, which a watcher thread reads while the run lasts. A message for the
 //! job memory limit makes the thread terminate the job at once, as the Linux backend ends a run
-//! at its memory limit; without that, the allocation that failed would be the only sign, and a
+//! at its memory limit. Without that, the allocation that failed would be the only sign, and a
 //! program could go on with less memory than it needs. A message for the process limit is only
 //! recorded: process creation fails and the run goes on. The messages for new and exiting
 //! processes give the peak number of processes. Windows documents that these messages may be
@@ -45,7 +45,7 @@ const JOB_OBJECT_MSG_EXIT_PROCESS: u32 = 7;
 const JOB_OBJECT_MSG_ABNORMAL_EXIT_PROCESS: u32 = 8;
 const JOB_OBJECT_MSG_JOB_MEMORY_LIMIT: u32 = 10;
 
-/// The completion key of job messages; [`STOP_KEY`] tells the watcher to end.
+/// The completion key of job messages. A packet with [`STOP_KEY`] ends the watcher.
 const JOB_KEY: usize = 1;
 const STOP_KEY: usize = 2;
 
@@ -64,7 +64,7 @@ pub struct Job {
     plan: JobPlan,
 }
 
-/// What the watcher thread learned from the job's messages.
+/// The state the watcher thread builds from the job's messages.
 #[derive(Debug, Default)]
 struct WatchState {
     events: Vec<LimitEvent>,
@@ -82,8 +82,8 @@ pub struct Accounting {
     /// Processes ever assigned to the job or started in it.
     pub total_processes: u32,
     pub active_processes: u32,
-    /// The most memory committed by the job's processes together; 0 under Wine, which does
-    /// not account for it.
+    /// The maximum memory committed by the job's processes together; 0 under Wine, which
+    /// does not account for it.
     pub peak_job_memory: u64,
 }
 
@@ -164,23 +164,23 @@ impl Job {
         })
     }
 
-    /// The limits the watcher saw the run reach, in order.
+    /// Returns the limits the watcher saw the run reach, in order.
     pub fn limit_events(&self) -> Vec<LimitEvent> {
         self.lock().events.clone()
     }
 
-    /// The limit at which the watcher terminated the job, if it did.
+    /// Returns the limit at which the watcher terminated the job, if it did.
     pub fn ended_by(&self) -> Option<Limit> {
         self.lock().ended_by
     }
 
-    /// The most processes the job's messages showed alive at once; see the module
-    /// documentation for why this is a lower bound.
+    /// Returns the maximum number of processes the job's messages showed alive at once, a lower
+    /// bound (see the module documentation).
     pub fn peak_processes(&self) -> u64 {
         self.lock().peak_active
     }
 
-    /// The plan the job was created from.
+    /// Returns the plan the job was created from.
     pub fn plan(&self) -> &JobPlan {
         &self.plan
     }
@@ -226,7 +226,7 @@ const UI_RESTRICTIONS: u32 = JOB_OBJECT_UILIMIT_DESKTOP
     | JOB_OBJECT_UILIMIT_SYSTEMPARAMETERS
     | JOB_OBJECT_UILIMIT_WRITECLIPBOARD;
 
-/// Builds the extended limits. Breakaway stays forbidden whatever the plan says: neither
+/// Builds the extended limits. Breakaway stays forbidden whatever the plan contains: neither
 /// `JOB_OBJECT_LIMIT_BREAKAWAY_OK` nor `JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK` is ever set.
 fn extended_limits(plan: &JobPlan) -> JOBOBJECT_EXTENDED_LIMIT_INFORMATION {
     debug_assert!(!plan.allow_breakaway, "plans never allow breakaway");

@@ -1,4 +1,4 @@
-//! The facts about this machine and the calling user that a [`Machine`] holds, read from the
+//! The facts about this machine and the calling user that a [`Machine`] contains, read from the
 //! environment and the system.
 
 use windows_sys::Win32::System::SystemInformation::{GlobalMemoryStatusEx, MEMORYSTATUSEX};
@@ -55,7 +55,7 @@ pub fn cpu_count() -> u32 {
     unsafe { GetActiveProcessorCount(ALL_PROCESSOR_GROUPS) }.max(1)
 }
 
-/// The machine's physical memory in bytes, which sizes the default memory limit.
+/// Returns the machine's physical memory in bytes, which sizes the default memory limit.
 pub fn memory_total() -> Option<u64> {
     let mut status = MEMORYSTATUSEX { dwLength: size_of::<MEMORYSTATUSEX>() as u32, ..Default::default() };
     // SAFETY: `status` is a valid MEMORYSTATUSEX with dwLength set, as the call requires.

@@ -119,7 +119,7 @@ impl Pumps {
             match self.done.recv_timeout(left) {
                 Ok(()) => self.running -= 1,
                 Err(_) => {
-                    // A process outside the job holds a write end (one the command passed to a
+                    // A process outside the job has a write end open (one the command passed to a
                     // service, for instance); the thread is left to end with palisade.
                     tracing::warn!("the command's output pipes were still open {grace:?} after the run ended; stopped reading them");
                     break;
@@ -169,8 +169,8 @@ fn pump(read_end: &OwnedHandle, index: usize, shared: &Shared) {
     }
 }
 
-/// Writes the line that says the output was cut, on palisade's stderr, in the words of the
-/// Linux backend.
+/// Writes the line reporting that the output was cut, on palisade's stderr, in the words of
+/// the Linux backend.
 fn write_marker(shared: &Shared) {
     let max = format_size(shared.max_output.unwrap_or_default());
     let newline = if shared.stderr_at_line_start.load(Ordering::Relaxed) { "" } else { "\n" };

@@ -6,8 +6,8 @@
 //!    firewall filters. Nothing is created before this, and a run without setup fails closed.
 //! 2. Create the run's temporary directory and the placeholders of protected names.
 //! 3. Create the job, then the output, request and status pipes.
-//! 4. Start the runner as the sandbox account, suspended; assign it to the job; duplicate the
-//!    command's stdin and the status pipe into it; resume it; send the request.
+//! 4. Start the runner as the sandbox account, suspended, and assign it to the job. Duplicate
+//!    the command's stdin and the status pipe into it, resume it, and send the request.
 //! 5. The runner derives the restricted Low token from its own and starts the command inside
 //!    the same job, then exits with the command's exit code.
 //! 6. Wait for the runner, the timeout or the output limit; terminate whatever is left in the
@@ -118,15 +118,16 @@ fn require_setup(plan: &Plan) -> Result<account::Credentials, Error> {
     Ok(credentials)
 }
 
-/// Whether a protected name needs a placeholder now: it does not exist, and its parent does.
+/// Returns whether a protected name needs a placeholder now: it does not exist, and its parent
+/// does.
 fn placeholder_needed(path: &WinPath) -> bool {
     let exists = |path: &WinPath| std::fs::symlink_metadata(path.to_verbatim()).is_ok();
     !exists(path) && path.parent().is_some_and(|parent| exists(&parent))
 }
 
-/// Runs `argv` as the caller, for `--profile unconfined`: no account, token, ACL or firewall,
-/// but still in a job object with kill on close, so that no process of the run outlives it,
-/// and with the policy's timeout, output limit and the job's limits.
+/// Runs `argv` as the caller, for `--profile unconfined`: no account, token, ACL or firewall.
+/// The command still runs in a job object with kill on close, so that no process of the run
+/// outlives it, and with the policy's timeout, output limit and the job's limits.
 pub fn run_unconfined(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Error> {
     let job_plan = unconfined_job(&policy.limits, super::machine::cpu_count())?;
     let cwd = WinPath::parse(&policy.cwd.to_string_lossy()).map(|path| path.to_string()).unwrap_or_else(|_| policy.cwd.to_string_lossy().into_owned());
@@ -168,7 +169,7 @@ pub fn run_unconfined(policy: &Policy, argv: &[OsString]) -> Result<Outcome, Err
     Ok(outcome)
 }
 
-/// The job of an unconfined run: the policy's limits, without UI restrictions, which would
+/// Builds the job plan of an unconfined run: the policy's limits, without UI restrictions, which would
 /// only get in the way of the caller's own programs. Limits Windows cannot enforce are refused,
 /// as the plan refuses them for a confined run.
 fn unconfined_job(limits: &Limits, cpu_count: u32) -> Result<JobPlan, Error> {
@@ -226,7 +227,8 @@ fn command_line_error(error: crate::cmdline::CommandLineError) -> Error {
     Error::Io { what: "the command line".into(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error) }
 }
 
-/// The standard input the command gets: palisade's own, or `NUL` when palisade has none.
+/// Returns the standard input the command gets: palisade's own, or `NUL` when palisade has
+/// none.
 ///
 /// NOTE: a console is passed as it is. A confined command runs as the sandbox account, with no
 /// console of palisade's attached, so reading from one may fail; unverified on Windows.
@@ -237,7 +239,7 @@ fn command_stdin() -> Result<OwnedHandle, Error> {
     }
 }
 
-/// The outcome of a command that could not be started: status 126 or 127.
+/// Builds the outcome of a command that could not be started: status 126 or 127.
 fn exec_failed(status: u8, reason: String, started: Instant) -> Outcome {
     Outcome {
         exit: Exit::Code(ExitCode { status, raw: u32::from(status), crash: None }),
@@ -261,7 +263,7 @@ fn assign_or_kill(job: &Job, process: &Process) -> Result<(), Error> {
     Ok(())
 }
 
-/// How the first process of a run ended.
+/// The way the first process of a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     Exited,
@@ -269,7 +271,7 @@ enum Ending {
     OutputLimit,
 }
 
-/// What palisade learned about a run once its processes are gone.
+/// The facts palisade collects about a run once its processes are gone.
 struct Collected {
     ending: Ending,
     ended_by: Option<Limit>,
@@ -280,8 +282,8 @@ struct Collected {
     wall_time: Duration,
 }
 
-/// Waits for `process` (the command, or the runner), the timeout or the output limit; then
-/// terminates what is left in the job and collects the output counts and the accounting.
+/// Waits for `process` (the command, or the runner), the timeout or the output limit. Then
+/// terminates what is left in the job, and collects the output counts and the accounting.
 fn collect(job: &Job, process: &Process, pumps: Pumps, limit_event: &Event, started: Instant) -> Result<Collected, Error> {
     let ending = wait_for_end(job, process, limit_event, started)?;
     let raw_exit_code = process.exit_code()?;
@@ -372,13 +374,13 @@ impl Collected {
     }
 }
 
-/// Whether Windows ended the run at its CPU time limit: the job's user time reached it.
+/// Returns whether Windows ended the run at its CPU time limit: the job's user time reached it.
 /// Windows terminates every process of the job at that moment, and posts no message for it.
 fn cpu_time_expired(plan: &JobPlan, usage: &Usage) -> bool {
     matches!((plan.job_user_time, usage.user_cpu), (Some(limit), Some(used)) if used >= limit)
 }
 
-/// How the runner process is started.
+/// The way the runner process is started: its executable, arguments and identity.
 struct RunnerLaunch<'a> {
     /// The palisade executable.
     exe: &'a std::path::Path,
@@ -410,7 +412,7 @@ fn run_through_runner(job: &Job, runner: RunnerLaunch<'_>, command: &CommandSpec
     drop(request_read);
     assign_or_kill(job, &process)?;
 
-    // From here the job holds the runner: any error return drops the job and ends it.
+    // From here on the runner is in the job: any error return drops the job and ends it.
     let stdin = command_stdin()?;
     let request = RunnerRequest {
         stdin_handle: duplicate(stdin.as_handle(), Some(process.handle.as_handle()), false, "the command's stdin")?,
@@ -425,12 +427,17 @@ fn run_through_runner(job: &Job, runner: RunnerLaunch<'_>, command: &CommandSpec
     let limit_event = Arc::new(Event::new("the output limit event")?);
     let pumps = outputs.start(job.plan().max_output, Arc::clone(&limit_event))?;
     process.resume()?;
-    // The runner reads the request as it arrives, so a request larger than the pipe's buffer
-    // cannot block here. A failed write is reported by the runner's status, or its absence.
-    let sent = write_all(request_write.as_handle(), &request.encode());
-    drop(request_write);
+    // A thread writes the request, so that a runner that never reads it cannot hold palisade
+    // past the timeout: terminating the job breaks the pipe and ends the write.
+    let request = request.encode();
+    let sender = std::thread::Builder::new()
+        .name("palisade-runner-request".into())
+        .spawn(move || write_all(request_write.as_handle(), &request))
+        .map_err(|source| Error::Io { what: "failed to start the thread that sends the runner its request".into(), source })?;
 
     let collected = collect(job, &process, pumps, &limit_event, started)?;
+    // A failed write shows in the runner's status, or in its absence.
+    let sent = sender.join().unwrap_or(false);
     let status_bytes = read_to_end(status_read.as_handle(), MAX_REQUEST_BYTES + 1);
     let statuses = RunnerStatus::decode_all(&status_bytes)
         .map_err(|error| runner_failed(format!("its status could not be read: {error}")))?;
@@ -527,14 +534,14 @@ impl Drop for RunTemp {
     }
 }
 
-/// The runner's side: `palisade windows-runner`, started by a confined run as the sandbox
-/// account. Returns the exit code to exit with: the command's own, or 126, 127 or
+/// Serves the runner's side: `palisade windows-runner`, started by a confined run as the
+/// sandbox account. Returns the exit code to exit with: the command's own, or 126, 127 or
 /// [`RUNNER_FAILED`].
 pub fn runner_main() -> u32 {
     runner_main_with(token::sandbox_token)
 }
 
-/// [`runner_main`] with the function that derives the command's token; tests under Wine pass
+/// Runs [`runner_main`] with the function that derives the command's token; tests under Wine pass
 /// one that duplicates the runner's own token.
 #[doc(hidden)]
 pub fn runner_main_with(make_token: impl FnOnce(&TokenPlan) -> Result<OwnedHandle, Error>) -> u32 {
@@ -586,7 +593,7 @@ enum RunnerError {
     Failed(String),
 }
 
-/// The longest reason the runner reports, so that the status pipe's buffer always holds it.
+/// The longest reason the runner reports, so that it always fits in the status pipe's buffer.
 const MAX_REASON: usize = 2048;
 
 fn failed(error: impl std::fmt::Display) -> RunnerError {
@@ -647,7 +654,9 @@ mod tests {
     fn unconfined_job_takes_the_policy_limits() {
         let limits = Limits { memory: Some(1 << 30), max_procs: Some(8), cpus_milli: Some(1000), timeout: Some(Duration::from_secs(3)), ..Limits::default() };
         let job = unconfined_job(&limits, 4).unwrap();
-        assert!(job.kill_on_close && !job.allow_breakaway && !job.ui_restrictions);
+        assert!(job.kill_on_close);
+        assert!(!job.allow_breakaway);
+        assert!(!job.ui_restrictions);
         assert_eq!((job.job_memory, job.active_processes, job.cpu_rate), (Some(1 << 30), Some(8), Some(2500)));
         assert_eq!(job.timeout, Some(Duration::from_secs(3)));
     }

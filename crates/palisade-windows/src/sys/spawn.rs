@@ -53,7 +53,7 @@ pub struct Stdio<'a> {
     pub stderr: BorrowedHandle<'a>,
 }
 
-/// What to start. Strings are UTF-16 without a terminating NUL.
+/// The description of a process to start. Strings are UTF-16 without a terminating NUL.
 pub struct ProcessSpec<'a> {
     /// The absolute path of the executable; never searched for.
     pub application: &'a [u16],
@@ -108,7 +108,7 @@ pub fn create_process(spec: &ProcessSpec<'_>, identity: Identity<'_>) -> Result<
                 ..Default::default()
             };
             // NOTE: CreateProcessWithLogonW creates a new console by default; CREATE_NO_WINDOW
-            // asks for one without a window. Verified only under Wine, which ignores it.
+            // requests one without a window. Verified only under Wine, which ignores it.
             // SAFETY: every string is NUL-terminated and outlives the call, the command line is a
             // writable private buffer, the environment block ends with two NULs, and `info`
             // receives two new handles that are owned below.
@@ -215,7 +215,7 @@ impl Process {
         wait_one(self.handle.as_handle(), timeout, format!("process {}", self.pid))
     }
 
-    /// The exit code of a process that has exited.
+    /// Returns the exit code of a process that has exited.
     pub fn exit_code(&self) -> Result<u32, Error> {
         let mut code = 0;
         // SAFETY: the handle is valid and `code` is a valid out-pointer.
@@ -265,7 +265,7 @@ impl<'a> AttributeList<'a> {
         handles.sort_unstable_by_key(|handle| *handle as usize);
         handles.dedup();
         let mut size = 0usize;
-        // SAFETY: a null list with a size out-pointer asks for the size only; this call fails
+        // SAFETY: a null list with a size out-pointer only queries the size, so this call fails
         // with ERROR_INSUFFICIENT_BUFFER by design.
         unsafe { InitializeProcThreadAttributeList(std::ptr::null_mut(), 1, 0, &mut size) };
         let mut buffer = vec![0usize; size.div_ceil(size_of::<usize>())];
@@ -275,8 +275,8 @@ impl<'a> AttributeList<'a> {
             return Err(Error::last("InitializeProcThreadAttributeList", "the handle list"));
         }
         let attributes = AttributeList { buffer, _handles: handles };
-        // SAFETY: the list is initialised; the handle array lives as long as the list (it is
-        // borrowed by it) and its size is passed in bytes.
+        // SAFETY: the list is initialised. The list borrows the handle array, so the array lives
+        // as long as the list, and its size is passed in bytes.
         let ok = unsafe {
             UpdateProcThreadAttribute(
                 attributes.list(),
@@ -340,7 +340,7 @@ pub fn duplicate(handle: BorrowedHandle<'_>, target: Option<BorrowedHandle<'_>>,
     Ok(duplicated as u64)
 }
 
-/// One of palisade's standard handles, or `None` where it has none (a GUI parent, or a handle
+/// Returns one of palisade's standard handles, or `None` where it has none (a GUI parent, or a handle
 /// closed by the caller).
 pub fn std_handle(which: StdStream) -> Option<BorrowedHandle<'static>> {
     let id: STD_HANDLE = match which {
@@ -411,7 +411,7 @@ pub struct Prepared {
     pub command_line: Vec<u16>,
 }
 
-/// Why a command could not be prepared.
+/// The reason a command could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     /// No program of that name: exit status 127.
@@ -442,11 +442,12 @@ pub fn prepare_command(argv: &[Vec<u16>], cwd: &[u16], environment: &Environment
     }
 }
 
-/// The system directory (`C:\Windows\System32`) and the Windows directory, in that order.
+/// Returns the system directory (`C:\Windows\System32`) and the Windows directory, in that
+/// order.
 fn system_directories() -> Result<Vec<Vec<u16>>, Error> {
     let read = |call: &'static str, get: unsafe extern "system" fn(*mut u16, u32) -> u32| -> Result<Vec<u16>, Error> {
         let mut buffer = vec![0u16; 512];
-        // SAFETY: the buffer holds `len` units; the function writes at most that many.
+        // SAFETY: the buffer has room for `buffer.len()` units, and the call writes at most that many.
         let length = unsafe { get(buffer.as_mut_ptr(), buffer.len() as u32) } as usize;
         if length == 0 || length >= buffer.len() {
             return Err(Error::last(call, "the Windows directories"));
@@ -464,7 +465,7 @@ fn is_file(path: &[u16]) -> bool {
     attributes != INVALID_FILE_ATTRIBUTES && attributes & FILE_ATTRIBUTE_DIRECTORY == 0
 }
 
-/// The exit status of a process creation that failed because of the program: 127 when the
+/// Returns the exit status of a process creation that failed because of the program: 127 when the
 /// file is gone, 126 when it cannot be executed. `None` for a failure of palisade's own.
 pub fn exec_status(error: &Error) -> Option<u8> {
     let Error::Call { code: Code(code), .. } = error else { return None };

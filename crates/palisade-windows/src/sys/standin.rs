@@ -9,7 +9,7 @@
 
 use super::Error;
 
-/// What the run tells the user to do when setup is missing.
+/// The fix a refused run names when setup is missing.
 pub const SETUP_FIX: &str = "run `palisade setup` once, as an administrator";
 
 fn not_wired(what: impl Into<String>) -> Error {

@@ -1,5 +1,5 @@
 //! Detection of Wine, which runs palisade's Windows tests on Linux but enforces neither ACLs,
-//! tokens, job limits nor firewall filters; tests of those print a SKIP line under Wine.
+//! tokens, job limits nor firewall filters. Tests of those print a SKIP line under Wine.
 
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 

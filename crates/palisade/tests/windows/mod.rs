@@ -55,9 +55,11 @@ fn helper_write() {
     }
 }
 
-/// Starts `helper_tick` as a child and sleeps: a tree of two whose child keeps writing.
+/// Starts `helper_tick` as a child and sleeps: a tree of two whose child keeps writing. The
+/// child is left running on purpose: palisade's job must end it.
 #[test]
 #[ignore = "helper"]
+#[allow(clippy::zombie_processes)]
 fn helper_spawn_ticker() {
     if is_helper() {
         let _child = Command::new(std::env::current_exe().unwrap()).args(helper_args("windows::helper_tick")).spawn().unwrap();
@@ -109,7 +111,7 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A private directory for one test's files.
+/// Creates a private directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("palisade-cli-test-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
