@@ -17,7 +17,7 @@ fn normalize_lexically(path: &Path) -> Result<PathBuf, String> {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
-            Component::RootDir => out.push("/"),
+            Component::RootDir => out.push(component.as_os_str()),
             Component::CurDir => {}
             Component::Normal(part) => out.push(part),
             Component::ParentDir => {
@@ -25,10 +25,36 @@ fn normalize_lexically(path: &Path) -> Result<PathBuf, String> {
                     return Err("'..' climbs above the root".into());
                 }
             }
+            // A drive or share (`C:`, `\\server\share`) starts a Windows path, before its root.
+            #[cfg(windows)]
+            Component::Prefix(prefix) => out.push(prefix.as_os_str()),
+            #[cfg(not(windows))]
             Component::Prefix(_) => return Err("path prefixes are not supported".into()),
         }
     }
     Ok(out)
+}
+
+/// Returns the canonical path of an existing `path`, as `std::fs::canonicalize` does. On
+/// Windows, that returns the `\\?\` form (`\\?\C:\x`), which never compares equal to the
+/// `C:\x` a user or an environment variable writes, so a drive path short enough for every
+/// program is returned in its usual form.
+pub fn canonicalize(path: &Path) -> io::Result<PathBuf> {
+    let real = std::fs::canonicalize(path)?;
+    #[cfg(windows)]
+    {
+        /// Windows' `MAX_PATH`: longer paths need the `\\?\` form.
+        const MAX_PATH: usize = 260;
+        let text = real.to_string_lossy();
+        let usual = text.strip_prefix(r"\\?\").filter(|rest| {
+            let drive = rest.as_bytes();
+            drive.len() >= 3 && drive[0].is_ascii_alphabetic() && &drive[1..3] == b":\\" && rest.len() < MAX_PATH
+        });
+        if let Some(usual) = usual {
+            return Ok(PathBuf::from(usual));
+        }
+    }
+    Ok(real)
 }
 
 /// Returns the canonical form of an absolute path that may not exist: the longest existing
@@ -42,7 +68,13 @@ pub fn canonicalize_lenient(path: &Path) -> Result<PathBuf, String> {
         return Err("path is not absolute".into());
     }
     let path = normalize_lexically(path)?;
-    resolve_below(PathBuf::from("/"), path.components().skip(1))
+    // The root: `/` on Unix, the drive or share and its root on Windows.
+    let mut components = path.components().peekable();
+    let mut root = PathBuf::new();
+    while let Some(component) = components.next_if(|component| matches!(component, Component::Prefix(_) | Component::RootDir)) {
+        root.push(component.as_os_str());
+    }
+    resolve_below(root, components)
 }
 
 /// Returns the canonical form of `base.join(relative)`, where `base` is already canonical, so
@@ -61,7 +93,7 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
     while let Some(component) = components.next() {
         let candidate = resolved.join(component);
         match listing::lookup(&candidate) {
-            Ok(is_symlink) if is_symlink => match std::fs::canonicalize(&candidate) {
+            Ok(is_symlink) if is_symlink => match canonicalize(&candidate) {
                 Ok(real) => resolved = real,
                 // A dangling symlink is not "missing": creating it would create its target.
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {

@@ -16,7 +16,7 @@ use crate::error::PolicyError;
 use crate::git;
 use crate::network::{EntryList, MAX_SERVED_PORTS, Rules};
 use crate::parse::{parse_duration, parse_size};
-use crate::paths::{canonicalize_below, canonicalize_lenient, expand, is_within};
+use crate::paths::{canonicalize, canonicalize_below, canonicalize_lenient, expand, is_within};
 use crate::raw::{RawNumber, RawPolicy};
 
 /// A built-in starting point for a policy.
@@ -375,7 +375,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
     };
 
     let cwd = if is_within(&context.cwd, &workspace) { context.cwd.clone() } else { workspace.clone() };
-    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    let cwd = canonicalize(&cwd).unwrap_or(cwd);
     let mut env = env;
     set_env(&mut env, "PWD", cwd.as_os_str());
 
@@ -386,7 +386,7 @@ fn resolve_uncached(raw: &RawPolicy, overrides: &Overrides, context: &Context) -
 /// network. Where systemd-resolved or resolvconf manage it, it is a symbolic link into `/run`,
 /// which the sandbox does not show, and every name lookup would fail.
 fn add_resolver_configuration(filesystem: &mut Filesystem, resolv_conf: &Path) {
-    let Ok(target) = std::fs::canonicalize(resolv_conf) else { return };
+    let Ok(target) = canonicalize(resolv_conf) else { return };
     let visible = filesystem.read_only.iter().chain(&filesystem.writable).any(|root| is_within(&target, root));
     let hidden = filesystem.hidden.iter().any(|hidden| is_within(&target, hidden));
     if !visible && !hidden && target.is_file() {
@@ -417,7 +417,7 @@ fn resolve_profile(raw: &RawPolicy, overrides: &Overrides, origin: &Origin) -> R
 fn resolve_workspace(overrides: &Overrides, context: &Context) -> Result<PathBuf, PolicyError> {
     let given = overrides.workspace.clone().unwrap_or_else(|| context.cwd.clone());
     let absolute = context.cwd.join(&given);
-    match std::fs::canonicalize(&absolute) {
+    match canonicalize(&absolute) {
         Ok(path) if path.is_dir() => Ok(path),
         Ok(path) => Err(PolicyError::InvalidValue {
             what: "workspace",
@@ -1219,7 +1219,7 @@ fn reject_planted_symlinks(entries: &[Entry], writable_roots: &[PathBuf]) -> Res
                 });
             }
             if is_link {
-                match std::fs::canonicalize(&current) {
+                match canonicalize(&current) {
                     Ok(real) => current = real,
                     Err(_) => break,
                 }

@@ -7,13 +7,18 @@
 //! protected by ACL entries for the sandbox accounts, applied once by setup and only checked
 //! by a run; the network by Windows Filtering Platform filters keyed on the offline account.
 //!
-//! [`path`] and [`plan`] are pure and tested on every platform. The Windows calls that carry
+//! [`path`], [`plan`], [`cmdline`], [`environment`], [`handoff`] and [`outcome`] are pure and
+//! tested on every platform. The Windows calls that carry
 //! the plan out are in `sys`, compiled only for Windows. `docs/windows.md` explains the design
 //! and lists what has been verified only under Wine.
 
 pub mod ace;
 pub mod check_report;
+pub mod cmdline;
+pub mod environment;
 pub mod firewall;
+pub mod handoff;
+pub mod outcome;
 pub mod path;
 pub mod plan;
 pub mod setup_steps;

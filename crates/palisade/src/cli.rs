@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use palisade_policy::{Context, Overrides, Policy, RawPolicy};
 
-use crate::exit_code_for;
-use crate::report;
+#[cfg(target_os = "linux")]
+use crate::{exit_code_for, report};
 
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, about = "Run a command in a sandbox made for AI coding agents")]
@@ -28,19 +28,45 @@ pub enum Command {
     Check(CheckArgs),
     /// Serve the Model Context Protocol on stdin and stdout, with tools that run commands in
     /// the sandbox. Tool calls may narrow the policy options but not widen them.
+    #[cfg(target_os = "linux")]
     Mcp(McpArgs),
     /// Internal to `palisade mcp`: host a session on an inherited socket.
+    #[cfg(target_os = "linux")]
     #[command(hide = true)]
     SessionHost(SessionHostArgs),
     /// Try a built-in set of escapes in the sandbox on this machine and print which protections
     /// held. Exits 0 when every probe that ran held and 1 when one did not.
+    #[cfg(target_os = "linux")]
     Selftest(crate::selftest::SelftestArgs),
     /// Internal to `palisade selftest`: make one probe's attempt inside the sandbox.
+    #[cfg(target_os = "linux")]
     #[command(hide = true)]
     SelftestProbe(crate::selftest::ProbeArgs),
+    /// Prepare this machine, once, for confined runs of the calling user: create the two
+    /// sandbox accounts, apply the ACL entries the policy needs and install the firewall
+    /// filters. Run it as an administrator, with the policy options later runs use.
+    #[cfg(windows)]
+    Setup(SetupArgs),
+    /// Internal to `palisade run`: the process that starts the command as the sandbox account.
+    #[cfg(windows)]
+    #[command(hide = true)]
+    WindowsRunner,
+}
+
+/// The arguments of `palisade setup`.
+#[cfg(windows)]
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Check every step and print what setup would do, changing nothing. Needs no
+    /// administrator.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The arguments of `palisade session-host`, which `palisade mcp` starts for each session.
+#[cfg(target_os = "linux")]
 #[derive(Debug, Args)]
 pub struct SessionHostArgs {
     #[command(flatten)]
@@ -60,11 +86,13 @@ pub struct RunArgs {
     pub policy: PolicyArgs,
     /// Write each network request the proxy refuses to FILE as one JSON line, as it happens
     /// (FILE may be a named pipe or /dev/fd/N).
+    #[cfg(target_os = "linux")]
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
     /// Give the command a pseudo-terminal of its own as stdin, stdout, stderr and controlling
     /// terminal, for programs that need one (editors, REPLs, password prompts). Not with the
     /// unconfined profile or in degraded mode.
+    #[cfg(target_os = "linux")]
     #[arg(long)]
     pub pty: bool,
     /// The command and its arguments.
@@ -158,6 +186,7 @@ pub struct PolicyArgs {
     pub allow_ptrace: bool,
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, Args)]
 #[command(after_help = "Each tool call may narrow these options (a shorter --timeout, a directory inside the \
 workspace) but never widen them. Each result carries its run's report, so --report is not accepted. Exits 0 \
@@ -211,12 +240,16 @@ impl PolicyArgs {
             allow_degraded: self.allow_degraded,
             allow_ptrace: self.allow_ptrace,
         };
+        // The policy crate reads the machine's memory from /proc, which Windows lacks.
+        #[cfg(windows)]
+        let context = &Context { memory_total: palisade_windows::sys::machine::memory_total(), ..context.clone() };
         Ok(palisade_policy::resolve(&raw, &overrides, context)?)
     }
 
     /// Renders these options as the flags that set them, so that `palisade mcp` can pass its
     /// ceiling on to each `palisade run` it starts. The pattern lists every field, so a new
     /// option fails to compile here until it is passed on too.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn to_flags(&self) -> Vec<OsString> {
         let PolicyArgs {
             profile,
@@ -291,6 +324,7 @@ impl PolicyArgs {
     }
 }
 
+#[cfg(target_os = "linux")]
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| -> anyhow::Result<palisade_linux::Outcome> {
         let events = args.events.as_deref().map(report::event_sink).transpose()?;
@@ -300,9 +334,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     run_and_report(&args.policy, &args.command, launch)
 }
 
+#[cfg(target_os = "linux")]
 /// The name a session's run report gives as its command.
 const SESSION_COMMAND: &str = "(palisade mcp session)";
 
+#[cfg(target_os = "linux")]
 pub fn session_host(args: SessionHostArgs) -> anyhow::Result<u8> {
     let mut socket = Some(palisade_linux::session::adopt_socket(args.socket_fd).context("--socket-fd")?);
     let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| -> anyhow::Result<palisade_linux::Outcome> {
@@ -313,6 +349,7 @@ pub fn session_host(args: SessionHostArgs) -> anyhow::Result<u8> {
     run_and_report(&args.policy, &[OsString::from(SESSION_COMMAND)], launch)
 }
 
+#[cfg(target_os = "linux")]
 /// Resolves the policy, runs `launch`, reports what it did on stderr and in the report file,
 /// and returns the exit status. A run refused before it started still gets a report.
 fn run_and_report(
@@ -329,6 +366,7 @@ fn run_and_report(
     result
 }
 
+#[cfg(target_os = "linux")]
 fn launch_and_report(
     args: &PolicyArgs,
     command: &[OsString],
@@ -364,10 +402,12 @@ fn launch_and_report(
     Ok(exit_code_for(outcome.exit))
 }
 
+#[cfg(target_os = "linux")]
 /// Maximum number of distinct proxy refusals printed on stderr after a run. The report lists
 /// them all.
 const PRINTED_NETWORK_DENIALS: usize = 5;
 
+#[cfg(target_os = "linux")]
 /// Prints each distinct refusal of the proxy once on stderr, so a person or a model reading the
 /// output learns what was blocked and how to allow it, even if the command hid the 403.
 fn print_network_denials(network: &palisade_linux::NetworkOutcome) {
@@ -395,6 +435,7 @@ fn print_network_denials(network: &palisade_linux::NetworkOutcome) {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// Escapes control characters, which a refusal's message may carry from the command's request
 /// (a host name in a SOCKS5 request is any bytes), so the command cannot write terminal escape
 /// sequences or forged lines into palisade's own output.
@@ -420,6 +461,7 @@ pub fn print_policy(args: PolicyArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+#[cfg(target_os = "linux")]
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let layers = palisade_linux::probe::all();
     let full = layers.iter().all(|layer| layer.available || !layer.required);
@@ -468,6 +510,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
     use super::printable;
     use super::{Cli, Command};
     use clap::Parser;
@@ -489,6 +532,7 @@ mod tests {
         assert_eq!(format!("{:?}", reparsed.policy), format!("{:?}", parsed.policy));
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn printable_escapes_control_characters() {
         assert_eq!(printable("\u{1b}]0;title\u{7}\r\npalisade: forged"), "\\u{1b}]0;title\\u{7}\\r\\npalisade: forged");

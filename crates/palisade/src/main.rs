@@ -2,9 +2,13 @@
 //! outcome to the documented exit status.
 
 mod cli;
+#[cfg(target_os = "linux")]
 mod mcp;
 mod report;
+#[cfg(target_os = "linux")]
 mod selftest;
+#[cfg(windows)]
+mod windows;
 
 use std::process::ExitCode;
 
@@ -21,7 +25,9 @@ const EXIT_TIMED_OUT: u8 = 124;
 const EXIT_KILLED_AT_LIMIT: u8 = 137;
 
 fn main() -> ExitCode {
-    // Sanitise first: nothing inherited may leak into the sandbox.
+    // Sanitise first: nothing inherited may leak into the sandbox. On Windows, a new process
+    // inherits only the handles palisade passes in its handle list.
+    #[cfg(target_os = "linux")]
     if let Err(error) = palisade_linux::close_inherited_descriptors() {
         eprintln!("palisade: error: {error}");
         return ExitCode::from(EXIT_PALISADE_FAILED);
@@ -36,6 +42,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // The runner exits with the command's 32-bit exit code, which ExitCode cannot carry, and
+    // logs nothing: its stderr is the command's.
+    #[cfg(windows)]
+    if let Command::WindowsRunner = cli.command {
+        std::process::exit(windows::runner() as i32);
+    }
     init_logging();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -54,6 +66,7 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).without_time().init();
 }
 
+#[cfg(target_os = "linux")]
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => cli::run(args),
@@ -66,6 +79,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+#[cfg(windows)]
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => windows::run(args),
+        Command::Policy(args) => cli::print_policy(args),
+        Command::Check(args) => windows::check(args),
+        Command::Setup(args) => windows::setup(args),
+        Command::WindowsRunner => unreachable!("the runner is started before logging"),
+    }
+}
+
+#[cfg(target_os = "linux")]
 pub(crate) fn exit_code_for(exit: palisade_linux::Exit) -> u8 {
     match exit {
         palisade_linux::Exit::Code(code) => code.clamp(0, 255) as u8,

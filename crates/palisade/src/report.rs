@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+#[cfg(target_os = "linux")]
 use palisade_linux::{Exit, Layers, Outcome};
 use palisade_policy::Policy;
 use serde_json::{json, Value};
@@ -11,6 +12,7 @@ use serde_json::{json, Value};
 /// The version of the report's layout. It changes when a field changes meaning or goes away.
 pub const FORMAT: u32 = 1;
 
+#[cfg(target_os = "linux")]
 pub fn layers_json(layers: &Layers) -> Value {
     json!({
         "namespaces": layers.namespaces,
@@ -27,7 +29,7 @@ pub fn layers_json(layers: &Layers) -> Value {
     })
 }
 
-fn policy_json(policy: &Policy) -> Value {
+pub(crate) fn policy_json(policy: &Policy) -> Value {
     // The policy's TOML rendering is the one documented form, and the report carries the same
     // content as JSON.
     toml::from_str::<toml::Value>(&policy.to_toml())
@@ -36,6 +38,7 @@ fn policy_json(policy: &Policy) -> Value {
         .unwrap_or(Value::Null)
 }
 
+#[cfg(target_os = "linux")]
 fn exit_json(exit: Exit) -> Value {
     match exit {
         Exit::Code(code) => json!({ "code": code }),
@@ -45,12 +48,13 @@ fn exit_json(exit: Exit) -> Value {
     }
 }
 
-fn milliseconds(duration: Option<std::time::Duration>) -> Value {
+pub(crate) fn milliseconds(duration: Option<std::time::Duration>) -> Value {
     duration.map_or(Value::Null, |duration| json!(duration.as_secs_f64() * 1000.0))
 }
 
 /// Builds the report of a run that took place.
 /// Describes one refusal of the proxy, as the report's `denials` and the event stream give it.
+#[cfg(target_os = "linux")]
 pub fn network_denial(denial: &palisade_linux::NetworkDenial) -> Value {
     json!({
         "kind": "network",
@@ -62,6 +66,7 @@ pub fn network_denial(denial: &palisade_linux::NetworkDenial) -> Value {
     })
 }
 
+#[cfg(target_os = "linux")]
 pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
     let limit = outcome.limits_reached.iter().find(|event| event.ended_run).map(|event| event.limit.name());
     let usage = &outcome.usage;
@@ -150,6 +155,7 @@ pub fn write(path: &Path, report: &Value) -> anyhow::Result<()> {
 /// open: when it is a pipe the reader lets fill up, lines are dropped rather than the proxy
 /// held up, and the report still lists every refusal. Opening a named pipe waits for a reader,
 /// as any writer of a named pipe does.
+#[cfg(target_os = "linux")]
 pub fn event_sink(path: &std::path::Path) -> anyhow::Result<palisade_linux::DenialSink> {
     use anyhow::Context as _;
     let file = std::fs::OpenOptions::new()

@@ -2,4 +2,7 @@
 //! checks the outside world afterwards. See `suite/harness.rs` for how each test runs once as
 //! root and once as an unprivileged user.
 
+#[cfg(target_os = "linux")]
 mod suite;
+#[cfg(windows)]
+mod windows;

@@ -14,6 +14,8 @@ pub mod check;
 mod error;
 mod file_object;
 pub mod job;
+pub mod machine;
+pub mod output;
 pub mod run;
 mod security;
 pub mod setup;
