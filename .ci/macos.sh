@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -x /usr/bin/cargo-clippy ] || [ ! -d /usr/lib/rustlib/src/rust/library ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "macos.sh: rustc-web, cargo-web, rust-web-src or rust-web-clippy is missing; install them as root" >&2
-    exit 1
+    echo "SKIP macos: rustc-web, cargo-web, rust-web-src or rust-web-clippy is missing; install them as root to type-check the macOS backend" >&2
+    exit 0
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rustc-web cargo-web rust-web-src rust-web-clippy >/dev/null
