@@ -138,6 +138,33 @@ pub struct Enforced {
     pub firewall_verified: bool,
 }
 
+/// A request palisade's proxy refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDenial {
+    /// The host as the client requested it, without the port.
+    pub destination: String,
+    pub port: u16,
+    /// `connect`, `http` or `socks5`.
+    pub protocol: &'static str,
+    /// The deny entry that decided, or `None` when the destination is not on the allowlist.
+    pub rule: Option<String>,
+    /// Why, and what to change to allow it.
+    pub reason: String,
+}
+
+/// What palisade's proxy recorded during a run (`--net allowlist`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkRecord {
+    /// The address the proxy listened on, or `None` when the run had no proxy.
+    pub proxy: Option<String>,
+    pub denials: Vec<NetworkDenial>,
+    /// Denials past the proxy's cap, counted but not listed.
+    pub denials_dropped: u64,
+    /// Connections refused because they lacked the run's credential: some local process other
+    /// than the command, or a client that dropped the credential from the proxy URL.
+    pub auth_failures: u64,
+}
+
 /// The result of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -151,6 +178,7 @@ pub struct Outcome {
     pub usage: Usage,
     pub limits_reached: Vec<LimitEvent>,
     pub enforced: Enforced,
+    pub network: NetworkRecord,
 }
 
 /// Exit status when the program could not be executed.

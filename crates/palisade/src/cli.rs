@@ -402,10 +402,9 @@ fn launch_and_report(
     Ok(exit_code_for(outcome.exit))
 }
 
-#[cfg(target_os = "linux")]
 /// Maximum number of distinct proxy refusals printed on stderr after a run. The report lists
 /// them all.
-const PRINTED_NETWORK_DENIALS: usize = 5;
+pub(crate) const PRINTED_NETWORK_DENIALS: usize = 5;
 
 #[cfg(target_os = "linux")]
 /// Prints each distinct refusal of the proxy once on stderr, so a person or a model reading the
@@ -435,11 +434,10 @@ fn print_network_denials(network: &palisade_linux::NetworkOutcome) {
     }
 }
 
-#[cfg(target_os = "linux")]
 /// Escapes control characters, which a refusal's message may carry from the command's request
 /// (a host name in a SOCKS5 request is any bytes), so the command cannot write terminal escape
 /// sequences or forged lines into palisade's own output.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for character in text.chars() {
         if character.is_control() {

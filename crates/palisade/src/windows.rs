@@ -13,7 +13,7 @@ use palisade_windows::sys::{check, setup};
 use palisade_windows::Request;
 use serde_json::{json, Value};
 
-use crate::cli::{CheckArgs, PolicyArgs, RunArgs, SetupArgs};
+use crate::cli::{self, CheckArgs, PolicyArgs, RunArgs, SetupArgs};
 use crate::{report, EXIT_KILLED_AT_LIMIT, EXIT_TIMED_OUT};
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -77,10 +77,28 @@ fn print_outcome(outcome: &Outcome) {
     for event in outcome.limits_reached.iter().filter(|event| event.ended_run && event.limit != Limit::Output) {
         eprintln!("palisade: {}", event.message);
     }
+    print_network_denials(outcome);
     if let Exit::Code(code) = outcome.exit {
         if code.crash.is_some() {
             eprintln!("palisade: the command crashed with {code}; exit status {}", code.status);
         }
+    }
+}
+
+/// Prints the first few distinct refusals of the proxy, as the Linux backend does, and counts
+/// the rest.
+fn print_network_denials(outcome: &Outcome) {
+    let network = &outcome.network;
+    let mut printed: Vec<&str> = Vec::new();
+    for denial in &network.denials {
+        if printed.len() < cli::PRINTED_NETWORK_DENIALS && !printed.contains(&denial.reason.as_str()) {
+            eprintln!("palisade: network: {}", cli::printable(&denial.reason));
+            printed.push(&denial.reason);
+        }
+    }
+    let others = network.denials.iter().filter(|denial| !printed.contains(&denial.reason.as_str())).count() as u64 + network.denials_dropped;
+    if others > 0 {
+        eprintln!("palisade: network: {others} other refusals; the run report (--report) counts them");
     }
 }
 
@@ -120,6 +138,16 @@ fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome, gaps: &[Gap])
                 "message": event.message,
             })
         })
+        .chain(outcome.network.denials.iter().map(|denial| {
+            json!({
+                "kind": "network",
+                "destination": denial.destination,
+                "port": denial.port,
+                "protocol": denial.protocol,
+                "rule": denial.rule,
+                "message": denial.reason,
+            })
+        }))
         .collect();
     let enforced = &outcome.enforced;
     let usage = &outcome.usage;
@@ -139,9 +167,10 @@ fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome, gaps: &[Gap])
         },
         "network": {
             "mode": policy.network.name(),
-            "proxy": Value::Null,
+            "proxy": outcome.network.proxy,
             "forwarded": [],
-            "denials_not_listed": 0,
+            "denials_not_listed": outcome.network.denials_dropped,
+            "auth_failures": outcome.network.auth_failures,
         },
         "exit": exit,
         "windows_exit_code": outcome.raw_exit_code,

@@ -16,6 +16,7 @@ mod file_object;
 pub mod job;
 pub mod machine;
 pub mod output;
+pub mod proxy;
 pub mod run;
 mod security;
 pub mod setup;

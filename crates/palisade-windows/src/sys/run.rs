@@ -20,7 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_policy::{EnvVar, Limits, Policy};
+use palisade_policy::network::Rules;
+use palisade_policy::{EnvVar, Limits, NetworkMode, Policy};
 use windows_sys::Win32::Foundation::{HANDLE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT};
 use windows_sys::Win32::Security::{DuplicateTokenEx, SecurityImpersonation, TokenPrimary, TOKEN_ALL_ACCESS, TOKEN_DUPLICATE, TOKEN_QUERY};
 use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken, TerminateProcess, WaitForMultipleObjects, INFINITE};
@@ -28,15 +29,15 @@ use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken,
 use crate::cmdline::quote_args;
 use crate::environment::Environment;
 use crate::handoff::{RunnerRequest, RunnerStatus, TokenSpec, MAX_REQUEST_BYTES};
-use crate::outcome::{format_duration, Enforced, Exit, ExitCode, Limit, LimitEvent, Outcome, Usage};
+use crate::outcome::{format_duration, Enforced, Exit, ExitCode, Limit, LimitEvent, NetworkRecord, Outcome, Usage};
 use crate::path::WinPath;
 use crate::plan::{AccountKind, JobPlan, NetworkPlan, Plan, PlanError, Request, TokenPlan};
 
 use super::error::Code;
 use super::job::{Job, TERMINATED_EXIT_CODE};
+use super::proxy::{is_proxy_variable, ProxyThread};
 use super::output::{pipe, read_to_end, write_all, OutputPipes, Pumps};
 use super::spawn::{create_process, duplicate, exec_status, open_null, prepare_command, std_handle, Event, Identity, Prepared, PrepareError, Process, ProcessSpec, StdStream, Stdio};
-// TODO: the real modules replace the stand-ins here once both branches are merged.
 use super::{account, acl, token, wfp};
 
 /// The fix a refused run names when setup is missing.
@@ -66,22 +67,37 @@ pub struct RunOptions {
 /// resolved policy.
 pub fn run(plan: &Plan, request: &Request, argv: &[OsString], env: &[EnvVar], options: &RunOptions) -> Result<Outcome, Error> {
     let credentials = require_setup(plan)?;
-    if plan.network == NetworkPlan::Proxy {
-        // TODO: start palisade's proxy on 127.0.0.1 with a per-run credential
-        // (palisade_proxy::Credential) and point the command's proxy variables at it.
-        return Err(Error::Io {
-            what: "--net allowlist".into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "not yet wired on Windows: palisade's proxy does not run there yet; use --net none or --net full",
-            ),
-        });
-    }
+    // The proxy starts before the command so that its address and credential can go into the
+    // command's environment; the caller's own proxy settings are dropped, because a proxy the
+    // offline account cannot reach would take precedence in some tools.
+    let proxy = match (&plan.network, &request.network) {
+        (NetworkPlan::Proxy, NetworkMode::Allowlist { allow, deny, .. }) => {
+            let rules = Rules::from_strings(allow, deny).map_err(|error| Error::Io {
+                what: "the allowlist".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string()),
+            })?;
+            Some(ProxyThread::start(rules)?)
+        }
+        _ => None,
+    };
+    let filtered: Vec<EnvVar>;
+    let env = match &proxy {
+        Some(_) => {
+            filtered = env.iter().filter(|var| !var.name.to_str().is_some_and(is_proxy_variable)).cloned().collect();
+            &filtered[..]
+        }
+        None => env,
+    };
 
     let mut command = CommandSpec::new(argv, &request.cwd.to_string(), env)?;
     let temp = RunTemp::create(&plan.files.temp_root)?;
     command.set_env("TEMP", &temp.path)?;
     command.set_env("TMP", &temp.path)?;
+    if let Some(proxy) = &proxy {
+        for (name, value) in proxy.environment() {
+            command.set_env(&name, &value)?;
+        }
+    }
     let missing_placeholders: Vec<WinPath> = plan.files.placeholders.iter().filter(|path| placeholder_needed(path)).cloned().collect();
     let _placeholders = acl::Placeholders::create(&missing_placeholders, &plan.accounts)?;
 
@@ -104,6 +120,9 @@ pub fn run(plan: &Plan, request: &Request, argv: &[OsString], env: &[EnvVar], op
         acl_verified: true,
         firewall_verified: plan.account == AccountKind::Offline,
     };
+    if let Some(proxy) = proxy {
+        outcome.network = proxy.stop();
+    }
     Ok(outcome)
 }
 
@@ -252,6 +271,7 @@ fn exec_failed(status: u8, reason: String, started: Instant) -> Outcome {
         usage: Usage::default(),
         limits_reached: Vec::new(),
         enforced: Enforced::default(),
+        network: NetworkRecord::default(),
     }
 }
 
@@ -373,7 +393,16 @@ impl Collected {
             }
             Ending::Exited => (Exit::Code(ExitCode::from_raw(self.raw_exit_code)), Some(self.raw_exit_code)),
         };
-        Outcome { exit, raw_exit_code, exec_error: None, wall_time: self.wall_time, usage: self.usage, limits_reached, enforced: Enforced::default() }
+        Outcome {
+            exit,
+            raw_exit_code,
+            exec_error: None,
+            wall_time: self.wall_time,
+            usage: self.usage,
+            limits_reached,
+            enforced: Enforced::default(),
+            network: NetworkRecord::default(),
+        }
     }
 }
 
