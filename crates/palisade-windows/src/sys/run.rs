@@ -90,7 +90,7 @@ pub fn run(plan: &Plan, request: &Request, argv: &[OsString], env: &[EnvVar], op
     };
 
     let mut command = CommandSpec::new(argv, &request.cwd.to_string(), env)?;
-    let temp = RunTemp::create(&plan.files.temp_root)?;
+    let temp = RunTemp::create(&plan.files.temp_root, &plan.accounts)?;
     command.set_env("TEMP", &temp.path)?;
     command.set_env("TMP", &temp.path)?;
     if let Some(proxy) = &proxy {
@@ -104,9 +104,11 @@ pub fn run(plan: &Plan, request: &Request, argv: &[OsString], env: &[EnvVar], op
     // The runner is one more process of the job, so the limit counts it.
     let job_plan = JobPlan { active_processes: plan.job.active_processes.map(|count| count.saturating_add(1)), ..plan.job.clone() };
     let job = Job::create(&job_plan)?;
-    // TODO: grant the sandbox account access to the interactive window station and desktop
-    // (or give the run a desktop of its own); CreateProcessWithLogonW requires it, and a
-    // runner without it fails to start. Not verifiable under Wine.
+    // TODO: grant the sandbox account access to the window station and desktop, or give the
+    // run a desktop of its own. CreateProcessWithLogonW's documentation says the caller must
+    // add that permission, even for WinSta0\Default; the service also gives the new process
+    // the caller's logon SID, which the interactive desktop grants, so a runner may start
+    // without it. Which holds is unverified, and cannot be seen under Wine.
     let runner = RunnerLaunch {
         exe: &options.runner_exe,
         args: &[RUNNER_SUBCOMMAND],
@@ -542,18 +544,42 @@ struct RunTemp {
     path: String,
 }
 
+/// `FILE_GENERIC_READ | FILE_GENERIC_WRITE | FILE_GENERIC_EXECUTE | DELETE`: what icacls calls
+/// Modify.
+const MODIFY: u32 = 0x0013_01bf;
+
 impl RunTemp {
-    fn create(root: &WinPath) -> Result<RunTemp, Error> {
+    /// Creates the directory with a DACL of its own, protected from inheritance: SYSTEM, the
+    /// caller and this caller's two sandbox accounts, with a Low label. The temporary root
+    /// carries the inheritable grants of every caller's setup; without the protection, the
+    /// sandbox accounts of another user on the machine could read this run's files.
+    fn create(root: &WinPath, accounts: &crate::plan::Accounts) -> Result<RunTemp, Error> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let name = format!("run-{}-{nanos:08x}", std::process::id());
         let path = root.join(&name).map_err(|source| Error::Plan(PlanError::Path { what: "the run's temporary directory", path: name.clone(), source }))?;
-        match std::fs::create_dir(path.to_verbatim()) {
-            Ok(()) => Ok(RunTemp { path: path.to_string() }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::NotSetUp { what: format!("palisade's temporary directory {root}"), fix: SETUP_FIX.into() })
-            }
-            Err(source) => Err(Error::Io { what: format!("failed to create the run's temporary directory {path}"), source }),
+        let caller = super::security::current_user_sid()?;
+        let [offline, online] = super::security::account_sids(accounts)?;
+        let sddl = format!(
+            "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;{caller})(A;OICI;0x{MODIFY:x};;;{offline})(A;OICI;0x{MODIFY:x};;;{online})S:(ML;OICI;NW;;;LW)"
+        );
+        let descriptor = super::security::Descriptor::from_sddl(&sddl)?;
+        let attributes = windows_sys::Win32::Security::SECURITY_ATTRIBUTES {
+            nLength: std::mem::size_of::<windows_sys::Win32::Security::SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: descriptor.as_ptr(),
+            bInheritHandle: 0,
+        };
+        let wide_path = super::security::wide(&path.to_verbatim());
+        // SAFETY: `wide_path` is NUL-terminated, and `attributes` points to `descriptor`; both
+        // outlive the call.
+        let created = unsafe { windows_sys::Win32::Storage::FileSystem::CreateDirectoryW(wide_path.as_ptr(), &attributes) };
+        if created != 0 {
+            return Ok(RunTemp { path: path.to_string() });
         }
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::NotFound {
+            return Err(Error::NotSetUp { what: format!("palisade's temporary directory {root}"), fix: SETUP_FIX.into() });
+        }
+        Err(Error::Io { what: format!("failed to create the run's temporary directory {path}"), source: error })
     }
 }
 

@@ -39,6 +39,9 @@ const STATE_DIR_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1200a
 const TEMP_ROOT_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;;0x1200ad;;;BU)(A;OICIIO;FA;;;CO)";
 
 /// Prepares the machine and the caller's directories for `plan`.
+///
+/// TODO: a path that left the policy keeps the entries an earlier setup wrote; nothing removes
+/// them yet (`palisade setup --remove`), so the sandbox accounts keep their access there.
 pub fn setup(plan: &Plan, options: &SetupOptions) -> Result<SetupReport, Error> {
     let steps = setup_steps::steps(plan);
     let store_entries = account::read_store()?;
