@@ -15,7 +15,7 @@ use palisade_policy::network::Rules;
 use palisade_windows::plan::PROXY_PORTS;
 use palisade_windows::sys::proxy::{is_proxy_variable, ProxyThread};
 
-/// A server on 127.0.0.1 that counts its connections and greets each with `hello`.
+/// Starts a server on 127.0.0.1 that counts its connections and greets each with `hello`.
 fn greeting_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let address = listener.local_addr().unwrap();
@@ -31,7 +31,8 @@ fn greeting_server() -> (SocketAddr, Arc<AtomicUsize>) {
     (address, accepted)
 }
 
-/// The `user:token` of the proxy URL in `environment`'s HTTP_PROXY, and the proxy's address.
+/// Returns the `user:token` of the proxy URL in `environment`'s HTTP_PROXY, and the proxy's
+/// address.
 fn credential_and_address(environment: &[(String, String)]) -> (String, SocketAddr) {
     let url = &environment.iter().find(|(name, _)| name == "HTTP_PROXY").expect("HTTP_PROXY is set").1;
     let rest = url.strip_prefix("http://").expect("an http URL");
@@ -97,7 +98,8 @@ fn proxy_listens_in_the_firewall_range_and_requires_the_credential() {
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "a request without the credential reached the server");
 
     let allowed = connect(address, server, Some(&format!("Basic {}", base64(&userinfo))));
-    assert!(allowed.starts_with("HTTP/1.1 200") && allowed.contains("hello"), "{allowed}");
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert!(allowed.contains("hello"), "the tunnel did not reach the server: {allowed}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
     let record = proxy.stop();

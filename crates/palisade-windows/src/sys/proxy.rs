@@ -65,8 +65,8 @@ impl ProxyThread {
         Ok(ProxyThread { proxy, address, urls, stop: Some(stop), thread: Some(thread) })
     }
 
-    /// The variables that point the command's clients at this proxy, credential included. Its
-    /// own loopback servers are reached directly.
+    /// Returns the variables that point the command's clients at this proxy, credential
+    /// included. The command's own loopback servers are reached directly.
     pub fn environment(&self) -> Vec<(String, String)> {
         let direct = "localhost,127.0.0.1,::1".to_owned();
         let mut variables = Vec::new();
