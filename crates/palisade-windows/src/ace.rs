@@ -321,10 +321,16 @@ pub struct ObjectEntries {
 /// Computes the entries of the object at `path` for the sandbox accounts' `sids`. `files` must
 /// hold resolved paths: the long, final names of the roots, as the walk reaches them.
 pub fn object_entries(files: &FilePlan, sids: &[Sid], path: &WinPath, is_dir: bool) -> ObjectEntries {
-    let mut deny_mask = 0;
-    for deny in files.denies.iter().filter(|deny| path.starts_with(&deny.path)) {
-        deny_mask |= deny.mask;
+    let (mut deny_mask, mut pin_mask) = (0, 0);
+    for deny in &files.denies {
+        if deny.tree && path.starts_with(&deny.path) {
+            deny_mask |= deny.mask;
+        } else if !deny.tree && deny.path == *path {
+            pin_mask |= deny.mask;
+        }
     }
+    // A pin covers its directory alone, so it is written without inheritance flags.
+    pin_mask &= !deny_mask;
     let (mut explicit_allow, mut inherited_allow) = (0, 0);
     for grant in files.grants.iter().filter(|grant| path.starts_with(&grant.path)) {
         if grant.path == *path {
@@ -337,14 +343,15 @@ pub fn object_entries(files: &FilePlan, sids: &[Sid], path: &WinPath, is_dir: bo
     inherited_allow &= !explicit_allow;
 
     let mut entries = ObjectEntries { denied: deny_mask != 0, ..ObjectEntries::default() };
-    for (mask, build, inherited) in [
-        (deny_mask, Ace::deny as fn(&Sid, u32, u8) -> Ace, false),
-        (explicit_allow, Ace::allow, false),
-        (inherited_allow, Ace::allow, true),
+    for (mask, build, flags) in [
+        (deny_mask, Ace::deny as fn(&Sid, u32, u8) -> Ace, inheritance(is_dir, false)),
+        (pin_mask, Ace::deny, 0),
+        (explicit_allow, Ace::allow, inheritance(is_dir, false)),
+        (inherited_allow, Ace::allow, inheritance(is_dir, true)),
     ] {
         if mask != 0 {
             for sid in sids {
-                entries.dacl.push(build(sid, mask, inheritance(is_dir, inherited)));
+                entries.dacl.push(build(sid, mask, flags));
             }
         }
     }
@@ -436,6 +443,15 @@ pub fn has_root_entry(dacl: &Acl, sid: &Sid, expect: Expect, is_dir: bool) -> bo
     })
 }
 
+/// Checks that `dacl` holds a deny entry for `sid` covering at least `mask` on the object
+/// alone, without inheritance flags: a pin.
+pub fn has_pin_entry(dacl: &Acl, sid: &Sid, mask: u32) -> bool {
+    let inheritance_bits = ace_flags::TREE | ace_flags::INHERITED | ace_flags::INHERIT_ONLY | ace_flags::NO_PROPAGATE_INHERIT;
+    dacl.aces.iter().any(|ace| {
+        ace.ace_type == ace_type::DENY && ace.flags & inheritance_bits == 0 && ace.mask().is_some_and(|found| found & mask == mask) && ace.sid() == Some(sid)
+    })
+}
+
 /// Checks that the label entries `sacl` hold the explicit, inheritable Low label.
 pub fn has_root_label(sacl: Option<&Acl>, is_dir: bool) -> bool {
     let ours = Ace::low_label(inheritance(is_dir, false));
@@ -481,8 +497,8 @@ mod tests {
             ],
             labels: vec![p(r"C:\ws")],
             denies: vec![
-                Deny { path: p(r"C:\ws\.git\hooks"), mask: mask::ANY_CHANGE, reason: Reason::Protected },
-                Deny { path: p(r"C:\Users\dev\.cargo\credentials.toml"), mask: mask::ANY_READ | mask::ANY_CHANGE, reason: Reason::Hidden },
+                Deny { path: p(r"C:\ws\.git\hooks"), mask: mask::ANY_CHANGE, tree: true, reason: Reason::Protected },
+                Deny { path: p(r"C:\Users\dev\.cargo\credentials.toml"), mask: mask::ANY_READ | mask::ANY_CHANGE, tree: true, reason: Reason::Hidden },
             ],
             placeholders: vec![p(r"C:\ws\.git\hooks")],
             temp_root: p(r"C:\ProgramData\palisade\tmp"),
@@ -553,7 +569,7 @@ mod tests {
         assert_eq!(dir.dacl[0].flags, ace_flags::TREE | ace_flags::INHERITED);
     }
 
-    // CX-23: the protection of `.git\hooks` is an entry on the objects, so `.GiT\HOOKS\x` and
+    // The protection of `.git\hooks` is an entry on the objects, so `.GiT\HOOKS\x` and
     // `x:stream` (a stream of the same file) meet the same deny entry.
     #[test]
     fn protected_tree_is_denied_first_and_explicitly() {

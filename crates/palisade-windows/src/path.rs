@@ -432,8 +432,8 @@ mod tests {
         }
     }
 
-    // CX-23 (Codex's documented Windows gaps): a write to `f.txt:hidden` passed a check made on
-    // names. A stream belongs to its file, so the object whose ACL decides is the file.
+    // A write to `f.txt:hidden` passed a check made on names in Codex's Windows sandbox (its
+    // docs/windows_sandbox_security.md). A stream belongs to its file, so the object whose ACL decides is the file.
     #[test]
     fn streams_name_their_file() {
         let config = path(r"C:\ws\.git\config");
@@ -450,7 +450,7 @@ mod tests {
         assert!(matches!(ObjectPath::parse(r"C:\ws\f:s:$INDEX_ALLOCATION"), Err(PathError::Stream(_))));
     }
 
-    // CX-23: `.GiT\config` passed a case-sensitive protection of `.git`.
+    // `.GiT\config` passed a case-sensitive protection of `.git` in Codex's Windows sandbox.
     #[test]
     fn containment_ignores_case() {
         let protected = path(r"C:\ws\.git");

@@ -27,6 +27,8 @@ pub struct Machine {
     pub cpu_count: u32,
     /// palisade's machine-wide directory, `%ProgramData%\palisade`, created by setup.
     pub state_dir: WinPath,
+    /// `%ProgramFiles%` and `%ProgramFiles(x86)%`, where installed programs live.
+    pub program_dirs: Vec<WinPath>,
 }
 
 /// The parts of a resolved policy the Windows backend enforces, with Windows paths.
@@ -57,7 +59,15 @@ pub enum PlanError {
     Path { what: &'static str, path: String, source: PathError },
     #[error("the writable root {0} would give the sandbox {1}; choose a directory below it")]
     WritableTooBroad(WinPath, &'static str),
-    #[error("the {limit} limit cannot be enforced on Windows: {reason}")]
+    #[error("the writable root {0} lies in {1}; choose a directory elsewhere")]
+    WritableInSystem(WinPath, &'static str),
+    #[error("the readable path {0} would let the sandbox read {1}; name the directories it needs instead")]
+    ReadTooBroad(WinPath, &'static str),
+    #[error("{0} may be an 8.3 short name, which the plan cannot compare with other paths; name it by its long name")]
+    ShortName(WinPath),
+    #[error("{option} is not supported on Windows: {reason}")]
+    OptionUnsupported { option: &'static str, reason: &'static str },
+    #[error("the {limit} limit cannot be enforced on Windows: {reason}; leave it out or set it to \"unlimited\"")]
     LimitUnsupported { limit: &'static str, reason: &'static str },
     #[error("the unconfined profile is not planned: it runs the command as the caller")]
     Unconfined,
@@ -236,6 +246,8 @@ pub struct Deny {
     pub path: WinPath,
     /// The denied rights (a combination of [`mask`] values).
     pub mask: u32,
+    /// Whether the entry is inherited by everything below `path`, or covers `path` alone.
+    pub tree: bool,
     pub reason: Reason,
 }
 
@@ -245,7 +257,7 @@ pub enum Reason {
     Workspace,
     WritableRoot,
     ReadRoot,
-    /// A directory of the caller's `PATH`, so tools installed per user run (CX-16).
+    /// A directory of the caller's `PATH`, so tools installed per user run.
     PathDirectory,
     Cache,
     Hidden,
@@ -360,6 +372,12 @@ pub fn plan(request: &Request, machine: &Machine) -> Result<Plan, PlanError> {
     let mut gaps = Vec::new();
     let files = plan_files(request, machine)?;
     let job = plan_job(&request.limits, &request.default_limits, machine.cpu_count, &mut gaps)?;
+    if let NetworkMode::Allowlist { resolve_allowed: true, .. } = request.network {
+        return Err(PlanError::OptionUnsupported {
+            option: "--resolve-allowed",
+            reason: "the command shares the host's name resolution; clients must use the proxy variables",
+        });
+    }
     let (account, network) = match request.network {
         NetworkMode::None => (AccountKind::Offline, NetworkPlan::None),
         NetworkMode::Allowlist { .. } => (AccountKind::Offline, NetworkPlan::Proxy),
@@ -387,6 +405,7 @@ fn plan_files(request: &Request, machine: &Machine) -> Result<FilePlan, PlanErro
     let mut grants = Vec::new();
     let mut labels = Vec::new();
     for (index, root) in request.writable.iter().enumerate() {
+        check_grant(root, machine)?;
         check_writable(root, machine)?;
         let reason = if *root == request.workspace || (index == 0 && root.starts_with(&request.workspace)) {
             Reason::Workspace
@@ -402,13 +421,16 @@ fn plan_files(request: &Request, machine: &Machine) -> Result<FilePlan, PlanErro
     ];
     for (paths, reason) in readable {
         for path in paths {
+            check_grant(path, machine)?;
             push_read(&mut grants, path, reason);
         }
     }
-    // CX-16: tools installed per user live on PATH below the profile, which the sandbox
-    // accounts cannot read by default. Directories outside the profile are readable already.
+    // Tools installed per user live on PATH below the profile, which the sandbox accounts
+    // cannot read by default (openai/codex#27171). Directories outside the profile are readable
+    // already. A PATH entry that is the profile itself, or an 8.3 spelling the plan cannot
+    // compare, gets no grant: it would open the whole profile.
     for dir in &machine.path_dirs {
-        if dir.starts_with(&machine.profile_dir) {
+        if dir.starts_with(&machine.profile_dir) && *dir != machine.profile_dir && check_grant(dir, machine).is_ok() {
             push_read(&mut grants, dir, Reason::PathDirectory);
         }
     }
@@ -419,13 +441,30 @@ fn plan_files(request: &Request, machine: &Machine) -> Result<FilePlan, PlanErro
     grants.push(Grant { path: temp_root.clone(), access: Access::Modify, reason: Reason::Temp });
     labels.push(temp_root.clone());
 
+    // A hidden path outside every grant needs no entry: the sandbox accounts cannot read the
+    // caller's profile unless a grant opens part of it.
     let mut denies = Vec::new();
-    for path in &request.hidden {
-        denies.push(Deny { path: path.clone(), mask: mask::ANY_READ | mask::ANY_CHANGE, reason: Reason::Hidden });
+    for path in request.hidden.iter().filter(|path| grants.iter().any(|grant| path.starts_with(&grant.path))) {
+        denies.push(Deny { path: path.clone(), mask: mask::ANY_READ | mask::ANY_CHANGE, tree: true, reason: Reason::Hidden });
     }
     let mut placeholders = Vec::new();
     for path in &request.protected {
-        denies.push(Deny { path: path.clone(), mask: mask::ANY_CHANGE, reason: Reason::Protected });
+        denies.push(Deny { path: path.clone(), mask: mask::ANY_CHANGE, tree: true, reason: Reason::Protected });
+        // Pin every directory between the writable root and the protected name: without
+        // DELETE on them, and without FILE_DELETE_CHILD anywhere, a command cannot rename
+        // `.git` aside and build a new `.git\hooks` in its place.
+        if let Some(root) = request.writable.iter().find(|root| path.starts_with(root) && path != *root) {
+            let mut ancestor = path.parent();
+            while let Some(directory) = ancestor {
+                if directory == *root || !directory.starts_with(root) {
+                    break;
+                }
+                if !denies.iter().any(|deny| deny.path == directory && !deny.tree) {
+                    denies.push(Deny { path: directory.clone(), mask: mask::DELETE, tree: false, reason: Reason::Protected });
+                }
+                ancestor = directory.parent();
+            }
+        }
         // A name is created only inside a writable root, and only where its parent exists at
         // run time; the run checks the latter.
         if request.writable.iter().any(|root| path.starts_with(root) && path != root) {
@@ -443,6 +482,22 @@ fn push_read(grants: &mut Vec<Grant>, path: &WinPath, reason: Reason) {
     grants.push(Grant { path: path.clone(), access: Access::ReadExecute, reason });
 }
 
+/// Rejects a granted path that would open more than its name says: an 8.3 spelling, which the
+/// plan cannot compare with the profile or the system, a whole drive, or a directory that
+/// contains the caller's profile.
+fn check_grant(path: &WinPath, machine: &Machine) -> Result<(), PlanError> {
+    if path.may_hold_short_names() {
+        return Err(PlanError::ShortName(path.clone()));
+    }
+    if path.components().is_empty() {
+        return Err(PlanError::ReadTooBroad(path.clone(), "a whole drive or share"));
+    }
+    if machine.profile_dir.starts_with(path) {
+        return Err(PlanError::ReadTooBroad(path.clone(), "your whole profile, credential stores included"));
+    }
+    Ok(())
+}
+
 /// Rejects writable roots that would hand the sandbox a whole drive, the profile, or the
 /// system, where an inheritable grant would also reach what the user never meant to share.
 fn check_writable(root: &WinPath, machine: &Machine) -> Result<(), PlanError> {
@@ -452,8 +507,25 @@ fn check_writable(root: &WinPath, machine: &Machine) -> Result<(), PlanError> {
     if machine.profile_dir.starts_with(root) {
         return Err(PlanError::WritableTooBroad(root.clone(), "your whole profile, credential stores included"));
     }
-    if root.starts_with(&machine.system_root) || machine.system_root.starts_with(root) {
+    if machine.system_root.starts_with(root) {
         return Err(PlanError::WritableTooBroad(root.clone(), "the Windows directory"));
+    }
+    if root.starts_with(&machine.system_root) {
+        return Err(PlanError::WritableInSystem(root.clone(), "the Windows directory"));
+    }
+    for program_dir in &machine.program_dirs {
+        if program_dir.starts_with(root) {
+            return Err(PlanError::WritableTooBroad(root.clone(), "every installed program"));
+        }
+        if root.starts_with(program_dir) {
+            return Err(PlanError::WritableInSystem(root.clone(), "the directory of installed programs"));
+        }
+    }
+    // AppData holds what the caller's own programs run and trust at their next start (the
+    // Startup folder, editor and shell settings).
+    let app_data = machine.profile_dir.join("AppData").expect("a fixed relative name joins");
+    if app_data.starts_with(root) {
+        return Err(PlanError::WritableTooBroad(root.clone(), "your AppData, where your programs' start-up settings live"));
     }
     if machine.state_dir.starts_with(root) {
         return Err(PlanError::WritableTooBroad(root.clone(), "palisade's own state"));
@@ -597,6 +669,7 @@ mod tests {
             system_root: p(r"C:\Windows"),
             cpu_count: 4,
             state_dir: p(r"C:\ProgramData\palisade"),
+            program_dirs: vec![p(r"C:\Program Files"), p(r"C:\Program Files (x86)")],
         }
     }
 
@@ -647,8 +720,8 @@ mod tests {
         assert_eq!(plan.token.integrity, Integrity::Low);
     }
 
-    // PR-3 (srt #402): additive grants left every directory that Authenticated Users may modify
-    // writable. Here nothing outside the writable roots and palisade's temporary directory is
+    // Additive grants left every directory that Authenticated Users may modify writable
+    // (anthropic-experimental/sandbox-runtime#402). Here nothing outside the writable roots and palisade's temporary directory is
     // labelled Low, and a Low token cannot write to an unlabelled (Medium) object whatever its
     // DACL says.
     #[test]
@@ -664,8 +737,8 @@ mod tests {
         }
     }
 
-    // CX-20 (Codex #18558): with network access on, files outside the workspace became
-    // writable. The network mode chooses only the account and the firewall; the files part of
+    // With network access on, Codex's Windows sandbox let commands write outside the workspace
+    // (openai/codex#18558). The network mode chooses only the account and the firewall; the files part of
     // the plan is the same.
     #[test]
     fn network_mode_does_not_change_file_access() {
@@ -714,17 +787,19 @@ mod tests {
     #[test]
     fn hidden_paths_are_denied_read_and_write() {
         let plan = plan(&request(), &machine()).unwrap();
-        let ssh = plan.files.denies.iter().find(|deny| deny.path == p(r"C:\Users\dev\.ssh")).unwrap();
-        assert_eq!(ssh.mask & mask::READ_DATA, mask::READ_DATA);
-        assert_eq!(ssh.mask & mask::WRITE_DATA, mask::WRITE_DATA);
         // A credential file inside a readable cache is denied even though its parent is granted.
         let credentials = p(r"C:\Users\dev\.cargo\credentials.toml");
         assert!(grant_for(&plan, credentials.to_string().as_str()).is_some());
-        assert!(plan.files.denies.iter().any(|deny| deny.path == credentials && deny.mask & mask::READ_DATA != 0));
+        let deny = plan.files.denies.iter().find(|deny| deny.path == credentials).unwrap();
+        assert_eq!(deny.mask & mask::READ_DATA, mask::READ_DATA);
+        assert_eq!(deny.mask & mask::WRITE_DATA, mask::WRITE_DATA);
+        assert!(deny.tree);
+        // `~/.ssh` lies under no grant, so the profile's own permissions keep it unreadable.
+        assert!(grant_for(&plan, r"C:\Users\dev\.ssh\id_ed25519").is_none());
     }
 
-    // CX-23: protection must hold for `.GiT` and `config:stream`; it does because the deny
-    // entry sits on the object. Placeholders cover the names that do not exist yet, and the
+    // Protection must hold for `.GiT` and `config:stream`, which passed Codex's name checks
+    // (its docs/windows_sandbox_security.md). It does because the deny entry sits on the object. Placeholders cover the names that do not exist yet, and the
     // grant never includes FILE_DELETE_CHILD, which would let a process rename a protected
     // entry away through its parent.
     #[test]
@@ -740,8 +815,8 @@ mod tests {
         assert_eq!(Access::Modify.mask() & (mask::WRITE_DAC | mask::WRITE_OWNER), 0);
     }
 
-    // CX-16 (Codex #27171): tools installed per user under %LOCALAPPDATA%\Programs failed with
-    // "Access denied". PATH directories inside the profile are readable and executable.
+    // Tools installed per user under %LOCALAPPDATA%\Programs failed with "Access denied" in
+    // Codex's Windows sandbox (openai/codex#27171). PATH directories inside the profile are readable and executable.
     #[test]
     fn path_directories_in_the_profile_are_readable() {
         let plan = plan(&request(), &machine()).unwrap();
@@ -755,11 +830,74 @@ mod tests {
         assert!(grant_for(&plan, r"C:\Users\dev\Documents\taxes.pdf").is_none());
     }
 
+    // A command must not be able to rename `.git` aside and build a new `.git\hooks` in its
+    // place: every directory between the writable root and a protected name is pinned.
+    #[test]
+    fn ancestors_of_protected_names_are_pinned() {
+        let mut request = request();
+        request.protected.push(p(r"C:\Users\dev\src\ws\vendor\lib\.git\hooks"));
+        let plan = plan(&request, &machine()).unwrap();
+        let pins: Vec<&Deny> = plan.files.denies.iter().filter(|deny| !deny.tree).collect();
+        for pinned in [r"C:\Users\dev\src\ws\.git", r"C:\Users\dev\src\ws\vendor\lib\.git", r"C:\Users\dev\src\ws\vendor\lib", r"C:\Users\dev\src\ws\vendor"] {
+            let pin = pins.iter().find(|deny| deny.path == p(pinned)).unwrap_or_else(|| panic!("{pinned} is not pinned"));
+            assert_eq!(pin.mask, mask::DELETE, "{pinned}");
+        }
+        assert!(!pins.iter().any(|deny| deny.path == p(r"C:\Users\dev\src\ws")), "the workspace itself needs no pin");
+        assert_eq!(pins.iter().filter(|deny| deny.path == p(r"C:\Users\dev\src\ws\.git")).count(), 1, "one pin per directory");
+    }
+
+    #[test]
+    fn hidden_paths_outside_every_grant_get_no_entry() {
+        let mut request = request();
+        request.hidden.push(p(r"C:\Users\dev\.aws"));
+        let plan = plan(&request, &machine()).unwrap();
+        assert!(!plan.files.denies.iter().any(|deny| deny.path == p(r"C:\Users\dev\.aws")));
+        assert!(grant_for(&plan, r"C:\Users\dev\.aws\credentials").is_none(), "and nothing grants it either");
+    }
+
+    #[test]
+    fn short_names_are_rejected_in_every_grant() {
+        for root in [r"C:\Users\DEVELO~1", r"C:\PROGRA~3\x", r"C:\Users\dev\src\WS~1"] {
+            let writable = Request { writable: vec![p(root)], ..request() };
+            assert!(matches!(plan(&writable, &machine()), Err(PlanError::ShortName(_))), "{root}");
+            let readable = Request { read_only: vec![p(root)], ..request() };
+            assert!(matches!(plan(&readable, &machine()), Err(PlanError::ShortName(_))), "{root}");
+        }
+    }
+
+    #[test]
+    fn read_grants_may_not_cover_the_profile() {
+        for root in [r"C:\Users\dev", r"C:\Users", r"C:\"] {
+            let request = Request { read_only: vec![p(root)], ..request() };
+            assert!(matches!(plan(&request, &machine()), Err(PlanError::ReadTooBroad(..))), "{root}");
+        }
+        // A PATH entry that is the profile, or a short name, is left out rather than granted.
+        let mut machine = machine();
+        machine.path_dirs.push(p(r"C:\Users\dev"));
+        machine.path_dirs.push(p(r"C:\Users\dev\APPDAT~1\bin"));
+        let plan = plan(&request(), &machine).unwrap();
+        assert!(grant_for(&plan, r"C:\Users\dev\Documents\taxes.pdf").is_none());
+        assert!(grant_for(&plan, r"C:\Users\dev\APPDAT~1\bin\tool.exe").is_none());
+    }
+
+    #[test]
+    fn resolve_allowed_is_refused() {
+        let network = NetworkMode::Allowlist { allow: vec!["crates.io".into()], deny: vec![], resolve_allowed: true };
+        let request = Request { network, ..request() };
+        assert!(matches!(plan(&request, &machine()), Err(PlanError::OptionUnsupported { option: "--resolve-allowed", .. })));
+    }
+
     #[test]
     fn broad_writable_roots_are_rejected() {
-        for root in [r"C:\", r"C:\Users", r"C:\Users\dev", r"C:\Windows\Temp", r"C:\ProgramData", r"\\server\share"] {
+        for root in [r"C:\", r"C:\Users", r"C:\Users\dev", r"C:\ProgramData", r"\\server\share", r"C:\Users\dev\AppData"] {
             let request = Request { writable: vec![p(root)], ..request() };
-            assert!(matches!(plan(&request, &machine()), Err(PlanError::WritableTooBroad(..))), "{root}");
+            let result = plan(&request, &machine());
+            assert!(matches!(result, Err(PlanError::WritableTooBroad(..)) | Err(PlanError::ReadTooBroad(..))), "{root}: {result:?}");
+        }
+        for root in [r"C:\Windows\Temp", r"C:\Windows\Temp\sub", r"C:\Program Files\tool", r"C:\Program Files"] {
+            let request = Request { writable: vec![p(root)], ..request() };
+            let result = plan(&request, &machine());
+            assert!(matches!(result, Err(PlanError::WritableInSystem(..)) | Err(PlanError::WritableTooBroad(..))), "{root}: {result:?}");
         }
     }
 

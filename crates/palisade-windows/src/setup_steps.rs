@@ -31,6 +31,9 @@ pub struct AclEntries {
     pub grant: Option<Access>,
     pub label: bool,
     pub deny: Option<u32>,
+    /// Rights denied on the directory alone, not below it: the pin that keeps an ancestor of a
+    /// protected name from being renamed or deleted.
+    pub pin: Option<u32>,
 }
 
 impl Step {
@@ -73,7 +76,14 @@ impl fmt::Display for Step {
                 if let Some(mask) = entries.deny {
                     parts.push(if mask & crate::plan::mask::ANY_READ != 0 { "deny all access" } else { "deny changes" });
                 }
-                write!(f, "{} for the sandbox accounts on {path} ({reason}) and below", parts.join(", "))
+                if parts.is_empty() && entries.pin.is_some() {
+                    return write!(f, "deny renaming or deleting {path} ({reason}) for the sandbox accounts");
+                }
+                write!(f, "{} for the sandbox accounts on {path} ({reason}) and below", parts.join(", "))?;
+                if entries.pin.is_some() {
+                    f.write_str(", and deny renaming or deleting it")?;
+                }
+                Ok(())
             }
         }
     }
@@ -108,7 +118,11 @@ pub fn acl_roots(files: &FilePlan) -> Vec<(WinPath, Reason, AclEntries)> {
     }
     for deny in &files.denies {
         let entries = entries_of(&mut acl, &deny.path, deny.reason);
-        entries.deny = Some(entries.deny.unwrap_or(0) | deny.mask);
+        if deny.tree {
+            entries.deny = Some(entries.deny.unwrap_or(0) | deny.mask);
+        } else {
+            entries.pin = Some(entries.pin.unwrap_or(0) | deny.mask);
+        }
     }
     acl.sort_by_key(|(_, reason, _)| *reason != Reason::Temp);
     acl
@@ -220,7 +234,7 @@ mod tests {
                     Grant { path: p(r"C:\ProgramData\palisade\tmp"), access: Access::Modify, reason: Reason::Temp },
                 ],
                 labels: vec![p(r"C:\ws"), p(r"C:\ProgramData\palisade\tmp")],
-                denies: vec![Deny { path: p(r"C:\ws\.git\hooks"), mask: mask::ANY_CHANGE, reason: Reason::Protected }],
+                denies: vec![Deny { path: p(r"C:\ws\.git\hooks"), mask: mask::ANY_CHANGE, tree: true, reason: Reason::Protected }],
                 placeholders: vec![],
                 temp_root: p(r"C:\ProgramData\palisade\tmp"),
             },
@@ -252,8 +266,8 @@ mod tests {
         }).collect();
         assert_eq!(acl.len(), 3);
         assert_eq!(acl[0].0, r"C:\ProgramData\palisade\tmp", "the step that needs elevation comes first");
-        assert_eq!(acl[1], (r"C:\ws".to_owned(), AclEntries { grant: Some(Access::Modify), label: true, deny: None }));
-        assert_eq!(acl[2].1, AclEntries { grant: None, label: false, deny: Some(mask::ANY_CHANGE) });
+        assert_eq!(acl[1], (r"C:\ws".to_owned(), AclEntries { grant: Some(Access::Modify), label: true, deny: None, pin: None }));
+        assert_eq!(acl[2].1, AclEntries { grant: None, label: false, deny: Some(mask::ANY_CHANGE), pin: None });
     }
 
     #[test]

@@ -52,10 +52,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("palisade: error: {error:#}");
+            eprintln!("palisade: error: {}", error_message(&error));
             ExitCode::from(EXIT_PALISADE_FAILED)
         }
     }
+}
+
+/// Joins the error's chain with ": ", as anyhow's `{:#}` does, but leaves out a cause whose
+/// text the message already ends with: some errors print their source in their own message.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.is_empty() && message.ends_with(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn init_logging() {
@@ -98,5 +115,33 @@ pub(crate) fn exit_code_for(exit: palisade_linux::Exit) -> u8 {
         palisade_linux::Exit::TimedOut => EXIT_TIMED_OUT,
         // A limit kill is a SIGKILL; the report names the limit.
         palisade_linux::Exit::Killed(_) => EXIT_KILLED_AT_LIMIT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+
+    #[derive(Debug)]
+    struct Repeating(std::io::Error);
+
+    impl std::fmt::Display for Repeating {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "failed to open the file: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeating {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn error_message_prints_each_cause_once() {
+        let error = anyhow::Error::new(Repeating(std::io::Error::other("access denied"))).context("setup failed");
+        assert_eq!(error_message(&error), "setup failed: failed to open the file: access denied");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_message(&plain), "outer: inner");
     }
 }

@@ -46,6 +46,11 @@ pub fn verify(files: &FilePlan, accounts: &Accounts) -> Result<(), Error> {
                     return Err(missing(format!("the deny entry for the sandbox account {sid}")));
                 }
             }
+            if let Some(mask) = entries.pin {
+                if !ace::has_pin_entry(dacl, sid, mask) {
+                    return Err(missing(format!("the entry that keeps the sandbox account {sid} from renaming or deleting it")));
+                }
+            }
         }
         if entries.label && !ace::has_root_label(security.label.as_ref(), is_dir) {
             return Err(missing("the Low integrity label".into()));

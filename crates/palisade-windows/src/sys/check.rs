@@ -43,6 +43,7 @@ fn reference_plan(user_name: &str) -> Result<Plan, String> {
         system_root: path(r"C:\Windows"),
         cpu_count: 1,
         state_dir: path(r"C:\ProgramData\palisade"),
+        program_dirs: Vec::new(),
     };
     let request = Request {
         profile: palisade_policy::Profile::ReadOnly,

@@ -29,6 +29,9 @@ pub enum Error {
     Plan(#[from] crate::PlanError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// A call succeeded but its effect did not take, as the read-back showed.
+    #[error("{what} did not take effect: {consequence}")]
+    NotEnforced { what: &'static str, consequence: &'static str },
 }
 
 impl Error {

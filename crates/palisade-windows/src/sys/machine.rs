@@ -34,6 +34,11 @@ pub fn current() -> Result<Machine, Error> {
         system_root: variable_path("SystemRoot", "the Windows directory")?,
         cpu_count: cpu_count(),
         state_dir: state_dir.join("palisade").expect("a fixed relative name joins"),
+        program_dirs: ["ProgramFiles", "ProgramFiles(x86)", "ProgramW6432"]
+            .iter()
+            .filter_map(|name| std::env::var(name).ok())
+            .filter_map(|text| WinPath::parse(&text).ok())
+            .collect(),
     })
 }
 

@@ -101,9 +101,8 @@ fn check_privileges(token: HANDLE, keep: &LUID) -> Result<(), Error> {
     if left.iter().all(|luid| same_luid(luid, keep)) {
         return Ok(());
     }
-    Err(Error::Unavailable {
-        function: "CreateRestrictedToken",
-        library: "advapi32.dll",
+    Err(Error::NotEnforced {
+        what: "removing privileges with CreateRestrictedToken",
         consequence: "privileges other than the plan's one remained in the restricted token, so the command is not started with it",
     })
 }
@@ -121,9 +120,8 @@ fn check_deny_only(token: HANDLE, deny_only: &[Sid]) -> Result<(), Error> {
         // SAFETY: each entry's SID points to a valid SID inside `buffer`.
         let sid = unsafe { sid_at(group.Sid) }?;
         if deny_only.contains(&sid) && group.Attributes & SE_GROUP_USE_FOR_DENY_ONLY == 0 {
-            return Err(Error::Unavailable {
-                function: "CreateRestrictedToken",
-                library: "advapi32.dll",
+            return Err(Error::NotEnforced {
+                what: "making the administrator groups deny-only with CreateRestrictedToken",
                 consequence: "an administrator group stayed enabled in the restricted token, so the command is not started with it",
             });
         }
@@ -148,9 +146,8 @@ fn set_integrity(token: HANDLE, level_sid: &str) -> Result<(), Error> {
     let actual = unsafe { sid_at((*buffer.as_ptr().cast::<TOKEN_MANDATORY_LABEL>()).Label.Sid) }?;
     if actual != level {
         // Wine 8 accepts the call and keeps the old level.
-        return Err(Error::Unavailable {
-            function: "SetTokenInformation(TokenIntegrityLevel)",
-            library: "advapi32.dll",
+        return Err(Error::NotEnforced {
+            what: "SetTokenInformation(TokenIntegrityLevel)",
             consequence: "the token kept its integrity level instead of Low, so the command is not started with it",
         });
     }
