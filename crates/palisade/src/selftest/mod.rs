@@ -2,9 +2,14 @@
 //! and reports which protections held.
 //!
 //! This file is the part every platform shares: the catalogue of probes, the verdicts, the text
-//! and JSON output, and the exit status. A platform module runs the probes and judges them
-//! (`linux.rs`). Each probe's id is stable, because scripts read the JSON output by id.
+//! and JSON output, and the exit status. `attempt.rs` (the probe's result line), `host.rs` (a
+//! probe's run seen from the host) and `judge.rs` (the verdicts that need no platform) are
+//! shared too. A platform module runs the probes and judges them (`linux.rs`). Each probe's id
+//! is stable, because scripts read the JSON output by id.
 
+mod attempt;
+mod host;
+mod judge;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
