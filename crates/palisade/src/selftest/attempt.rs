@@ -86,8 +86,8 @@ impl Attempt {
     }
 }
 
-/// Returns the last two components of `path`, which name a file well enough in a verdict without the
-/// temporary directory in front.
+/// Returns the last two components of `path`, which name a file well enough in a verdict
+/// without the temporary directory in front.
 pub fn short(path: &Path) -> String {
     let components: Vec<_> = path.components().collect();
     let tail = &components[components.len().saturating_sub(2)..];
