@@ -15,6 +15,10 @@ mod judge;
 mod linux;
 #[cfg(target_os = "linux")]
 use linux as platform;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as platform;
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
