@@ -29,7 +29,7 @@ use crate::selftest::attempt::{Attempt, INSIDE_CONTENT};
 use crate::selftest::host::{
     self, changes, count_accepted, reject_selftest_options, snapshot, with_absolute_paths, Finished, Notices, RUN_TIMEOUT, SECRET_VARIABLE,
 };
-use crate::selftest::{Finding, Platform, PROBE_MAX_PROCS, PROBE_TIMEOUT_SECONDS, Probe, Verdict};
+use crate::selftest::{Finding, PROBE_MAX_PROCS, PROBE_PROCESS_ATTEMPTS, PROBE_TIMEOUT_SECONDS, Probe, Verdict};
 
 pub use inside::attempt;
 use processes::{kill, probe_processes, wait_until_gone};
@@ -264,14 +264,13 @@ impl Selftest {
 
     fn process_limit(&self) -> anyhow::Result<Verdict> {
         let limit = self.probe_process_limit();
-        let attempts = Platform::CURRENT.process_attempts();
-        if let Some(limit) = limit.filter(|&limit| limit >= attempts) {
+        if let Some(limit) = limit.filter(|&limit| limit >= PROBE_PROCESS_ATTEMPTS) {
             return Ok(Verdict::Skipped(format!(
-                "the policy allows {limit} processes, and this probe starts {attempts} at most"
+                "the policy allows {limit} processes, and this probe starts {PROBE_PROCESS_ATTEMPTS} at most"
             )));
         }
         let set_limit = !self.unconfined() && self.args.max_procs.is_none();
-        let attempts = attempts.to_string();
+        let attempts = PROBE_PROCESS_ATTEMPTS.to_string();
         let run = self.launch(
             Probe::ProcessLimit,
             &[OsStr::new(&attempts)],
