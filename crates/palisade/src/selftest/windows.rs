@@ -189,6 +189,8 @@ impl Selftest {
             .arg(probe.id())
             .args(probe_args)
             .current_dir(&self.scratch.workspace)
+            // The run still finds setup's password store, which lies in the profile that the
+            // caller's token names (see `account::store_path`).
             .env("USERPROFILE", &self.scratch.home)
             .env(SECRET_VARIABLE, &self.token)
             .stdin(Stdio::null())
