@@ -369,7 +369,10 @@ fn selftest_unconfined_reports_not_held() {
     for id in not_held {
         assert_eq!(verdict(id).0, "not_held", "{id}: {}", verdict(id).1);
     }
-    assert!(verdict("process-limit").1.contains("started all 200 processes"), "{}", verdict("process-limit").1);
+    // Alone, the probe starts all 200 processes under Wine. With the other tests running at the
+    // same time, Wine 8.0 has failed the 185th with ERROR_INTERNAL_ERROR, which does not hold
+    // either: only the job's process limit may stop the probe.
+    assert!(verdict("process-limit").1.starts_with("started "), "{}", verdict("process-limit").1);
     assert!(verdict("timeout-detached").1.contains("CREATE_BREAKAWAY_FROM_JOB failed"), "{}", verdict("timeout-detached").1);
 
     // These depend on what the volume and the system offer; Wine lacks some of them.
