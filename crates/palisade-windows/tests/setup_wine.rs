@@ -196,3 +196,34 @@ fn print_visible(line: &str) {
     let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_handle(handle) });
     let _ = file.write_all(format!("{line}\n").as_bytes());
 }
+
+#[test]
+fn apply_acl_within_writes_only_scope() {
+    let dir = scratch("apply-within");
+    std::fs::create_dir_all(dir.join(r"ws\src")).unwrap();
+    std::fs::create_dir_all(dir.join(r"ws\secret")).unwrap();
+    std::fs::create_dir_all(dir.join(r"state\tmp")).unwrap();
+    std::fs::write(dir.join(r"ws\src\main.rs"), "fn main() {}\n").unwrap();
+    let mut plan = plan_for(&dir);
+    plan.accounts = stand_in_accounts();
+
+    let scope = win_path(&dir.join("ws"));
+    let summaries = sys::setup::apply_acl_within(&plan, &scope).unwrap();
+    let roots: Vec<String> = summaries.iter().map(|(root, _)| root.to_string()).collect();
+    assert!(summaries.iter().all(|(root, _)| root.starts_with(&scope)), "{roots:?}");
+    assert!(roots.iter().any(|root| root.ends_with(r"\ws")), "the workspace is written: {roots:?}");
+    assert!(roots.iter().any(|root| root.ends_with(r"\ws\secret")), "the hidden path is written: {roots:?}");
+    assert!(!roots.iter().any(|root| root.ends_with(r"\state\tmp")), "palisade's temporary root lies outside the scope: {roots:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn apply_acl_within_needs_the_accounts() {
+    let dir = scratch("apply-within-absent");
+    std::fs::create_dir_all(dir.join("ws")).unwrap();
+    let mut plan = plan_for(&dir);
+    plan.accounts = absent_accounts();
+    let error = sys::setup::apply_acl_within(&plan, &win_path(&dir)).unwrap_err();
+    assert!(matches!(&error, Error::NotSetUp { fix, .. } if fix.contains("palisade setup")), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

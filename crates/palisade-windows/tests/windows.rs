@@ -136,6 +136,22 @@ fn helper_busy() {
     }
 }
 
+/// Prints the path of the password store.
+#[test]
+#[ignore = "helper"]
+fn helper_print_store_path() {
+    if is_helper() {
+        // Written to the real stdout: the harness captures what `println!` prints.
+        use std::io::Write as _;
+        let line = match palisade_windows::sys::account::store_path() {
+            Ok(path) => path.display().to_string(),
+            Err(error) => format!("error: {error}"),
+        };
+        let _ = writeln!(std::io::stdout(), "{line}");
+        helper_done();
+    }
+}
+
 fn helper_args(name: &str) -> Vec<String> {
     vec!["--exact".into(), name.into(), "--ignored".into(), "--quiet".into(), "--test-threads=1".into()]
 }
@@ -459,4 +475,30 @@ fn job_cpu_time_limit_ends_run() {
     let policy = unconfined_policy(limits, &[]);
     let outcome = run_unconfined(&policy, &helper_argv("helper_busy")).unwrap();
     assert_eq!(outcome.exit, Exit::Killed(Limit::CpuTime));
+}
+
+/// `palisade selftest` points `USERPROFILE` at a fake home directory, and a run must still find
+/// the password store that setup wrote in the caller's real profile. Wine 8.0 takes known
+/// folders from its registry whatever `USERPROFILE` says, so under Wine this test passes with
+/// either way of finding the store; only Windows shows the difference.
+#[test]
+fn store_path_ignores_userprofile() {
+    let fake_home = scratch("store-path");
+    let store_path = |userprofile: Option<&Path>| {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command.args(helper_args("helper_print_store_path")).env(HELPER_VARIABLE, "1");
+        if let Some(home) = userprofile {
+            command.env("USERPROFILE", home);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+        // The harness prints "running 1 test" first; the helper's line is the last one.
+        String::from_utf8(output.stdout).unwrap().lines().last().unwrap_or_default().trim().to_owned()
+    };
+    let real = store_path(None);
+    assert!(real.ends_with(r"AppData\Local\palisade\accounts"), "{real}");
+    let redirected = store_path(Some(&fake_home));
+    assert_eq!(redirected, real, "the store moved with USERPROFILE");
+    assert!(!redirected.starts_with(&*fake_home.to_string_lossy()), "{redirected}");
+    std::fs::remove_dir_all(fake_home).unwrap();
 }

@@ -36,10 +36,10 @@ pub enum Command {
     SessionHost(SessionHostArgs),
     /// Try a built-in set of escapes in the sandbox on this machine and print which protections
     /// held. Exits 0 when every probe that ran held and 1 when one did not.
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", windows))]
     Selftest(crate::selftest::SelftestArgs),
     /// Internal to `palisade selftest`: make one probe's attempt inside the sandbox.
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", windows))]
     #[command(hide = true)]
     SelftestProbe(crate::selftest::ProbeArgs),
     /// Prepare this machine, once, for confined runs of the calling user: create the two
@@ -247,9 +247,9 @@ impl PolicyArgs {
     }
 
     /// Renders these options as the flags that set them, so that `palisade mcp` can pass its
-    /// ceiling on to each `palisade run` it starts. The pattern lists every field, so a new
-    /// option fails to compile here until it is passed on too.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    /// ceiling on to each `palisade run` it starts, and `palisade selftest` its options to each
+    /// probe's run. The pattern lists every field, so a new option fails to compile here until
+    /// it is passed on too.
     pub(crate) fn to_flags(&self) -> Vec<OsString> {
         let PolicyArgs {
             profile,

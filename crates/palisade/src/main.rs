@@ -5,7 +5,7 @@ mod cli;
 #[cfg(target_os = "linux")]
 mod mcp;
 mod report;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 mod selftest;
 #[cfg(windows)]
 mod windows;
@@ -103,6 +103,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Policy(args) => cli::print_policy(args),
         Command::Check(args) => windows::check(args),
         Command::Setup(args) => windows::setup(args),
+        Command::Selftest(args) => selftest::run(args),
+        Command::SelftestProbe(args) => selftest::probe(args),
         Command::WindowsRunner => unreachable!("the runner is started before logging"),
     }
 }

@@ -1,5 +1,5 @@
 //! The Windows commands: `run`, `check`, `setup` and the hidden `windows-runner`, the glue
-//! between the flags and the Windows backend. `policy` is shared with Linux.
+//! between the flags and the Windows backend. `policy` and `selftest` are shared with Linux.
 
 use std::ffi::OsString;
 
@@ -10,7 +10,7 @@ use palisade_windows::plan::{Gap, Plan};
 use palisade_windows::sys;
 // TODO: sys::{check, setup} replace the stand-ins once the branch that writes them is merged.
 use palisade_windows::sys::{check, setup};
-use palisade_windows::Request;
+use palisade_windows::{Machine, Request};
 use serde_json::{json, Value};
 
 use crate::cli::{self, CheckArgs, PolicyArgs, RunArgs, SetupArgs};
@@ -58,10 +58,15 @@ fn reject_unsupported(policy: &Policy) -> anyhow::Result<()> {
 
 /// Builds the request and the plan of a confined run.
 fn plan(policy: &Policy) -> anyhow::Result<(Plan, Request)> {
-    let machine = sys::machine::current()?;
+    plan_on(policy, &sys::machine::current()?)
+}
+
+/// Builds the request and the plan of a confined run on `machine`, which `palisade selftest`
+/// gives its fake home directory as the profile.
+pub(crate) fn plan_on(policy: &Policy, machine: &Machine) -> anyhow::Result<(Plan, Request)> {
     let defaults = Limits::defaults(sys::machine::memory_total());
     let request = Request::from_policy(policy, defaults)?;
-    let plan = palisade_windows::plan::plan(&request, &machine)?;
+    let plan = palisade_windows::plan::plan(&request, machine)?;
     for gap in &plan.gaps {
         tracing::debug!("not enforced on Windows: {}: {}", gap.what, gap.consequence);
     }

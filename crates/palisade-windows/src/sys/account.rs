@@ -1,5 +1,5 @@
 //! A caller's two sandbox accounts: created by setup, their passwords kept with DPAPI in the
-//! caller's `%LOCALAPPDATA%\palisade\accounts`, and loaded by each run to start the runner
+//! caller's `AppData\Local\palisade\accounts`, and loaded by each run to start the runner
 //! with `CreateProcessWithLogonW`.
 //!
 //! DPAPI's user scope ties the store to the caller's Windows account: another user, or the
@@ -10,7 +10,8 @@
 use std::ffi::c_void;
 use std::fmt;
 use std::io::Write as _;
-use std::os::windows::io::FromRawHandle;
+use std::os::windows::ffi::OsStringExt as _;
+use std::os::windows::io::{AsRawHandle as _, FromRawHandle};
 use std::path::PathBuf;
 use std::ptr::{null, null_mut};
 
@@ -26,18 +27,17 @@ use windows_sys::Win32::Security::Cryptography::{
     BCRYPT_USE_SYSTEM_PREFERRED_RNG, BCryptGenRandom, CRYPT_INTEGER_BLOB, CRYPTPROTECT_UI_FORBIDDEN, CryptProtectData,
     CryptUnprotectData,
 };
-use windows_sys::Win32::Security::{LOGON32_LOGON_INTERACTIVE, LOGON32_PROVIDER_DEFAULT, LogonUserW, LookupAccountSidW, SECURITY_ATTRIBUTES, SID_NAME_USE};
+use windows_sys::Win32::Security::{LOGON32_LOGON_INTERACTIVE, LOGON32_PROVIDER_DEFAULT, LogonUserW, LookupAccountSidW, SECURITY_ATTRIBUTES, SID_NAME_USE, TOKEN_QUERY};
 use windows_sys::Win32::Storage::FileSystem::{CREATE_ALWAYS, CreateDirectoryW, CreateFileW, FILE_ATTRIBUTE_NORMAL};
-use windows_sys::Win32::System::Com::CoTaskMemFree;
 use windows_sys::Win32::System::Registry::{
     HKEY, HKEY_LOCAL_MACHINE, KEY_QUERY_VALUE, KEY_SET_VALUE, REG_DWORD, REG_OPTION_NON_VOLATILE, RegCloseKey, RegCreateKeyExW,
     RegOpenKeyExW, RegQueryValueExW, RegSetValueExW,
 };
-use windows_sys::Win32::UI::Shell::{FOLDERID_LocalAppData, KF_FLAG_DEFAULT, SHGetKnownFolderPath};
+use windows_sys::Win32::UI::Shell::GetUserProfileDirectoryW;
 
 use super::Error;
 use super::error::Code;
-use super::security::{Descriptor, LocalMemory, account_sid, current_user_sid, from_wide_ptr, wide};
+use super::security::{Descriptor, LocalMemory, account_sid, current_user_sid, from_wide_ptr, own_token, wide};
 use crate::ace::Sid;
 use crate::plan::{AccountKind, Accounts};
 use crate::store;
@@ -99,20 +99,29 @@ pub(crate) fn name_of(accounts: &Accounts, kind: AccountKind) -> &str {
     }
 }
 
-/// `%LOCALAPPDATA%\palisade\accounts` of the caller.
+/// Returns `AppData\Local\palisade\accounts` in the caller's profile directory, which is where
+/// `%LOCALAPPDATA%` points by default.
+///
+/// The profile comes from the caller's token rather than from `%USERPROFILE%`. Nor does the
+/// path come from the known folder `FOLDERID_LocalAppData`, which Windows expands from
+/// `%USERPROFILE%` in this process's environment (platformdirs 4.7.0 failed on that when
+/// `USERPROFILE` named a directory without `AppData\Local`). So the store stays where setup
+/// wrote it when a run's environment names another home directory, as `palisade selftest`
+/// does with its fake home.
 pub fn store_path() -> Result<PathBuf, Error> {
-    let mut path: *mut u16 = null_mut();
-    // SAFETY: the folder id is a static GUID; a null token means the caller; `path` receives a
-    // CoTaskMemAlloc'd string on success, freed below.
-    let status = unsafe { SHGetKnownFolderPath(&FOLDERID_LocalAppData, KF_FLAG_DEFAULT as u32, null_mut(), &mut path) };
-    if status < 0 {
-        return Err(Error::Call { call: "SHGetKnownFolderPath", object: "FOLDERID_LocalAppData".into(), code: Code(status as u32) });
+    let token = own_token(TOKEN_QUERY)?;
+    let mut length = 0u32;
+    // SAFETY: the token is valid and has TOKEN_QUERY; a null buffer with a length of 0 requests
+    // the length needed, written to a local.
+    unsafe { GetUserProfileDirectoryW(token.as_raw_handle(), null_mut(), &mut length) };
+    let mut buffer = vec![0u16; length.max(1) as usize];
+    // SAFETY: `buffer` is writable for `length` characters, the length the first call returned.
+    if unsafe { GetUserProfileDirectoryW(token.as_raw_handle(), buffer.as_mut_ptr(), &mut length) } == 0 {
+        return Err(Error::last("GetUserProfileDirectoryW", "the caller's token"));
     }
-    // SAFETY: on success `path` is a NUL-terminated string owned by this function.
-    let folder = unsafe { from_wide_ptr(path) };
-    // SAFETY: `path` was allocated by SHGetKnownFolderPath with CoTaskMemAlloc, freed once.
-    unsafe { CoTaskMemFree(path.cast()) };
-    Ok(PathBuf::from(folder).join("palisade").join("accounts"))
+    let end = buffer.iter().position(|&unit| unit == 0).unwrap_or(buffer.len());
+    let profile = PathBuf::from(std::ffi::OsString::from_wide(&buffer[..end]));
+    Ok(profile.join("AppData").join("Local").join("palisade").join("accounts"))
 }
 
 /// Reads every entry of the store, or none when it does not exist or cannot be parsed (setup
@@ -343,7 +352,7 @@ pub(crate) fn write_store(entries: &[store::Entry]) -> Result<PathBuf, Error> {
     let attributes = SECURITY_ATTRIBUTES { nLength: size_of::<SECURITY_ATTRIBUTES>() as u32, lpSecurityDescriptor: only_caller.as_ptr(), bInheritHandle: 0 };
 
     let directory = path.parent().expect("the store path has a parent");
-    std::fs::create_dir_all(directory.parent().expect("%LOCALAPPDATA% is a directory")).map_err(|source| Error::Io { what: format!("failed to create {}", directory.display()), source })?;
+    std::fs::create_dir_all(directory.parent().expect("AppData\\Local is a directory")).map_err(|source| Error::Io { what: format!("failed to create {}", directory.display()), source })?;
     if !directory.is_dir() {
         let name = wide(&directory.to_string_lossy());
         // SAFETY: `name` is NUL-terminated; `attributes` points to a descriptor alive here.

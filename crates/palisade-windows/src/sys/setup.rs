@@ -113,6 +113,23 @@ pub fn setup(plan: &Plan, options: &SetupOptions) -> Result<SetupReport, Error> 
     Ok(SetupReport { dry_run: false, steps: report })
 }
 
+/// Writes the ACL entries of the roots of `plan` that lie within `scope`, and of everything
+/// below them, and nothing else of setup. `palisade selftest` prepares its scratch directory
+/// this way, because it creates that directory afresh for each selftest, after any `palisade
+/// setup`. The caller owns the objects there, so this needs no elevation, but the sandbox
+/// accounts must exist: without them it fails with [`Error::NotSetUp`].
+pub fn apply_acl_within(plan: &Plan, scope: &WinPath) -> Result<Vec<(WinPath, acl::WalkSummary)>, Error> {
+    let resolved = acl::resolve_roots(&plan.files, &plan.accounts)?;
+    let mut summaries = Vec::new();
+    for (root, _, _) in setup_steps::acl_roots(&plan.files) {
+        if root.starts_with(scope) {
+            let summary = acl::apply_root(&resolved, &root)?;
+            summaries.push((root, summary));
+        }
+    }
+    Ok(summaries)
+}
+
 /// Resolves the ACL plan, or returns why a root does not resolve; `None` while an account is
 /// missing.
 fn resolve_if_accounts_exist(plan: &Plan) -> Result<Option<Result<Resolved, Error>>, Error> {

@@ -14,90 +14,40 @@ mod judge;
 mod processes;
 mod scratch;
 
-use std::cell::RefCell;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 use palisade_policy::{Context, Policy, Profile};
 
 use crate::cli::PolicyArgs;
+use crate::selftest::attempt::{Attempt, INSIDE_CONTENT};
+use crate::selftest::host::{
+    self, changes, count_accepted, reject_selftest_options, snapshot, with_absolute_paths, Finished, Notices, RUN_TIMEOUT, SECRET_VARIABLE,
+};
 use crate::selftest::{Finding, PROBE_MAX_PROCS, PROBE_PROCESS_ATTEMPTS, PROBE_TIMEOUT_SECONDS, Probe, Verdict};
 
 pub use inside::attempt;
-use inside::Attempt;
 use processes::{kill, probe_processes, wait_until_gone};
 use scratch::{Scratch, FAKE_KEY};
 
-/// `--timeout` of each probe's run except the timeout probe's, so that a probe that hangs ends
-/// there instead of hanging selftest.
-const RUN_TIMEOUT: &str = "30s";
-/// How long selftest waits for a probe's `palisade run` to exit before it kills it: the
-/// longest timeout plus time for palisade to end the run and exit.
-const RUN_LIMIT: Duration = Duration::from_secs(40);
-/// How long selftest waits, once a run has exited, for the rest of its output and for its
-/// processes to disappear from `/proc`.
-pub(super) const SETTLE: Duration = Duration::from_secs(2);
-pub(super) const POLL: Duration = Duration::from_millis(20);
-
-/// The credential-like variable that selftest sets for palisade and the probe looks for.
-const SECRET_VARIABLE: &str = "PALISADE_SELFTEST_TOKEN";
 const SHADOW: &str = "/etc/shadow";
-
-/// Lines of palisade's stderr that concern every probe alike. Selftest prints each once.
-const NOTICE_PREFIXES: &[&str] = &["palisade: degraded mode", "palisade: profile unconfined"];
 
 /// Runs every probe of the catalogue and returns the findings in catalogue order.
 pub fn run_probes(args: &PolicyArgs) -> anyhow::Result<Vec<Finding>> {
     reject_selftest_options(args)?;
     let selftest = Selftest::new(args)?;
     let mut findings = Vec::new();
-    for probe in Probe::ALL {
+    for &probe in Probe::for_this_platform() {
         let verdict = selftest.check(probe)?;
         findings.push(Finding { probe, verdict });
     }
-    for notice in selftest.notices.borrow().iter() {
-        eprintln!("{notice}");
-    }
+    selftest.notices.print();
     Ok(findings)
-}
-
-/// Rejects the options that selftest sets itself for every probe.
-fn reject_selftest_options(args: &PolicyArgs) -> anyhow::Result<()> {
-    if args.workspace.is_some() {
-        anyhow::bail!("--workspace is not accepted by selftest: every probe runs in a temporary workspace of its own");
-    }
-    if args.timeout.is_some() {
-        anyhow::bail!(
-            "--timeout is not accepted by selftest: every probe runs with a timeout of its own, and the timeout probe checks one of {PROBE_TIMEOUT_SECONDS}s"
-        );
-    }
-    if args.report.is_some() {
-        anyhow::bail!("--report is not accepted by selftest: it runs one sandbox per probe; use --json for a machine-readable result");
-    }
-    Ok(())
-}
-
-/// Returns `args` with each relative path made absolute against the current directory,
-/// because the probes run in another directory. Paths starting with `~` or `{workspace}` keep
-/// their meaning: the fake home and the temporary workspace.
-fn with_absolute_paths(args: &PolicyArgs) -> anyhow::Result<PolicyArgs> {
-    let mut args = args.clone();
-    let paths = args.policy_file.iter_mut().chain(&mut args.allow_write).chain(&mut args.allow_read).chain(&mut args.deny_read);
-    for path in paths {
-        let text = path.to_string_lossy();
-        if path.is_relative() && !text.starts_with('~') && !text.starts_with("{workspace}") {
-            *path = std::path::absolute(&*path).with_context(|| format!("failed to make {} absolute", path.display()))?;
-        }
-    }
-    Ok(args)
 }
 
 /// One selftest: the scratch world, the caller's policy options and what they resolve to.
@@ -109,15 +59,7 @@ struct Selftest {
     policy: Policy,
     /// The value of [`SECRET_VARIABLE`].
     token: String,
-    /// The distinct [`NOTICE_PREFIXES`] lines palisade printed.
-    notices: RefCell<Vec<String>>,
-}
-
-/// The outcome of one probe's `palisade run`.
-pub(super) struct Finished {
-    code: Option<i32>,
-    result: Option<Attempt>,
-    stderr: String,
+    notices: Notices,
 }
 
 impl Selftest {
@@ -149,7 +91,7 @@ impl Selftest {
             }
         }
         let token = format!("selftest-{}-{}", std::process::id(), scratch.root.display());
-        Ok(Selftest { scratch, args, policy, token, notices: RefCell::new(Vec::new()) })
+        Ok(Selftest { scratch, args, policy, token, notices: Notices::default() })
     }
 
     fn unconfined(&self) -> bool {
@@ -190,6 +132,14 @@ impl Selftest {
             Probe::IoUring => judge::refused(&self.launch_plain(Probe::IoUring, &[])?, &inside::io_uring_setup()),
             Probe::Bpf => judge::refused(&self.launch_plain(Probe::Bpf, &[])?, &inside::bpf_unknown_command()),
             Probe::ReadShadow => self.read_shadow()?,
+            // Not in the Linux catalogue, so `selftest` never runs them here and `selftest-probe`
+            // rejects their ids.
+            Probe::WriteStreamOfProtected
+            | Probe::WriteCaseVariantOfProtected
+            | Probe::WriteShortNameOfProtected
+            | Probe::WriteThroughJunction
+            | Probe::WriteWhereUsersMayModify
+            | Probe::ShellExecuteUrl => anyhow::bail!("probe {} runs on Windows only", probe.id()),
         })
     }
 
@@ -201,7 +151,7 @@ impl Selftest {
         probe: Probe,
         probe_args: &[&OsStr],
         adjust: impl FnOnce(&mut PolicyArgs),
-        mut on_result: impl FnMut(&Attempt),
+        on_result: impl FnMut(&Attempt),
     ) -> anyhow::Result<Finished> {
         let mut args = self.args.clone();
         args.timeout = Some(RUN_TIMEOUT.into());
@@ -224,61 +174,12 @@ impl Selftest {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().with_context(|| format!("failed to start palisade run for probe {}", probe.id()))?;
-        let lines = read_lines(&mut child);
-        let stderr = read_all(&mut child);
-
-        let deadline = Instant::now() + RUN_LIMIT;
-        let mut result = None;
-        let mut take = |line: String| {
-            if let Some(attempt) = Attempt::from_line(&line) {
-                on_result(&attempt);
-                result = Some(attempt);
-            }
-        };
-        let status = loop {
-            match lines.recv_timeout(POLL) {
-                Ok(line) => take(line),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
-            }
-            if let Some(status) = child.try_wait().context("failed to wait for palisade run")? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                anyhow::bail!("palisade run of probe {} did not exit within {}s, so selftest killed it", probe.id(), RUN_LIMIT.as_secs());
-            }
-        };
-        // A process that outlived the run may hold the pipes open, so wait only so long.
-        let settled = Instant::now() + SETTLE;
-        while let Ok(line) = lines.recv_timeout(settled.saturating_duration_since(Instant::now())) {
-            take(line);
-        }
-        let stderr = stderr.recv_timeout(settled.saturating_duration_since(Instant::now())).unwrap_or_default();
-        self.note(&stderr);
-
-        let code = status.code();
-        // Status 125 means that palisade failed, and 126 or 127 that the probe could not be
-        // executed inside.
-        if matches!(code, Some(125..=127)) {
-            anyhow::bail!("palisade run of probe {} failed with status {}: {}", probe.id(), code.unwrap_or_default(), stderr.trim());
-        }
-        Ok(Finished { code, result, stderr })
+        host::finish_run(&mut child, probe, &self.notices, on_result)
     }
 
     /// Runs `probe` with the caller's options as they are.
     fn launch_plain(&self, probe: Probe, probe_args: &[&OsStr]) -> anyhow::Result<Finished> {
         self.launch(probe, probe_args, |_| {}, |_| {})
-    }
-
-    fn note(&self, stderr: &str) {
-        let mut notices = self.notices.borrow_mut();
-        for line in stderr.lines().filter(|line| NOTICE_PREFIXES.iter().any(|prefix| line.starts_with(prefix))) {
-            if !notices.iter().any(|notice| notice == line) {
-                notices.push(line.to_owned());
-            }
-        }
     }
 
     fn write_outside(&self) -> anyhow::Result<Verdict> {
@@ -313,7 +214,7 @@ impl Selftest {
         let target = self.scratch.workspace.join("selftest-write-inside");
         let run = self.launch_plain(Probe::WriteInsideWorkspace, &[target.as_os_str()])?;
         let Some(result) = &run.result else { return Ok(judge::no_result(&run)) };
-        let on_host = fs::read(&target).is_ok_and(|contents| contents == inside::INSIDE_CONTENT.as_bytes());
+        let on_host = fs::read(&target).is_ok_and(|contents| contents == INSIDE_CONTENT.as_bytes());
         Ok(judge::write_inside(result, on_host))
     }
 
@@ -432,117 +333,5 @@ impl Selftest {
             return Ok(Verdict::Skipped(format!("this machine has no {SHADOW}")));
         }
         Ok(judge::failed(&self.launch_plain(Probe::ReadShadow, &[OsStr::new(SHADOW)])?))
-    }
-}
-
-/// Sends each line of the child's stdout, as it arrives, to the returned channel.
-fn read_lines(child: &mut Child) -> Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    if let Some(stdout) = child.stdout.take() {
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).is_ok_and(|size| size > 0) {
-                if sender.send(String::from_utf8_lossy(&line).trim_end().to_owned()).is_err() {
-                    break;
-                }
-                line.clear();
-            }
-        });
-    }
-    receiver
-}
-
-/// Sends the child's whole stderr, once it ends, to the returned channel.
-fn read_all(child: &mut Child) -> Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    if let Some(mut stderr) = child.stderr.take() {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = stderr.read_to_end(&mut text);
-            let _ = sender.send(String::from_utf8_lossy(&text).into_owned());
-        });
-    }
-    receiver
-}
-
-/// Returns the files of a directory, one level deep, with their contents.
-fn snapshot(dir: &Path) -> anyhow::Result<Vec<(OsString, Option<Vec<u8>>)>> {
-    let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
-        entries.push((entry.file_name(), fs::read(entry.path()).ok()));
-    }
-    entries.sort();
-    Ok(entries)
-}
-
-/// Describes how the directory of snapshot `after` differs from `before`.
-fn changes(before: &[(OsString, Option<Vec<u8>>)], after: &[(OsString, Option<Vec<u8>>)]) -> Vec<String> {
-    let mut changes = Vec::new();
-    for (name, contents) in after {
-        match before.iter().find(|(old, _)| old == name) {
-            None => changes.push(format!("{} appeared", name.to_string_lossy())),
-            Some((_, old)) if old != contents => changes.push(format!("{} changed", name.to_string_lossy())),
-            Some(_) => {}
-        }
-    }
-    for (name, _) in before {
-        if !after.iter().any(|(new, _)| new == name) {
-            changes.push(format!("{} disappeared", name.to_string_lossy()));
-        }
-    }
-    changes
-}
-
-fn count_accepted(listener: &TcpListener) -> usize {
-    std::iter::from_fn(|| listener.accept().ok()).count()
-}
-
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser as _;
-
-    fn policy_args(flags: &[&str]) -> PolicyArgs {
-        let mut argv = vec!["palisade", "selftest"];
-        argv.extend_from_slice(flags);
-        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Selftest(args) => args.policy,
-            other => panic!("expected selftest, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn options_selftest_sets_are_rejected() {
-        for flags in [["--workspace", "ws"], ["--timeout", "5s"], ["--report", "r.json"]] {
-            let error = reject_selftest_options(&policy_args(&flags)).unwrap_err().to_string();
-            assert!(error.starts_with(&format!("{} is not accepted by selftest", flags[0])), "{error}");
-        }
-        reject_selftest_options(&policy_args(&["--net", "full", "--max-procs", "8"])).unwrap();
-    }
-
-    #[test]
-    fn relative_paths_become_absolute() {
-        let args = with_absolute_paths(&policy_args(&[
-            "--policy", "p.toml", "--allow-read", "data", "--allow-write", "/srv/out", "--deny-read", "~/.config/x",
-            "--allow-read", "{workspace}/docs",
-        ]))
-        .unwrap();
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(args.policy_file, Some(cwd.join("p.toml")));
-        assert_eq!(args.allow_read, [cwd.join("data"), PathBuf::from("{workspace}/docs")]);
-        assert_eq!(args.allow_write, [PathBuf::from("/srv/out")]);
-        assert_eq!(args.deny_read, [PathBuf::from("~/.config/x")]);
-    }
-
-    #[test]
-    fn changes_name_each_difference() {
-        let entry = |name: &str, contents: &str| (OsString::from(name), Some(contents.as_bytes().to_vec()));
-        let before = [entry("existing", "a"), entry("gone", "b")];
-        let after = [entry("created", "c"), entry("existing", "a2")];
-        assert_eq!(changes(&before, &after), ["created appeared", "existing changed", "gone disappeared"]);
-        assert!(changes(&before, &before).is_empty());
     }
 }

@@ -2,13 +2,23 @@
 //! and reports which protections held.
 //!
 //! This file is the part every platform shares: the catalogue of probes, the verdicts, the text
-//! and JSON output, and the exit status. A platform module runs the probes and judges them
-//! (`linux.rs`). Each probe's id is stable, because scripts read the JSON output by id.
+//! and JSON output, and the exit status. `attempt.rs` (the probe's result line), `host.rs` (a
+//! probe's run seen from the host) and `judge.rs` (the verdicts that need no platform) are
+//! shared too. A platform module runs the probes and judges them (`linux.rs`, `windows.rs`), each
+//! with its own catalogue. Each probe's id is stable, because scripts read the JSON output by
+//! id.
 
+mod attempt;
+mod host;
+mod judge;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 use linux as platform;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as platform;
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -31,11 +41,17 @@ pub const PROBE_PROCESS_ATTEMPTS: u64 = 200;
 pub const PROBE_TIMEOUT_SECONDS: u64 = 1;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Each probe runs as its own `palisade run` in a temporary workspace, with HOME set to a \
+#[cfg_attr(target_os = "linux", command(after_help = "Each probe runs as its own `palisade run` in a temporary workspace, with HOME set to a \
 temporary fake home directory; both are removed afterwards. The options apply to every probe, on top of what \
 the probe needs, so `palisade selftest --policy FILE` checks that policy. The workspace, the timeout and the \
 report belong to selftest and cannot be given. Exits 0 when every probe that ran held, 1 when one did not, \
-and 125 when palisade itself failed.")]
+and 125 when palisade itself failed."))]
+#[cfg_attr(windows, command(after_help = "Each probe runs as its own `palisade run` in a temporary workspace below %TEMP%, with \
+USERPROFILE set to a temporary fake home directory; both are removed afterwards. A confined probe needs the \
+accounts and filters of `palisade setup`; selftest writes setup's ACL entries on its temporary directory itself. \
+The options apply to every probe, on top of what the probe needs, so `palisade selftest --policy FILE` checks \
+that policy. The workspace, the timeout and the report belong to selftest and cannot be given. Exits 0 when \
+every probe that ran held, 1 when one did not, and 125 when palisade itself failed or setup is missing."))]
 pub struct SelftestArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -51,6 +67,23 @@ pub struct ProbeArgs {
     pub id: String,
     /// The paths, port or count that the attempt needs.
     pub args: Vec<OsString>,
+}
+
+/// The operating systems with a catalogue of probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    // A build constructs only its own platform's variant outside the tests.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Linux,
+    Windows,
+}
+
+impl Platform {
+    /// The platform this binary was built for.
+    #[cfg(target_os = "linux")]
+    pub const CURRENT: Platform = Platform::Linux;
+    #[cfg(windows)]
+    pub const CURRENT: Platform = Platform::Windows;
 }
 
 /// One escape attempt of the catalogue.
@@ -69,11 +102,17 @@ pub enum Probe {
     IoUring,
     Bpf,
     ReadShadow,
+    WriteStreamOfProtected,
+    WriteCaseVariantOfProtected,
+    WriteShortNameOfProtected,
+    WriteThroughJunction,
+    WriteWhereUsersMayModify,
+    ShellExecuteUrl,
 }
 
 impl Probe {
-    /// Every probe, in the order they run and are printed.
-    pub const ALL: [Probe; 13] = [
+    /// The Linux catalogue, in the order the probes run and are printed.
+    pub const LINUX: [Probe; 13] = [
         Probe::WriteOutsideWorkspace,
         Probe::WriteInsideWorkspace,
         Probe::ReadCredential,
@@ -88,6 +127,38 @@ impl Probe {
         Probe::Bpf,
         Probe::ReadShadow,
     ];
+
+    /// The Windows catalogue, in the order the probes run and are printed: the probes Linux
+    /// has too, then the ways around file protections that only Windows offers.
+    pub const WINDOWS: [Probe; 14] = [
+        Probe::WriteOutsideWorkspace,
+        Probe::WriteInsideWorkspace,
+        Probe::ReadCredential,
+        Probe::GitHook,
+        Probe::SecretEnvironment,
+        Probe::ConnectHostLoopback,
+        Probe::ProcessLimit,
+        Probe::TimeoutDetached,
+        Probe::WriteStreamOfProtected,
+        Probe::WriteCaseVariantOfProtected,
+        Probe::WriteShortNameOfProtected,
+        Probe::WriteThroughJunction,
+        Probe::WriteWhereUsersMayModify,
+        Probe::ShellExecuteUrl,
+    ];
+
+    /// Returns the catalogue of `platform`.
+    pub fn catalogue(platform: Platform) -> &'static [Probe] {
+        match platform {
+            Platform::Linux => &Probe::LINUX,
+            Platform::Windows => &Probe::WINDOWS,
+        }
+    }
+
+    /// Returns the catalogue of the platform this binary was built for.
+    pub fn for_this_platform() -> &'static [Probe] {
+        Probe::catalogue(Platform::CURRENT)
+    }
 
     pub fn id(self) -> &'static str {
         match self {
@@ -104,11 +175,29 @@ impl Probe {
             Probe::IoUring => "io-uring",
             Probe::Bpf => "bpf",
             Probe::ReadShadow => "read-shadow",
+            Probe::WriteStreamOfProtected => "write-stream-of-protected",
+            Probe::WriteCaseVariantOfProtected => "write-case-variant-of-protected",
+            Probe::WriteShortNameOfProtected => "write-short-name-of-protected",
+            Probe::WriteThroughJunction => "write-through-junction",
+            Probe::WriteWhereUsersMayModify => "write-where-users-may-modify",
+            Probe::ShellExecuteUrl => "shell-execute-url",
         }
     }
 
-    /// Returns what the probe attempts and what must happen for the protection to hold.
+    /// Returns what the probe attempts on this platform and what must happen for the protection
+    /// to hold.
     pub fn description(self) -> &'static str {
+        self.description_on(Platform::CURRENT)
+    }
+
+    /// Returns what the probe attempts on `platform` and what must happen for the protection to
+    /// hold.
+    pub fn description_on(self, platform: Platform) -> &'static str {
+        if platform == Platform::Windows {
+            if let Some(text) = self.windows_wording() {
+                return text;
+            }
+        }
         match self {
             Probe::WriteOutsideWorkspace => {
                 "Create a file in, and append to a file of, a directory outside the workspace that the sandbox shows \
@@ -153,11 +242,54 @@ impl Probe {
                 "When palisade runs as root, open /etc/shadow for reading; it must fail, because the command runs as an \
                  unprivileged user."
             }
+            Probe::WriteStreamOfProtected => {
+                "Write a new alternate data stream of the protected file .git\\config and of the protected directory \
+                 .git\\hooks (name:palisade-selftest); both writes must fail and neither stream may appear on the host."
+            }
+            Probe::WriteCaseVariantOfProtected => {
+                "Append to .GiT\\CoNfIg and create .GiT\\HoOkS\\pre-push, case variants of protected paths; both \
+                 writes must fail and .git must stay unchanged on the host."
+            }
+            Probe::WriteShortNameOfProtected => {
+                "Append to config and create hooks\\post-checkout through the 8.3 short name of .git (such as GIT~1); both \
+                 writes must fail and .git must stay unchanged on the host. Skips where the volume keeps no short names."
+            }
+            Probe::WriteThroughJunction => {
+                "Write through a junction that selftest planted in the workspace and through one the probe creates \
+                 there, both leading to a directory outside the workspace; the writes must fail and the directory must \
+                 stay unchanged on the host."
+            }
+            Probe::WriteWhereUsersMayModify => {
+                "Create a file in, and append to a file of, a directory outside the workspace whose ACL lets \
+                 Authenticated Users modify it; both must fail and the directory must stay unchanged on the host."
+            }
+            Probe::ShellExecuteUrl => {
+                "Open https://palisade-selftest.invalid/ with ShellExecuteExW, as Start-Process does; the call must fail, \
+                 or start its handler as a new process inside the run's job. A hand-off to a running process, which the \
+                 probe cannot follow, does not hold."
+            }
         }
     }
 
+    /// Returns the Windows wording of a probe that Linux has too, where the attempt differs.
+    fn windows_wording(self) -> Option<&'static str> {
+        match self {
+            Probe::ReadCredential => Some(
+                "Read .ssh\\id_ed25519 of a fake home directory where selftest planted a fake key and which it makes \
+                 readable with --allow-read; the read must fail.",
+            ),
+            Probe::TimeoutDetached => Some(
+                "Start a process with DETACHED_PROCESS and CREATE_NEW_PROCESS_GROUP, after trying \
+                 CREATE_BREAKAWAY_FROM_JOB, then outlive --timeout 1s; the run must end at the timeout and the detached \
+                 process must be gone from the host.",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Returns the probe of this platform's catalogue with `id`.
     pub fn from_id(id: &str) -> Option<Probe> {
-        Probe::ALL.into_iter().find(|probe| probe.id() == id)
+        Probe::for_this_platform().iter().copied().find(|probe| probe.id() == id)
     }
 }
 
@@ -251,7 +383,7 @@ pub fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
 }
 
 fn ids() -> Vec<&'static str> {
-    Probe::ALL.iter().map(|probe| probe.id()).collect()
+    Probe::for_this_platform().iter().map(|probe| probe.id()).collect()
 }
 
 fn exit_status(findings: &[Finding]) -> u8 {
@@ -260,7 +392,7 @@ fn exit_status(findings: &[Finding]) -> u8 {
 
 /// Renders the findings as a table, one line per probe, and a summary line.
 fn render_text(findings: &[Finding]) -> String {
-    let width = Probe::ALL.iter().map(|probe| probe.id().len()).max().unwrap_or(0);
+    let width = Probe::for_this_platform().iter().map(|probe| probe.id().len()).max().unwrap_or(0);
     let mut text = String::new();
     for finding in findings {
         let _ = writeln!(text, "{:<width$}  {:<8}  {}", finding.probe.id(), finding.verdict.label(), finding.verdict.detail());
@@ -316,29 +448,78 @@ fn render_json(findings: &[Finding]) -> serde_json::Value {
 mod tests {
     use super::*;
 
+    const PLATFORMS: [Platform; 2] = [Platform::Linux, Platform::Windows];
+
     fn findings(verdicts: &[Verdict]) -> Vec<Finding> {
-        Probe::ALL.iter().zip(verdicts).map(|(&probe, verdict)| Finding { probe, verdict: verdict.clone() }).collect()
+        Probe::for_this_platform().iter().zip(verdicts).map(|(&probe, verdict)| Finding { probe, verdict: verdict.clone() }).collect()
     }
 
     #[test]
     fn ids_are_unique_and_round_trip() {
-        for probe in Probe::ALL {
+        for &probe in Probe::for_this_platform() {
             assert_eq!(Probe::from_id(probe.id()), Some(probe));
         }
-        let mut ids = ids();
-        ids.sort();
-        ids.dedup();
-        assert_eq!(ids.len(), Probe::ALL.len());
+        for platform in PLATFORMS {
+            let mut ids: Vec<&str> = Probe::catalogue(platform).iter().map(|probe| probe.id()).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), Probe::catalogue(platform).len(), "{platform:?}");
+        }
         assert_eq!(Probe::from_id("no-such-probe"), None);
     }
 
     #[test]
+    fn catalogues_share_the_portable_probes() {
+        let linux_only = [Probe::UserNamespace, Probe::Ptrace, Probe::IoUring, Probe::Bpf, Probe::ReadShadow];
+        for probe in linux_only {
+            assert!(!Probe::WINDOWS.contains(&probe), "{probe:?} is a Linux kernel probe");
+        }
+        let windows_only = [
+            Probe::WriteStreamOfProtected,
+            Probe::WriteCaseVariantOfProtected,
+            Probe::WriteShortNameOfProtected,
+            Probe::WriteThroughJunction,
+            Probe::WriteWhereUsersMayModify,
+            Probe::ShellExecuteUrl,
+        ];
+        for probe in windows_only {
+            assert!(!Probe::LINUX.contains(&probe), "{probe:?} is a Windows probe");
+        }
+        // Both platforms print the probes they share first, in the same order.
+        assert_eq!(Probe::LINUX[..8], Probe::WINDOWS[..8]);
+    }
+
+    #[test]
+    fn probe_of_other_platform_is_unknown() {
+        let other = match Platform::CURRENT {
+            Platform::Linux => Probe::ShellExecuteUrl,
+            Platform::Windows => Probe::Bpf,
+        };
+        assert_eq!(Probe::from_id(other.id()), None);
+    }
+
+    #[test]
     fn descriptions_name_the_probe_constants() {
-        let processes = Probe::ProcessLimit.description();
-        assert!(processes.contains(&format!("up to {PROBE_PROCESS_ATTEMPTS} processes")), "{processes}");
-        assert!(processes.contains(&format!("--max-procs {PROBE_MAX_PROCS}")), "{processes}");
-        let timeout = Probe::TimeoutDetached.description();
-        assert!(timeout.contains(&format!("--timeout {PROBE_TIMEOUT_SECONDS}s")), "{timeout}");
+        for platform in PLATFORMS {
+            let processes = Probe::ProcessLimit.description_on(platform);
+            assert!(processes.contains(&format!("up to {PROBE_PROCESS_ATTEMPTS} processes")), "{processes}");
+            assert!(processes.contains(&format!("--max-procs {PROBE_MAX_PROCS}")), "{processes}");
+            let timeout = Probe::TimeoutDetached.description_on(platform);
+            assert!(timeout.contains(&format!("--timeout {PROBE_TIMEOUT_SECONDS}s")), "{timeout}");
+        }
+    }
+
+    #[test]
+    fn windows_wording_differs_where_attempt_does() {
+        for probe in Probe::WINDOWS {
+            let text = probe.description_on(Platform::Windows);
+            assert!(text.ends_with('.'), "{probe:?}: {text}");
+            assert!(!text.contains("  "), "{probe:?}: {text}");
+        }
+        assert!(Probe::ReadCredential.description_on(Platform::Windows).contains(r".ssh\id_ed25519"));
+        assert!(Probe::ReadCredential.description_on(Platform::Linux).contains(".ssh/id_ed25519"));
+        assert!(Probe::TimeoutDetached.description_on(Platform::Windows).contains("CREATE_BREAKAWAY_FROM_JOB"));
+        assert_eq!(Probe::GitHook.description_on(Platform::Windows), Probe::GitHook.description_on(Platform::Linux));
     }
 
     #[test]
@@ -357,9 +538,11 @@ mod tests {
             Verdict::Skipped("not root".into()),
         ]));
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("write-outside-workspace  held"), "{text}");
-        assert!(lines[1].starts_with("write-inside-workspace   NOT HELD  created"), "{text}");
-        assert!(lines[2].starts_with("read-credential          SKIP      not root"), "{text}");
+        // The ids are padded to the longest id of this platform's catalogue.
+        let padding = |id: &str| " ".repeat(Probe::for_this_platform().iter().map(|probe| probe.id().len()).max().unwrap() - id.len());
+        assert!(lines[0].starts_with(&format!("write-outside-workspace{}  held", padding("write-outside-workspace"))), "{text}");
+        assert!(lines[1].starts_with(&format!("write-inside-workspace{}  NOT HELD  created", padding("write-inside-workspace"))), "{text}");
+        assert!(lines[2].starts_with(&format!("read-credential{}  SKIP      not root", padding("read-credential"))), "{text}");
         assert!(text.contains("3 probes: 1 held, 1 not held, 1 skipped."), "{text}");
     }
 

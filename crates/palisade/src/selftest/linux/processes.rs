@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{POLL, SETTLE};
+use crate::selftest::host::{POLL, SETTLE};
 
 /// A process of the host whose `argv[0]` is the probe's binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
