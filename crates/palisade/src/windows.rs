@@ -8,7 +8,6 @@ use palisade_policy::{Limits, Policy, Profile};
 use palisade_windows::outcome::{Exit, Limit, Outcome};
 use palisade_windows::plan::{Gap, Plan};
 use palisade_windows::sys;
-// TODO: sys::{check, setup} replace the stand-ins once the branch that writes them is merged.
 use palisade_windows::sys::{check, setup};
 use palisade_windows::{Machine, Request};
 use serde_json::{json, Value};

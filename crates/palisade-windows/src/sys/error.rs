@@ -29,6 +29,9 @@ pub enum Error {
     Plan(#[from] crate::PlanError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// `palisade setup` could not check one of its steps, and so changed nothing.
+    #[error("palisade setup changed nothing: it could not check the step \"{step}\": {cause} (`palisade check` lists what this system lacks)")]
+    SetupCheckFailed { step: String, cause: String },
     /// A call succeeded but its effect did not take, as the read-back showed.
     #[error("{what} did not take effect: {consequence}")]
     NotEnforced { what: &'static str, consequence: &'static str },

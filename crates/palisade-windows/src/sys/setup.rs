@@ -54,7 +54,7 @@ pub fn setup(plan: &Plan, options: &SetupOptions) -> Result<SetupReport, Error> 
         match state {
             Ok(done) => states.push(Ok(done)),
             Err(error) if options.dry_run => states.push(Err(error.to_string())),
-            Err(error) => return Err(error),
+            Err(error) => return Err(Error::SetupCheckFailed { step: step.to_string(), cause: error.to_string() }),
         }
     }
     if options.dry_run {
@@ -164,16 +164,28 @@ fn in_place(step: &Step, plan: &Plan, store_entries: &[store::Entry], resolved: 
 
 /// Creates or resets the account and keeps its new password for the store.
 fn create_account(kind: AccountKind, name: &str, caller: &str, new_credentials: &mut Vec<(AccountKind, Credentials)>) -> Result<Outcome, Error> {
+    // An existing account is checked before its password is reset, so a refused account is
+    // left as it was.
+    if super::security::account_sid(name)?.is_some() {
+        refuse_extra_groups(name)?;
+    }
     let (credentials, created) = account::create_or_reset(kind, name, caller)?;
     new_credentials.push((kind, credentials));
-    let extra = account::extra_groups(name)?;
-    if !extra.is_empty() {
-        return Err(Error::Io {
-            what: format!("the sandbox account {name} belongs to the local groups {} besides Users", extra.join(", ")),
-            source: std::io::Error::other("remove it from them (lusrmgr.msc or `net localgroup GROUP NAME /delete`) and run `palisade setup` again"),
-        });
-    }
+    refuse_extra_groups(name)?;
     Ok(if created { Outcome::Done } else { Outcome::DoneWithNote("the account existed without a stored password that works, so its password was reset".into()) })
+}
+
+/// Fails when the account belongs to a local group besides Users, which could grant it what
+/// the plan does not.
+fn refuse_extra_groups(name: &str) -> Result<(), Error> {
+    let extra = account::extra_groups(name)?;
+    if extra.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Io {
+        what: format!("the sandbox account {name} belongs to the local groups {} besides Users", extra.join(", ")),
+        source: std::io::Error::other("remove it from them (lusrmgr.msc or `net localgroup GROUP NAME /delete`) and run `palisade setup` again"),
+    })
 }
 
 /// Writes the store with the new passwords, keeping the entries of other accounts.

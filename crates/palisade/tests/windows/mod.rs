@@ -275,7 +275,7 @@ fn confined_enforcement_needs_windows() {
         Some(version) => format!("Wine {version} does not enforce restricted tokens, file ACLs or WFP filters"),
         None => "these tests do not set up the machine".into(),
     };
-    print_visible(&format!("SKIP confined_enforcement_needs_windows ({reason}; verified by palisade selftest on Windows)"));
+    print_visible(&format!("SKIP confined_enforcement_needs_windows: {reason}; on Windows, palisade selftest shows it"));
 }
 
 /// The Windows catalogue of `palisade selftest`, in its order, which scripts reading the JSON
@@ -379,14 +379,14 @@ fn selftest_unconfined_reports_not_held() {
     for id in ["write-stream-of-protected", "write-short-name-of-protected", "write-through-junction"] {
         match verdict(id) {
             ("not_held", _) => {}
-            ("skipped", detail) => print_visible(&format!("SKIP selftest {id} under the unconfined profile ({detail}); not verified here")),
+            ("skipped", detail) => print_visible(&format!("SKIP selftest {id} under the unconfined profile: {detail}; not verified here")),
             (other, detail) => panic!("{id}: expected not_held or skipped, got {other}: {detail}"),
         }
     }
     // The unconfined profile would open the URL in the caller's own browser.
     let (shell, detail) = verdict("shell-execute-url");
     assert_eq!(shell, "skipped", "{detail}");
-    print_visible(&format!("SKIP selftest shell-execute-url ({detail}); verified by palisade selftest on Windows only"));
+    print_visible(&format!("SKIP selftest shell-execute-url: {detail}; only palisade selftest on Windows shows it"));
 }
 
 /// The verdicts of a confined selftest need `palisade setup` on Windows, which Wine can neither
@@ -397,5 +397,5 @@ fn selftest_confined_verdicts_need_windows() {
         Some(version) => format!("Wine {version} cannot run palisade setup and enforces no token, ACL or firewall filter"),
         None => "these tests do not set up the machine".into(),
     };
-    print_visible(&format!("SKIP selftest_confined_verdicts_need_windows ({reason}; run palisade selftest on a Windows machine after palisade setup)"));
+    print_visible(&format!("SKIP selftest_confined_verdicts_need_windows: {reason}; run palisade selftest on a Windows machine after palisade setup"));
 }
