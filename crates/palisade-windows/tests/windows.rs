@@ -173,7 +173,7 @@ fn print_visible(line: &str) {
 fn skip_under_wine(test: &str, what: &str) -> bool {
     match is_wine() {
         Some(version) => {
-            print_visible(&format!("SKIP {test}: Wine {version} does not enforce {what}; on Windows, palisade selftest shows it"));
+            print_visible(&format!("SKIP {test}: Wine {version} does not enforce {what}, so it is not verified here"));
             true
         }
         None => false,
