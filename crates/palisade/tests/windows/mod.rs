@@ -379,14 +379,14 @@ fn selftest_unconfined_reports_not_held() {
     for id in ["write-stream-of-protected", "write-short-name-of-protected", "write-through-junction"] {
         match verdict(id) {
             ("not_held", _) => {}
-            ("skipped", detail) => print_visible(&format!("SKIP selftest {id} under the unconfined profile: {detail}; not verified here")),
+            ("skipped", detail) => print_visible(&format!("SKIP selftest_unconfined_reports_not_held: the probe {id} skipped under the unconfined profile: {detail}; not verified here")),
             (other, detail) => panic!("{id}: expected not_held or skipped, got {other}: {detail}"),
         }
     }
     // The unconfined profile would open the URL in the caller's own browser.
     let (shell, detail) = verdict("shell-execute-url");
     assert_eq!(shell, "skipped", "{detail}");
-    print_visible(&format!("SKIP selftest shell-execute-url: {detail}; only palisade selftest on Windows shows it"));
+    print_visible(&format!("SKIP selftest_unconfined_reports_not_held: the probe shell-execute-url: {detail}; only palisade selftest on Windows shows it"));
 }
 
 /// The verdicts of a confined selftest need `palisade setup` on Windows, which Wine can neither
