@@ -574,9 +574,11 @@ async fn feed_terminal(master: &AsyncFd<OwnedFd>, data: Option<&[u8]>) {
 }
 
 /// Reads the terminal's output into `captured` until the command's side is closed (the
-/// master then reads EIO) or the output limit is passed.
+/// master then reads EIO). Past the output limit it reads on and discards, as [`capture`]
+/// does, until the killed command's side closes.
 async fn capture_terminal(master: &AsyncFd<OwnedFd>, captured: &mut Captured, output: &OutputCounter) {
     let mut buffer = vec![0u8; 16 << 10];
+    let mut over_limit = false;
     loop {
         let Ok(mut guard) = master.readable().await else { return };
         let read = match guard.try_io(|master| rustix::io::read(master.get_ref(), &mut buffer).map_err(io::Error::from)) {
@@ -584,12 +586,13 @@ async fn capture_terminal(master: &AsyncFd<OwnedFd>, captured: &mut Captured, ou
             Ok(Ok(read)) => read,
             Err(_would_block) => continue,
         };
+        if over_limit {
+            continue;
+        }
         let room = OUTPUT_KEPT_BYTES.saturating_sub(captured.kept.len());
         captured.kept.extend_from_slice(&buffer[..read.min(room)]);
         captured.total += read as u64;
-        if !output.add(read) {
-            return;
-        }
+        over_limit = !output.add(read);
     }
 }
 
@@ -635,9 +638,12 @@ impl OutputCounter {
 }
 
 /// Reads a command's output into `captured`, keeping the first [`OUTPUT_KEPT_BYTES`]. Past the
-/// output limit it stops reading; the command is killed then.
+/// output limit it reads on and discards what it reads until the command, which is killed
+/// then, closes the pipe: closing it first would end the command with SIGPIPE before the
+/// kill, and the result would not name the limit.
 async fn capture(mut pipe: pipe::Receiver, captured: &mut Captured, output: &OutputCounter) {
     let mut buffer = vec![0u8; 16 << 10];
+    let mut over_limit = false;
     loop {
         let read = match pipe.read(&mut buffer).await {
             Ok(0) => return,
@@ -648,12 +654,13 @@ async fn capture(mut pipe: pipe::Receiver, captured: &mut Captured, output: &Out
                 return;
             }
         };
+        if over_limit {
+            continue;
+        }
         let room = OUTPUT_KEPT_BYTES.saturating_sub(captured.kept.len());
         captured.kept.extend_from_slice(&buffer[..read.min(room)]);
         captured.total += read as u64;
-        if !output.add(read) {
-            return;
-        }
+        over_limit = !output.add(read);
     }
 }
 
