@@ -3,8 +3,8 @@
 //! Windows gives one file many spellings: any letter case, `/` or `\`, trailing dots and
 //! spaces (which Win32 strips), the `\\?\` prefix, 8.3 short names (`GIT~1`) and alternate
 //! data streams (`config:evil`). A rule that matched names would miss some of them, so the
-//! backend enforces the policy with ACLs on the objects themselves: an access check sees the
-//! file, not the name used to open it. This module only compares policy paths with each other,
+//! backend enforces the policy with ACLs on the objects themselves: an access check examines
+//! the file, not the name used to open it. This module only compares policy paths with each other,
 //! maps every spelling of a path onto one [`WinPath`], and rejects the spellings that name a
 //! device or a stream, which no policy entry may do.
 
@@ -37,7 +37,7 @@ pub struct ObjectPath {
     pub stream: Option<String>,
 }
 
-/// Why a string is not a usable Windows path.
+/// The reason a string is not a usable Windows path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PathError {
@@ -77,7 +77,7 @@ impl WinPath {
         }
     }
 
-    /// The drive letter, for a path on a drive.
+    /// Returns the drive letter, for a path on a drive.
     pub fn drive(&self) -> Option<char> {
         match self.root {
             Root::Drive(letter) => Some(letter),
@@ -85,36 +85,36 @@ impl WinPath {
         }
     }
 
-    /// The components after the root, as spelled (case kept).
+    /// Returns the components after the root, as spelled (case kept).
     pub fn components(&self) -> &[String] {
         &self.components
     }
 
-    /// The last component, or `None` for a root.
+    /// Returns the last component, or `None` for a root.
     pub fn file_name(&self) -> Option<&str> {
         self.components.last().map(String::as_str)
     }
 
-    /// The path with `name` appended; `name` may hold several components (`.git\hooks`).
+    /// Returns the path with `name` appended; `name` may hold several components (`.git\hooks`).
     pub fn join(&self, name: &str) -> Result<WinPath, PathError> {
         WinPath::parse(&format!("{self}\\{name}"))
     }
 
-    /// The parent directory, or `None` for a root.
+    /// Returns the parent directory, or `None` for a root.
     pub fn parent(&self) -> Option<WinPath> {
         let mut parent = self.clone();
         parent.components.pop()?;
         Some(parent)
     }
 
-    /// Whether `self` is `root` or lies below it, ignoring letter case as NTFS does.
+    /// Checks whether `self` is `root` or lies below it, ignoring letter case as NTFS does.
     pub fn starts_with(&self, root: &WinPath) -> bool {
         same_root(&self.root, &root.root)
             && root.components.len() <= self.components.len()
             && root.components.iter().zip(&self.components).all(|(a, b)| names_equal(a, b))
     }
 
-    /// The path in the `\\?\` form, which Win32 passes to the kernel without reinterpreting it
+    /// Returns the path in the `\\?\` form, which Win32 passes to the kernel without reinterpreting it
     /// and without the 260-character limit. Every path palisade hands to a Windows call uses it.
     pub fn to_verbatim(&self) -> String {
         match &self.root {
@@ -123,7 +123,7 @@ impl WinPath {
         }
     }
 
-    /// Whether a component has the form of an 8.3 short name (`GIT~1`, `PROGRA~2.TXT`). Such a
+    /// Checks whether a component has the form of an 8.3 short name (`GIT~1`, `PROGRA~2.TXT`). Such a
     /// name may be an alias of a long name, so a comparison by name is not enough: the backend
     /// expands it with the file system before comparing.
     pub fn may_hold_short_names(&self) -> bool {

@@ -51,7 +51,7 @@ pub struct Request {
     pub default_limits: Limits,
 }
 
-/// Why a policy cannot be planned on Windows.
+/// The reason a policy cannot be planned on Windows.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlanError {
@@ -106,12 +106,13 @@ impl Accounts {
     }
 }
 
-/// The 32-bit FNV-1a hash: stable across versions and platforms, unlike `std`'s hasher.
+/// Computes the 32-bit FNV-1a hash, which is stable across versions and platforms, unlike
+/// `std`'s hasher.
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5, |hash, &byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
 }
 
-/// Which of the two accounts runs a command.
+/// The account, of the two, that runs a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountKind {
     Offline,
@@ -184,19 +185,19 @@ pub struct JobPlan {
     pub max_output: Option<u64>,
 }
 
-/// What an access control entry lets the sandbox accounts do.
+/// The rights an access control entry gives the sandbox accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Read, list, and execute.
     ReadExecute,
     /// As `ReadExecute`, plus write, create and delete the object itself. Deliberately without
     /// `FILE_DELETE_CHILD`, which would let a process delete or rename a protected entry
-    /// through its parent whatever the entry's own ACL says.
+    /// through its parent whatever the entry's own ACL contains.
     Modify,
 }
 
 impl Access {
-    /// The access mask of the entry.
+    /// Returns the access mask of the entry.
     pub fn mask(self) -> u32 {
         match self {
             Access::ReadExecute => mask::READ_EXECUTE,
@@ -251,7 +252,7 @@ pub struct Deny {
     pub reason: Reason,
 }
 
-/// Why the plan touches a path; shown by `palisade setup` and in errors.
+/// The reason the plan touches a path, shown by `palisade setup` and in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Workspace,
@@ -332,7 +333,7 @@ pub enum FilterAction {
     Permit,
 }
 
-/// How the command reaches the network.
+/// The command's access to the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkPlan {
     /// Only the sandbox account's own loopback servers.
@@ -482,7 +483,7 @@ fn push_read(grants: &mut Vec<Grant>, path: &WinPath, reason: Reason) {
     grants.push(Grant { path: path.clone(), access: Access::ReadExecute, reason });
 }
 
-/// Rejects a granted path that would open more than its name says: an 8.3 spelling, which the
+/// Rejects a granted path that would open more than its name shows: an 8.3 spelling, which the
 /// plan cannot compare with the profile or the system, a whole drive, or a directory that
 /// contains the caller's profile.
 fn check_grant(path: &WinPath, machine: &Machine) -> Result<(), PlanError> {
@@ -521,7 +522,7 @@ fn check_writable(root: &WinPath, machine: &Machine) -> Result<(), PlanError> {
             return Err(PlanError::WritableInSystem(root.clone(), "the directory of installed programs"));
         }
     }
-    // AppData holds what the caller's own programs run and trust at their next start (the
+    // AppData contains what the caller's own programs run and trust at their next start (the
     // Startup folder, editor and shell settings).
     let app_data = machine.profile_dir.join("AppData").expect("a fixed relative name joins");
     if app_data.starts_with(root) {

@@ -68,7 +68,7 @@ pub struct RunOptions {
 pub fn run(plan: &Plan, request: &Request, argv: &[OsString], env: &[EnvVar], options: &RunOptions) -> Result<Outcome, Error> {
     let credentials = require_setup(plan)?;
     // The proxy starts before the command so that its address and credential can go into the
-    // command's environment; the caller's own proxy settings are dropped, because a proxy the
+    // command's environment. The caller's own proxy settings are dropped, because a proxy the
     // offline account cannot reach would take precedence in some tools.
     let proxy = match (&plan.network, &request.network) {
         (NetworkPlan::Proxy, NetworkMode::Allowlist { allow, deny, .. }) => {
@@ -551,7 +551,7 @@ const MODIFY: u32 = 0x0013_01bf;
 impl RunTemp {
     /// Creates the directory with a DACL of its own, protected from inheritance: SYSTEM, the
     /// caller and this caller's two sandbox accounts, with a Low label. The temporary root
-    /// carries the inheritable grants of every caller's setup; without the protection, the
+    /// carries the inheritable grants of every caller's setup, so without the protection the
     /// sandbox accounts of another user on the machine could read this run's files.
     fn create(root: &WinPath, accounts: &crate::plan::Accounts) -> Result<RunTemp, Error> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();

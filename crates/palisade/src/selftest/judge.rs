@@ -52,28 +52,35 @@ pub fn connect(result: &Attempt, accepted: usize) -> Verdict {
     }
 }
 
+/// Attempts, runs and verdict checks for the tests of every platform's verdicts.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub(crate) fn failure(errno: i32, detail: &str) -> Attempt {
+        Attempt { succeeded: false, errno: Some(errno), detail: detail.into(), count: None, pid: None }
+    }
+
+    pub(crate) fn success(detail: &str) -> Attempt {
+        Attempt { succeeded: true, errno: None, detail: detail.into(), count: None, pid: None }
+    }
+
+    pub(crate) fn finished(result: Option<Attempt>) -> Finished {
+        Finished { code: Some(0), result, stderr: String::new() }
+    }
+
+    pub(crate) fn is_held(verdict: &Verdict) -> bool {
+        matches!(verdict, Verdict::Held(_))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::*;
     use super::*;
 
     /// An OS error code for the failures below; the verdicts do not look at it.
     const SOME_ERROR: i32 = 5;
-
-    fn failure(errno: i32, detail: &str) -> Attempt {
-        Attempt { succeeded: false, errno: Some(errno), detail: detail.into(), count: None, pid: None }
-    }
-
-    fn success(detail: &str) -> Attempt {
-        Attempt { succeeded: true, errno: None, detail: detail.into(), count: None, pid: None }
-    }
-
-    fn finished(result: Option<Attempt>) -> Finished {
-        Finished { code: Some(0), result, stderr: String::new() }
-    }
-
-    fn is_held(verdict: &Verdict) -> bool {
-        matches!(verdict, Verdict::Held(_))
-    }
 
     #[test]
     fn write_refused_needs_the_host_to_agree() {

@@ -250,20 +250,8 @@ impl Selftest {
         Ok(judge::connect(result, count_accepted(&listener)))
     }
 
-    /// Returns the process limit of the process-limit probe: none for the unconfined profile,
-    /// the caller's `--max-procs` if given, and [`PROBE_MAX_PROCS`] otherwise.
-    fn probe_process_limit(&self) -> Option<u64> {
-        if self.unconfined() {
-            None
-        } else if self.args.max_procs.is_some() {
-            self.policy.limits.max_procs
-        } else {
-            Some(PROBE_MAX_PROCS)
-        }
-    }
-
     fn process_limit(&self) -> anyhow::Result<Verdict> {
-        let limit = self.probe_process_limit();
+        let limit = super::probe_process_limit(self.unconfined(), &self.args, self.policy.limits.max_procs);
         if let Some(limit) = limit.filter(|&limit| limit >= PROBE_PROCESS_ATTEMPTS) {
             return Ok(Verdict::Skipped(format!(
                 "the policy allows {limit} processes, and this probe starts {PROBE_PROCESS_ATTEMPTS} at most"

@@ -382,6 +382,19 @@ pub fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     platform::attempt(probe, &args.args)
 }
 
+/// Returns the process limit of the process-limit probe: none for the unconfined profile,
+/// the caller's `--max-procs` if given, and [`PROBE_MAX_PROCS`] otherwise. `policy_limit` is
+/// the resolved policy's limit, which carries the caller's `--max-procs`.
+fn probe_process_limit(unconfined: bool, args: &PolicyArgs, policy_limit: Option<u64>) -> Option<u64> {
+    if unconfined {
+        None
+    } else if args.max_procs.is_some() {
+        policy_limit
+    } else {
+        Some(PROBE_MAX_PROCS)
+    }
+}
+
 fn ids() -> Vec<&'static str> {
     Probe::for_this_platform().iter().map(|probe| probe.id()).collect()
 }

@@ -91,22 +91,7 @@ pub fn timeout(code: Option<i32>, detached: &[ProbeProcess], survivors: &[ProbeP
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn failure(errno: i32, detail: &str) -> Attempt {
-        Attempt { succeeded: false, errno: Some(errno), detail: detail.into(), count: None, pid: None }
-    }
-
-    fn success(detail: &str) -> Attempt {
-        Attempt { succeeded: true, errno: None, detail: detail.into(), count: None, pid: None }
-    }
-
-    fn finished(result: Option<Attempt>) -> Finished {
-        Finished { code: Some(0), result, stderr: String::new() }
-    }
-
-    fn is_held(verdict: &Verdict) -> bool {
-        matches!(verdict, Verdict::Held(_))
-    }
+    use crate::selftest::judge::fixtures::*;
 
     #[test]
     fn credential_must_stay_unread() {

@@ -58,10 +58,7 @@ pub fn timeout(code: Option<i32>, pid: u32, survived: bool, kill_failures: &[Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn is_held(verdict: &Verdict) -> bool {
-        matches!(verdict, Verdict::Held(_))
-    }
+    use crate::selftest::judge::fixtures::is_held;
 
     fn stopped(code: u32, started: u64) -> Attempt {
         let error = std::io::Error::from_raw_os_error(code as i32);
