@@ -8,8 +8,9 @@
 //! docs/security.md). The ceiling gives the one property that mattered from an allow list.
 //!
 //! seccompiler builds the per-call rules. It checks the architecture but not the x32 bit, and it
-//! has one action for every match, so the few instructions in front of its program (foreign
-//! architecture, ceiling, `clone3`) are written here by hand.
+//! has one action for every match, so the instructions in front of its program (foreign
+//! architecture, ceiling, `clone3`) are written here by hand, followed by a binary search that
+//! allows a call without rules at once instead of letting it walk seccompiler's list.
 
 use std::collections::BTreeMap;
 
@@ -177,16 +178,95 @@ const BPF_RET_K: u16 = 0x06;
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
 
-fn statement(code: u16, k: u32) -> sock_filter {
-    sock_filter { code, jt: 0, jf: 0, k }
-}
-
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
 fn errno(code: i32) -> u32 {
     libc::SECCOMP_RET_ERRNO | (code as u32 & libc::SECCOMP_RET_DATA)
+}
+
+/// Where an instruction of the hand-written part jumps: the next instruction, a fixed return,
+/// the start of seccompiler's program, or an instruction by its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Next,
+    Allow,
+    Eperm,
+    Enosys,
+    Body,
+    At(usize),
+}
+
+/// One instruction of the hand-written part, with its jumps still symbolic.
+#[derive(Debug, Clone, Copy)]
+struct Insn {
+    code: u16,
+    k: u32,
+    jt: Target,
+    jf: Target,
+}
+
+impl Insn {
+    fn statement(code: u16, k: u32) -> Insn {
+        Insn { code, k, jt: Target::Next, jf: Target::Next }
+    }
+
+    fn jump(code: u16, k: u32, jt: Target, jf: Target) -> Insn {
+        Insn { code, k, jt, jf }
+    }
+}
+
+/// Appends a binary search over `numbers` (sorted, distinct) that jumps to seccompiler's program
+/// for a number in the list and allows every other.
+///
+/// seccompiler compares the number against each rule in turn, so an allowed call walked about
+/// 60 comparisons. The kernel walks the filter once per system call number when it installs
+/// it, to find the calls it can allow without running the filter (`seccomp_cache_prepare`),
+/// and that walk made installing the filter cost about 0.2 ms of every run. With this search in
+/// front, an allowed call takes about 7 comparisons.
+fn search(numbers: &[u32], out: &mut Vec<Insn>) {
+    match numbers {
+        [] => out.push(Insn::statement(BPF_RET_K, libc::SECCOMP_RET_ALLOW)),
+        [.., last] if numbers.len() <= 2 => {
+            for &number in numbers {
+                let miss = if number == *last { Target::Allow } else { Target::Next };
+                out.push(Insn::jump(BPF_JMP_JEQ_K, number, Target::Body, miss));
+            }
+        }
+        _ => {
+            let (low, high) = numbers.split_at(numbers.len() / 2);
+            let split = out.len();
+            out.push(Insn::statement(BPF_JMP_JGT_K, 0));
+            search(low, out);
+            let high_start = out.len();
+            out[split] = Insn::jump(BPF_JMP_JGT_K, low[low.len() - 1], Target::At(high_start), Target::Next);
+            search(high, out);
+        }
+    }
+}
+
+/// Turns the symbolic jumps of `insns`, which start the program, into the offsets classic BPF
+/// counts from the next instruction. `allow`, `eperm`, `enosys` and `body` are the indices of
+/// the fixed returns and of seccompiler's program.
+fn resolve(insns: &[Insn], allow: usize, eperm: usize, enosys: usize, body: usize) -> Vec<sock_filter> {
+    let offset = |from: usize, target: Target| -> u8 {
+        let to = match target {
+            Target::Next => from + 1,
+            Target::Allow => allow,
+            Target::Eperm => eperm,
+            Target::Enosys => enosys,
+            Target::Body => body,
+            Target::At(index) => index,
+        };
+        // Classic BPF only jumps forward, at most 255 instructions.
+        u8::try_from(to - (from + 1)).expect("a jump of the filter's prefix fits in 255 instructions")
+    };
+    insns
+        .iter()
+        .enumerate()
+        .map(|(index, insn)| jump(insn.code, insn.k, offset(index, insn.jt), offset(index, insn.jf)))
+        .collect()
 }
 
 /// Builds the filter for `options`. Pure: the program is compiled before the sandbox forks, so
@@ -201,29 +281,33 @@ pub fn build(options: FilterOptions) -> BpfProgram {
             rules.insert(number, Vec::new());
         }
     }
+    let ruled: Vec<u32> = rules.keys().map(|&number| u32::try_from(number).expect("system call numbers are positive")).collect();
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch::TARGET)
         .expect("the rule set is valid for the target architecture");
     let body: BpfProgram = filter.try_into().expect("the filter compiles");
 
-    // Jump offsets count from the next instruction.
-    let mut program = vec![
-        // 0-2: a foreign system call ABI (i386 through int 0x80, arm32) has other numbers: kill.
-        statement(BPF_LD_W_ABS, SECCOMP_DATA_ARCH),
-        jump(BPF_JMP_JEQ_K, arch::AUDIT_ARCH, 1, 0),
-        statement(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        statement(BPF_LD_W_ABS, SECCOMP_DATA_NR),
-        // 4: x32 calls share the x86_64 architecture value and set bit 30 of the number: EPERM.
-        jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT, 2, 0),
-        // 5: above the ceiling: ENOSYS.
-        jump(BPF_JMP_JGT_K, LAST_REVIEWED_SYSCALL, 2, 0),
-        // 6: clone3 passes its flags in memory the filter cannot read. ENOSYS makes libc fall
-        // back to clone, whose flags the rules check. EPERM would make libc give up instead.
-        jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 1, 2),
-        statement(BPF_RET_K, errno(libc::EPERM)),
-        statement(BPF_RET_K, errno(libc::ENOSYS)),
-        // 9 onwards: seccompiler's program, which checks the architecture again and applies the
-        // rules.
+    let mut prefix = vec![
+        // A foreign system call ABI (i386 through int 0x80, arm32) has other numbers: kill.
+        Insn::statement(BPF_LD_W_ABS, SECCOMP_DATA_ARCH),
+        Insn::jump(BPF_JMP_JEQ_K, arch::AUDIT_ARCH, Target::At(3), Target::Next),
+        Insn::statement(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        Insn::statement(BPF_LD_W_ABS, SECCOMP_DATA_NR),
+        // x32 calls share the x86_64 architecture value and set bit 30 of the number: EPERM.
+        Insn::jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT, Target::Eperm, Target::Next),
+        // Above the ceiling: ENOSYS.
+        Insn::jump(BPF_JMP_JGT_K, LAST_REVIEWED_SYSCALL, Target::Enosys, Target::Next),
+        // clone3 passes its flags in memory the filter cannot read. ENOSYS makes libc fall back
+        // to clone, whose flags the rules check. EPERM would make libc give up instead.
+        Insn::jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, Target::Enosys, Target::Next),
     ];
+    // Calls without a rule are allowed here; the others go on to seccompiler's program, which
+    // checks the architecture again and applies the rules.
+    search(&ruled, &mut prefix);
+    let allow = prefix.len();
+    prefix.push(Insn::statement(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
+    prefix.push(Insn::statement(BPF_RET_K, errno(libc::EPERM)));
+    prefix.push(Insn::statement(BPF_RET_K, errno(libc::ENOSYS)));
+    let mut program = resolve(&prefix, allow, allow + 1, allow + 2, allow + 3);
     program.extend(body);
     program
 }
@@ -231,4 +315,162 @@ pub fn build(options: FilterOptions) -> BpfProgram {
 /// Installs `program` on the calling thread. `no_new_privs` must already be set.
 pub fn install(program: &BpfProgram) -> Result<(), String> {
     seccompiler::apply_filter(program).map_err(|error| format!("failed to install the seccomp filter: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BPF_JMP_JA: u16 = 0x05;
+    const BPF_JMP_JGE_K: u16 = 0x35;
+    const BPF_ALU_AND_K: u16 = 0x54;
+    const SECCOMP_DATA_ARGS: u32 = 16;
+
+    /// What the kernel hands a filter: the call's number, architecture and arguments.
+    struct Call {
+        nr: u32,
+        arch: u32,
+        args: [u64; 6],
+    }
+
+    impl Call {
+        fn new(nr: u32, args: &[u64]) -> Call {
+            let mut all = [0; 6];
+            all[..args.len()].copy_from_slice(args);
+            Call { nr, arch: arch::AUDIT_ARCH, args: all }
+        }
+
+        fn word(&self, offset: u32) -> u32 {
+            match offset {
+                SECCOMP_DATA_NR => self.nr,
+                SECCOMP_DATA_ARCH => self.arch,
+                _ => {
+                    let index = ((offset - SECCOMP_DATA_ARGS) / 8) as usize;
+                    let high = (offset - SECCOMP_DATA_ARGS) % 8 == 4;
+                    let arg = self.args[index];
+                    if high { (arg >> 32) as u32 } else { arg as u32 }
+                }
+            }
+        }
+    }
+
+    /// Runs a classic BPF program the way seccomp does, for the instructions seccompiler and
+    /// this module emit, and returns the decision and the number of instructions run. Any other
+    /// instruction fails the test.
+    fn run_counted(program: &[sock_filter], call: &Call) -> (u32, usize) {
+        let mut accumulator = 0u32;
+        let mut pc = 0usize;
+        let mut count = 0;
+        loop {
+            let insn = &program[pc];
+            pc += 1;
+            count += 1;
+            let take = |condition: bool| usize::from(if condition { insn.jt } else { insn.jf });
+            match insn.code {
+                BPF_LD_W_ABS => accumulator = call.word(insn.k),
+                BPF_RET_K => return (insn.k, count),
+                BPF_JMP_JA => pc += insn.k as usize,
+                BPF_JMP_JEQ_K => pc += take(accumulator == insn.k),
+                BPF_JMP_JGT_K => pc += take(accumulator > insn.k),
+                BPF_JMP_JGE_K => pc += take(accumulator >= insn.k),
+                BPF_JMP_JSET_K => pc += take(accumulator & insn.k != 0),
+                BPF_ALU_AND_K => accumulator &= insn.k,
+                code => panic!("instruction {code:#x} at {} is not interpreted", pc - 1),
+            }
+        }
+    }
+
+    fn run(program: &[sock_filter], call: &Call) -> u32 {
+        run_counted(program, call).0
+    }
+
+    /// The decision the filter must reach, written from the tables rather than the program.
+    fn expected(options: FilterOptions, call: &Call) -> u32 {
+        let nr = i64::from(call.nr);
+        let has_namespace_flag = |flags: u64| NAMESPACE_FLAGS.iter().any(|flag| flags & flag != 0);
+        let refused = DENIED.iter().any(|&(number, _)| number == nr)
+            || (!options.allow_ptrace && DEBUGGING.contains(&nr))
+            || (nr == libc::SYS_ioctl && [TIOCSTI, TIOCLINUX].contains(&(call.args[1] & 0xffff_ffff)))
+            || ((nr == libc::SYS_clone || nr == libc::SYS_unshare) && has_namespace_flag(call.args[0] & 0xffff_ffff))
+            || (nr == libc::SYS_socket && {
+                // Only the low 32 bits of an argument count. Family u32::MAX is the filler
+                // that keeps the family rule non-empty; the kernel refuses it on its own.
+                let family = call.args[0] & 0xffff_ffff;
+                options.no_sockets
+                    || (!ALLOWED_FAMILIES.contains(&family) && family != u64::from(u32::MAX))
+                    || (family == libc::AF_NETLINK as u64 && call.args[2] & 0xffff_ffff != libc::NETLINK_ROUTE as u64)
+            });
+        if call.arch != arch::AUDIT_ARCH {
+            libc::SECCOMP_RET_KILL_PROCESS
+        } else if call.nr & X32_SYSCALL_BIT != 0 {
+            errno(libc::EPERM)
+        } else if call.nr > LAST_REVIEWED_SYSCALL || nr == libc::SYS_clone3 {
+            errno(libc::ENOSYS)
+        } else if refused {
+            errno(libc::EPERM)
+        } else {
+            libc::SECCOMP_RET_ALLOW
+        }
+    }
+
+    /// Argument lists that reach every rule: each refused value and a harmless one.
+    fn argument_samples() -> Vec<Vec<u64>> {
+        let mut samples = vec![vec![], vec![0, 0, 0], vec![libc::SIGCHLD as u64], vec![u64::MAX, u64::MAX, u64::MAX]];
+        for request in [TIOCSTI, TIOCLINUX, TIOCSTI | 1 << 32, libc::TIOCGWINSZ] {
+            samples.push(vec![0, request]);
+        }
+        for &flag in NAMESPACE_FLAGS {
+            samples.push(vec![flag | libc::SIGCHLD as u64]);
+        }
+        for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK, libc::AF_PACKET, libc::AF_VSOCK] {
+            for protocol in [0, libc::NETLINK_ROUTE, libc::NETLINK_AUDIT] {
+                samples.push(vec![family as u64, libc::SOCK_STREAM as u64, protocol as u64]);
+            }
+        }
+        samples
+    }
+
+    fn all_options() -> [FilterOptions; 4] {
+        [false, true].map(|allow_ptrace| FilterOptions { allow_ptrace, no_sockets: false }).into_iter()
+            .chain([false, true].map(|allow_ptrace| FilterOptions { allow_ptrace, no_sockets: true }))
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("four option sets")
+    }
+
+    #[test]
+    fn filter_decides_every_call_as_the_tables_say() {
+        let samples = argument_samples();
+        for options in all_options() {
+            let program = build(options);
+            for nr in (0..=LAST_REVIEWED_SYSCALL + 40).chain([X32_SYSCALL_BIT, X32_SYSCALL_BIT | 59, u32::MAX]) {
+                for args in &samples {
+                    let call = Call::new(nr, args);
+                    assert_eq!(run(&program, &call), expected(options, &call), "call {nr} with {args:?} under {options:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_architecture_is_killed() {
+        let program = build(FilterOptions { allow_ptrace: false, no_sockets: false });
+        let call = Call { nr: 1, arch: 0x4000_0003, args: [0; 6] };
+        assert_eq!(run(&program, &call), libc::SECCOMP_RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn allowed_call_takes_few_instructions() {
+        // The number of instructions an allowed call runs: the kernel walks it for every
+        // system call number when the filter is installed.
+        let program = build(FilterOptions { allow_ptrace: false, no_sockets: false });
+        let steps = |nr: u32| run_counted(&program, &Call::new(nr, &[])).1;
+        let longest = (0..=LAST_REVIEWED_SYSCALL)
+            .filter(|&nr| expected(FilterOptions { allow_ptrace: false, no_sockets: false }, &Call::new(nr, &[])) == libc::SECCOMP_RET_ALLOW)
+            .filter(|&nr| ![libc::SYS_ioctl, libc::SYS_clone, libc::SYS_unshare, libc::SYS_socket].contains(&i64::from(nr)))
+            .map(steps)
+            .max()
+            .expect("some calls are allowed");
+        assert!(longest <= 16, "an allowed call runs {longest} instructions");
+    }
 }
