@@ -67,14 +67,14 @@ pub fn run(
     } else {
         output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?
     };
-    let (idmap_userns, idmap_helper) = match identity {
+    // The holder of the idmap namespace is reaped when this function returns, after the run.
+    let (idmap_userns, _idmap_holder) = match identity {
         Identity::Root { sandbox_uid } if plan.needs_idmap() => {
-            let (fd, helper) = userns::idmap_namespace(sandbox_uid)?;
-            (Some(fd), Some(helper))
+            let (fd, holder) = userns::idmap_namespace(sandbox_uid)?;
+            (Some(fd), Some(holder))
         }
         _ => (None, None),
     };
-    let _reap_helper = ReapOnDrop(idmap_helper);
     let mut handled_signals = HANDLED_SIGNALS.to_vec();
     if options.pty {
         handled_signals.extend_from_slice(PTY_HANDLED_SIGNALS);
@@ -683,13 +683,3 @@ impl RevertList {
     }
 }
 
-/// Reaps the idmap helper when the run is over, whichever way it ends.
-struct ReapOnDrop(Option<libc::pid_t>);
-
-impl Drop for ReapOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            userns::reap_child(pid);
-        }
-    }
-}

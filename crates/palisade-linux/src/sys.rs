@@ -27,6 +27,73 @@ pub fn clone_fork(namespace_flags: libc::c_int) -> io::Result<libc::pid_t> {
     if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(pid as libc::pid_t) }
 }
 
+/// The memory a child started by [`clone_holder`] uses: its stack and the descriptors it reads.
+/// It must outlive the child, so it is freed only by whoever has reaped that child.
+pub struct HolderMemory {
+    _stack: Box<[u8]>,
+    _pipe: Box<HolderPipe>,
+}
+
+/// The two ends of the pipe a holder child waits on, as numbers in its copy of the descriptor
+/// table.
+#[repr(C)]
+struct HolderPipe {
+    read: RawFd,
+    write: RawFd,
+}
+
+/// Size of a holder's stack: the child runs one small function that makes two system calls.
+const HOLDER_STACK_SIZE: usize = 64 * 1024;
+
+/// What a holder child runs. `arg` points to its [`HolderPipe`]. It closes its copy of the
+/// write end, then blocks reading until the parent closes the last write end, and exits.
+extern "C" fn hold_until_closed(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: the parent passes a pointer to a HolderPipe it keeps alive until this child has
+    // been reaped, and never writes to it after the clone.
+    let pipe = unsafe { &*(arg as *const HolderPipe) };
+    // rustix makes each system call directly: unlike libc's wrappers it never writes errno,
+    // which lives in memory this child shares with its parent.
+    // SAFETY: `write` is open in this child's own copy of the descriptor table, and nothing
+    // else in this child uses it.
+    unsafe { rustix::io::close(pipe.write) };
+    // SAFETY: `read` stays open in this child's table until the child exits.
+    let read = unsafe { BorrowedFd::borrow_raw(pipe.read) };
+    let mut byte = [0u8; 1];
+    let _ = rustix::io::read(read, &mut byte);
+    // Returning makes libc's clone wrapper call exit(2) for this child alone.
+    0
+}
+
+/// Starts a child in the namespaces of `namespace_flags` that does nothing but wait until the
+/// caller closes `write`, the write end of the pipe whose read end is `read`. Returns the
+/// child's PID and the memory it runs on, which the caller drops only after reaping the child.
+///
+/// The child shares the caller's memory (`CLONE_VM`) instead of receiving a copy, so the clone
+/// copies no page tables and the caller takes no copy-on-write faults afterwards. The child
+/// touches nothing but its own stack and the pipe numbers and makes two system calls, so
+/// sharing the memory is safe while the caller keeps running. It gets its own copy of the
+/// descriptor table, as after a fork.
+pub fn clone_holder(namespace_flags: libc::c_int, read: BorrowedFd<'_>, write: BorrowedFd<'_>) -> io::Result<(libc::pid_t, HolderMemory)> {
+    let mut stack = vec![0u8; HOLDER_STACK_SIZE].into_boxed_slice();
+    let pipe = Box::new(HolderPipe { read: read.as_raw_fd(), write: write.as_raw_fd() });
+    // The stack grows down from its end, which the x86_64 and aarch64 ABIs want 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: `top` points just past the end of a live allocation, and `pipe` to a live
+    // HolderPipe; both move into the returned HolderMemory, which the caller keeps until it has
+    // reaped the child (moving a Box does not move its contents). The child function uses no
+    // heap and no state of the parent. Without CLONE_SETTLS the child shares the parent's
+    // thread-local block, which it does not touch.
+    let pid = unsafe {
+        libc::clone(
+            hold_until_closed,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | namespace_flags | libc::SIGCHLD,
+            &*pipe as *const HolderPipe as *mut libc::c_void,
+        )
+    };
+    if pid < 0 { Err(io::Error::last_os_error()) } else { Ok((pid, HolderMemory { _stack: stack, _pipe: pipe })) }
+}
+
 /// Sets the filesystem uid and gid of the calling thread, which decide the owner of files it
 /// creates and the checks on idmapped mounts. Returns the previous pair.
 pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {

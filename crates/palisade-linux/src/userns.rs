@@ -2,7 +2,7 @@
 //! create one.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::sys;
 
@@ -78,23 +78,19 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 /// idmapped mounts. Through them, files the calling root user owns appear owned by the sandbox
 /// user, so the workspace stays writable while root-only host files stay out of reach.
 ///
-/// A child is cloned straight into a new user namespace and waits on a pipe while the mapping
-/// is written and the namespace opened. Closing the pipe ends it. On success the caller reaps
-/// the returned child later, so its exit overlaps the sandbox's setup.
-pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), Error> {
+/// A child started straight into a new user namespace waits on a pipe while the mapping is
+/// written and the namespace opened. Closing the pipe ends it. On success the caller keeps the
+/// returned [`Holder`] and drops it after the sandbox is set up, so the child's exit overlaps
+/// the setup; dropping it reaps the child.
+pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, Holder), Error> {
     let (hold_read, hold_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", "a pipe", e.into()))?;
-    let pid = match sys::clone_fork(libc::CLONE_NEWUSER) {
-        Ok(0) => {
-            drop(hold_write);
-            let mut byte = [0u8; 1];
-            let _ = rustix::io::read(&hold_read, &mut byte);
-            sys::exit_now(0)
-        }
-        Ok(pid) => pid,
+    let holder = match sys::clone_holder(libc::CLONE_NEWUSER, hold_read.as_fd(), hold_write.as_fd()) {
+        Ok((pid, memory)) => Holder { pid, _memory: memory },
         Err(error) => return Err(explain_idmap_failure(error)),
     };
     drop(hold_read);
+    let pid = holder.pid;
     let result = (|| {
         let map = format!("0 {sandbox_uid} 1\n");
         for file in ["uid_map", "gid_map"] {
@@ -104,13 +100,26 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, libc::pid_t), Error
         let path = format!("/proc/{pid}/ns/user");
         std::fs::File::open(&path).map(OwnedFd::from).map_err(|error| format!("failed to open {path}: {error}"))
     })();
+    // The last write end: closing it ends the child's read.
     drop(hold_write);
     match result {
-        Ok(fd) => Ok((fd, pid)),
-        Err(error) => {
-            reap_child(pid);
-            Err(Error::Sandbox(error))
-        }
+        Ok(fd) => Ok((fd, holder)),
+        Err(error) => Err(Error::Sandbox(error)),
+    }
+}
+
+/// The child that holds the idmap user namespace until the sandbox is set up. Dropping it waits
+/// for the child to exit, then frees the stack it ran on.
+pub struct Holder {
+    pid: libc::pid_t,
+    _memory: sys::HolderMemory,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // The child's stack must stay allocated until the child is gone, so reap first. Fields
+        // drop after this body, so `_memory` outlives the wait.
+        reap_child(self.pid);
     }
 }
 
