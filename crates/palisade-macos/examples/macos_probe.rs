@@ -80,7 +80,7 @@ mod probe {
             .collect();
         let mut command: Vec<OsString> = vec![program.into()];
         command.extend(argv.iter().skip(1).map(OsString::from));
-        let request = StageRequest { profile: text, rlimits: vec![Rlimit { resource: Resource::Core, value: 0 }], cwd, argv: command, env };
+        let request = StageRequest { profile: Some(text), rlimits: vec![Rlimit { resource: Resource::Core, value: 0 }], cwd, argv: command, env };
         match sys::confine_and_exec(&request) {
             StageStatus::Failed { reason } | StageStatus::ExecFailed { reason, .. } => Err(reason),
         }

@@ -41,8 +41,9 @@ const MAGIC: &[u8] = b"palisade-macos-stage-1\n";
 /// The command and its confinement, as the supervisor hands them to the stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageRequest {
-    /// The Seatbelt profile, applied with `sandbox_init`.
-    pub profile: String,
+    /// The Seatbelt profile, applied with `sandbox_init`, or `None` for the unconfined
+    /// profile, which runs the command with the rlimits only.
+    pub profile: Option<String>,
     pub rlimits: Vec<Rlimit>,
     pub cwd: PathBuf,
     /// The command and its arguments; `argv[0]` is looked up in `PATH` of `env` when it has no
@@ -73,7 +74,8 @@ pub enum DecodeError {
 impl StageRequest {
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
-        put(&mut bytes, self.profile.as_bytes());
+        bytes.push(u8::from(self.profile.is_some()));
+        put(&mut bytes, self.profile.as_deref().unwrap_or_default().as_bytes());
         put_count(&mut bytes, self.rlimits.len());
         for rlimit in &self.rlimits {
             bytes.push(resource_code(rlimit.resource));
@@ -91,7 +93,9 @@ impl StageRequest {
 
     pub fn decode(bytes: &[u8]) -> Result<StageRequest, DecodeError> {
         let mut reader = Reader { rest: bytes.strip_prefix(MAGIC).ok_or(DecodeError::Header)? };
+        let confined = reader.take(1)?[0] != 0;
         let profile = String::from_utf8(reader.field()?.to_vec()).map_err(|_| DecodeError::ProfileNotUtf8)?;
+        let profile = confined.then_some(profile);
         let mut rlimits = Vec::new();
         for _ in 0..reader.count()? {
             let code = reader.take(1)?[0];
@@ -309,7 +313,7 @@ mod tests {
 
     fn request() -> StageRequest {
         StageRequest {
-            profile: "(version 1)\n(deny default)\n".into(),
+            profile: Some("(version 1)\n(deny default)\n".into()),
             rlimits: vec![Rlimit { resource: Resource::Core, value: 0 }, Rlimit { resource: Resource::OpenFiles, value: 65536 }],
             cwd: "/Users/dev/ws".into(),
             argv: vec!["sh".into(), "-c".into(), OsString::from_vec(b"echo \xff".to_vec())],
@@ -320,7 +324,9 @@ mod tests {
     #[test]
     fn request_round_trips() {
         let request = request();
-        assert_eq!(StageRequest::decode(&request.encode()), Ok(request));
+        assert_eq!(StageRequest::decode(&request.encode()), Ok(request.clone()));
+        let unconfined = StageRequest { profile: None, ..request };
+        assert_eq!(StageRequest::decode(&unconfined.encode()), Ok(unconfined));
     }
 
     #[test]
@@ -335,6 +341,7 @@ mod tests {
         assert_eq!(StageRequest::decode(&empty.encode()), Err(DecodeError::EmptyCommand));
         // A count far beyond the bytes that follow fails as truncated, without allocating it.
         let mut huge = MAGIC.to_vec();
+        huge.push(1);
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(StageRequest::decode(&huge), Err(DecodeError::Truncated));
     }

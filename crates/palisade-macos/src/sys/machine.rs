@@ -40,7 +40,7 @@ fn user_dir(name: libc::c_int, what: &str) -> io::Result<PathBuf> {
 }
 
 /// Returns a run id of 32 random hexadecimal digits.
-fn random_run_id() -> String {
+pub(crate) fn random_run_id() -> String {
     let mut bytes = [0u8; 16];
     // SAFETY: arc4random_buf fills exactly the given number of bytes of the buffer and cannot
     // fail.

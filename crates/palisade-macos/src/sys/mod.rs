@@ -21,7 +21,7 @@ pub mod stage;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString, OsString};
 use std::io;
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
@@ -187,10 +187,11 @@ fn confine(request: &StageRequest) -> Result<(), SysError> {
         return Err(last_error("change to the working directory"));
     }
     lower_rlimits(&request.rlimits)?;
+    let Some(profile) = &request.profile else { return Ok(()) };
     // Before applying: inside another sandbox, sandbox_init would fail with a bare EPERM.
     check_not_nested_here()?;
     // Last, because the profile may deny the calls before it.
-    apply_profile(&request.profile)
+    apply_profile(profile)
 }
 
 /// Executes the command, looked up in its `PATH` as a shell does, from inside the sandbox, so
@@ -264,6 +265,19 @@ pub fn list_processes() -> io::Result<Vec<ProcessInfo>> {
         }
     }
     Ok(processes)
+}
+
+/// Returns the path of the executable process `pid` runs, or `None` when it is gone or cannot
+/// be read.
+pub fn executable_path(pid: i32) -> Option<std::path::PathBuf> {
+    let mut buffer = vec![0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
+    // SAFETY: the buffer's length is passed as its size, which bounds what proc_pidpath writes.
+    let length = unsafe { libc::proc_pidpath(pid, buffer.as_mut_ptr().cast::<c_void>(), buffer.len() as u32) };
+    if length <= 0 {
+        return None;
+    }
+    buffer.truncate(length as usize);
+    Some(std::path::PathBuf::from(std::ffi::OsString::from_vec(buffer)))
 }
 
 /// Returns whether process `pid` runs under this run's profile (see [`crate::marker`]).

@@ -24,12 +24,12 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use palisade_policy::network::Rules;
-use palisade_policy::{Limits, NetworkMode, Policy};
+use palisade_policy::{Limits, NetworkMode, Policy, Profile};
 use palisade_proxy::thread::{ProxyRecord, ProxyThread};
 
 use crate::canonical::HostFileSystem;
 use crate::limits::{plan_limits, Enforcement, LimitPlan, LimitsError, Resource};
-use crate::marker::RunMarker;
+use crate::marker::{RunId, RunMarker};
 use crate::nesting::NestedSandbox;
 use crate::outcome::{Exit, Layers, Limit, LimitEvent, NetworkDenial, NetworkRecord, Outcome, Usage};
 use crate::profile::{generate, GenerateError};
@@ -76,10 +76,14 @@ fn io_error(operation: impl Into<String>) -> impl FnOnce(io::Error) -> RunError 
     move |source| RunError::Io { operation, source }
 }
 
-/// Runs `argv` confined by `policy`.
+/// Runs `argv` confined by `policy`, or, for the unconfined profile, as the caller with the
+/// rlimits, the timeout and the output limit only.
 pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<Outcome, RunError> {
-    super::check_not_nested_here()?;
     let limits = plan_limits(&policy.limits, &Limits::defaults(super::machine::memory_total()), policy.allow_degraded)?;
+    if policy.profile == Profile::Unconfined {
+        return run_unconfined(policy, argv, options, &limits);
+    }
+    super::check_not_nested_here()?;
 
     let proxy = match &policy.network {
         NetworkMode::Allowlist { allow, deny, .. } => Some(start_proxy(allow, deny)?),
@@ -92,7 +96,7 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
     let temp = RunTemp::create(&request.temp_dir)?;
     let proxy_env = proxy.as_ref().map(ProxyThread::environment);
     let stage_request = StageRequest {
-        profile: profile.text,
+        profile: Some(profile.text),
         rlimits: limits.rlimits.clone(),
         cwd: request.cwd.clone(),
         argv: argv.to_vec(),
@@ -119,6 +123,30 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
         outcome.violations = select_run_denials(&observed, &outcome.run_pids).0;
         outcome.violations_read = true;
     }
+    Ok(outcome)
+}
+
+/// Runs `argv` unsandboxed through the stage, which still starts a session and lowers the
+/// rlimits, so that the timeout, the output limit and the kill of the process tree hold.
+fn run_unconfined(policy: &Policy, argv: &[OsString], options: &RunOptions, limits: &LimitPlan) -> Result<Outcome, RunError> {
+    let env = policy
+        .env
+        .iter()
+        .map(|var| {
+            let mut entry = var.name.clone();
+            entry.push("=");
+            entry.push(&var.value);
+            entry
+        })
+        .collect();
+    let stage_request = StageRequest { profile: None, rlimits: limits.rlimits.clone(), cwd: policy.cwd.clone(), argv: argv.to_vec(), env };
+    // No process carries this marker, so the kill rounds find the command's descendants and
+    // process group only.
+    let run_id = super::machine::random_run_id();
+    let marker = RunMarker::for_run(&RunId::parse(&run_id).map_err(|reason| RunError::Io { operation: "make a run id".into(), source: io::Error::other(reason) })?);
+    let mut outcome = supervise(&options.stage_exe, &stage_request, limits, &marker, Instant::now())?;
+    // The stage applied no profile.
+    outcome.layers.seatbelt = false;
     Ok(outcome)
 }
 
