@@ -141,7 +141,7 @@ pub struct Usage {
 pub struct Layers {
     /// The Seatbelt profile was applied and `sandbox_check` saw it on the stage.
     pub seatbelt: bool,
-    /// The rlimits the stage lowered, as `NAME=VALUE`.
+    /// The rlimits the stage lowered, as `NAME=VALUE` with the report's lower-case names.
     pub rlimits: Vec<String>,
     /// Each limit of the policy with the mechanism that held it, or why none did.
     pub limits: Vec<LimitStatus>,

@@ -275,12 +275,13 @@ fn outcome(exit: Exit, started: Instant, usage: Usage, limits: &LimitPlan) -> Ou
     }
 }
 
+/// Returns the report's name of an rlimit, as the Linux report spells it.
 fn rlimit_name(resource: Resource) -> &'static str {
     match resource {
-        Resource::Core => "RLIMIT_CORE",
-        Resource::Cpu => "RLIMIT_CPU",
-        Resource::FileSize => "RLIMIT_FSIZE",
-        Resource::OpenFiles => "RLIMIT_NOFILE",
+        Resource::Core => "core",
+        Resource::Cpu => "cpu",
+        Resource::FileSize => "fsize",
+        Resource::OpenFiles => "nofile",
     }
 }
 
@@ -385,9 +386,15 @@ fn wait_without_reaping(pid: i32, events: Sender<Event>) -> Result<(), RunError>
                 let _ = events.send(Event::Exited);
                 return;
             }
-            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                tracing::warn!("failed to wait for the command: {}", io::Error::last_os_error());
-                return;
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The supervisor reaped the command after a timeout or the output limit.
+                Some(libc::ECHILD) => return,
+                _ => {
+                    tracing::warn!("failed to wait for the command: {error}");
+                    return;
+                }
             }
         })
         .map_err(io_error("start the thread that waits for the command"))?;
