@@ -30,7 +30,10 @@ impl LogReader {
     /// Starts `log stream` for sandbox denials. Each denial's process is checked for the run's
     /// marker as its line arrives.
     pub fn start(marker: RunMarker) -> std::io::Result<LogReader> {
-        let mut child = Command::new(LOG_TOOL).args(LOG_STREAM_ARGUMENTS).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let mut command = Command::new(LOG_TOOL);
+        command.args(LOG_STREAM_ARGUMENTS).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        super::signals::unblock_in_child(&mut command);
+        let mut child = command.spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (started, first_line) = mpsc::channel();
         let thread = std::thread::Builder::new().name("palisade-log".into()).spawn(move || {

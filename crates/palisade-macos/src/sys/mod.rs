@@ -17,6 +17,7 @@ pub mod log;
 pub mod machine;
 pub mod output;
 pub mod run;
+pub mod signals;
 pub mod stage;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString, OsString};

@@ -79,6 +79,8 @@ fn io_error(operation: impl Into<String>) -> impl FnOnce(io::Error) -> RunError 
 /// Runs `argv` confined by `policy`, or, for the unconfined profile, as the caller with the
 /// rlimits, the timeout and the output limit only.
 pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<Outcome, RunError> {
+    // First, before any thread of the run exists.
+    super::signals::block().map_err(io_error("block the signals palisade passes on to the command"))?;
     let limits = plan_limits(&policy.limits, &Limits::defaults(super::machine::memory_total()), policy.allow_degraded)?;
     if policy.profile == Profile::Unconfined {
         return run_unconfined(policy, argv, options, &limits);
@@ -177,6 +179,8 @@ enum Event {
     Exited,
     /// The output passed `max_output`.
     OutputLimit,
+    /// palisade received this signal.
+    Signal(libc::c_int),
 }
 
 /// Starts the stage, waits for the run to end, and kills and reaps what is left of it.
@@ -223,19 +227,11 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
         None => {}
     }
 
+    let (signal_sender, signals) = mpsc::channel();
+    super::signals::forward_to(signal_sender).map_err(io_error("start the thread that takes palisade's signals"))?;
+    forward_signals(signals, events.clone());
     wait_without_reaping(pid, events)?;
-    let deadline = limits.timeout.map(|timeout| started + timeout);
-    let event = match deadline {
-        Some(deadline) => received.recv_timeout(deadline.saturating_duration_since(Instant::now())),
-        None => received.recv().map_err(|_| RecvTimeoutError::Disconnected),
-    };
-    let (ending, limit_event) = match event {
-        Ok(Event::Exited) => (None, None),
-        Ok(Event::OutputLimit) => (Some(Exit::Killed(Limit::Output)), Some(LimitEvent::output(limits.max_output.unwrap_or(0)))),
-        Err(RecvTimeoutError::Timeout) => (Some(Exit::TimedOut), Some(LimitEvent::timeout(limits.timeout.unwrap_or_default()))),
-        // Every sender is gone only when the waiter failed; the kill below ends the run.
-        Err(RecvTimeoutError::Disconnected) => (None, None),
-    };
+    let (ending, limit_event) = wait_for_end(pid, &received, limits, started);
 
     let (reaped, usage) = kill_and_reap(pid, marker);
     let (stdout_bytes, stderr_bytes) = pumps.finish(OUTPUT_GRACE);
@@ -247,6 +243,50 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
     outcome.survivors = reaped.survivors;
     outcome.run_pids = reaped.run_pids;
     Ok(outcome)
+}
+
+/// Waits until the command exits, the timeout expires, the output passes its limit, or the
+/// grace after a terminating signal is over, passing signals on meanwhile. Returns how the run
+/// ended when palisade ended it, and the limit it reached.
+fn wait_for_end(pid: i32, received: &mpsc::Receiver<Event>, limits: &LimitPlan, started: Instant) -> (Option<Exit>, Option<LimitEvent>) {
+    let deadline = limits.timeout.map(|timeout| started + timeout);
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let event = match deadline.into_iter().chain(kill_at).min() {
+            Some(at) => received.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => received.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match event {
+            Ok(Event::Exited) => return (None, None),
+            Ok(Event::OutputLimit) => return (Some(Exit::Killed(Limit::Output)), Some(LimitEvent::output(limits.max_output.unwrap_or(0)))),
+            Ok(Event::Signal(signal)) => {
+                // The command leads its own process group since the stage's setsid.
+                // SAFETY: kill takes a process group and a signal number and touches no memory.
+                unsafe { libc::kill(-pid, signal) };
+                if super::signals::ends_run(signal) && kill_at.is_none() {
+                    kill_at = Some(Instant::now() + super::signals::TERMINATION_GRACE);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                return (Some(Exit::TimedOut), Some(LimitEvent::timeout(limits.timeout.unwrap_or_default())));
+            }
+            // The grace after a terminating signal is over; the kill that follows ends the run.
+            Err(RecvTimeoutError::Timeout) => return (None, None),
+            // Every sender is gone only when the waiter failed; the kill that follows ends the run.
+            Err(RecvTimeoutError::Disconnected) => return (None, None),
+        }
+    }
+}
+
+/// Passes each signal from `signals` on to `events` as [`Event::Signal`].
+fn forward_signals(signals: mpsc::Receiver<libc::c_int>, events: Sender<Event>) {
+    std::thread::spawn(move || {
+        for signal in signals {
+            if events.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Builds the outcome of a run that ended with `exit`, with the layers the plan holds.
@@ -309,6 +349,7 @@ fn start_stage(stage_exe: &Path, request: &StageRequest) -> Result<StartedStage,
     let mut command = Command::new(stage_exe);
     // The stage needs no environment of its own: it hands the command the one in the request.
     command.arg(STAGE_SUBCOMMAND).env_clear().stdin(Stdio::inherit()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    super::signals::unblock_in_child(&mut command);
     // SAFETY: the hook runs between fork and exec, where only async-signal-safe calls are
     // allowed; dup2 is one, and the hook allocates nothing. Both source descriptors are above
     // STATUS_FD (see `pipe`), so neither dup2 overwrites the other's source, and both stay open
