@@ -1,7 +1,7 @@
 //! `palisade check` on macOS: which protections this Mac offers the current user, built from
 //! facts that `sys::check` gathers, so that the decisions are tested on every platform.
 
-/// What `sys::check` found on this machine.
+/// The facts `sys::check` found on this machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
     /// macOS's version (`kern.osproductversion`), if it could be read.
@@ -22,7 +22,7 @@ pub struct Layer {
     /// Whether `palisade run` refuses to run without it.
     pub required: bool,
     pub detail: String,
-    /// What makes it available; empty when nothing can.
+    /// The step that makes it available; empty when nothing can.
     pub fix: String,
 }
 
@@ -104,7 +104,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_mac_runs_and_lists_what_is_not_held() {
+    fn plain_mac_lists_unheld_limits() {
         let layers = layers(&Facts { os_version: Some("15.1".into()), log_tool: false, ..Facts::default() });
         assert!(default_policy_runs(&layers));
         assert!(layers[0].detail.starts_with("macOS 15.1"), "{}", layers[0].detail);

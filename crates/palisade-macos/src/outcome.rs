@@ -85,7 +85,8 @@ impl LimitEvent {
     }
 }
 
-/// The line palisade writes on its stderr where it cut the output, in the Linux backend's words.
+/// Returns the line palisade writes on its stderr where it cut the output, in the Linux
+/// backend's words.
 pub fn output_cut_marker(max_output: u64, at_line_start: bool) -> String {
     let newline = if at_line_start { "" } else { "\n" };
     format!("{newline}[palisade: output cut after {}: the run reached its output limit and was stopped]\n", format_size(max_output))
@@ -99,7 +100,7 @@ pub struct OutputBudget {
     reached: bool,
 }
 
-/// What to do with a chunk the command wrote.
+/// The decision about one chunk the command wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Take {
     /// How many bytes from the chunk's start to pass on; the rest is dropped.
@@ -169,11 +170,11 @@ pub struct NetworkDenial {
     pub reason: String,
 }
 
-/// Everything the report says about a run that started.
+/// The facts the report gives about a run that started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub exit: Exit,
-    /// Why the command could not be executed, when it could not (exit status 126 or 127).
+    /// The reason the command could not be executed, when it could not (exit status 126 or 127).
     pub exec_error: Option<String>,
     pub wall_time: Duration,
     pub usage: Usage,

@@ -1,4 +1,4 @@
-//! What the supervisor and the stage say to each other, and the stage's decisions that need no
+//! The protocol between the supervisor and the stage, and the stage's decisions that need no
 //! system call.
 //!
 //! The supervisor starts the stage (`palisade macos-stage`, a fresh process of palisade's own
@@ -53,7 +53,7 @@ pub struct StageRequest {
     pub env: Vec<OsString>,
 }
 
-/// Why a request could not be read.
+/// The reason a request could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -178,7 +178,7 @@ fn resource_from_code(code: u8) -> Option<Resource> {
     })
 }
 
-/// What the stage reports when the command did not start.
+/// The stage's report when the command did not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StageStatus {
     /// A step of the confinement failed; nothing of the command ran. palisade exits with 125.
@@ -282,7 +282,7 @@ pub fn exec_failure(program: &Path, candidates: usize, path: Option<&std::ffi::O
     }
 }
 
-/// The longest reason the stage reports, so a status always fits in the pipe's buffer and the
+/// The maximum length of a reason the stage reports, so a status always fits in the pipe's buffer and the
 /// stage never blocks writing it.
 pub const MAX_REASON: usize = 2048;
 
@@ -376,7 +376,9 @@ mod tests {
         assert!(matches!(absolute, StageStatus::ExecFailed { status: 127, .. }));
         let denied = exec_failure(Path::new("tool"), 2, None, Some((ExecError::PermissionDenied, "Operation not permitted".into())));
         assert_eq!(denied, StageStatus::ExecFailed { status: 126, reason: "tool: cannot execute: Operation not permitted".into() });
-        assert!(keep_searching(ExecError::NotFound) && keep_searching(ExecError::PermissionDenied) && !keep_searching(ExecError::Other));
+        assert!(keep_searching(ExecError::NotFound));
+        assert!(keep_searching(ExecError::PermissionDenied));
+        assert!(!keep_searching(ExecError::Other));
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub fn parse_denial(line: &str) -> Option<Denial> {
     Some(Denial { process, pid, operation: operation.to_owned(), target: target.trim_end().to_owned() })
 }
 
-/// The most denials a report lists; more are counted in the report instead.
+/// The maximum number of denials a report lists. More are counted instead.
 pub const MAX_LISTED_DENIALS: usize = 100;
 
 /// A denial as the log reader saw it, with whether its process carried the run's marker when

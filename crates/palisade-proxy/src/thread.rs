@@ -23,7 +23,7 @@ pub struct ProxyThread {
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
-/// What the proxy of a run recorded, for the run report.
+/// The proxy's record of a run, for the run report.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyRecord {
     /// The address it listened on.

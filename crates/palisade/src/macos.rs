@@ -80,7 +80,7 @@ fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
         Exit::Code(code) => json!({ "code": code }),
         Exit::Signal(signal) => json!({ "signal": signal }),
         Exit::TimedOut => json!({ "timed_out": true }),
-        Exit::Killed(_) => json!({ "signal": libc_sigkill() }),
+        Exit::Killed(_) => json!({ "signal": sigkill() }),
     };
     let limit = outcome.limits_reached.iter().find(|event| event.ended_run).map(|event| event.limit.name());
     let denials: Vec<Value> = outcome
@@ -170,8 +170,8 @@ fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
     })
 }
 
-/// The number of SIGKILL, which a limit kill reads as.
-fn libc_sigkill() -> i32 {
+/// Returns the number of SIGKILL, which a limit kill reads as.
+fn sigkill() -> i32 {
     i32::from(crate::EXIT_KILLED_AT_LIMIT) - 128
 }
 

@@ -16,8 +16,8 @@ use super::check::LOG_TOOL;
 /// command anyway.
 const START_WAIT: Duration = Duration::from_secs(1);
 
-/// The most denials kept from one run's log, so a flood of them cannot grow palisade's memory
-/// without bound.
+/// The maximum number of denials kept from one run's log, so a flood of them cannot grow
+/// palisade's memory without bound.
 const MAX_OBSERVED: usize = 10_000;
 
 /// A running `log stream` and the thread that reads it.

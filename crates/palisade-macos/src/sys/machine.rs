@@ -42,8 +42,8 @@ fn user_dir(name: libc::c_int, what: &str) -> io::Result<PathBuf> {
 /// Returns a run id of 32 random hexadecimal digits.
 pub(crate) fn random_run_id() -> String {
     let mut bytes = [0u8; 16];
-    // SAFETY: arc4random_buf fills exactly the given number of bytes of the buffer and cannot
-    // fail.
+    // SAFETY: arc4random_buf writes exactly the given number of bytes, the buffer's length, and
+    // returns nothing (arc4random(3)).
     unsafe { libc::arc4random_buf(bytes.as_mut_ptr().cast::<c_void>(), bytes.len()) };
     bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut id, byte| {
         let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));

@@ -195,8 +195,8 @@ fn confine(request: &StageRequest) -> Result<(), SysError> {
     apply_profile(profile)
 }
 
-/// Executes the command, looked up in its `PATH` as a shell does, from inside the sandbox, so
-/// that the search sees what the command will see.
+/// Executes the command, looked up in its `PATH` as a shell does. The search runs inside the
+/// sandbox, so it finds only what the command may execute.
 fn exec(request: &StageRequest) -> StageStatus {
     let cstrings = |items: &[OsString]| items.iter().map(|item| CString::new(item.as_bytes()).ok()).collect::<Option<Vec<CString>>>();
     let (Some(argv), Some(env)) = (cstrings(&request.argv), cstrings(&request.env)) else {

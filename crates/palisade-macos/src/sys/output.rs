@@ -1,9 +1,9 @@
 //! The command's stdout and stderr, passed through pipes that palisade reads, so it can count
 //! the bytes and end the run at `max_output`, as the other backends do.
 //!
-//! NOTE: both streams always go through a pipe, so the command never sees a terminal on them
-//! (`isatty` is false), and a caller that sends both to one file may see their lines in
-//! another order than the command wrote them.
+//! NOTE: both streams always go through a pipe, so `isatty` is false on them inside, and a
+//! caller that sends both to one file may get their lines in another order than the command
+//! wrote them.
 
 use std::io::{Read, Write};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -96,7 +96,10 @@ fn pump(mut pipe: Box<dyn Read + Send>, stream: Stream, shared: &Mutex<Shared>, 
         if writable && take.pass > 0 {
             let chunk = &buffer[..take.pass];
             let written = match stream {
-                Stream::Stdout => std::io::stdout().lock().write_all(chunk).and_then(|()| std::io::stdout().lock().flush()),
+                Stream::Stdout => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(chunk).and_then(|()| stdout.flush())
+                }
                 Stream::Stderr => std::io::stderr().lock().write_all(chunk),
             };
             if written.is_err() {

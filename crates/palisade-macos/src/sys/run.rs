@@ -53,7 +53,7 @@ pub struct RunOptions {
     pub read_log: bool,
 }
 
-/// Why a run did not take place. Nothing of the command ran when one is returned.
+/// The reason a run did not take place. Nothing of the command ran when one is returned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
@@ -173,7 +173,7 @@ fn network_record(record: ProxyRecord) -> NetworkRecord {
     }
 }
 
-/// What the run's threads tell the supervisor.
+/// A message from one of the run's threads to the supervisor.
 enum Event {
     /// The command exited; it is not reaped yet.
     Exited,
@@ -386,8 +386,8 @@ const FIRST_PIPE_FD: i32 = 10;
 /// write).
 ///
 /// NOTE: macOS has no pipe2, so the original ends exist without close-on-exec for a moment. A
-/// process that another thread of palisade started in that moment would inherit them; palisade
-/// starts none then, but the window is not closed by the system.
+/// process that another thread of palisade started in that moment would inherit them. palisade
+/// starts none then, but nothing in the system closes the window.
 fn pipe(what: &str) -> Result<(OwnedFd, OwnedFd), RunError> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe writes.

@@ -1,6 +1,6 @@
-//! The signals palisade handles during a run instead of dying from them, as on Linux: SIGINT,
-//! SIGTERM, SIGHUP and SIGQUIT are passed on to the command's process group, and after
-//! SIGTERM, SIGHUP or SIGQUIT every process of the run is killed once a grace period is over.
+//! The signals palisade handles during a run instead of dying from them, as on Linux. SIGINT,
+//! SIGTERM, SIGHUP and SIGQUIT are passed on to the command's process group. After SIGTERM,
+//! SIGHUP or SIGQUIT, every process of the run is killed once a grace period is over.
 //!
 //! The command runs in a session of its own, so a terminal's Ctrl-C reaches palisade only,
 //! and palisade passes it on. The signals are blocked in every thread and taken by one thread
@@ -26,7 +26,7 @@ pub fn ends_run(signal: libc::c_int) -> bool {
 }
 
 fn handled_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data, for which all zeroes is a valid value; sigemptyset and
+    // SAFETY: sigset_t is plain data, for which all zeroes is a valid value. sigemptyset and
     // sigaddset only write into the set, and the signal numbers are valid.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

@@ -37,7 +37,7 @@ pub fn stage_main() -> i32 {
 
 fn read_request() -> Result<StageRequest, String> {
     // SAFETY: the supervisor opened REQUEST_FD for the stage alone, and this is the only
-    // place that takes it; the file closes it once the request is read.
+    // place that takes it. The file closes it once the request is read.
     let file = unsafe { File::from_raw_fd(REQUEST_FD) };
     let mut bytes = Vec::new();
     file.take(MAX_REQUEST_BYTES as u64 + 1)
@@ -59,8 +59,8 @@ fn close_inherited_descriptors() {
         Err(_) => Vec::new(),
     };
     for fd in descriptors_to_close(&open) {
-        // SAFETY: close takes a descriptor number; nothing in this process uses the inherited
-        // ones, and one that is not open fails with EBADF, which is ignored.
+        // SAFETY: close takes a descriptor number, and nothing in this process uses the
+        // inherited ones. One that is not open fails with EBADF, which is ignored.
         unsafe { libc::close(fd) };
     }
 }

@@ -9,9 +9,10 @@
 //! contradicts its own report does not hold. The scratch directory is removed at the end.
 //!
 //! The probes after the shared ones check what public reports about other macOS sandboxes
-//! found broken: the CPU's description and `ps` unreachable, `.env` denies that depend on the
-//! working directory, full network mode without loopback, names or the local network, a
-//! listening port that opened all egress, and a late failure inside another sandbox.
+//! found broken. Those reports describe the CPU's description and `ps` out of reach, `.env`
+//! denies that depend on the working directory, and full network mode without loopback, names
+//! or the local network. They also describe a listening port that opened all egress, and a
+//! late failure inside another sandbox.
 
 mod inside;
 mod judge;
@@ -414,8 +415,8 @@ fn own_ipv4_address() -> Option<Ipv4Addr> {
         }
         entry = interface.ifa_next;
     }
-    // SAFETY: `list` came from getifaddrs and is freed exactly once; no reference into it
-    // outlives this call.
+    // SAFETY: `list` came from getifaddrs and is freed exactly once, here. `interface`, the
+    // only reference into it, is not used after the loop.
     unsafe { libc::freeifaddrs(list) };
     found
 }

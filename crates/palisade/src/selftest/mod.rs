@@ -175,9 +175,9 @@ impl Probe {
         Probe::ShellExecuteUrl,
     ];
 
-    /// The macOS catalogue, in the order the probes run and are printed: the probes Linux has
-    /// too except the process limit, which macOS cannot hold for a run, then the checks of the
-    /// Seatbelt profile that public reports about other macOS sandboxes call for.
+    /// The macOS catalogue, in the order the probes run and are printed. First come the probes
+    /// Linux has too, except the process limit, which macOS cannot hold for a run. Then come the
+    /// checks of the Seatbelt profile that public reports about other macOS sandboxes call for.
     pub const MACOS: [Probe; 12] = [
         Probe::WriteOutsideWorkspace,
         Probe::WriteInsideWorkspace,
@@ -597,7 +597,8 @@ mod tests {
         }
         let macos_only = [Probe::CpuInfo, Probe::EnvFileHidden, Probe::FullNetwork, Probe::ListenWithoutEgress, Probe::NestedSandbox];
         for probe in macos_only {
-            assert!(!Probe::LINUX.contains(&probe) && !Probe::WINDOWS.contains(&probe), "{probe:?} is a macOS probe");
+            assert!(!Probe::LINUX.contains(&probe), "{probe:?} is a macOS probe");
+            assert!(!Probe::WINDOWS.contains(&probe), "{probe:?} is a macOS probe");
         }
         // Every platform prints the probes it shares first, in the same order.
         assert_eq!(Probe::LINUX[..8], Probe::WINDOWS[..8]);

@@ -129,7 +129,8 @@ fn detach() -> Attempt {
     }
 }
 
-/// The middle role: starts the child, prints its id and exits, so that launchd adopts it.
+/// Starts the detached child, prints its id and returns, so that the middle process exits and
+/// launchd adopts the child.
 fn start_detached_child() -> anyhow::Result<u8> {
     let child = Command::new(std::env::current_exe()?)
         .args(["selftest-probe", Probe::TimeoutDetached.id(), CHILD_ROLE])

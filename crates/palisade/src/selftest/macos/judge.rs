@@ -56,12 +56,12 @@ pub fn listen_without_egress(result: &Attempt, accepted: usize) -> Verdict {
     Verdict::Held(format!("{}; the host's listener accepted no connection", result.detail))
 }
 
-/// Holds when palisade, started inside another Seatbelt sandbox, refused with status 125 and
-/// said why.
+/// Holds when palisade, started inside another Seatbelt sandbox, rejected the run with status
+/// 125 and a message that names the cause.
 pub fn nested(code: Option<i32>, stderr: &str) -> Verdict {
     let last_line = stderr.lines().last().unwrap_or_default().trim();
     match code {
-        Some(125) if stderr.contains(NESTED_MESSAGE) => Verdict::Held(format!("palisade refused with status 125: {last_line}")),
+        Some(125) if stderr.contains(NESTED_MESSAGE) => Verdict::Held(format!("palisade rejected the run with status 125: {last_line}")),
         Some(125) => Verdict::NotHeld(format!("palisade failed with status 125 for another reason: {last_line}")),
         Some(code) => Verdict::NotHeld(format!("palisade ran inside the outer sandbox and exited with status {code}")),
         None => Verdict::NotHeld(format!("palisade ended without a status: {last_line}")),
