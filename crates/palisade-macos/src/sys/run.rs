@@ -119,6 +119,9 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
     drop(temp);
 
     let mut outcome = result?;
+    // TODO: neutralise git repositories created inside writable roots during the run, as the
+    // Linux backend does after its runs. Until then, a `.git` renamed into place during a run
+    // keeps the hooks it brought.
     outcome.network = network;
     outcome.layers.missing.extend(request.gaps.iter().map(|gap| format!("{}: {}", gap.what, gap.consequence)));
     if let Some(observed) = observed {
