@@ -1,7 +1,7 @@
 //! How a run ended and what it used, as pure values the binary turns into an exit status and
 //! a report, and the output count that decides when `max_output` ends a run.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::limits::LimitStatus;
 use crate::violations::Denial;
@@ -125,6 +125,49 @@ impl OutputBudget {
     }
 }
 
+/// The clocks a supervisor watches during a run: the wall-clock timeout, and the grace after
+/// a terminating signal that palisade passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    timeout: Option<Instant>,
+    grace_ends: Option<Instant>,
+}
+
+/// The clock that ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    Timeout,
+    Grace,
+}
+
+impl Deadlines {
+    pub fn new(started: Instant, timeout: Option<Duration>) -> Deadlines {
+        Deadlines { timeout: timeout.map(|timeout| started + timeout), grace_ends: None }
+    }
+
+    /// Returns the moment the supervisor must wake up next, or `None` when no clock runs.
+    pub fn next(&self) -> Option<Instant> {
+        self.timeout.into_iter().chain(self.grace_ends).min()
+    }
+
+    /// Starts the grace after a terminating signal, unless one runs already: a second signal
+    /// does not postpone the kill.
+    pub fn start_grace(&mut self, now: Instant, grace: Duration) {
+        self.grace_ends.get_or_insert(now + grace);
+    }
+
+    /// Returns the clock that has run out at `now`, the timeout first when both have.
+    pub fn expired(&self, now: Instant) -> Option<Expired> {
+        if self.timeout.is_some_and(|timeout| now >= timeout) {
+            Some(Expired::Timeout)
+        } else if self.grace_ends.is_some_and(|grace_ends| now >= grace_ends) {
+            Some(Expired::Grace)
+        } else {
+            None
+        }
+    }
+}
+
 /// The resources the run used.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -238,6 +281,30 @@ mod tests {
         assert_eq!(split.take(8), Take { pass: 5, reached_now: true });
         let mut unlimited = OutputBudget::new(None);
         assert_eq!(unlimited.take(1 << 20), Take { pass: 1 << 20, reached_now: false });
+    }
+
+    #[test]
+    fn deadlines_wake_at_the_earliest_clock() {
+        let started = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut deadlines = Deadlines::new(started, Some(10 * second));
+        assert_eq!(deadlines.next(), Some(started + 10 * second));
+        assert_eq!(deadlines.expired(started + 9 * second), None);
+        deadlines.start_grace(started + 2 * second, 5 * second);
+        assert_eq!(deadlines.next(), Some(started + 7 * second));
+        // A second signal does not postpone the kill.
+        deadlines.start_grace(started + 3 * second, 5 * second);
+        assert_eq!(deadlines.next(), Some(started + 7 * second));
+        assert_eq!(deadlines.expired(started + 7 * second), Some(Expired::Grace));
+        assert_eq!(deadlines.expired(started + 10 * second), Some(Expired::Timeout));
+    }
+
+    #[test]
+    fn deadlines_without_timeout_wait_forever() {
+        let started = Instant::now();
+        let deadlines = Deadlines::new(started, None);
+        assert_eq!(deadlines.next(), None);
+        assert_eq!(deadlines.expired(started + Duration::from_secs(86_400)), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::canonical::HostFileSystem;
 use crate::limits::{plan_limits, Enforcement, LimitPlan, LimitsError, Resource};
 use crate::marker::{RunId, RunMarker};
 use crate::nesting::NestedSandbox;
-use crate::outcome::{Exit, Layers, Limit, LimitEvent, NetworkDenial, NetworkRecord, Outcome, Usage};
+use crate::outcome::{Deadlines, Exit, Expired, Layers, Limit, LimitEvent, NetworkDenial, NetworkRecord, Outcome, Usage};
 use crate::profile::{generate, GenerateError};
 use crate::request::{Request, RequestError};
 use crate::stage::{command_environment, StageRequest, StageStatus, MAX_REASON, REQUEST_FD, STAGE_SUBCOMMAND, STATUS_FD};
@@ -252,10 +252,9 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
 /// grace after a terminating signal is over, passing signals on meanwhile. Returns how the run
 /// ended when palisade ended it, and the limit it reached.
 fn wait_for_end(pid: i32, received: &mpsc::Receiver<Event>, limits: &LimitPlan, started: Instant) -> (Option<Exit>, Option<LimitEvent>) {
-    let deadline = limits.timeout.map(|timeout| started + timeout);
-    let mut kill_at: Option<Instant> = None;
+    let mut deadlines = Deadlines::new(started, limits.timeout);
     loop {
-        let event = match deadline.into_iter().chain(kill_at).min() {
+        let event = match deadlines.next() {
             Some(at) => received.recv_timeout(at.saturating_duration_since(Instant::now())),
             None => received.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -266,15 +265,17 @@ fn wait_for_end(pid: i32, received: &mpsc::Receiver<Event>, limits: &LimitPlan, 
                 // The command leads its own process group since the stage's setsid.
                 // SAFETY: kill takes a process group and a signal number and touches no memory.
                 unsafe { libc::kill(-pid, signal) };
-                if super::signals::ends_run(signal) && kill_at.is_none() {
-                    kill_at = Some(Instant::now() + super::signals::TERMINATION_GRACE);
+                if super::signals::ends_run(signal) {
+                    deadlines.start_grace(Instant::now(), super::signals::TERMINATION_GRACE);
                 }
             }
-            Err(RecvTimeoutError::Timeout) if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
-                return (Some(Exit::TimedOut), Some(LimitEvent::timeout(limits.timeout.unwrap_or_default())));
-            }
-            // The grace after a terminating signal is over; the kill that follows ends the run.
-            Err(RecvTimeoutError::Timeout) => return (None, None),
+            Err(RecvTimeoutError::Timeout) => match deadlines.expired(Instant::now()) {
+                Some(Expired::Timeout) => return (Some(Exit::TimedOut), Some(LimitEvent::timeout(limits.timeout.unwrap_or_default()))),
+                // The grace after a terminating signal is over; the kill that follows ends the run.
+                Some(Expired::Grace) => return (None, None),
+                // Woken a moment early: wait again.
+                None => {}
+            },
             // Every sender is gone only when the waiter failed; the kill that follows ends the run.
             Err(RecvTimeoutError::Disconnected) => return (None, None),
         }
