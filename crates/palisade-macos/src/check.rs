@@ -8,6 +8,9 @@ pub struct Facts {
     pub os_version: Option<String>,
     /// Whether palisade itself runs inside a Seatbelt sandbox, where it can apply none.
     pub sandboxed: bool,
+    /// The outcome of applying a profile that allows everything to `/usr/bin/true` through
+    /// palisade's stage, or `None` when that was not tried (inside another sandbox).
+    pub profile_applied: Option<Result<(), String>>,
     /// The name of palisade's parent process, for the message about nesting.
     pub parent: Option<String>,
     /// Whether `/usr/bin/log` exists, which the report's denials are read with.
@@ -38,12 +41,21 @@ pub fn layers(facts: &Facts) -> Vec<Layer> {
             detail: format!("palisade runs inside a Seatbelt sandbox already{parent}, and macOS applies no second one inside it"),
             fix: "run palisade outside that sandbox: from a terminal, or from a tool configured to start it unsandboxed".into(),
         }
+    } else if let Some(Err(reason)) = &facts.profile_applied {
+        Layer {
+            name: "seatbelt",
+            available: false,
+            required: true,
+            detail: format!("{version}: palisade's stage failed to apply a profile that allows everything: {reason}"),
+            fix: "none known; please report this output, because palisade cannot confine commands on this Mac".into(),
+        }
     } else {
+        let checked = if facts.profile_applied.is_some() { ", checked with a profile that allows everything" } else { "" };
         Layer {
             name: "seatbelt",
             available: true,
             required: true,
-            detail: format!("{version}: sandbox_init applies palisade's profile to each command"),
+            detail: format!("{version}: sandbox_init applies palisade's profile to each command{checked}"),
             fix: String::new(),
         }
     };
@@ -95,7 +107,7 @@ mod tests {
 
     #[test]
     fn nested_palisade_cannot_run() {
-        let facts = Facts { os_version: Some("15.1".into()), sandboxed: true, parent: Some("Code Helper".into()), log_tool: true };
+        let facts = Facts { os_version: Some("15.1".into()), sandboxed: true, parent: Some("Code Helper".into()), log_tool: true, profile_applied: None };
         let layers = layers(&facts);
         assert!(!default_policy_runs(&layers));
         let seatbelt = &layers[0];
@@ -105,10 +117,19 @@ mod tests {
 
     #[test]
     fn plain_mac_lists_unheld_limits() {
-        let layers = layers(&Facts { os_version: Some("15.1".into()), log_tool: false, ..Facts::default() });
+        let layers = layers(&Facts { os_version: Some("15.1".into()), log_tool: false, profile_applied: Some(Ok(())), ..Facts::default() });
         assert!(default_policy_runs(&layers));
         assert!(layers[0].detail.starts_with("macOS 15.1"), "{}", layers[0].detail);
+        assert!(layers[0].detail.ends_with("checked with a profile that allows everything"), "{}", layers[0].detail);
         let not_held: Vec<&str> = layers.iter().filter(|layer| !layer.available).map(|layer| layer.name).collect();
         assert_eq!(not_held, ["log", "memory", "max_procs", "cpus", "tmp_size"]);
+    }
+
+    #[test]
+    fn failed_profile_stops_runs() {
+        let facts = Facts { profile_applied: Some(Err("sandbox_init rejected the profile: bad".into())), ..Facts::default() };
+        let layers = layers(&facts);
+        assert!(!default_policy_runs(&layers));
+        assert!(layers[0].detail.ends_with("sandbox_init rejected the profile: bad"), "{}", layers[0].detail);
     }
 }

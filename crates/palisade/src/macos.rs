@@ -176,7 +176,8 @@ fn sigkill() -> i32 {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let layers = layers(&sys::check::facts());
+    let stage_exe = std::env::current_exe().map_err(|error| format!("failed to find palisade's own executable: {error}"));
+    let layers = layers(&sys::check::facts(stage_exe.as_deref().map_err(Clone::clone)));
     let runs = default_policy_runs(&layers);
     if args.json {
         let entries: serde_json::Map<String, Value> = layers.iter().map(|layer| (layer.name.to_owned(), layer_json(layer))).collect();
