@@ -1,5 +1,5 @@
-//! Runs the macOS-only steps of the backend by hand, for the conformance steps in
-//! `docs/macos.md`, until the `palisade` binary drives them itself:
+//! Runs the macOS-only steps of the backend one at a time, for finding out which one fails
+//! when a conformance step in `docs/macos.md` does:
 //!
 //! ```text
 //! macos_probe nesting                       check whether this process runs inside a sandbox
@@ -8,7 +8,8 @@
 //! macos_probe kill RUN_ID ROOT_PID          kill every process of a run
 //! ```
 //!
-//! `COMMAND` is an absolute path. `RUN_ID` is the id in the first line of the profile.
+//! `COMMAND` is looked up in `PATH` as the stage does. `RUN_ID` is the id in the first line of
+//! the profile.
 
 use std::process::ExitCode;
 
