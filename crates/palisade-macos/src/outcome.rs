@@ -27,6 +27,16 @@ pub const EXIT_KILLED_AT_LIMIT: u8 = 137;
 const SIGNAL_BASE: i32 = 128;
 
 impl Exit {
+    /// Describes the ending for messages: `exit status 3`, `signal 5`.
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(code) => format!("exit status {code}"),
+            Exit::Signal(signal) => format!("signal {signal}"),
+            Exit::TimedOut => "the timeout".to_owned(),
+            Exit::Killed(limit) => format!("a kill at the {} limit", limit.name()),
+        }
+    }
+
     /// Returns palisade's exit status for this ending, as on Linux.
     pub fn status(self) -> u8 {
         match self {
@@ -268,6 +278,7 @@ mod tests {
         assert_eq!(Exit::Signal(11).status(), 139);
         assert_eq!(Exit::TimedOut.status(), 124);
         assert_eq!(Exit::Killed(Limit::Output).status(), 137);
+        assert_eq!(Exit::Signal(5).describe(), "signal 5");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //!
 //! The supervisor starts the stage (`palisade macos-stage`, a fresh process of palisade's own
 //! binary) with two extra descriptors: [`REQUEST_FD`], a pipe from which the stage reads a
-//! [`StageRequest`], and [`STATUS_FD`], a pipe the stage marks close-on-exec. When the
-//! command starts, `execve` closes the status pipe and the supervisor reads end-of-file with
-//! nothing before it. When the stage fails first, it writes a [`StageStatus`] there and exits.
+//! [`StageRequest`], and [`STATUS_FD`], a pipe the stage marks close-on-exec. Once confined, the
+//! stage writes [`READY`] there, and `execve` closes the pipe when the command starts. When
+//! the stage fails, it writes a [`StageStatus`] there and exits. The supervisor reads the pipe
+//! to its end ([`read_stage_end`]), so a stage that died before it was confined, without a
+//! word, can never pass for a confined command.
 //!
 //! The request is a hand-written sequence of length-prefixed byte strings rather than JSON:
 //! arguments, paths and variables need not be UTF-8, and the format has six fields.
@@ -232,6 +234,38 @@ fn entry(name: &[u8], value: &[u8]) -> OsString {
     OsString::from_vec([name, b"=", value].concat())
 }
 
+/// The byte the stage writes once it is confined, right before it executes the command.
+pub const READY: u8 = b'R';
+
+/// What the supervisor learns from the status pipe once it has closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageEnd {
+    /// The stage was confined and executed the command.
+    Started,
+    /// The stage failed, or ended, before it was confined. Nothing of the command ran.
+    Failed { reason: String },
+    /// The stage was confined, but no candidate of the command could be executed.
+    ExecFailed { status: u8, reason: String },
+}
+
+/// Reads everything the stage wrote to its status pipe.
+pub fn read_stage_end(bytes: &[u8]) -> StageEnd {
+    match bytes {
+        [] => StageEnd::Failed { reason: "the stage ended before it was confined, without a report".into() },
+        [READY] => StageEnd::Started,
+        [READY, rest @ ..] => match StageStatus::decode(rest) {
+            Some(StageStatus::ExecFailed { status, reason }) => StageEnd::ExecFailed { status, reason },
+            Some(StageStatus::Failed { reason }) => StageEnd::Failed { reason },
+            None => StageEnd::Started,
+        },
+        // A stage reports an exec failure only after READY.
+        other => match StageStatus::decode(other) {
+            Some(StageStatus::Failed { reason }) => StageEnd::Failed { reason },
+            _ => StageEnd::Failed { reason: format!("the stage reported something unreadable: {:?}", String::from_utf8_lossy(other)) },
+        },
+    }
+}
+
 /// The `PATH` a command gets when its environment has none, as `execvp` uses.
 const DEFAULT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
 
@@ -356,6 +390,21 @@ mod tests {
             assert_eq!(StageStatus::decode(&status.encode()), Some(status));
         }
         assert!(matches!(StageStatus::decode(b"?"), Some(StageStatus::Failed { .. })));
+    }
+
+    #[test]
+    fn stage_end_needs_ready_for_a_start() {
+        assert_eq!(read_stage_end(&[READY]), StageEnd::Started);
+        // A stage that died before it was confined, such as from a crash in sandbox_init.
+        assert!(matches!(read_stage_end(b""), StageEnd::Failed { .. }));
+        let failed = StageStatus::Failed { reason: "sandbox_init rejected the profile: x".into() }.encode();
+        assert_eq!(read_stage_end(&failed), StageEnd::Failed { reason: "sandbox_init rejected the profile: x".into() });
+        let exec_failed = StageStatus::ExecFailed { status: 127, reason: "x: not found inside the sandbox".into() }.encode();
+        let mut after_ready = vec![READY];
+        after_ready.extend_from_slice(&exec_failed);
+        assert_eq!(read_stage_end(&after_ready), StageEnd::ExecFailed { status: 127, reason: "x: not found inside the sandbox".into() });
+        // An exec failure without READY is no start either.
+        assert!(matches!(read_stage_end(&exec_failed), StageEnd::Failed { .. }));
     }
 
     #[test]

@@ -172,7 +172,9 @@ pub fn confine_and_exec(request: &StageRequest) -> StageStatus {
     exec(request)
 }
 
-fn confine(request: &StageRequest) -> Result<(), SysError> {
+/// Starts a session, changes to the working directory, lowers the rlimits and applies the
+/// profile, in that order.
+pub fn confine(request: &StageRequest) -> Result<(), SysError> {
     // A session of its own: the run's processes form one process group palisade can signal,
     // and the command has no controlling terminal to push keystrokes into with TIOCSTI.
     // NOTE: that macOS refuses TIOCSTI on a terminal that is not the caller's controlling
@@ -197,7 +199,7 @@ fn confine(request: &StageRequest) -> Result<(), SysError> {
 
 /// Executes the command, looked up in its `PATH` as a shell does. The search runs inside the
 /// sandbox, so it finds only what the command may execute.
-fn exec(request: &StageRequest) -> StageStatus {
+pub fn exec(request: &StageRequest) -> StageStatus {
     let cstrings = |items: &[OsString]| items.iter().map(|item| CString::new(item.as_bytes()).ok()).collect::<Option<Vec<CString>>>();
     let (Some(argv), Some(env)) = (cstrings(&request.argv), cstrings(&request.env)) else {
         return StageStatus::ExecFailed { status: 126, reason: "an argument or variable of the command contains a NUL byte".into() };

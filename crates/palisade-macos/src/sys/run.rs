@@ -34,7 +34,7 @@ use crate::nesting::NestedSandbox;
 use crate::outcome::{Deadlines, Exit, Expired, Layers, Limit, LimitEvent, NetworkDenial, NetworkRecord, Outcome, Usage};
 use crate::profile::{generate, GenerateError};
 use crate::request::{Request, RequestError};
-use crate::stage::{command_environment, StageRequest, StageStatus, MAX_REASON, REQUEST_FD, STAGE_SUBCOMMAND, STATUS_FD};
+use crate::stage::{command_environment, read_stage_end, StageEnd, StageRequest, MAX_REASON, REQUEST_FD, STAGE_SUBCOMMAND, STATUS_FD};
 use crate::violations::select_run_denials;
 
 use super::log::LogReader;
@@ -231,20 +231,22 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
     };
     forward(output_reached, events.clone(), || Event::OutputLimit);
 
-    // The status pipe closes when the stage executes the command, or carries why it did not.
+    // The status pipe closes when the stage executes the command, and says whether the stage
+    // was confined first.
     let mut status = Vec::new();
     let read = (&mut stage.status).take(MAX_REASON as u64 + 16).read_to_end(&mut status);
     if let Err(error) = read {
         kill_and_reap(pid, marker);
         return Err(io_error("read the sandbox stage's status")(error));
     }
-    match StageStatus::decode(&status) {
-        Some(StageStatus::Failed { reason }) => {
-            kill_and_reap(pid, marker);
+    match read_stage_end(&status) {
+        StageEnd::Failed { reason } => {
+            let (reaped, _) = kill_and_reap(pid, marker);
             pumps.finish(OUTPUT_GRACE);
-            return Err(RunError::Stage(reason));
+            let ended = if status.is_empty() { format!(" ({})", reaped.exit.describe()) } else { String::new() };
+            return Err(RunError::Stage(format!("{reason}{ended}")));
         }
-        Some(StageStatus::ExecFailed { status, reason }) => {
+        StageEnd::ExecFailed { status, reason } => {
             let (reaped, usage) = kill_and_reap(pid, marker);
             let (stdout_bytes, stderr_bytes) = pumps.finish(OUTPUT_GRACE);
             let usage = Usage { stdout_bytes: stdout_bytes.unwrap_or(0), stderr_bytes: stderr_bytes.unwrap_or(0), ..usage };
@@ -255,7 +257,7 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
             outcome.run_pids = reaped.run_pids;
             return Ok(outcome);
         }
-        None => {}
+        StageEnd::Started => {}
     }
 
     let (signal_sender, signals) = mpsc::channel();

@@ -7,7 +7,7 @@ use std::io::{Read as _, Write as _};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd as _;
 
-use crate::stage::{descriptors_to_close, StageRequest, StageStatus, MAX_REQUEST_BYTES, REQUEST_FD, STAGE_FAILED, STATUS_FD};
+use crate::stage::{bounded, descriptors_to_close, StageRequest, StageStatus, MAX_REQUEST_BYTES, READY, REQUEST_FD, STAGE_FAILED, STATUS_FD};
 
 /// Runs the stage and returns the exit code to exit with when the command did not start:
 /// its 126 or 127, or [`STAGE_FAILED`].
@@ -24,11 +24,17 @@ pub fn stage_main() -> i32 {
     let status = match read_request() {
         Ok(request) => {
             close_inherited_descriptors();
-            crate::sys::confine_and_exec(&request)
+            match crate::sys::confine(&request) {
+                Ok(()) => {
+                    write_status(&[READY]);
+                    crate::sys::exec(&request)
+                }
+                Err(error) => StageStatus::Failed { reason: bounded(error.to_string()) },
+            }
         }
         Err(reason) => StageStatus::Failed { reason },
     };
-    report(&status);
+    write_status(&status.encode());
     match status {
         StageStatus::ExecFailed { status, .. } => i32::from(status),
         StageStatus::Failed { .. } => STAGE_FAILED,
@@ -65,11 +71,11 @@ fn close_inherited_descriptors() {
     }
 }
 
-fn report(status: &StageStatus) {
+fn write_status(bytes: &[u8]) {
     // SAFETY: STATUS_FD is the status pipe the supervisor opened for the stage. ManuallyDrop
     // leaves it open, so that it closes only at exit or exec.
     let mut pipe = ManuallyDrop::new(unsafe { File::from_raw_fd(STATUS_FD) });
-    if let Err(error) = pipe.write_all(&status.encode()) {
+    if let Err(error) = pipe.write_all(bytes) {
         eprintln!("palisade macos-stage: failed to report to palisade: {error}");
     }
 }
