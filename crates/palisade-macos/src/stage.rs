@@ -237,7 +237,7 @@ fn entry(name: &[u8], value: &[u8]) -> OsString {
 /// The byte the stage writes once it is confined, right before it executes the command.
 pub const READY: u8 = b'R';
 
-/// What the supervisor learns from the status pipe once it has closed.
+/// The supervisor's reading of the status pipe once it has closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StageEnd {
     /// The stage was confined and executed the command.
@@ -316,8 +316,8 @@ pub fn exec_failure(program: &Path, candidates: usize, path: Option<&std::ffi::O
     }
 }
 
-/// The maximum length of a reason the stage reports, so a status always fits in the pipe's buffer and the
-/// stage never blocks writing it.
+/// The maximum length of a reason the stage reports. The supervisor reads the status pipe up
+/// to this length and a few bytes more, so a longer reason would be cut there.
 pub const MAX_REASON: usize = 2048;
 
 /// Cuts `reason` to [`MAX_REASON`] bytes at a character boundary.

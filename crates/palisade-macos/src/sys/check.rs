@@ -8,7 +8,7 @@ use crate::check::Facts;
 pub const LOG_TOOL: &str = "/usr/bin/log";
 
 /// Gathers the facts. Unless palisade runs inside another sandbox, it starts `stage_exe` as
-/// the stage once, with a profile that allows everything, so that the check sees
+/// the stage once, with a profile that allows everything, so that the check observes
 /// `sandbox_init` work rather than assume it.
 pub fn facts(stage_exe: Result<&Path, String>) -> Facts {
     let sandboxed = super::is_sandboxed(std::process::id() as i32);

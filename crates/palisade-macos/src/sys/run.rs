@@ -231,7 +231,7 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
     };
     forward(output_reached, events.clone(), || Event::OutputLimit);
 
-    // The status pipe closes when the stage executes the command, and says whether the stage
+    // The status pipe closes when the stage executes the command, and shows whether the stage
     // was confined first.
     let mut status = Vec::new();
     let read = (&mut stage.status).take(MAX_REASON as u64 + 16).read_to_end(&mut status);
@@ -380,6 +380,7 @@ fn start_stage(stage_exe: &Path, request: &StageRequest) -> Result<StartedStage,
     let (request_read, request_write) = pipe("the stage's request pipe")?;
     let (status_read, status_write) = pipe("the stage's status pipe")?;
     let (request_fd, status_fd) = (request_read.as_raw_fd(), status_write.as_raw_fd());
+
     let mut command = Command::new(stage_exe);
     // The stage needs no environment of its own: it hands the command the one in the request.
     command.arg(STAGE_SUBCOMMAND).env_clear().stdin(Stdio::inherit()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -398,8 +399,10 @@ fn start_stage(stage_exe: &Path, request: &StageRequest) -> Result<StartedStage,
             Ok(())
         });
     }
+
     let child = command.spawn().map_err(io_error(format!("start the sandbox stage {}", stage_exe.display())))?;
     drop((request_read, status_write));
+
     // A thread sends the request, so that a stage that never reads it cannot hold palisade:
     // killing the stage breaks the pipe and ends the write.
     let bytes = request.encode();
