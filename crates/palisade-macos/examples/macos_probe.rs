@@ -1,5 +1,5 @@
-//! Runs the macOS-only steps of the backend by hand, for the conformance steps in
-//! `docs/macos.md`, until the `palisade` binary drives them itself:
+//! Runs the macOS-only steps of the backend one at a time, for finding out which one fails
+//! when a conformance step in `docs/macos.md` does:
 //!
 //! ```text
 //! macos_probe nesting                       check whether this process runs inside a sandbox
@@ -8,7 +8,8 @@
 //! macos_probe kill RUN_ID ROOT_PID          kill every process of a run
 //! ```
 //!
-//! `COMMAND` is an absolute path. `RUN_ID` is the id in the first line of the profile.
+//! `COMMAND` is looked up in `PATH` as the stage does. `RUN_ID` is the id in the first line of
+//! the profile.
 
 use std::process::ExitCode;
 
@@ -25,11 +26,11 @@ fn main() -> ExitCode {
 
 #[cfg(target_os = "macos")]
 mod probe {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
+    use std::ffi::OsString;
 
     use palisade_macos::limits::{Resource, Rlimit};
     use palisade_macos::marker::{RunId, RunMarker};
+    use palisade_macos::stage::{StageRequest, StageStatus};
     use palisade_macos::sys;
     use palisade_macos::tree::run_members;
 
@@ -69,25 +70,21 @@ mod probe {
 
     fn exec(profile: &str, program: &str, argv: &[String]) -> Result<(), String> {
         let text = std::fs::read_to_string(profile).map_err(|error| format!("failed to read {profile}: {error}"))?;
-        let cstring = |value: &[u8]| CString::new(value).map_err(|_| "an argument contains a NUL byte".to_owned());
         let cwd = std::env::current_dir().map_err(|error| format!("failed to read the current directory: {error}"))?;
         let env = std::env::vars_os()
             .map(|(name, value)| {
-                let mut entry = name.as_bytes().to_vec();
-                entry.push(b'=');
-                entry.extend_from_slice(value.as_bytes());
-                cstring(&entry)
+                let mut entry = name;
+                entry.push("=");
+                entry.push(value);
+                entry
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let stage = sys::Stage {
-            profile: text,
-            rlimits: vec![Rlimit { resource: Resource::Core, value: 0 }],
-            cwd: cstring(cwd.as_os_str().as_bytes())?,
-            program: cstring(program.as_bytes())?,
-            argv: argv.iter().map(|arg| cstring(arg.as_bytes())).collect::<Result<Vec<_>, _>>()?,
-            env,
-        };
-        Err(sys::confine_and_exec(&stage).to_string())
+            .collect();
+        let mut command: Vec<OsString> = vec![program.into()];
+        command.extend(argv.iter().skip(1).map(OsString::from));
+        let request = StageRequest { profile: Some(text), rlimits: vec![Rlimit { resource: Resource::Core, value: 0 }], cwd, argv: command, env };
+        match sys::confine_and_exec(&request) {
+            StageStatus::Failed { reason } | StageStatus::ExecFailed { reason, .. } => Err(reason),
+        }
     }
 }
 

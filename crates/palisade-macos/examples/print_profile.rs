@@ -1,6 +1,6 @@
-//! Prints the Seatbelt profile palisade generates for the current directory on this machine,
-//! so that the conformance steps in `docs/macos.md` can apply it with `sandbox-exec` until the
-//! `palisade` binary runs on macOS itself. The gaps and the limits go to standard error.
+//! Prints the Seatbelt profile palisade generates for the current directory on this machine, so
+//! that it can be read, or applied with `sandbox-exec` when a conformance step in
+//! `docs/macos.md` fails. The gaps and the limits go to standard error.
 //!
 //! ```text
 //! cargo run -p palisade-macos --example print_profile -- [--profile NAME] [--net MODE]

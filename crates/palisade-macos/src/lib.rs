@@ -7,21 +7,29 @@
 //! SBPL text ([`reader`]) and a model of Seatbelt's decisions ([`model`]) that the tests use to
 //! state what a profile must allow and deny.
 //!
-//! The calls into macOS (`sandbox_init`, `sandbox_check`, rlimits, killing a run's processes)
-//! are in `sys`, compiled only for macOS. `docs/macos.md` explains the design and lists what
+//! A run's protocol between the supervisor and its stage ([`stage`]), its outcome and output
+//! count ([`outcome`]), the denials of the run ([`violations`]) and `palisade check`'s
+//! verdicts ([`check`]) are pure too. The calls into macOS (`sandbox_init`, `sandbox_check`,
+//! rlimits, the supervisor, the stage, killing a run's processes) are in `sys`, compiled only
+//! for macOS. `docs/macos.md` explains the design and lists what
 //! has been verified only by these tests and what needs a Mac.
 
 pub mod canonical;
+pub mod check;
 pub mod escape;
 pub mod limits;
 pub mod marker;
 pub mod model;
 pub mod nesting;
+pub mod outcome;
 mod platform;
 pub mod profile;
 pub mod reader;
 pub mod request;
 pub mod sbpl;
+// The stage's protocol uses Unix byte strings; the stage runs on macOS only.
+#[cfg(unix)]
+pub mod stage;
 pub mod tree;
 pub mod violations;
 

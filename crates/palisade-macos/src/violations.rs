@@ -43,6 +43,40 @@ pub fn parse_denial(line: &str) -> Option<Denial> {
     Some(Denial { process, pid, operation: operation.to_owned(), target: target.trim_end().to_owned() })
 }
 
+/// The maximum number of denials a report lists. More are counted instead.
+pub const MAX_LISTED_DENIALS: usize = 100;
+
+/// A denial as the log reader saw it, with whether its process carried the run's marker when
+/// the line arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub denial: Denial,
+    pub marked: bool,
+}
+
+/// Selects the denials of the run: those of a process that carried the run's marker when its
+/// line arrived, or whose id is one of `known`, the run's processes palisade saw itself. Each
+/// distinct denial is listed once, in the order seen, up to [`MAX_LISTED_DENIALS`]. Returns
+/// the list and how many of the run's denials were left out.
+///
+/// A process that exited before its line arrived is found only through `known`, so the list
+/// can miss denials of short-lived processes.
+pub fn select_run_denials(observed: &[Observed], known: &[i32]) -> (Vec<Denial>, u64) {
+    let mut listed: Vec<Denial> = Vec::new();
+    let mut left_out = 0;
+    for seen in observed.iter().filter(|seen| seen.marked || known.contains(&seen.denial.pid)) {
+        if listed.contains(&seen.denial) {
+            continue;
+        }
+        if listed.len() == MAX_LISTED_DENIALS {
+            left_out += 1;
+        } else {
+            listed.push(seen.denial.clone());
+        }
+    }
+    (listed, left_out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +95,23 @@ mod tests {
         assert_eq!((network.operation.as_str(), network.target.as_str()), ("network-outbound", "10.99.0.1:80"));
         let no_target = parse_denial("Sandbox: node(10) deny(1) process-fork").unwrap();
         assert_eq!((no_target.operation.as_str(), no_target.target.as_str()), ("process-fork", ""));
+    }
+
+    #[test]
+    fn run_denials_are_selected_once() {
+        let denial = |pid: i32, target: &str| Denial { process: "cat".into(), pid, operation: "file-read-data".into(), target: target.into() };
+        let observed = [
+            Observed { denial: denial(10, "/ws/.env"), marked: true },
+            Observed { denial: denial(10, "/ws/.env"), marked: true },
+            Observed { denial: denial(11, "/other"), marked: false },
+            Observed { denial: denial(12, "/ws/x"), marked: false },
+        ];
+        let (listed, left_out) = select_run_denials(&observed, &[12]);
+        assert_eq!(listed, vec![denial(10, "/ws/.env"), denial(12, "/ws/x")]);
+        assert_eq!(left_out, 0);
+        let many: Vec<Observed> = (0..MAX_LISTED_DENIALS + 3).map(|index| Observed { denial: denial(10, &format!("/f{index}")), marked: true }).collect();
+        let (listed, left_out) = select_run_denials(&many, &[]);
+        assert_eq!((listed.len(), left_out), (MAX_LISTED_DENIALS, 3));
     }
 
     #[test]

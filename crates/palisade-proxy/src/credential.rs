@@ -50,7 +50,10 @@ impl Credential {
             let error = io::Error::from(error);
             io::Error::new(error.kind(), format!("failed to read random bytes for the proxy credential: {error}"))
         })?;
-        let token = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        let token = bytes.iter().fold(String::with_capacity(2 * TOKEN_BYTES), |mut token, byte| {
+            let _ = fmt::Write::write_fmt(&mut token, format_args!("{byte:02x}"));
+            token
+        });
         Ok(Credential { token })
     }
 

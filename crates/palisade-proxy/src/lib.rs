@@ -107,6 +107,7 @@ mod proxy;
 mod resolve;
 mod sni;
 mod socks;
+pub mod thread;
 mod tunnel;
 
 pub use credential::{Credential, ProxyUrls};

@@ -36,10 +36,10 @@ pub enum Command {
     SessionHost(SessionHostArgs),
     /// Try a built-in set of escapes in the sandbox on this machine and print which protections
     /// held. Exits 0 when every probe that ran held and 1 when one did not.
-    #[cfg(any(target_os = "linux", windows))]
+    #[cfg(any(target_os = "linux", windows, target_os = "macos"))]
     Selftest(crate::selftest::SelftestArgs),
     /// Internal to `palisade selftest`: make one probe's attempt inside the sandbox.
-    #[cfg(any(target_os = "linux", windows))]
+    #[cfg(any(target_os = "linux", windows, target_os = "macos"))]
     #[command(hide = true)]
     SelftestProbe(crate::selftest::ProbeArgs),
     /// Prepare this machine, once, for confined runs of the calling user: create the two
@@ -51,6 +51,11 @@ pub enum Command {
     #[cfg(windows)]
     #[command(hide = true)]
     WindowsRunner,
+    /// Internal to `palisade run`: the process that applies the Seatbelt profile and becomes
+    /// the command.
+    #[cfg(target_os = "macos")]
+    #[command(hide = true)]
+    MacosStage,
 }
 
 /// The arguments of `palisade setup`.
@@ -240,9 +245,11 @@ impl PolicyArgs {
             allow_degraded: self.allow_degraded,
             allow_ptrace: self.allow_ptrace,
         };
-        // The policy crate reads the machine's memory from /proc, which Windows lacks.
+        // The policy crate reads the machine's memory from /proc, which Windows and macOS lack.
         #[cfg(windows)]
         let context = &Context { memory_total: palisade_windows::sys::machine::memory_total(), ..context.clone() };
+        #[cfg(target_os = "macos")]
+        let context = &Context { memory_total: palisade_macos::sys::machine::memory_total(), ..context.clone() };
         Ok(palisade_policy::resolve(&raw, &overrides, context)?)
     }
 

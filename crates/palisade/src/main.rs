@@ -2,10 +2,12 @@
 //! outcome to the documented exit status.
 
 mod cli;
+#[cfg(target_os = "macos")]
+mod macos;
 #[cfg(target_os = "linux")]
 mod mcp;
 mod report;
-#[cfg(any(target_os = "linux", windows))]
+#[cfg(any(target_os = "linux", windows, target_os = "macos"))]
 mod selftest;
 #[cfg(windows)]
 mod windows;
@@ -26,7 +28,8 @@ const EXIT_KILLED_AT_LIMIT: u8 = 137;
 
 fn main() -> ExitCode {
     // Sanitise first: nothing inherited may leak into the sandbox. On Windows, a new process
-    // inherits only the handles palisade passes in its handle list.
+    // inherits only the handles palisade passes in its handle list. On macOS, the stage closes
+    // every inherited descriptor before it becomes the command.
     #[cfg(target_os = "linux")]
     if let Err(error) = palisade_linux::close_inherited_descriptors() {
         eprintln!("palisade: error: {error}");
@@ -47,6 +50,12 @@ fn main() -> ExitCode {
     #[cfg(windows)]
     if let Command::WindowsRunner = cli.command {
         std::process::exit(windows::runner() as i32);
+    }
+    // The stage becomes the command, whose stderr it shares, so it logs nothing; it closes
+    // the descriptors it inherited itself, after reading its request from one of them.
+    #[cfg(target_os = "macos")]
+    if let Command::MacosStage = cli.command {
+        std::process::exit(macos::stage());
     }
     init_logging();
     match run(cli) {
@@ -106,6 +115,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Selftest(args) => selftest::run(args),
         Command::SelftestProbe(args) => selftest::probe(args),
         Command::WindowsRunner => unreachable!("the runner is started before logging"),
+    }
+}
+
+#[cfg(target_os = "macos")]
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => macos::run(args),
+        Command::Policy(args) => cli::print_policy(args),
+        Command::Check(args) => macos::check(args),
+        Command::Selftest(args) => selftest::run(args),
+        Command::SelftestProbe(args) => selftest::probe(args),
+        Command::MacosStage => unreachable!("the stage is started before logging"),
     }
 }
 

@@ -52,6 +52,28 @@ pub fn connect(result: &Attempt, accepted: usize) -> Verdict {
     }
 }
 
+/// Holds when the run ended with the timeout's status and the detached process `pid` did not
+/// outlive it. `survived` is whether it was still running after the run, and `kill_failures`
+/// lists why selftest could not terminate it then.
+#[cfg(any(windows, target_os = "macos", test))]
+pub fn detached_timeout(code: Option<i32>, pid: u32, survived: bool, kill_failures: &[String]) -> Verdict {
+    let timeout = crate::selftest::PROBE_TIMEOUT_SECONDS;
+    if survived {
+        let killed = if kill_failures.is_empty() {
+            "and selftest terminated it".to_owned()
+        } else {
+            format!("and selftest failed to terminate it ({})", kill_failures.join("; "))
+        };
+        return Verdict::NotHeld(format!("the detached process {pid} outlived the {timeout}s timeout, {killed}"));
+    }
+    let timed_out = i32::from(crate::EXIT_TIMED_OUT);
+    if code != Some(timed_out) {
+        let status = code.map_or_else(|| "no status".to_owned(), |code| format!("status {code}"));
+        return Verdict::NotHeld(format!("the run ended with {status} instead of the timeout's {timed_out}"));
+    }
+    Verdict::Held(format!("the run ended at the {timeout}s timeout (status {timed_out}), and the detached process {pid} is gone"))
+}
+
 /// Attempts, runs and verdict checks for the tests of every platform's verdicts.
 #[cfg(test)]
 pub(crate) mod fixtures {
@@ -114,5 +136,15 @@ mod tests {
         assert!(is_held(&failed(&finished(Some(failure(SOME_ERROR, "unshare failed"))))));
         assert!(matches!(failed(&finished(Some(success("unshare succeeded")))), Verdict::NotHeld(_)));
         assert!(matches!(failed(&finished(None)), Verdict::Skipped(_)));
+    }
+
+    #[test]
+    fn detached_timeout_needs_status_and_no_survivor() {
+        let timed_out = Some(i32::from(crate::EXIT_TIMED_OUT));
+        assert!(is_held(&detached_timeout(timed_out, 4242, false, &[])));
+        assert!(matches!(detached_timeout(timed_out, 4242, true, &[]), Verdict::NotHeld(_)));
+        assert!(matches!(detached_timeout(Some(0), 4242, false, &[]), Verdict::NotHeld(_)));
+        let Verdict::NotHeld(detail) = detached_timeout(timed_out, 4242, true, &["process 4242: Access is denied.".into()]) else { panic!("a survivor must not hold") };
+        assert!(detail.contains("failed to terminate it"), "{detail}");
     }
 }

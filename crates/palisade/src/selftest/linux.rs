@@ -12,7 +12,6 @@
 mod inside;
 mod judge;
 mod processes;
-mod scratch;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -33,7 +32,7 @@ use crate::selftest::{Finding, PROBE_MAX_PROCS, PROBE_PROCESS_ATTEMPTS, PROBE_TI
 
 pub use inside::attempt;
 use processes::{kill, probe_processes, wait_until_gone};
-use scratch::{Scratch, FAKE_KEY};
+use crate::selftest::scratch::{Scratch, FAKE_KEY};
 
 const SHADOW: &str = "/etc/shadow";
 
@@ -140,6 +139,9 @@ impl Selftest {
             | Probe::WriteThroughJunction
             | Probe::WriteWhereUsersMayModify
             | Probe::ShellExecuteUrl => anyhow::bail!("probe {} runs on Windows only", probe.id()),
+            Probe::CpuInfo | Probe::EnvFileHidden | Probe::FullNetwork | Probe::ListenWithoutEgress | Probe::NestedSandbox => {
+                anyhow::bail!("probe {} runs on macOS only", probe.id())
+            }
         })
     }
 

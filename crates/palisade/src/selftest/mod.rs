@@ -4,8 +4,9 @@
 //! This file is the part every platform shares: the catalogue of probes, the verdicts, the text
 //! and JSON output, and the exit status. `attempt.rs` (the probe's result line), `host.rs` (a
 //! probe's run seen from the host) and `judge.rs` (the verdicts that need no platform) are
-//! shared too. A platform module runs the probes and judges them (`linux.rs`, `windows.rs`), each
-//! with its own catalogue. Each probe's id is stable, because scripts read the JSON output by
+//! shared too, and so is `scratch.rs` (the temporary world) on Linux and macOS. A platform module
+//! runs the probes and judges them (`linux.rs`, `windows.rs`, `macos.rs`), each with its own
+//! catalogue. Each probe's id is stable, because scripts read the JSON output by
 //! id.
 
 mod attempt;
@@ -19,6 +20,16 @@ use linux as platform;
 mod windows;
 #[cfg(windows)]
 use windows as platform;
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(target_os = "macos")]
+use macos as platform;
+#[cfg(unix)]
+mod scratch;
+// The verdicts of the macOS probes are pure, so their tests run on every platform.
+#[cfg(all(test, not(target_os = "macos")))]
+#[path = "macos/judge.rs"]
+mod macos_judge;
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -35,7 +46,8 @@ const EXIT_NOT_HELD: u8 = 1;
 pub const PROBE_MAX_PROCS: u64 = 16;
 /// How many processes the process-limit probe tries to start at most. It stops there even when
 /// nothing stopped it, so a policy without a process limit cannot turn the probe into a fork
-/// bomb.
+/// bomb. macOS has no process-limit probe.
+#[cfg_attr(target_os = "macos", allow(dead_code))]
 pub const PROBE_PROCESS_ATTEMPTS: u64 = 200;
 /// `--timeout` of the timeout probe, in seconds.
 pub const PROBE_TIMEOUT_SECONDS: u64 = 1;
@@ -52,6 +64,12 @@ accounts and filters of `palisade setup`; selftest writes setup's ACL entries on
 The options apply to every probe, on top of what the probe needs, so `palisade selftest --policy FILE` checks \
 that policy. The workspace, the timeout and the report belong to selftest and cannot be given. Exits 0 when \
 every probe that ran held, 1 when one did not, and 125 when palisade itself failed or setup is missing."))]
+#[cfg_attr(target_os = "macos", command(after_help = "Each probe runs as its own `palisade run` in a temporary workspace below $TMPDIR, with \
+HOME set to a temporary fake home directory; both are removed afterwards. The options apply to every probe, on top \
+of what the probe needs, so `palisade selftest --policy FILE` checks that policy; full-network sets --net full and \
+listen-without-egress sets --allow-listen for their own runs. The workspace, the timeout and the report belong to \
+selftest and cannot be given. Exits 0 when every probe that ran held, 1 when one did not, and 125 when palisade \
+itself failed."))]
 pub struct SelftestArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -75,7 +93,10 @@ pub enum Platform {
     // A build constructs only its own platform's variant outside the tests.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Linux,
+    #[cfg_attr(not(windows), allow(dead_code))]
     Windows,
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+    MacOs,
 }
 
 impl Platform {
@@ -84,6 +105,8 @@ impl Platform {
     pub const CURRENT: Platform = Platform::Linux;
     #[cfg(windows)]
     pub const CURRENT: Platform = Platform::Windows;
+    #[cfg(target_os = "macos")]
+    pub const CURRENT: Platform = Platform::MacOs;
 }
 
 /// One escape attempt of the catalogue.
@@ -108,6 +131,11 @@ pub enum Probe {
     WriteThroughJunction,
     WriteWhereUsersMayModify,
     ShellExecuteUrl,
+    CpuInfo,
+    EnvFileHidden,
+    FullNetwork,
+    ListenWithoutEgress,
+    NestedSandbox,
 }
 
 impl Probe {
@@ -147,11 +175,30 @@ impl Probe {
         Probe::ShellExecuteUrl,
     ];
 
+    /// The macOS catalogue, in the order the probes run and are printed. First come the probes
+    /// Linux has too, except the process limit, which macOS cannot hold for a run. Then come the
+    /// checks of the Seatbelt profile that public reports about other macOS sandboxes call for.
+    pub const MACOS: [Probe; 12] = [
+        Probe::WriteOutsideWorkspace,
+        Probe::WriteInsideWorkspace,
+        Probe::ReadCredential,
+        Probe::GitHook,
+        Probe::SecretEnvironment,
+        Probe::ConnectHostLoopback,
+        Probe::TimeoutDetached,
+        Probe::CpuInfo,
+        Probe::EnvFileHidden,
+        Probe::FullNetwork,
+        Probe::ListenWithoutEgress,
+        Probe::NestedSandbox,
+    ];
+
     /// Returns the catalogue of `platform`.
     pub fn catalogue(platform: Platform) -> &'static [Probe] {
         match platform {
             Platform::Linux => &Probe::LINUX,
             Platform::Windows => &Probe::WINDOWS,
+            Platform::MacOs => &Probe::MACOS,
         }
     }
 
@@ -181,6 +228,11 @@ impl Probe {
             Probe::WriteThroughJunction => "write-through-junction",
             Probe::WriteWhereUsersMayModify => "write-where-users-may-modify",
             Probe::ShellExecuteUrl => "shell-execute-url",
+            Probe::CpuInfo => "cpu-info",
+            Probe::EnvFileHidden => "env-file-hidden",
+            Probe::FullNetwork => "full-network",
+            Probe::ListenWithoutEgress => "listen-without-egress",
+            Probe::NestedSandbox => "nested-sandbox",
         }
     }
 
@@ -193,10 +245,13 @@ impl Probe {
     /// Returns what the probe attempts on `platform` and what must happen for the protection to
     /// hold.
     pub fn description_on(self, platform: Platform) -> &'static str {
-        if platform == Platform::Windows {
-            if let Some(text) = self.windows_wording() {
-                return text;
-            }
+        let wording = match platform {
+            Platform::Windows => self.windows_wording(),
+            Platform::MacOs => self.macos_wording(),
+            Platform::Linux => None,
+        };
+        if let Some(text) = wording {
+            return text;
         }
         match self {
             Probe::WriteOutsideWorkspace => {
@@ -268,6 +323,43 @@ impl Probe {
                  or start its handler as a new process inside the run's job. A hand-off to a running process, which the \
                  probe cannot follow, does not hold."
             }
+            Probe::CpuInfo => {
+                "Read the sysctls hw.ncpu, hw.physicalcpu, hw.model and machdep.cpu.brand_string, which Node's os.cpus() and \
+                 numpy need, and list processes with /bin/ps; all must work inside the sandbox."
+            }
+            Probe::EnvFileHidden => {
+                "From the subdirectory sub of the workspace, with .env, other/.env and sub/.env denied by --deny-read, read \
+                 ../.env and ../other/.env, copy ../.env to $TMPDIR and write sub/.env; all must fail, while writing \
+                 other/ok.txt must succeed, and the .env files must stay unchanged on the host."
+            }
+            Probe::FullNetwork => {
+                "With --net full, connect to a TCP listener on the host's 127.0.0.1, resolve localhost, and connect to a \
+                 listener on this machine's own non-loopback address if it has one; all must succeed."
+            }
+            Probe::ListenWithoutEgress => {
+                "With --allow-listen on one port, listen on 127.0.0.1 at that port, which must succeed, and connect to a \
+                 listener of the host on another loopback port, which must fail without the listener accepting."
+            }
+            Probe::NestedSandbox => {
+                "Start palisade run inside /usr/bin/sandbox-exec with a profile that allows everything; palisade must refuse \
+                 with status 125 and a message that it runs inside a Seatbelt sandbox."
+            }
+        }
+    }
+
+    /// Returns the macOS wording of a probe that Linux has too, where the attempt differs.
+    fn macos_wording(self) -> Option<&'static str> {
+        match self {
+            Probe::ReadCredential => Some(
+                "Read .ssh/id_ed25519 of a fake home directory where selftest planted a fake key and which it makes \
+                 readable with --allow-read; the read must fail.",
+            ),
+            Probe::TimeoutDetached => Some(
+                "Start a process that calls setsid and whose parent exits, so that launchd adopts it outside the command's \
+                 process group, then outlive --timeout 1s; the run must end at the timeout and the detached process must \
+                 be gone from the host.",
+            ),
+            _ => None,
         }
     }
 
@@ -385,6 +477,7 @@ pub fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
 /// Returns the process limit of the process-limit probe: none for the unconfined profile,
 /// the caller's `--max-procs` if given, and [`PROBE_MAX_PROCS`] otherwise. `policy_limit` is
 /// the resolved policy's limit, which carries the caller's `--max-procs`.
+#[cfg_attr(target_os = "macos", allow(dead_code))]
 fn probe_process_limit(unconfined: bool, args: &PolicyArgs, policy_limit: Option<u64>) -> Option<u64> {
     if unconfined {
         None
@@ -461,7 +554,7 @@ fn render_json(findings: &[Finding]) -> serde_json::Value {
 mod tests {
     use super::*;
 
-    const PLATFORMS: [Platform; 2] = [Platform::Linux, Platform::Windows];
+    const PLATFORMS: [Platform; 3] = [Platform::Linux, Platform::Windows, Platform::MacOs];
 
     fn findings(verdicts: &[Verdict]) -> Vec<Finding> {
         Probe::for_this_platform().iter().zip(verdicts).map(|(&probe, verdict)| Finding { probe, verdict: verdict.clone() }).collect()
@@ -497,9 +590,20 @@ mod tests {
         ];
         for probe in windows_only {
             assert!(!Probe::LINUX.contains(&probe), "{probe:?} is a Windows probe");
+            assert!(!Probe::MACOS.contains(&probe), "{probe:?} is a Windows probe");
         }
-        // Both platforms print the probes they share first, in the same order.
+        for probe in linux_only.into_iter().chain([Probe::ProcessLimit]) {
+            assert!(!Probe::MACOS.contains(&probe), "{probe:?} does not run on macOS");
+        }
+        let macos_only = [Probe::CpuInfo, Probe::EnvFileHidden, Probe::FullNetwork, Probe::ListenWithoutEgress, Probe::NestedSandbox];
+        for probe in macos_only {
+            assert!(!Probe::LINUX.contains(&probe), "{probe:?} is a macOS probe");
+            assert!(!Probe::WINDOWS.contains(&probe), "{probe:?} is a macOS probe");
+        }
+        // Every platform prints the probes it shares first, in the same order.
         assert_eq!(Probe::LINUX[..8], Probe::WINDOWS[..8]);
+        assert_eq!(Probe::MACOS[..6], Probe::LINUX[..6]);
+        assert_eq!(Probe::MACOS[6], Probe::TimeoutDetached);
     }
 
     #[test]
@@ -507,6 +611,7 @@ mod tests {
         let other = match Platform::CURRENT {
             Platform::Linux => Probe::ShellExecuteUrl,
             Platform::Windows => Probe::Bpf,
+            Platform::MacOs => Probe::ProcessLimit,
         };
         assert_eq!(Probe::from_id(other.id()), None);
     }
@@ -514,11 +619,14 @@ mod tests {
     #[test]
     fn descriptions_name_the_probe_constants() {
         for platform in PLATFORMS {
+            let timeout = Probe::TimeoutDetached.description_on(platform);
+            assert!(timeout.contains(&format!("--timeout {PROBE_TIMEOUT_SECONDS}s")), "{timeout}");
+            if platform == Platform::MacOs {
+                continue;
+            }
             let processes = Probe::ProcessLimit.description_on(platform);
             assert!(processes.contains(&format!("up to {PROBE_PROCESS_ATTEMPTS} processes")), "{processes}");
             assert!(processes.contains(&format!("--max-procs {PROBE_MAX_PROCS}")), "{processes}");
-            let timeout = Probe::TimeoutDetached.description_on(platform);
-            assert!(timeout.contains(&format!("--timeout {PROBE_TIMEOUT_SECONDS}s")), "{timeout}");
         }
     }
 
@@ -533,6 +641,18 @@ mod tests {
         assert!(Probe::ReadCredential.description_on(Platform::Linux).contains(".ssh/id_ed25519"));
         assert!(Probe::TimeoutDetached.description_on(Platform::Windows).contains("CREATE_BREAKAWAY_FROM_JOB"));
         assert_eq!(Probe::GitHook.description_on(Platform::Windows), Probe::GitHook.description_on(Platform::Linux));
+    }
+
+    #[test]
+    fn macos_wording_differs_where_attempt_does() {
+        for probe in Probe::MACOS {
+            let text = probe.description_on(Platform::MacOs);
+            assert!(text.ends_with('.'), "{probe:?}: {text}");
+            assert!(!text.contains("  "), "{probe:?}: {text}");
+        }
+        assert!(Probe::ReadCredential.description_on(Platform::MacOs).contains("--allow-read"));
+        assert!(Probe::TimeoutDetached.description_on(Platform::MacOs).contains("launchd"));
+        assert_eq!(Probe::GitHook.description_on(Platform::MacOs), Probe::GitHook.description_on(Platform::Linux));
     }
 
     #[test]

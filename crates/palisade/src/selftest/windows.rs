@@ -160,6 +160,9 @@ impl Selftest {
             Probe::UserNamespace | Probe::Ptrace | Probe::IoUring | Probe::Bpf | Probe::ReadShadow => {
                 anyhow::bail!("probe {} runs on Linux only", probe.id())
             }
+            Probe::CpuInfo | Probe::EnvFileHidden | Probe::FullNetwork | Probe::ListenWithoutEgress | Probe::NestedSandbox => {
+                anyhow::bail!("probe {} runs on macOS only", probe.id())
+            }
         })
     }
 
@@ -354,7 +357,7 @@ impl Selftest {
 
         let survivors = processes::wait_until_gone(&image, &[pid]);
         let kill_failures = processes::kill(&survivors);
-        let verdict = judge::timeout(run.code, pid, !survivors.is_empty(), &kill_failures);
+        let verdict = crate::selftest::judge::detached_timeout(run.code, pid, !survivors.is_empty(), &kill_failures);
         // The probe's detail shows whether CREATE_BREAKAWAY_FROM_JOB was refused.
         Ok(match verdict {
             Verdict::Held(detail) => Verdict::Held(format!("{}; {detail}", result.detail)),

@@ -81,6 +81,9 @@ pub fn attempt(probe: Probe, args: &[OsString]) -> anyhow::Result<u8> {
         | Probe::WriteThroughJunction
         | Probe::WriteWhereUsersMayModify
         | Probe::ShellExecuteUrl => anyhow::bail!("probe {} runs on Windows only", probe.id()),
+        Probe::CpuInfo | Probe::EnvFileHidden | Probe::FullNetwork | Probe::ListenWithoutEgress | Probe::NestedSandbox => {
+            anyhow::bail!("probe {} runs on macOS only", probe.id())
+        }
     };
     result.print();
     Ok(0)

@@ -4,7 +4,7 @@
 use windows_sys::Win32::Foundation::ERROR_NOT_ENOUGH_QUOTA;
 
 use crate::selftest::attempt::Attempt;
-use crate::selftest::{Verdict, PROBE_TIMEOUT_SECONDS};
+use crate::selftest::Verdict;
 
 /// Holds when starting a process failed with `ERROR_NOT_ENOUGH_QUOTA` before the probe's cap,
 /// and below `limit` when the policy sets one.
@@ -35,26 +35,6 @@ pub fn process_limit(result: &Attempt, limit: Option<u64>) -> Verdict {
     }
 }
 
-/// Holds when the run ended with the timeout's status and the detached process `pid` did not
-/// outlive it. `survived` is whether it was still running after the run, and `kill_failures`
-/// lists why selftest could not terminate it then.
-pub fn timeout(code: Option<i32>, pid: u32, survived: bool, kill_failures: &[String]) -> Verdict {
-    if survived {
-        let killed = if kill_failures.is_empty() {
-            "and selftest terminated it".to_owned()
-        } else {
-            format!("and selftest failed to terminate it ({})", kill_failures.join("; "))
-        };
-        return Verdict::NotHeld(format!("the detached process {pid} outlived the {PROBE_TIMEOUT_SECONDS}s timeout, {killed}"));
-    }
-    let timed_out = i32::from(crate::EXIT_TIMED_OUT);
-    if code != Some(timed_out) {
-        let status = code.map_or_else(|| "no status".to_owned(), |code| format!("status {code}"));
-        return Verdict::NotHeld(format!("the run ended with {status} instead of the timeout's {timed_out}"));
-    }
-    Verdict::Held(format!("the run ended at the {PROBE_TIMEOUT_SECONDS}s timeout (status {timed_out}), and the detached process {pid} is gone"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,15 +54,5 @@ mod tests {
         assert!(matches!(process_limit(&stopped(5, 14), Some(16)), Verdict::NotHeld(_)));
         let all = Attempt { count: Some(200), ..Attempt::success("started all 200 processes".into()) };
         assert_eq!(process_limit(&all, None), Verdict::NotHeld("started all 200 processes; the policy sets no process limit".into()));
-    }
-
-    #[test]
-    fn timeout_needs_its_status_and_no_survivor() {
-        let timed_out = Some(i32::from(crate::EXIT_TIMED_OUT));
-        assert!(is_held(&timeout(timed_out, 4242, false, &[])));
-        assert!(matches!(timeout(timed_out, 4242, true, &[]), Verdict::NotHeld(_)));
-        assert!(matches!(timeout(Some(0), 4242, false, &[]), Verdict::NotHeld(_)));
-        let Verdict::NotHeld(detail) = timeout(timed_out, 4242, true, &["process 4242: Access is denied.".into()]) else { panic!("a survivor must not hold") };
-        assert!(detail.contains("failed to terminate it"), "{detail}");
     }
 }

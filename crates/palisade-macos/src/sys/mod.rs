@@ -12,14 +12,25 @@
 //! NOTE: nothing here has run yet: it is type-checked for `aarch64-apple-darwin` and
 //! `x86_64-apple-darwin` on Linux, and `docs/macos.md` lists the steps that check it on a Mac.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+pub mod check;
+pub mod log;
+pub mod machine;
+pub mod output;
+pub mod run;
+pub mod signals;
+pub mod stage;
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString, OsString};
 use std::io;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
 
 use crate::limits::{Resource, Rlimit};
 use crate::marker::{is_member, RunMarker, MARKER_OPERATION};
 use crate::nesting::{check_not_nested, NestedSandbox};
+use crate::stage::{bounded, exec_candidates, exec_failure, keep_searching, path_of, ExecError, StageRequest, StageStatus};
 use crate::tree::{run_members, ProcessInfo};
 
 // libsandbox, part of libSystem. sandbox_init(3) is marked deprecated since macOS 10.8 and still
@@ -80,7 +91,7 @@ fn sandbox_allows(pid: i32, operation: &CStr, path: &CStr) -> Option<bool> {
 }
 
 /// Returns the name of palisade's parent process, for the message about nesting.
-fn parent_name() -> Option<String> {
+pub(crate) fn parent_name() -> Option<String> {
     let mut name = [0u8; 256];
     // SAFETY: getppid has no failure case, and proc_name is given the buffer's length as its
     // size, which bounds what it writes.
@@ -152,29 +163,18 @@ pub fn lower_rlimits(rlimits: &[Rlimit]) -> Result<(), SysError> {
     Ok(())
 }
 
-/// The input of the stage that becomes the command.
-#[derive(Debug, Clone)]
-pub struct Stage {
-    pub profile: String,
-    pub rlimits: Vec<Rlimit>,
-    pub cwd: CString,
-    /// The command's absolute path; the supervisor has searched `PATH` already.
-    pub program: CString,
-    pub argv: Vec<CString>,
-    /// `NAME=VALUE` entries.
-    pub env: Vec<CString>,
-}
-
-/// Confines this process and replaces it with the command. Returns only on failure, before
-/// the command has run.
-pub fn confine_and_exec(stage: &Stage) -> SysError {
-    match confine(stage) {
-        Ok(()) => exec(stage),
-        Err(error) => error,
+/// Confines this process and replaces it with the command. Returns only when the command did
+/// not start, with the status the stage reports to the supervisor.
+pub fn confine_and_exec(request: &StageRequest) -> StageStatus {
+    if let Err(error) = confine(request) {
+        return StageStatus::Failed { reason: bounded(error.to_string()) };
     }
+    exec(request)
 }
 
-fn confine(stage: &Stage) -> Result<(), SysError> {
+/// Starts a session, changes to the working directory, lowers the rlimits and applies the
+/// profile, in that order.
+pub fn confine(request: &StageRequest) -> Result<(), SysError> {
     // A session of its own: the run's processes form one process group palisade can signal,
     // and the command has no controlling terminal to push keystrokes into with TIOCSTI.
     // NOTE: that macOS refuses TIOCSTI on a terminal that is not the caller's controlling
@@ -184,24 +184,55 @@ fn confine(stage: &Stage) -> Result<(), SysError> {
     if unsafe { libc::setsid() } < 0 {
         return Err(last_error("start a new session"));
     }
+    let cwd = CString::new(request.cwd.as_os_str().as_bytes()).map_err(|_| SysError::Nul("working directory"))?;
     // SAFETY: the directory is a NUL-terminated string that outlives the call.
-    if unsafe { libc::chdir(stage.cwd.as_ptr()) } != 0 {
+    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
         return Err(last_error("change to the working directory"));
     }
-    lower_rlimits(&stage.rlimits)?;
+    lower_rlimits(&request.rlimits)?;
+    let Some(profile) = &request.profile else { return Ok(()) };
     // Before applying: inside another sandbox, sandbox_init would fail with a bare EPERM.
     check_not_nested_here()?;
     // Last, because the profile may deny the calls before it.
-    apply_profile(&stage.profile)
+    apply_profile(profile)
 }
 
-fn exec(stage: &Stage) -> SysError {
-    let argv: Vec<*const c_char> = stage.argv.iter().map(|arg| arg.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let env: Vec<*const c_char> = stage.env.iter().map(|var| var.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    // SAFETY: the program and every entry are NUL-terminated strings kept alive by `stage`,
-    // and both arrays end with a null pointer.
-    unsafe { libc::execve(stage.program.as_ptr(), argv.as_ptr(), env.as_ptr()) };
-    last_error("execute the command")
+/// Executes the command, looked up in its `PATH` as a shell does. The search runs inside the
+/// sandbox, so it finds only what the command may execute.
+pub fn exec(request: &StageRequest) -> StageStatus {
+    let cstrings = |items: &[OsString]| items.iter().map(|item| CString::new(item.as_bytes()).ok()).collect::<Option<Vec<CString>>>();
+    let (Some(argv), Some(env)) = (cstrings(&request.argv), cstrings(&request.env)) else {
+        return StageStatus::ExecFailed { status: 126, reason: "an argument or variable of the command contains a NUL byte".into() };
+    };
+    let argv_pointers: Vec<*const c_char> = argv.iter().map(|arg| arg.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let env_pointers: Vec<*const c_char> = env.iter().map(|var| var.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+
+    let program = Path::new(&request.argv[0]);
+    let path = path_of(&request.env);
+    let candidates = exec_candidates(program, path);
+    let mut last: Option<(ExecError, String)> = None;
+    for candidate in &candidates {
+        let Ok(file) = CString::new(candidate.as_os_str().as_bytes()) else { continue };
+        // SAFETY: the program and every entry are NUL-terminated strings that outlive the
+        // call, and both arrays end with a null pointer.
+        unsafe { libc::execve(file.as_ptr(), argv_pointers.as_ptr(), env_pointers.as_ptr()) };
+        let error = io::Error::last_os_error();
+        let kind = match error.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => ExecError::NotFound,
+            Some(libc::EACCES) => ExecError::PermissionDenied,
+            _ => ExecError::Other,
+        };
+        if kind != ExecError::NotFound || last.is_none() {
+            last = Some((kind, error.to_string()));
+        }
+        if !keep_searching(kind) {
+            break;
+        }
+    }
+    match exec_failure(program, candidates.len(), path, last) {
+        StageStatus::ExecFailed { status, reason } => StageStatus::ExecFailed { status, reason: bounded(reason) },
+        failed => failed,
+    }
 }
 
 /// Reads the process table: the id, parent and process group of every process that is not
@@ -237,6 +268,19 @@ pub fn list_processes() -> io::Result<Vec<ProcessInfo>> {
         }
     }
     Ok(processes)
+}
+
+/// Returns the path of the executable process `pid` runs, or `None` when it is gone or cannot
+/// be read.
+pub fn executable_path(pid: i32) -> Option<std::path::PathBuf> {
+    let mut buffer = vec![0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
+    // SAFETY: the buffer's length is passed as its size, which bounds what proc_pidpath writes.
+    let length = unsafe { libc::proc_pidpath(pid, buffer.as_mut_ptr().cast::<c_void>(), buffer.len() as u32) };
+    if length <= 0 {
+        return None;
+    }
+    buffer.truncate(length as usize);
+    Some(std::path::PathBuf::from(std::ffi::OsString::from_vec(buffer)))
 }
 
 /// Returns whether process `pid` runs under this run's profile (see [`crate::marker`]).

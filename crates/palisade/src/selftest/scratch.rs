@@ -1,6 +1,7 @@
-//! The temporary world of one selftest: a workspace with a git repository and a copy of this
-//! binary, a fake home directory with a planted fake SSH key, and a directory outside the
-//! workspace. All of it lies under one fresh directory, which is removed at the end.
+//! The temporary world of one selftest on Linux and macOS: a workspace with a git repository
+//! and a copy of this binary, a fake home directory with a planted fake SSH key, and a
+//! directory outside the workspace. All of it lies under one fresh directory, which is removed
+//! at the end.
 
 use std::fs;
 use std::io;
@@ -56,7 +57,7 @@ impl Scratch {
         // where the sandbox's user cannot reach it (a home directory, `/root`), and an extra
         // rule would change the policy under test. The copy is a file of its own, not a hard
         // link, so a probe that could write it would not change this binary.
-        fs::copy("/proc/self/exe", &self.probe_exe)
+        fs::copy(own_executable()?, &self.probe_exe)
             .with_context(|| format!("failed to copy the palisade binary to {}", self.probe_exe.display()))?;
         set_mode(&self.probe_exe, 0o755)?;
 
@@ -76,12 +77,14 @@ impl Scratch {
     /// Gives the outside directory and its file to `owner`, the uid and gid the sandboxed
     /// command runs as, so that only the sandbox, and not file permissions, keeps the probe
     /// from writing there.
+    #[cfg(target_os = "linux")]
     pub fn give_outside_to(&self, owner: (u32, u32)) -> anyhow::Result<()> {
         change_owner(&[&self.outside, &self.existing_outside()], owner)
     }
 
     /// Gives the fake key and its directory to `owner`, so that only the sandbox, and not file
     /// permissions, keeps the probe from reading it.
+    #[cfg(target_os = "linux")]
     pub fn give_key_to(&self, owner: (u32, u32)) -> anyhow::Result<()> {
         change_owner(&[&self.home.join(".ssh"), &self.fake_key()], owner)
     }
@@ -129,6 +132,16 @@ fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     fs::write(path, contents).with_context(|| format!("failed to write {}", path.display()))
 }
 
+/// Returns the file of this binary: `/proc/self/exe` on Linux, which is this very binary even if
+/// its file was replaced since, and the path the system recorded at exec elsewhere.
+fn own_executable() -> anyhow::Result<PathBuf> {
+    if cfg!(target_os = "linux") {
+        return Ok(PathBuf::from("/proc/self/exe"));
+    }
+    std::env::current_exe().context("failed to find palisade's own executable")
+}
+
+#[cfg(target_os = "linux")]
 fn change_owner(paths: &[&Path], (uid, gid): (u32, u32)) -> anyhow::Result<()> {
     for path in paths {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("failed to change the owner of {}", path.display()))?;

@@ -1,0 +1,69 @@
+//! Sandbox denials read from the unified log while a run goes on, for the report. Best
+//! effort, see [`crate::violations`].
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::marker::RunMarker;
+use crate::violations::{parse_denial, Observed, LOG_STREAM_ARGUMENTS};
+
+use super::check::LOG_TOOL;
+
+/// How long palisade waits for `log stream` to print its first line before it starts the
+/// command anyway.
+const START_WAIT: Duration = Duration::from_secs(1);
+
+/// The maximum number of denials kept from one run's log, so a flood of them cannot grow
+/// palisade's memory without bound.
+const MAX_OBSERVED: usize = 10_000;
+
+/// A running `log stream` and the thread that reads it.
+pub struct LogReader {
+    child: Child,
+    thread: JoinHandle<Vec<Observed>>,
+}
+
+impl LogReader {
+    /// Starts `log stream` for sandbox denials. Each denial's process is checked for the run's
+    /// marker as its line arrives.
+    pub fn start(marker: RunMarker) -> std::io::Result<LogReader> {
+        let mut command = Command::new(LOG_TOOL);
+        command.args(LOG_STREAM_ARGUMENTS).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        super::signals::unblock_in_child(&mut command);
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (started, first_line) = mpsc::channel();
+        let thread = std::thread::Builder::new().name("palisade-log".into()).spawn(move || {
+            let mut observed = Vec::new();
+            let mut started = Some(started);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(started) = started.take() {
+                    let _ = started.send(());
+                }
+                let Some(denial) = parse_denial(&line) else { continue };
+                if observed.len() < MAX_OBSERVED {
+                    let marked = super::is_run_member(denial.pid, &marker);
+                    observed.push(Observed { denial, marked });
+                }
+            }
+            observed
+        })?;
+        // `log stream` prints a line once it filters; denials before it are not seen.
+        if first_line.recv_timeout(START_WAIT).is_err() {
+            tracing::debug!("log stream printed nothing within {START_WAIT:?}; starting the command anyway");
+        }
+        Ok(LogReader { child, thread })
+    }
+
+    /// Waits `grace` for late lines, stops `log stream` and returns the denials it saw.
+    pub fn stop(mut self, grace: Duration) -> Vec<Observed> {
+        std::thread::sleep(grace);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.thread.join().unwrap_or_default()
+    }
+}
