@@ -211,7 +211,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     let guard = Guard::capture(&guarded)
         .map_err(|reason| Error::Sandbox(format!("degraded mode cannot guard the protected paths: {reason}")))?;
     let revert = crate::supervisor::RevertList::capture(&fs.revert_if_created);
-    let new_repositories = crate::scrub::NewRepositories::capture(&fs.writable, &fs.git_entries);
+    let new_repositories = palisade_policy::scrub::NewRepositories::capture(&fs.writable, &fs.git_entries);
 
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

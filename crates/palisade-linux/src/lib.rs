@@ -23,7 +23,6 @@ mod output;
 pub mod plan;
 pub mod probe;
 mod pty;
-mod scrub;
 mod seccomp;
 pub mod session;
 mod supervisor;

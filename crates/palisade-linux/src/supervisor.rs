@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use palisade_policy::network::Rules;
+use palisade_policy::scrub::NewRepositories;
 use palisade_policy::{NetworkMode, Policy};
 use rustix::event::{PollFd, PollFlags};
 
@@ -19,7 +20,6 @@ use crate::network;
 use crate::output;
 use crate::plan::MountPlan;
 use crate::pty;
-use crate::scrub;
 use crate::userns;
 use crate::{landlock, seccomp, sys, Error, Exit, Identity, Job, Layers, Outcome};
 
@@ -230,7 +230,7 @@ pub fn run(
     };
     // `go_write` stays open until the run ends: init treats its hang-up as this process's death.
     let revert = RevertList::capture(&policy.filesystem.revert_if_created);
-    let new_repositories = scrub::NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries);
+    let new_repositories = NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries);
 
     let mut bytes = Vec::new();
     let proc = std::path::Path::new("/proc");

@@ -4,6 +4,10 @@
 //! overrides ([`Overrides`]). [`resolve`] merges them over a built-in profile, expands `~` and
 //! `{workspace}`, canonicalises every path and checks for contradictions, producing a
 //! [`Policy`]. Backends consume only [`Policy`]; none of them sees raw input.
+//!
+//! The crate reads the host (files, metadata, symlinks) and changes nothing on it, with one
+//! exception: [`scrub`], which the Unix backends call after a run to neutralise the git
+//! repositories the command created.
 
 mod builtin;
 mod env;
@@ -14,6 +18,8 @@ mod parse;
 mod paths;
 mod raw;
 mod resolve;
+#[cfg(unix)]
+pub mod scrub;
 
 pub use builtin::{CREDENTIAL_STORES, HOME_CACHES, HOME_EXEC_CONFIG, HOME_TOOLCHAIN, PROTECTED_IN_HOME, PROTECTED_IN_WRITABLE, SYSTEM_READ};
 pub use env::looks_secret;

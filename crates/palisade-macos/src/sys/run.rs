@@ -24,6 +24,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use palisade_policy::network::Rules;
+use palisade_policy::scrub::NewRepositories;
 use palisade_policy::{Limits, NetworkMode, Policy, Profile};
 use palisade_proxy::thread::{ProxyRecord, ProxyThread};
 
@@ -119,9 +120,8 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
     drop(temp);
 
     let mut outcome = result?;
-    // TODO: neutralise git repositories created inside writable roots during the run, as the
-    // Linux backend does after its runs. Until then, a `.git` renamed into place during a run
-    // keeps the hooks it brought.
+    // Every process of the run is dead now, so nothing can plant anything after the search.
+    NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries).scrub();
     outcome.network = network;
     outcome.layers.missing.extend(request.gaps.iter().map(|gap| format!("{}: {}", gap.what, gap.consequence)));
     if let Some(observed) = observed {

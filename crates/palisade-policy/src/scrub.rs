@@ -1,7 +1,8 @@
-//! Neutralising a git repository that the command created during the run.
+//! Neutralising a git repository that the command created during the run, for the backends on
+//! Unix.
 //!
-//! Protected names are enforced with mounts, which need the parent directory to exist when the
-//! sandbox starts. A directory without `.git` must stay free for `git init`, so a repository
+//! Protected names are enforced with mounts on Linux and with rules on existing paths on macOS;
+//! either way a directory without `.git` must stay free for `git init`, so a repository
 //! created inside the sandbox starts with writable hooks and configuration. When the run ends
 //! (every process of it is dead), palisade looks for `.git` entries in the writable roots again,
 //! with the bounded search that protection uses, and disables what each new one would make the
@@ -45,10 +46,10 @@ impl<'a> NewRepositories<'a> {
 
     /// Neutralises every `.git` entry that appeared in the roots during the run.
     ///
-    /// NOTE: the search has the bounds of `palisade_policy::git_entries`, so a repository
+    /// NOTE: the search has the bounds of [`crate::git_entries`], so a repository
     /// created deeper than it looks keeps what the command planted.
     pub fn scrub(&self) {
-        let found: Vec<PathBuf> = self.roots.iter().flat_map(|root| palisade_policy::git_entries(root)).collect();
+        let found: Vec<PathBuf> = self.roots.iter().flat_map(|root| crate::git_entries(root)).collect();
         for git_dir in found.iter().filter(|entry| !self.before.contains(entry)) {
             match git_dir.symlink_metadata() {
                 Ok(meta) if meta.is_dir() => scrub_repository(git_dir),
