@@ -14,6 +14,8 @@ if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -x /usr/bin/cargo-c
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rustc-web cargo-web rust-web-src rust-web-clippy >/dev/null
 fi
+. .ci/rust-web.sh
+rust_web_upgrade_if_old rustc-web cargo-web rust-web-src rust-web-clippy
 
 # Debian's compiler, not rustup's, because only it has the matching standard library source.
 # RUSTC_BOOTSTRAP lets the stable compiler take -Zbuild-std; it is set for these commands only.
@@ -22,17 +24,14 @@ fi
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${PALISADE_MACOS_TARGET_DIR:-/var/tmp/mac-target}"
 
-# Debian 12's rustc-web is 1.85, below the rust-version that some dev-dependencies declare
-# (proptest 1.12 declares 1.88) though they compile with it; --ignore-rust-version skips only
-# that gate, and every crate is still compiled.
 crates=(-p palisade-macos -p palisade)
 for target in aarch64-apple-darwin x86_64-apple-darwin; do
   echo "macos.sh: checking palisade-macos and palisade for $target" >&2
-  /usr/bin/cargo check --locked --ignore-rust-version -Zbuild-std --target "$target" "${crates[@]}" --all-targets
+  /usr/bin/cargo check --locked -Zbuild-std --target "$target" "${crates[@]}" --all-targets
 done
 
 # Clippy checks the macOS-only code (`sys`, the binary's macOS glue and selftest probes) only
 # when it checks for a macOS target, and there it enforces a SAFETY comment on every unsafe
 # block. Debian's cargo-clippy runs Debian's clippy-driver when /usr/bin comes first in PATH.
 echo "macos.sh: running clippy on palisade-macos and palisade for aarch64-apple-darwin" >&2
-PATH="/usr/bin:$PATH" /usr/bin/cargo clippy --locked --ignore-rust-version -Zbuild-std --target aarch64-apple-darwin "${crates[@]}" --all-targets -- -D warnings
+PATH="/usr/bin:$PATH" /usr/bin/cargo clippy --locked -Zbuild-std --target aarch64-apple-darwin "${crates[@]}" --all-targets -- -D warnings

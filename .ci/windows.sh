@@ -34,6 +34,9 @@ fi
 
 # Debian's compiler and cargo by path: rustup's proxies come first on PATH, and they have no
 # std source for Windows. RUSTC_BOOTSTRAP lets this stable compiler take -Zbuild-std.
+. .ci/rust-web.sh
+rust_web_upgrade_if_old rustc-web cargo-web rust-web-src
+
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
 cargo=/usr/bin/cargo
 export CARGO_TARGET_DIR=${PALISADE_WIN_TARGET_DIR:-/var/tmp/palisade-win-target}
