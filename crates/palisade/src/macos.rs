@@ -18,7 +18,9 @@ use crate::report;
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let result = launch(&args.policy, &args.command);
     if let (Err(error), Some(path)) = (&result, &args.policy.report) {
-        // The report records why nothing ran; the error itself still goes to stderr.
+        // The report records why nothing ran; the error itself still goes to stderr. The
+        // backend returns an error only when the command did not start: once it may have,
+        // palisade's failures come back in the outcome's `supervisor_errors`.
         let policy = args.policy.resolve().ok();
         let _ = report::write(path, &report::refused(&args.command, policy.as_ref(), &format!("{error:#}")));
     }
@@ -52,6 +54,9 @@ fn print_outcome(outcome: &Outcome) {
     }
     if !outcome.survivors.is_empty() {
         eprintln!("palisade: processes {:?} of the run survived every kill round", outcome.survivors);
+    }
+    for error in &outcome.supervisor_errors {
+        eprintln!("palisade: {error}");
     }
     print_network_denials(outcome);
 }
@@ -166,6 +171,7 @@ fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
         // the ones observed, never the complete list.
         "sandbox_denials_read": outcome.violations_read,
         "survivors": outcome.survivors,
+        "supervisor_errors": outcome.supervisor_errors,
         "error": Value::Null,
     })
 }
