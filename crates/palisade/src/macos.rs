@@ -182,8 +182,7 @@ fn sigkill() -> i32 {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let stage_exe = std::env::current_exe().map_err(|error| format!("failed to find palisade's own executable: {error}"));
-    let layers = layers(&sys::check::facts(stage_exe.as_deref().map_err(Clone::clone)));
+    let layers = layers(&sys::check::facts(trial_run));
     let runs = default_policy_runs(&layers);
     if args.json {
         let entries: serde_json::Map<String, Value> = layers.iter().map(|layer| (layer.name.to_owned(), layer_json(layer))).collect();
@@ -211,6 +210,26 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if runs { 0 } else { 1 })
+}
+
+/// Runs `/usr/bin/true` under the default policy for a scratch workspace, as `palisade run`
+/// would in that directory, and removes the workspace afterwards.
+fn trial_run() -> Result<(), String> {
+    let stage_exe = std::env::current_exe().map_err(|error| format!("failed to find palisade's own executable: {error}"))?;
+    let workspace = std::env::temp_dir().join(format!("palisade-check-{}", std::process::id()));
+    std::fs::create_dir(&workspace).map_err(|error| format!("failed to create the scratch workspace {}: {error}", workspace.display()))?;
+    let result = trial_run_in(&workspace, &stage_exe);
+    if let Err(error) = std::fs::remove_dir_all(&workspace) {
+        eprintln!("palisade: failed to remove the scratch workspace {}: {error}", workspace.display());
+    }
+    result
+}
+
+fn trial_run_in(workspace: &std::path::Path, stage_exe: &std::path::Path) -> Result<(), String> {
+    let mut context = palisade_policy::Context::from_process().map_err(|error| format!("failed to read palisade's environment: {error}"))?;
+    context.cwd = workspace.to_path_buf();
+    let policy = PolicyArgs::default().resolve_in(&context).map_err(|error| format!("failed to resolve the default policy: {error:#}"))?;
+    sys::run::check_run(&policy, stage_exe)
 }
 
 fn layer_json(layer: &Layer) -> Value {

@@ -181,32 +181,28 @@ fn run_unconfined(policy: &Policy, argv: &[OsString], options: &RunOptions, limi
     Ok(outcome)
 }
 
-/// The profile `palisade check` applies: it allows everything, so that only `sandbox_init`
-/// itself can fail.
-const ALLOW_ALL_PROFILE: &str = "(version 1)\n(allow default)\n";
-
-/// Runs `/usr/bin/true` through the stage under a profile that allows everything, as a run
-/// does, for `palisade check`. Returns why that failed, if it did.
-pub fn check_profile(stage_exe: &Path) -> Result<(), String> {
-    super::signals::block().map_err(|error| format!("failed to block the signals palisade passes on: {error}"))?;
-    let request = StageRequest {
-        profile: Some(ALLOW_ALL_PROFILE.into()),
-        rlimits: Vec::new(),
-        cwd: "/".into(),
-        argv: vec!["/usr/bin/true".into()],
-        env: Vec::new(),
-    };
-    let limits = LimitPlan { rlimits: Vec::new(), timeout: Some(CHECK_TIMEOUT), max_output: None, statuses: Vec::new() };
-    let run_id = RunId::parse(&super::machine::random_run_id()).map_err(|reason| format!("failed to make a run id: {reason}"))?;
-    let outcome = supervise(stage_exe, &request, &limits, &RunMarker::for_run(&run_id), Instant::now()).map_err(|error| error.to_string())?;
-    match (outcome.exit, outcome.exec_error) {
-        (Exit::Code(0), None) => Ok(()),
-        (_, Some(reason)) => Err(reason),
-        (exit, None) => Err(format!("/usr/bin/true ended with exit status {} under it", exit.status())),
+/// Runs `/usr/bin/true` under `policy` as `palisade run` does, through the stage and with the
+/// profile generated for it, for `palisade check`: a profile this macOS cannot compile fails
+/// the check. Returns why the run failed, if it did.
+pub fn check_run(policy: &Policy, stage_exe: &Path) -> Result<(), String> {
+    let mut policy = policy.clone();
+    policy.limits.timeout = Some(CHECK_TIMEOUT);
+    let options = RunOptions { stage_exe: stage_exe.to_path_buf(), read_log: false };
+    let outcome = run(&policy, &["/usr/bin/true".into()], &options).map_err(|error| error.to_string())?;
+    if let Some(reason) = outcome.exec_error {
+        return Err(reason);
+    }
+    if !outcome.supervisor_errors.is_empty() {
+        return Err(outcome.supervisor_errors.join("; "));
+    }
+    match outcome.exit {
+        Exit::Code(0) if outcome.layers.seatbelt => Ok(()),
+        Exit::Code(0) => Err("the stage did not confirm that the profile was in place".into()),
+        exit => Err(format!("/usr/bin/true ended with {} under the profile", exit.describe())),
     }
 }
 
-/// How long `palisade check` waits for `/usr/bin/true` under its profile.
+/// How long `palisade check` waits for `/usr/bin/true` under the default profile.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts palisade's proxy on a loopback port the system picks, which the profile then allows.
