@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Removes `path` and everything below it; a `path` that is gone already counts as removed.
 ///
 /// With `restore` set, a failed removal gives every directory below `path` its owner's read,
-/// write and search permission back and tries once more: the tree is the run's own, and the
+/// write and search permission back and tries once more. The tree is the run's own, and the
 /// command may have made a directory mode 000, whose entries then cannot be removed. Set it
 /// only once every process of the run is dead, because a process still running could replace
 /// a directory with a symbolic link between the check and the change of its permissions.

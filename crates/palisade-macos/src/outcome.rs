@@ -240,8 +240,8 @@ pub struct Outcome {
     pub violations_read: bool,
     /// Processes of the run still found after the last kill round.
     pub survivors: Vec<i32>,
-    /// What palisade failed to do after the command may have started: supervise it, kill
-    /// every process of the run, reap it or clean up after it. Each entry is a message.
+    /// Failures of palisade after the command may have started, one message each: to
+    /// supervise the command, kill every process of the run, reap it or clean up after it.
     pub supervisor_errors: Vec<String>,
     /// Whether the last kill round read the process table and found no process of the run.
     /// For the unconfined profile, which carries no marker, that covers the command's

@@ -469,7 +469,9 @@ mod tests {
     fn open_descriptors_lists_this_process() {
         // /dev/fd lists the calling process's descriptors on Linux too.
         let open = open_descriptors(Path::new("/dev/fd")).unwrap();
-        assert!(open.contains(&0) && open.contains(&1) && open.contains(&2), "{open:?}");
+        for fd in [0, 1, 2] {
+            assert!(open.contains(&fd), "descriptor {fd} missing from {open:?}");
+        }
         assert!(open_descriptors(Path::new("/nonexistent/fd")).is_err());
     }
 }

@@ -80,7 +80,7 @@ pub struct KillReport {
     pub killed: Vec<i32>,
     /// Processes still found after the last round.
     pub survivors: Vec<i32>,
-    /// Why the process table could not be read. The command and its process group were sent
+    /// The reason the process table could not be read. The command and its process group were sent
     /// SIGKILL anyway, but processes that left the group, and the survivors, are unknown.
     pub listing_error: Option<String>,
 }

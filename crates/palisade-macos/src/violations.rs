@@ -77,7 +77,7 @@ pub fn select_run_denials(observed: &[Observed], known: &[i32]) -> (Vec<Denial>,
     (listed, left_out)
 }
 
-/// How `log stream` stood when the run ended.
+/// The state of `log stream` when the run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogState {
     /// Still running, so it streamed during the whole run.
@@ -86,7 +86,7 @@ pub enum LogState {
     Exited(Option<i32>),
 }
 
-/// Returns whether the report may say that palisade read the log during the run, and a
+/// Returns whether the report may claim that palisade read the log during the run, and a
 /// warning when it may not. Only a `log stream` still running when the run ended, or one that
 /// exited with status 0, read the whole run. `first_error_line` is the first line it wrote on
 /// stderr.

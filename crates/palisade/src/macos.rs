@@ -38,7 +38,12 @@ fn launch(args: &PolicyArgs, command: &[OsString]) -> anyhow::Result<u8> {
     }
     print_outcome(&outcome);
     if let Some(path) = &args.report {
-        report::write(path, &finished(command, &policy, &outcome))?;
+        // The command ran, so a failure here must not reach `run`, which would then write a
+        // report saying that nothing ran.
+        if let Err(error) = report::write(path, &finished(command, &policy, &outcome)) {
+            eprintln!("palisade: {error:#}");
+            return Ok(crate::EXIT_PALISADE_FAILED);
+        }
     }
     Ok(outcome.exit.status())
 }

@@ -30,12 +30,12 @@ pub struct LogReader {
     errors: JoinHandle<Option<String>>,
 }
 
-/// What the log gave for one run.
+/// The denials the log gave for one run, and whether they cover all of it.
 pub struct LogRead {
     pub observed: Vec<Observed>,
     /// Whether `log stream` streamed during the whole run.
     pub complete: bool,
-    /// Why the denials are incomplete, when they are.
+    /// The reason the denials are incomplete, when they are.
     pub warning: Option<String>,
 }
 
@@ -49,6 +49,7 @@ impl LogReader {
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+
         // Reads stderr to its end, so `log stream` never blocks on a full pipe, and keeps the
         // first line for the warning.
         let errors = std::thread::Builder::new().name("palisade-log-errors".into()).spawn(move || {
@@ -57,6 +58,7 @@ impl LogReader {
             lines.for_each(drop);
             first
         })?;
+
         let (started, first_line) = mpsc::channel();
         let thread = std::thread::Builder::new().name("palisade-log".into()).spawn(move || {
             let mut observed = Vec::new();

@@ -321,8 +321,8 @@ impl ProcessTable for SystemTable<'_> {
             Signal::Stop => libc::SIGSTOP,
             Signal::Kill => libc::SIGKILL,
         };
-        // SAFETY: kill takes a process or group id and a signal number and touches no memory;
-        // a target that has gone fails with ESRCH, which is ignored.
+        // SAFETY: kill takes a process or group id and a signal number and touches no memory.
+        // A target that has gone fails with ESRCH, which is ignored.
         unsafe { libc::kill(target, number) };
     }
 
@@ -334,7 +334,7 @@ impl ProcessTable for SystemTable<'_> {
 /// Kills every process of the run that `root` started: its descendants, its process group,
 /// and every process carrying the run's marker (see [`kill_rounds`]). `root` must be
 /// palisade's child and not reaped yet. The command and its process group are sent SIGKILL
-/// even when the process table cannot be read; the report then says so.
+/// even when the process table cannot be read, and the report then lists the failure.
 ///
 /// NOTE: a process id can be reused between a round's snapshot and its signal, so a process
 /// that exits at that moment could give its id to an unrelated one. The marker is checked in

@@ -130,7 +130,7 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
 
     // When the last kill round found no process of the run, nothing can plant a repository
     // after this search. When one may still run, the scrub runs all the same, and the outcome
-    // says that it may have come too early.
+    // records that it may have come too early.
     NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries).scrub();
     if !outcome.all_killed {
         outcome.supervisor_errors.push(
@@ -152,7 +152,7 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
     Ok(outcome)
 }
 
-/// What the report says about the kill of an unconfined run's processes.
+/// The entry of `layers.missing` about the kill of an unconfined run's processes.
 const UNCONFINED_TREE_KILL: &str = "process tree: without a profile no process carries the run's marker, so a process that leaves the command's process group and whose parent exits is neither found nor killed when the run ends";
 
 /// Runs `argv` unsandboxed through the stage, which still starts a session and lowers the
@@ -271,8 +271,10 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
     let usage = Usage { stdout_bytes: stdout_bytes.unwrap_or(0), stderr_bytes: stderr_bytes.unwrap_or(0), ..usage };
 
     // The stage is reaped now and `execve` closed its status pipe, which nothing else holds,
-    // so this read ends. What the stage writes there (at most MAX_REASON and a few bytes)
-    // fits in a pipe's buffer, so the stage never waited for this read.
+    // so this read ends. The stage writes at most MAX_REASON and a few bytes there, and
+    // exits without waiting for this read as long as the pipe's buffer holds them.
+    // NOTE: XNU's pipes are understood to buffer 16 KiB by default; unverified on a Mac. A
+    // smaller buffer would hold a failing stage until the timeout.
     let mut status = Vec::new();
     let stage_end = match (&mut stage.status).take(MAX_REASON as u64 + 16).read_to_end(&mut status) {
         Ok(_) => Some(read_stage_end(&status)),
@@ -539,7 +541,7 @@ struct Reaped {
     survivors: Vec<i32>,
     /// The command and every process the kill rounds found.
     run_pids: Vec<i32>,
-    /// What palisade failed to do while it killed and reaped the run.
+    /// Failures of palisade while it killed and reaped the run.
     errors: Vec<String>,
     /// Whether the last kill round read the process table and found no process of the run.
     all_killed: bool,
@@ -561,6 +563,7 @@ fn kill_and_reap(pid: i32, marker: &RunMarker) -> (Reaped, Usage) {
     let all_killed = report.listing_error.is_none() && report.survivors.is_empty();
     let (survivors, mut run_pids) = (report.survivors, report.killed);
     run_pids.push(pid);
+
     let mut status = 0;
     // SAFETY: rusage is plain data, for which all zeroes is a valid value.
     let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -611,7 +614,7 @@ impl RunTemp {
     }
 
     /// Removes the directory, giving what the command made unremovable its permissions back
-    /// when `all_killed` says no process of the run can still change the tree (see
+    /// when `all_killed` shows that no process of the run can still change the tree (see
     /// [`remove_run_dir`]).
     fn remove(mut self, all_killed: bool) -> Result<(), String> {
         self.removed = true;
