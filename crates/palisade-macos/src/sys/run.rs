@@ -262,6 +262,14 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
     if let Err(error) = wait_without_reaping(pid, events) {
         failures.push(error.to_string());
     }
+    // A thread reads the status pipe meanwhile, so a stage never waits to write its failure.
+    // Should the thread not start, the read below, after the kill, cannot block either.
+    let status_reader = stage
+        .status
+        .try_clone()
+        .and_then(|pipe| std::thread::Builder::new().name("palisade-stage-status".into()).spawn(move || read_status(&pipe)))
+        .inspect_err(|error| tracing::debug!("failed to start the thread that reads the stage's status, so it is read after the run: {error}"))
+        .ok();
 
     // The timeout counts from the stage's start, so a stage that hangs before it executes the
     // command ends as a command would. When a thread above failed, the run ends at once.
@@ -270,17 +278,20 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
     let (stdout_bytes, stderr_bytes) = pumps.map_or((None, None), |pumps| pumps.finish(OUTPUT_GRACE));
     let usage = Usage { stdout_bytes: stdout_bytes.unwrap_or(0), stderr_bytes: stderr_bytes.unwrap_or(0), ..usage };
 
-    // The stage is reaped now and `execve` closed its status pipe, which nothing else holds,
-    // so this read ends. The stage writes at most MAX_REASON and a few bytes there, and
-    // exits without waiting for this read as long as the pipe's buffer holds them.
-    // NOTE: XNU's pipes are understood to buffer 16 KiB by default; unverified on a Mac. A
-    // smaller buffer would hold a failing stage until the timeout.
-    let mut status = Vec::new();
-    let stage_end = match (&mut stage.status).take(MAX_REASON as u64 + 16).read_to_end(&mut status) {
-        Ok(_) => Some(read_stage_end(&status)),
+    // The stage is reaped now, or `execve` closed its status pipe, which nothing else holds,
+    // so the read ends.
+    let read = match status_reader {
+        Some(reader) => reader.join().unwrap_or_else(|_| Err(io::Error::other("the thread that read it panicked"))),
+        None => read_status(&stage.status),
+    };
+    let (status, stage_end) = match read {
+        Ok(status) => {
+            let end = read_stage_end(&status);
+            (status, Some(end))
+        }
         Err(error) => {
             failures.push(format!("failed to read the sandbox stage's status, so whether the command ran is unknown: {error}"));
-            None
+            (Vec::new(), None)
         }
     };
     let mut outcome = match stage_end {
@@ -309,6 +320,14 @@ fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan,
     outcome.supervisor_errors = failures;
     outcome.supervisor_errors.extend(reaped.errors);
     Ok(outcome)
+}
+
+/// Reads everything the stage writes to its status pipe, up to a few bytes past
+/// [`MAX_REASON`].
+fn read_status(pipe: &File) -> io::Result<Vec<u8>> {
+    let mut status = Vec::new();
+    pipe.take(MAX_REASON as u64 + 16).read_to_end(&mut status)?;
+    Ok(status)
 }
 
 /// Describes a stage that ended before it started the command: palisade's own `failures`,
