@@ -54,9 +54,12 @@ mod probe {
             }
             ["kill", run_id, root] => {
                 let (marker, root) = parse_run(run_id, root)?;
-                let report = sys::kill_run(root, &marker).map_err(|error| format!("failed to list processes: {error}"))?;
+                let report = sys::kill_run(root, &marker);
                 println!("killed {:?}, survivors {:?}", report.killed, report.survivors);
-                Ok(())
+                match report.listing_error {
+                    Some(error) => Err(format!("failed to list processes: {error}")),
+                    None => Ok(()),
+                }
             }
             _ => Err("expected nesting, exec PROFILE -- COMMAND..., members RUN_ID ROOT_PID or kill RUN_ID ROOT_PID".into()),
         }

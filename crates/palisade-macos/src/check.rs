@@ -8,8 +8,9 @@ pub struct Facts {
     pub os_version: Option<String>,
     /// Whether palisade itself runs inside a Seatbelt sandbox, where it can apply none.
     pub sandboxed: bool,
-    /// The outcome of applying a profile that allows everything to `/usr/bin/true` through
-    /// palisade's stage, or `None` when that was not tried (inside another sandbox).
+    /// The outcome of running `/usr/bin/true` as `palisade run` does, under the profile
+    /// generated from the default policy for a scratch workspace, or `None` when that was not
+    /// tried (inside another sandbox).
     pub profile_applied: Option<Result<(), String>>,
     /// The name of palisade's parent process, for the message about nesting.
     pub parent: Option<String>,
@@ -46,11 +47,11 @@ pub fn layers(facts: &Facts) -> Vec<Layer> {
             name: "seatbelt",
             available: false,
             required: true,
-            detail: format!("{version}: palisade's stage failed to apply a profile that allows everything: {reason}"),
+            detail: format!("{version}: /usr/bin/true failed under the default policy's profile: {reason}"),
             fix: "none known; please report this output, because palisade cannot confine commands on this Mac".into(),
         }
     } else {
-        let checked = if facts.profile_applied.is_some() { ", checked with a profile that allows everything" } else { "" };
+        let checked = if facts.profile_applied.is_some() { ", checked by running /usr/bin/true under the default policy's profile" } else { "" };
         Layer {
             name: "seatbelt",
             available: true,
@@ -120,7 +121,7 @@ mod tests {
         let layers = layers(&Facts { os_version: Some("15.1".into()), log_tool: false, profile_applied: Some(Ok(())), ..Facts::default() });
         assert!(default_policy_runs(&layers));
         assert!(layers[0].detail.starts_with("macOS 15.1"), "{}", layers[0].detail);
-        assert!(layers[0].detail.ends_with("checked with a profile that allows everything"), "{}", layers[0].detail);
+        assert!(layers[0].detail.ends_with("checked by running /usr/bin/true under the default policy's profile"), "{}", layers[0].detail);
         let not_held: Vec<&str> = layers.iter().filter(|layer| !layer.available).map(|layer| layer.name).collect();
         assert_eq!(not_held, ["log", "memory", "max_procs", "cpus", "tmp_size"]);
     }

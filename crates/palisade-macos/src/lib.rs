@@ -16,6 +16,9 @@
 
 pub mod canonical;
 pub mod check;
+// The run's temporary directory is removed with Unix permission bits; it exists on macOS only.
+#[cfg(unix)]
+pub mod cleanup;
 pub mod escape;
 pub mod limits;
 pub mod marker;

@@ -240,6 +240,13 @@ pub struct Outcome {
     pub violations_read: bool,
     /// Processes of the run still found after the last kill round.
     pub survivors: Vec<i32>,
+    /// Failures of palisade after the command may have started, one message each: to
+    /// supervise the command, kill every process of the run, reap it or clean up after it.
+    pub supervisor_errors: Vec<String>,
+    /// Whether the last kill round read the process table and found no process of the run.
+    /// For the unconfined profile, which carries no marker, that covers the command's
+    /// descendants and process group only.
+    pub all_killed: bool,
     /// The command's process id and every process the kill rounds found, for telling the
     /// run's denials in the log from others.
     pub run_pids: Vec<i32>,

@@ -341,6 +341,21 @@ pub fn descriptors_to_close(open: &[i32]) -> Vec<i32> {
     close
 }
 
+/// Lists the descriptors open in this process from `dir`, which is `/dev/fd` on macOS. The
+/// listing's own descriptor is among them. An error while reading any entry fails the whole
+/// listing, because a descriptor missing from it would stay open in the command.
+pub fn open_descriptors(dir: &Path) -> std::io::Result<Vec<i32>> {
+    let mut open = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let fd = name.to_str().and_then(|name| name.parse().ok()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} has an entry that is not a descriptor number: {name:?}", dir.display()))
+        })?;
+        open.push(fd);
+    }
+    Ok(open)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +463,15 @@ mod tests {
     fn only_descriptors_above_status_are_closed() {
         assert_eq!(descriptors_to_close(&[0, 1, 2, 3, 4, 9, 5, 9]), [5, 9]);
         assert_eq!(bounded("é".repeat(MAX_REASON)).len(), MAX_REASON);
+    }
+
+    #[test]
+    fn open_descriptors_lists_this_process() {
+        // /dev/fd lists the calling process's descriptors on Linux too.
+        let open = open_descriptors(Path::new("/dev/fd")).unwrap();
+        for fd in [0, 1, 2] {
+            assert!(open.contains(&fd), "descriptor {fd} missing from {open:?}");
+        }
+        assert!(open_descriptors(Path::new("/nonexistent/fd")).is_err());
     }
 }

@@ -10,6 +10,12 @@
 //! - membership of the command's process group;
 //! - the run's marker in the process's sandbox ([`crate::marker`]), which no process of the run
 //!   can shed.
+//!
+//! [`kill_rounds`] repeats snapshot, stop and kill until a snapshot finds no member. It sends
+//! SIGKILL to the command and its process group in every round, also when the process table
+//! cannot be read, so that a failed listing never leaves the command running.
+
+use std::time::Duration;
 
 /// One process of a snapshot of the process table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +52,80 @@ pub fn run_members(snapshot: &[ProcessInfo], root: i32, exclude: i32, is_marked:
     members
 }
 
+/// The calls [`kill_rounds`] makes on the system, so that its order of steps can be tested
+/// without processes.
+pub trait ProcessTable {
+    /// Reads a snapshot of the process table.
+    fn list(&mut self) -> std::io::Result<Vec<ProcessInfo>>;
+    /// Returns whether process `pid` carries the run's marker.
+    fn is_marked(&mut self, pid: i32) -> bool;
+    /// Sends `signal` to `target`: a process id, or the negated id of a process group. A
+    /// target that is gone is ignored.
+    fn signal(&mut self, target: i32, signal: Signal);
+    /// Waits between two rounds.
+    fn pause(&mut self, duration: Duration);
+}
+
+/// The two signals of a kill round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Stop,
+    Kill,
+}
+
+/// The result of killing a run's processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KillReport {
+    /// Processes sent SIGKILL after a snapshot found them.
+    pub killed: Vec<i32>,
+    /// Processes still found after the last round.
+    pub survivors: Vec<i32>,
+    /// The reason the process table could not be read. The command and its process group were sent
+    /// SIGKILL anyway, but processes that left the group, and the survivors, are unknown.
+    pub listing_error: Option<String>,
+}
+
+/// Kills every process of the run that `root` started, in at most `rounds` rounds `pause`
+/// apart. Each round sends SIGKILL to `root` and its process group first, whatever the
+/// snapshot returns. Then it stops every member of the snapshot, so that none can fork between
+/// the snapshot and the kill, and kills them. It ends when a snapshot finds no member, or at
+/// the first snapshot that fails. `exclude` is palisade itself.
+///
+/// `root` must not be reaped yet: its process id, and so its process group's id, then stay
+/// taken, and the signals cannot reach an unrelated process that reused them.
+pub fn kill_rounds(table: &mut dyn ProcessTable, root: i32, exclude: i32, rounds: usize, pause: Duration) -> KillReport {
+    let mut report = KillReport::default();
+    for round in 0..=rounds {
+        // The command leads its process group once the stage called setsid. Before that, no
+        // group has its id and the first signal fails harmlessly.
+        table.signal(-root, Signal::Kill);
+        table.signal(root, Signal::Kill);
+        let snapshot = match table.list() {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                report.listing_error = Some(error.to_string());
+                return report;
+            }
+        };
+        let members = run_members(&snapshot, root, exclude, &mut |pid| table.is_marked(pid));
+        if members.is_empty() || round == rounds {
+            report.survivors = members;
+            return report;
+        }
+        for pid in &members {
+            table.signal(*pid, Signal::Stop);
+        }
+        for pid in &members {
+            table.signal(*pid, Signal::Kill);
+            if !report.killed.contains(pid) {
+                report.killed.push(*pid);
+            }
+        }
+        table.pause(pause);
+    }
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +155,79 @@ mod tests {
         let snapshot = [process(1, 0, 1), process(500, 1, 600), process(601, 1, 600)];
         let members = run_members(&snapshot, 600, 500, &mut |pid| pid == 1);
         assert_eq!(members, vec![601]);
+    }
+
+    /// A process table that records the signals it is sent. Each listing returns the next
+    /// entry of `listings`, and a process sent SIGKILL, itself or through its group, leaves
+    /// the later ones unless it is in `unkillable`.
+    struct FakeTable {
+        listings: Vec<Result<Vec<ProcessInfo>, String>>,
+        unkillable: Vec<i32>,
+        killed: Vec<i32>,
+        signals: Vec<(i32, Signal)>,
+    }
+
+    impl FakeTable {
+        fn new(listings: Vec<Result<Vec<ProcessInfo>, String>>) -> FakeTable {
+            FakeTable { listings, unkillable: Vec::new(), killed: Vec::new(), signals: Vec::new() }
+        }
+    }
+
+    impl ProcessTable for FakeTable {
+        fn list(&mut self) -> std::io::Result<Vec<ProcessInfo>> {
+            let listing = if self.listings.len() > 1 { self.listings.remove(0) } else { self.listings[0].clone() };
+            let gone = |process: &ProcessInfo| self.killed.contains(&process.pid) || (self.killed.contains(&-process.group) && !self.unkillable.contains(&process.pid));
+            listing.map_err(std::io::Error::other).map(|processes| processes.into_iter().filter(|process| !gone(process)).collect())
+        }
+
+        fn is_marked(&mut self, _pid: i32) -> bool {
+            false
+        }
+
+        fn signal(&mut self, target: i32, signal: Signal) {
+            self.signals.push((target, signal));
+            if signal == Signal::Kill && !self.unkillable.contains(&target) {
+                self.killed.push(target);
+            }
+        }
+
+        fn pause(&mut self, _duration: Duration) {}
+    }
+
+    #[test]
+    fn failed_listing_still_kills_command_and_group() {
+        let mut table = FakeTable::new(vec![Err("proc_listallpids failed".into())]);
+        let report = kill_rounds(&mut table, 600, 500, 20, Duration::ZERO);
+        assert_eq!(table.signals, [(-600, Signal::Kill), (600, Signal::Kill)]);
+        assert_eq!(report.listing_error.as_deref(), Some("proc_listallpids failed"));
+        assert!(report.survivors.is_empty());
+    }
+
+    #[test]
+    fn rounds_stop_then_kill_until_none_left() {
+        let snapshot = vec![process(1, 0, 1), process(500, 1, 500), process(600, 500, 600), process(601, 600, 600), process(800, 1, 800)];
+        let mut table = FakeTable::new(vec![Ok(snapshot)]);
+        let report = kill_rounds(&mut table, 600, 500, 20, Duration::ZERO);
+        assert_eq!(report, KillReport::default(), "the first kill of the command and its group ends a run of two processes");
+
+        let snapshot = vec![process(600, 500, 600), process(700, 1, 700)];
+        let mut table = FakeTable::new(vec![Ok(snapshot)]);
+        let report = kill_rounds(&mut table, 600, 500, 20, Duration::ZERO);
+        assert!(report.survivors.is_empty());
+        assert!(report.listing_error.is_none());
+    }
+
+    #[test]
+    fn survivors_are_listed_after_last_round() {
+        // 601 left the group but descends from the command, and ignores SIGKILL (a process in
+        // an uninterruptible wait).
+        let snapshot = vec![process(600, 500, 600), process(601, 600, 601)];
+        let mut table = FakeTable::new(vec![Ok(snapshot)]);
+        table.unkillable = vec![600, 601];
+        let report = kill_rounds(&mut table, 600, 500, 3, Duration::ZERO);
+        assert_eq!(report.survivors, [600, 601]);
+        assert_eq!(report.killed, [600, 601]);
+        assert_eq!(&table.signals[..4], [(-600, Signal::Kill), (600, Signal::Kill), (600, Signal::Stop), (601, Signal::Stop)]);
+        assert_eq!(table.signals.iter().filter(|(target, signal)| *target == -600 && *signal == Signal::Kill).count(), 4);
     }
 }

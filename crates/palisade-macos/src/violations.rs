@@ -77,6 +77,29 @@ pub fn select_run_denials(observed: &[Observed], known: &[i32]) -> (Vec<Denial>,
     (listed, left_out)
 }
 
+/// The state of `log stream` when the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogState {
+    /// Still running, so it streamed during the whole run.
+    Running,
+    /// Exited with this code, or with `None` when a signal ended it.
+    Exited(Option<i32>),
+}
+
+/// Returns whether the report may claim that palisade read the log during the run, and a
+/// warning when it may not. Only a `log stream` still running when the run ended, or one that
+/// exited with status 0, read the whole run. `first_error_line` is the first line it wrote on
+/// stderr.
+pub fn log_verdict(state: &LogState, first_error_line: Option<&str>) -> (bool, Option<String>) {
+    let exited = match state {
+        LogState::Running | LogState::Exited(Some(0)) => return (true, None),
+        LogState::Exited(Some(code)) => format!("exit status {code}"),
+        LogState::Exited(None) => "a signal".to_owned(),
+    };
+    let said = first_error_line.map_or_else(String::new, |line| format!(": {line}"));
+    (false, Some(format!("log stream ended with {exited} during the run, so the report's sandbox denials are incomplete{said}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +147,17 @@ mod tests {
         ] {
             assert_eq!(parse_denial(line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn log_read_only_while_stream_ran() {
+        assert_eq!(log_verdict(&LogState::Running, None), (true, None));
+        assert_eq!(log_verdict(&LogState::Exited(Some(0)), Some("ignored")), (true, None));
+        let (read, warning) = log_verdict(&LogState::Exited(Some(64)), Some("log: stream failed"));
+        assert!(!read);
+        assert_eq!(warning.as_deref(), Some("log stream ended with exit status 64 during the run, so the report's sandbox denials are incomplete: log: stream failed"));
+        let (read, warning) = log_verdict(&LogState::Exited(None), None);
+        assert!(!read);
+        assert!(warning.unwrap().contains("ended with a signal"));
     }
 }

@@ -105,7 +105,7 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct PolicyArgs {
     /// Base profile: read-only, workspace-write (default) or unconfined.
     #[arg(short = 'p', long, value_name = "NAME")]

@@ -18,7 +18,9 @@ use crate::report;
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let result = launch(&args.policy, &args.command);
     if let (Err(error), Some(path)) = (&result, &args.policy.report) {
-        // The report records why nothing ran; the error itself still goes to stderr.
+        // The report records why nothing ran; the error itself still goes to stderr. The
+        // backend returns an error only when the command did not start: once it may have,
+        // palisade's failures come back in the outcome's `supervisor_errors`.
         let policy = args.policy.resolve().ok();
         let _ = report::write(path, &report::refused(&args.command, policy.as_ref(), &format!("{error:#}")));
     }
@@ -36,7 +38,12 @@ fn launch(args: &PolicyArgs, command: &[OsString]) -> anyhow::Result<u8> {
     }
     print_outcome(&outcome);
     if let Some(path) = &args.report {
-        report::write(path, &finished(command, &policy, &outcome))?;
+        // The command ran, so a failure here must not reach `run`, which would then write a
+        // report saying that nothing ran.
+        if let Err(error) = report::write(path, &finished(command, &policy, &outcome)) {
+            eprintln!("palisade: {error:#}");
+            return Ok(crate::EXIT_PALISADE_FAILED);
+        }
     }
     Ok(outcome.exit.status())
 }
@@ -52,6 +59,9 @@ fn print_outcome(outcome: &Outcome) {
     }
     if !outcome.survivors.is_empty() {
         eprintln!("palisade: processes {:?} of the run survived every kill round", outcome.survivors);
+    }
+    for error in &outcome.supervisor_errors {
+        eprintln!("palisade: {error}");
     }
     print_network_denials(outcome);
 }
@@ -166,6 +176,7 @@ fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
         // the ones observed, never the complete list.
         "sandbox_denials_read": outcome.violations_read,
         "survivors": outcome.survivors,
+        "supervisor_errors": outcome.supervisor_errors,
         "error": Value::Null,
     })
 }
@@ -176,8 +187,7 @@ fn sigkill() -> i32 {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let stage_exe = std::env::current_exe().map_err(|error| format!("failed to find palisade's own executable: {error}"));
-    let layers = layers(&sys::check::facts(stage_exe.as_deref().map_err(Clone::clone)));
+    let layers = layers(&sys::check::facts(trial_run));
     let runs = default_policy_runs(&layers);
     if args.json {
         let entries: serde_json::Map<String, Value> = layers.iter().map(|layer| (layer.name.to_owned(), layer_json(layer))).collect();
@@ -205,6 +215,26 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if runs { 0 } else { 1 })
+}
+
+/// Runs `/usr/bin/true` under the default policy for a scratch workspace, as `palisade run`
+/// would in that directory, and removes the workspace afterwards.
+fn trial_run() -> Result<(), String> {
+    let stage_exe = std::env::current_exe().map_err(|error| format!("failed to find palisade's own executable: {error}"))?;
+    let workspace = std::env::temp_dir().join(format!("palisade-check-{}", std::process::id()));
+    std::fs::create_dir(&workspace).map_err(|error| format!("failed to create the scratch workspace {}: {error}", workspace.display()))?;
+    let result = trial_run_in(&workspace, &stage_exe);
+    if let Err(error) = std::fs::remove_dir_all(&workspace) {
+        eprintln!("palisade: failed to remove the scratch workspace {}: {error}", workspace.display());
+    }
+    result
+}
+
+fn trial_run_in(workspace: &std::path::Path, stage_exe: &std::path::Path) -> Result<(), String> {
+    let mut context = palisade_policy::Context::from_process().map_err(|error| format!("failed to read palisade's environment: {error}"))?;
+    context.cwd = workspace.to_path_buf();
+    let policy = PolicyArgs::default().resolve_in(&context).map_err(|error| format!("failed to resolve the default policy: {error:#}"))?;
+    sys::run::check_run(&policy, stage_exe)
 }
 
 fn layer_json(layer: &Layer) -> Value {

@@ -7,12 +7,12 @@ use crate::check::Facts;
 /// The tool the report's denials are read with.
 pub const LOG_TOOL: &str = "/usr/bin/log";
 
-/// Gathers the facts. Unless palisade runs inside another sandbox, it starts `stage_exe` as
-/// the stage once, with a profile that allows everything, so that the check observes
-/// `sandbox_init` work rather than assume it.
-pub fn facts(stage_exe: Result<&Path, String>) -> Facts {
+/// Gathers the facts. Unless palisade runs inside another sandbox, it calls `trial_run` once,
+/// which runs a command under the default policy (see [`super::run::check_run`]), so that the
+/// check observes the default profile compile and apply rather than assume it.
+pub fn facts(trial_run: impl FnOnce() -> Result<(), String>) -> Facts {
     let sandboxed = super::is_sandboxed(std::process::id() as i32);
-    let profile_applied = (!sandboxed).then(|| stage_exe.and_then(super::run::check_profile));
+    let profile_applied = (!sandboxed).then(trial_run);
     Facts {
         os_version: super::machine::sysctl_string("kern.osproductversion"),
         sandboxed,

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::marker::RunMarker;
-use crate::violations::{parse_denial, Observed, LOG_STREAM_ARGUMENTS};
+use crate::violations::{log_verdict, parse_denial, LogState, Observed, LOG_STREAM_ARGUMENTS};
 
 use super::check::LOG_TOOL;
 
@@ -20,10 +20,23 @@ const START_WAIT: Duration = Duration::from_secs(1);
 /// palisade's memory without bound.
 const MAX_OBSERVED: usize = 10_000;
 
-/// A running `log stream` and the thread that reads it.
+/// The characters of `log stream`'s first stderr line kept for the warning.
+const MAX_ERROR_LINE: usize = 500;
+
+/// A running `log stream` and the threads that read its stdout and stderr.
 pub struct LogReader {
     child: Child,
     thread: JoinHandle<Vec<Observed>>,
+    errors: JoinHandle<Option<String>>,
+}
+
+/// The denials the log gave for one run, and whether they cover all of it.
+pub struct LogRead {
+    pub observed: Vec<Observed>,
+    /// Whether `log stream` streamed during the whole run.
+    pub complete: bool,
+    /// The reason the denials are incomplete, when they are.
+    pub warning: Option<String>,
 }
 
 impl LogReader {
@@ -31,10 +44,21 @@ impl LogReader {
     /// marker as its line arrives.
     pub fn start(marker: RunMarker) -> std::io::Result<LogReader> {
         let mut command = Command::new(LOG_TOOL);
-        command.args(LOG_STREAM_ARGUMENTS).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        command.args(LOG_STREAM_ARGUMENTS).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         super::signals::unblock_in_child(&mut command);
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        // Reads stderr to its end, so `log stream` never blocks on a full pipe, and keeps the
+        // first line for the warning.
+        let errors = std::thread::Builder::new().name("palisade-log-errors".into()).spawn(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            let first = lines.next().and_then(Result::ok).map(|line| line.chars().take(MAX_ERROR_LINE).collect());
+            lines.for_each(drop);
+            first
+        })?;
+
         let (started, first_line) = mpsc::channel();
         let thread = std::thread::Builder::new().name("palisade-log".into()).spawn(move || {
             let mut observed = Vec::new();
@@ -56,14 +80,26 @@ impl LogReader {
         if first_line.recv_timeout(START_WAIT).is_err() {
             tracing::debug!("log stream printed nothing within {START_WAIT:?}; starting the command anyway");
         }
-        Ok(LogReader { child, thread })
+        Ok(LogReader { child, thread, errors })
     }
 
-    /// Waits `grace` for late lines, stops `log stream` and returns the denials it saw.
-    pub fn stop(mut self, grace: Duration) -> Vec<Observed> {
-        std::thread::sleep(grace);
+    /// Waits `grace` for late lines, stops `log stream` and returns the denials it saw, and
+    /// whether it ran until the run ended. Call it once the run has ended.
+    pub fn stop(mut self, grace: Duration) -> LogRead {
+        let state = match self.child.try_wait() {
+            Ok(None) => LogState::Running,
+            Ok(Some(status)) => LogState::Exited(status.code()),
+            // Whether it still runs is unknown, so the denials count as incomplete.
+            Err(_) => LogState::Exited(None),
+        };
+        if state == LogState::Running {
+            std::thread::sleep(grace);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.thread.join().unwrap_or_default()
+        let observed = self.thread.join().unwrap_or_default();
+        let first_error_line = self.errors.join().ok().flatten();
+        let (complete, warning) = log_verdict(&state, first_error_line.as_deref());
+        LogRead { observed, complete, warning }
     }
 }

@@ -31,7 +31,7 @@ use crate::limits::{Resource, Rlimit};
 use crate::marker::{is_member, RunMarker, MARKER_OPERATION};
 use crate::nesting::{check_not_nested, NestedSandbox};
 use crate::stage::{bounded, exec_candidates, exec_failure, keep_searching, path_of, ExecError, StageRequest, StageStatus};
-use crate::tree::{run_members, ProcessInfo};
+use crate::tree::{kill_rounds, KillReport, ProcessInfo, ProcessTable, Signal};
 
 // libsandbox, part of libSystem. sandbox_init(3) is marked deprecated since macOS 10.8 and still
 // applies a profile given as text when `flags` is 0. sandbox_check and SANDBOX_CHECK_NO_REPORT
@@ -298,50 +298,48 @@ pub fn is_run_member(pid: i32, marker: &RunMarker) -> bool {
     }
 }
 
-/// The result of killing a run's processes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KillReport {
-    /// Processes sent `SIGKILL`.
-    pub killed: Vec<i32>,
-    /// Processes still found after the last round; the report lists them.
-    pub survivors: Vec<i32>,
-}
-
 /// Rounds of stopping and killing before palisade gives up on a process tree.
 const KILL_ROUNDS: usize = 20;
 const KILL_PAUSE: Duration = Duration::from_millis(10);
 
+/// The process table of this Mac, for [`kill_rounds`].
+struct SystemTable<'a> {
+    marker: &'a RunMarker,
+}
+
+impl ProcessTable for SystemTable<'_> {
+    fn list(&mut self) -> io::Result<Vec<ProcessInfo>> {
+        list_processes()
+    }
+
+    fn is_marked(&mut self, pid: i32) -> bool {
+        is_run_member(pid, self.marker)
+    }
+
+    fn signal(&mut self, target: i32, signal: Signal) {
+        let number = match signal {
+            Signal::Stop => libc::SIGSTOP,
+            Signal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: kill takes a process or group id and a signal number and touches no memory.
+        // A target that has gone fails with ESRCH, which is ignored.
+        unsafe { libc::kill(target, number) };
+    }
+
+    fn pause(&mut self, duration: Duration) {
+        sleep(duration);
+    }
+}
+
 /// Kills every process of the run that `root` started: its descendants, its process group,
-/// and every process carrying the run's marker. Each round stops them all first, so none can
-/// fork between the snapshot and the kill, then kills them, until a snapshot finds none.
+/// and every process carrying the run's marker (see [`kill_rounds`]). `root` must be
+/// palisade's child and not reaped yet. The command and its process group are sent SIGKILL
+/// even when the process table cannot be read, and the report then lists the failure.
 ///
 /// NOTE: a process id can be reused between a round's snapshot and its signal, so a process
 /// that exits at that moment could give its id to an unrelated one. The marker is checked in
 /// the snapshot, which narrows the window to a few microseconds but does not close it.
-pub fn kill_run(root: i32, marker: &RunMarker) -> io::Result<KillReport> {
+pub fn kill_run(root: i32, marker: &RunMarker) -> KillReport {
     let own = std::process::id() as i32;
-    let mut report = KillReport::default();
-    for _ in 0..KILL_ROUNDS {
-        let snapshot = list_processes()?;
-        let members = run_members(&snapshot, root, own, &mut |pid| is_run_member(pid, marker));
-        if members.is_empty() {
-            return Ok(report);
-        }
-        for pid in &members {
-            // SAFETY: kill takes a pid and a signal number; a pid that has gone fails with
-            // ESRCH, which is ignored.
-            unsafe { libc::kill(*pid, libc::SIGSTOP) };
-        }
-        for pid in &members {
-            // SAFETY: as above.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-            if !report.killed.contains(pid) {
-                report.killed.push(*pid);
-            }
-        }
-        sleep(KILL_PAUSE);
-    }
-    let snapshot = list_processes()?;
-    report.survivors = run_members(&snapshot, root, own, &mut |pid| is_run_member(pid, marker));
-    Ok(report)
+    kill_rounds(&mut SystemTable { marker }, root, own, KILL_ROUNDS, KILL_PAUSE)
 }

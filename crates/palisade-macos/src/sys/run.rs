@@ -1,17 +1,24 @@
 //! A confined run from start to end, on palisade's side.
 //!
 //! In order:
-//! 1. Refuse inside another Seatbelt sandbox, before anything starts.
-//! 2. Plan the limits; a limit the user set that macOS cannot hold fails the run here.
+//! 1. Plan the limits; a limit the user set that macOS cannot hold fails the run here. This
+//!    needs no system, so it comes first.
+//! 2. Refuse inside another Seatbelt sandbox, before anything starts. The unconfined profile
+//!    skips this step, because it applies no profile.
 //! 3. For `--net allowlist`, start palisade's proxy on a loopback port of its own, with the
 //!    run's credential.
 //! 4. Build the request and generate the profile; create the run's own `TMPDIR`.
 //! 5. With `--report`, start reading sandbox denials from the unified log.
-//! 6. Start the stage (`palisade macos-stage`) with the request and status pipes, and send it
-//!    the request. The stage confines itself and becomes the command.
-//! 7. Wait for the command's exit, the timeout or the output limit, without reaping the
-//!    command, so its process id stays taken. Then kill every process of the run, reap the
-//!    command, and collect the output counts, the proxy's record and the denials.
+//! 6. Start the thread that takes palisade's signals, then the stage (`palisade macos-stage`)
+//!    with the request and status pipes, and send it the request. The stage confines itself
+//!    and becomes the command.
+//! 7. Wait for the command's exit, the timeout, the output limit or the grace after a
+//!    terminating signal, without reaping the command, so its process id stays taken. The
+//!    timeout counts from the stage's start. Then kill every process of the run, reap the
+//!    command, read the stage's status, and collect the output counts, the proxy's record and
+//!    the denials. From the stage's start on, a failure of palisade ends the run this way too
+//!    and is reported with the outcome, never as a run that did not take place.
+//! 8. Neutralise the repositories the run created and remove the run's `TMPDIR`.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -29,10 +36,11 @@ use palisade_policy::{Limits, NetworkMode, Policy, Profile};
 use palisade_proxy::thread::{ProxyRecord, ProxyThread};
 
 use crate::canonical::HostFileSystem;
+use crate::cleanup::remove_run_dir;
 use crate::limits::{plan_limits, Enforcement, LimitPlan, LimitsError, Resource};
 use crate::marker::{RunId, RunMarker};
 use crate::nesting::NestedSandbox;
-use crate::outcome::{Deadlines, Exit, Expired, Layers, Limit, LimitEvent, NetworkDenial, NetworkRecord, Outcome, Usage};
+use crate::outcome::{format_duration, Deadlines, Exit, Expired, Layers, Limit, LimitEvent, NetworkDenial, NetworkRecord, Outcome, Usage};
 use crate::profile::{generate, GenerateError};
 use crate::request::{Request, RequestError};
 use crate::stage::{command_environment, read_stage_end, StageEnd, StageRequest, MAX_REASON, REQUEST_FD, STAGE_SUBCOMMAND, STATUS_FD};
@@ -116,23 +124,40 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
     let started = Instant::now();
     let result = supervise(&options.stage_exe, &stage_request, &limits, &request.marker, started);
     let network = proxy.map(|proxy| network_record(proxy.stop())).unwrap_or_default();
-    let observed = log.map(|log| log.stop(LOG_GRACE));
-    drop(temp);
-
+    let log = log.map(|log| log.stop(LOG_GRACE));
+    // An error means the command never started; dropping `temp` removes the directory.
     let mut outcome = result?;
-    // Every process of the run is dead now, so nothing can plant anything after the search.
+
+    // When the last kill round found no process of the run, nothing can plant a repository
+    // after this search. When one may still run, the scrub runs all the same, and the outcome
+    // records that it may have come too early.
     NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries).scrub();
+    if !outcome.all_killed {
+        outcome.supervisor_errors.push(
+            "processes of the run may still be running, so they can create a repository with hooks after palisade neutralised the new ones".into(),
+        );
+    }
+    if let Err(error) = temp.remove(outcome.all_killed) {
+        outcome.supervisor_errors.push(error);
+    }
     outcome.network = network;
     outcome.layers.missing.extend(request.gaps.iter().map(|gap| format!("{}: {}", gap.what, gap.consequence)));
-    if let Some(observed) = observed {
-        outcome.violations = select_run_denials(&observed, &outcome.run_pids).0;
-        outcome.violations_read = true;
+    if let Some(log) = log {
+        if let Some(warning) = &log.warning {
+            tracing::warn!("{warning}");
+        }
+        outcome.violations = select_run_denials(&log.observed, &outcome.run_pids).0;
+        outcome.violations_read = log.complete;
     }
     Ok(outcome)
 }
 
+/// The entry of `layers.missing` about the kill of an unconfined run's processes.
+const UNCONFINED_TREE_KILL: &str = "process tree: without a profile no process carries the run's marker, so a process that leaves the command's process group and whose parent exits is neither found nor killed when the run ends";
+
 /// Runs `argv` unsandboxed through the stage, which still starts a session and lowers the
-/// rlimits, so that the timeout, the output limit and the kill of the process tree hold.
+/// rlimits, so that the timeout and the output limit hold, and the end of the run kills the
+/// command's descendants and process group.
 fn run_unconfined(policy: &Policy, argv: &[OsString], options: &RunOptions, limits: &LimitPlan) -> Result<Outcome, RunError> {
     let env = policy
         .env
@@ -152,35 +177,32 @@ fn run_unconfined(policy: &Policy, argv: &[OsString], options: &RunOptions, limi
     let mut outcome = supervise(&options.stage_exe, &stage_request, limits, &marker, Instant::now())?;
     // The stage applied no profile.
     outcome.layers.seatbelt = false;
+    outcome.layers.missing.push(UNCONFINED_TREE_KILL.into());
     Ok(outcome)
 }
 
-/// The profile `palisade check` applies: it allows everything, so that only `sandbox_init`
-/// itself can fail.
-const ALLOW_ALL_PROFILE: &str = "(version 1)\n(allow default)\n";
-
-/// Runs `/usr/bin/true` through the stage under a profile that allows everything, as a run
-/// does, for `palisade check`. Returns why that failed, if it did.
-pub fn check_profile(stage_exe: &Path) -> Result<(), String> {
-    super::signals::block().map_err(|error| format!("failed to block the signals palisade passes on: {error}"))?;
-    let request = StageRequest {
-        profile: Some(ALLOW_ALL_PROFILE.into()),
-        rlimits: Vec::new(),
-        cwd: "/".into(),
-        argv: vec!["/usr/bin/true".into()],
-        env: Vec::new(),
-    };
-    let limits = LimitPlan { rlimits: Vec::new(), timeout: Some(CHECK_TIMEOUT), max_output: None, statuses: Vec::new() };
-    let run_id = RunId::parse(&super::machine::random_run_id()).map_err(|reason| format!("failed to make a run id: {reason}"))?;
-    let outcome = supervise(stage_exe, &request, &limits, &RunMarker::for_run(&run_id), Instant::now()).map_err(|error| error.to_string())?;
-    match (outcome.exit, outcome.exec_error) {
-        (Exit::Code(0), None) => Ok(()),
-        (_, Some(reason)) => Err(reason),
-        (exit, None) => Err(format!("/usr/bin/true ended with exit status {} under it", exit.status())),
+/// Runs `/usr/bin/true` under `policy` as `palisade run` does, through the stage and with the
+/// profile generated for it, for `palisade check`: a profile this macOS cannot compile fails
+/// the check. Returns why the run failed, if it did.
+pub fn check_run(policy: &Policy, stage_exe: &Path) -> Result<(), String> {
+    let mut policy = policy.clone();
+    policy.limits.timeout = Some(CHECK_TIMEOUT);
+    let options = RunOptions { stage_exe: stage_exe.to_path_buf(), read_log: false };
+    let outcome = run(&policy, &["/usr/bin/true".into()], &options).map_err(|error| error.to_string())?;
+    if let Some(reason) = outcome.exec_error {
+        return Err(reason);
+    }
+    if !outcome.supervisor_errors.is_empty() {
+        return Err(outcome.supervisor_errors.join("; "));
+    }
+    match outcome.exit {
+        Exit::Code(0) if outcome.layers.seatbelt => Ok(()),
+        Exit::Code(0) => Err("the stage did not confirm that the profile was in place".into()),
+        exit => Err(format!("/usr/bin/true ended with {} under the profile", exit.describe())),
     }
 }
 
-/// How long `palisade check` waits for `/usr/bin/true` under its profile.
+/// How long `palisade check` waits for `/usr/bin/true` under the default profile.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts palisade's proxy on a loopback port the system picks, which the profile then allows.
@@ -215,67 +237,113 @@ enum Event {
 }
 
 /// Starts the stage, waits for the run to end, and kills and reaps what is left of it.
+///
+/// Returns an error only when the command did not start. Once the stage runs, the command may
+/// have started, so every later failure of palisade ends the run, kills and reaps it, and is
+/// listed in the outcome's `supervisor_errors` instead.
 fn supervise(stage_exe: &Path, stage_request: &StageRequest, limits: &LimitPlan, marker: &RunMarker, started: Instant) -> Result<Outcome, RunError> {
     let (events, received) = mpsc::channel::<Event>();
+    // Before the stage starts: a failure here leaves nothing running, and a Ctrl-C that comes
+    // while the stage has not yet executed the command still reaches it.
+    let (signal_sender, signals) = mpsc::channel();
+    super::signals::forward_to(signal_sender).map_err(io_error("start the thread that takes palisade's signals"))?;
+    forward_signals(signals, events.clone());
+
     let mut stage = start_stage(stage_exe, stage_request)?;
     let pid = stage.child.id() as i32;
+    let mut failures = Vec::new();
     let (output_sender, output_reached) = mpsc::channel();
     let stdout = stage.child.stdout.take().expect("stdout is piped");
     let stderr = stage.child.stderr.take().expect("stderr is piped");
-    let pumps = match super::output::start(stdout, stderr, limits.max_output, output_sender) {
-        Ok(pumps) => pumps,
+    let pumps = super::output::start(stdout, stderr, limits.max_output, output_sender)
+        .inspect_err(|error| failures.push(format!("failed to start the threads that copy the command's output: {error}")))
+        .ok();
+    forward(output_reached, events.clone(), || Event::OutputLimit);
+    if let Err(error) = wait_without_reaping(pid, events) {
+        failures.push(error.to_string());
+    }
+    // A thread reads the status pipe meanwhile, so a stage never waits to write its failure.
+    // Should the thread not start, the read below, after the kill, cannot block either.
+    let status_reader = stage
+        .status
+        .try_clone()
+        .and_then(|pipe| std::thread::Builder::new().name("palisade-stage-status".into()).spawn(move || read_status(&pipe)))
+        .inspect_err(|error| tracing::debug!("failed to start the thread that reads the stage's status, so it is read after the run: {error}"))
+        .ok();
+
+    // The timeout counts from the stage's start, so a stage that hangs before it executes the
+    // command ends as a command would. When a thread above failed, the run ends at once.
+    let (ending, limit_event) = if failures.is_empty() { wait_for_end(pid, &received, limits, started) } else { (None, None) };
+    let (reaped, usage) = kill_and_reap(pid, marker);
+    let (stdout_bytes, stderr_bytes) = pumps.map_or((None, None), |pumps| pumps.finish(OUTPUT_GRACE));
+    let usage = Usage { stdout_bytes: stdout_bytes.unwrap_or(0), stderr_bytes: stderr_bytes.unwrap_or(0), ..usage };
+
+    // The stage is reaped now, or `execve` closed its status pipe, which nothing else holds,
+    // so the read ends.
+    let read = match status_reader {
+        Some(reader) => reader.join().unwrap_or_else(|_| Err(io::Error::other("the thread that read it panicked"))),
+        None => read_status(&stage.status),
+    };
+    let (status, stage_end) = match read {
+        Ok(status) => {
+            let end = read_stage_end(&status);
+            (status, Some(end))
+        }
         Err(error) => {
-            kill_and_reap(pid, marker);
-            return Err(io_error("start the threads that copy the command's output")(error));
+            failures.push(format!("failed to read the sandbox stage's status, so whether the command ran is unknown: {error}"));
+            (Vec::new(), None)
         }
     };
-    forward(output_reached, events.clone(), || Event::OutputLimit);
-
-    // The status pipe closes when the stage executes the command, and shows whether the stage
-    // was confined first.
-    let mut status = Vec::new();
-    let read = (&mut stage.status).take(MAX_REASON as u64 + 16).read_to_end(&mut status);
-    if let Err(error) = read {
-        kill_and_reap(pid, marker);
-        return Err(io_error("read the sandbox stage's status")(error));
-    }
-    match read_stage_end(&status) {
-        StageEnd::Failed { reason } => {
-            let (reaped, _) = kill_and_reap(pid, marker);
-            pumps.finish(OUTPUT_GRACE);
-            let ended = if status.is_empty() { format!(" ({})", reaped.exit.describe()) } else { String::new() };
-            return Err(RunError::Stage(format!("{reason}{ended}")));
+    let mut outcome = match stage_end {
+        Some(StageEnd::Failed { reason }) => {
+            return Err(RunError::Stage(stage_failure(reason, status.is_empty(), ending, &reaped, &failures, limits)));
         }
-        StageEnd::ExecFailed { status, reason } => {
-            let (reaped, usage) = kill_and_reap(pid, marker);
-            let (stdout_bytes, stderr_bytes) = pumps.finish(OUTPUT_GRACE);
-            let usage = Usage { stdout_bytes: stdout_bytes.unwrap_or(0), stderr_bytes: stderr_bytes.unwrap_or(0), ..usage };
+        Some(StageEnd::ExecFailed { status, reason }) => {
             let mut outcome = outcome(Exit::Code(i32::from(status)), started, usage, limits);
             // The stage reports an exec failure only once the profile is in place.
             outcome.layers.seatbelt = true;
             outcome.exec_error = Some(reason);
-            outcome.run_pids = reaped.run_pids;
-            return Ok(outcome);
+            outcome
         }
-        StageEnd::Started => {}
-    }
-
-    let (signal_sender, signals) = mpsc::channel();
-    super::signals::forward_to(signal_sender).map_err(io_error("start the thread that takes palisade's signals"))?;
-    forward_signals(signals, events.clone());
-    wait_without_reaping(pid, events)?;
-    let (ending, limit_event) = wait_for_end(pid, &received, limits, started);
-
-    let (reaped, usage) = kill_and_reap(pid, marker);
-    let (stdout_bytes, stderr_bytes) = pumps.finish(OUTPUT_GRACE);
-    let usage = Usage { stdout_bytes: stdout_bytes.unwrap_or(0), stderr_bytes: stderr_bytes.unwrap_or(0), ..usage };
-    let exit = ending.unwrap_or(reaped.exit);
-    let mut outcome = outcome(exit, started, usage, limits);
-    outcome.layers.seatbelt = true;
-    outcome.limits_reached.extend(limit_event);
+        Some(StageEnd::Started) => {
+            let mut outcome = outcome(ending.unwrap_or(reaped.exit), started, usage, limits);
+            outcome.layers.seatbelt = true;
+            outcome.limits_reached.extend(limit_event);
+            outcome
+        }
+        // Whether the stage was confined is unknown, so the report claims no profile.
+        None => outcome(ending.unwrap_or(reaped.exit), started, usage, limits),
+    };
+    outcome.all_killed = reaped.all_killed;
     outcome.survivors = reaped.survivors;
     outcome.run_pids = reaped.run_pids;
+    outcome.supervisor_errors = failures;
+    outcome.supervisor_errors.extend(reaped.errors);
     Ok(outcome)
+}
+
+/// Reads everything the stage writes to its status pipe, up to a few bytes past
+/// [`MAX_REASON`].
+fn read_status(pipe: &File) -> io::Result<Vec<u8>> {
+    let mut status = Vec::new();
+    pipe.take(MAX_REASON as u64 + 16).read_to_end(&mut status)?;
+    Ok(status)
+}
+
+/// Describes a stage that ended before it started the command: palisade's own `failures`,
+/// which ended the stage, the timeout, or the stage's `reason`, with how the stage ended when
+/// it reported nothing (`silent`).
+fn stage_failure(reason: String, silent: bool, ending: Option<Exit>, reaped: &Reaped, failures: &[String], limits: &LimitPlan) -> String {
+    if !failures.is_empty() {
+        return failures.join("; ");
+    }
+    match ending {
+        Some(Exit::TimedOut) => {
+            format!("the timeout of {} ended the stage before it started the command", format_duration(limits.timeout.unwrap_or_default()))
+        }
+        _ if silent => format!("{reason} ({})", reaped.exit.describe()),
+        _ => reason,
+    }
 }
 
 /// Waits until the command exits, the timeout expires, the output passes its limit, or the
@@ -292,9 +360,14 @@ fn wait_for_end(pid: i32, received: &mpsc::Receiver<Event>, limits: &LimitPlan, 
             Ok(Event::Exited) => return (None, None),
             Ok(Event::OutputLimit) => return (Some(Exit::Killed(Limit::Output)), Some(LimitEvent::output(limits.max_output.unwrap_or(0)))),
             Ok(Event::Signal(signal)) => {
-                // The command leads its own process group since the stage's setsid.
-                // SAFETY: kill takes a process group and a signal number and touches no memory.
-                unsafe { libc::kill(-pid, signal) };
+                // The command leads its own process group since the stage's setsid. Before
+                // that, no group has its id, and the signal goes to the stage alone.
+                // SAFETY: kill takes a process or group id and a signal number and touches no
+                // memory. `pid` is not reaped yet, so neither id can name another process.
+                if unsafe { libc::kill(-pid, signal) } != 0 {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, signal) };
+                }
                 if super::signals::ends_run(signal) {
                     deadlines.start_grace(Instant::now(), super::signals::TERMINATION_GRACE);
                 }
@@ -345,6 +418,8 @@ fn outcome(exit: Exit, started: Instant, usage: Usage, limits: &LimitPlan) -> Ou
         violations: Vec::new(),
         violations_read: false,
         survivors: Vec::new(),
+        supervisor_errors: Vec::new(),
+        all_killed: false,
         run_pids: Vec::new(),
     }
 }
@@ -485,22 +560,29 @@ struct Reaped {
     survivors: Vec<i32>,
     /// The command and every process the kill rounds found.
     run_pids: Vec<i32>,
+    /// Failures of palisade while it killed and reaped the run.
+    errors: Vec<String>,
+    /// Whether the last kill round read the process table and found no process of the run.
+    all_killed: bool,
 }
 
 /// Kills every process of the run, then reaps the command (`pid`). Returns how it ended and its
 /// resource usage.
 fn kill_and_reap(pid: i32, marker: &RunMarker) -> (Reaped, Usage) {
-    let (survivors, mut run_pids) = match super::kill_run(pid, marker) {
-        Ok(report) => (report.survivors, report.killed),
-        Err(error) => {
-            tracing::warn!("failed to list the processes of the run to kill them: {error}");
-            (Vec::new(), Vec::new())
-        }
-    };
-    run_pids.push(pid);
-    if !survivors.is_empty() {
-        tracing::warn!("processes of the run survived every kill round: {survivors:?}");
+    let report = super::kill_run(pid, marker);
+    let mut errors = Vec::new();
+    if let Some(error) = &report.listing_error {
+        errors.push(format!(
+            "failed to list the processes of the run, so only the command and its process group were sent SIGKILL, and processes that left the group may still run: {error}"
+        ));
     }
+    if !report.survivors.is_empty() {
+        tracing::warn!("processes of the run survived every kill round: {:?}", report.survivors);
+    }
+    let all_killed = report.listing_error.is_none() && report.survivors.is_empty();
+    let (survivors, mut run_pids) = (report.survivors, report.killed);
+    run_pids.push(pid);
+
     let mut status = 0;
     // SAFETY: rusage is plain data, for which all zeroes is a valid value.
     let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -511,11 +593,12 @@ fn kill_and_reap(pid: i32, marker: &RunMarker) -> (Reaped, Usage) {
         if reaped == pid {
             break;
         }
-        if reaped < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+        let error = io::Error::last_os_error();
+        if reaped < 0 && error.raw_os_error() == Some(libc::EINTR) {
             continue;
         }
-        tracing::warn!("failed to reap the command: {}", io::Error::last_os_error());
-        return (Reaped { exit: Exit::Signal(libc::SIGKILL), survivors, run_pids }, Usage::default());
+        errors.push(format!("failed to reap the command, so its exit status is unknown and reported as SIGKILL: {error}"));
+        return (Reaped { exit: Exit::Signal(libc::SIGKILL), survivors, run_pids, errors, all_killed }, Usage::default());
     }
     let exit = if libc::WIFSIGNALED(status) { Exit::Signal(libc::WTERMSIG(status)) } else { Exit::Code(libc::WEXITSTATUS(status)) };
     let time = |value: libc::timeval| Duration::from_secs(value.tv_sec as u64) + Duration::from_micros(value.tv_usec as u64);
@@ -527,12 +610,16 @@ fn kill_and_reap(pid: i32, marker: &RunMarker) -> (Reaped, Usage) {
         stdout_bytes: 0,
         stderr_bytes: 0,
     };
-    (Reaped { exit, survivors, run_pids }, usage)
+    (Reaped { exit, survivors, run_pids, errors, all_killed }, usage)
 }
 
-/// The run's own temporary directory, which `TMPDIR` names inside; removed when dropped.
+
+/// The run's own temporary directory, which `TMPDIR` names inside. [`RunTemp::remove`]
+/// removes it once the run has ended; dropping it without that, after a run that never
+/// started, removes it too.
 struct RunTemp {
     path: PathBuf,
+    removed: bool,
 }
 
 impl RunTemp {
@@ -542,13 +629,26 @@ impl RunTemp {
             .mode(0o700)
             .create(path)
             .map_err(io_error(format!("create the run's temporary directory {}", path.display())))?;
-        Ok(RunTemp { path: path.to_path_buf() })
+        Ok(RunTemp { path: path.to_path_buf(), removed: false })
+    }
+
+    /// Removes the directory, giving what the command made unremovable its permissions back
+    /// when `all_killed` shows that no process of the run can still change the tree (see
+    /// [`remove_run_dir`]).
+    fn remove(mut self, all_killed: bool) -> Result<(), String> {
+        self.removed = true;
+        remove_run_dir(&self.path, all_killed).map_err(|error| format!("failed to remove the run's temporary directory {}: {error}", self.path.display()))
     }
 }
 
 impl Drop for RunTemp {
     fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+        if self.removed {
+            return;
+        }
+        // Only a run that never started drops its directory here, so nothing of the command
+        // can change the tree.
+        if let Err(error) = remove_run_dir(&self.path, true) {
             tracing::warn!("failed to remove the run's temporary directory {}: {error}", self.path.display());
         }
     }

@@ -6,8 +6,9 @@ use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd as _;
+use std::path::Path;
 
-use crate::stage::{bounded, descriptors_to_close, StageRequest, StageStatus, MAX_REQUEST_BYTES, READY, REQUEST_FD, STAGE_FAILED, STATUS_FD};
+use crate::stage::{bounded, descriptors_to_close, open_descriptors, StageRequest, StageStatus, MAX_REQUEST_BYTES, READY, REQUEST_FD, STAGE_FAILED, STATUS_FD};
 
 /// Runs the stage and returns the exit code to exit with when the command did not start:
 /// its 126 or 127, or [`STAGE_FAILED`].
@@ -22,16 +23,13 @@ pub fn stage_main() -> i32 {
         return STAGE_FAILED;
     }
     let status = match read_request() {
-        Ok(request) => {
-            close_inherited_descriptors();
-            match crate::sys::confine(&request) {
-                Ok(()) => {
-                    write_status(&[READY]);
-                    crate::sys::exec(&request)
-                }
-                Err(error) => StageStatus::Failed { reason: bounded(error.to_string()) },
+        Ok(request) => match close_inherited_descriptors().and_then(|()| crate::sys::confine(&request).map_err(|error| error.to_string())) {
+            Ok(()) => {
+                write_status(&[READY]);
+                crate::sys::exec(&request)
             }
-        }
+            Err(reason) => StageStatus::Failed { reason: bounded(reason) },
+        },
         Err(reason) => StageStatus::Failed { reason },
     };
     write_status(&status.encode());
@@ -57,18 +55,20 @@ fn read_request() -> Result<StageRequest, String> {
 
 /// Closes every descriptor above the status pipe, so that nothing palisade's caller left open
 /// without close-on-exec reaches the command.
-fn close_inherited_descriptors() {
-    // /dev/fd lists this process's open descriptors on macOS; the listing's own descriptor is
-    // closed when it is dropped, before the loop.
-    let open: Vec<i32> = match std::fs::read_dir("/dev/fd") {
-        Ok(entries) => entries.flatten().filter_map(|entry| entry.file_name().to_str()?.parse().ok()).collect(),
-        Err(_) => Vec::new(),
-    };
+///
+/// When `/dev/fd` cannot be read, the stage fails rather than guess. Closing every number up
+/// to the RLIMIT_NOFILE soft limit would miss a descriptor opened before that limit was
+/// lowered, and `/dev/fd` is part of every macOS, so a failure here means a broken system.
+fn close_inherited_descriptors() -> Result<(), String> {
+    let open = open_descriptors(Path::new("/dev/fd"))
+        .map_err(|error| format!("failed to list the inherited descriptors in /dev/fd, so none were closed: {error}"))?;
     for fd in descriptors_to_close(&open) {
         // SAFETY: close takes a descriptor number, and nothing in this process uses the
-        // inherited ones. One that is not open fails with EBADF, which is ignored.
+        // inherited ones. The listing's own descriptor is closed already and fails with
+        // EBADF, which is ignored.
         unsafe { libc::close(fd) };
     }
+    Ok(())
 }
 
 fn write_status(bytes: &[u8]) {
