@@ -74,7 +74,7 @@ fn escaped_paths_read_back_unchanged() {
 fn path_base(filter: &Filter) -> Option<String> {
     match filter {
         Filter::Literal(path) | Filter::Subpath(path) | Filter::PathLiteral(path) => Some(path.clone()),
-        Filter::Regex(regex) => Some(regex_prefix(regex)),
+        Filter::Regex(regex) | Filter::PathRegex(regex) => Some(regex_prefix(regex)),
         Filter::RequireAll(filters) => filters.first().and_then(path_base),
         Filter::RemoteUnixSocket(inner) | Filter::LocalUnixSocket(inner) => path_base(inner),
         _ => None,
