@@ -141,6 +141,19 @@ fn firmlinked(firmlinks: &[Firmlink], path: PathBuf) -> PathBuf {
     path
 }
 
+/// Returns whether `path` is `root` or below it when ASCII letters compare equal in either
+/// case, as they do on a case-insensitive volume.
+pub fn starts_with_any_case(path: &Path, root: &Path) -> bool {
+    let mut path = path.components();
+    for root in root.components() {
+        match path.next() {
+            Some(component) if component.as_os_str().eq_ignore_ascii_case(root.as_os_str()) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Returns the data-volume spelling of a canonical `path` below a firmlink, if it has one.
 pub fn data_volume_alias(firmlinks: &[Firmlink], path: &Path) -> Option<PathBuf> {
     firmlinks.iter().find_map(|firmlink| {
@@ -334,6 +347,14 @@ mod tests {
             Some(PathBuf::from("/System/Volumes/Data/Users/dev/.ssh"))
         );
         assert_eq!(data_volume_alias(fs.firmlinks(), Path::new("/System/Library")), None);
+    }
+
+    #[test]
+    fn prefix_comparison_ignores_ascii_case() {
+        assert!(starts_with_any_case(Path::new("/users/DEV/ws/.GIT"), Path::new("/Users/dev/ws")));
+        assert!(starts_with_any_case(Path::new("/Users/dev/ws"), Path::new("/Users/dev/ws")));
+        assert!(!starts_with_any_case(Path::new("/Users/dev/ws2"), Path::new("/Users/dev/ws")));
+        assert!(!starts_with_any_case(Path::new("/Users/dev"), Path::new("/Users/dev/ws")));
     }
 
     #[test]

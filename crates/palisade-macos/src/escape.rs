@@ -72,6 +72,30 @@ pub fn regex_matching(value: &str) -> String {
     regex
 }
 
+/// Returns a regular expression, without anchors, that matches `value` in every ASCII case
+/// spelling: each ASCII letter becomes a class of its two cases (`git` becomes `[gG][iI][tT]`),
+/// and every other character is escaped as [`regex_matching`] does. Seatbelt matches paths as
+/// strings, case-sensitively, while a case-insensitive volume (the default for APFS) opens the
+/// same file for every spelling, so a deny must match them all.
+///
+/// NOTE: only ASCII letters are folded, so `É` does not match `é`. A name is also matched only
+/// in the Unicode normalisation form it was given: NFC `é` does not match NFD `e` + U+0301,
+/// although APFS may open the same file for both.
+pub fn regex_matching_any_case(value: &str) -> String {
+    let mut regex = String::with_capacity(value.len() * 4);
+    for c in value.chars() {
+        if c.is_ascii_alphabetic() {
+            regex.push('[');
+            regex.push(c.to_ascii_lowercase());
+            regex.push(c.to_ascii_uppercase());
+            regex.push(']');
+        } else {
+            regex.push_str(&regex_matching(c.encode_utf8(&mut [0; 4])));
+        }
+    }
+    regex
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +144,12 @@ mod tests {
         assert_eq!(regex_matching("x[1]^y"), r"x\[1\]\^y");
         assert_eq!(regex_matching(r"back\slash"), r"back\\slash");
         assert_eq!(regex_matching("(a|b)*+?{2}$"), "[(]a[|]b[)][*][+][?][{]2[}][$]");
+    }
+
+    #[test]
+    fn any_case_regex_folds_ascii_letters_only() {
+        assert_eq!(regex_matching_any_case("/.Git"), "/[.][gG][iI][tT]");
+        assert_eq!(regex_matching_any_case("a1[b]"), r"[aA]1\[[bB]\]");
+        assert_eq!(regex_matching_any_case("zoë"), "[zZ][oO]ë");
     }
 }

@@ -12,7 +12,8 @@
 //! `localhost` in an address filter matches loopback addresses and, as reported against
 //! another tool, the wildcard address of an unbound socket. Regex filters are compiled with
 //! Rust's regex syntax, which agrees with Seatbelt's on the subset palisade writes (anchors,
-//! classes, escaped characters, `+`). The model reads only the vocabulary of
+//! classes, escaped characters, `+`, and the group `(/.*)?` that other Seatbelt tools write
+//! too). Like Seatbelt, the model compares paths case-sensitively: `.GIT` is not `.git`. The model reads only the vocabulary of
 //! [`OPERATIONS`] and the filters palisade writes, and rejects anything else, so a misspelt
 //! operation fails a test.
 
@@ -52,6 +53,9 @@ pub const OPERATIONS: &[&str] = &[
     "sysctl-read",
     "sysctl-write",
     "mach-lookup",
+    "mach-host*",
+    "mach-host-exception-port-set",
+    "mach-host-special-port-set",
     "ipc-posix-sem",
     "ipc-posix-shm*",
     "ipc-posix-shm-read*",
@@ -248,7 +252,7 @@ impl Model {
             ("require-not", _) => Ok(!self.filter_matches(&items[1], target)?),
             ("literal" | "path-literal", Target::Path(path)) => Ok(*path == string),
             ("subpath", Target::Path(path)) => Ok(is_below(path, string)),
-            ("regex", Target::Path(path)) => Ok(self.regexes[string].is_match(*path)),
+            ("regex" | "path-regex", Target::Path(path)) => Ok(self.regexes[string].is_match(*path)),
             ("global-name" | "sysctl-name" | "iokit-user-client-class", Target::Name(value)) => Ok(*value == string),
             ("sysctl-name-prefix" | "ipc-posix-name-prefix", Target::Name(value)) => Ok(value.starts_with(string)),
             ("remote" | "local", Target::Ip { remote, local }) if items.get(1).and_then(Expr::as_symbol) == Some("ip") => {
@@ -324,7 +328,7 @@ fn check_filter(filter: &Expr, regexes: &mut HashMap<String, Regex>) -> Result<(
     match name {
         "literal" | "subpath" | "path-literal" | "global-name" | "sysctl-name" | "sysctl-name-prefix" | "iokit-user-client-class"
         | "ipc-posix-name-prefix" => one_string(),
-        "regex" => {
+        "regex" | "path-regex" => {
             one_string()?;
             let source = items[1].as_str().unwrap_or_default();
             let regex = Regex::new(source).map_err(|error| format!("{filter}: {error}"))?;

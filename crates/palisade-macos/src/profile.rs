@@ -19,11 +19,18 @@
 //! 5. the network;
 //! 6. opt-in integrations (none exist yet);
 //! 7. the late denies.
+//!
+//! Every deny, and every exception a writable root makes for a protected path, matches its
+//! path in every ASCII case spelling ([`any_case_subpath`]). Seatbelt compares paths as
+//! strings, case-sensitively, but APFS volumes are case-insensitive by default, so
+//! `.GIT/hooks` opens the protected `.git/hooks`. Allows stay case-exact: a spelling they miss
+//! is denied by default, which refuses too much rather than too little.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::escape::{self, EscapeError};
+use crate::canonical::starts_with_any_case;
 use crate::platform;
 use crate::request::{Network, Request};
 use crate::sbpl::{self, Action, Filter, Rule};
@@ -176,6 +183,25 @@ fn subpaths<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Vec<Filter> {
     paths.into_iter().map(|path| Filter::Subpath(text(path))).collect()
 }
 
+/// Returns the regex of `path` and everything below it, in every ASCII case spelling.
+pub fn any_case_subpath_regex(path: &str) -> String {
+    format!("^{}(/.*)?$", escape::regex_matching_any_case(path))
+}
+
+/// Returns a filter of `path` and everything below it, in every ASCII case spelling: the
+/// filter of every hidden and protected path.
+///
+/// NOTE: the folding covers ASCII letters only. Other letters, and the Unicode normalisation
+/// form (NFC or NFD), are matched as written, although APFS may treat both spellings as one.
+fn any_case_subpath(path: &Path) -> Filter {
+    Filter::Regex(any_case_subpath_regex(&text(path)))
+}
+
+/// Returns a filter of exactly `path`, in every ASCII case spelling.
+fn any_case_literal(path: &Path) -> Filter {
+    Filter::Regex(format!("^{}$", escape::regex_matching_any_case(&text(path))))
+}
+
 fn literals<'a>(paths: impl IntoIterator<Item = &'a String>) -> Vec<Filter> {
     paths.into_iter().map(|path| Filter::Literal(path.clone())).collect()
 }
@@ -267,20 +293,15 @@ fn write_rules(request: &Request) -> Vec<Rule> {
     vec![Rule::allow(&[WRITE, LINK, CLONE], filters)]
 }
 
-/// Returns the filter of one writable root: the root, except each protected path inside it,
-/// whether the path exists or not. `literal` covers the path itself and the anchored regex everything
-/// below it.
+/// Returns the filter of one writable root: the root, except each protected path inside it
+/// and everything below it, in every case spelling, whether the path exists or not.
 fn writable_root(root: &Path, protected: &[PathBuf]) -> Filter {
-    let inside: Vec<&PathBuf> = protected.iter().filter(|path| path.starts_with(root) && path.as_path() != root).collect();
+    let inside: Vec<&PathBuf> = protected.iter().filter(|path| starts_with_any_case(path, root) && !starts_with_any_case(root, path)).collect();
     if inside.is_empty() {
         return Filter::Subpath(text(root));
     }
     let mut filters = vec![Filter::Subpath(text(root))];
-    for path in inside {
-        let path = text(path);
-        filters.push(Filter::RequireNot(Box::new(Filter::Literal(path.clone()))));
-        filters.push(Filter::RequireNot(Box::new(Filter::Regex(format!("^{}/", escape::regex_matching(&path))))));
-    }
+    filters.extend(inside.into_iter().map(|path| Filter::RequireNot(Box::new(any_case_subpath(path)))));
     Filter::RequireAll(filters)
 }
 
@@ -309,12 +330,13 @@ pub fn is_write_operation(operation: &str) -> bool {
 
 fn deny_rules(request: &Request, allowed_operations: &[&'static str]) -> Vec<Rule> {
     let mut rules = Vec::new();
+    let any_case = |paths: &[PathBuf]| paths.iter().map(|path| any_case_subpath(path)).collect::<Vec<_>>();
     if !request.hidden.is_empty() {
-        rules.push(Rule::deny(allowed_operations, subpaths(&request.hidden)));
+        rules.push(Rule::deny(allowed_operations, any_case(&request.hidden)));
     }
     let write_operations: Vec<&'static str> = allowed_operations.iter().copied().filter(|operation| is_write_operation(operation)).collect();
     if !request.protected.is_empty() && !write_operations.is_empty() {
-        rules.push(Rule::deny(&write_operations, subpaths(&request.protected)));
+        rules.push(Rule::deny(&write_operations, any_case(&request.protected)));
     }
     // A deny follows a path's name, so renaming an ancestor would carry a hidden file or a
     // protected directory out from under its rule. Renaming or removing the ancestor needs
@@ -322,13 +344,13 @@ fn deny_rules(request: &Request, allowed_operations: &[&'static str]) -> Vec<Rul
     let mut ancestors = BTreeSet::new();
     for path in request.hidden.iter().chain(&request.protected) {
         for ancestor in path.ancestors().skip(1) {
-            if request.writable.iter().any(|root| ancestor.starts_with(root)) {
+            if request.writable.iter().any(|root| starts_with_any_case(ancestor, root)) {
                 ancestors.insert(ancestor.to_path_buf());
             }
         }
     }
     if !ancestors.is_empty() {
-        rules.push(Rule::deny(&[WRITE_UNLINK], ancestors.iter().map(|path| Filter::Literal(text(path))).collect()));
+        rules.push(Rule::deny(&[WRITE_UNLINK], ancestors.iter().map(|path| any_case_literal(path)).collect()));
     }
     rules
 }
@@ -387,10 +409,12 @@ fn late_deny_rules(request: &Request) -> Vec<Rule> {
         .hidden
         .iter()
         .chain(&request.protected)
-        .filter(|path| request.writable.iter().any(|root| path.starts_with(root)))
+        .filter(|path| request.writable.iter().any(|root| starts_with_any_case(path, root)))
         .collect();
     if !closed.is_empty() {
-        let sockets = |wrap: fn(Box<Filter>) -> Filter| closed.iter().map(|path| wrap(Box::new(Filter::Subpath(text(path))))).collect();
+        // Socket filters take `path-regex` where file filters take `regex`.
+        let any_case = |path: &PathBuf| Filter::PathRegex(any_case_subpath_regex(&text(path)));
+        let sockets = |wrap: fn(Box<Filter>) -> Filter| closed.iter().map(|path| wrap(Box::new(any_case(path)))).collect();
         rules.push(Rule::deny(&["network-outbound"], sockets(Filter::RemoteUnixSocket)));
         rules.push(Rule::deny(&["network-bind"], sockets(Filter::LocalUnixSocket)));
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use palisade_policy::network::Rules;
 use palisade_policy::{NetworkMode, Policy, Profile};
 
-use crate::canonical::{canonicalize, data_volume_alias, Entry, FileSystem, DATA_VOLUME};
+use crate::canonical::{canonicalize, data_volume_alias, starts_with_any_case, Entry, FileSystem, DATA_VOLUME};
 use crate::escape;
 use crate::marker::{RunId, RunMarker};
 
@@ -134,7 +134,7 @@ impl Request {
             writable.insert(temp_dir.clone());
         }
 
-        let mut hidden = paths.all("a hidden path", &filesystem.hidden)?;
+        let mut hidden = paths.all_denied("a hidden path", &filesystem.hidden)?;
         let mut read_only = paths.all("a readable path", &filesystem.read_only)?;
         read_only.extend(paths.all("a cache", &filesystem.copy_on_write)?);
         read_only.insert(workspace.clone());
@@ -148,10 +148,10 @@ impl Request {
             }
         }
 
-        let mut protected = paths.all("a protected path", &filesystem.protected)?;
+        let mut protected = paths.all_denied("a protected path", &filesystem.protected)?;
         // Seatbelt refuses to create a name without a placeholder, so the files the Linux
         // backend can only remove after the run (git's `commondir`) are protected here.
-        protected.extend(paths.all("a protected path", &filesystem.revert_if_created)?);
+        protected.extend(paths.all_denied("a protected path", &filesystem.revert_if_created)?);
         for name in PROTECTED_IN_HOME {
             let path = home.join(name);
             if writable.iter().any(|root| path.starts_with(root)) {
@@ -229,6 +229,18 @@ impl Paths<'_> {
         paths.iter().map(|path| self.canonical(what, path)).collect()
     }
 
+    /// Canonicalises hidden or protected paths, which the profile writes as regexes of every
+    /// ASCII case spelling. Such a regex takes four bytes for each ASCII letter, so the check
+    /// is made on it.
+    fn all_denied(&self, what: &'static str, paths: &[PathBuf]) -> Result<BTreeSet<PathBuf>, RequestError> {
+        let canonical = self.all(what, paths)?;
+        for path in &canonical {
+            let regex = crate::profile::any_case_subpath_regex(&path.to_string_lossy());
+            escape::check(&regex).map_err(|error| RequestError::Path { what, path: path.display().to_string(), reason: error.to_string() })?;
+        }
+        Ok(canonical)
+    }
+
     /// Returns a `PATH` directory to make readable, or `None` for one that is missing,
     /// relative, inside a hidden path, or would expose the whole home directory (`.` or `~`
     /// in `PATH`).
@@ -239,7 +251,7 @@ impl Paths<'_> {
         let dir = self.canonical("a PATH directory", dir)?;
         let exists = matches!(self.fs.entry(&dir), Ok(Entry::Present));
         let too_broad = home.starts_with(&dir);
-        let is_hidden = hidden.iter().any(|hidden| dir.starts_with(hidden));
+        let is_hidden = hidden.iter().any(|hidden| starts_with_any_case(&dir, hidden));
         Ok((exists && !too_broad && !is_hidden).then_some(dir))
     }
 }

@@ -71,6 +71,8 @@ pub enum Filter {
     LocalUnixSocket(Box<Filter>),
     /// Exactly this socket path, inside a unix-socket filter.
     PathLiteral(String),
+    /// A regular expression matched against a socket's whole path, inside a unix-socket filter.
+    PathRegex(String),
 }
 
 impl Filter {
@@ -118,6 +120,7 @@ fn render_filter(filter: &Filter, out: &mut String) -> Result<(), EscapeError> {
         Filter::Subpath(path) => string("subpath", path, out),
         Filter::Regex(regex) => string("regex", regex, out),
         Filter::PathLiteral(path) => string("path-literal", path, out),
+        Filter::PathRegex(regex) => string("path-regex", regex, out),
         Filter::GlobalName(name) => string("global-name", name, out),
         Filter::SysctlName(name) => string("sysctl-name", name, out),
         Filter::SysctlNamePrefix(prefix) => string("sysctl-name-prefix", prefix, out),

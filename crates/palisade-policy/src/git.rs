@@ -7,6 +7,7 @@
 //! NOTE: `include.path` and `includeIf` are not followed, so a `core.hooksPath` set only in an
 //! included file is not protected unless it is one of the default protected names.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 /// Returns the values of `core.hooksPath` found in a git config file, if any.
@@ -64,6 +65,24 @@ pub fn linked_git_dir(pointer_file: &Path) -> Option<LinkedGitDir> {
 /// or git's own metadata.
 const SKIPPED_DIRS: &[&str] = &[".git", "node_modules", "target", ".venv", "venv", "__pycache__", ".tox", ".cache"];
 
+/// Whether a `.git` entry is recognised in any ASCII case. macOS volumes are case-insensitive
+/// by default, so git opens a `.GIT` directory when it looks up `.git`. On Linux a `.GIT` is
+/// another directory, which git ignores. On a case-sensitive macOS volume a `.GIT` is treated
+/// as a repository all the same, which costs at most a scrub of a directory git never reads.
+///
+/// NOTE: a case-insensitive mount on Linux (vfat, exFAT, an ext4 casefold directory) is
+/// matched case-sensitively, so a `.GIT` there is neither protected nor scrubbed.
+pub const GIT_NAME_IGNORES_CASE: bool = cfg!(target_os = "macos");
+
+/// Returns whether `name` is git's metadata name `.git`, in any ASCII case when `ignore_case`.
+pub fn is_git_name(name: &OsStr, ignore_case: bool) -> bool {
+    if ignore_case {
+        name.eq_ignore_ascii_case(".git")
+    } else {
+        name == ".git"
+    }
+}
+
 /// Maximum depth below a writable root at which nested repositories are searched for.
 const SEARCH_DEPTH: usize = 4;
 
@@ -77,6 +96,11 @@ const SEARCH_BUDGET: usize = 2000;
 /// NOTE: the search stops at [`SEARCH_DEPTH`] levels and [`SEARCH_BUDGET`] directories, so a
 /// repository nested deeper in a very large workspace keeps writable hooks.
 pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    search_repositories(root, GIT_NAME_IGNORES_CASE)
+}
+
+/// Searches as [`repositories`] does, recognising `.git` in any ASCII case when `ignore_case`.
+fn search_repositories(root: &Path, ignore_case: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut git_dirs = Vec::new();
     let mut pointer_files = Vec::new();
     let mut budget = SEARCH_BUDGET;
@@ -90,7 +114,7 @@ pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Ok(kind) = entry.file_type() else { continue };
-            if name == ".git" {
+            if is_git_name(&name, ignore_case) {
                 if kind.is_dir() {
                     collect_modules(&entry.path(), &mut git_dirs);
                     collect_worktrees(&entry.path(), &mut git_dirs);
@@ -111,8 +135,12 @@ pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
 /// directories and pointer files alike, but not the module and worktree directories inside
 /// them.
 pub fn git_entries(root: &Path) -> Vec<PathBuf> {
-    let (git_dirs, pointer_files) = repositories(root);
-    git_dirs.into_iter().filter(|dir| dir.file_name().is_some_and(|name| name == ".git")).chain(pointer_files).collect()
+    search_git_entries(root, GIT_NAME_IGNORES_CASE)
+}
+
+fn search_git_entries(root: &Path, ignore_case: bool) -> Vec<PathBuf> {
+    let (git_dirs, pointer_files) = search_repositories(root, ignore_case);
+    git_dirs.into_iter().filter(|dir| dir.file_name().is_some_and(|name| is_git_name(name, ignore_case))).chain(pointer_files).collect()
 }
 
 /// Adds the metadata directories of linked worktrees (`.git/worktrees/<name>`): each has its
@@ -179,6 +207,34 @@ mod tests {
         assert!(git_dirs.contains(&dir.join("vendor/lib/.git")));
         assert!(!git_dirs.contains(&dir.join("node_modules/x/.git")));
         assert_eq!(pointers, vec![dir.join("sub/.git")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn git_name_case_variants() {
+        for name in [".GIT", ".Git", ".gIT"] {
+            assert!(is_git_name(OsStr::new(name), true), "{name}");
+            assert!(!is_git_name(OsStr::new(name), false), "{name}");
+        }
+        assert!(is_git_name(OsStr::new(".git"), false));
+        for name in ["git", ".gitx", ".github", "_git"] {
+            assert!(!is_git_name(OsStr::new(name), true), "{name}");
+        }
+    }
+
+    // A case-insensitive volume (macOS's default) opens `.GIT` for `.git`, so a repository
+    // created under a case variant of the name must be found for the scrub.
+    #[test]
+    fn case_variant_entries_found() {
+        let dir = std::env::temp_dir().join(format!("palisade-git-case-{}", std::process::id()));
+        for path in [".GIT/hooks", "vendor/lib/.Git/hooks", "sub"] {
+            std::fs::create_dir_all(dir.join(path)).unwrap();
+        }
+        std::fs::write(dir.join("sub/.gIT"), "gitdir: /elsewhere\n").unwrap();
+        let mut found = search_git_entries(&dir, true);
+        found.sort();
+        assert_eq!(found, vec![dir.join(".GIT"), dir.join("sub/.gIT"), dir.join("vendor/lib/.Git")]);
+        assert!(search_git_entries(&dir, false).is_empty(), "case-sensitive search found a variant");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

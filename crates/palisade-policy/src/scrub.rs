@@ -6,7 +6,8 @@
 //! created inside the sandbox starts with writable hooks and configuration. When the run ends
 //! (every process of it is dead), palisade looks for `.git` entries in the writable roots again,
 //! with the bounded search that protection uses, and disables what each new one would make the
-//! host's git execute:
+//! host's git execute. On macOS an entry counts in any ASCII case (`.GIT`), because git opens
+//! it as `.git` on a case-insensitive volume (`GIT_NAME_IGNORES_CASE` in `git.rs`):
 //! - hooks other than git's own `*.sample` files are renamed with a `.disabled-by-palisade`
 //!   suffix and lose their execute bits, so git no longer finds or runs them;
 //! - configuration keys outside a short list of harmless ones (the ones `git init`, `git clone`

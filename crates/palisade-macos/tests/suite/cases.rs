@@ -34,6 +34,24 @@ fn cpu_sysctls_and_sysmond_are_reachable() {
     }
 }
 
+// https://github.com/openai/codex/issues/11210 blamed the missing `(allow mach-host*)` for
+// the empty os.cpus(). Seatbelt's `mach-host*` covers two operations only,
+// `mach-host-exception-port-set` and `mach-host-special-port-set`, which set host-wide ports
+// and which reading the CPU's load with host_processor_info() does not use. The sandbox
+// denials logged in that report were the sysctls libuv reads, which the profile allows, so
+// the host setters stay denied.
+#[test]
+fn cpu_description_is_readable_without_host_port_setters() {
+    let model = model(&fixtures::named("workspace-write"));
+    for name in ["machdep.cpu.brand_string", "hw.model", "hw.cpufrequency", "hw.ncpu"] {
+        assert!(model.allows("sysctl-read", &Target::Name(name)).unwrap(), "{name}");
+    }
+    for operation in ["mach-host-exception-port-set", "mach-host-special-port-set"] {
+        assert!(!model.allows(operation, &Target::Nothing).unwrap(), "{operation}");
+    }
+    assert!(!fixtures::named("full-network").profile().text.contains("mach-host"));
+}
+
 // Blanket mach-lookup reaches the keychain over Mach even when its files are denied.
 #[test]
 fn keychain_services_are_not_reachable() {
@@ -73,6 +91,45 @@ fn env_files_stay_hidden_wherever_the_command_starts() {
     }
     assert!(model.allows_path("file-write-create", &ws("other/ok.txt")).unwrap());
     assert!(!model.allows_path("file-write-create", &ws(".git/hooks/pre-commit")).unwrap());
+}
+
+// APFS volumes are case-insensitive by default, so each of these names a protected or hidden
+// file, while Seatbelt compares paths case-sensitively.
+#[test]
+fn case_variants_of_protected_names_are_denied() {
+    let mut fixture = fixtures::named("workspace-write");
+    fixture.policy.filesystem.hidden.push(PathBuf::from(ws(".env")));
+    let model = model(&fixture);
+    for path in [".GIT/hooks/pre-commit", ".git/HOOKS/x", ".Git/Hooks", ".git/CONFIG", ".VSCODE/tasks.json", ".vscode/TASKS.json"] {
+        let path = ws(path);
+        assert!(!model.allows_path("file-write-create", &path).unwrap(), "{path}");
+        assert!(!model.allows_path("file-write-data", &path).unwrap(), "{path}");
+    }
+    for path in [".ENV", ".Env"] {
+        let path = ws(path);
+        assert!(!model.allows_path("file-read-data", &path).unwrap(), "{path}");
+        assert!(!model.allows_path("file-write-create", &path).unwrap(), "{path}");
+    }
+    // `mv .GIT .git2` would carry the hooks out from under their rule.
+    assert!(!model.allows_path("file-write-unlink", &ws(".GIT")).unwrap());
+    // Allows stay case-exact, so a variant of a granted root is refused: the safe direction.
+    assert!(model.allows_path("file-write-create", &ws("src/new.rs")).unwrap());
+    assert!(!model.allows_path("file-write-create", "/users/dev/src/app/src/new.rs").unwrap());
+}
+
+// A path typed in another case than the directory's (`--deny-read /users/dev/...` for
+// `/Users/dev/...`) names the same file on a case-insensitive volume, so it must still deny.
+#[test]
+fn deny_typed_in_another_case_holds() {
+    let mut fixture = fixtures::named("workspace-write");
+    let typed = WORKSPACE.to_ascii_lowercase().replace("/dev/", "/DEV/");
+    fixture.policy.filesystem.hidden.push(PathBuf::from(format!("{typed}/Config/secrets.toml")));
+    let model = model(&fixture);
+    let path = ws("config/secrets.toml");
+    assert!(!model.allows_path("file-read-data", &path).unwrap(), "{path}");
+    assert!(!model.allows_path("file-write-data", &path).unwrap(), "{path}");
+    assert!(!model.allows_path("file-write-unlink", &ws("config")).unwrap(), "the ancestor of {path} could be renamed");
+    assert!(model.allows_path("file-read-data", &ws("config/app.toml")).unwrap());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use palisade_macos::model::{operation_specificity, Model, Target, OPERATIONS};
-use palisade_macos::profile::{is_file_operation, SectionKind};
+use palisade_macos::profile::{any_case_subpath_regex, is_file_operation, SectionKind};
 use palisade_macos::reader::{self, Expr};
 use palisade_macos::sbpl::{Action, Filter, Rule};
 use palisade_macos::{generate, Network, Request, RequestError, SeatbeltProfile};
@@ -54,8 +54,13 @@ fn escaped_paths_read_back_unchanged() {
         let request = fixture.request();
         let mut read_back = Vec::new();
         strings(&reader::read(&fixture.profile().text).unwrap(), &mut read_back);
-        for path in request.hidden.iter().chain(&request.protected).chain(&request.writable) {
+        for path in &request.writable {
             assert!(read_back.iter().any(|string| string == text(path)), "{}: {} does not read back", fixture.name, path.display());
+        }
+        // Hidden and protected paths are written as regexes of every case spelling.
+        for path in request.hidden.iter().chain(&request.protected) {
+            let regex = any_case_subpath_regex(text(path));
+            assert!(read_back.contains(&regex), "{}: {regex} does not read back", fixture.name);
         }
         // A readable root inside another one is left out of the profile.
         for path in &request.read_only {
@@ -69,14 +74,16 @@ fn escaped_paths_read_back_unchanged() {
 fn path_base(filter: &Filter) -> Option<String> {
     match filter {
         Filter::Literal(path) | Filter::Subpath(path) | Filter::PathLiteral(path) => Some(path.clone()),
-        Filter::Regex(regex) => Some(regex_prefix(regex)),
+        Filter::Regex(regex) | Filter::PathRegex(regex) => Some(regex_prefix(regex)),
         Filter::RequireAll(filters) => filters.first().and_then(path_base),
         Filter::RemoteUnixSocket(inner) | Filter::LocalUnixSocket(inner) => path_base(inner),
         _ => None,
     }
 }
 
-/// Returns the literal text a regex starts with, after `^`.
+/// Returns the literal text a regex starts with, after `^`. A class of one letter in both
+/// cases (`[gG]`) counts as the lowercase letter, so compare the result with
+/// [`lowercase_path`].
 fn regex_prefix(regex: &str) -> String {
     let mut prefix = String::new();
     let mut chars = regex.strip_prefix('^').unwrap_or(regex).chars().peekable();
@@ -84,11 +91,12 @@ fn regex_prefix(regex: &str) -> String {
         match c {
             '\\' => prefix.extend(chars.next()),
             '[' => {
-                let class: String = chars.by_ref().take_while(|c| *c != ']').collect();
-                if class.chars().count() != 1 {
-                    break;
+                let class: Vec<char> = chars.by_ref().take_while(|c| *c != ']').collect();
+                match class.as_slice() {
+                    [single] => prefix.push(*single),
+                    [lower, upper] if lower.is_ascii_lowercase() && lower.to_ascii_uppercase() == *upper => prefix.push(*lower),
+                    _ => break,
                 }
-                prefix.push_str(&class);
             }
             '$' | '+' | '*' | '?' | '(' | '|' | '.' => break,
             _ => prefix.push(c),
@@ -119,7 +127,7 @@ fn lexical_workspace_appears_in_canonical_form() {
     let fixture = fixtures::named("symlinked-temp-dir");
     let text = fixture.profile().text;
     assert!(text.contains("(subpath \"/private/tmp/ws\")"), "{text}");
-    assert!(text.contains("(subpath \"/private/tmp/ws/.env\")"), "{text}");
+    assert!(text.contains(&format!("(regex \"{}\")", any_case_subpath_regex("/private/tmp/ws/.env"))), "{text}");
     assert!(text.contains("(subpath \"/Volumes/Shared/data\")"), "{text}");
     assert!(text.contains("(subpath \"/private/var/folders/zz/xy/T/palisade-00c0ffee00c0ffee\")"), "{text}");
 }
@@ -210,12 +218,77 @@ fn ancestors_of_denied_paths_cannot_be_renamed() {
     }
 }
 
+/// Returns other spellings of `path` that a case-insensitive volume opens as the same file:
+/// all upper case, all lower case, the last component in upper case, and alternating case.
+fn case_variants(path: &str) -> Vec<String> {
+    let (parent, name) = path.rsplit_once('/').unwrap();
+    let alternating: String = path.chars().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() }).collect();
+    let mut variants = vec![path.to_ascii_uppercase(), path.to_ascii_lowercase(), format!("{parent}/{}", name.to_ascii_uppercase()), alternating];
+    variants.retain(|variant| variant != path);
+    variants.sort();
+    variants.dedup();
+    assert!(!variants.is_empty(), "{path} has no case variant");
+    variants
+}
+
+#[test]
+fn case_variants_of_hidden_paths_are_closed() {
+    for fixture in fixtures::all() {
+        let (request, model) = (fixture.request(), model(&fixture));
+        for hidden in &request.hidden {
+            for variant in case_variants(text(hidden)) {
+                for path in [variant.clone(), format!("{variant}/palisade-probe")] {
+                    for operation in ["file-read-data", "file-read-metadata", "file-write-create", "file-write-data", "file-write-unlink", "process-exec", "file-link", "file-clone"] {
+                        assert!(!model.allows_path(operation, &path).unwrap(), "{}: {operation} {path}", fixture.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn case_variants_of_protected_paths_stay_read_only() {
+    for fixture in fixtures::all() {
+        let (request, model) = (fixture.request(), model(&fixture));
+        for protected in &request.protected {
+            for variant in case_variants(text(protected)) {
+                for path in [variant.clone(), format!("{variant}/palisade-probe")] {
+                    for operation in ["file-write-create", "file-write-data", "file-write-unlink", "file-write-mode", "file-link", "file-clone"] {
+                        assert!(!model.allows_path(operation, &path).unwrap(), "{}: {operation} {path}", fixture.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn case_variants_of_ancestors_cannot_be_renamed() {
+    for fixture in fixtures::all() {
+        let (request, model) = (fixture.request(), model(&fixture));
+        for path in request.hidden.iter().chain(&request.protected) {
+            for ancestor in path.ancestors().skip(1).filter(|ancestor| inside(ancestor, &request.writable)) {
+                for variant in case_variants(text(ancestor)) {
+                    assert!(!model.allows_path("file-write-unlink", &variant).unwrap(), "{}: rename {variant}", fixture.name);
+                }
+            }
+        }
+    }
+}
+
 fn operations_overlap(first: &Rule, second: &Rule) -> bool {
     first.operations.iter().any(|a| second.operations.iter().any(|b| operation_specificity(a, b).is_some() || operation_specificity(b, a).is_some()))
 }
 
+/// Returns `path` with its ASCII letters in lowercase, for comparing it with the prefix of a
+/// regex of every case spelling.
+fn lowercase_path(path: &str) -> PathBuf {
+    PathBuf::from(path.to_ascii_lowercase())
+}
+
 fn paths_overlap(first: &Rule, second: &Rule) -> bool {
-    let bases = |rule: &Rule| rule.filters.iter().filter_map(path_base).map(PathBuf::from).collect::<Vec<_>>();
+    let bases = |rule: &Rule| rule.filters.iter().filter_map(path_base).map(|base| lowercase_path(&base)).collect::<Vec<_>>();
     let (first, second) = (bases(first), bases(second));
     first.iter().any(|a| second.iter().any(|b| a.starts_with(b) || b.starts_with(a)))
 }

@@ -134,12 +134,12 @@ impl Selftest {
             // Not in the Linux catalogue, so `selftest` never runs them here and `selftest-probe`
             // rejects their ids.
             Probe::WriteStreamOfProtected
-            | Probe::WriteCaseVariantOfProtected
             | Probe::WriteShortNameOfProtected
             | Probe::WriteThroughJunction
             | Probe::WriteWhereUsersMayModify
             | Probe::ShellExecuteUrl => anyhow::bail!("probe {} runs on Windows only", probe.id()),
-            Probe::CpuInfo | Probe::EnvFileHidden | Probe::FullNetwork | Probe::ListenWithoutEgress | Probe::NestedSandbox => {
+            Probe::WriteCaseVariantOfProtected => anyhow::bail!("probe {} runs on Windows and macOS only", probe.id()),
+            Probe::CpuInfo | Probe::EnvFileHidden | Probe::FullNetwork | Probe::ListenWithoutEgress | Probe::NestedSandbox | Probe::ReadCaseVariantOfHidden => {
                 anyhow::bail!("probe {} runs on macOS only", probe.id())
             }
         })

@@ -12,16 +12,20 @@
 //! found broken. Those reports describe the CPU's description and `ps` out of reach, `.env`
 //! denies that depend on the working directory, and full network mode without loopback, names
 //! or the local network. They also describe a listening port that opened all egress, and a
-//! late failure inside another sandbox.
+//! late failure inside another sandbox. Two probes write and read case variants of protected
+//! and hidden names (`.GIT/hooks`), which a case-insensitive volume opens as the same files,
+//! and one of them hard-links a hidden file into the workspace.
 
 mod inside;
 mod judge;
 mod processes;
 
 use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::fs;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
@@ -122,6 +126,8 @@ impl Selftest {
             Probe::TimeoutDetached => self.timeout_detached()?,
             Probe::CpuInfo => judge::allowed(&self.launch_plain(Probe::CpuInfo, &[])?),
             Probe::EnvFileHidden => self.env_file_hidden()?,
+            Probe::WriteCaseVariantOfProtected => self.write_case_variant_of_protected()?,
+            Probe::ReadCaseVariantOfHidden => self.read_case_variant_of_hidden()?,
             Probe::FullNetwork => self.full_network()?,
             Probe::ListenWithoutEgress => self.listen_without_egress()?,
             Probe::NestedSandbox => self.nested_sandbox()?,
@@ -132,7 +138,6 @@ impl Selftest {
                 anyhow::bail!("probe {} runs on Linux only", probe.id())
             }
             Probe::WriteStreamOfProtected
-            | Probe::WriteCaseVariantOfProtected
             | Probe::WriteShortNameOfProtected
             | Probe::WriteThroughJunction
             | Probe::WriteWhereUsersMayModify
@@ -332,6 +337,62 @@ impl Selftest {
         Ok(judge::env_hidden(result, &changes, allowed_on_host))
     }
 
+    /// Lists `.git` and `.git/hooks` of the workspace with their contents.
+    fn git_snapshot(&self) -> anyhow::Result<Vec<(OsString, Option<Vec<u8>>)>> {
+        let git = self.scratch.workspace.join(".git");
+        let mut entries = snapshot(&git)?;
+        for (name, contents) in snapshot(&git.join("hooks"))? {
+            let mut named = OsString::from("hooks/");
+            named.push(name);
+            entries.push((named, contents));
+        }
+        Ok(entries)
+    }
+
+    fn write_case_variant_of_protected(&self) -> anyhow::Result<Verdict> {
+        let workspace = &self.scratch.workspace;
+        if !names_ignore_case(&workspace.join(".git")) {
+            return Ok(Verdict::Skipped("the workspace's volume is case-sensitive, so .GIT is another directory and not .git".into()));
+        }
+        // Hook names of their own, so that a hook another probe left does not make this one fail.
+        let paths: [PathBuf; 3] = [workspace.join(".GIT/hooks/pre-push"), workspace.join(".git/HOOKS/post-checkout"), workspace.join(".Git/CONFIG")];
+        let before = self.git_snapshot()?;
+        let run = self.launch_plain(Probe::WriteCaseVariantOfProtected, &paths.each_ref().map(|path| path.as_os_str()))?;
+        let Some(result) = &run.result else { return Ok(no_result(&run)) };
+        Ok(write_refused(result, &changes(&before, &self.git_snapshot()?)))
+    }
+
+    /// Reads case variants of the fake key, which `~/.ssh` hides, and hard-links the key into
+    /// the workspace. The fake home is readable, as for the read-credential probe.
+    fn read_case_variant_of_hidden(&self) -> anyhow::Result<Verdict> {
+        let (home, key) = (&self.scratch.home, self.scratch.fake_key());
+        let variants = [home.join(".SSH/id_ed25519"), home.join(".ssh/ID_ED25519")];
+        let link = self.scratch.workspace.join("selftest-hidden-link");
+        let show = !self.unconfined() && !self.visible(home);
+        let probe_args = [variants[0].as_os_str(), variants[1].as_os_str(), key.as_os_str(), link.as_os_str()];
+        let run = self.launch(Probe::ReadCaseVariantOfHidden, &probe_args, |args| {
+            if show {
+                args.allow_read.push(home.clone());
+            }
+        })?;
+        let Some(result) = &run.result else { return Ok(no_result(&run)) };
+        let mut changes = Vec::new();
+        if fs::read(&key).ok().as_deref() != Some(FAKE_KEY.as_bytes()) {
+            changes.push("the planted key changed or vanished".to_owned());
+        }
+        if link.symlink_metadata().is_ok() {
+            changes.push("selftest-hidden-link appeared in the workspace".to_owned());
+            let _ = fs::remove_file(&link);
+        }
+        let verdict = judge::hidden_variants(result, &changes, names_ignore_case(&key));
+        Ok(match verdict {
+            Verdict::Held(detail) if self.policy.profile == Profile::ReadOnly => {
+                Verdict::Held(format!("{detail}; the read-only profile refuses every link in the workspace, so the hard link shows less"))
+            }
+            other => other,
+        })
+    }
+
     fn full_network(&self) -> anyhow::Result<Verdict> {
         if !self.args.allow_domain.is_empty() {
             return Ok(Verdict::Skipped("the options name --allow-domain, which cannot go with --net full".into()));
@@ -380,6 +441,17 @@ impl Selftest {
         command.current_dir(&self.scratch.workspace).env("HOME", &self.scratch.home).stdin(Stdio::null());
         let output = command.output().with_context(|| format!("failed to start {SANDBOX_EXEC}"))?;
         Ok(judge::nested(output.status.code(), &String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+/// Returns whether the volume of `path`, which exists, opens the same file when the last
+/// component's ASCII letters are in upper case, as a case-insensitive volume does.
+fn names_ignore_case(path: &Path) -> bool {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|name| name.to_str())) else { return false };
+    let variant = parent.join(name.to_ascii_uppercase());
+    match (fs::symlink_metadata(path), fs::symlink_metadata(&variant)) {
+        (Ok(original), Ok(other)) => variant != path && original.dev() == other.dev() && original.ino() == other.ino(),
+        _ => false,
     }
 }
 

@@ -133,6 +133,7 @@ pub enum Probe {
     ShellExecuteUrl,
     CpuInfo,
     EnvFileHidden,
+    ReadCaseVariantOfHidden,
     FullNetwork,
     ListenWithoutEgress,
     NestedSandbox,
@@ -178,7 +179,7 @@ impl Probe {
     /// The macOS catalogue, in the order the probes run and are printed. First come the probes
     /// Linux has too, except the process limit, which macOS cannot hold for a run. Then come the
     /// checks of the Seatbelt profile that public reports about other macOS sandboxes call for.
-    pub const MACOS: [Probe; 12] = [
+    pub const MACOS: [Probe; 14] = [
         Probe::WriteOutsideWorkspace,
         Probe::WriteInsideWorkspace,
         Probe::ReadCredential,
@@ -188,6 +189,8 @@ impl Probe {
         Probe::TimeoutDetached,
         Probe::CpuInfo,
         Probe::EnvFileHidden,
+        Probe::WriteCaseVariantOfProtected,
+        Probe::ReadCaseVariantOfHidden,
         Probe::FullNetwork,
         Probe::ListenWithoutEgress,
         Probe::NestedSandbox,
@@ -230,6 +233,7 @@ impl Probe {
             Probe::ShellExecuteUrl => "shell-execute-url",
             Probe::CpuInfo => "cpu-info",
             Probe::EnvFileHidden => "env-file-hidden",
+            Probe::ReadCaseVariantOfHidden => "read-case-variant-of-hidden",
             Probe::FullNetwork => "full-network",
             Probe::ListenWithoutEgress => "listen-without-egress",
             Probe::NestedSandbox => "nested-sandbox",
@@ -324,13 +328,19 @@ impl Probe {
                  probe cannot follow, does not hold."
             }
             Probe::CpuInfo => {
-                "Read the sysctls hw.ncpu, hw.physicalcpu, hw.model and machdep.cpu.brand_string, which Node's os.cpus() and \
-                 numpy need, and list processes with /bin/ps; all must work inside the sandbox."
+                "Read the sysctls hw.ncpu, hw.physicalcpu, hw.model and machdep.cpu.brand_string and call \
+                 host_processor_info, which Node's os.cpus() and numpy need, and list processes with /bin/ps; all must \
+                 work inside the sandbox, and host_processor_info must report at least one CPU."
             }
             Probe::EnvFileHidden => {
                 "From the subdirectory sub of the workspace, with .env, other/.env and sub/.env denied by --deny-read, read \
                  ../.env and ../other/.env, copy ../.env to $TMPDIR and write sub/.env; all must fail, while writing \
                  other/ok.txt must succeed, and the .env files must stay unchanged on the host."
+            }
+            Probe::ReadCaseVariantOfHidden => {
+                "Read .SSH/id_ed25519 and .ssh/ID_ED25519, case variants of the fake key of the read-credential probe, and \
+                 hard-link .ssh/id_ed25519 into the workspace; all must fail and no link may appear on the host. On a \
+                 case-sensitive volume the variants name no file, and only the hard link is tested."
             }
             Probe::FullNetwork => {
                 "With --net full, connect to a TCP listener on the host's 127.0.0.1, resolve localhost, and connect to a \
@@ -347,7 +357,8 @@ impl Probe {
         }
     }
 
-    /// Returns the macOS wording of a probe that Linux has too, where the attempt differs.
+    /// Returns the macOS wording of a probe that another platform has too, where the attempt
+    /// differs.
     fn macos_wording(self) -> Option<&'static str> {
         match self {
             Probe::ReadCredential => Some(
@@ -358,6 +369,12 @@ impl Probe {
                 "Start a process that calls setsid and whose parent exits, so that launchd adopts it outside the command's \
                  process group, then outlive --timeout 1s; the run must end at the timeout and the detached process must \
                  be gone from the host.",
+            ),
+            Probe::WriteCaseVariantOfProtected => Some(
+                "Create .GIT/hooks/pre-push and .git/HOOKS/post-checkout and append to .Git/CONFIG, case variants of \
+                 protected paths that a case-insensitive volume opens as the protected files; all must fail and .git \
+                 must stay unchanged on the host. On a case-sensitive volume the variants are other names, and the \
+                 probe is skipped.",
             ),
             _ => None,
         }
@@ -582,7 +599,6 @@ mod tests {
         }
         let windows_only = [
             Probe::WriteStreamOfProtected,
-            Probe::WriteCaseVariantOfProtected,
             Probe::WriteShortNameOfProtected,
             Probe::WriteThroughJunction,
             Probe::WriteWhereUsersMayModify,
@@ -595,7 +611,8 @@ mod tests {
         for probe in linux_only.into_iter().chain([Probe::ProcessLimit]) {
             assert!(!Probe::MACOS.contains(&probe), "{probe:?} does not run on macOS");
         }
-        let macos_only = [Probe::CpuInfo, Probe::EnvFileHidden, Probe::FullNetwork, Probe::ListenWithoutEgress, Probe::NestedSandbox];
+        assert!(!Probe::LINUX.contains(&Probe::WriteCaseVariantOfProtected), "Linux volumes are case-sensitive");
+        let macos_only = [Probe::CpuInfo, Probe::EnvFileHidden, Probe::ReadCaseVariantOfHidden, Probe::FullNetwork, Probe::ListenWithoutEgress, Probe::NestedSandbox];
         for probe in macos_only {
             assert!(!Probe::LINUX.contains(&probe), "{probe:?} is a macOS probe");
             assert!(!Probe::WINDOWS.contains(&probe), "{probe:?} is a macOS probe");
@@ -652,6 +669,8 @@ mod tests {
         }
         assert!(Probe::ReadCredential.description_on(Platform::MacOs).contains("--allow-read"));
         assert!(Probe::TimeoutDetached.description_on(Platform::MacOs).contains("launchd"));
+        assert!(Probe::WriteCaseVariantOfProtected.description_on(Platform::MacOs).contains(".GIT/hooks/pre-push"));
+        assert!(Probe::WriteCaseVariantOfProtected.description_on(Platform::Windows).contains(r".GiT\HoOkS\pre-push"));
         assert_eq!(Probe::GitHook.description_on(Platform::MacOs), Probe::GitHook.description_on(Platform::Linux));
     }
 

@@ -160,7 +160,7 @@ impl Selftest {
             Probe::UserNamespace | Probe::Ptrace | Probe::IoUring | Probe::Bpf | Probe::ReadShadow => {
                 anyhow::bail!("probe {} runs on Linux only", probe.id())
             }
-            Probe::CpuInfo | Probe::EnvFileHidden | Probe::FullNetwork | Probe::ListenWithoutEgress | Probe::NestedSandbox => {
+            Probe::CpuInfo | Probe::EnvFileHidden | Probe::FullNetwork | Probe::ListenWithoutEgress | Probe::NestedSandbox | Probe::ReadCaseVariantOfHidden => {
                 anyhow::bail!("probe {} runs on macOS only", probe.id())
             }
         })

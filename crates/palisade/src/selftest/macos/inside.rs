@@ -68,6 +68,8 @@ pub fn attempt(probe: Probe, args: &[OsString]) -> anyhow::Result<u8> {
         }
         Probe::CpuInfo => cpu_info(),
         Probe::EnvFileHidden => env_files(&path(0)?, &path(1)?, &path(2)?, &path(3)?),
+        Probe::WriteCaseVariantOfProtected => write_case_variants(&path(0)?, &path(1)?, &path(2)?),
+        Probe::ReadCaseVariantOfHidden => hidden_variants(&path(0)?, &path(1)?, &path(2)?, &path(3)?),
         Probe::FullNetwork => full_network(port(0)?, args.get(1).and_then(|arg| arg.to_str()).map(str::to_owned)),
         Probe::ListenWithoutEgress => listen_without_egress(port(0)?, port(1)?),
         // Not in the macOS catalogue, so `selftest` never runs them here and `selftest-probe`
@@ -77,7 +79,6 @@ pub fn attempt(probe: Probe, args: &[OsString]) -> anyhow::Result<u8> {
             anyhow::bail!("probe {} runs on Linux only", probe.id())
         }
         Probe::WriteStreamOfProtected
-        | Probe::WriteCaseVariantOfProtected
         | Probe::WriteShortNameOfProtected
         | Probe::WriteThroughJunction
         | Probe::WriteWhereUsersMayModify
@@ -143,6 +144,39 @@ fn start_detached_child() -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Joins several attempts at what the sandbox must deny into one that succeeded when any of
+/// them did.
+fn any_of(attempts: &[Attempt]) -> Attempt {
+    let detail = attempts.iter().map(|attempt| attempt.detail.as_str()).collect::<Vec<_>>().join("; ");
+    let errno = attempts.iter().find_map(|attempt| attempt.errno);
+    Attempt { succeeded: attempts.iter().any(|attempt| attempt.succeeded), errno, detail, count: None, pid: None }
+}
+
+/// Creates the hooks `hook` and `other_hook` and appends to `config`, each a case variant of a
+/// protected path of `.git`.
+fn write_case_variants(hook: &Path, other_hook: &Path, config: &Path) -> Attempt {
+    let appended = OpenOptions::new().append(true).open(config).and_then(|mut file| file.write_all(b"escaped\n"));
+    any_of(&[
+        create_with(hook, b"#!/bin/sh\nexit 0\n"),
+        create_with(other_hook, b"#!/bin/sh\nexit 0\n"),
+        Attempt::of(appended, &format!("appending to {}", short(config))),
+    ])
+}
+
+/// Reads `variant` and `other_variant`, case variants of the hidden file `hidden`, and
+/// hard-links `hidden` to `link`, a new name in the workspace. A link would be a second name
+/// for the hidden file that no deny names, so it is read back when it was made.
+fn hidden_variants(variant: &Path, other_variant: &Path, hidden: &Path, link: &Path) -> Attempt {
+    let linked = match fs::hard_link(hidden, link) {
+        Ok(()) => match read_file(link) {
+            Attempt { succeeded: true, detail, .. } => Attempt::success(format!("hard-linking {} to {} succeeded, and {detail}", short(hidden), short(link))),
+            read => Attempt::success(format!("hard-linking {} to {} succeeded, but {}", short(hidden), short(link), read.detail)),
+        },
+        Err(error) => Attempt::failure(&error, &format!("hard-linking {} to {}", short(hidden), short(link))),
+    };
+    any_of(&[read_file(variant), read_file(other_variant), linked])
+}
+
 /// Reads the CPU's description as Node's `os.cpus()` and numpy do, and lists processes with
 /// `/bin/ps`.
 fn cpu_info() -> Attempt {
@@ -161,6 +195,11 @@ fn cpu_info() -> Attempt {
             Err(error) => Attempt::failure(&error, &format!("reading {name}")),
         });
     }
+    attempts.push(match processor_count() {
+        Ok(count) if count > 0 => Attempt::success(format!("host_processor_info reported {count} CPUs")),
+        Ok(_) => Attempt::failed_without_code("host_processor_info reported no CPU".into()),
+        Err(error) => Attempt::failed_without_code(error),
+    });
     attempts.push(match Command::new("/bin/ps").args(["-ax", "-o", "pid="]).stdin(Stdio::null()).stderr(Stdio::null()).output() {
         Ok(output) if output.status.success() => {
             let count = String::from_utf8_lossy(&output.stdout).lines().count();
@@ -170,6 +209,28 @@ fn cpu_info() -> Attempt {
         Err(error) => Attempt::failure(&error, "running /bin/ps"),
     });
     all_of(&attempts)
+}
+
+/// Calls `host_processor_info` for the CPUs' load, as libuv's `uv_cpu_info` does for Node's
+/// `os.cpus()`, and returns the number of CPUs it reported, or the Mach error as text.
+// libc marks its Mach functions deprecated in favour of the mach2 crate; these three calls are
+// all the probe needs.
+#[allow(deprecated)]
+fn processor_count() -> Result<u32, String> {
+    let mut count: libc::natural_t = 0;
+    let mut info: libc::processor_info_array_t = std::ptr::null_mut();
+    let mut info_count: libc::mach_msg_type_number_t = 0;
+    // SAFETY: the three pointers are valid places for the call to store the CPU count, the
+    // address of the array it allocates in this task and the array's length in integers.
+    let status = unsafe { libc::host_processor_info(libc::mach_host_self(), libc::PROCESSOR_CPU_LOAD_INFO, &mut count, &mut info, &mut info_count) };
+    if status != libc::KERN_SUCCESS {
+        return Err(format!("host_processor_info failed with kern_return_t {status}"));
+    }
+    let size = info_count as usize * std::mem::size_of::<libc::integer_t>();
+    // SAFETY: `info` is the array the call allocated in this task, `info_count` integers long.
+    // It is released once, here, and never read.
+    unsafe { libc::vm_deallocate(libc::mach_task_self(), info as libc::vm_address_t, size) };
+    Ok(count)
 }
 
 fn sysctl_int(name: &str) -> io::Result<i32> {

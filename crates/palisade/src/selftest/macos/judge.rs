@@ -33,7 +33,9 @@ pub fn env_hidden(result: &Attempt, changes: &[String], allowed_on_host: bool) -
 }
 
 /// Holds when every connection and the lookup succeeded and the listeners accepted: the
-/// loopback one, and the one on this machine's own address when there is one.
+/// loopback one, and the one on this machine's own address when there is one
+/// (`own_address_accepted` is `None` when there is not, and the detail then states that the
+/// local-network check was skipped).
 pub fn full_network(result: &Attempt, loopback_accepted: usize, own_address_accepted: Option<usize>) -> Verdict {
     if !result.succeeded {
         return Verdict::NotHeld(format!("{}: with --net full, loopback, names and the local network must be reachable", result.detail));
@@ -41,7 +43,31 @@ pub fn full_network(result: &Attempt, loopback_accepted: usize, own_address_acce
     if loopback_accepted == 0 || own_address_accepted == Some(0) {
         return Verdict::NotHeld(format!("{}, but a listener of selftest accepted no connection: the probe reached something else", result.detail));
     }
-    Verdict::Held(format!("{}; the listeners accepted the connections", result.detail))
+    match own_address_accepted {
+        Some(_) => Verdict::Held(format!("{}; the listeners accepted the connections", result.detail)),
+        None => Verdict::Held(format!(
+            "{}; the loopback listener accepted the connection; the local-network check was skipped, because this Mac has no non-loopback IPv4 address",
+            result.detail
+        )),
+    }
+}
+
+/// Holds when reading the case variants of a hidden file and hard-linking it into the
+/// workspace all failed, and the host shows no change (`changes`, such as a link that
+/// appeared). On a case-sensitive volume (`case_insensitive` false) the variants name no file,
+/// so the detail states that only the hard link was tested.
+pub fn hidden_variants(result: &Attempt, changes: &[String], case_insensitive: bool) -> Verdict {
+    if result.succeeded {
+        return Verdict::NotHeld(result.detail.clone());
+    }
+    if !changes.is_empty() {
+        return Verdict::NotHeld(format!("{}; on the host {}", result.detail, changes.join(", ")));
+    }
+    if case_insensitive {
+        Verdict::Held(format!("{}; the volume is case-insensitive, so each variant names the hidden file", result.detail))
+    } else {
+        Verdict::Held(format!("{}; the volume is case-sensitive, so the variants name no file and only the hard link was tested", result.detail))
+    }
 }
 
 /// Holds when listening on the allowed port worked (`count` is 1) and the connection to
@@ -96,8 +122,23 @@ mod tests {
         let reached = success("connecting succeeded");
         assert!(is_held(&full_network(&reached, 1, Some(1))));
         assert!(is_held(&full_network(&reached, 1, None)));
+        let Verdict::Held(detail) = full_network(&reached, 1, None) else { unreachable!() };
+        assert!(detail.contains("local-network check was skipped"), "{detail}");
+        let Verdict::Held(detail) = full_network(&reached, 1, Some(1)) else { unreachable!() };
+        assert!(!detail.contains("skipped"), "{detail}");
         assert!(matches!(full_network(&reached, 1, Some(0)), Verdict::NotHeld(_)));
         assert!(matches!(full_network(&failure(1, "resolving localhost failed"), 1, None), Verdict::NotHeld(_)));
+    }
+
+    #[test]
+    fn hidden_variants_fail_on_any_success_or_change() {
+        let refused = failure(1, "reading .SSH/id_ed25519 failed; hard-linking failed");
+        let Verdict::Held(detail) = hidden_variants(&refused, &[], true) else { panic!("case-insensitive refusal must hold") };
+        assert!(detail.contains("case-insensitive"), "{detail}");
+        let Verdict::Held(detail) = hidden_variants(&refused, &[], false) else { panic!("case-sensitive refusal must hold") };
+        assert!(detail.contains("only the hard link was tested"), "{detail}");
+        assert!(matches!(hidden_variants(&success("read 56 bytes of .SSH/id_ed25519"), &[], true), Verdict::NotHeld(_)));
+        assert!(matches!(hidden_variants(&refused, &["selftest-hidden-link appeared".into()], true), Verdict::NotHeld(_)));
     }
 
     // https://github.com/anthropic-experimental/sandbox-runtime/issues/131: a rule on the local
