@@ -255,6 +255,7 @@ fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
     if context.policy.network != palisade_policy::NetworkMode::Full {
         sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
         if let Some(channel) = context.proxy_channel.take() {
+            crate::network::raise_loopback_buffers();
             proxy_port = Some(crate::network::listen_and_send(&channel, context.forwarded)?);
         }
     }

@@ -323,6 +323,30 @@ both_identities!(datagrams_never_leave, |f: &Fixture| {
     }
 });
 
+// Allowlist mode raises the largest TCP buffers of the run's own namespace to at least 16 MiB
+// (docs/network.md), as root and in the run's user namespace. `--net none` keeps the values a
+// new namespace starts with, which the kernel copies from the host's.
+both_identities!(allowlist_raises_the_loopback_buffers, |f: &Fixture| {
+    let Some(mut lab) = Lab::new(f, &[]) else { return };
+    let script = "echo WMEM $(cat /proc/sys/net/ipv4/tcp_wmem); echo RMEM $(cat /proc/sys/net/ipv4/tcp_rmem)";
+    lab.run_sh(&allow_http(), script);
+    lab.run_sh(&["--net", "none"], script);
+    let runs = lab.start();
+    let maximum = |text: &str| -> u64 {
+        text.split_whitespace().nth(2).and_then(|value| value.parse().ok()).unwrap_or_else(|| panic!("no maximum in {text:?}"))
+    };
+    let host = |file: &str| maximum(&fs::read_to_string(file).expect("the host's TCP settings are readable"));
+    for run in &runs {
+        run.expect_code(0);
+    }
+    let (allowlist, none) = (&runs[0], &runs[1]);
+    for (prefix, file) in [("WMEM ", "/proc/sys/net/ipv4/tcp_wmem"), ("RMEM ", "/proc/sys/net/ipv4/tcp_rmem")] {
+        let raised = maximum(value_after(allowlist, prefix));
+        assert!(raised >= 16 << 20 && raised >= host(file), "{prefix}maximum {raised}\n{}", allowlist.describe());
+        assert_eq!(maximum(value_after(none, prefix)), host(file), "--net none changed {file}\n{}", none.describe());
+    }
+});
+
 // Public reports: github/gh-aw-firewall#8878 (a proxy checked the CONNECT target, and a
 // different SNI inside the tunnel reached another tenant of the same CDN) and
 // agentcage/agentcage#214 (SNI and Host disagreed, so each check saw a different name). The
