@@ -1400,7 +1400,7 @@ mod tests {
     /// macOS opens `.GIT` for `.git`, and the scrub after the run there treats it as a
     /// repository. The comparison is simulated on Linux with `ignore_case`.
     #[test]
-    fn case_variant_git_dir_is_recorded_before_run() {
+    fn case_variant_git_dir_recorded_before_run() {
         let world = World::new("case-variant");
         let root = world.root.join("case");
         std::fs::create_dir_all(root.join(".GIT/hooks")).unwrap();
@@ -1414,7 +1414,7 @@ mod tests {
     }
 
     #[test]
-    fn case_variant_git_dir_is_not_recorded_case_sensitively() {
+    fn case_variant_git_dir_ignored_case_sensitively() {
         let world = World::new("case-sensitive");
         let root = world.root.join("case");
         std::fs::create_dir_all(root.join(".GIT/hooks")).unwrap();
@@ -1424,7 +1424,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_path_in_case_variant_git_dir_stays_creatable() {
+    fn missing_case_variant_git_dir_creatable() {
         let world = World::new("case-missing");
         let root = world.root.join("ws");
         let hooks = root.join("sub/.GIT/hooks");

@@ -15,7 +15,7 @@ fn compile(source: &str) -> Regex {
     Regex::new(&source).unwrap_or_else(|error| panic!("{source}: {error}"))
 }
 
-/// Returns `value` with the case of each ASCII letter flipped where `flips` says so.
+/// Returns `value` with the case of each ASCII letter flipped where `flips` is true.
 fn respell(value: &str, flips: &[bool]) -> String {
     let flip = |(i, c): (usize, char)| if flips.get(i).copied().unwrap_or(false) && c.is_ascii_alphabetic() { (c as u8 ^ 0x20) as char } else { c };
     value.chars().enumerate().map(flip).collect()
@@ -66,7 +66,7 @@ proptest! {
     }
 
     #[test]
-    fn any_case_regexes_match_every_spelling_and_nothing_else(value in PATH_CHARACTERS, flips in prop::collection::vec(any::<bool>(), 41), other in "[/a-zA-Z.é\\[\\]]{1,41}") {
+    fn any_case_regex_matches_spellings_only(value in PATH_CHARACTERS, flips in prop::collection::vec(any::<bool>(), 41), other in "[/a-zA-Z.é\\[\\]]{1,41}") {
         let regex = compile(&format!("^{}$", regex_matching_any_case(&value)));
         let spelling = respell(&value, &flips);
         prop_assert!(regex.is_match(&value), "does not match {:?}", value);
@@ -75,7 +75,7 @@ proptest! {
     }
 
     #[test]
-    fn subpath_regexes_match_every_path_below(value in PATH_CHARACTERS, flips in prop::collection::vec(any::<bool>(), 41), names in prop::collection::vec(NAME_CHARACTERS, 1..4)) {
+    fn subpath_regex_matches_paths_below(value in PATH_CHARACTERS, flips in prop::collection::vec(any::<bool>(), 41), names in prop::collection::vec(NAME_CHARACTERS, 1..4)) {
         let path = format!("/{value}");
         let regex = compile(&any_case_subpath_regex(&path));
         let below = format!("{}/{}", respell(&path, &flips), names.join("/"));
@@ -85,7 +85,7 @@ proptest! {
     }
 
     #[test]
-    fn subpath_regexes_match_nothing_else(value in PATH_CHARACTERS, other in "[/a-zA-Z.é\x0a\\[\\]-]{1,50}") {
+    fn subpath_regex_rejects_other_paths(value in PATH_CHARACTERS, other in "[/a-zA-Z.é\x0a\\[\\]-]{1,50}") {
         let path = format!("/{value}");
         let regex = compile(&any_case_subpath_regex(&path));
         prop_assert_eq!(regex.is_match(&other), is_path_or_below(&other, &path), "{:?}", other);
@@ -101,7 +101,7 @@ proptest! {
 }
 
 #[test]
-fn subpath_regex_of_git_matches_names_with_control_characters() {
+fn git_subpath_matches_control_characters() {
     let regex = compile(&any_case_subpath_regex("/ws/.git"));
     for path in ["/ws/.git", "/ws/.GIT", "/ws/.git/hooks/x\ny", "/ws/.Git/x\n", "/ws/.git/\n/config", "/ws/.git/a\rb\tc\u{1b}d", "/ws/.git/\u{85}\u{2028}"] {
         assert!(regex.is_match(path), "{path:?}");
@@ -115,9 +115,9 @@ fn subpath_regex_of_git_matches_names_with_control_characters() {
 /// sign) to `k`. If APFS folds them when it compares names, `.ſsh` opens `.ssh` and
 /// `.git/hooKs` with a Kelvin sign opens `.git/hooks`, but the regexes fold ASCII letters only
 /// and do not match those spellings.
-// NOTE: whether APFS folds these letters is unverified; a Mac answers it (docs/macos.md).
+// NOTE: whether APFS folds these letters is unverified; conformance step 5 of docs/macos.md checks it on a Mac.
 #[test]
-fn unicode_letters_that_fold_to_ascii_are_not_matched() {
+fn unicode_folds_to_ascii_unmatched() {
     let ssh = compile(&any_case_subpath_regex("/Users/dev/.ssh"));
     assert!(!ssh.is_match("/Users/dev/.\u{17f}sh/id_ed25519"));
     assert!(!ssh.is_match("/Users/dev/.s\u{17f}h"));

@@ -212,7 +212,7 @@ fn names_with_control_characters(path: &Path) -> Vec<String> {
 }
 
 #[test]
-fn names_with_control_characters_below_hidden_paths_are_closed() {
+fn control_names_below_hidden_closed() {
     for fixture in fixtures::all() {
         let (request, model) = (fixture.request(), model(&fixture));
         for path in request.hidden.iter().flat_map(|hidden| names_with_control_characters(hidden)) {
@@ -224,7 +224,7 @@ fn names_with_control_characters_below_hidden_paths_are_closed() {
 }
 
 #[test]
-fn names_with_control_characters_below_protected_paths_stay_read_only() {
+fn control_names_below_protected_read_only() {
     for fixture in fixtures::all() {
         let (request, model) = (fixture.request(), model(&fixture));
         for path in request.protected.iter().flat_map(|protected| names_with_control_characters(protected)) {

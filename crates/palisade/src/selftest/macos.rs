@@ -373,6 +373,7 @@ impl Selftest {
         let config = self.scratch.workspace.join(".git/config");
         let config_link = self.scratch.workspace.join("selftest-protected-link");
         let config_before = fs::read(&config).with_context(|| format!("failed to read {}", config.display()))?;
+
         let show = !self.unconfined() && !self.visible(home);
         let probe_args = [variants[0].as_os_str(), variants[1].as_os_str(), key.as_os_str(), link.as_os_str(), config.as_os_str(), config_link.as_os_str()];
         let run = self.launch(Probe::ReadCaseVariantOfHidden, &probe_args, |args| {
@@ -381,6 +382,7 @@ impl Selftest {
             }
         })?;
         let Some(result) = &run.result else { return Ok(no_result(&run)) };
+
         let mut changes = Vec::new();
         if fs::read(&key).ok().as_deref() != Some(FAKE_KEY.as_bytes()) {
             changes.push("the planted key changed or vanished".to_owned());
