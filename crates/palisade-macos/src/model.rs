@@ -12,8 +12,8 @@
 //! `localhost` in an address filter matches loopback addresses and, as reported against
 //! another tool, the wildcard address of an unbound socket. Regex filters are compiled with
 //! Rust's regex syntax, which agrees with Seatbelt's on the subset palisade writes (anchors,
-//! classes, escaped characters, `+`, and the group `(/.*)?` that other Seatbelt tools write
-//! too). Like Seatbelt, the model compares paths case-sensitively: `.GIT` is not `.git`. The model reads only the vocabulary of
+//! classes, escaped characters, `+`, and the group `(/|$)` that ends a regex of a path and
+//! everything below it). Like Seatbelt, the model compares paths case-sensitively: `.GIT` is not `.git`. The model reads only the vocabulary of
 //! [`OPERATIONS`] and the filters palisade writes, and rejects anything else, so a misspelt
 //! operation fails a test.
 

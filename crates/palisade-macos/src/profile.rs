@@ -184,8 +184,12 @@ fn subpaths<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Vec<Filter> {
 }
 
 /// Returns the regex of `path` and everything below it, in every ASCII case spelling.
+///
+/// The regex is `^P(/|$)`: it ends after the `/` that starts whatever is below `P`, so no `.`
+/// has to match the rest of the path. In many regex dialects `.` does not match a newline, and
+/// a name with one below `P` (`.git/hooks/a\nb`) would escape a `^P(/.*)?$` rule.
 pub fn any_case_subpath_regex(path: &str) -> String {
-    format!("^{}(/.*)?$", escape::regex_matching_any_case(path))
+    format!("^{}(/|$)", escape::regex_matching_any_case(path))
 }
 
 /// Returns a filter of `path` and everything below it, in every ASCII case spelling: the

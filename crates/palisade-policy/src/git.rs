@@ -91,16 +91,13 @@ const SEARCH_BUDGET: usize = 2000;
 
 /// Returns every git directory a host-side git may use for repositories in `root`: `.git`
 /// directories of the root and of nested repositories, and the module directories of
-/// submodules under them. Also returns `.git` pointer files (worktrees and submodules).
+/// submodules under them. Also returns `.git` pointer files (worktrees and submodules). A
+/// `.git` entry is recognised in any ASCII case when `ignore_case`, which callers set to
+/// [`GIT_NAME_IGNORES_CASE`] (tests simulate macOS with `true`).
 ///
 /// NOTE: the search stops at [`SEARCH_DEPTH`] levels and [`SEARCH_BUDGET`] directories, so a
 /// repository nested deeper in a very large workspace keeps writable hooks.
-pub fn repositories(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    search_repositories(root, GIT_NAME_IGNORES_CASE)
-}
-
-/// Searches as [`repositories`] does, recognising `.git` in any ASCII case when `ignore_case`.
-fn search_repositories(root: &Path, ignore_case: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
+pub fn repositories(root: &Path, ignore_case: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut git_dirs = Vec::new();
     let mut pointer_files = Vec::new();
     let mut budget = SEARCH_BUDGET;
@@ -139,7 +136,7 @@ pub fn git_entries(root: &Path) -> Vec<PathBuf> {
 }
 
 fn search_git_entries(root: &Path, ignore_case: bool) -> Vec<PathBuf> {
-    let (git_dirs, pointer_files) = search_repositories(root, ignore_case);
+    let (git_dirs, pointer_files) = repositories(root, ignore_case);
     git_dirs.into_iter().filter(|dir| dir.file_name().is_some_and(|name| is_git_name(name, ignore_case))).chain(pointer_files).collect()
 }
 
@@ -201,7 +198,7 @@ mod tests {
         }
         std::fs::write(dir.join(".git/modules/lib/HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::write(dir.join("sub/.git"), "gitdir: ../.git/modules/lib\n").unwrap();
-        let (git_dirs, pointers) = repositories(&dir);
+        let (git_dirs, pointers) = repositories(&dir, GIT_NAME_IGNORES_CASE);
         assert!(git_dirs.contains(&dir.join(".git")));
         assert!(git_dirs.contains(&dir.join(".git/modules/lib")));
         assert!(git_dirs.contains(&dir.join("vendor/lib/.git")));

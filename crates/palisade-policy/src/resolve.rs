@@ -1001,7 +1001,7 @@ fn resolve_filesystem(
     let mut revert = PathSet::default();
     let mut git_entries = PathSet::default();
     for root in &writable.paths {
-        protect_in_root(root, &fs.protected, &mut protected, &mut revert, &mut git_entries, home);
+        protect_in_root(root, &fs.protected, &mut protected, &mut revert, &mut git_entries, home, git::GIT_NAME_IGNORES_CASE);
     }
     let mut worktree_roots = Vec::new();
     for root in &writable.paths {
@@ -1103,7 +1103,10 @@ fn validate_relative_name(text: &str) -> Result<(), String> {
 /// names, the configuration, hooks and `info` of every git directory found in the root (nested
 /// repositories and submodules included), `.git` pointer files, and the directories
 /// `core.hooksPath` names. Also records the names that cannot be covered (see
-/// [`Filesystem::revert_if_created`]).
+/// [`Filesystem::revert_if_created`]). A `.git` entry is recognised in any ASCII case when
+/// `ignore_case` ([`git::GIT_NAME_IGNORES_CASE`]), as the scrub after the run recognises it, so
+/// a `.GIT` that existed before the run is recorded and never scrubbed as new.
+#[allow(clippy::too_many_arguments)]
 fn protect_in_root(
     root: &Path,
     extra: &[Spanned<String>],
@@ -1111,6 +1114,7 @@ fn protect_in_root(
     revert: &mut PathSet,
     git_entries: &mut PathSet,
     home: &Path,
+    ignore_case: bool,
 ) {
     let add = |protected: &mut PathSet, path: PathBuf| {
         if let Ok(path) = canonicalize_lenient(&path) {
@@ -1132,10 +1136,10 @@ fn protect_in_root(
             add(protected, root.join(text));
         }
     }
-    let (git_dirs, pointer_files) = git::repositories(root);
+    let (git_dirs, pointer_files) = git::repositories(root, ignore_case);
     for git_dir in &git_dirs {
         protect_git_dir(git_dir, root, protected, revert);
-        if git_dir.file_name().is_some_and(|name| name == ".git") {
+        if git_dir.file_name().is_some_and(|name| git::is_git_name(name, ignore_case)) {
             git_entries.add(git_dir.clone());
         }
     }
@@ -1177,12 +1181,18 @@ fn protect_git_dir(git_dir: &Path, root: &Path, protected: &mut PathSet, revert:
 /// `git init` works. A repository created in a writable root is neutralised after the run
 /// instead; one created deeper in a subdirectory is not.
 fn highest_missing_ancestor(path: &Path, root: &Path) -> PathBuf {
+    highest_missing_ancestor_in(path, root, git::GIT_NAME_IGNORES_CASE)
+}
+
+/// Returns what [`highest_missing_ancestor`] does, recognising `.git` in any ASCII case when
+/// `ignore_case`.
+fn highest_missing_ancestor_in(path: &Path, root: &Path, ignore_case: bool) -> PathBuf {
     let mut highest = path.to_path_buf();
     for ancestor in path.ancestors().skip(1) {
         if ancestor == root || !is_within(ancestor, root) || ancestor.symlink_metadata().is_ok() {
             break;
         }
-        if ancestor.file_name().is_some_and(|name| name == ".git") {
+        if ancestor.file_name().is_some_and(|name| git::is_git_name(name, ignore_case)) {
             return path.to_path_buf();
         }
         highest = ancestor.to_path_buf();
@@ -1385,6 +1395,41 @@ mod tests {
         }
         assert!(policy.filesystem.protected.contains(&world.root.join("home/.cargo/bin")));
         assert!(policy.filesystem.revert_if_created.contains(&ws.join(".git/commondir")));
+    }
+
+    /// macOS opens `.GIT` for `.git`, and the scrub after the run there treats it as a
+    /// repository. The comparison is simulated on Linux with `ignore_case`.
+    #[test]
+    fn case_variant_git_dir_recorded_before_run() {
+        let world = World::new("case-variant");
+        let root = world.root.join("case");
+        std::fs::create_dir_all(root.join(".GIT/hooks")).unwrap();
+        std::fs::create_dir_all(root.join("nested/.Git/hooks")).unwrap();
+        let (mut protected, mut revert, mut git_entries) = (PathSet::default(), PathSet::default(), PathSet::default());
+        protect_in_root(&root, &[], &mut protected, &mut revert, &mut git_entries, &world.root.join("home"), true);
+        for entry in [root.join(".GIT"), root.join("nested/.Git")] {
+            assert!(git_entries.paths.contains(&entry), "{} not recorded: {:?}", entry.display(), git_entries.paths);
+            assert!(protected.paths.contains(&entry.join("hooks")), "{} hooks not protected", entry.display());
+        }
+    }
+
+    #[test]
+    fn case_variant_git_dir_ignored_case_sensitively() {
+        let world = World::new("case-sensitive");
+        let root = world.root.join("case");
+        std::fs::create_dir_all(root.join(".GIT/hooks")).unwrap();
+        let (mut protected, mut revert, mut git_entries) = (PathSet::default(), PathSet::default(), PathSet::default());
+        protect_in_root(&root, &[], &mut protected, &mut revert, &mut git_entries, &world.root.join("home"), false);
+        assert!(git_entries.paths.is_empty(), "{:?}", git_entries.paths);
+    }
+
+    #[test]
+    fn missing_case_variant_git_dir_creatable() {
+        let world = World::new("case-missing");
+        let root = world.root.join("ws");
+        let hooks = root.join("sub/.GIT/hooks");
+        assert_eq!(highest_missing_ancestor_in(&hooks, &root, true), hooks);
+        assert_eq!(highest_missing_ancestor_in(&hooks, &root, false), root.join("sub"));
     }
 
     #[test]

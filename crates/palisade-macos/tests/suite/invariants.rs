@@ -206,6 +206,35 @@ fn protected_paths_stay_read_only() {
     }
 }
 
+/// Paths below `path` whose names hold control characters, which a `.` in a regex may not match.
+fn names_with_control_characters(path: &Path) -> Vec<String> {
+    ["x\ny", "\n", "a\rb", "\t\u{1b}", "hooks/x\ny", "a\nb/tasks.json"].iter().map(|name| format!("{}/{name}", text(path))).collect()
+}
+
+#[test]
+fn control_names_below_hidden_closed() {
+    for fixture in fixtures::all() {
+        let (request, model) = (fixture.request(), model(&fixture));
+        for path in request.hidden.iter().flat_map(|hidden| names_with_control_characters(hidden)) {
+            for operation in ["file-read-data", "file-read-metadata", "file-write-create", "file-write-data", "file-write-unlink", "file-link"] {
+                assert!(!model.allows_path(operation, &path).unwrap(), "{}: {operation} {path:?}", fixture.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn control_names_below_protected_read_only() {
+    for fixture in fixtures::all() {
+        let (request, model) = (fixture.request(), model(&fixture));
+        for path in request.protected.iter().flat_map(|protected| names_with_control_characters(protected)) {
+            for operation in ["file-write-create", "file-write-data", "file-write-unlink", "file-write-mode", "file-link", "file-clone"] {
+                assert!(!model.allows_path(operation, &path).unwrap(), "{}: {operation} {path:?}", fixture.name);
+            }
+        }
+    }
+}
+
 #[test]
 fn ancestors_of_denied_paths_cannot_be_renamed() {
     for fixture in fixtures::all() {

@@ -14,7 +14,8 @@
 //! or the local network. They also describe a listening port that opened all egress, and a
 //! late failure inside another sandbox. Two probes write and read case variants of protected
 //! and hidden names (`.GIT/hooks`), which a case-insensitive volume opens as the same files,
-//! and one of them hard-links a hidden file into the workspace.
+//! and one of them hard-links a hidden file and the protected `.git/config` into the
+//! workspace.
 
 mod inside;
 mod judge;
@@ -363,19 +364,25 @@ impl Selftest {
     }
 
     /// Reads case variants of the fake key, which `~/.ssh` hides, and hard-links the key into
-    /// the workspace. The fake home is readable, as for the read-credential probe.
+    /// the workspace. It also hard-links the protected `.git/config` into the workspace and
+    /// writes through that link. The fake home is readable, as for the read-credential probe.
     fn read_case_variant_of_hidden(&self) -> anyhow::Result<Verdict> {
         let (home, key) = (&self.scratch.home, self.scratch.fake_key());
         let variants = [home.join(".SSH/id_ed25519"), home.join(".ssh/ID_ED25519")];
         let link = self.scratch.workspace.join("selftest-hidden-link");
+        let config = self.scratch.workspace.join(".git/config");
+        let config_link = self.scratch.workspace.join("selftest-protected-link");
+        let config_before = fs::read(&config).with_context(|| format!("failed to read {}", config.display()))?;
+
         let show = !self.unconfined() && !self.visible(home);
-        let probe_args = [variants[0].as_os_str(), variants[1].as_os_str(), key.as_os_str(), link.as_os_str()];
+        let probe_args = [variants[0].as_os_str(), variants[1].as_os_str(), key.as_os_str(), link.as_os_str(), config.as_os_str(), config_link.as_os_str()];
         let run = self.launch(Probe::ReadCaseVariantOfHidden, &probe_args, |args| {
             if show {
                 args.allow_read.push(home.clone());
             }
         })?;
         let Some(result) = &run.result else { return Ok(no_result(&run)) };
+
         let mut changes = Vec::new();
         if fs::read(&key).ok().as_deref() != Some(FAKE_KEY.as_bytes()) {
             changes.push("the planted key changed or vanished".to_owned());
@@ -384,10 +391,19 @@ impl Selftest {
             changes.push("selftest-hidden-link appeared in the workspace".to_owned());
             let _ = fs::remove_file(&link);
         }
+        if config_link.symlink_metadata().is_ok() {
+            changes.push("selftest-protected-link appeared in the workspace".to_owned());
+            let _ = fs::remove_file(&config_link);
+        }
+        if fs::read(&config).ok().as_deref() != Some(config_before.as_slice()) {
+            changes.push(".git/config changed".to_owned());
+            // Later probes read the workspace's repository, so give it back its contents.
+            fs::write(&config, &config_before).with_context(|| format!("failed to restore {}", config.display()))?;
+        }
         let verdict = judge::hidden_variants(result, &changes, names_ignore_case(&key));
         Ok(match verdict {
             Verdict::Held(detail) if self.policy.profile == Profile::ReadOnly => {
-                Verdict::Held(format!("{detail}; the read-only profile refuses every link in the workspace, so the hard link shows less"))
+                Verdict::Held(format!("{detail}; the read-only profile refuses every link in the workspace, so the hard links show less"))
             }
             other => other,
         })

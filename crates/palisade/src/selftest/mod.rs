@@ -339,12 +339,14 @@ impl Probe {
             }
             Probe::ReadCaseVariantOfHidden => {
                 "Read .SSH/id_ed25519 and .ssh/ID_ED25519, case variants of the fake key of the read-credential probe, and \
-                 hard-link .ssh/id_ed25519 into the workspace; all must fail and no link may appear on the host. On a \
-                 case-sensitive volume the variants name no file, and only the hard link is tested."
+                 hard-link .ssh/id_ed25519 into the workspace. Also hard-link the protected .git/config into the \
+                 workspace and append through the link. All must fail, no link may appear on the host, and .git/config \
+                 must not change. On a case-sensitive volume the variants name no file, and only the hard links are tested."
             }
             Probe::FullNetwork => {
                 "With --net full, connect to a TCP listener on the host's 127.0.0.1, resolve localhost, and connect to a \
-                 listener on this machine's own non-loopback address if it has one; all must succeed."
+                 listener on this machine's own non-loopback address, which stands for the local network without leaving \
+                 the machine; all must succeed. It skips when the machine has no such address."
             }
             Probe::ListenWithoutEgress => {
                 "With --allow-listen on one port, listen on 127.0.0.1 at that port, which must succeed, and connect to a \

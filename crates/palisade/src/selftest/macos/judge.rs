@@ -33,9 +33,11 @@ pub fn env_hidden(result: &Attempt, changes: &[String], allowed_on_host: bool) -
 }
 
 /// Holds when every connection and the lookup succeeded and the listeners accepted: the
-/// loopback one, and the one on this machine's own address when there is one
-/// (`own_address_accepted` is `None` when there is not, and the detail then states that the
-/// local-network check was skipped).
+/// loopback one, and the one on this machine's own non-loopback address. That address stands
+/// for the local network, so the verdict shows whether the profile lets connections to the
+/// local network through, not whether other hosts of the network answer.
+/// `own_address_accepted` is `None` when the machine has no such address: then the
+/// local-network check could not run, and the probe skips unless something else failed.
 pub fn full_network(result: &Attempt, loopback_accepted: usize, own_address_accepted: Option<usize>) -> Verdict {
     if !result.succeeded {
         return Verdict::NotHeld(format!("{}: with --net full, loopback, names and the local network must be reachable", result.detail));
@@ -45,17 +47,18 @@ pub fn full_network(result: &Attempt, loopback_accepted: usize, own_address_acce
     }
     match own_address_accepted {
         Some(_) => Verdict::Held(format!("{}; the listeners accepted the connections", result.detail)),
-        None => Verdict::Held(format!(
-            "{}; the loopback listener accepted the connection; the local-network check was skipped, because this Mac has no non-loopback IPv4 address",
+        None => Verdict::Skipped(format!(
+            "this Mac has no non-loopback IPv4 address, so the local-network check could not run ({}; the loopback listener accepted the connection)",
             result.detail
         )),
     }
 }
 
-/// Holds when reading the case variants of a hidden file and hard-linking it into the
-/// workspace all failed, and the host shows no change (`changes`, such as a link that
-/// appeared). On a case-sensitive volume (`case_insensitive` false) the variants name no file,
-/// so the detail states that only the hard link was tested.
+/// Holds when reading the case variants of a hidden file, hard-linking it into the workspace,
+/// and hard-linking a protected file there all failed, and the host shows no change
+/// (`changes`, such as a link that appeared). On a case-sensitive volume (`case_insensitive`
+/// false) the variants name no file, so the detail states that only the hard links were
+/// tested.
 pub fn hidden_variants(result: &Attempt, changes: &[String], case_insensitive: bool) -> Verdict {
     if result.succeeded {
         return Verdict::NotHeld(result.detail.clone());
@@ -66,7 +69,7 @@ pub fn hidden_variants(result: &Attempt, changes: &[String], case_insensitive: b
     if case_insensitive {
         Verdict::Held(format!("{}; the volume is case-insensitive, so each variant names the hidden file", result.detail))
     } else {
-        Verdict::Held(format!("{}; the volume is case-sensitive, so the variants name no file and only the hard link was tested", result.detail))
+        Verdict::Held(format!("{}; the volume is case-sensitive, so the variants name no file and only the hard links were tested", result.detail))
     }
 }
 
@@ -121,9 +124,9 @@ mod tests {
     fn full_network_needs_every_listener() {
         let reached = success("connecting succeeded");
         assert!(is_held(&full_network(&reached, 1, Some(1))));
-        assert!(is_held(&full_network(&reached, 1, None)));
-        let Verdict::Held(detail) = full_network(&reached, 1, None) else { unreachable!() };
-        assert!(detail.contains("local-network check was skipped"), "{detail}");
+        let Verdict::Skipped(detail) = full_network(&reached, 1, None) else { panic!("without an own address the probe must skip") };
+        assert!(detail.contains("local-network check could not run"), "{detail}");
+        assert!(matches!(full_network(&reached, 0, None), Verdict::NotHeld(_)));
         let Verdict::Held(detail) = full_network(&reached, 1, Some(1)) else { unreachable!() };
         assert!(!detail.contains("skipped"), "{detail}");
         assert!(matches!(full_network(&reached, 1, Some(0)), Verdict::NotHeld(_)));
@@ -136,7 +139,7 @@ mod tests {
         let Verdict::Held(detail) = hidden_variants(&refused, &[], true) else { panic!("case-insensitive refusal must hold") };
         assert!(detail.contains("case-insensitive"), "{detail}");
         let Verdict::Held(detail) = hidden_variants(&refused, &[], false) else { panic!("case-sensitive refusal must hold") };
-        assert!(detail.contains("only the hard link was tested"), "{detail}");
+        assert!(detail.contains("only the hard links were tested"), "{detail}");
         assert!(matches!(hidden_variants(&success("read 56 bytes of .SSH/id_ed25519"), &[], true), Verdict::NotHeld(_)));
         assert!(matches!(hidden_variants(&refused, &["selftest-hidden-link appeared".into()], true), Verdict::NotHeld(_)));
     }
