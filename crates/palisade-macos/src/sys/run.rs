@@ -131,7 +131,8 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
     // When the last kill round found no process of the run, nothing can plant a repository
     // after this search. When one may still run, the scrub runs all the same, and the outcome
     // records that it may have come too early.
-    NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries).scrub();
+    let scrub_failures = NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries).scrub();
+    outcome.supervisor_errors.extend(scrub_failures.into_iter().map(|failure| format!("failed to neutralise a repository the command created: {failure}")));
     if !outcome.all_killed {
         outcome.supervisor_errors.push(
             "processes of the run may still be running, so they can create a repository with hooks after palisade neutralised the new ones".into(),
