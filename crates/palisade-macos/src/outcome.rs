@@ -236,7 +236,7 @@ pub struct Outcome {
     pub network: NetworkRecord,
     /// Sandbox denials read from the system log; best effort, see [`crate::violations`].
     pub violations: Vec<Denial>,
-    /// Whether palisade read the system log during the run.
+    /// Whether `log stream` streamed from before the command started until the run ended.
     pub violations_read: bool,
     /// Processes of the run still found after the last kill round.
     pub survivors: Vec<i32>,
