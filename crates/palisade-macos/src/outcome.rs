@@ -23,6 +23,8 @@ pub enum Exit {
 pub const EXIT_TIMED_OUT: u8 = 124;
 /// Exit status when palisade killed the run at a limit: that of a SIGKILL (128 + 9).
 pub const EXIT_KILLED_AT_LIMIT: u8 = 137;
+/// Exit status when palisade itself failed, also after the command ran.
+pub const EXIT_PALISADE_FAILED: u8 = 125;
 /// Exit status of a command ended by signal N is this plus N, as a shell reports it.
 const SIGNAL_BASE: i32 = 128;
 
@@ -252,6 +254,21 @@ pub struct Outcome {
     pub run_pids: Vec<i32>,
 }
 
+impl Outcome {
+    /// Returns palisade's exit status for this run (see [`run_status`]).
+    pub fn status(&self) -> u8 {
+        run_status(self.exit, &self.supervisor_errors)
+    }
+}
+
+/// Returns palisade's exit status for a run that ended with `exit`: the command's own status,
+/// or [`EXIT_PALISADE_FAILED`] when palisade failed after the command may have started
+/// (`supervisor_errors`), because a process of the run may then still run or a repository
+/// the command created may still hold its hooks. The report keeps `exit` either way.
+pub fn run_status(exit: Exit, supervisor_errors: &[String]) -> u8 {
+    if supervisor_errors.is_empty() { exit.status() } else { EXIT_PALISADE_FAILED }
+}
+
 /// Formats a size for messages: `1 MiB`, `1.5 KiB`, `100 bytes`.
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
@@ -286,6 +303,15 @@ mod tests {
         assert_eq!(Exit::TimedOut.status(), 124);
         assert_eq!(Exit::Killed(Limit::Output).status(), 137);
         assert_eq!(Exit::Signal(5).describe(), "signal 5");
+    }
+
+    #[test]
+    fn supervisor_error_exits_125() {
+        let errors = vec!["failed to list the processes of the run".to_owned()];
+        assert_eq!(run_status(Exit::Code(0), &errors), 125);
+        assert_eq!(run_status(Exit::Code(3), &errors), 125);
+        assert_eq!(run_status(Exit::TimedOut, &errors), 125);
+        assert_eq!(run_status(Exit::Code(3), &[]), 3);
     }
 
     #[test]

@@ -578,7 +578,7 @@ fn kill_and_reap(pid: i32, marker: &RunMarker) -> (Reaped, Usage) {
         ));
     }
     if !report.survivors.is_empty() {
-        tracing::warn!("processes of the run survived every kill round: {:?}", report.survivors);
+        errors.push(format!("processes {:?} of the run survived every kill round", report.survivors));
     }
     let all_killed = report.all_killed();
     let (survivors, mut run_pids) = (report.survivors, report.killed);
