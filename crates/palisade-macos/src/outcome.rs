@@ -263,8 +263,8 @@ impl Outcome {
 
 /// Returns palisade's exit status for a run that ended with `exit`: the command's own status,
 /// or [`EXIT_PALISADE_FAILED`] when palisade failed after the command may have started
-/// (`supervisor_errors`), because a process of the run may then still run or a repository
-/// the command created may still hold its hooks. The report keeps `exit` either way.
+/// (`supervisor_errors`). After such a failure a process of the run may still run, or a new
+/// repository may still contain its hooks. The report keeps `exit` either way.
 pub fn run_status(exit: Exit, supervisor_errors: &[String]) -> u8 {
     if supervisor_errors.is_empty() { exit.status() } else { EXIT_PALISADE_FAILED }
 }

@@ -13,9 +13,9 @@
 //!
 //! [`kill_rounds`] repeats stop, snapshot, stop and kill until a snapshot finds no member.
 //! Each round stops the command and its process group before it reads the process table, and
-//! kills nothing until every member of the snapshot is stopped: a process killed first would
-//! hand its children to launchd, and a child in another process group would then be neither
-//! a descendant nor a group member. Only when the process table cannot be read does a round
+//! kills nothing until every member of the snapshot is stopped. A process killed first would
+//! hand its children to launchd, so a child in another process group would then be neither a
+//! descendant nor a group member. Only when the process table cannot be read does a round
 //! send SIGKILL to the command and its group at once.
 
 use std::time::Duration;

@@ -17,9 +17,9 @@
 //!   removed.
 //!
 //! The command may have taken away its own permissions on what it created (`chmod 555
-//! .git/hooks`), so before those changes the owner's read, write and search permission on the
-//! repository and its hooks directory, and read and write permission on its configuration,
-//! are restored, without following symbolic links.
+//! .git/hooks`). So before those changes, the owner gets back read, write and search
+//! permission on the repository and its hooks directory, and read and write permission on its
+//! configuration. None of these changes follows a symbolic link.
 //!
 //! Every change is reported on stderr, and so is every failure, which [`NewRepositories::scrub`]
 //! also returns. Nothing is deleted except those three redirect files, which a new repository

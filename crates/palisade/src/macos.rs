@@ -45,8 +45,8 @@ fn launch(args: &PolicyArgs, command: &[OsString]) -> anyhow::Result<u8> {
             return Ok(crate::EXIT_PALISADE_FAILED);
         }
     }
-    // The report keeps the command's own exit; the status says that palisade failed, after
-    // print_outcome listed why.
+    // The report keeps the command's own exit. After a failure of palisade, which
+    // print_outcome listed, the exit status is 125.
     Ok(outcome.status())
 }
 

@@ -81,7 +81,7 @@ impl LogReader {
         })?;
         // `log stream` prints a header line once it filters; denials before it are not seen.
         // NOTE: that the header comes on stdout, as the line `parse_denial`'s tests skip, is
-        // unverified on a Mac; if it does not, every report marks the denials incomplete.
+        // unverified on a Mac. If it comes on stderr, every report marks the denials incomplete.
         let streaming_at_start = first_line.recv_timeout(START_WAIT).is_ok();
         if !streaming_at_start {
             tracing::debug!("log stream printed nothing within {START_WAIT:?}; starting the command anyway");
