@@ -574,7 +574,7 @@ fn kill_and_reap(pid: i32, marker: &RunMarker) -> (Reaped, Usage) {
     let mut errors = Vec::new();
     if let Some(error) = &report.listing_error {
         errors.push(format!(
-            "failed to list the processes of the run, so only the command and its process group were sent SIGKILL, and processes that left the group may still run: {error}"
+            "failed to list the processes of the run, so only the command, its process group and the processes found before the failure were sent SIGKILL, and processes that left the group may still run: {error}"
         ));
     }
     if !report.survivors.is_empty() {
