@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Type-checks the macOS backend and the palisade binary with its macOS glue for both Apple
-# targets on Linux. Linking needs Apple's SDK,
-# which Linux lacks, so nothing is built or run here: `cargo check` with Debian's rustc-web
+# Type-checks the whole workspace for both Apple targets on Linux, the macOS backend and the
+# palisade binary with its macOS glue included. A crate that does not compile for macOS (as
+# landlock does not) then breaks CI as it would break `cargo build` on a Mac. Linking
+# needs Apple's SDK, which Linux lacks, so nothing is built or run here: `cargo check` with Debian's rustc-web
 # builds the standard library for the target from source (-Zbuild-std).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,14 +25,13 @@ rust_web_upgrade_if_old rustc-web cargo-web rust-web-src rust-web-clippy
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${PALISADE_MACOS_TARGET_DIR:-/var/tmp/mac-target}"
 
-crates=(-p palisade-macos -p palisade)
 for target in aarch64-apple-darwin x86_64-apple-darwin; do
-  echo "macos.sh: checking palisade-macos and palisade for $target" >&2
-  /usr/bin/cargo check --locked -Zbuild-std --target "$target" "${crates[@]}" --all-targets
+  echo "macos.sh: checking the workspace for $target" >&2
+  /usr/bin/cargo check --locked -Zbuild-std --target "$target" --workspace --all-targets
 done
 
 # Clippy checks the macOS-only code (`sys`, the binary's macOS glue and selftest probes) only
 # when it checks for a macOS target, and there it enforces a SAFETY comment on every unsafe
 # block. Debian's cargo-clippy runs Debian's clippy-driver when /usr/bin comes first in PATH.
-echo "macos.sh: running clippy on palisade-macos and palisade for aarch64-apple-darwin" >&2
-PATH="/usr/bin:$PATH" /usr/bin/cargo clippy --locked -Zbuild-std --target aarch64-apple-darwin "${crates[@]}" --all-targets -- -D warnings
+echo "macos.sh: running clippy on the workspace for aarch64-apple-darwin" >&2
+PATH="/usr/bin:$PATH" /usr/bin/cargo clippy --locked -Zbuild-std --target aarch64-apple-darwin --workspace --all-targets -- -D warnings

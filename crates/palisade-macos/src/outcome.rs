@@ -23,6 +23,8 @@ pub enum Exit {
 pub const EXIT_TIMED_OUT: u8 = 124;
 /// Exit status when palisade killed the run at a limit: that of a SIGKILL (128 + 9).
 pub const EXIT_KILLED_AT_LIMIT: u8 = 137;
+/// Exit status when palisade itself failed, also after the command ran.
+pub const EXIT_PALISADE_FAILED: u8 = 125;
 /// Exit status of a command ended by signal N is this plus N, as a shell reports it.
 const SIGNAL_BASE: i32 = 128;
 
@@ -236,7 +238,7 @@ pub struct Outcome {
     pub network: NetworkRecord,
     /// Sandbox denials read from the system log; best effort, see [`crate::violations`].
     pub violations: Vec<Denial>,
-    /// Whether palisade read the system log during the run.
+    /// Whether `log stream` streamed from before the command started until the run ended.
     pub violations_read: bool,
     /// Processes of the run still found after the last kill round.
     pub survivors: Vec<i32>,
@@ -250,6 +252,21 @@ pub struct Outcome {
     /// The command's process id and every process the kill rounds found, for telling the
     /// run's denials in the log from others.
     pub run_pids: Vec<i32>,
+}
+
+impl Outcome {
+    /// Returns palisade's exit status for this run (see [`run_status`]).
+    pub fn status(&self) -> u8 {
+        run_status(self.exit, &self.supervisor_errors)
+    }
+}
+
+/// Returns palisade's exit status for a run that ended with `exit`: the command's own status,
+/// or [`EXIT_PALISADE_FAILED`] when palisade failed after the command may have started
+/// (`supervisor_errors`). After such a failure a process of the run may still run, or a new
+/// repository may still contain its hooks. The report keeps `exit` either way.
+pub fn run_status(exit: Exit, supervisor_errors: &[String]) -> u8 {
+    if supervisor_errors.is_empty() { exit.status() } else { EXIT_PALISADE_FAILED }
 }
 
 /// Formats a size for messages: `1 MiB`, `1.5 KiB`, `100 bytes`.
@@ -286,6 +303,15 @@ mod tests {
         assert_eq!(Exit::TimedOut.status(), 124);
         assert_eq!(Exit::Killed(Limit::Output).status(), 137);
         assert_eq!(Exit::Signal(5).describe(), "signal 5");
+    }
+
+    #[test]
+    fn supervisor_error_exits_125() {
+        let errors = vec!["failed to list the processes of the run".to_owned()];
+        assert_eq!(run_status(Exit::Code(0), &errors), 125);
+        assert_eq!(run_status(Exit::Code(3), &errors), 125);
+        assert_eq!(run_status(Exit::TimedOut, &errors), 125);
+        assert_eq!(run_status(Exit::Code(3), &[]), 3);
     }
 
     #[test]

@@ -80,23 +80,28 @@ pub fn select_run_denials(observed: &[Observed], known: &[i32]) -> (Vec<Denial>,
 /// The state of `log stream` when the run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogState {
-    /// Still running, so it streamed during the whole run.
+    /// Still running.
     Running,
     /// Exited with this code, or with `None` when a signal ended it.
     Exited(Option<i32>),
 }
 
-/// Returns whether the report may claim that palisade read the log during the run, and a
-/// warning when it may not. Only a `log stream` still running when the run ended, or one that
-/// exited with status 0, read the whole run. `first_error_line` is the first line it wrote on
-/// stderr.
-pub fn log_verdict(state: &LogState, first_error_line: Option<&str>) -> (bool, Option<String>) {
+/// Returns whether the report may claim that palisade read the log during the whole run, and
+/// a warning when it may not. That takes both ends of the run: `streaming_at_start`, whether
+/// `log stream` printed its first line (the header it prints once it filters) before the
+/// command started, and a `state` of [`LogState::Running`] when the run ended. An exit during
+/// the run fails the claim whatever its status, 0 included, because denials after it were not
+/// read. `first_error_line` is the first line `log stream` wrote on stderr.
+pub fn log_verdict(streaming_at_start: bool, state: &LogState, first_error_line: Option<&str>) -> (bool, Option<String>) {
+    let said = first_error_line.map_or_else(String::new, |line| format!(": {line}"));
     let exited = match state {
-        LogState::Running | LogState::Exited(Some(0)) => return (true, None),
+        LogState::Running if streaming_at_start => return (true, None),
+        LogState::Running => {
+            return (false, Some(format!("log stream printed nothing before the command started, so the report's sandbox denials are incomplete{said}")));
+        }
         LogState::Exited(Some(code)) => format!("exit status {code}"),
         LogState::Exited(None) => "a signal".to_owned(),
     };
-    let said = first_error_line.map_or_else(String::new, |line| format!(": {line}"));
     (false, Some(format!("log stream ended with {exited} during the run, so the report's sandbox denials are incomplete{said}")))
 }
 
@@ -151,13 +156,28 @@ mod tests {
 
     #[test]
     fn log_read_only_while_stream_ran() {
-        assert_eq!(log_verdict(&LogState::Running, None), (true, None));
-        assert_eq!(log_verdict(&LogState::Exited(Some(0)), Some("ignored")), (true, None));
-        let (read, warning) = log_verdict(&LogState::Exited(Some(64)), Some("log: stream failed"));
+        assert_eq!(log_verdict(true, &LogState::Running, None), (true, None));
+        let (read, warning) = log_verdict(true, &LogState::Exited(Some(64)), Some("log: stream failed"));
         assert!(!read);
         assert_eq!(warning.as_deref(), Some("log stream ended with exit status 64 during the run, so the report's sandbox denials are incomplete: log: stream failed"));
-        let (read, warning) = log_verdict(&LogState::Exited(None), None);
+        let (read, warning) = log_verdict(true, &LogState::Exited(None), None);
         assert!(!read);
         assert!(warning.unwrap().contains("ended with a signal"));
+    }
+
+    #[test]
+    fn log_exit_with_status_zero_is_incomplete() {
+        let (read, warning) = log_verdict(true, &LogState::Exited(Some(0)), None);
+        assert!(!read);
+        assert_eq!(warning.as_deref(), Some("log stream ended with exit status 0 during the run, so the report's sandbox denials are incomplete"));
+    }
+
+    #[test]
+    fn log_silent_at_start_is_incomplete() {
+        let (read, warning) = log_verdict(false, &LogState::Running, None);
+        assert!(!read);
+        assert_eq!(warning.as_deref(), Some("log stream printed nothing before the command started, so the report's sandbox denials are incomplete"));
+        let (read, _) = log_verdict(false, &LogState::Exited(Some(0)), None);
+        assert!(!read);
     }
 }

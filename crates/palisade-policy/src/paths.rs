@@ -264,6 +264,7 @@ mod tests {
         assert!(expand("{workspace}x", home, ws).is_err());
     }
 
+    #[cfg(unix)]
     #[test]
     fn lenient_canonicalisation_keeps_missing_tail() {
         let dir = std::env::temp_dir().join(format!("palisade-paths-{}", std::process::id()));

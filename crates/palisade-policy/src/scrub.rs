@@ -16,10 +16,19 @@
 //! - `commondir`, `gitdir` and `config.worktree`, which redirect git or add configuration, are
 //!   removed.
 //!
-//! Every change is reported on stderr. Nothing is deleted except those three redirect files,
-//! which a new repository never needs.
+//! The command may have taken away its own permissions on what it created (`chmod 555
+//! .git/hooks`). So before those changes, the owner gets back read, write and search
+//! permission on the repository and its hooks directory, and read and write permission on its
+//! configuration. None of these changes follows a symbolic link.
+//!
+//! Every change is reported on stderr, and so is every failure, which [`NewRepositories::scrub`]
+//! also returns. Nothing is deleted except those three redirect files, which a new repository
+//! never needs.
 
+use std::ffi::CString;
 use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -45,23 +54,28 @@ impl<'a> NewRepositories<'a> {
         NewRepositories { roots, before }
     }
 
-    /// Neutralises every `.git` entry that appeared in the roots during the run.
+    /// Neutralises every `.git` entry that appeared in the roots during the run. Returns the
+    /// failures, one message each, which are printed on stderr too; a repository named in
+    /// one may still run what the command planted.
     ///
     /// NOTE: the search has the bounds of [`crate::git_entries`], so a repository
     /// created deeper than it looks keeps what the command planted.
-    pub fn scrub(&self) {
+    #[must_use = "a failure leaves hooks or configuration the command planted in place"]
+    pub fn scrub(&self) -> Vec<String> {
+        let mut failures = Failures::default();
         let found: Vec<PathBuf> = self.roots.iter().flat_map(|root| crate::git_entries(root)).collect();
         for git_dir in found.iter().filter(|entry| !self.before.contains(entry)) {
             match git_dir.symlink_metadata() {
-                Ok(meta) if meta.is_dir() => scrub_repository(git_dir),
+                Ok(meta) if meta.is_dir() => scrub_repository(git_dir, &mut failures),
                 // A `.git` file or symlink points git at a directory the command chose.
                 Ok(_) => match fs::remove_file(git_dir) {
                     Ok(()) => report(git_dir, "removed: a .git pointer the command created would redirect git"),
-                    Err(error) => warn(git_dir, &format!("failed to remove this .git pointer the command created: {error}")),
+                    Err(error) => failures.warn(git_dir, &format!("failed to remove this .git pointer the command created: {error}")),
                 },
                 Err(_) => {}
             }
         }
+        failures.messages
     }
 }
 
@@ -69,34 +83,74 @@ fn report(path: &Path, what: &str) {
     eprintln!("palisade: {}: {what}", path.display());
 }
 
-fn warn(path: &Path, what: &str) {
-    eprintln!("palisade: warning: {}: {what}; inspect it before running git there", path.display());
+/// The failures of one scrub, in the order they happened.
+#[derive(Default)]
+struct Failures {
+    messages: Vec<String>,
 }
 
-fn scrub_repository(git_dir: &Path) {
-    disable_hooks(&git_dir.join("hooks"));
-    filter_config(&git_dir.join("config"));
+impl Failures {
+    /// Prints a failure on stderr and records it.
+    fn warn(&mut self, path: &Path, what: &str) {
+        let message = format!("{}: {what}; inspect it before running git there", path.display());
+        eprintln!("palisade: warning: {message}");
+        self.messages.push(message);
+    }
+}
+
+fn scrub_repository(git_dir: &Path, failures: &mut Failures) {
+    // The renames and the new configuration files below are entries of these directories.
+    restore_owner_access(git_dir, 0o700, failures);
+    restore_owner_access(&git_dir.join("hooks"), 0o700, failures);
+    restore_owner_access(&git_dir.join("config"), 0o600, failures);
+    disable_hooks(&git_dir.join("hooks"), failures);
+    filter_config(&git_dir.join("config"), failures);
     for name in ["commondir", "gitdir", "config.worktree"] {
         let path = git_dir.join(name);
         if path.symlink_metadata().is_ok() {
             let removed = if path.is_dir() && !path.is_symlink() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
             match removed {
                 Ok(()) => report(&path, "removed: it would redirect git or add configuration"),
-                Err(error) => warn(&path, &format!("failed to remove: {error}")),
+                Err(error) => failures.warn(&path, &format!("failed to remove: {error}")),
             }
         }
     }
 }
 
-fn disable_hooks(hooks: &Path) {
+/// Adds the owner permission bits `owner_bits` to `path`, a directory or regular file the
+/// command created, when it lacks any of them. A symbolic link, and a path that does not
+/// exist, is left alone: the steps after this one move a link aside whole.
+fn restore_owner_access(path: &Path, owner_bits: u32, failures: &mut Failures) {
+    let Ok(meta) = path.symlink_metadata() else { return };
+    let mode = meta.permissions().mode();
+    if !(meta.is_dir() || meta.is_file()) || mode & owner_bits == owner_bits {
+        return;
+    }
+    if let Err(error) = chmod_no_follow(path, (mode | owner_bits) & 0o7777) {
+        failures.warn(path, &format!("failed to give the owner back the permissions the command removed: {error}"));
+    }
+}
+
+/// Sets the mode of `path` itself, failing rather than following a symbolic link that
+/// replaced it since it was examined.
+fn chmod_no_follow(path: &Path, mode: u32) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path contains a NUL byte"))?;
+    // SAFETY: the path is a NUL-terminated string that outlives the call, and fchmodat reads
+    // nothing else of this process's memory. With AT_SYMLINK_NOFOLLOW, glibc and macOS fail
+    // on a symbolic link instead of changing its target.
+    let status = unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode as libc::mode_t, libc::AT_SYMLINK_NOFOLLOW) };
+    if status == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn disable_hooks(hooks: &Path, failures: &mut Failures) {
     let Ok(meta) = hooks.symlink_metadata() else { return };
     if !meta.is_dir() {
         // A symlink or file in place of the hooks directory: move it aside whole.
-        disable(hooks);
+        disable(hooks, failures);
         return;
     }
     let Ok(entries) = fs::read_dir(hooks) else {
-        warn(hooks, "failed to list the hooks the command may have created");
+        failures.warn(hooks, "failed to list the hooks the command may have created");
         return;
     };
     for entry in entries.flatten() {
@@ -104,18 +158,18 @@ fn disable_hooks(hooks: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_sample = name.ends_with(".sample") && entry.file_type().is_ok_and(|kind| kind.is_file());
         if !is_sample && !name.ends_with(".disabled-by-palisade") {
-            disable(&path);
+            disable(&path, failures);
         }
     }
 }
 
 /// Renames `path` with the `.disabled-by-palisade` suffix and clears its execute bits.
-fn disable(path: &Path) {
+fn disable(path: &Path, failures: &mut Failures) {
     let mut target = path.as_os_str().to_owned();
     target.push(".disabled-by-palisade");
     let target = PathBuf::from(target);
     if let Err(error) = fs::rename(path, &target) {
-        warn(path, &format!("failed to disable this hook the command created: {error}"));
+        failures.warn(path, &format!("failed to disable this hook the command created: {error}"));
         return;
     }
     if let Ok(meta) = target.symlink_metadata() {
@@ -127,15 +181,18 @@ fn disable(path: &Path) {
 }
 
 /// Removes every configuration line that is not a harmless key, keeping the original beside.
-fn filter_config(config: &Path) {
+fn filter_config(config: &Path, failures: &mut Failures) {
     let Ok(meta) = config.symlink_metadata() else { return };
     if !meta.is_file() {
-        disable(config);
+        disable(config, failures);
         return;
     }
-    let Ok(text) = fs::read_to_string(config) else {
-        warn(config, "failed to read the configuration the command created");
-        return;
+    let text = match fs::read_to_string(config) {
+        Ok(text) => text,
+        Err(error) => {
+            failures.warn(config, &format!("failed to read the configuration the command created: {error}"));
+            return;
+        }
     };
     let (kept, rejected) = split_config(&text);
     if rejected.is_empty() {
@@ -151,7 +208,7 @@ fn filter_config(config: &Path) {
             config,
             &format!("removed configuration the command set that git would act on ({}); the original is in {}", rejected.join(", "), backup.display()),
         ),
-        Err(error) => warn(config, &format!("failed to remove configuration the command set: {error}")),
+        Err(error) => failures.warn(config, &format!("failed to remove configuration the command set: {error}")),
     }
 }
 
@@ -188,7 +245,114 @@ fn split_config(text: &str) -> (String, Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_config;
+    use super::{chmod_no_follow, split_config, NewRepositories};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::{Path, PathBuf};
+
+    /// A scratch directory with a repository at `repo/.git`, as `git init` leaves it plus a
+    /// hook, removed when dropped.
+    struct Scratch {
+        root: PathBuf,
+    }
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let root = std::env::temp_dir().join(format!("palisade-scrub-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir_all(root.join("repo/.git/hooks")).unwrap();
+            fs::write(root.join("repo/.git/config"), "[core]\n\tbare = false\n\tfsmonitor = touch x\n").unwrap();
+            fs::write(root.join("repo/.git/hooks/pre-commit"), "#!/bin/sh\n").unwrap();
+            fs::set_permissions(root.join("repo/.git/hooks/pre-commit"), fs::Permissions::from_mode(0o755)).unwrap();
+            Scratch { root }
+        }
+
+        fn git(&self) -> PathBuf {
+            self.root.join("repo/.git")
+        }
+
+        fn scrub(&self) -> Vec<String> {
+            let roots = [self.root.clone()];
+            NewRepositories::capture(&roots, &[]).scrub()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            for dir in [self.git(), self.git().join("hooks")] {
+                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+            }
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        path.symlink_metadata().unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn scrub_restores_owner_permissions_first() {
+        let scratch = Scratch::new("modes");
+        let git = scratch.git();
+        fs::set_permissions(git.join("config"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(git.join("hooks"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::set_permissions(&git, fs::Permissions::from_mode(0o555)).unwrap();
+
+        let failures = scratch.scrub();
+
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(mode(&git), 0o755);
+        assert_eq!(mode(&git.join("hooks")), 0o755);
+        assert!(!git.join("hooks/pre-commit").exists(), "the hook was not renamed");
+        assert!(git.join("hooks/pre-commit.disabled-by-palisade").exists());
+        assert_eq!(fs::read_to_string(git.join("config")).unwrap(), "[core]\n\tbare = false\n");
+    }
+
+    #[test]
+    fn scrub_leaves_symlinked_hooks_target_alone() {
+        let scratch = Scratch::new("link");
+        let outside = scratch.root.join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o555)).unwrap();
+        fs::remove_file(scratch.git().join("hooks/pre-commit")).unwrap();
+        fs::remove_dir(scratch.git().join("hooks")).unwrap();
+        std::os::unix::fs::symlink(&outside, scratch.git().join("hooks")).unwrap();
+
+        let failures = scratch.scrub();
+
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(mode(&outside), 0o555, "the scrub changed the mode of a symlink's target");
+        assert!(scratch.git().join("hooks.disabled-by-palisade").is_symlink());
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn chmod_no_follow_rejects_symlink() {
+        let scratch = Scratch::new("chmod");
+        let target = scratch.root.join("target");
+        fs::write(&target, "").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = scratch.root.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        assert!(chmod_no_follow(&link, 0o777).is_err());
+        assert_eq!(mode(&target), 0o600);
+    }
+
+    #[test]
+    fn scrub_returns_failed_rename() {
+        // A name that fits NAME_MAX alone but not with the suffix, so the rename fails even
+        // for root.
+        let scratch = Scratch::new("fail");
+        let hook = scratch.git().join("hooks").join("h".repeat(250));
+        fs::write(&hook, "").unwrap();
+
+        let failures = scratch.scrub();
+
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains(&"h".repeat(250)), "{}", failures[0]);
+        assert!(failures[0].contains("failed to disable this hook"), "{}", failures[0]);
+    }
 
     #[test]
     fn init_config_is_kept_whole() {

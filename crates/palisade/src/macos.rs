@@ -45,7 +45,9 @@ fn launch(args: &PolicyArgs, command: &[OsString]) -> anyhow::Result<u8> {
             return Ok(crate::EXIT_PALISADE_FAILED);
         }
     }
-    Ok(outcome.exit.status())
+    // The report keeps the command's own exit. After a failure of palisade, which
+    // print_outcome listed, the exit status is 125.
+    Ok(outcome.status())
 }
 
 /// Prints on stderr why the command did not run or what ended it. The output limit has its
@@ -57,11 +59,11 @@ fn print_outcome(outcome: &Outcome) {
     for event in outcome.limits_reached.iter().filter(|event| event.ended_run && event.limit != Limit::Output) {
         eprintln!("palisade: {}", event.message);
     }
-    if !outcome.survivors.is_empty() {
-        eprintln!("palisade: processes {:?} of the run survived every kill round", outcome.survivors);
-    }
     for error in &outcome.supervisor_errors {
         eprintln!("palisade: {error}");
+    }
+    if !outcome.supervisor_errors.is_empty() {
+        eprintln!("palisade: exit status 125 because palisade failed after the command started; the run ended with {}, which the report keeps", outcome.exit.describe());
     }
     print_network_denials(outcome);
 }

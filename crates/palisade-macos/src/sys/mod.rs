@@ -338,7 +338,9 @@ impl ProcessTable for SystemTable<'_> {
 ///
 /// NOTE: a process id can be reused between a round's snapshot and its signal, so a process
 /// that exits at that moment could give its id to an unrelated one. The marker is checked in
-/// the snapshot, which narrows the window to a few microseconds but does not close it.
+/// the snapshot, which narrows the window to a few microseconds but does not close it. A
+/// process sent SIGKILL stays a member in the later rounds (10 ms apart), so an unrelated
+/// process that takes its id within them is stopped and killed too.
 pub fn kill_run(root: i32, marker: &RunMarker) -> KillReport {
     let own = std::process::id() as i32;
     kill_rounds(&mut SystemTable { marker }, root, own, KILL_ROUNDS, KILL_PAUSE)

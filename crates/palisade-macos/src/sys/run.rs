@@ -131,7 +131,8 @@ pub fn run(policy: &Policy, argv: &[OsString], options: &RunOptions) -> Result<O
     // When the last kill round found no process of the run, nothing can plant a repository
     // after this search. When one may still run, the scrub runs all the same, and the outcome
     // records that it may have come too early.
-    NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries).scrub();
+    let scrub_failures = NewRepositories::capture(&policy.filesystem.writable, &policy.filesystem.git_entries).scrub();
+    outcome.supervisor_errors.extend(scrub_failures.into_iter().map(|failure| format!("failed to neutralise a repository the command created: {failure}")));
     if !outcome.all_killed {
         outcome.supervisor_errors.push(
             "processes of the run may still be running, so they can create a repository with hooks after palisade neutralised the new ones".into(),
@@ -573,13 +574,13 @@ fn kill_and_reap(pid: i32, marker: &RunMarker) -> (Reaped, Usage) {
     let mut errors = Vec::new();
     if let Some(error) = &report.listing_error {
         errors.push(format!(
-            "failed to list the processes of the run, so only the command and its process group were sent SIGKILL, and processes that left the group may still run: {error}"
+            "failed to list the processes of the run, so only the command, its process group and the processes found before the failure were sent SIGKILL, and processes that left the group may still run: {error}"
         ));
     }
     if !report.survivors.is_empty() {
-        tracing::warn!("processes of the run survived every kill round: {:?}", report.survivors);
+        errors.push(format!("processes {:?} of the run survived every kill round", report.survivors));
     }
-    let all_killed = report.listing_error.is_none() && report.survivors.is_empty();
+    let all_killed = report.all_killed();
     let (survivors, mut run_pids) = (report.survivors, report.killed);
     run_pids.push(pid);
 
