@@ -47,12 +47,10 @@ crates=(-p palisade-windows -p palisade)
 step "cargo test --no-run x86_64-pc-windows-gnu"
 timeout 900 "$cargo" test --no-run --locked -Zbuild-std --target x86_64-pc-windows-gnu "${crates[@]}"
 # msvc is checked only: Debian has no link.exe and no MSVC libraries to link with. The whole
-# workspace is checked too, because `cargo build` on Windows compiles every crate of it.
-# NOTE: only its libraries and binaries: tests of palisade-policy's resolve.rs create Unix
-# symbolic links, so `--workspace --all-targets` does not compile for Windows yet.
+# workspace is checked, tests included, because `cargo build` on Windows compiles every crate
+# of it.
 step "cargo check x86_64-pc-windows-msvc"
-timeout 900 "$cargo" check --locked -Zbuild-std --target x86_64-pc-windows-msvc "${crates[@]}" --all-targets
-timeout 900 "$cargo" check --locked -Zbuild-std --target x86_64-pc-windows-msvc --workspace
+timeout 900 "$cargo" check --locked -Zbuild-std --target x86_64-pc-windows-msvc --workspace --all-targets
 
 step "wine prefix"
 export WINEPREFIX=${PALISADE_WINEPREFIX:-/var/tmp/palisade-wine} WINEDEBUG=-all

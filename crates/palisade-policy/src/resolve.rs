@@ -1433,6 +1433,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn symlink_planted_in_workspace_is_rejected() {
         let world = World::new("planted");
         std::os::unix::fs::symlink(&world.root, world.root.join("ws/build")).unwrap();
@@ -1860,6 +1861,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn resolver_link_target_becomes_readable() {
         let dir = std::env::temp_dir().join(format!("palisade-resolv-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

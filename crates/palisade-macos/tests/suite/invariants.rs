@@ -8,7 +8,7 @@ use palisade_macos::model::{operation_specificity, Model, Target, OPERATIONS};
 use palisade_macos::profile::{any_case_subpath_regex, is_file_operation, SectionKind};
 use palisade_macos::reader::{self, Expr};
 use palisade_macos::sbpl::{Action, Filter, Rule};
-use palisade_macos::{generate, Network, Request, RequestError, SeatbeltProfile};
+use palisade_macos::{Network, Request, RequestError, SeatbeltProfile};
 
 use super::fixtures::{self, Fixture};
 
@@ -462,5 +462,5 @@ fn non_utf8_paths_are_refused() {
     use std::os::unix::ffi::OsStrExt;
     let mut request = fixtures::named("workspace-write").request();
     request.hidden.push(PathBuf::from(std::ffi::OsStr::from_bytes(b"/Users/dev/\xff")));
-    assert!(generate(&request).is_err());
+    assert!(palisade_macos::generate(&request).is_err());
 }
