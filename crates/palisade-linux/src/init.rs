@@ -10,7 +10,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -209,17 +209,24 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         Err(error) => fail(&context.report, format!("failed to set up signal forwarding: {error}")),
     };
 
-    // SAFETY of forking here: init is single-threaded (it is a clone of the single-threaded
-    // supervisor and starts no threads).
-    let command_pid = match sys::clone_fork(0) {
-        Ok(0) => {
-            drop(signal_fd);
-            drop(context.socket_requests.take());
-            if let Err(error) = attach_output(&context.output) {
-                fail(&context.report, format!("failed to attach the output pipes: {error}"));
-            }
-            command_stage(context.policy, context.workload, context.identity, context.confinement, proxy_port, terminal.as_ref(), &context.report)
-        }
+    let stage = Stage {
+        context: &context,
+        signal_fd: signal_fd.as_raw_fd(),
+        socket_requests: context.socket_requests.as_ref().map(|fd| fd.as_raw_fd()),
+        proxy_port,
+        terminal: terminal.as_ref(),
+    };
+    let started = match context.workload {
+        // A command stage ends in execve at once, so it may borrow init's memory until then,
+        // with init suspended: that saves copying init's page tables and the copy-on-write
+        // faults after a fork, about 0.1 ms of every run (docs/benchmarks.md).
+        Workload::Command(_) => sys::spawn_sharing_memory(stage_entry, &stage as *const Stage as *mut libc::c_void),
+        // A session's host serves requests for the whole run without executing anything, so it
+        // needs memory of its own: a fork. Init is single-threaded (it is a clone of the
+        // single-threaded supervisor and starts no threads), which `clone_fork` requires.
+        Workload::Session(_) => sys::clone_fork(0).map(|pid| if pid == 0 { enter_stage(&stage) } else { pid }),
+    };
+    let command_pid = match started {
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
     };
@@ -228,6 +235,42 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     context.output = [None, None];
     drop(terminal);
     supervise(command_pid, &signal_fd, context.socket_requests, &context.report)
+}
+
+/// The part of init's state the command stage needs. The stage only reads it: with
+/// [`sys::spawn_sharing_memory`], everything it wrote would be init's memory too.
+struct Stage<'a, 'b> {
+    context: &'a InitContext<'b>,
+    /// Init's descriptors that the stage closes in its own descriptor table.
+    signal_fd: RawFd,
+    socket_requests: Option<RawFd>,
+    proxy_port: Option<u16>,
+    terminal: Option<&'a OwnedFd>,
+}
+
+/// The entry point of a stage started by [`sys::spawn_sharing_memory`]. `arg` points to the
+/// [`Stage`], which lives in init's suspended frame until the stage executes or exits.
+extern "C" fn stage_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: init passes a pointer to a Stage in its own frame, and stays suspended
+    // (CLONE_VFORK) until this process has executed the command or exited, so the Stage
+    // outlives every use here, and nothing writes to it meanwhile.
+    enter_stage(unsafe { &*(arg as *const Stage<'_, '_>) })
+}
+
+/// Closes init's own descriptors in the stage's descriptor table, puts the output pipes in
+/// place and becomes the command. Never returns.
+fn enter_stage(stage: &Stage<'_, '_>) -> ! {
+    // Closing by number leaves init's OwnedFd values untouched: the stage must not drop or
+    // change anything of init's, whose memory it may share.
+    sys::close_raw(stage.signal_fd);
+    if let Some(fd) = stage.socket_requests {
+        sys::close_raw(fd);
+    }
+    let context = stage.context;
+    if let Err(error) = attach_output(&context.output) {
+        fail(&context.report, format!("failed to attach the output pipes: {error}"));
+    }
+    command_stage(context.policy, context.workload, context.identity, context.confinement, stage.proxy_port, stage.terminal, &context.report)
 }
 
 /// Puts the output pipes in place of stdout and stderr. dup2 leaves the copies without

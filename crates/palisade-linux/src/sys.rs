@@ -94,6 +94,56 @@ pub fn clone_holder(namespace_flags: libc::c_int, read: BorrowedFd<'_>, write: B
     if pid < 0 { Err(io::Error::last_os_error()) } else { Ok((pid, HolderMemory { _stack: stack, _pipe: pipe })) }
 }
 
+/// Size of the stack a process started by [`spawn_sharing_memory`] runs on. The pages are
+/// reserved lazily, so only what the command stage touches is allocated.
+const SHARED_STAGE_STACK: usize = 8 << 20;
+
+/// Starts a process that shares the caller's memory and runs `entry(arg)` on a stack of its
+/// own, like `posix_spawn` does, and suspends the caller until that process has executed a
+/// program or exited (`CLONE_VM | CLONE_VFORK`). Returns the new process's PID.
+///
+/// Unlike a fork, this copies no page tables, and neither process takes copy-on-write faults
+/// afterwards. `entry` must not return, must end in `execve` or `_exit`, and must not change
+/// or free anything the caller owns: the caller continues with the same memory. It gets its
+/// own copies of the descriptor table, credentials, signal handlers and working directory, as
+/// after a fork. The caller must be single-threaded, so no other thread sees the shared memory
+/// change, or holds a lock (such as malloc's) that `entry` then waits for.
+pub fn spawn_sharing_memory(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, arg: *mut libc::c_void) -> io::Result<libc::pid_t> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE;
+    // SAFETY: an anonymous mapping at an address the kernel picks touches no existing memory.
+    let stack = unsafe { libc::mmap(std::ptr::null_mut(), SHARED_STAGE_STACK, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // The lowest page is a guard: a stack overflow faults there instead of writing into
+    // whatever lies below the mapping.
+    // SAFETY: the page lies within the mapping just created, which nothing else uses.
+    let guarded = unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) };
+    let result = if guarded != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // The stack grows down from the mapping's end, which the ABI wants 16-byte aligned.
+        let top = (stack as usize + SHARED_STAGE_STACK) & !15;
+        // SAFETY: `top` is the aligned end of a live mapping that stays mapped until the
+        // child no longer uses it: CLONE_VFORK returns only once the child has executed a
+        // program (and left this memory) or exited. The caller guarantees `entry` and `arg`
+        // meet the conditions above.
+        let pid = unsafe { libc::clone(entry, top as *mut libc::c_void, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, arg) };
+        if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(pid) }
+    };
+    // SAFETY: the mapping is ours and no process uses it any more (see above).
+    unsafe { libc::munmap(stack, SHARED_STAGE_STACK) };
+    result
+}
+
+/// Closes the descriptor numbered `fd` in the calling process's descriptor table, leaving any
+/// value that owns it alone. Errors are ignored: the number may already be closed.
+pub fn close_raw(fd: RawFd) {
+    // SAFETY: close takes a number and touches no memory. Callers use it only where the owner
+    // of the descriptor lives in another process's copy of the table.
+    unsafe { libc::close(fd) };
+}
+
 /// Sets the filesystem uid and gid of the calling thread, which decide the owner of files it
 /// creates and the checks on idmapped mounts. Returns the previous pair.
 pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
