@@ -5,11 +5,13 @@
 //! and exits as soon as the command does. Its exit tears the whole PID namespace down, so no
 //! process of the run outlives it, whatever it did to detach (`setsid`, double fork, `nohup`).
 //!
-//! Both stages run in a child forked from the single-threaded supervisor, so allocating is safe.
-//! They report to the supervisor over a pipe, one line per message (see [`Message`]).
+//! Init is a child forked from the single-threaded supervisor, so allocating is safe there. The
+//! command stage shares init's memory until it executes the command (see
+//! [`sys::spawn_sharing_memory`]): it keeps every signal blocked until just before `execve`, so
+//! no signal can end it in the middle of an allocation. Both report to the supervisor over a
+//! pipe, one line per message (see [`Message`]).
 
 use std::ffi::{CString, OsStr, OsString};
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -137,9 +139,17 @@ pub struct Confinement {
 }
 
 fn send(report: &OwnedFd, message: &Message) {
-    let mut file = std::fs::File::from(report.try_clone().expect("duplicate report pipe"));
-    // The supervisor may already be gone; there is no one else to tell.
-    let _ = file.write_all(&message.encode());
+    // The supervisor may already be gone; there is no one else to tell. A failed write is
+    // ignored for the same reason: nothing here may panic, because the command stage shares
+    // init's memory.
+    let bytes = message.encode();
+    let mut written = 0;
+    while written < bytes.len() {
+        match rustix::io::write(report, &bytes[written..]) {
+            Ok(0) | Err(_) => return,
+            Ok(count) => written += count,
+        }
+    }
 }
 
 fn fail(report: &OwnedFd, text: String) -> ! {
@@ -220,7 +230,10 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         // A command stage ends in execve at once, so it may borrow init's memory until then,
         // with init suspended: that saves copying init's page tables and the copy-on-write
         // faults after a fork, about 0.1 ms of every run (docs/benchmarks.md).
-        Workload::Command(_) => sys::spawn_sharing_memory(stage_entry, &stage as *const Stage as *mut libc::c_void),
+        // SAFETY: `stage_entry` ends in execve or _exit through `enter_stage`. That function
+        // blocks every signal first and writes nothing of init's (see `Stage`). `stage` lives
+        // in this frame until the call returns, and init is single-threaded.
+        Workload::Command(_) => unsafe { sys::spawn_sharing_memory(stage_entry, &stage as *const Stage as *mut libc::c_void) },
         // A session's host serves requests for the whole run without executing anything, so it
         // needs memory of its own: a fork. Init is single-threaded (it is a clone of the
         // single-threaded supervisor and starts no threads), which `clone_fork` requires.
@@ -230,6 +243,11 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
     };
+    // Dumpability belongs to the memory, which the stage shared: its switch to the sandbox uid
+    // may have reset it to the host's suid_dumpable. Init stays closed to the command.
+    if let Err(error) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        fail(&context.report, format!("failed to make init non-dumpable: {error}"));
+    }
     // Init keeps no write end of the output pipes and no slave of the terminal, so the
     // supervisor reads end-of-file as soon as the last process of the run is gone.
     context.output = [None, None];
@@ -260,11 +278,20 @@ extern "C" fn stage_entry(arg: *mut libc::c_void) -> libc::c_int {
 /// Closes init's own descriptors in the stage's descriptor table, puts the output pipes in
 /// place and becomes the command. Never returns.
 fn enter_stage(stage: &Stage<'_, '_>) -> ! {
+    // Every signal stays blocked until just before execve (see `execute`): a signal that ended
+    // the stage inside an allocation would leave init's heap half-updated.
+    if let Err(error) = sys::block_all_signals() {
+        fail(&stage.context.report, format!("failed to block signals in the command stage: {error}"));
+    }
     // Closing by number leaves init's OwnedFd values untouched: the stage must not drop or
     // change anything of init's, whose memory it may share.
-    sys::close_raw(stage.signal_fd);
-    if let Some(fd) = stage.socket_requests {
-        sys::close_raw(fd);
+    // SAFETY: the numbers are init's signalfd and socket channel, which the stage never uses;
+    // their owners are in init's descriptor table, not this one.
+    unsafe {
+        sys::close_raw(stage.signal_fd);
+        if let Some(fd) = stage.socket_requests {
+            sys::close_raw(fd);
+        }
     }
     let context = stage.context;
     if let Err(error) = attach_output(&context.output) {
@@ -475,7 +502,13 @@ fn command_stage(
     }
     let argv = match workload {
         Workload::Command(argv) => argv,
-        Workload::Session(socket) => crate::session::host(socket, &policy.cwd, &envp),
+        // A session's host is a fork with memory of its own, and serves the whole run.
+        Workload::Session(socket) => {
+            if let Err(error) = sys::unblock_all_signals() {
+                fail(report, format!("failed to unblock signals in the session host: {error}"));
+            }
+            crate::session::host(socket, &policy.cwd, &envp)
+        }
     };
     let path_var = policy.env.iter().find(|var| var.name == "PATH").map(|var| var.value.as_os_str());
     let (code, reason) = execute(argv, &envp, path_var);
@@ -498,10 +531,16 @@ pub(crate) fn execute(argv: &[OsString], envp: &[CString], path: Option<&OsStr>)
     } else {
         std::env::split_paths(path_var).filter(|dir| !dir.as_os_str().is_empty()).map(|dir| dir.join(program)).collect()
     };
+    // Everything execve needs is built first. Between unblocking the signals and execve, and
+    // until they are blocked again after a failed attempt, nothing allocates: the command
+    // stage may share init's memory (see the module documentation).
+    let paths: Vec<CString> = candidates.iter().filter_map(|candidate| to_cstring(candidate.as_os_str())).collect();
+    let prepared = sys::PreparedExec::new(&args, envp);
     let mut last_error = std::io::Error::from_raw_os_error(libc::ENOENT);
-    for candidate in &candidates {
-        let Some(path) = to_cstring(candidate.as_os_str()) else { continue };
-        let error = sys::execve(&path, &args, envp);
+    for path in &paths {
+        let _ = sys::unblock_all_signals();
+        let error = prepared.execve(path);
+        let _ = sys::block_all_signals();
         // Keep looking after "not found" and "not a directory", as a shell does; any other
         // failure on an existing file is the one to report.
         match error.raw_os_error() {
@@ -542,7 +581,8 @@ pub(crate) fn confine(confinement: &Confinement, minimum_abi: i32) -> Result<(),
 /// Leaves the command with no capabilities, no way to gain any (`no_new_privs`, locked
 /// securebits), and, when palisade runs as root, the identity of an unprivileged user.
 fn drop_privileges(identity: Identity) -> Result<(), String> {
-    sys::reset_signals().map_err(|error| format!("failed to reset signal handling: {error}"))?;
+    // The mask stays as it is: blocked until just before execve.
+    sys::reset_signal_dispositions();
     sys::lock_capabilities().map_err(|error| format!("failed to drop the capability bounding set: {error}"))?;
     if let Identity::Root { sandbox_uid } = identity {
         let id = rustix::thread::Gid::from_raw(sandbox_uid);

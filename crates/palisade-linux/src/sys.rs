@@ -28,7 +28,7 @@ pub fn clone_fork(namespace_flags: libc::c_int) -> io::Result<libc::pid_t> {
 }
 
 /// The memory a child started by [`clone_holder`] uses: its stack and the descriptors it reads.
-/// It must outlive the child, so it is freed only by whoever has reaped that child.
+/// It must outlive the child, so only the code that reaped that child may free it.
 pub struct HolderMemory {
     _stack: Box<[u8]>,
     _pipe: Box<HolderPipe>,
@@ -45,7 +45,7 @@ struct HolderPipe {
 /// Size of a holder's stack: the child runs one small function that makes two system calls.
 const HOLDER_STACK_SIZE: usize = 64 * 1024;
 
-/// What a holder child runs. `arg` points to its [`HolderPipe`]. It closes its copy of the
+/// The function a holder child runs. `arg` points to its [`HolderPipe`]. It closes its copy of the
 /// write end, then blocks reading until the parent closes the last write end, and exits.
 extern "C" fn hold_until_closed(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: the parent passes a pointer to a HolderPipe it keeps alive until this child has
@@ -79,8 +79,8 @@ pub fn clone_holder(namespace_flags: libc::c_int, read: BorrowedFd<'_>, write: B
     // The stack grows down from its end, which the x86_64 and aarch64 ABIs want 16-byte aligned.
     let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
     // SAFETY: `top` points just past the end of a live allocation, and `pipe` to a live
-    // HolderPipe; both move into the returned HolderMemory, which the caller keeps until it has
-    // reaped the child (moving a Box does not move its contents). The child function uses no
+    // HolderPipe. Both move into the returned HolderMemory, which the caller keeps until it has
+    // reaped the child; moving a Box does not move its contents. The child function uses no
     // heap and no state of the parent. Without CLONE_SETTLS the child shares the parent's
     // thread-local block, which it does not touch.
     let pid = unsafe {
@@ -103,12 +103,20 @@ const SHARED_STAGE_STACK: usize = 8 << 20;
 /// program or exited (`CLONE_VM | CLONE_VFORK`). Returns the new process's PID.
 ///
 /// Unlike a fork, this copies no page tables, and neither process takes copy-on-write faults
-/// afterwards. `entry` must not return, must end in `execve` or `_exit`, and must not change
-/// or free anything the caller owns: the caller continues with the same memory. It gets its
-/// own copies of the descriptor table, credentials, signal handlers and working directory, as
-/// after a fork. The caller must be single-threaded, so no other thread sees the shared memory
-/// change, or holds a lock (such as malloc's) that `entry` then waits for.
-pub fn spawn_sharing_memory(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, arg: *mut libc::c_void) -> io::Result<libc::pid_t> {
+/// afterwards. The child gets its own copies of the descriptor table, credentials, signal
+/// handlers and working directory, as after a fork. It shares the memory, thread-local storage
+/// and alternate signal stack. Process-wide flags of the memory, such as dumpability, are
+/// shared too: the caller sets them again afterwards if the child may change them.
+///
+/// # Safety
+///
+/// `entry` must never return and must end in `execve` or `_exit`; it must not write to or free
+/// anything the caller owns, apart from what sharing the memory implies (errno, the allocator's
+/// state and the thread's cache, which are consistent again when the child ends, because the
+/// caller is suspended meanwhile); and it must keep every signal blocked while it allocates, so
+/// that a signal cannot end it in the middle of an allocation. `arg` must stay valid until this
+/// function returns. The caller must be single-threaded.
+pub unsafe fn spawn_sharing_memory(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, arg: *mut libc::c_void) -> io::Result<libc::pid_t> {
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE;
     // SAFETY: an anonymous mapping at an address the kernel picks touches no existing memory.
     let stack = unsafe { libc::mmap(std::ptr::null_mut(), SHARED_STAGE_STACK, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
@@ -138,9 +146,14 @@ pub fn spawn_sharing_memory(entry: extern "C" fn(*mut libc::c_void) -> libc::c_i
 
 /// Closes the descriptor numbered `fd` in the calling process's descriptor table, leaving any
 /// value that owns it alone. Errors are ignored: the number may already be closed.
-pub fn close_raw(fd: RawFd) {
-    // SAFETY: close takes a number and touches no memory. Callers use it only where the owner
-    // of the descriptor lives in another process's copy of the table.
+///
+/// # Safety
+///
+/// Nothing in this process may use `fd` afterwards: its owner must live in another process's
+/// copy of the descriptor table, or be about to be forgotten.
+pub unsafe fn close_raw(fd: RawFd) {
+    // SAFETY: close takes a number and reads no memory of the caller (it may set errno); the
+    // caller guarantees nothing here uses the number again.
     unsafe { libc::close(fd) };
 }
 
@@ -278,14 +291,44 @@ pub fn block_into_signalfd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
 /// Unblocks every signal and restores default dispositions, undoing what the supervisor and
 /// init set up, so the command starts with the signal state a shell would give it.
 pub fn reset_signals() -> io::Result<()> {
-    for signal in 1..libc::SIGRTMIN() {
+    reset_signal_dispositions();
+    unblock_all_signals()
+}
+
+/// Sets every signal's disposition to its default, the real-time ones included, leaving the
+/// signal mask as it is. An ignored disposition survives `execve`, so a signal the caller of
+/// palisade ignored would otherwise stay ignored in the command.
+pub fn reset_signal_dispositions() {
+    // The kernel's own `struct sigaction` with every field zero: handler SIG_DFL, no flags, no
+    // mask. libc's `signal` refuses the two real-time signals glibc keeps for itself, so the
+    // system call is made directly. 32 bytes cover the structure on every architecture.
+    let default = [0u64; 4];
+    for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL is always a valid disposition; failures for reserved signals are
-        // harmless and ignored.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
+        // SAFETY: rt_sigaction reads a zeroed kernel sigaction from a live local buffer large
+        // enough for it, writes nothing (the old action pointer is null), and takes the size
+        // of the kernel's signal set (8 bytes). Failures are harmless and ignored.
+        unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, signal, default.as_ptr(), std::ptr::null_mut::<libc::c_void>(), 8usize);
+        }
     }
+}
+
+/// Blocks every signal that can be blocked (SIGKILL and SIGSTOP cannot).
+pub fn block_all_signals() -> io::Result<()> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises the set before sigprocmask reads it.
+    let rc = unsafe {
+        libc::sigfillset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Unblocks every signal.
+pub fn unblock_all_signals() -> io::Result<()> {
     let set = signal_set(&[]);
     // SAFETY: `set` is an initialised, empty sigset_t.
     let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
@@ -355,15 +398,27 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// `execve(2)`. Returns only on failure.
-pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|var| var.as_ptr()).collect();
-    envp_ptrs.push(std::ptr::null());
-    // SAFETY: both arrays are null-terminated and point into CStrings that outlive the call.
-    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
-    io::Error::last_os_error()
+/// `execve(2)` with its null-terminated argument and environment arrays built once, so that
+/// each attempt makes the system call without allocating.
+pub struct PreparedExec<'a> {
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    _strings: std::marker::PhantomData<&'a CString>,
+}
+
+impl<'a> PreparedExec<'a> {
+    pub fn new(argv: &'a [CString], envp: &'a [CString]) -> PreparedExec<'a> {
+        let pointers = |strings: &'a [CString]| strings.iter().map(|value| value.as_ptr()).chain([std::ptr::null()]).collect();
+        PreparedExec { argv: pointers(argv), envp: pointers(envp), _strings: std::marker::PhantomData }
+    }
+
+    /// Executes `path`; returns only on failure, with the reason. Allocates nothing.
+    pub fn execve(&self, path: &CStr) -> io::Error {
+        // SAFETY: both arrays are null-terminated and point into CStrings that the lifetime
+        // 'a keeps alive for the call.
+        unsafe { libc::execve(path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+        io::Error::last_os_error()
+    }
 }
 
 /// Terminates the calling process immediately, without running destructors or flushing

@@ -775,3 +775,20 @@ both_identities!(terminal_ctrl_c_reaches_command, |f: &Fixture| {
     let run = f.host(&f.ws, "/usr/bin/python3", &[driver.to_str().unwrap(), crate::suite::harness::palisade_binary().to_str().unwrap(), CTRL_C_COUNTER]);
     assert!(run.stdout.contains("SIGINT 1"), "expected exactly one SIGINT\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
 });
+
+// The command stage blocks every signal while it prepares the command, because it shares
+// init's memory until execve (ARCHITECTURE.md, step 7). The command itself must start with no
+// signal blocked and every disposition at its default, whatever the stage did, so that a
+// plain SIGTERM or Ctrl-C ends it as it would outside the sandbox.
+both_identities!(command_starts_with_signals_unblocked, |f: &Fixture| {
+    let run = f.sandbox_sh(&[], "grep -E '^Sig(Blk|Ign):' /proc/self/status; sleep 5 & pid=$!; kill -TERM $pid; wait $pid; echo \"wait=$?\"");
+    run.expect_code(0);
+    for prefix in ["SigBlk:", "SigIgn:"] {
+        let line = run.lines_starting(prefix);
+        assert_eq!(line.len(), 1, "no {prefix} line\n{}", run.stdout);
+        let mask = line[0][prefix.len()..].trim();
+        assert!(mask.chars().all(|digit| digit == '0'), "the command started with {prefix} {mask}\n{}", run.stdout);
+    }
+    // 143 = 128 + SIGTERM: the child the command started died of the signal.
+    assert_eq!(run.lines_starting("wait="), ["wait=143"], "SIGTERM did not end a child of the command\n{}", run.stdout);
+});
