@@ -85,8 +85,8 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, Holder), Error> {
     let (hold_read, hold_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", "a pipe", e.into()))?;
-    let holder = match sys::clone_holder(libc::CLONE_NEWUSER, hold_read.as_fd(), hold_write.as_fd()) {
-        Ok((pid, memory)) => Holder { pid, _memory: memory },
+    let mut holder = match sys::clone_holder(libc::CLONE_NEWUSER, hold_read.as_fd(), hold_write.as_fd()) {
+        Ok((pid, memory)) => Holder { hold: Some(hold_write), pid, _memory: memory },
         Err(error) => return Err(explain_idmap_failure(error)),
     };
     drop(hold_read);
@@ -101,22 +101,33 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, Holder), Error> {
         std::fs::File::open(&path).map(OwnedFd::from).map_err(|error| format!("failed to open {path}: {error}"))
     })();
     // The last write end: closing it ends the child's read.
-    drop(hold_write);
+    holder.release();
     match result {
         Ok(fd) => Ok((fd, holder)),
         Err(error) => Err(Error::Sandbox(error)),
     }
 }
 
-/// The child that holds the idmap user namespace until the sandbox is set up. Dropping it waits
-/// for the child to exit, then frees the stack it ran on.
+/// The child that holds the idmap user namespace until the sandbox is set up, with the write
+/// end of the pipe it waits on. Dropping it closes that end, waits for the child to exit, then
+/// frees the stack it ran on, so no path (an early return or a panic) waits for a child that
+/// is itself still waiting.
 pub struct Holder {
+    hold: Option<OwnedFd>,
     pid: libc::pid_t,
     _memory: sys::HolderMemory,
 }
 
+impl Holder {
+    /// Closes the pipe's last write end, which lets the child exit.
+    fn release(&mut self) {
+        self.hold = None;
+    }
+}
+
 impl Drop for Holder {
     fn drop(&mut self) {
+        self.release();
         // The child's stack must stay allocated until the child is gone, so reap first. Fields
         // drop after this body, so `_memory` outlives the wait.
         reap_child(self.pid);
@@ -139,7 +150,8 @@ pub fn explain_idmap_failure(error: io::Error) -> Error {
 /// Waits for a child that is about to exit or has exited.
 pub fn reap_child(pid: libc::pid_t) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        // A signal handler may interrupt the wait; only a reaped child lets a holder's stack go.
+        while let Err(rustix::io::Errno::INTR) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {}
     }
 }
 
