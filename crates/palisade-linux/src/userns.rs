@@ -80,8 +80,8 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 ///
 /// A child started straight into a new user namespace waits on a pipe while the mapping is
 /// written and the namespace opened. Closing the pipe ends it. On success the caller keeps the
-/// returned [`Holder`] and drops it after the sandbox is set up, so the child's exit overlaps
-/// the setup; dropping it reaps the child.
+/// returned [`Holder`] until the sandbox is set up, so the child's exit overlaps the setup.
+/// Dropping the holder reaps the child.
 pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, Holder), Error> {
     let (hold_read, hold_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", "a pipe", e.into()))?;
@@ -108,10 +108,10 @@ pub fn idmap_namespace(sandbox_uid: u32) -> Result<(OwnedFd, Holder), Error> {
     }
 }
 
-/// The child that holds the idmap user namespace until the sandbox is set up, with the write
-/// end of the pipe it waits on. Dropping it closes that end, waits for the child to exit, then
-/// frees the stack it ran on, so no path (an early return or a panic) waits for a child that
-/// is itself still waiting.
+/// The child that keeps the idmap user namespace alive until the sandbox is set up, and the
+/// write end of the pipe it waits on. Dropping it closes that end, waits for the child to exit
+/// and then frees the stack it ran on. No early return or panic can therefore wait for a child
+/// that is itself still waiting.
 pub struct Holder {
     hold: Option<OwnedFd>,
     pid: libc::pid_t,
