@@ -191,7 +191,7 @@ pub fn apply(rules: &Rules, minimum_abi: i32) -> Result<Enforced, String> {
     Ok(Enforced { abi: abi as i32, scoped, tcp })
 }
 
-/// Whether `fd` is a directory, asked of the open descriptor rather than the path, which saves
+/// Returns whether `fd` is a directory. Asking the open descriptor rather than the path saves
 /// walking the path a second time.
 fn is_directory(fd: &PathFd) -> bool {
     rustix::fs::fstat(fd).map(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode).is_dir()).unwrap_or(false)

@@ -180,9 +180,9 @@ const LOOPBACK_BUFFER_MAX: u64 = 16 * 1024 * 1024;
 ///
 /// Every TCP connection of the namespace runs on its loopback, most of them between the command
 /// and palisade's proxy, which copies each byte between two connections. Larger buffers let
-/// each read and write of the proxy move more at once, with fewer wake-ups: a 1 GiB transfer
-/// through the proxy reached a median of 0.76 of direct loopback against 0.72 without, in four
-/// alternating runs of `bench/proxy.py` on a 2-CPU VM. A socket's buffers still count
+/// each read and write of the proxy move more at once, with fewer wake-ups. In four alternating
+/// runs of `bench/proxy.py` on a 2-CPU VM, a 1 GiB transfer through the proxy reached a median
+/// of 0.76 of direct loopback with them and 0.72 without. A socket's buffers still count
 /// against the run's memory where a cgroup holds it, and only grow while data waits in them.
 /// Writing the settings needs the namespace's `CAP_NET_ADMIN`, which init has as root and in
 /// the run's user namespace; if it fails anyway, the defaults stay and only speed is lost.
@@ -208,8 +208,8 @@ fn with_larger_maximum(text: &str, max: u64) -> Option<String> {
 ///
 /// These connections run between the command and palisade on the sandbox's own loopback, where
 /// congestion control has nothing to do. The host's default may be BBR, whose pacing timers
-/// cost a loopback transfer much of its throughput: on a 2-CPU VM whose default is BBR, a 1 GiB
-/// transfer through the proxy reached 0.62-0.65 of direct loopback with BBR on this hop and
+/// cost a loopback transfer much of its throughput. On a 2-CPU VM whose default is BBR, a 1 GiB
+/// transfer through the proxy reached 0.62-0.65 of direct loopback with BBR on this hop, and
 /// 0.64-0.77 with Reno (`bench/proxy.py`). The proxy's connections to the outside keep the
 /// host's default. Reno is built into every kernel; if setting it fails anyway, the default
 /// stays and only speed is lost.

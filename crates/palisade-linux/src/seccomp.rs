@@ -9,8 +9,8 @@
 //!
 //! seccompiler builds the per-call rules. It checks the architecture but not the x32 bit, and it
 //! has one action for every match, so the instructions in front of its program (foreign
-//! architecture, ceiling, `clone3`) are written here by hand, followed by a binary search that
-//! allows a call without rules at once instead of letting it walk seccompiler's list.
+//! architecture, ceiling, `clone3`) are written here by hand. A binary search follows them: it
+//! allows a call without rules at once, instead of letting it walk seccompiler's list.
 
 use std::collections::BTreeMap;
 
@@ -186,7 +186,7 @@ fn errno(code: i32) -> u32 {
     libc::SECCOMP_RET_ERRNO | (code as u32 & libc::SECCOMP_RET_DATA)
 }
 
-/// Where an instruction of the hand-written part jumps: the next instruction, a fixed return,
+/// The destination of a jump in the hand-written part: the next instruction, a fixed return,
 /// the start of seccompiler's program, or an instruction by its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -326,7 +326,7 @@ mod tests {
     const BPF_ALU_AND_K: u16 = 0x54;
     const SECCOMP_DATA_ARGS: u32 = 16;
 
-    /// What the kernel hands a filter: the call's number, architecture and arguments.
+    /// The data the kernel gives a filter: the call's number, architecture and arguments.
     struct Call {
         nr: u32,
         arch: u32,

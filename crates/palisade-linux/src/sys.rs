@@ -110,11 +110,11 @@ const SHARED_STAGE_STACK: usize = 8 << 20;
 ///
 /// # Safety
 ///
-/// `entry` must never return and must end in `execve` or `_exit`; it must not write to or free
-/// anything the caller owns, apart from what sharing the memory implies (errno, the allocator's
+/// `entry` must never return and must end in `execve` or `_exit`. It must not write to or free
+/// anything the caller owns, apart from what sharing the memory implies: errno, the allocator's
 /// state and the thread's cache, which are consistent again when the child ends, because the
-/// caller is suspended meanwhile); and it must keep every signal blocked while it allocates, so
-/// that a signal cannot end it in the middle of an allocation. `arg` must stay valid until this
+/// caller is suspended meanwhile. It must keep every signal blocked while it allocates, so that
+/// a signal cannot end it in the middle of an allocation. `arg` must stay valid until this
 /// function returns. The caller must be single-threaded.
 pub unsafe fn spawn_sharing_memory(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, arg: *mut libc::c_void) -> io::Result<libc::pid_t> {
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE;

@@ -78,7 +78,7 @@ fn explain_map_failure(path: &str, error: io::Error) -> Error {
 /// idmapped mounts. Through them, files the calling root user owns appear owned by the sandbox
 /// user, so the workspace stays writable while root-only host files stay out of reach.
 ///
-/// A child started straight into a new user namespace waits on a pipe while the mapping is
+/// Starts a child straight into a new user namespace; it waits on a pipe while the mapping is
 /// written and the namespace opened. Closing the pipe ends it. On success the caller keeps the
 /// returned [`Holder`] until the sandbox is set up, so the child's exit overlaps the setup.
 /// Dropping the holder reaps the child.

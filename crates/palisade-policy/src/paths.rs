@@ -162,7 +162,7 @@ pub(crate) mod listing {
 
     /// Most entries a directory may have to be listed: past that, reading the listing costs more
     /// than the lookups it saves, and the names are looked up one by one. A lookup costs about a
-    /// microsecond, and resolution asks about a few dozen names per directory at most. With a
+    /// microsecond, and resolution looks up a few dozen names per directory at most. With a
     /// workspace in a directory of 400 entries, a limit of 4096 made every run list them all,
     /// about 0.09 ms more than this limit on a 2-CPU VM.
     const MAX_LISTED: usize = 128;

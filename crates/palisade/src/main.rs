@@ -51,8 +51,8 @@ fn main() -> ExitCode {
     if let Command::WindowsRunner = cli.command {
         std::process::exit(windows::runner() as i32);
     }
-    // The stage becomes the command, whose stderr it shares, so it logs nothing; it closes
-    // the descriptors it inherited itself, after reading its request from one of them.
+    // The stage becomes the command and shares its stderr, so it logs nothing. It closes the
+    // descriptors it inherited itself, after reading its request from one of them.
     #[cfg(target_os = "macos")]
     if let Command::MacosStage = cli.command {
         std::process::exit(macos::stage());

@@ -35,7 +35,7 @@ pub fn env_hidden(result: &Attempt, changes: &[String], allowed_on_host: bool) -
 /// Holds when every connection and the lookup succeeded and the listeners accepted: the
 /// loopback one, and the one on this machine's own non-loopback address. That address stands
 /// for the local network, so the verdict shows whether the profile lets connections to the
-/// local network through, not whether other hosts of the network answer.
+/// local network through, not whether other hosts of the network respond.
 /// `own_address_accepted` is `None` when the machine has no such address: then the
 /// local-network check could not run, and the probe skips unless something else failed.
 pub fn full_network(result: &Attempt, loopback_accepted: usize, own_address_accepted: Option<usize>) -> Verdict {
