@@ -183,7 +183,7 @@ const LOOPBACK_BUFFER_MAX: u64 = 16 * 1024 * 1024;
 /// each read and write of the proxy move more at once, with fewer wake-ups. In four alternating
 /// runs of `bench/proxy.py` on a 2-CPU VM, a 1 GiB transfer through the proxy reached a median
 /// of 0.76 of direct loopback with them and 0.72 without. A socket's buffers still count
-/// against the run's memory where a cgroup holds it, and only grow while data waits in them.
+/// against the run's memory where a cgroup limits it, and only grow while data waits in them.
 /// Writing the settings needs the namespace's `CAP_NET_ADMIN`, which init has as root and in
 /// the run's user namespace; if it fails anyway, the defaults stay and only speed is lost.
 pub(crate) fn raise_loopback_buffers() {

@@ -402,7 +402,7 @@ fn launch_and_report(
     for event in ended {
         eprintln!("palisade: {}", event.message);
     }
-    print_network_denials(&outcome.network);
+    print_network_denials(outcome.network.denials.iter().map(|denial| denial.reason.as_str()), outcome.network.denials_dropped);
     if let Some(path) = &args.report {
         report::write(path, &report::finished(command, &policy, &outcome))?;
     }
@@ -413,26 +413,26 @@ fn launch_and_report(
 /// them all.
 pub(crate) const PRINTED_NETWORK_DENIALS: usize = 5;
 
-#[cfg(target_os = "linux")]
 /// Prints each distinct refusal of the proxy once on stderr, so a person or a model reading the
 /// output learns what was blocked and how to allow it, even if the command hid the 403.
-fn print_network_denials(network: &palisade_linux::NetworkOutcome) {
+/// `reasons` are the messages of the refusals the outcome lists, in order, and `dropped` counts
+/// those it did not keep. Every backend prints them this way.
+pub(crate) fn print_network_denials<'a>(reasons: impl Iterator<Item = &'a str> + Clone, dropped: u64) {
     // Refusals with the same message read the same, such as one address in several spellings.
     let mut printed: Vec<&str> = Vec::new();
-    for denial in &network.denials {
-        if printed.len() < PRINTED_NETWORK_DENIALS && !printed.contains(&denial.reason.as_str()) {
-            eprintln!("palisade: network: {}", printable(&denial.reason));
-            printed.push(&denial.reason);
+    for reason in reasons.clone() {
+        if printed.len() < PRINTED_NETWORK_DENIALS && !printed.contains(&reason) {
+            eprintln!("palisade: network: {}", printable(reason));
+            printed.push(reason);
         }
     }
-    let covered = network.denials.iter().filter(|denial| printed.contains(&denial.reason.as_str())).count();
-    let listed = network.denials.len() - covered;
-    let others = listed as u64 + network.denials_dropped;
+    let listed = reasons.filter(|reason| !printed.contains(reason)).count();
+    let others = listed as u64 + dropped;
     if others == 0 {
         return;
     }
     let noun = if others == 1 { "refusal" } else { "refusals" };
-    if network.denials_dropped == 0 {
+    if dropped == 0 {
         eprintln!("palisade: network: {others} other {noun}; the run report (--report) lists them");
     } else {
         eprintln!(

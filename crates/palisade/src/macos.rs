@@ -65,24 +65,7 @@ fn print_outcome(outcome: &Outcome) {
     if !outcome.supervisor_errors.is_empty() {
         eprintln!("palisade: exit status 125 because palisade failed after the command started; the run ended with {}, which the report keeps", outcome.exit.describe());
     }
-    print_network_denials(outcome);
-}
-
-/// Prints the first few distinct refusals of the proxy, as the other backends do, and counts
-/// the rest.
-fn print_network_denials(outcome: &Outcome) {
-    let network = &outcome.network;
-    let mut printed: Vec<&str> = Vec::new();
-    for denial in &network.denials {
-        if printed.len() < cli::PRINTED_NETWORK_DENIALS && !printed.contains(&denial.reason.as_str()) {
-            eprintln!("palisade: network: {}", cli::printable(&denial.reason));
-            printed.push(&denial.reason);
-        }
-    }
-    let others = network.denials.iter().filter(|denial| !printed.contains(&denial.reason.as_str())).count() as u64 + network.denials_dropped;
-    if others > 0 {
-        eprintln!("palisade: network: {others} other refusals; the run report (--report) counts them");
-    }
+    cli::print_network_denials(outcome.network.denials.iter().map(|denial| denial.reason.as_str()), outcome.network.denials_dropped);
 }
 
 /// Builds the report of a run that took place, in the Linux report's format. `layers`
@@ -98,24 +81,9 @@ fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
     let denials: Vec<Value> = outcome
         .limits_reached
         .iter()
-        .map(|event| {
-            json!({
-                "kind": "limit",
-                "limit": event.limit.name(),
-                "value": event.value,
-                "ended_run": event.ended_run,
-                "message": event.message,
-            })
-        })
+        .map(|event| report::limit_denial(event.limit.name(), &event.value, event.ended_run, &event.message))
         .chain(outcome.network.denials.iter().map(|denial| {
-            json!({
-                "kind": "network",
-                "destination": denial.destination,
-                "port": denial.port,
-                "protocol": denial.protocol,
-                "rule": denial.rule,
-                "message": denial.reason,
-            })
+            report::network_denial_entry(&denial.destination, &denial.port, &denial.protocol, &denial.rule, &denial.reason)
         }))
         .chain(outcome.violations.iter().map(|denial| {
             json!({

@@ -7,6 +7,7 @@ use std::path::Path;
 #[cfg(target_os = "linux")]
 use palisade_linux::{Exit, Layers, Outcome};
 use palisade_policy::Policy;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// The version of the report's layout. It changes when a field changes meaning or goes away.
@@ -52,20 +53,43 @@ pub(crate) fn milliseconds(duration: Option<std::time::Duration>) -> Value {
     duration.map_or(Value::Null, |duration| json!(duration.as_secs_f64() * 1000.0))
 }
 
-/// Builds the report of a run that took place.
 /// Describes one refusal of the proxy, as the report's `denials` and the event stream give it.
 #[cfg(target_os = "linux")]
 pub fn network_denial(denial: &palisade_linux::NetworkDenial) -> Value {
+    network_denial_entry(&denial.destination, &denial.port, &denial.protocol, &denial.rule, &denial.reason)
+}
+
+/// Builds the `denials` entry of one refusal of the proxy, from the fields every backend's
+/// record of it has.
+pub(crate) fn network_denial_entry(
+    destination: &impl Serialize,
+    port: &impl Serialize,
+    protocol: &impl Serialize,
+    rule: &impl Serialize,
+    message: &str,
+) -> Value {
     json!({
         "kind": "network",
-        "destination": denial.destination,
-        "port": denial.port,
-        "protocol": denial.protocol,
-        "rule": denial.rule,
-        "message": denial.reason,
+        "destination": destination,
+        "port": port,
+        "protocol": protocol,
+        "rule": rule,
+        "message": message,
     })
 }
 
+/// Builds the `denials` entry of a limit the run reached.
+pub(crate) fn limit_denial(limit: &str, value: &impl Serialize, ended_run: bool, message: &str) -> Value {
+    json!({
+        "kind": "limit",
+        "limit": limit,
+        "value": value,
+        "ended_run": ended_run,
+        "message": message,
+    })
+}
+
+/// Builds the report of a run that took place.
 #[cfg(target_os = "linux")]
 pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value {
     let limit = outcome.limits_reached.iter().find(|event| event.ended_run).map(|event| event.limit.name());
@@ -73,15 +97,7 @@ pub fn finished(argv: &[OsString], policy: &Policy, outcome: &Outcome) -> Value 
     let mut denials: Vec<Value> = outcome
         .limits_reached
         .iter()
-        .map(|event| {
-            json!({
-                "kind": "limit",
-                "limit": event.limit.name(),
-                "value": event.value,
-                "ended_run": event.ended_run,
-                "message": event.message,
-            })
-        })
+        .map(|event| limit_denial(event.limit.name(), &event.value, event.ended_run, &event.message))
         .collect();
     denials.extend(outcome.network.denials.iter().map(network_denial));
     json!({
