@@ -10,7 +10,7 @@ use crate::dial::Protocol;
 use crate::http;
 use crate::proxy::Proxy;
 use crate::sni::relay_checked;
-use crate::tunnel::splice;
+use crate::tunnel::relay;
 
 /// Maximum length of the HTTP method palisade looks for to recognise an HTTP request.
 const MAX_METHOD: usize = 20;
@@ -46,7 +46,7 @@ impl Proxy {
             biased;
             ready = client.readable() => if ready.is_err() { return },
             _ = upstream.readable() => {
-                splice(&self.shared.buffers, &mut client, &mut upstream).await;
+                relay(&self.shared.buffers, &mut client, &mut upstream).await;
                 return;
             }
         }
@@ -56,7 +56,7 @@ impl Proxy {
             http::serve_fixed(&self.shared, client, name, port).await;
             return;
         }
-        relay_checked(&self.shared, Protocol::Tcp, name, port, &mut client, &mut upstream).await;
+        relay_checked(&self.shared, Protocol::Tcp, name, port, &mut client, Vec::new(), &mut upstream).await;
     }
 }
 

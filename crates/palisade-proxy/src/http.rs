@@ -60,10 +60,10 @@ struct Tunnel {
 }
 
 /// The cell in which the CONNECT handler leaves its tunnel for the connection task, which
-/// splices it once hyper has sent the 200 response and released the connection.
+/// relays it once hyper has sent the 200 response and released the connection.
 type TunnelSlot = Arc<Mutex<Option<Tunnel>>>;
 
-/// Serves HTTP/1.1 requests on one client connection, then splices the CONNECT tunnel that
+/// Serves HTTP/1.1 requests on one client connection, then relays the CONNECT tunnel that
 /// ended it, if any.
 pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
     let tunnel = TunnelSlot::default();
@@ -90,7 +90,15 @@ pub(crate) async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
     let taken = tunnel.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
     let Some(Tunnel { on_upgrade, mut upstream, host, port }) = taken else { return };
     match on_upgrade.await {
-        Ok(upgraded) => relay_checked(shared, Protocol::Connect, &host, port, &mut TokioIo::new(upgraded), &mut upstream).await,
+        // The connection was served as a `TokioIo<TcpStream>`, so the downcast gives back that
+        // socket, for the relay to splice, and the bytes hyper had read past the request.
+        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let mut client = parts.io.into_inner();
+                relay_checked(shared, Protocol::Connect, &host, port, &mut client, parts.read_buf.to_vec(), &mut upstream).await;
+            }
+            Err(_) => debug!("the upgraded CONNECT connection is not a TCP socket, so the tunnel was closed"),
+        },
         Err(error) => debug!(%error, "the client connection ended before the tunnel opened"),
     }
 }

@@ -44,10 +44,11 @@ pub struct Limits {
     pub resolve_timeout: Duration,
     /// Time for connecting to the upstream server, over all the allowed addresses tried.
     pub connect_timeout: Duration,
-    /// Maximum bytes that the copy buffers of open tunnels may grow by, over all tunnels. Each
-    /// direction of a tunnel starts with an 8 KiB buffer and doubles it, up to 4 MiB, while a
-    /// bulk transfer fills it. Once this budget is used up, buffers stop growing, which slows
-    /// bulk transfers but changes nothing else.
+    /// Maximum bytes that the copy buffers, or on Linux the pipes, of open tunnels may grow by,
+    /// over all tunnels. Each direction of a tunnel starts with an 8 KiB buffer (a pipe of the
+    /// system's default capacity) and doubles it, up to 4 MiB (a 1 MiB pipe), while a bulk
+    /// transfer fills it. Once this budget is used up, buffers and pipes stop growing, which
+    /// slows bulk transfers but changes nothing else.
     pub max_tunnel_buffers: usize,
 }
 

@@ -5,13 +5,13 @@
 //! (TLS 1.2), which agree on every field read here. The extension is RFC 6066 section 3.
 
 use palisade_policy::network::{Target, parse_target};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::dial::Protocol;
 use crate::proxy::Shared;
-use crate::tunnel::splice;
+use crate::tunnel::relay;
 
 /// The kind of the first bytes a client sent into a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,13 +143,12 @@ fn read_server_name(data: &[u8]) -> ClientHello {
 
 /// Relays an open tunnel to `host` and `port`, after checking the TLS server name the client
 /// sends first against `host`. A tunnel whose names differ is closed and recorded as a refusal
-/// of `protocol` before any byte of the client reaches the upstream server.
-pub(crate) async fn relay_checked<C>(shared: &Shared, protocol: Protocol, host: &str, port: u16, client: &mut C, upstream: &mut TcpStream)
-where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
+/// of `protocol` before any byte of the client reaches the upstream server. `received` holds
+/// the client's bytes that were read before the tunnel opened (sent in the same packet as the
+/// CONNECT request); they come first.
+pub(crate) async fn relay_checked(shared: &Shared, protocol: Protocol, host: &str, port: u16, client: &mut TcpStream, received: Vec<u8>, upstream: &mut TcpStream) {
     let first = match parse_target(host) {
-        Ok(Target::Name(name)) => match screen_first_bytes(client, upstream, &name, port).await {
+        Ok(Target::Name(name)) => match screen_first_bytes(client, received, upstream, &name, port).await {
             Ok(Screened::Forward(first)) => first,
             Ok(Screened::Refuse(reason)) => {
                 shared.refuse(host, port, protocol, None, reason);
@@ -161,7 +160,7 @@ where
             }
         },
         // A tunnel to an IP address reaches that address whatever name the client gives.
-        _ => Vec::new(),
+        _ => received,
     };
     if !first.is_empty() {
         if let Err(error) = upstream.write_all(&first).await {
@@ -169,7 +168,7 @@ where
             return;
         }
     }
-    splice(&shared.buffers, client, upstream).await;
+    relay(&shared.buffers, client, upstream).await;
 }
 
 /// The decision on a tunnel's first bytes.
@@ -180,25 +179,20 @@ enum Screened {
     Refuse(String),
 }
 
-/// Reads from `client` until its first bytes show whether they are a TLS ClientHello and, if so,
-/// which server name it carries. Stops early when the upstream server sends first, as SSH and
-/// SMTP servers do, because a TLS client always speaks first.
-async fn screen_first_bytes<C>(client: &mut C, upstream: &TcpStream, requested: &str, port: u16) -> std::io::Result<Screened>
+/// Reads from `client`, after the bytes already `received` from it, until its first bytes show
+/// whether they are a TLS ClientHello and, if so, which server name it carries. Stops early when
+/// the upstream server sends first, as SSH and SMTP servers do, because a TLS client always
+/// speaks first.
+async fn screen_first_bytes<C>(client: &mut C, received: Vec<u8>, upstream: &TcpStream, requested: &str, port: u16) -> std::io::Result<Screened>
 where
     C: AsyncRead + Unpin + ?Sized,
 {
-    let mut buffer = Vec::with_capacity(4096);
+    // Bytes received before the tunnel opened may already hold the whole ClientHello, and the
+    // client then waits for the server's answer, so each pass looks at what it has before it
+    // reads more. An empty buffer asks for more.
+    let mut buffer = received;
+    buffer.reserve(4096);
     loop {
-        // `read_buf` is cancel-safe: when the upstream wins, nothing was read from the client.
-        tokio::select! {
-            biased;
-            read = client.read_buf(&mut buffer) => {
-                if read? == 0 {
-                    return Ok(Screened::Forward(buffer));
-                }
-            }
-            _ = upstream.readable() => return Ok(Screened::Forward(buffer)),
-        }
         match parse(&buffer) {
             ClientHello::NotTls | ClientHello::ServerName(None) => return Ok(Screened::Forward(buffer)),
             // The upstream server rejects a broken handshake itself.
@@ -215,6 +209,16 @@ where
                     "the TLS server name '{name}' differs from the tunnel's destination {requested}:{port}, so the tunnel was closed before the handshake reached the server; request {name} itself if it is on the allowlist"
                 )));
             }
+        }
+        // `read_buf` is cancel-safe: when the upstream wins, nothing was read from the client.
+        tokio::select! {
+            biased;
+            read = client.read_buf(&mut buffer) => {
+                if read? == 0 {
+                    return Ok(Screened::Forward(buffer));
+                }
+            }
+            _ = upstream.readable() => return Ok(Screened::Forward(buffer)),
         }
     }
 }

@@ -70,7 +70,7 @@ impl From<io::Error> for HandshakeError {
     }
 }
 
-/// Serves one SOCKS5 client: reads its greeting and request, then dials and splices, or sends
+/// Serves one SOCKS5 client: reads its greeting and request, then dials and relays, or sends
 /// the reply code for the refusal or failure.
 pub(crate) async fn serve(shared: &Shared, mut stream: TcpStream) {
     let handshake = tokio::time::timeout(shared.limits.head_timeout, handshake(shared, &mut stream)).await;
@@ -102,7 +102,7 @@ pub(crate) async fn serve(shared: &Shared, mut stream: TcpStream) {
             // The upstream socket's local address is the host's: 0.0.0.0:0 keeps it from the
             // sandbox, and clients do not use the field.
             if send_reply(&mut stream, Reply::Succeeded, None).await {
-                relay_checked(shared, Protocol::Socks5, &request.host, request.port, &mut stream, &mut upstream.stream).await;
+                relay_checked(shared, Protocol::Socks5, &request.host, request.port, &mut stream, Vec::new(), &mut upstream.stream).await;
             }
         }
         Err(error) => {

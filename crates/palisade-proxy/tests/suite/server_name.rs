@@ -125,3 +125,29 @@ async fn server_speaking_first_is_not_held() {
     within(tunnel.read_exact(&mut echoed)).await.unwrap();
     assert_eq!(&echoed, b"hello");
 }
+
+/// A ClientHello sent in the same write as the CONNECT head reaches the proxy before the tunnel
+/// opens. It is checked like one sent later: a matching name passes, another closes the tunnel.
+#[tokio::test]
+async fn server_name_sent_with_the_connect_head() {
+    let (echo, proxy) = allowed_echo().await;
+    let port = echo.port();
+    let head = format!("CONNECT allowed.test:{port} HTTP/1.1\r\nHost: allowed.test:{port}\r\n\r\n");
+
+    let hello = client_hello("allowed.test");
+    let (response, mut tunnel) = exchange(proxy.addr, &[head.as_bytes(), &hello].concat()).await;
+    assert_eq!(response.status, 200);
+    let mut echoed = vec![0u8; hello.len()];
+    within(tunnel.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(echoed, hello);
+    assert!(proxy.proxy.denials().is_empty());
+
+    let (response, mut tunnel) = exchange(proxy.addr, &[head.as_bytes(), &client_hello("blocked.test")].concat()).await;
+    assert_eq!(response.status, 200);
+    let mut rest = Vec::new();
+    within(tunnel.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty(), "the upstream echoed the ClientHello, so it received it: {rest:?}");
+    let denials = proxy.proxy.denials();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert!(denials[0].reason.contains("TLS server name 'blocked.test'"), "{}", denials[0].reason);
+}
