@@ -321,13 +321,18 @@ fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
         limit_shared_memory_segments(bytes);
     }
     let mut proxy_port = None;
-    // With the host's network, there is no namespace of the run's own to set up.
-    if context.policy.network != palisade_policy::NetworkMode::Full {
-        sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))?;
-        if let Some(channel) = context.proxy_channel.take() {
-            crate::network::raise_loopback_buffers();
-            proxy_port = Some(crate::network::listen_and_send(&channel, context.forwarded)?);
-        }
+    // With the host's network, there is no namespace of the run's own. Otherwise a child
+    // creates it while the root is built (see `sys::NetworkChild`).
+    let mut network = match context.policy.network {
+        palisade_policy::NetworkMode::Full => None,
+        _ => Some(sys::NetworkChild::start().map_err(|error| format!("failed to start creating the network namespace: {error}"))?),
+    };
+    // The proxy's listening sockets and the buffer sizes belong to the namespace, and the
+    // supervisor waits for the sockets, so allowlist mode joins it before building the root.
+    if let Some(channel) = context.proxy_channel.take() {
+        join_network(network.take())?;
+        crate::network::raise_loopback_buffers();
+        proxy_port = Some(crate::network::listen_and_send(&channel, context.forwarded)?);
     }
 
     let (uid, gid) = context.identity.sandbox_ids();
@@ -340,7 +345,31 @@ fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
     let report = &context.report;
     mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
         .map_err(|error| error.0)?;
+    join_network(network)?;
     Ok(proxy_port)
+}
+
+/// Moves init into the network namespace that `child` created and brings its loopback
+/// interface up. Nothing of the command runs before this succeeds, so a failure here leaves no
+/// process of the run in the host's network.
+fn join_network(child: Option<sys::NetworkChild>) -> Result<(), String> {
+    let Some(child) = child else { return Ok(()) };
+    let namespace = child.finish().map_err(|error| explain_network_failure(&error))?;
+    rustix::thread::move_into_link_name_space(namespace.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+        .map_err(|error| format!("failed to enter the run's network namespace: {error}"))?;
+    sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))
+}
+
+/// Describes a failure to create the run's network namespace, with the host setting to change
+/// where one is the likely cause.
+fn explain_network_failure(error: &std::io::Error) -> String {
+    let cause = match error.raw_os_error() {
+        Some(libc::ENOSPC) => "the limit on network namespaces is reached (ENOSPC); raise the sysctl user.max_net_namespaces".to_owned(),
+        Some(libc::EPERM) => "the kernel refused (EPERM); palisade may be running in a container or under a seccomp filter that forbids new network namespaces".to_owned(),
+        Some(libc::EINVAL) => "the kernel lacks network namespace support (EINVAL); it needs CONFIG_NET_NS".to_owned(),
+        _ => error.to_string(),
+    };
+    format!("failed to create the run's network namespace: {cause}")
 }
 
 /// Bounds the System V shared memory of the run's IPC namespace to `bytes` in all, as its

@@ -123,10 +123,9 @@ pub fn run(
         (None, None)
     };
 
+    // The network namespace is not among these: init has a child create it while it builds
+    // the root (`sys::NetworkChild`), so its cost overlaps the mounts.
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
-    if policy.network != NetworkMode::Full {
-        flags |= libc::CLONE_NEWNET;
-    }
     if matches!(identity, Identity::User { .. }) {
         flags |= libc::CLONE_NEWUSER;
     }

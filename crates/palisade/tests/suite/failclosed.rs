@@ -26,6 +26,39 @@ both_identities!(missing_user_namespaces_fail_closed, |f: &Fixture| {
     assert!(!marker.exists(), "the command ran although the sandbox could not be built");
 });
 
+// The run's network namespace is created by a child of init while the root is built. A host
+// whose `max_net_namespaces` is 0 refuses it. The command must not run, although every other
+// namespace exists by then, and the message names the setting. The test's user namespace has
+// that limit. Palisade runs in a nested one as an ordinary user (uid 1000), because as uid 0 in
+// a user namespace it could not make its idmapped mounts.
+both_identities!(missing_network_namespace_fails_closed, |f: &Fixture| {
+    let probe = f.host("/".as_ref(), "unshare", &["-Ur", "unshare", "--map-user=1000", "--map-group=1000", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("nested user namespaces are not permitted here: {}", probe.stderr.trim()));
+        return;
+    }
+    let marker = f.ws.join("ran");
+    let world = |net: &str| {
+        let script = format!(
+            "echo 0 > /proc/sys/user/max_net_namespaces && exec unshare --map-user=1000 --map-group=1000 {} run --net {net} -- touch {}",
+            palisade_binary().display(),
+            marker.display()
+        );
+        f.host(&f.ws, "unshare", &["-Ur", "sh", "-c", &script])
+    };
+
+    let run = world("none");
+    assert_eq!(run.code, Some(125), "expected exit 125\nstderr: {}", run.stderr);
+    assert!(run.stderr.contains("network namespace"), "the message must say what failed: {}", run.stderr);
+    assert!(run.stderr.contains("user.max_net_namespaces"), "the message must name the setting: {}", run.stderr);
+    assert!(!marker.exists(), "the command ran although its network namespace could not be created");
+
+    // The same world runs a command that needs no network namespace.
+    let run = world("full");
+    assert_eq!(run.code, Some(0), "--net full needs no network namespace\nstderr: {}", run.stderr);
+    assert!(marker.exists(), "the command with --net full did not run");
+});
+
 // The unconfined profile runs outside any sandbox, where palisade enforces no limit but the
 // timeout. A request for another limit is refused.
 both_identities!(unenforced_settings_are_refused, |f: &Fixture| {

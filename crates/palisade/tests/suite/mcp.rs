@@ -796,12 +796,12 @@ both_identities!(session_errors_keep_serving, |f: &Fixture| {
     let fine = client.exec(&session, json!("echo fine"), json!({}));
     assert_output(&fine, "fine\n");
 
-    // The host (pid 2, under init) is a copy of palisade and keeps the server's whole
-    // environment in memory. Its /proc files stay closed to the commands it runs.
-    let probe = "tr '\\0' ' ' < /proc/2/cmdline; echo; for file in /proc/1/environ /proc/2/environ /proc/2/mem /proc/2/maps; do head -c 1 $file >/dev/null 2>&1 && echo readable: $file; done; true";
+    // The host (the parent of each command, under init) is a copy of palisade and keeps the
+    // server's whole environment in memory. Its /proc files stay closed to the commands it runs.
+    let probe = "host=$PPID; tr '\\0' ' ' < /proc/$host/cmdline; echo; for file in /proc/1/environ /proc/$host/environ /proc/$host/mem /proc/$host/maps; do head -c 1 $file >/dev/null 2>&1 && echo readable: $file; done; true";
     let host = client.exec(&session, json!(probe), json!({}));
     let stdout = host["stdout"].as_str().unwrap();
-    assert!(stdout.contains("session-host"), "pid 2 is not the session's host: {host:#}");
+    assert!(stdout.contains("session-host"), "the command's parent is not the session's host: {host:#}");
     assert!(!stdout.contains("readable"), "a command read the host's private /proc files: {host:#}");
 
     // The unconfined profile has no sandbox to keep a session in: refused at once, with the reason.
