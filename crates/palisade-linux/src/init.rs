@@ -349,15 +349,14 @@ fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
     Ok(proxy_port)
 }
 
-/// Moves init into the network namespace that `child` created and brings its loopback
-/// interface up. Nothing of the command runs before this succeeds, so a failure here leaves no
-/// process of the run in the host's network.
+/// Moves init into the network namespace that `child` created, whose loopback interface the
+/// child brought up. Nothing of the command runs before this succeeds, so a failure here leaves
+/// no process of the run in the host's network.
 fn join_network(child: Option<sys::NetworkChild>) -> Result<(), String> {
     let Some(child) = child else { return Ok(()) };
     let namespace = child.finish().map_err(|error| explain_network_failure(&error))?;
     rustix::thread::move_into_link_name_space(namespace.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-        .map_err(|error| format!("failed to enter the run's network namespace: {error}"))?;
-    sys::loopback_up().map_err(|error| format!("failed to bring up the loopback interface: {error}"))
+        .map_err(|error| format!("failed to enter the run's network namespace: {error}"))
 }
 
 /// Describes a failure to create the run's network namespace, with the host setting to change

@@ -97,8 +97,8 @@ pub fn clone_holder(namespace_flags: libc::c_int, read: BorrowedFd<'_>, write: B
 /// The value of a [`NetworkChild`]'s result until the child stores one.
 const NO_RESULT: i32 = i32::MIN;
 
-/// A child that creates the run's network namespace while init builds the root, and leaves
-/// init a socket in it to join it by.
+/// A child that creates the run's network namespace and brings its loopback interface up while
+/// init builds the root, and leaves init a socket in it to join it by.
 ///
 /// Creating a network namespace cost about 0.3 ms on a 2-CPU VM (`unshare -n true` against
 /// `unshare true`), and the sandbox needs it before the command runs.
@@ -106,7 +106,7 @@ const NO_RESULT: i32 = i32::MIN;
 /// another CPU where there is one, it overlaps the mounts that build the root instead.
 ///
 /// The child shares init's memory and descriptor table (`CLONE_VM | CLONE_FILES`) and runs on a
-/// small stack of its own. It makes three system calls through rustix, which never writes
+/// small stack of its own. It makes four system calls through rustix, which never writes
 /// errno, touches nothing of init's but its result, and exits.
 pub struct NetworkChild {
     pid: libc::pid_t,
@@ -126,7 +126,9 @@ extern "C" fn create_network_namespace(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: the flag only moves this child into a new network namespace. The descriptor
         // table stays shared, so init sees the socket created next.
         unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
-        rustix::net::socket_with(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, rustix::net::SocketFlags::CLOEXEC, None)
+        let socket = rustix::net::socket_with(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, rustix::net::SocketFlags::CLOEXEC, None)?;
+        set_loopback_up(socket.as_fd())?;
+        Ok::<_, rustix::io::Errno>(socket)
     })();
     let value = match created {
         Ok(socket) => std::os::fd::IntoRawFd::into_raw_fd(socket),
@@ -134,6 +136,24 @@ extern "C" fn create_network_namespace(arg: *mut libc::c_void) -> libc::c_int {
     };
     result.store(value, std::sync::atomic::Ordering::Release);
     0
+}
+
+/// Sets the flags `IFF_UP` and `IFF_RUNNING` on the loopback interface of the network namespace
+/// that `socket` belongs to. It makes its two system calls through rustix, so a
+/// [`NetworkChild`] may call it.
+fn set_loopback_up(socket: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the interface name from an ifreq and writes its flags back,
+    // and SIOCSIFFLAGS reads an ifreq; `request` is one and outlives both calls.
+    unsafe {
+        rustix::ioctl::ioctl(socket, rustix::ioctl::Updater::<{ libc::SIOCGIFFLAGS as rustix::ioctl::Opcode }, libc::ifreq>::new(&mut request))?;
+        request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        rustix::ioctl::ioctl(socket, rustix::ioctl::Setter::<{ libc::SIOCSIFFLAGS as rustix::ioctl::Opcode }, libc::ifreq>::new(request))
+    }
 }
 
 impl NetworkChild {
@@ -485,35 +505,6 @@ pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: kill takes plain integers.
     let rc = unsafe { libc::kill(pid, signal) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Brings the loopback interface of the current network namespace up; the kernel then assigns
-/// 127.0.0.1 and ::1 itself.
-pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: socket takes plain integers; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-        *slot = *byte as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq passed by pointer, which
-    // lives across both calls.
-    unsafe {
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// `execve(2)` with its null-terminated argument and environment arrays built once, so that
