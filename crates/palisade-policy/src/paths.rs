@@ -160,6 +160,18 @@ pub(crate) mod listing {
         Ok(is_symlink)
     }
 
+    /// Reports whether `path` exists, without following a final symlink. Within [`with_cache`]
+    /// the answer may come from memory, as for [`lookup`].
+    pub fn exists(path: &Path) -> bool {
+        lookup(path).is_ok()
+    }
+
+    /// Reports whether `path` is a symlink. Within [`with_cache`] the answer may come from
+    /// memory, as for [`lookup`].
+    pub fn is_symlink(path: &Path) -> bool {
+        lookup(path).unwrap_or(false)
+    }
+
     /// Most entries a directory may have to be listed: past that, reading the listing costs more
     /// than the lookups it saves, and the names are looked up one by one. A lookup costs about a
     /// microsecond, and resolution looks up a few dozen names per directory at most. With a

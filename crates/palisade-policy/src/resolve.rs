@@ -16,7 +16,7 @@ use crate::error::PolicyError;
 use crate::git;
 use crate::network::{EntryList, MAX_SERVED_PORTS, Rules};
 use crate::parse::{parse_duration, parse_size};
-use crate::paths::{canonicalize, canonicalize_below, canonicalize_lenient, expand, is_within};
+use crate::paths::{canonicalize, canonicalize_below, canonicalize_lenient, expand, is_within, listing};
 use crate::raw::{RawNumber, RawPolicy};
 
 /// A built-in starting point for a policy.
@@ -805,13 +805,13 @@ fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Override
 /// Returns the canonical path of `base/name` if it exists; `base` must be canonical.
 fn existing_below(base: &Path, name: &str) -> Option<PathBuf> {
     let real = canonicalize_below(base, name).ok()?;
-    real.symlink_metadata().is_ok().then_some(real)
+    listing::exists(&real).then_some(real)
 }
 
 /// Returns the canonical path of `path` if it exists.
 fn existing(path: &Path) -> Option<PathBuf> {
     let real = canonicalize_lenient(path).ok()?;
-    real.symlink_metadata().is_ok().then_some(real)
+    listing::exists(&real).then_some(real)
 }
 
 /// Collects paths in order, without duplicates.
@@ -873,7 +873,7 @@ fn user_paths(
 
 fn require_existing(what: &'static str, entries: &[Entry]) -> Result<(), PolicyError> {
     for entry in entries {
-        if entry.path.symlink_metadata().is_err() {
+        if !listing::exists(&entry.path) {
             return Err(PolicyError::MissingPath { what, path: entry.path.clone(), origin: entry.origin.clone() });
         }
     }
@@ -1167,7 +1167,7 @@ fn protect_git_dir(git_dir: &Path, root: &Path, protected: &mut PathSet, revert:
     }
     for name in ["commondir", "config.worktree", "gitdir"] {
         let path = git_dir.join(name);
-        if path.symlink_metadata().is_ok() {
+        if listing::exists(&path) {
             protected.add(path);
         } else {
             revert.add(path);
@@ -1189,7 +1189,7 @@ fn highest_missing_ancestor(path: &Path, root: &Path) -> PathBuf {
 fn highest_missing_ancestor_in(path: &Path, root: &Path, ignore_case: bool) -> PathBuf {
     let mut highest = path.to_path_buf();
     for ancestor in path.ancestors().skip(1) {
-        if ancestor == root || !is_within(ancestor, root) || ancestor.symlink_metadata().is_ok() {
+        if ancestor == root || !is_within(ancestor, root) || listing::exists(ancestor) {
             break;
         }
         if ancestor.file_name().is_some_and(|name| git::is_git_name(name, ignore_case)) {
@@ -1216,7 +1216,7 @@ fn reject_planted_symlinks(entries: &[Entry], writable_roots: &[PathBuf]) -> Res
         let mut current = PathBuf::from("/");
         for component in entry.lexical.components().skip(1) {
             current.push(component);
-            let is_link = current.symlink_metadata().is_ok_and(|meta| meta.file_type().is_symlink());
+            let is_link = listing::is_symlink(&current);
             if is_link && writable_roots.iter().any(|root| is_within(&current, root) && &current != root) {
                 return Err(PolicyError::InvalidValue {
                     what: "path",
