@@ -335,9 +335,24 @@ pub(crate) struct NetworkThread {
     forwarded: Vec<String>,
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit. A tunnel holds two
+/// to six descriptors, and the proxy serves up to 512 connections at once, more than the
+/// common soft limit of 1024 allows. The sandbox keeps the limits it was given: its processes
+/// exist by now, and the command's limit was set before.
+fn raise_descriptor_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(error) = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+            tracing::debug!(%error, "the soft limit on open descriptors stays at {:?}", limit.current);
+        }
+    }
+}
+
 impl NetworkThread {
     /// Starts serving `services`.
     pub(crate) fn start(services: Services) -> io::Result<NetworkThread> {
+        raise_descriptor_limit();
         // One thread: the proxy and the forwarders wait on sockets, and the resolver's lookups
         // run on tokio's blocking pool, so one thread carries many connections.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;

@@ -30,14 +30,33 @@ const BUFFER_MAX: usize = 4 * 1024 * 1024;
 /// The bytes that tunnel buffers of one proxy may hold past [`BUFFER_MIN`], and the capacity
 /// that its tunnel pipes may have past the default, over all tunnels, and the amount in use
 /// now. A buffer or pipe stops growing when the next step would exceed it.
+///
+/// It also counts the tunnels that relay through pipes. Such a tunnel holds six descriptors
+/// (two sockets, two pipes) instead of two, so at most [`pipe_tunnels_for`] of them run at once,
+/// and the others copy. The proxy then still has descriptors for the connections it accepts
+/// and dials, and the command's output relay for its copies of stdout and stderr.
 pub(crate) struct BufferBudget {
     max: usize,
     used: AtomicUsize,
+    max_pipe_tunnels: usize,
+    pipe_tunnels: AtomicUsize,
 }
 
 impl BufferBudget {
     pub(crate) fn new(max: usize) -> BufferBudget {
-        BufferBudget { max, used: AtomicUsize::new(0) }
+        BufferBudget::with_pipe_tunnels(max, pipe_tunnels_for(descriptor_limit()))
+    }
+
+    pub(crate) fn with_pipe_tunnels(max: usize, max_pipe_tunnels: usize) -> BufferBudget {
+        BufferBudget { max, used: AtomicUsize::new(0), max_pipe_tunnels, pipe_tunnels: AtomicUsize::new(0) }
+    }
+
+    /// Takes one of the places for a tunnel that relays through pipes, or returns `None` when
+    /// all are taken. The place is given back when the returned value drops.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn take_pipe_tunnel(&self) -> Option<PipeTunnel<'_>> {
+        let add = |count: usize| (count < self.max_pipe_tunnels).then_some(count + 1);
+        self.pipe_tunnels.fetch_update(Ordering::Relaxed, Ordering::Relaxed, add).ok().map(|_| PipeTunnel { budget: self })
     }
 
     /// Reserves `bytes`, or returns `false` if that would exceed the budget.
@@ -48,6 +67,37 @@ impl BufferBudget {
 
     fn release(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One tunnel's place among those that relay through pipes.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+struct PipeTunnel<'a> {
+    budget: &'a BufferBudget,
+}
+
+impl Drop for PipeTunnel<'_> {
+    fn drop(&mut self) {
+        self.budget.pipe_tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Returns how many tunnels may relay through pipes at once in a process whose soft limit on
+/// open descriptors is `limit`: their pipes may take at most half of it, four per tunnel.
+fn pipe_tunnels_for(limit: u64) -> usize {
+    usize::try_from(limit / 8).unwrap_or(usize::MAX)
+}
+
+/// Returns this process's soft limit on open descriptors, `u64::MAX` when it has none. Other
+/// systems relay without pipes, so 1024 is returned there.
+fn descriptor_limit() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        1024
     }
 }
 
@@ -86,7 +136,7 @@ fn next_size(current: usize, read: usize) -> usize {
     if read == current && current < BUFFER_MAX { (current * 2).min(BUFFER_MAX) } else { current }
 }
 
-/// How a tunnel's bytes were passed.
+/// The way a tunnel's bytes were passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Relayed {
     /// From socket to socket through pipes, without a copy in the proxy.
@@ -100,12 +150,12 @@ pub(crate) enum Relayed {
 /// and returns how they were passed.
 pub(crate) async fn relay(budget: &BufferBudget, client: &mut TcpStream, upstream: &mut TcpStream) -> Relayed {
     #[cfg(target_os = "linux")]
-    if zero_copy::sigpipe_ignored() {
+    if let Some(_place) = zero_copy::sigpipe_ignored().then(|| budget.take_pipe_tunnel()).flatten() {
         match (zero_copy::Pipe::new(budget), zero_copy::Pipe::new(budget)) {
             (Ok(sending_pipe), Ok(receiving_pipe)) => {
                 let sending = zero_copy::one_way(client, upstream, sending_pipe);
                 let receiving = zero_copy::one_way(upstream, client, receiving_pipe);
-                log_close(tokio::try_join!(sending, receiving));
+                log_close(tokio::try_join!(sending, receiving), Relayed::ZeroCopy);
                 return Relayed::ZeroCopy;
             }
             (Err(error), _) | (_, Err(error)) => debug!(%error, "no pipe for the tunnel, so its bytes are copied"),
@@ -115,10 +165,14 @@ pub(crate) async fn relay(budget: &BufferBudget, client: &mut TcpStream, upstrea
     Relayed::Copied
 }
 
-fn log_close(result: io::Result<(u64, u64)>) {
+fn log_close(result: io::Result<(u64, u64)>, relayed: Relayed) {
+    let how = match relayed {
+        Relayed::ZeroCopy => "through pipes",
+        Relayed::Copied => "by copying",
+    };
     match result {
-        Ok((sent, received)) => debug!(sent, received, "tunnel closed"),
-        Err(error) => debug!(%error, "tunnel closed with an error"),
+        Ok((sent, received)) => debug!(sent, received, "tunnel closed, relayed {how}"),
+        Err(error) => debug!(%error, "tunnel closed with an error, relayed {how}"),
     }
 }
 
@@ -132,7 +186,7 @@ where
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let sending = copy_one_way(budget, client_read, upstream_write);
     let receiving = copy_one_way(budget, upstream_read, client_write);
-    log_close(tokio::try_join!(sending, receiving));
+    log_close(tokio::try_join!(sending, receiving), Relayed::Copied);
 }
 
 /// Copies from `reader` to `writer` until `reader` ends, then shuts `writer` down so that its
@@ -303,6 +357,75 @@ mod tests {
         assert!(ended.is_ok(), "the tunnel did not end after its client closed");
         drop(upstream_side);
         server.await.unwrap();
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+    }
+
+    /// Once every place for a tunnel through pipes is taken, a tunnel copies instead, and its
+    /// bytes still pass.
+    #[tokio::test]
+    async fn relay_copies_when_no_pipe_place_is_left() {
+        let budget = BufferBudget::with_pipe_tunnels(usize::MAX, 0);
+        let (mut client, mut client_side) = tcp_pair().await;
+        let (mut upstream, mut upstream_side) = tcp_pair().await;
+        let server = async {
+            let mut request = Vec::new();
+            upstream.read_to_end(&mut request).await.unwrap();
+            upstream.write_all(b"reply").await.unwrap();
+            upstream.shutdown().await.unwrap();
+            request
+        };
+        let client_run = async {
+            client.write_all(b"request").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            received
+        };
+        let tunnel = relay(&budget, &mut client_side, &mut upstream_side);
+        let (request, received, relayed) = tokio::join!(server, client_run, tunnel);
+        assert_eq!(request, b"request");
+        assert_eq!(received, b"reply");
+        assert_eq!(relayed, Relayed::Copied);
+        assert_eq!(budget.pipe_tunnels.load(Ordering::Relaxed), 0);
+    }
+
+    /// A tunnel gives its place among those through pipes back when it closes.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn pipe_place_returns_after_the_tunnel() {
+        let budget = BufferBudget::with_pipe_tunnels(usize::MAX, 1);
+        for _ in 0..2 {
+            let (client, mut client_side) = tcp_pair().await;
+            let (upstream, mut upstream_side) = tcp_pair().await;
+            drop((client, upstream));
+            assert_eq!(relay(&budget, &mut client_side, &mut upstream_side).await, Relayed::ZeroCopy);
+        }
+        assert_eq!(budget.pipe_tunnels.load(Ordering::Relaxed), 0);
+    }
+
+    /// An upstream server that resets the connection in the middle of a download ends the
+    /// tunnel, and the client sees its connection end too.
+    #[tokio::test]
+    async fn relay_ends_when_the_upstream_resets() {
+        let budget = BufferBudget::new(usize::MAX);
+        let (mut client, mut client_side) = tcp_pair().await;
+        let (upstream, mut upstream_side) = tcp_pair().await;
+        let server = async move {
+            let mut upstream = upstream;
+            upstream.write_all(&vec![7u8; 256 * 1024]).await.unwrap();
+            // A zero linger time makes the close send a reset instead of the end of the stream.
+            upstream.set_zero_linger().unwrap();
+            drop(upstream);
+        };
+        let client_run = async {
+            let mut received = Vec::new();
+            let _ = client.read_to_end(&mut received).await;
+        };
+        let tunnel = relay(&budget, &mut client_side, &mut upstream_side);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async { tokio::join!(server, tunnel) }).await;
+        assert!(ended.is_ok(), "the tunnel did not end after the upstream reset");
+        drop(client_side);
+        tokio::time::timeout(std::time::Duration::from_secs(20), client_run).await.expect("the client's connection did not end");
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 }

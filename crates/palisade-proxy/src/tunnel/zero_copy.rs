@@ -54,6 +54,8 @@ pub(super) struct Pipe<'a> {
     /// The bytes of capacity reserved from the budget, beyond the capacity the pipe had when it
     /// was made.
     reserved: usize,
+    /// Whether the kernel refused to grow this pipe, after which it keeps its capacity.
+    refused: bool,
     budget: &'a BufferBudget,
 }
 
@@ -63,14 +65,14 @@ impl Pipe<'_> {
     pub(super) fn new(budget: &BufferBudget) -> io::Result<Pipe<'_>> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         let capacity = rustix::pipe::fcntl_getpipe_size(&write)?;
-        Ok(Pipe { read, write, capacity, reserved: 0, budget })
+        Ok(Pipe { read, write, capacity, reserved: 0, refused: false, budget })
     }
 
     /// Doubles the capacity if a splice of `moved` bytes filled at least half of it and the
-    /// budget allows. A refusal from the kernel (the user's pipe pages are used up) keeps the
-    /// current capacity.
+    /// budget allows. After a refusal from the kernel (the user's pipe pages are used up) the
+    /// pipe keeps its capacity and stops asking.
     fn grow_after(&mut self, moved: usize) {
-        if moved * 2 < self.capacity || self.capacity >= PIPE_MAX {
+        if moved * 2 < self.capacity || self.capacity >= PIPE_MAX || self.refused {
             return;
         }
         let wanted = (self.capacity * 2).min(PIPE_MAX);
@@ -83,7 +85,10 @@ impl Pipe<'_> {
                 self.capacity = wanted;
                 self.reserved += extra;
             }
-            Err(_) => self.budget.release(extra),
+            Err(_) => {
+                self.budget.release(extra);
+                self.refused = true;
+            }
         }
     }
 }

@@ -90,6 +90,10 @@ pub struct Lab<'a> {
     hosts: BTreeMap<String, String>,
     loggers: Vec<Value>,
     runs: Vec<Vec<String>>,
+    /// The soft and hard limit on open descriptors palisade starts with, if not inherited.
+    descriptor_limit: Option<u64>,
+    /// Environment variables palisade gets besides the lab's own.
+    env: BTreeMap<String, String>,
 }
 
 impl<'a> Lab<'a> {
@@ -121,7 +125,7 @@ impl<'a> Lab<'a> {
             skip(&f.name, reason);
             return None;
         }
-        let mut lab = Lab { fixture: f, hosts: BTreeMap::new(), loggers: Vec::new(), runs: Vec::new() };
+        let mut lab = Lab { fixture: f, hosts: BTreeMap::new(), loggers: Vec::new(), runs: Vec::new(), descriptor_limit: None, env: BTreeMap::new() };
         lab.host("allowed.test", ALLOWED_ADDRESS);
         lab.host("blocked.test", BLOCKED_ADDRESS);
         lab.host("internal.test", BLOCKED_ADDRESS);
@@ -226,10 +230,26 @@ impl<'a> Lab<'a> {
         addresses
     }
 
+    /// Gives every run the environment variable `name` with `value`.
+    pub fn env(&mut self, name: &str, value: &str) -> &mut Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Starts every run with `limit` as both the soft and the hard limit on open descriptors.
+    pub fn descriptor_limit(&mut self, limit: u64) -> &mut Self {
+        self.descriptor_limit = Some(limit);
+        self
+    }
+
     /// Builds the command line of one run, as the fixture's user, with `--report` after `run`.
     fn run_argv(&self, index: usize, args: &[String]) -> Vec<String> {
         let owner = self.fixture.as_owner(palisade_binary().to_str().unwrap());
-        let mut argv = vec![owner.get_program().to_string_lossy().into_owned()];
+        let mut argv = Vec::new();
+        if let Some(limit) = self.descriptor_limit {
+            argv.extend(["prlimit".to_owned(), format!("--nofile={limit}:{limit}"), "--".to_owned()]);
+        }
+        argv.push(owner.get_program().to_string_lossy().into_owned());
         argv.extend(owner.get_args().map(|arg| arg.to_string_lossy().into_owned()));
         argv.extend(["run".to_owned(), "--report".to_owned(), self.report_path(index).to_string_lossy().into_owned()]);
         argv.extend(args.iter().skip(1).cloned());
@@ -242,11 +262,14 @@ impl<'a> Lab<'a> {
         let lab_dir = f.root.join("lab");
         let spec_path = f.root.join("lab-spec.json");
         let result_path = f.root.join("lab-result.json");
-        let env = json!({
+        let mut env = json!({
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": f.home,
             "LANG": "C.UTF-8",
         });
+        for (name, value) in &self.env {
+            env[name] = json!(value);
+        }
         let mut runs = Vec::new();
         for (index, args) in self.runs.iter().enumerate() {
             runs.push(json!({"argv": self.run_argv(index, args), "cwd": f.ws, "env": env, "timeout": RUN_TIMEOUT_SECONDS}));

@@ -949,6 +949,69 @@ curl -s -m 3 -x "$ALL_PROXY" -o /dev/null http://blocked.test:@HTTP@/; echo "ref
     assert_eq!(protocols, ["http", "connect", "socks5"], "{:#}", run.report());
 });
 
+/// Opens the number of CONNECT tunnels given as its argument to the lab's allowed address, all at
+/// once. A tunnel to an address is relayed as soon as it opens, so the proxy relays them all at
+/// the same time. It prints how the proxy answered, then sends a request through each tunnel,
+/// reads the reply and prints how many were the lab's page. Apart from its hard limit on
+/// descriptors, nothing is printed before every tunnel is open.
+const MANY_TUNNELS: &str = r#"
+import os, resource, socket, sys
+print("limit", resource.getrlimit(resource.RLIMIT_NOFILE)[1], flush=True)
+target = "@ADDRESS@:@HTTP@"
+proxy = int(os.environ["HTTPS_PROXY"].rsplit(":", 1)[1])
+tunnels, codes = [], {}
+for _ in range(int(sys.argv[1])):
+    s = socket.create_connection(("127.0.0.1", proxy), timeout=10)
+    s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    code = head.split(b" ")[1].decode() if head.startswith(b"HTTP/") else "closed"
+    codes[code] = codes.get(code, 0) + 1
+    if code == "200":
+        tunnels.append(s)
+print("codes", " ".join(f"{code}={count}" for code, count in sorted(codes.items())), flush=True)
+served = 0
+for index, s in enumerate(tunnels):
+    s.sendall(f"GET /tunnel-{index} HTTP/1.0\r\nHost: allowed.test\r\n\r\n".encode())
+    reply = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    served += b"LAB-OK" in reply
+print("served", served)
+"#;
+
+// Each tunnel relayed through pipes holds six descriptors. Under a limit of 512, a hundred open
+// tunnels would leave palisade none for the connections it accepts and dials, nor for copying
+// the command's output, so only some tunnels may use pipes. Every tunnel must work, and the
+// command's output, first written while all tunnels are open, must arrive. The proxy's debug
+// log shows that both kinds of relay carried tunnels.
+both_identities!(many_tunnels_within_few_descriptors, |f: &Fixture| {
+    let Some(mut lab) = Lab::new(f, &["python3", "prlimit"]) else { return };
+    let script = MANY_TUNNELS.replace("@ADDRESS@", ALLOWED_ADDRESS).replace("@HTTP@", &HTTP_PORT.to_string());
+    fs::write(f.ws.join("many_tunnels.py"), script).unwrap();
+    lab.descriptor_limit(512);
+    lab.env("PALISADE_LOG", "palisade_proxy=debug");
+    lab.run_command(&allow_http(), &["python3", "many_tunnels.py", "100"]);
+    let run = lab.start_one();
+    run.expect_code(0);
+    // The command inherits palisade's hard limit, which shows that palisade started with it.
+    assert_eq!(run.line("limit "), "limit 512", "{}", run.describe());
+    assert_eq!(run.line("codes "), "codes 200=100", "{}", run.describe());
+    assert_eq!(run.line("served "), "served 100", "{}", run.describe());
+    assert_eq!(run.records("allowed").len(), 100, "{}", run.describe());
+    let relayed = |how: &str| run.stderr.lines().filter(|line| line.contains(&format!("relayed {how}"))).count();
+    // Half of 512 descriptors, four per tunnel, gives 64 places for tunnels through pipes.
+    assert_eq!(relayed("through pipes"), 64, "{}", run.describe());
+    assert_eq!(relayed("by copying"), 36, "{}", run.describe());
+});
+
 /// Port of the file servers the git and pip tests start on `allowed.test`.
 const FILES_PORT: u16 = 18082;
 
