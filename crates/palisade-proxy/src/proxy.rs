@@ -5,7 +5,7 @@ use std::io;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use palisade_policy::network::Rules;
 use tokio::net::{TcpListener, TcpStream};
@@ -85,6 +85,37 @@ pub(crate) struct Shared {
     pub(crate) buffers: BufferBudget,
 }
 
+/// Shortest time between two warnings about failed accepts. Out of descriptors, accept fails
+/// again for every client that connects meanwhile, and one line each would flood the
+/// terminal of the person running palisade.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Warnings about failed accepts, at most one per [`ACCEPT_WARNING_INTERVAL`]. Each names how
+/// many failures came since the one before.
+#[derive(Default)]
+struct AcceptWarnings {
+    last: Option<Instant>,
+    unreported: u64,
+}
+
+impl AcceptWarnings {
+    fn failed(&mut self, error: &io::Error, retry_delay: Duration) {
+        self.unreported += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < ACCEPT_WARNING_INTERVAL) {
+            debug!(%error, "failed to accept a proxy connection");
+            return;
+        }
+        let delay = retry_delay.as_millis();
+        match self.unreported - 1 {
+            0 => warn!(%error, "failed to accept a proxy connection, retrying in {delay} ms"),
+            earlier => warn!(%error, "failed to accept a proxy connection, retrying in {delay} ms; {earlier} more failed since the last warning"),
+        }
+        self.last = Some(now);
+        self.unreported = 0;
+    }
+}
+
 impl Proxy {
     /// Creates a proxy that decides with `rules` and resolves names with `resolver`, under the
     /// default [`Limits`].
@@ -142,13 +173,15 @@ impl Proxy {
     /// Returns once every connection task has ended: on shutdown the tasks still running are
     /// aborted, which closes their client and upstream sockets. Fails only when `listener`
     /// cannot accept at all (it is not listening). Other accept errors, such as running out
-    /// of file descriptors, are logged and retried after a pause of up to one second.
+    /// of file descriptors, are retried after a pause of up to one second, and logged as a
+    /// warning at most every five seconds.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut shutdown = pin!(shutdown);
         let permits = Arc::new(Semaphore::new(self.shared.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
         let mut connections = JoinSet::new();
         let mut next_id: u64 = 0;
         let mut retry_delay = ACCEPT_RETRY_MIN;
+        let mut warnings = AcceptWarnings::default();
 
         let result = loop {
             while let Some(joined) = connections.try_join_next() {
@@ -175,7 +208,7 @@ impl Proxy {
                 Err(error) if is_listener_unusable(&error) => break Err(error),
                 Err(error) if is_client_gone(&error) => {}
                 Err(error) => {
-                    warn!(%error, "failed to accept a proxy connection, retrying in {} ms", retry_delay.as_millis());
+                    warnings.failed(&error, retry_delay);
                     tokio::time::sleep(retry_delay).await;
                     retry_delay = (retry_delay * 2).min(ACCEPT_RETRY_MAX);
                 }
@@ -265,5 +298,25 @@ mod tests {
     fn serve_future_is_send(proxy: &Proxy, listener: TcpListener) {
         fn require_send<T: Send>(_: T) {}
         require_send(proxy.serve(listener, std::future::pending()));
+    }
+
+    #[test]
+    fn accept_warnings_are_spaced() {
+        let error = io::Error::other("too many open files");
+        let mut warnings = AcceptWarnings::default();
+        warnings.failed(&error, ACCEPT_RETRY_MIN);
+        let first = warnings.last.expect("the first failure warns");
+        assert_eq!(warnings.unreported, 0);
+        for _ in 0..3 {
+            warnings.failed(&error, ACCEPT_RETRY_MIN);
+        }
+        // Within the interval nothing more is warned, and the failures are counted for later.
+        assert_eq!(warnings.last, Some(first));
+        assert_eq!(warnings.unreported, 3);
+        let long_ago = first.checked_sub(ACCEPT_WARNING_INTERVAL).expect("the clock has run for more than five seconds");
+        warnings.last = Some(long_ago);
+        warnings.failed(&error, ACCEPT_RETRY_MIN);
+        assert_ne!(warnings.last, Some(long_ago));
+        assert_eq!(warnings.unreported, 0);
     }
 }
