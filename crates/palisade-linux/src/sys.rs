@@ -28,8 +28,8 @@ pub fn clone_fork(namespace_flags: libc::c_int) -> io::Result<libc::pid_t> {
 }
 
 /// A stack for a child that shares this process's memory: an anonymous mapping whose pages the
-/// kernel allocates only when the child touches them, with an inaccessible guard page at its
-/// low end, so an overflow faults there instead of writing into whatever lies below.
+/// kernel allocates only when the child touches them. An inaccessible guard page at its low
+/// end makes an overflow fault there instead of writing into whatever lies below.
 ///
 /// A zeroed heap allocation of 64 KiB cost the parent 16 page faults before the clone, about
 /// 20 µs on a VM, for a child that touches one or two pages.
