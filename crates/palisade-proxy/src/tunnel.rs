@@ -428,4 +428,52 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(20), client_run).await.expect("the client's connection did not end");
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
+
+    /// The variable that makes [`sigpipe_default_child`] run: it changes a process-wide signal
+    /// disposition, so it runs alone, in a process of its own.
+    #[cfg(target_os = "linux")]
+    const SIGPIPE_CHILD: &str = "PALISADE_TEST_SIGPIPE_CHILD";
+
+    /// A program that embeds the proxy without ignoring SIGPIPE gets copied tunnels, and a
+    /// client that goes away mid-transfer does not kill it. The check runs in a second process
+    /// of this test binary, which would die of the signal if the relay used pipes.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn relay_copies_without_sigpipe_ignored() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tunnel::tests::sigpipe_default_child", "--ignored", "--nocapture"])
+            .env(SIGPIPE_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "the child failed ({}):\n{stdout}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[ignore = "run by relay_copies_without_sigpipe_ignored in a process of its own"]
+    fn sigpipe_default_child() {
+        assert!(std::env::var_os(SIGPIPE_CHILD).is_some(), "run only by relay_copies_without_sigpipe_ignored");
+        // SAFETY: SIG_DFL is a valid disposition, and this process runs this one test alone.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let budget = BufferBudget::new(usize::MAX);
+            let (mut client, mut client_side) = tcp_pair().await;
+            let (mut upstream, mut upstream_side) = tcp_pair().await;
+            let server = tokio::spawn(async move {
+                let chunk = vec![7u8; 64 * 1024];
+                while upstream.write_all(&chunk).await.is_ok() {}
+            });
+            let client_run = async move {
+                let mut first = [0u8; 1024];
+                client.read_exact(&mut first).await.unwrap();
+                drop(client);
+            };
+            let (_, relayed) = tokio::join!(client_run, relay(&budget, &mut client_side, &mut upstream_side));
+            assert_eq!(relayed, Relayed::Copied);
+            drop(upstream_side);
+            server.await.unwrap();
+        });
+    }
 }
