@@ -1,7 +1,7 @@
 //! Relaying an open tunnel: the bytes of a CONNECT or SOCKS5 connection, passed both ways
 //! between the client and the upstream server. On Linux they move from socket to socket through
-//! pipes without a copy in the proxy (see [`zero_copy`]); elsewhere, or when a pipe cannot be
-//! made, they are copied through buffers that grow for bulk transfers.
+//! pipes, without a copy in the proxy (see [`zero_copy`]). Elsewhere, or when no pipe may be
+//! used, they are copied through buffers that grow for bulk transfers.
 
 #[cfg(target_os = "linux")]
 mod zero_copy;
@@ -166,13 +166,13 @@ pub(crate) async fn relay(budget: &BufferBudget, client: &mut TcpStream, upstrea
 }
 
 fn log_close(result: io::Result<(u64, u64)>, relayed: Relayed) {
-    let how = match relayed {
+    let way = match relayed {
         Relayed::ZeroCopy => "through pipes",
         Relayed::Copied => "by copying",
     };
     match result {
-        Ok((sent, received)) => debug!(sent, received, "tunnel closed, relayed {how}"),
-        Err(error) => debug!(%error, "tunnel closed with an error, relayed {how}"),
+        Ok((sent, received)) => debug!(sent, received, "tunnel closed, relayed {way}"),
+        Err(error) => debug!(%error, "tunnel closed with an error, relayed {way}"),
     }
 }
 
