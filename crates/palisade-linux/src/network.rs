@@ -335,7 +335,7 @@ pub(crate) struct NetworkThread {
     forwarded: Vec<String>,
 }
 
-/// Raises this process's soft limit on open descriptors to its hard limit. A tunnel holds two
+/// Raises this process's soft limit on open descriptors to its hard limit. A tunnel needs two
 /// to six descriptors, and the proxy serves up to 512 connections at once, more than the
 /// common soft limit of 1024 allows. The sandbox keeps the limits it was given: its processes
 /// exist by now, and the command's limit was set before.

@@ -219,9 +219,9 @@ impl Pumps {
 /// waited for with `wait_when_empty`, and ends the copy without it. The pseudo-terminal's
 /// master ends with EIO once no process has its slave open.
 fn pump(read_end: &OwnedFd, index: usize, shared: &Shared, wait_when_empty: bool) {
-    // palisade's own stdout or stderr, written through directly: a copy of the descriptor would
-    // need a free slot at the command's first write, and none may be left by then, when the
-    // proxy holds many connections.
+    // palisade's own stdout or stderr, written directly. A copy of the descriptor would need a
+    // free slot at the command's first write, and the proxy's connections may have taken the
+    // last one by then.
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     let target = if index == 0 { stdout.as_fd() } else { stderr.as_fd() };
     let mut buffer = vec![0u8; 64 * 1024];

@@ -304,8 +304,8 @@ pub fn build(options: FilterOptions) -> BpfProgram {
         // to clone, whose flags the rules check. EPERM would make libc give up instead.
         Insn::jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, Target::Enosys, Target::Next),
     ];
-    // Calls without a rule are allowed here and denied calls refused; calls with argument rules
-    // go on to seccompiler's program, which checks the architecture again and applies them.
+    // Calls without a rule are allowed here, and denied calls are refused. Calls with argument
+    // rules go on to seccompiler's program, which checks the architecture again.
     search(&targets, &mut prefix);
     let allow = prefix.len();
     prefix.push(Insn::statement(BPF_RET_K, libc::SECCOMP_RET_ALLOW));

@@ -165,7 +165,7 @@ extern "C" fn create_network_namespace(arg: *mut libc::c_void) -> libc::c_int {
     let result = unsafe { &*(arg as *const std::sync::atomic::AtomicI32) };
     let created = (|| {
         // SAFETY: the flag only moves this child into a new network namespace. The descriptor
-        // table stays shared, so init sees the socket created next.
+        // table stays shared, so the socket created next is in init's table too.
         unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
         let socket = rustix::net::socket_with(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, rustix::net::SocketFlags::CLOEXEC, None)?;
         set_loopback_up(socket.as_fd())?;
@@ -188,8 +188,8 @@ fn set_loopback_up(socket: BorrowedFd<'_>) -> rustix::io::Result<()> {
     for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
         *slot = *byte as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS reads the interface name from an ifreq and writes its flags back,
-    // and SIOCSIFFLAGS reads an ifreq; `request` is one and outlives both calls.
+    // SAFETY: SIOCGIFFLAGS reads the interface name from an ifreq and writes its flags back.
+    // SIOCSIFFLAGS reads an ifreq. `request` is one, and it outlives both calls.
     unsafe {
         rustix::ioctl::ioctl(socket, rustix::ioctl::Updater::<{ libc::SIOCGIFFLAGS as rustix::ioctl::Opcode }, libc::ifreq>::new(&mut request))?;
         request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
@@ -296,10 +296,9 @@ const SHARED_STAGE_STACK: usize = 8 << 20;
 /// function returns. The caller must be single-threaded.
 pub unsafe fn spawn_sharing_memory(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, arg: *mut libc::c_void) -> io::Result<libc::pid_t> {
     let stack = ChildStack::new(SHARED_STAGE_STACK)?;
-    // SAFETY: the stack's top lies at the end of a live mapping that stays mapped until the
-    // child no longer uses it: CLONE_VFORK returns only once the child has executed a program
-    // (and left this memory) or exited, and `stack` drops after that. The caller guarantees
-    // `entry` and `arg` meet the conditions above.
+    // SAFETY: the stack's top lies at the end of a live mapping. CLONE_VFORK returns only once
+    // the child has executed a program (and left this memory) or exited, and `stack` drops
+    // after that. The caller guarantees `entry` and `arg` meet the conditions above.
     let pid = unsafe { libc::clone(entry, stack.top(), libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, arg) };
     if pid < 0 { Err(io::Error::last_os_error()) } else { Ok(pid) }
 }

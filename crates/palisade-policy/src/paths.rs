@@ -161,12 +161,12 @@ pub(crate) mod listing {
     }
 
     /// Reports whether `path` exists, without following a final symlink. Within [`with_cache`]
-    /// the answer may come from memory, as for [`lookup`].
+    /// the result may come from memory, as for [`lookup`].
     pub fn exists(path: &Path) -> bool {
         lookup(path).is_ok()
     }
 
-    /// Reports whether `path` is a symlink. Within [`with_cache`] the answer may come from
+    /// Reports whether `path` is a symlink. Within [`with_cache`] the result may come from
     /// memory, as for [`lookup`].
     pub fn is_symlink(path: &Path) -> bool {
         lookup(path).unwrap_or(false)

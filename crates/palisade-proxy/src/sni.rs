@@ -143,7 +143,7 @@ fn read_server_name(data: &[u8]) -> ClientHello {
 
 /// Relays an open tunnel to `host` and `port`, after checking the TLS server name the client
 /// sends first against `host`. A tunnel whose names differ is closed and recorded as a refusal
-/// of `protocol` before any byte of the client reaches the upstream server. `received` holds
+/// of `protocol` before any byte of the client reaches the upstream server. `received` contains
 /// the client's bytes that were read before the tunnel opened (sent in the same packet as the
 /// CONNECT request); they come first.
 pub(crate) async fn relay_checked(shared: &Shared, protocol: Protocol, host: &str, port: u16, client: &mut TcpStream, received: Vec<u8>, upstream: &mut TcpStream) {
@@ -187,9 +187,9 @@ async fn screen_first_bytes<C>(client: &mut C, received: Vec<u8>, upstream: &Tcp
 where
     C: AsyncRead + Unpin + ?Sized,
 {
-    // Bytes received before the tunnel opened may already hold the whole ClientHello, and the
-    // client then waits for the server's answer, so each pass looks at what it has before it
-    // reads more. An empty buffer asks for more.
+    // Bytes received before the tunnel opened may already contain the whole ClientHello, and
+    // the client then waits for the server's reply, so each pass parses what it has before it
+    // reads more. An empty buffer parses as incomplete.
     let mut buffer = received;
     buffer.reserve(4096);
     loop {

@@ -31,7 +31,7 @@ const BUFFER_MAX: usize = 4 * 1024 * 1024;
 /// that its tunnel pipes may have past the default, over all tunnels, and the amount in use
 /// now. A buffer or pipe stops growing when the next step would exceed it.
 ///
-/// It also counts the tunnels that relay through pipes. Such a tunnel holds six descriptors
+/// It also counts the tunnels that relay through pipes. Such a tunnel needs six descriptors
 /// (two sockets, two pipes) instead of two, so at most [`pipe_tunnels_for`] of them run at once,
 /// and the others copy. The proxy then still has descriptors for the connections it accepts
 /// and dials, and the command's output relay for its copies of stdout and stderr.
@@ -257,34 +257,53 @@ mod tests {
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 
+    /// The request the client of [`exchange`] sends.
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+
+    /// Returns a download larger than the largest buffer and pipe.
+    fn large_download() -> Vec<u8> {
+        (0..2 * BUFFER_MAX + 12345).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Runs a client that sends [`REQUEST`], closes its sending side and reads to the end, and
+    /// a server that reads to the end and sends `download`, while `tunnel` relays between them.
+    /// Returns what the server and the client received, and the tunnel's result.
+    async fn exchange<C, U, T>(mut client: C, mut upstream: U, download: &[u8], tunnel: T) -> (Vec<u8>, Vec<u8>, T::Output)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+        T: std::future::Future,
+    {
+        let server = async {
+            let mut request = Vec::new();
+            upstream.read_to_end(&mut request).await.unwrap();
+            upstream.write_all(download).await.unwrap();
+            upstream.shutdown().await.unwrap();
+            request
+        };
+        let client_run = async {
+            client.write_all(REQUEST).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            received
+        };
+        tokio::join!(server, client_run, tunnel)
+    }
+
     /// Drives a tunnel over in-memory streams. A download larger than the largest buffer
     /// passes unchanged one way while a request passes the other, and each side's end of
     /// stream reaches its peer.
     #[tokio::test]
     async fn copy_relays_both_directions() {
         let budget = BufferBudget::new(usize::MAX);
-        let (mut client, mut client_side) = tokio::io::duplex(64 * 1024);
-        let (mut upstream, mut upstream_side) = tokio::io::duplex(64 * 1024);
-        let download: Vec<u8> = (0..2 * BUFFER_MAX + 12345).map(|i| (i % 251) as u8).collect();
-
-        let server = async {
-            let mut request = Vec::new();
-            upstream.read_to_end(&mut request).await.unwrap();
-            upstream.write_all(&download).await.unwrap();
-            upstream.shutdown().await.unwrap();
-            request
-        };
-        let client_run = async {
-            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut received = Vec::new();
-            client.read_to_end(&mut received).await.unwrap();
-            received
-        };
+        let (client, mut client_side) = tokio::io::duplex(64 * 1024);
+        let (upstream, mut upstream_side) = tokio::io::duplex(64 * 1024);
+        let download = large_download();
         let tunnel = copy_both_ways(&budget, &mut client_side, &mut upstream_side);
-        let (request, received, ()) = tokio::join!(server, client_run, tunnel);
+        let (request, received, ()) = exchange(client, upstream, &download, tunnel).await;
 
-        assert_eq!(request, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(request, REQUEST);
         assert_eq!(received.len(), download.len());
         assert!(received == download, "the download changed in the tunnel");
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
@@ -304,28 +323,13 @@ mod tests {
     #[tokio::test]
     async fn relay_passes_both_directions_between_sockets() {
         let budget = BufferBudget::new(usize::MAX);
-        let (mut client, mut client_side) = tcp_pair().await;
-        let (mut upstream, mut upstream_side) = tcp_pair().await;
-        let download: Vec<u8> = (0..2 * BUFFER_MAX + 12345).map(|i| (i % 251) as u8).collect();
-
-        let server = async {
-            let mut request = Vec::new();
-            upstream.read_to_end(&mut request).await.unwrap();
-            upstream.write_all(&download).await.unwrap();
-            upstream.shutdown().await.unwrap();
-            request
-        };
-        let client_run = async {
-            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut received = Vec::new();
-            client.read_to_end(&mut received).await.unwrap();
-            received
-        };
+        let (client, mut client_side) = tcp_pair().await;
+        let (upstream, mut upstream_side) = tcp_pair().await;
+        let download = large_download();
         let tunnel = relay(&budget, &mut client_side, &mut upstream_side);
-        let (request, received, relayed) = tokio::join!(server, client_run, tunnel);
+        let (request, received, relayed) = exchange(client, upstream, &download, tunnel).await;
 
-        assert_eq!(request, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(request, REQUEST);
         assert_eq!(received.len(), download.len());
         assert!(received == download, "the download changed in the tunnel");
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
@@ -365,25 +369,11 @@ mod tests {
     #[tokio::test]
     async fn relay_copies_when_no_pipe_place_is_left() {
         let budget = BufferBudget::with_pipe_tunnels(usize::MAX, 0);
-        let (mut client, mut client_side) = tcp_pair().await;
-        let (mut upstream, mut upstream_side) = tcp_pair().await;
-        let server = async {
-            let mut request = Vec::new();
-            upstream.read_to_end(&mut request).await.unwrap();
-            upstream.write_all(b"reply").await.unwrap();
-            upstream.shutdown().await.unwrap();
-            request
-        };
-        let client_run = async {
-            client.write_all(b"request").await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut received = Vec::new();
-            client.read_to_end(&mut received).await.unwrap();
-            received
-        };
+        let (client, mut client_side) = tcp_pair().await;
+        let (upstream, mut upstream_side) = tcp_pair().await;
         let tunnel = relay(&budget, &mut client_side, &mut upstream_side);
-        let (request, received, relayed) = tokio::join!(server, client_run, tunnel);
-        assert_eq!(request, b"request");
+        let (request, received, relayed) = exchange(client, upstream, b"reply", tunnel).await;
+        assert_eq!(request, REQUEST);
         assert_eq!(received, b"reply");
         assert_eq!(relayed, Relayed::Copied);
         assert_eq!(budget.pipe_tunnels.load(Ordering::Relaxed), 0);

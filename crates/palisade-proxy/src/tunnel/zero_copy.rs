@@ -1,6 +1,6 @@
 //! Relaying a tunnel between two TCP sockets without copying its bytes through the proxy's
 //! memory. In each direction, splice(2) moves the bytes from one socket into a pipe and from
-//! the pipe into the other socket; the kernel passes references to its pages instead of
+//! the pipe into the other socket. The kernel passes references to its pages instead of
 //! copying them into a buffer and back.
 //!
 //! A copying relay reads every byte into the proxy's buffer and writes it out again, two copies
@@ -26,8 +26,8 @@ const PIPE_MAX: usize = 1024 * 1024;
 /// Reports whether SIGPIPE is ignored in this process.
 ///
 /// A splice into a socket whose peer has gone raises SIGPIPE, because, unlike `send`, splice
-/// has no way to ask for `MSG_NOSIGNAL`. Rust programs ignore SIGPIPE unless they opt out, but
-/// a program that embeds the proxy may have opted out, and then the signal would kill it; such
+/// has no way to ask for `MSG_NOSIGNAL`. Rust programs ignore SIGPIPE unless they opt out. A
+/// program that embeds the proxy may have opted out, and the signal would then kill it, so such
 /// a process gets the copying relay instead.
 pub(super) fn sigpipe_ignored() -> bool {
     let mut current = MaybeUninit::<libc::sigaction>::zeroed();
@@ -45,7 +45,7 @@ pub(super) fn sigpipe_ignored() -> bool {
 
 /// The pipe of one direction of a tunnel. Its capacity starts at the system's default for a new
 /// pipe and doubles, up to [`PIPE_MAX`] and within the budget, each time one splice from the
-/// socket fills at least half of it, so only a direction that carries a bulk transfer holds
+/// socket fills at least half of it, so only a direction that carries a bulk transfer has
 /// many pages in flight.
 pub(super) struct Pipe<'a> {
     read: OwnedFd,
@@ -54,8 +54,9 @@ pub(super) struct Pipe<'a> {
     /// The bytes of capacity reserved from the budget, beyond the capacity the pipe had when it
     /// was made.
     reserved: usize,
-    /// Whether the kernel refused to grow this pipe, after which it keeps its capacity.
-    refused: bool,
+    /// Whether growing this pipe failed (the kernel's limit on pipe pages), after which it keeps
+    /// its capacity.
+    growth_failed: bool,
     budget: &'a BufferBudget,
 }
 
@@ -65,29 +66,29 @@ impl Pipe<'_> {
     pub(super) fn new(budget: &BufferBudget) -> io::Result<Pipe<'_>> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         let capacity = rustix::pipe::fcntl_getpipe_size(&write)?;
-        Ok(Pipe { read, write, capacity, reserved: 0, refused: false, budget })
+        Ok(Pipe { read, write, capacity, reserved: 0, growth_failed: false, budget })
     }
 
     /// Doubles the capacity if a splice of `moved` bytes filled at least half of it and the
     /// budget allows. After a refusal from the kernel (the user's pipe pages are used up) the
     /// pipe keeps its capacity and stops asking.
     fn grow_after(&mut self, moved: usize) {
-        if moved * 2 < self.capacity || self.capacity >= PIPE_MAX || self.refused {
+        if moved * 2 < self.capacity || self.capacity >= PIPE_MAX || self.growth_failed {
             return;
         }
-        let wanted = (self.capacity * 2).min(PIPE_MAX);
-        let extra = wanted - self.capacity;
+        let doubled = (self.capacity * 2).min(PIPE_MAX);
+        let extra = doubled - self.capacity;
         if !self.budget.try_reserve(extra) {
             return;
         }
-        match rustix::pipe::fcntl_setpipe_size(&self.write, wanted) {
+        match rustix::pipe::fcntl_setpipe_size(&self.write, doubled) {
             Ok(_) => {
-                self.capacity = wanted;
+                self.capacity = doubled;
                 self.reserved += extra;
             }
             Err(_) => {
                 self.budget.release(extra);
-                self.refused = true;
+                self.growth_failed = true;
             }
         }
     }

@@ -951,7 +951,7 @@ curl -s -m 3 -x "$ALL_PROXY" -o /dev/null http://blocked.test:@HTTP@/; echo "ref
 
 /// Opens the number of CONNECT tunnels given as its argument to the lab's allowed address, all at
 /// once. A tunnel to an address is relayed as soon as it opens, so the proxy relays them all at
-/// the same time. It prints how the proxy answered, then sends a request through each tunnel,
+/// the same time. It prints the proxy's status codes, then sends a request through each tunnel,
 /// reads the reply and prints how many were the lab's page. Apart from its hard limit on
 /// descriptors, nothing is printed before every tunnel is open.
 const MANY_TUNNELS: &str = r#"
@@ -987,7 +987,7 @@ for index, s in enumerate(tunnels):
 print("served", served)
 "#;
 
-// Each tunnel relayed through pipes holds six descriptors. Under a limit of 512, a hundred open
+// Each tunnel relayed through pipes needs six descriptors. Under a limit of 512, a hundred open
 // tunnels would leave palisade none for the connections it accepts and dials, nor for copying
 // the command's output, so only some tunnels may use pipes. Every tunnel must work, and the
 // command's output, first written while all tunnels are open, must arrive. The proxy's debug
