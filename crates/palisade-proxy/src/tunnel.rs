@@ -339,16 +339,15 @@ mod tests {
         assert_eq!(relayed, Relayed::Copied);
     }
 
-    /// A client that goes away in the middle of a download ends the tunnel instead of leaving
-    /// it waiting, and the process survives the failed write to the closed socket.
-    #[tokio::test]
-    async fn relay_ends_when_the_client_goes_away() {
-        let budget = BufferBudget::new(usize::MAX);
+    /// Relays a download that an upstream server writes until it fails, to a client that reads
+    /// 1 KiB and closes its socket. Returns how the tunnel relayed, or `None` if it did not end
+    /// within 20 seconds of the client leaving.
+    async fn client_leaves_mid_download(budget: &BufferBudget) -> Option<Relayed> {
         let (mut client, mut client_side) = tcp_pair().await;
         let (mut upstream, mut upstream_side) = tcp_pair().await;
         let server = tokio::spawn(async move {
             let chunk = vec![7u8; 64 * 1024];
-            // Fails once the tunnel is gone; the test checks only that the tunnel ends.
+            // Fails once the tunnel is gone; the callers check only that the tunnel ends.
             while upstream.write_all(&chunk).await.is_ok() {}
         });
         let client_run = async move {
@@ -356,11 +355,20 @@ mod tests {
             client.read_exact(&mut first).await.unwrap();
             drop(client);
         };
-        let tunnel = relay(&budget, &mut client_side, &mut upstream_side);
+        let tunnel = relay(budget, &mut client_side, &mut upstream_side);
         let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async { tokio::join!(client_run, tunnel) }).await;
-        assert!(ended.is_ok(), "the tunnel did not end after its client closed");
         drop(upstream_side);
         server.await.unwrap();
+        ended.ok().map(|((), relayed)| relayed)
+    }
+
+    /// A client that goes away in the middle of a download ends the tunnel instead of leaving
+    /// it waiting, and the process survives the failed write to the closed socket.
+    #[tokio::test]
+    async fn relay_ends_when_the_client_goes_away() {
+        let budget = BufferBudget::new(usize::MAX);
+        let relayed = client_leaves_mid_download(&budget).await;
+        assert!(relayed.is_some(), "the tunnel did not end after its client closed");
         assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 
@@ -447,23 +455,8 @@ mod tests {
         assert!(std::env::var_os(SIGPIPE_CHILD).is_some(), "run only by relay_copies_without_sigpipe_ignored");
         // SAFETY: SIG_DFL is a valid disposition, and this process runs this one test alone.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let budget = BufferBudget::new(usize::MAX);
-            let (mut client, mut client_side) = tcp_pair().await;
-            let (mut upstream, mut upstream_side) = tcp_pair().await;
-            let server = tokio::spawn(async move {
-                let chunk = vec![7u8; 64 * 1024];
-                while upstream.write_all(&chunk).await.is_ok() {}
-            });
-            let client_run = async move {
-                let mut first = [0u8; 1024];
-                client.read_exact(&mut first).await.unwrap();
-                drop(client);
-            };
-            let (_, relayed) = tokio::join!(client_run, relay(&budget, &mut client_side, &mut upstream_side));
-            assert_eq!(relayed, Relayed::Copied);
-            drop(upstream_side);
-            server.await.unwrap();
-        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let relayed = runtime.block_on(client_leaves_mid_download(&BufferBudget::new(usize::MAX)));
+        assert_eq!(relayed, Some(Relayed::Copied));
     }
 }

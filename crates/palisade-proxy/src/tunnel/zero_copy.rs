@@ -6,7 +6,7 @@
 //! A copying relay reads every byte into the proxy's buffer and writes it out again, two copies
 //! on top of the two that the sender and the receiver make anyway. With `bench/proxy.py` on a
 //! 2-CPU VM, a 1 GiB transfer through the copying relay reached 0.64 of direct loopback
-//! throughput; see docs/benchmarks.md for the figures with this relay.
+//! throughput. docs/benchmarks.md has the figures with this relay.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -44,9 +44,9 @@ pub(super) fn sigpipe_ignored() -> bool {
 }
 
 /// The pipe of one direction of a tunnel. Its capacity starts at the system's default for a new
-/// pipe and doubles, up to [`PIPE_MAX`] and within the budget, each time one splice from the
-/// socket fills at least half of it, so only a direction that carries a bulk transfer has
-/// many pages in flight.
+/// pipe. It doubles, up to [`PIPE_MAX`] and within the budget, each time one splice from the
+/// socket fills at least half of it. Only a direction that carries a bulk transfer therefore
+/// has many pages in flight.
 pub(super) struct Pipe<'a> {
     read: OwnedFd,
     write: OwnedFd,
