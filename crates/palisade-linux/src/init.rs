@@ -178,8 +178,8 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         fail(&context.report, format!("failed to make init non-dumpable: {error}"));
     }
 
-    let proxy_port = match setup(&mut context) {
-        Ok(port) => port,
+    let (proxy_port, detach) = match setup(&mut context) {
+        Ok(done) => done,
         Err(text) => fail(&context.report, text),
     };
     // The pseudo-terminal comes after the root, in the sandbox's own /dev/pts, so its name
@@ -225,6 +225,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         socket_requests: context.socket_requests.as_ref().map(|fd| fd.as_raw_fd()),
         proxy_port,
         terminal: terminal.as_ref(),
+        detach: &detach,
     };
     let started = match context.workload {
         // A command stage ends in execve at once, so it may borrow init's memory until then,
@@ -237,8 +238,15 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         // A session's host serves requests for the whole run without executing anything, so it
         // needs memory of its own: a fork. Init is single-threaded (it is a clone of the
         // single-threaded supervisor and starts no threads), which `clone_fork` requires.
-        Workload::Session(_) => sys::clone_fork(0).map(|pid| if pid == 0 { enter_stage(&stage) } else { pid }),
+        // The host's root must be gone before the fork: the host's copy of this memory no
+        // longer sees the detach child's result.
+        Workload::Session(_) => match detach.wait() {
+            Ok(()) => sys::clone_fork(0).map(|pid| if pid == 0 { enter_stage(&stage) } else { pid }),
+            Err(error) => fail(&context.report, explain_detach_failure(error)),
+        },
     };
+    // The stage waited for the detach before it executed the command; this reaps the child.
+    drop(detach);
     let command_pid = match started {
         Ok(pid) => pid,
         Err(error) => fail(&context.report, format!("failed to fork the command: {error}")),
@@ -264,6 +272,8 @@ struct Stage<'a, 'b> {
     socket_requests: Option<RawFd>,
     proxy_port: Option<u16>,
     terminal: Option<&'a OwnedFd>,
+    /// The child detaching the host's root, which the command must not run before.
+    detach: &'a sys::DetachChild,
 }
 
 /// The entry point of a stage started by [`sys::spawn_sharing_memory`]. `arg` points to the
@@ -297,7 +307,7 @@ fn enter_stage(stage: &Stage<'_, '_>) -> ! {
     if let Err(error) = attach_output(&context.output) {
         fail(&context.report, format!("failed to attach the output pipes: {error}"));
     }
-    command_stage(context.policy, context.workload, context.identity, context.confinement, stage.proxy_port, stage.terminal, &context.report)
+    command_stage(context.policy, context.workload, context.identity, context.confinement, stage, &context.report)
 }
 
 /// Puts the output pipes in place of stdout and stderr. dup2 leaves the copies without
@@ -313,8 +323,8 @@ fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
 }
 
 /// Prepares the namespaces: hostname, loopback, the proxy's listening socket, and the new
-/// root. Returns the proxy's port in allowlist mode.
-fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
+/// root. Returns the proxy's port in allowlist mode and the child detaching the host's root.
+fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild), String> {
     rustix::system::sethostname(b"palisade").map_err(|error| format!("failed to set the hostname: {error}"))?;
     // Only root may write these files (see the function), so an unprivileged run skips them.
     if let (Some(bytes), Identity::Root { .. }) = (context.plan.tmp_size, context.identity) {
@@ -343,10 +353,15 @@ fn setup(context: &mut InitContext<'_>) -> Result<Option<u16>, String> {
         in_user_namespace: matches!(context.identity, Identity::User { .. }),
     };
     let report = &context.report;
-    mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
+    let detach = mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
         .map_err(|error| error.0)?;
     join_network(network)?;
-    Ok(proxy_port)
+    Ok((proxy_port, detach))
+}
+
+/// Describes a failure to detach the host's root after `pivot_root`.
+fn explain_detach_failure(error: rustix::io::Errno) -> String {
+    format!("failed to detach the host's root from the sandbox: {}", std::io::Error::from(error))
 }
 
 /// Moves init into the network namespace that `child` created, whose loopback interface the
@@ -474,15 +489,8 @@ fn reap_all() -> bool {
 
 /// Becomes the command: drops every privilege, then executes it. Never returns. `terminal` is
 /// the slave side of the command's pseudo-terminal, with `--pty`.
-fn command_stage(
-    policy: &Policy,
-    workload: &Workload<'_>,
-    identity: Identity,
-    confinement: &Confinement,
-    proxy_port: Option<u16>,
-    terminal: Option<&OwnedFd>,
-    report: &OwnedFd,
-) -> ! {
+fn command_stage(policy: &Policy, workload: &Workload<'_>, identity: Identity, confinement: &Confinement, stage: &Stage<'_, '_>, report: &OwnedFd) -> ! {
+    let (proxy_port, terminal) = (stage.proxy_port, stage.terminal);
     // A new session: the command leaves palisade's process group, so `kill 0` and terminal job
     // control cannot reach processes outside the sandbox. Without `--pty` it has no controlling
     // terminal, which TIOCSTI keystroke injection needs, and init forwards the terminal's
@@ -538,6 +546,11 @@ fn command_stage(
             crate::session::host(socket, &policy.cwd, &envp)
         }
     };
+    // The last step of setup ran alongside the stage's: nothing of the command runs while the
+    // host's root is still reachable. A session's host is past this point already.
+    if let Err(error) = stage.detach.wait() {
+        fail(report, explain_detach_failure(error));
+    }
     let path_var = policy.env.iter().find(|var| var.name == "PATH").map(|var| var.value.as_os_str());
     let (code, reason) = execute(argv, &envp, path_var);
     send(report, &Message::Exec { code, reason });

@@ -8,7 +8,8 @@
 //!    symlink now means something changed since then.
 //! 3. A tmpfs at `/tmp` becomes the new root; the plan's operations attach the detached mounts
 //!    and build `/dev`, `/proc` and the private temporary directories, parents first.
-//! 4. `pivot_root` swaps the roots and the host's tree is detached.
+//! 4. `pivot_root` swaps the roots, and a child detaches the host's tree while the command
+//!    stage confines itself; the stage waits for it before `execve`.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -18,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{CWD, FileType, Mode, OFlags, ResolveFlags};
-use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
 
 use crate::plan::{Kind, MountOp, MountPlan};
 use crate::sys;
@@ -63,7 +64,10 @@ pub struct Owner<'a> {
 
 /// Builds the new root from `plan` and pivots into it. Each placeholder created on
 /// the host is passed to `report_placeholder`, for removal after the run.
-pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut dyn FnMut(&Path)) -> Result<(), StepError> {
+///
+/// Returns the child that detaches the host's tree, which is still stacked on the new root:
+/// nothing of the command may run before [`sys::DetachChild::wait`] succeeds.
+pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut dyn FnMut(&Path)) -> Result<sys::DetachChild, StepError> {
     let mut placeholders = Placeholders::default();
     // Step 1: no mount event from here on propagates back to the host.
     step_rustix(
@@ -170,15 +174,15 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
     }
 
 
-    // Step 4: swap roots and drop every reference to the host's tree.
+    // Step 4: swap roots. The host's tree, now stacked on the new root, is detached by a
+    // child while the command stage confines itself (see `sys::DetachChild`).
     step_rustix("enter", NEW_ROOT, rustix::process::chdir(NEW_ROOT))?;
     step_rustix("pivot root to", NEW_ROOT, rustix::process::pivot_root(".", "."))?;
-    step_rustix("detach the host root", "/", rustix::mount::unmount(".", UnmountFlags::DETACH))?;
-    step_rustix("enter", "/", rustix::process::chdir("/"))?;
-    // The root directory itself is a tmpfs of palisade's; nothing may be created in it.
-    let new_root = step_rustix("open", "/", rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
-    step("make read-only", "/", sys::mount_setattr(new_root.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))?;
-    Ok(())
+    let detach = step("start detaching the host root", "/", sys::DetachChild::start())?;
+    // The root directory itself is a tmpfs of palisade's; nothing may be created in it. `root`
+    // is that tmpfs, opened before the pivot.
+    step("make read-only", "/", sys::mount_setattr(root.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))?;
+    Ok(detach)
 }
 
 /// Returns `path` as seen from the new root before the pivot.

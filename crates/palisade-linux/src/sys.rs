@@ -261,6 +261,112 @@ impl Drop for NetworkChild {
     }
 }
 
+/// A child that detaches the host's root, stacked on the new root by `pivot_root(".", ".")`,
+/// while the command stage confines itself, and that the stage waits for before `execve`.
+///
+/// A detach ends by waiting for an RCU grace period, which the kernel expedites with an
+/// interrupt to every CPU. On a 2-CPU VM that took 0.06 ms in the median run and more than
+/// 0.7 ms in one run of ten (`perf trace -e umount2`), on the critical path of every command.
+/// Done here, it overlaps the stage's work (Landlock, seccomp), which takes longer.
+///
+/// The child shares init's memory, so the stage, which shares it too, sees its result. It is
+/// cloned with `CLONE_CHILD_CLEARTID`: the kernel clears the child's thread id word and wakes
+/// its waiters once the child has exited, however it ended, so a wait cannot hang on a child
+/// that died before storing its result. The child's working directory is a copy of init's,
+/// the new root with the host's root stacked on it, so `umount2(".")` finds the host's root.
+/// It makes that one system call through rustix, which never writes errno.
+pub struct DetachChild {
+    pid: libc::pid_t,
+    state: Box<DetachState>,
+    _stack: ChildStack,
+}
+
+/// What a [`DetachChild`] shares with the processes that wait for it.
+struct DetachState {
+    /// The child's thread id until it has exited, then 0 (`CLONE_CHILD_CLEARTID`).
+    tid: std::sync::atomic::AtomicU32,
+    /// 0 once the host's root is detached, a negated errno if that failed, or [`NO_RESULT`].
+    result: std::sync::atomic::AtomicI32,
+}
+
+/// The function a [`DetachChild`] runs. `arg` points to its [`DetachState`].
+extern "C" fn detach_old_root(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: init passes a pointer to the DetachState of a DetachChild, which it keeps alive
+    // until the kernel has cleared `tid`, after this function.
+    let state = unsafe { &*(arg as *const DetachState) };
+    let value = match rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => 0,
+        Err(errno) => -errno.raw_os_error(),
+    };
+    state.result.store(value, std::sync::atomic::Ordering::Release);
+    0
+}
+
+impl DetachChild {
+    /// Starts the child. Call right after `pivot_root(".", ".")`, with the new root as the
+    /// working directory.
+    pub fn start() -> io::Result<DetachChild> {
+        let stack = ChildStack::new(HOLDER_STACK_SIZE)?;
+        let state = Box::new(DetachState { tid: std::sync::atomic::AtomicU32::new(0), result: std::sync::atomic::AtomicI32::new(NO_RESULT) });
+        let state_pointer = &*state as *const DetachState as *mut libc::c_void;
+        let tid_pointer = state.tid.as_ptr();
+        // SAFETY: the stack's top lies at the end of a live mapping, and `state` is a live
+        // DetachState. Both move into the returned DetachChild, which waits for the kernel to
+        // clear `tid` before it frees them; moving them moves neither the mapping nor the Box's
+        // contents. The kernel stores the child's id in `tid` before the child runs
+        // (CLONE_PARENT_SETTID) and clears it when the child exits. The child function uses no
+        // heap, makes its system call without errno, and writes only `result`. Without
+        // CLONE_SETTLS it shares the caller's thread-local block, which it does not touch.
+        let pid = unsafe {
+            libc::clone(
+                detach_old_root,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_PARENT_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                state_pointer,
+                tid_pointer,
+                std::ptr::null_mut::<libc::c_void>(),
+                tid_pointer,
+            )
+        };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DetachChild { pid, state, _stack: stack })
+    }
+
+    /// Waits until the child has exited and returns whether it detached the host's root. Any
+    /// process that shares the memory of the one that started the child may call this: it
+    /// makes only futex calls, and allocates nothing.
+    pub fn wait(&self) -> rustix::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        loop {
+            let tid = self.state.tid.load(Ordering::Acquire);
+            if tid == 0 {
+                break;
+            }
+            // The kernel's wake at the child's exit is a shared futex wake, so the wait is not
+            // marked private. EAGAIN means the word changed already; EINTR, a signal.
+            match rustix::thread::futex::wait(&self.state.tid, rustix::thread::futex::Flags::empty(), tid, None) {
+                Ok(()) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        match self.state.result.load(Ordering::Acquire) {
+            0 => Ok(()),
+            NO_RESULT => Err(rustix::io::Errno::CHILD),
+            negated => Err(rustix::io::Errno::from_raw_os_error(-negated)),
+        }
+    }
+}
+
+impl Drop for DetachChild {
+    fn drop(&mut self) {
+        // The child's stack must stay mapped until the child is gone; reaping also waits for
+        // it. A child that init's reaping loop took already makes this return at once.
+        crate::userns::reap_child(self.pid);
+    }
+}
+
 /// Returns a descriptor of the network namespace that `socket` belongs to (`SIOCGSKNS`).
 pub fn network_namespace_of(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor, checked below.

@@ -891,3 +891,16 @@ try protected-parent 'mkdir absdir && echo a > absdir/x'
         assert!(!exists(&f.ws.join(path)), "{path} was created on the host\n{}", describe(&run));
     }
 });
+
+// The host's tree is detached from the sandbox by a child of init while the command stage
+// confines itself, and the stage waits for it. If the command ever started before that, the
+// host's root would still be stacked on the new root and listed as a second mount on `/`.
+both_identities!(host_root_is_detached_before_the_command_runs, |f: &Fixture| {
+    let run = f.palisade(&["run", "--", "/bin/cat", "/proc/self/mountinfo"]);
+    assert_eq!(run.code, Some(0), "{}", describe(&run));
+    // Field 5 of a mountinfo line is the mount point; the filesystem type follows " - ".
+    let on_root: Vec<&str> = run.stdout.lines().filter(|line| line.split(' ').nth(4) == Some("/")).collect();
+    assert_eq!(on_root.len(), 1, "expected palisade's root alone on /\n{}", run.stdout);
+    let fs_type = on_root[0].split(" - ").nth(1).and_then(|rest| rest.split(' ').next());
+    assert_eq!(fs_type, Some("tmpfs"), "the root is not palisade's tmpfs\n{}", run.stdout);
+});
