@@ -238,21 +238,19 @@ fn clone_dev_nodes() -> Result<Vec<(&'static str, OwnedFd)>, StepError> {
     let mut nodes = Vec::new();
     for name in DEV_NODES {
         let path = Path::new("/dev").join(name);
-        if path.exists() {
-            // Device nodes must keep working, so only nosuid is added here.
-            let source = step_rustix(
-                "open",
-                &path,
-                rustix::fs::openat2(CWD, &path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS),
-            )?;
-            let tree = step_rustix(
-                "clone",
-                &path,
-                rustix::mount::open_tree(source.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
-            )?;
-            step("restrict", &path, sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_NOSUID, None))?;
-            nodes.push((*name, tree));
-        }
+        // A node the host lacks is left out.
+        let source = match rustix::fs::openat2(CWD, &path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS) {
+            Err(rustix::io::Errno::NOENT) => continue,
+            opened => step_rustix("open", &path, opened)?,
+        };
+        // Device nodes must keep working, so only nosuid is added here.
+        let tree = step_rustix(
+            "clone",
+            &path,
+            rustix::mount::open_tree(source.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
+        )?;
+        step("restrict", &path, sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_NOSUID, None))?;
+        nodes.push((*name, tree));
     }
     Ok(nodes)
 }
@@ -262,7 +260,8 @@ fn clone_dev_nodes() -> Result<Vec<(&'static str, OwnedFd)>, StepError> {
 /// No symlink is followed, so nothing planted in a bound directory can redirect a mount.
 fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd, StepError> {
     let relative = path.strip_prefix("/").unwrap_or(path);
-    let mut current = step_rustix("open", NEW_ROOT, rustix::fs::openat(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
+    let flags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
     let components: Vec<&OsStr> = relative
         .components()
         .filter_map(|component| match component {
@@ -270,29 +269,47 @@ fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd, StepE
             _ => None,
         })
         .collect();
+    // A deeper target often exists already (inside a bound directory): one lookup of the whole
+    // path, with the same refusals as the walk below, saves opening each directory on the way.
+    if components.len() > 1 {
+        match rustix::fs::openat2(root, relative, flags, Mode::empty(), resolve) {
+            Ok(target) => return Ok(target),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(error) => return step_rustix("open mount point", path, Err(error)),
+        }
+    }
+    let mut current: Option<OwnedFd> = None;
+    // Below a directory created here, nothing exists yet, so the lookup is skipped.
+    let mut created = false;
     for (index, part) in components.iter().enumerate() {
         let last = index + 1 == components.len();
-        let flags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
-        match rustix::fs::openat2(&current, *part, flags, Mode::empty(), resolve) {
-            Ok(next) => current = next,
+        let dir = current.as_ref().unwrap_or(root);
+        let lookup = if created { Err(rustix::io::Errno::NOENT) } else { rustix::fs::openat2(dir, *part, flags, Mode::empty(), resolve) };
+        let next = match lookup {
+            Ok(next) => next,
             Err(rustix::io::Errno::NOENT) => {
+                created = true;
                 if last && kind == Kind::File {
                     let file = step_rustix(
                         "create mount point",
                         path,
-                        rustix::fs::openat(&current, *part, OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::EXCL, Mode::from_raw_mode(0o444)),
+                        rustix::fs::openat(dir, *part, OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::EXCL, Mode::from_raw_mode(0o444)),
                     )?;
                     drop(file);
                 } else {
-                    step_rustix("create mount point", path, rustix::fs::mkdirat(&current, *part, Mode::from_raw_mode(0o755)))?;
+                    step_rustix("create mount point", path, rustix::fs::mkdirat(dir, *part, Mode::from_raw_mode(0o755)))?;
                 }
-                current = step_rustix("open", path, rustix::fs::openat2(&current, *part, flags, Mode::empty(), resolve))?;
+                step_rustix("open", path, rustix::fs::openat2(dir, *part, flags, Mode::empty(), resolve))?
             }
             Err(error) => return step_rustix("open mount point", path, Err(error)),
-        }
+        };
+        current = Some(next);
     }
-    Ok(current)
+    match current {
+        Some(target) => Ok(target),
+        // No components: the path is the new root itself.
+        None => step_rustix("open", NEW_ROOT, rustix::fs::openat(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())),
+    }
 }
 
 /// Opens an existing path in the new root, or creates a placeholder for a missing one. The
@@ -428,12 +445,20 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm: &OwnedFd) 
     let dev = new_root_path(Path::new("/dev"));
     let dev_text = dev.to_string_lossy().into_owned();
     mount_tmpfs(&dev_text, "mode=0755,size=64k", MountFlags::NOSUID | MountFlags::NOEXEC)?;
+    // Everything below is created in this new, empty tmpfs, which no other process can reach
+    // yet, so names are created and used through this descriptor without a walk from the root.
+    let dev_fd = step_rustix("open", &dev, rustix::fs::open(&dev, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
     for (name, tree) in nodes {
-        let target = open_target(root, &Path::new("/dev").join(name), Kind::File)?;
+        // The new file's descriptor is the mount point.
+        let target = step_rustix(
+            "create mount point",
+            dev.join(name),
+            rustix::fs::openat(&dev_fd, *name, OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o444)),
+        )?;
         attach(tree, &target, &dev.join(name))?;
     }
     for dir in ["pts", "shm"] {
-        step("create", dev.join(dir), fs::create_dir(dev.join(dir)))?;
+        step_rustix("create", dev.join(dir), rustix::fs::mkdirat(&dev_fd, dir, Mode::from_raw_mode(0o755)))?;
     }
     let pts_options = c"newinstance,ptmxmode=0666,mode=0620";
     step_rustix(
@@ -441,7 +466,11 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm: &OwnedFd) 
         dev.join("pts"),
         rustix::mount::mount("devpts", dev.join("pts"), "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some(pts_options)),
     )?;
-    let shm_target = step_rustix("open", dev.join("shm"), rustix::fs::open(dev.join("shm"), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
+    let shm_target = step_rustix(
+        "open",
+        dev.join("shm"),
+        rustix::fs::openat(&dev_fd, "shm", OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()),
+    )?;
     attach(shm, &shm_target, &dev.join("shm"))?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
@@ -450,9 +479,8 @@ fn attach_dev(root: &OwnedFd, nodes: &[(&'static str, OwnedFd)], shm: &OwnedFd) 
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        step("create symlink", dev.join(link), std::os::unix::fs::symlink(target, dev.join(link)))?;
+        step_rustix("create symlink", dev.join(link), rustix::fs::symlinkat(target, &dev_fd, link))?;
     }
-    let dev_fd = step_rustix("open", &dev, rustix::fs::open(&dev, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()))?;
     step("make read-only", &dev, sys::mount_setattr(dev_fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))
 }
 
