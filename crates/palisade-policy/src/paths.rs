@@ -113,51 +113,53 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
     Ok(resolved)
 }
 
-/// Directory listings kept while one policy is resolved, so that the dozens of built-in names
-/// that do not exist in the home directory or a writable root cost one `getdents` for the
-/// directory instead of one failed `statx` each.
+/// Lookups remembered while one policy is resolved: resolution asks about the same paths
+/// several times (when it canonicalises them, for protected names, for planted symlinks).
+///
+/// Missing names are looked up one by one. An earlier version listed each parent directory
+/// instead and answered missing names from the listing, but reading a directory cost more than
+/// the failed `statx` calls it saved: without listings, a run of the default profile took
+/// 0.1 to 0.2 ms less on a 2-CPU VM, with the workspace in a small directory and in a `/tmp` of
+/// 270 entries alike (docs/benchmarks.md).
 pub(crate) mod listing {
     use std::cell::RefCell;
-    use std::collections::{HashMap, HashSet};
-    use std::ffi::OsString;
+    use std::collections::HashMap;
     use std::path::{Path, PathBuf};
 
     thread_local! {
-        static LISTINGS: RefCell<Option<HashMap<PathBuf, Option<HashSet<OsString>>>>> = const { RefCell::new(None) };
+        /// Whether each path looked up is a symlink, or `None` for a missing one. `None`
+        /// outside [`with_cache`].
+        static LOOKUPS: RefCell<Option<HashMap<PathBuf, Option<bool>>>> = const { RefCell::new(None) };
     }
 
-    /// Runs `work` with listings cached, and drops them afterwards so a later resolution reads
+    /// Runs `work` with lookups cached, and drops them afterwards so a later resolution reads
     /// the filesystem as it is then.
     pub fn with_cache<T>(work: impl FnOnce() -> T) -> T {
-        LISTINGS.with(|cell| *cell.borrow_mut() = Some(HashMap::new()));
+        LOOKUPS.with(|cell| *cell.borrow_mut() = Some(HashMap::new()));
         let result = work();
-        LISTINGS.with(|cell| *cell.borrow_mut() = None);
-        LOOKUPS.with(|cell| cell.borrow_mut().clear());
+        LOOKUPS.with(|cell| *cell.borrow_mut() = None);
         result
     }
 
-    thread_local! {
-        static LOOKUPS: RefCell<HashMap<PathBuf, bool>> = RefCell::new(HashMap::new());
-    }
-
     /// Looks `path` up without following a final symlink and returns whether it is a symlink.
-    /// Within [`with_cache`], results for names missing from the parent's listing, and for
-    /// paths looked up before, come from memory.
+    /// Within [`with_cache`], a path looked up before, found or missing, is answered from
+    /// memory: resolution takes the filesystem as it was when it first looked.
     pub fn lookup(path: &Path) -> std::io::Result<bool> {
-        if known_missing(path) {
-            return Err(std::io::ErrorKind::NotFound.into());
+        let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        if let Some(known) = LOOKUPS.with(|cell| cell.borrow().as_ref().and_then(|cache| cache.get(path).copied())) {
+            return known.ok_or_else(missing);
         }
-        let caching = LISTINGS.with(|cell| cell.borrow().is_some());
-        if caching {
-            if let Some(is_symlink) = LOOKUPS.with(|cell| cell.borrow().get(path).copied()) {
-                return Ok(is_symlink);
+        let found = match path.symlink_metadata() {
+            Ok(meta) => Some(meta.file_type().is_symlink()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        LOOKUPS.with(|cell| {
+            if let Some(cache) = cell.borrow_mut().as_mut() {
+                cache.insert(path.to_path_buf(), found);
             }
-        }
-        let is_symlink = path.symlink_metadata()?.file_type().is_symlink();
-        if caching {
-            LOOKUPS.with(|cell| cell.borrow_mut().insert(path.to_path_buf(), is_symlink));
-        }
-        Ok(is_symlink)
+        });
+        found.ok_or_else(missing)
     }
 
     /// Reports whether `path` exists, without following a final symlink. Within [`with_cache`]
@@ -170,30 +172,6 @@ pub(crate) mod listing {
     /// memory, as for [`lookup`].
     pub fn is_symlink(path: &Path) -> bool {
         lookup(path).unwrap_or(false)
-    }
-
-    /// Most entries a directory may have to be listed: past that, reading the listing costs more
-    /// than the lookups it saves, and the names are looked up one by one. A lookup costs about a
-    /// microsecond, and resolution looks up a few dozen names per directory at most. With a
-    /// workspace in a directory of 400 entries, a limit of 4096 made every run list them all,
-    /// about 0.09 ms more than this limit on a 2-CPU VM.
-    const MAX_LISTED: usize = 128;
-
-    fn list(dir: &Path) -> Option<HashSet<OsString>> {
-        let names: HashSet<OsString> = std::fs::read_dir(dir).ok()?.take(MAX_LISTED + 1).flatten().map(|entry| entry.file_name()).collect();
-        (names.len() <= MAX_LISTED).then_some(names)
-    }
-
-    /// Reports whether `path` is known not to exist: its parent was listed and the name is not
-    /// in it. Outside [`with_cache`] nothing is known.
-    pub fn known_missing(path: &Path) -> bool {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return false };
-        LISTINGS.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            let Some(listings) = cell.as_mut() else { return false };
-            let names = listings.entry(parent.to_path_buf()).or_insert_with(|| list(parent));
-            names.as_ref().is_some_and(|names| !names.contains(name))
-        })
     }
 }
 
