@@ -7,18 +7,22 @@
 //! list was rejected because it breaks ordinary programs in ways that are hard to diagnose (see
 //! docs/security.md). The ceiling gives the one property that mattered from an allow list.
 //!
-//! seccompiler builds the rules that look at arguments. It checks the architecture but not the
-//! x32 bit, and it has one action for every match, so the instructions in front of its program
-//! (foreign architecture, ceiling, `clone3`) are written here by hand. A binary search follows
-//! them: it allows a call without rules and refuses a call denied outright at once, and sends
-//! only the calls with argument rules on to seccompiler's program.
+//! The program is written here by hand, and seccompiler installs it. seccompiler's compiler
+//! checks the architecture but not the x32 bit, has one action for every match, and compiles
+//! each namespace flag and socket family as a rule of its own: 139 instructions for what a
+//! bit test and a few comparisons say in 11. Each instruction costs time at every install,
+//! when the kernel checks the filter, converts it to eBPF and compiles it. The program checks
+//! the architecture, the x32 bit, the ceiling and `clone3`, then runs a binary search that
+//! allows a call without rules, refuses a call denied outright, and sends the four calls with
+//! argument rules (`ioctl`, `clone`, `unshare`, `socket`) to a short block each.
 
 use std::collections::BTreeMap;
 
-use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule,
-};
+use seccompiler::{sock_filter, BpfProgram};
+
+// The blocks read the low 32 bits of an argument at the lower address of its 64-bit slot.
+#[cfg(not(target_endian = "little"))]
+compile_error!("the seccomp filter reads arguments as little-endian");
 
 /// Options that widen or narrow the filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +38,10 @@ pub struct FilterOptions {
 #[cfg(target_arch = "x86_64")]
 mod arch {
     pub const AUDIT_ARCH: u32 = 0xC000_003E;
-    pub const TARGET: seccompiler::TargetArch = seccompiler::TargetArch::x86_64;
 }
 #[cfg(target_arch = "aarch64")]
 mod arch {
     pub const AUDIT_ARCH: u32 = 0xC000_00B7;
-    pub const TARGET: seccompiler::TargetArch = seccompiler::TargetArch::aarch64;
 }
 
 /// The newest system call reviewed for this filter: `file_setattr`, Linux 6.17. Numbers from 424
@@ -123,51 +125,60 @@ const DENIED: &[(i64, &str)] = &[
 const DEBUGGING: &[i64] =
     &[libc::SYS_ptrace, libc::SYS_process_vm_readv, libc::SYS_process_vm_writev, libc::SYS_pidfd_getfd];
 
-fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("argument index below 6")
+/// The calls whose arguments the filter looks at, each with the block that decides it.
+const ARGUMENT_RULES: &[(i64, Block)] = &[
+    (libc::SYS_ioctl, Block::Ioctl),
+    (libc::SYS_clone, Block::Namespaces),
+    (libc::SYS_unshare, Block::Namespaces),
+    (libc::SYS_socket, Block::Socket),
+];
+
+/// A block of the program that decides a call from its arguments. Each reads the low 32 bits
+/// of an argument, which is all the kernel reads of these `int` and `unsigned int` arguments,
+/// so bits set above them change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Block {
+    /// `ioctl`: refuses TIOCSTI and TIOCLINUX.
+    Ioctl,
+    /// `clone` and `unshare`: refuses any namespace flag.
+    Namespaces,
+    /// `socket`: allows the families of [`ALLOWED_FAMILIES`], netlink only for routing.
+    Socket,
 }
 
-fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
-    SeccompRule::new(conditions).expect("a rule has at least one condition")
+/// Offset of the low 32 bits of argument `index` in `struct seccomp_data`.
+const fn argument_low(index: u32) -> u32 {
+    SECCOMP_DATA_ARGS + 8 * index
 }
 
-/// Returns a rule for each namespace flag, matching when `arg` has the flag set.
-fn namespace_flag_rules(arg: u8) -> Vec<SeccompRule> {
-    NAMESPACE_FLAGS.iter().map(|&flag| rule(vec![condition(arg, SeccompCmpOp::MaskedEq(flag), flag)])).collect()
-}
-
-/// Returns the rules of calls refused only with some arguments.
-fn argument_rules(options: FilterOptions) -> BTreeMap<i64, Vec<SeccompRule>> {
-    let mut rules = BTreeMap::new();
-    rules.insert(
-        libc::SYS_ioctl,
-        vec![
-            rule(vec![condition(1, SeccompCmpOp::Eq, TIOCSTI)]),
-            rule(vec![condition(1, SeccompCmpOp::Eq, TIOCLINUX)]),
+/// Returns the instructions of `block`.
+fn block_insns(block: Block) -> Vec<Insn> {
+    match block {
+        Block::Ioctl => vec![
+            Insn::statement(BPF_LD_W_ABS, argument_low(1)),
+            Insn::jump(BPF_JMP_JEQ_K, TIOCSTI as u32, Target::Eperm, Target::Next),
+            Insn::jump(BPF_JMP_JEQ_K, TIOCLINUX as u32, Target::Eperm, Target::Allow),
         ],
-    );
-    rules.insert(libc::SYS_clone, namespace_flag_rules(0));
-    rules.insert(libc::SYS_unshare, namespace_flag_rules(0));
-    let socket_rules = if options.no_sockets {
-        // An empty rule list refuses every call.
-        Vec::new()
-    } else {
-        let mut outside_families: Vec<SeccompCondition> =
-            ALLOWED_FAMILIES.iter().map(|&family| condition(0, SeccompCmpOp::Ne, family)).collect();
-        // Keep the rule non-empty whatever the list holds.
-        outside_families.push(condition(0, SeccompCmpOp::Ne, u64::from(u32::MAX)));
-        vec![
-            rule(outside_families),
+        Block::Namespaces => {
+            let any_namespace = NAMESPACE_FLAGS.iter().fold(0u64, |mask, flag| mask | flag);
+            vec![
+                Insn::statement(BPF_LD_W_ABS, argument_low(0)),
+                Insn::jump(BPF_JMP_JSET_K, u32::try_from(any_namespace).expect("namespace flags fit in 32 bits"), Target::Eperm, Target::Allow),
+            ]
+        }
+        Block::Socket => {
+            let mut insns = vec![Insn::statement(BPF_LD_W_ABS, argument_low(0))];
+            for &family in ALLOWED_FAMILIES.iter().filter(|&&family| family != libc::AF_NETLINK as u64) {
+                insns.push(Insn::jump(BPF_JMP_JEQ_K, family as u32, Target::Allow, Target::Next));
+            }
             // Netlink serves routing queries (getaddrinfo, `ip addr`) and nothing else: audit,
             // uevents and the other protocols talk to the host kernel's subsystems.
-            rule(vec![
-                condition(0, SeccompCmpOp::Eq, libc::AF_NETLINK as u64),
-                condition(2, SeccompCmpOp::Ne, libc::NETLINK_ROUTE as u64),
-            ]),
-        ]
-    };
-    rules.insert(libc::SYS_socket, socket_rules);
-    rules
+            insns.push(Insn::jump(BPF_JMP_JEQ_K, libc::AF_NETLINK as u32, Target::Next, Target::Eperm));
+            insns.push(Insn::statement(BPF_LD_W_ABS, argument_low(2)));
+            insns.push(Insn::jump(BPF_JMP_JEQ_K, libc::NETLINK_ROUTE as u32, Target::Allow, Target::Eperm));
+            insns
+        }
+    }
 }
 
 // Classic BPF as seccomp reads it, from include/uapi/linux/filter.h and seccomp.h.
@@ -178,6 +189,7 @@ const BPF_JMP_JSET_K: u16 = 0x45;
 const BPF_RET_K: u16 = 0x06;
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
+const SECCOMP_DATA_ARGS: u32 = 16;
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
     sock_filter { code, jt, jf, k }
@@ -187,19 +199,19 @@ fn errno(code: i32) -> u32 {
     libc::SECCOMP_RET_ERRNO | (code as u32 & libc::SECCOMP_RET_DATA)
 }
 
-/// The destination of a jump in the hand-written part: the next instruction, a fixed return,
-/// the start of seccompiler's program, or an instruction by its index.
+/// The destination of a jump: the next instruction, a fixed return, the start of a block of
+/// argument checks, or an instruction by its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Next,
     Allow,
     Eperm,
     Enosys,
-    Body,
+    Block(Block),
     At(usize),
 }
 
-/// One instruction of the hand-written part, with its jumps still symbolic.
+/// One instruction of the program, with its jumps still symbolic.
 #[derive(Debug, Clone, Copy)]
 struct Insn {
     code: u16,
@@ -247,21 +259,21 @@ fn search(numbers: &[(u32, Target)], out: &mut Vec<Insn>) {
     }
 }
 
-/// Turns the symbolic jumps of `insns`, which start the program, into the offsets classic BPF
-/// counts from the next instruction. `allow`, `eperm`, `enosys` and `body` are the indices of
-/// the fixed returns and of seccompiler's program.
-fn resolve(insns: &[Insn], allow: usize, eperm: usize, enosys: usize, body: usize) -> Vec<sock_filter> {
+/// Turns the symbolic jumps of `insns` into the offsets classic BPF counts from the next
+/// instruction. `allow`, `eperm` and `enosys` are the indices of the fixed returns, `blocks`
+/// those of the blocks.
+fn resolve(insns: &[Insn], allow: usize, eperm: usize, enosys: usize, blocks: &BTreeMap<Block, usize>) -> Vec<sock_filter> {
     let offset = |from: usize, target: Target| -> u8 {
         let to = match target {
             Target::Next => from + 1,
             Target::Allow => allow,
             Target::Eperm => eperm,
             Target::Enosys => enosys,
-            Target::Body => body,
+            Target::Block(block) => blocks[&block],
             Target::At(index) => index,
         };
         // Classic BPF only jumps forward, at most 255 instructions.
-        u8::try_from(to - (from + 1)).expect("a jump of the filter's prefix fits in 255 instructions")
+        u8::try_from(to - (from + 1)).expect("a jump of the filter fits in 255 instructions")
     };
     insns
         .iter()
@@ -270,27 +282,22 @@ fn resolve(insns: &[Insn], allow: usize, eperm: usize, enosys: usize, body: usiz
         .collect()
 }
 
-/// Builds the filter for `options`. Pure: the program is compiled before the sandbox forks, so
+/// Builds the filter for `options`. Pure: the program is built before the sandbox forks, so
 /// the command stage only installs it.
 pub fn build(options: FilterOptions) -> BpfProgram {
-    // A call denied outright is refused by the search itself, even if it also has argument
-    // rules. seccompiler's program then holds only the argument rules: each instruction of it
-    // costs time at every install, when the kernel checks and compiles the filter.
     let mut denied: Vec<i64> = DENIED.iter().map(|&(number, _)| number).collect();
     if !options.allow_ptrace {
         denied.extend_from_slice(DEBUGGING);
     }
-    let mut rules = argument_rules(options);
-    rules.retain(|number, _| !denied.contains(number));
+    if options.no_sockets {
+        denied.push(libc::SYS_socket);
+    }
     let number = |number: i64| u32::try_from(number).expect("system call numbers are positive");
-    let mut targets: BTreeMap<u32, Target> = rules.keys().map(|&ruled| (number(ruled), Target::Body)).collect();
+    // A call denied outright is refused by the search, even if it also has a block.
+    let mut targets: BTreeMap<u32, Target> = ARGUMENT_RULES.iter().map(|&(ruled, block)| (number(ruled), Target::Block(block))).collect();
     targets.extend(denied.iter().map(|&refused| (number(refused), Target::Eperm)));
-    let targets: Vec<(u32, Target)> = targets.into_iter().collect();
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch::TARGET)
-        .expect("the rule set is valid for the target architecture");
-    let body: BpfProgram = filter.try_into().expect("the filter compiles");
 
-    let mut prefix = vec![
+    let mut insns = vec![
         // A foreign system call ABI (i386 through int 0x80, arm32) has other numbers: kill.
         Insn::statement(BPF_LD_W_ABS, SECCOMP_DATA_ARCH),
         Insn::jump(BPF_JMP_JEQ_K, arch::AUDIT_ARCH, Target::At(3), Target::Next),
@@ -301,19 +308,27 @@ pub fn build(options: FilterOptions) -> BpfProgram {
         // Above the ceiling: ENOSYS.
         Insn::jump(BPF_JMP_JGT_K, LAST_REVIEWED_SYSCALL, Target::Enosys, Target::Next),
         // clone3 passes its flags in memory the filter cannot read. ENOSYS makes libc fall back
-        // to clone, whose flags the rules check. EPERM would make libc give up instead.
+        // to clone, whose flags the filter checks. EPERM would make libc give up instead.
         Insn::jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, Target::Enosys, Target::Next),
     ];
-    // Calls without a rule are allowed here, and denied calls are refused. Calls with argument
-    // rules go on to seccompiler's program, which checks the architecture again.
-    search(&targets, &mut prefix);
-    let allow = prefix.len();
-    prefix.push(Insn::statement(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
-    prefix.push(Insn::statement(BPF_RET_K, errno(libc::EPERM)));
-    prefix.push(Insn::statement(BPF_RET_K, errno(libc::ENOSYS)));
-    let mut program = resolve(&prefix, allow, allow + 1, allow + 2, allow + 3);
-    program.extend(body);
-    program
+    // Calls without a rule are allowed here, and denied calls are refused.
+    search(&targets.iter().map(|(&number, &target)| (number, target)).collect::<Vec<_>>(), &mut insns);
+    // The blocks and returns come after the search, because classic BPF only jumps forward.
+    let mut blocks = BTreeMap::new();
+    for block in targets.values().filter_map(|target| match target {
+        Target::Block(block) => Some(*block),
+        _ => None,
+    }) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = blocks.entry(block) {
+            entry.insert(insns.len());
+            insns.extend(block_insns(block));
+        }
+    }
+    let allow = insns.len();
+    insns.push(Insn::statement(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
+    insns.push(Insn::statement(BPF_RET_K, errno(libc::EPERM)));
+    insns.push(Insn::statement(BPF_RET_K, errno(libc::ENOSYS)));
+    resolve(&insns, allow, allow + 1, allow + 2, &blocks)
 }
 
 /// Installs `program` on the calling thread. `no_new_privs` must already be set.
@@ -328,7 +343,6 @@ mod tests {
     const BPF_JMP_JA: u16 = 0x05;
     const BPF_JMP_JGE_K: u16 = 0x35;
     const BPF_ALU_AND_K: u16 = 0x54;
-    const SECCOMP_DATA_ARGS: u32 = 16;
 
     /// The data the kernel gives a filter: the call's number, architecture and arguments.
     struct Call {
@@ -397,11 +411,10 @@ mod tests {
             || (nr == libc::SYS_ioctl && [TIOCSTI, TIOCLINUX].contains(&(call.args[1] & 0xffff_ffff)))
             || ((nr == libc::SYS_clone || nr == libc::SYS_unshare) && has_namespace_flag(call.args[0] & 0xffff_ffff))
             || (nr == libc::SYS_socket && {
-                // Only the low 32 bits of an argument count. Family u32::MAX is the filler
-                // that keeps the family rule non-empty; the kernel refuses it on its own.
+                // Only the low 32 bits of an argument count.
                 let family = call.args[0] & 0xffff_ffff;
                 options.no_sockets
-                    || (!ALLOWED_FAMILIES.contains(&family) && family != u64::from(u32::MAX))
+                    || !ALLOWED_FAMILIES.contains(&family)
                     || (family == libc::AF_NETLINK as u64 && call.args[2] & 0xffff_ffff != libc::NETLINK_ROUTE as u64)
             });
         if call.arch != arch::AUDIT_ARCH {
@@ -484,7 +497,7 @@ mod tests {
         // denied outright are decided by the search, so only the argument rules add length.
         for options in all_options() {
             let length = build(options).len();
-            assert!(length <= 256, "the filter has {length} instructions under {options:?}");
+            assert!(length <= 128, "the filter has {length} instructions under {options:?}");
         }
     }
 }
