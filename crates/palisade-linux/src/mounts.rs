@@ -101,12 +101,15 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
         rustix::fs::open(NEW_ROOT, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
     )?;
     mount_tmpfs(STAGE, &format!("mode=0700{}", size_options(plan.tmp_size)), MountFlags::NOSUID | MountFlags::NODEV)?;
-    let mut stage = Stage { next: 0, owner };
+    let mut stage = Stage { next: 0, owner, cover: None };
     // Read-only temporary directories are mounted writable first, so mount points for deeper
     // operations (a workspace under /tmp) can still be created, and sealed at the end.
     let mut seal_later: Vec<PathBuf> = Vec::new();
 
     for (op, tree) in plan.ops.iter().zip(detached) {
+        if !matches!(op, MountOp::Hide { .. } | MountOp::Protect { .. }) {
+            placeholders.forget_parent();
+        }
         match op {
             MountOp::Proc => attach_proc(&root)?,
             MountOp::Dev => {
@@ -336,15 +339,18 @@ fn target_or_placeholder(
     let name = path.file_name().ok_or_else(|| StepError(format!("cannot protect {}: no file name", path.display())))?;
     let relative_parent = parent.strip_prefix("/").unwrap_or(parent);
     let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
-    let parent_fd = match rustix::fs::openat2(root, relative_parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), resolve) {
-        Ok(fd) => fd,
+    let parent_fd = match placeholders.take_parent(parent) {
+        Some(fd) => fd,
+        None => match rustix::fs::openat2(root, relative_parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), resolve) {
+            Ok(fd) => fd,
         // The parent does not exist either (for example .git/hooks without .git). Creating the
         // whole chain on the host would leave more behind than one placeholder.
         // A protected name under a missing parent can therefore still be created by the
         // command. The common case, a repository created with `git init` in a writable root,
         // is neutralised after the run (see `scrub`).
-        Err(rustix::io::Errno::NOENT) => return Ok(None),
-        Err(error) => return step_rustix("open", parent, Err(error)),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(error) => return step_rustix("open", parent, Err(error)),
+        },
     };
     // Created as the sandbox user: on an idmapped writable root only that user maps to a
     // host owner, and the placeholder then belongs to the workspace's owner on the host.
@@ -362,12 +368,13 @@ fn target_or_placeholder(
         }
         Err(error) => return step_rustix("create placeholder", path, Err(error)),
     }
-    step_rustix(
+    let placeholder = step_rustix(
         "open placeholder",
         path,
         rustix::fs::openat2(&parent_fd, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve),
-    )
-    .map(Some)
+    )?;
+    placeholders.keep_parent(parent, parent_fd);
+    Ok(Some(placeholder))
 }
 
 /// The placeholders created so far in this run.
@@ -375,9 +382,29 @@ fn target_or_placeholder(
 struct Placeholders {
     /// The first one, opened before anything covers it; later ones link to its inode.
     first: Option<OwnedFd>,
+    /// The directory the last placeholder went into, kept for the next one there (a workspace
+    /// gets about ten). Only placeholders and covers are mounted between two uses, on names
+    /// inside it, never on the directory itself: every other operation forgets it.
+    parent: Option<(PathBuf, OwnedFd)>,
 }
 
 impl Placeholders {
+    fn take_parent(&mut self, dir: &Path) -> Option<OwnedFd> {
+        match self.parent.take() {
+            Some((kept, fd)) if kept == dir => Some(fd),
+            _ => None,
+        }
+    }
+
+    fn keep_parent(&mut self, dir: &Path, fd: OwnedFd) {
+        self.parent = Some((dir.to_path_buf(), fd));
+    }
+
+    /// Drops the kept directory, before an operation that may mount on it.
+    fn forget_parent(&mut self) {
+        self.parent = None;
+    }
+
     /// Creates a placeholder FIFO at `name` in `dir`. After the first, each is a hard link to
     /// the first: ext4 allocates a new inode slowly after recent deletions (it skips recently
     /// freed inodes), and every run deletes its placeholders. The link goes through the first
@@ -498,6 +525,8 @@ fn size_options(size: Option<u64>) -> String {
 struct Stage<'a> {
     next: usize,
     owner: &'a Owner<'a>,
+    /// The first placeholder cover, which later covers are cloned from.
+    cover: Option<OwnedFd>,
 }
 
 impl Stage<'_> {
@@ -510,15 +539,27 @@ impl Stage<'_> {
 
     /// Returns a detached, read-only mount of a FIFO with mode 000, to cover a placeholder. Git
     /// and most tree walkers skip FIFOs, and no process without capabilities can open it.
+    ///
+    /// The first cover is made from a new FIFO; later ones are clones of it, which keep its
+    /// read-only, nosuid and nodev flags. The clones come from the first cover's mount after
+    /// it was attached: closing a detached mount that was never attached would unmount it,
+    /// which waits for an RCU grace period.
     fn empty_placeholder_cover(&mut self) -> Result<OwnedFd, StepError> {
+        if let Some(first) = &self.cover {
+            return step_rustix(
+                "clone",
+                "the placeholder cover",
+                rustix::mount::open_tree(first.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
+            );
+        }
         self.next += 1;
         let path = Path::new(STAGE).join(format!("cover{}", self.next));
         step_rustix("create", &path, rustix::fs::mknodat(CWD, &path, FileType::Fifo, Mode::empty(), 0))?;
-        self.read_only_clone(&path)
+        let cover = self.read_only_clone(&path)?;
+        self.cover = Some(step("keep", &path, cover.try_clone())?);
+        Ok(cover)
     }
 
-    /// Returns a detached, read-only mount of an empty file or directory with mode 000, which
-    /// no process without capabilities can open, its owner included.
     /// Returns a detached, writable, nosuid and nodev mount of a new stage directory with
     /// `mode`, owned by `owner` if given: the backing of a temporary directory of the sandbox.
     fn scratch_dir(&mut self, label: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<OwnedFd, StepError> {
@@ -548,6 +589,8 @@ impl Stage<'_> {
         self.read_only_clone(&path)
     }
 
+    /// Returns a detached, read-only mount of an empty file or directory with mode 000, which
+    /// no process without capabilities can open, its owner included.
     fn empty_mask(&mut self, kind: Kind) -> Result<OwnedFd, StepError> {
         self.next += 1;
         let path = Path::new(STAGE).join(format!("mask{}", self.next));
