@@ -123,7 +123,7 @@ pub fn build(
         // The workspace belongs to the caller even when it is read-only (the read-only
         // profile), so it gets the same mapping as a writable root: as root, git would
         // otherwise refuse a repository that appears owned by another user.
-        let idmap = idmap && *path == policy.workspace;
+        let idmap = idmap && same(path, &policy.workspace);
         ops.push(MountOp::Bind { path: path.clone(), kind: inspect(path), writable: false, idmap });
     }
     for path in &fs.copy_on_write {
@@ -148,7 +148,7 @@ pub fn build(
     // A missing path under a protected or hidden one cannot be created anyway: its ancestor is
     // read-only or inaccessible in the sandbox, so it needs no placeholder.
     let sealed_ancestor = |path: &Path| {
-        fs.protected.iter().chain(&fs.hidden).any(|other| other != path && is_within(path, other))
+        fs.protected.iter().chain(&fs.hidden).any(|other| !same(other, path) && is_within(path, other))
     };
     for path in &fs.hidden {
         let Some(container) = deepest_container(&containers, path) else { continue };
@@ -185,8 +185,9 @@ pub fn build(
 
     pin_parents_of_masks(&mut ops, &containers, inspect);
 
-    // Parents before children, so every mount lands on top of the one that contains it.
-    ops.sort_by_key(|op| (op.path().components().count(), op.rank()));
+    // Parents before children, so every mount lands on top of the one that contains it. The
+    // cached key counts each path's components once; the sort is stable.
+    ops.sort_by_cached_key(|op| (op.path().components().count(), op.rank()));
 
     let symlinks = ROOT_LINKS
         .iter()
@@ -206,10 +207,10 @@ fn pin_parents_of_masks(ops: &mut Vec<MountOp>, containers: &[MountOp], inspect:
         let path = op.path();
         let Some(root @ MountOp::Bind { writable: true, .. }) = deepest_container(containers, path) else { continue };
         for ancestor in path.ancestors().skip(1) {
-            if ancestor == root.path() || !is_within(ancestor, root.path()) {
+            if same(ancestor, root.path()) || !is_within(ancestor, root.path()) {
                 break;
             }
-            if inspect(ancestor) == Kind::Dir && !pins.iter().any(|pin| pin == ancestor) {
+            if inspect(ancestor) == Kind::Dir && !pins.iter().any(|pin| same(pin, ancestor)) {
                 pins.push(ancestor.to_path_buf());
             }
         }
@@ -220,7 +221,7 @@ fn pin_parents_of_masks(ops: &mut Vec<MountOp>, containers: &[MountOp], inspect:
 fn dedup_keep_last(ops: &mut Vec<MountOp>) {
     let mut kept: Vec<MountOp> = Vec::with_capacity(ops.len());
     for op in ops.drain(..).rev() {
-        if !kept.iter().any(|existing| existing.path() == op.path()) {
+        if !kept.iter().any(|existing| same(existing.path(), op.path())) {
             kept.push(op);
         }
     }
@@ -236,9 +237,10 @@ fn drop_redundant_read_only(ops: &mut Vec<MountOp>) {
         let MountOp::Bind { path, writable: false, .. } = op else { return true };
         let container = snapshot
             .iter()
-            .filter(|other| other.path() != path.as_path() && is_within(path, other.path()))
+            .filter(|other| !same(other.path(), path) && is_within(path, other.path()))
             .filter(|other| !matches!(other, MountOp::Proc | MountOp::Dev))
-            .max_by_key(|other| other.path().components().count());
+            // Every candidate contains `path`, so the longest is the deepest.
+            .max_by_key(|other| other.path().as_os_str().len());
         !matches!(container, Some(MountOp::Bind { writable: false, .. }))
     });
 }
@@ -248,7 +250,15 @@ fn deepest_container<'a>(ops: &'a [MountOp], path: &Path) -> Option<&'a MountOp>
     ops.iter()
         .filter(|op| !matches!(op, MountOp::Proc | MountOp::Dev))
         .filter(|op| is_within(path, op.path()))
-        .max_by_key(|op| op.path().components().count())
+        // Every candidate contains `path`, so the longest is the deepest.
+        .max_by_key(|op| op.path().as_os_str().len())
+}
+
+/// Compares two paths of a plan as bytes. Resolution made them absolute and normalised, so
+/// equal bytes mean the same path. `Path`'s own comparison parses both into components, and the
+/// plan compares every hidden or protected path with every other on each run.
+fn same(a: &Path, b: &Path) -> bool {
+    a.as_os_str() == b.as_os_str()
 }
 
 #[cfg(test)]
