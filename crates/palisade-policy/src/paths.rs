@@ -123,19 +123,21 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
 /// 270 entries alike (docs/benchmarks.md).
 pub(crate) mod listing {
     use std::cell::RefCell;
-    use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+    use std::path::Path;
 
     thread_local! {
         /// Whether each path looked up is a symlink, or `None` for a missing one. `None`
-        /// outside [`with_cache`].
-        static LOOKUPS: RefCell<Option<HashMap<PathBuf, Option<bool>>>> = const { RefCell::new(None) };
+        /// outside [`with_cache`]. Keyed by the path's bytes: the paths are normalised, and
+        /// comparing bytes costs less than hashing a `Path` component by component.
+        static LOOKUPS: RefCell<Option<BTreeMap<OsString, Option<bool>>>> = const { RefCell::new(None) };
     }
 
     /// Runs `work` with lookups cached, and drops them afterwards so a later resolution reads
     /// the filesystem as it is then.
     pub fn with_cache<T>(work: impl FnOnce() -> T) -> T {
-        LOOKUPS.with(|cell| *cell.borrow_mut() = Some(HashMap::new()));
+        LOOKUPS.with(|cell| *cell.borrow_mut() = Some(BTreeMap::new()));
         let result = work();
         LOOKUPS.with(|cell| *cell.borrow_mut() = None);
         result
@@ -146,7 +148,7 @@ pub(crate) mod listing {
     /// memory: resolution takes the filesystem as it was when it first looked.
     pub fn lookup(path: &Path) -> std::io::Result<bool> {
         let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
-        if let Some(known) = LOOKUPS.with(|cell| cell.borrow().as_ref().and_then(|cache| cache.get(path).copied())) {
+        if let Some(known) = LOOKUPS.with(|cell| cell.borrow().as_ref().and_then(|cache| cache.get(path.as_os_str()).copied())) {
             return known.ok_or_else(missing);
         }
         let found = match path.symlink_metadata() {
@@ -156,7 +158,7 @@ pub(crate) mod listing {
         };
         LOOKUPS.with(|cell| {
             if let Some(cache) = cell.borrow_mut().as_mut() {
-                cache.insert(path.to_path_buf(), found);
+                cache.insert(path.as_os_str().to_owned(), found);
             }
         });
         found.ok_or_else(missing)
