@@ -180,24 +180,21 @@ pub fn run(
     let (pidfd, mut pumps) = match started_child {
         Ok(started) => started,
         Err(error) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            reap(pid);
+            abandon(pid, report_read, root_locks);
             return Err(error);
         }
     };
 
     if let Identity::User { uid, gid } = identity {
         if let Err(error) = userns::write_maps(pid, uid, gid) {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            reap(pid);
+            abandon(pid, report_read, root_locks);
             return Err(error);
         }
     }
     // Init enters the cgroup before it starts anything, so every process of the run is in it.
     if let Some(cgroup) = &cgroup {
         if let Err(reason) = cgroup.add(pid as u32) {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            reap(pid);
+            abandon(pid, report_read, root_locks);
             return Err(Error::Sandbox(reason));
         }
     }
@@ -222,8 +219,7 @@ pub fn run(
     let network_thread = match network_thread {
         Ok(thread) => thread,
         Err(error) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            reap(pid);
+            abandon(pid, report_read, root_locks);
             return Err(error);
         }
     };
@@ -584,9 +580,17 @@ fn reap(pid: libc::pid_t) -> Option<(WaitStatus, sys::ResourceUsage)> {
     }
 }
 
-/// Removes the placeholders init created on the host. Each is removed only while it is still a
-/// FIFO with mode 000. A failure is reported on stderr, and the next run in the same workspace
-/// adopts and removes a leftover.
+/// Kills init after a failure of palisade's own, reaps it, and removes the placeholders it
+/// reported: when the network thread fails to start, init may be building the root already.
+fn abandon(pid: libc::pid_t, report: OwnedFd, root_locks: &RootLocks) {
+    let _ = sys::kill(pid, libc::SIGKILL);
+    reap(pid);
+    // Init is gone and with it every process of its PID namespace, so the pipe has no writer.
+    let mut bytes = Vec::new();
+    let _ = std::fs::File::from(report).read_to_end(&mut bytes);
+    remove_placeholders(&Message::decode_all(&bytes), root_locks);
+}
+
 /// Shared `flock` locks on the writable roots of a run, held from before it plans its mounts
 /// until it ends.
 ///
@@ -626,6 +630,9 @@ impl RootLocks {
     }
 }
 
+/// Removes the placeholders init created on the host. Each is removed only while it is still a
+/// FIFO with mode 000. A failure is reported on stderr, and the next run in the same workspace
+/// adopts and removes a leftover.
 fn remove_placeholders(messages: &[Message], root_locks: &RootLocks) {
     for message in messages {
         if let Message::Placeholder(path) = message {
