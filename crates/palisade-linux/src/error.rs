@@ -15,6 +15,12 @@ pub enum Error {
     #[error("{layer} is not available: {cause}\nfix: {fix}, or pass --allow-degraded to run without it")]
     LayerMissing { layer: &'static str, cause: String, fix: String },
 
+    /// Palisade runs as the host's root user without CAP_SYS_ADMIN. Root mode needs that
+    /// capability, and in a user namespace of its own the command would still be the host's
+    /// root user, owner of every root-only file.
+    #[error("palisade runs as the host's root user without CAP_SYS_ADMIN, so it cannot run the command as an unprivileged user: in a user namespace the command would still be root on the host and could read root-only files such as /etc/shadow\nfix: run palisade as an unprivileged user, or as root with CAP_SYS_ADMIN")]
+    RootWithoutAdmin,
+
     /// A setup step in the supervisor failed.
     #[error("failed to {op} {object}")]
     Setup { op: &'static str, object: String, source: io::Error },

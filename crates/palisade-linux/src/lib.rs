@@ -88,6 +88,15 @@ fn has_sys_admin() -> bool {
     rustix::thread::capabilities(None).is_ok_and(|sets| sets.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
 }
 
+/// Reports whether this process is in the host's first user namespace, whose uid map is the
+/// identity over every id. A root user there is the host's root.
+fn in_initial_user_namespace() -> bool {
+    // An unreadable map counts as the host's: refusing is the safe side.
+    std::fs::read_to_string("/proc/self/uid_map").map_or(true, |map| {
+        map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+    })
+}
+
 impl MountPlan {
     /// Reports whether any operation needs an idmapped mount.
     pub fn needs_idmap(&self) -> bool {
@@ -291,6 +300,9 @@ pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&L
 }
 
 fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
+    if matches!(Identity::current(), Identity::User { uid: 0, .. }) && in_initial_user_namespace() {
+        return Err(Error::RootWithoutAdmin);
+    }
     let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
     match landlock::kernel_abi() {
         Some(abi) => layers.landlock_abi = Some(abi.min(landlock::NEWEST_ABI as i32)),

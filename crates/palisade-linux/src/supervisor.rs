@@ -67,6 +67,12 @@ pub fn run(
     } else {
         output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?
     };
+    // Where the sandbox uid has no mapping (root in a user namespace without it), the pipes
+    // stay root's: the run fails later, with its own explanation, when the command stage
+    // switches to that uid or the idmap namespace cannot be created.
+    if let Identity::Root { sandbox_uid } = identity {
+        let _ = streams.give_to(sandbox_uid);
+    }
     // The holder of the idmap namespace is reaped when this function returns, after the run.
     let (idmap_userns, _idmap_holder) = match identity {
         Identity::Root { sandbox_uid } if plan.needs_idmap() => {

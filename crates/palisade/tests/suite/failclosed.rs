@@ -154,3 +154,33 @@ both_identities!(protected_names_apply_in_every_writable_root, |f: &Fixture| {
     assert_eq!(refused.code, Some(125));
     assert!(refused.stderr.contains("patterns are not supported"), "{}", refused.stderr);
 });
+
+// Root mode needs CAP_SYS_ADMIN. The host's root user without it (a bounding set narrowed by
+// setpriv or a container runtime) used to fall back to a user namespace of its own, in which
+// the command was still the host's uid 0 and could read /etc/shadow. Palisade now refuses.
+// The case exists only for the host's root user, so the unprivileged variant skips.
+both_identities!(host_root_without_cap_sys_admin_is_refused, |f: &Fixture| {
+    if f.who == crate::suite::harness::Who::User {
+        skip(&f.name, "only the host's root user can start palisade without CAP_SYS_ADMIN in the first user namespace");
+        return;
+    }
+    let marker = f.ws.join("ran");
+    let command = [
+        "--bounding-set=-sys_admin",
+        "--inh-caps=-sys_admin",
+        "--",
+        palisade_binary().to_str().unwrap(),
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+    ];
+    let script = format!("cat /etc/shadow > {}", marker.display());
+    let mut args: Vec<&str> = command.to_vec();
+    args.push(&script);
+    let run = f.host(&f.ws, "setpriv", &args);
+    assert_eq!(run.code, Some(125), "expected exit 125\nstderr: {}", run.stderr);
+    assert!(run.stderr.contains("CAP_SYS_ADMIN"), "the message must name the missing capability: {}", run.stderr);
+    assert!(run.stderr.contains("fix:"), "the message must name a fix: {}", run.stderr);
+    assert!(!marker.exists(), "the command ran as the host's root user");
+});

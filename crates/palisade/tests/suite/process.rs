@@ -792,3 +792,13 @@ both_identities!(command_starts_with_signals_unblocked, |f: &Fixture| {
     // 143 = 128 + SIGTERM: the child the command started died of the signal.
     assert_eq!(run.lines_starting("wait="), ["wait=143"], "SIGTERM did not end a child of the command\n{}", run.stdout);
 });
+
+// Scripts write to /dev/stdout and /dev/stderr, which reopen the command's own descriptors
+// through /proc/self/fd. As root the command runs as the sandbox user, and the pipes palisade
+// counts the output through belonged to root with mode 0600, so the reopen failed with EACCES.
+both_identities!(command_reopens_its_stdout_and_stderr, |f: &Fixture| {
+    let run = f.palisade(&["run", "--", "/bin/sh", "-c", "echo to-stdout > /dev/stdout && echo to-stderr > /dev/stderr"]);
+    assert_eq!(run.code, Some(0), "exit {:?}\nstderr: {}", run.code, run.stderr);
+    assert!(run.stdout.contains("to-stdout"), "stdout: {}", run.stdout);
+    assert!(run.stderr.contains("to-stderr"), "stderr: {}", run.stderr);
+});
