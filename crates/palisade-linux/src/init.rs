@@ -239,7 +239,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         // needs memory of its own: a fork. Init is single-threaded (it is a clone of the
         // single-threaded supervisor and starts no threads), which `clone_fork` requires.
         // The host's root must be gone before the fork: the host's copy of this memory no
-        // longer sees the detach child's result.
+        // longer reads the detach child's result.
         Workload::Session(_) => match detach.wait() {
             Ok(()) => sys::clone_fork(0).map(|pid| if pid == 0 { enter_stage(&stage) } else { pid }),
             Err(error) => fail(&context.report, explain_detach_failure(error)),

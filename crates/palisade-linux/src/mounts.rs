@@ -273,7 +273,7 @@ fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd, StepE
         })
         .collect();
     // A deeper target often exists already (inside a bound directory): one lookup of the whole
-    // path, with the same refusals as the walk below, saves opening each directory on the way.
+    // path, with the same restrictions as the walk below, saves opening each directory on the way.
     if components.len() > 1 {
         match rustix::fs::openat2(root, relative, flags, Mode::empty(), resolve) {
             Ok(target) => return Ok(target),
@@ -384,7 +384,7 @@ struct Placeholders {
     first: Option<OwnedFd>,
     /// The directory the last placeholder went into, kept for the next one there (a workspace
     /// gets about ten). Only placeholders and covers are mounted between two uses, on names
-    /// inside it, never on the directory itself: every other operation forgets it.
+    /// inside it, never on the directory itself, so every other operation drops it.
     parent: Option<(PathBuf, OwnedFd)>,
 }
 

@@ -10,7 +10,7 @@
 //! The program is written here by hand, and seccompiler installs it. seccompiler's compiler
 //! checks the architecture but not the x32 bit, has one action for every match, and compiles
 //! each namespace flag and socket family as a rule of its own: 139 instructions for what a
-//! bit test and a few comparisons say in 11. Each instruction costs time at every install,
+//! bit test and a few comparisons express in 12. Each instruction costs time at every install,
 //! when the kernel checks the filter, converts it to eBPF and compiles it. The program checks
 //! the architecture, the x32 bit, the ceiling and `clone3`, then runs a binary search that
 //! allows a call without rules, refuses a call denied outright, and sends the four calls with

@@ -68,8 +68,8 @@ pub fn run(
         output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?
     };
     // Where the sandbox uid has no mapping (root in a user namespace without it), the pipes
-    // stay root's: the run fails later, with its own explanation, when the command stage
-    // switches to that uid or the idmap namespace cannot be created.
+    // stay root's. The run then fails later with its own explanation, when the idmap namespace
+    // cannot be created or the command stage switches to that uid.
     if let Identity::Root { sandbox_uid } = identity {
         let _ = streams.give_to(sandbox_uid);
     }

@@ -269,7 +269,7 @@ impl Drop for NetworkChild {
 /// 0.7 ms in one run of ten (`perf trace -e umount2`), on the critical path of every command.
 /// Done here, it overlaps the stage's work (Landlock, seccomp), which takes longer.
 ///
-/// The child shares init's memory, so the stage, which shares it too, sees its result. It is
+/// The child shares init's memory, so the stage, which shares it too, reads its result. It is
 /// cloned with `CLONE_CHILD_CLEARTID`: the kernel clears the child's thread id word and wakes
 /// its waiters once the child has exited, however it ended, so a wait cannot hang on a child
 /// that died before storing its result. The child's working directory is a copy of init's,
@@ -281,7 +281,7 @@ pub struct DetachChild {
     _stack: ChildStack,
 }
 
-/// What a [`DetachChild`] shares with the processes that wait for it.
+/// The state a [`DetachChild`] shares with the processes that wait for it.
 struct DetachState {
     /// The child's thread id until it has exited, then 0 (`CLONE_CHILD_CLEARTID`).
     tid: std::sync::atomic::AtomicU32,
@@ -312,7 +312,7 @@ impl DetachChild {
         let tid_pointer = state.tid.as_ptr();
         // SAFETY: the stack's top lies at the end of a live mapping, and `state` is a live
         // DetachState. Both move into the returned DetachChild, which waits for the kernel to
-        // clear `tid` before it frees them; moving them moves neither the mapping nor the Box's
+        // clear `tid` before it frees them. Moving them moves neither the mapping nor the Box's
         // contents. The kernel stores the child's id in `tid` before the child runs
         // (CLONE_PARENT_SETTID) and clears it when the child exits. The child function uses no
         // heap, makes its system call without errno, and writes only `result`. Without

@@ -113,7 +113,7 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
     Ok(resolved)
 }
 
-/// Lookups remembered while one policy is resolved: resolution asks about the same paths
+/// Lookups remembered while one policy is resolved: resolution looks up the same paths
 /// several times (when it canonicalises them, for protected names, for planted symlinks).
 ///
 /// Missing names are looked up one by one. An earlier version listed each parent directory
@@ -144,7 +144,7 @@ pub(crate) mod listing {
     }
 
     /// Looks `path` up without following a final symlink and returns whether it is a symlink.
-    /// Within [`with_cache`], a path looked up before, found or missing, is answered from
+    /// Within [`with_cache`], a path looked up before, found or missing, is returned from
     /// memory: resolution takes the filesystem as it was when it first looked.
     pub fn lookup(path: &Path) -> std::io::Result<bool> {
         let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
