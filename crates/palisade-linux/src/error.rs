@@ -21,6 +21,11 @@ pub enum Error {
     #[error("palisade runs as the host's root user without CAP_SYS_ADMIN, so it cannot run the command as an unprivileged user: in a user namespace the command would still be root on the host and could read root-only files such as /etc/shadow\nfix: run palisade as an unprivileged user, or as root with CAP_SYS_ADMIN")]
     RootWithoutAdmin,
 
+    /// Palisade runs as root with CAP_SYS_ADMIN but lacks other capabilities that building the
+    /// sandbox as root needs, listed in `missing`.
+    #[error("palisade runs as root but lacks {missing}, which it needs to build the sandbox as root\nfix: run palisade with these capabilities (a container runtime may drop them; with Docker, --cap-add), or as an unprivileged user")]
+    RootCapabilitiesMissing { missing: String },
+
     /// A setup step in the supervisor failed.
     #[error("failed to {op} {object}")]
     Setup { op: &'static str, object: String, source: io::Error },

@@ -88,6 +88,35 @@ fn has_sys_admin() -> bool {
     rustix::thread::capabilities(None).is_ok_and(|sets| sets.effective.contains(rustix::thread::CapabilitySet::SYS_ADMIN))
 }
 
+/// The capabilities root mode needs besides CAP_SYS_ADMIN, each with what needs it. Found by
+/// dropping one capability at a time from the bounding set (`setpriv --bounding-set=-NAME`):
+/// without any of these, the run failed partway with a message that named none of them.
+const ROOT_CAPABILITIES: &[(rustix::thread::CapabilitySet, &str)] = &[
+    // The home tmpfs and the copy-on-write layers belong to the sandbox user.
+    (rustix::thread::CapabilitySet::CHOWN, "CAP_CHOWN"),
+    (rustix::thread::CapabilitySet::FOWNER, "CAP_FOWNER"),
+    // Mount points are created in directories that the sandbox user owns.
+    (rustix::thread::CapabilitySet::DAC_OVERRIDE, "CAP_DAC_OVERRIDE"),
+    // The idmap namespace's uid and gid maps.
+    (rustix::thread::CapabilitySet::SETUID, "CAP_SETUID"),
+    (rustix::thread::CapabilitySet::SETGID, "CAP_SETGID"),
+    // The command stage empties the capability bounding set.
+    (rustix::thread::CapabilitySet::SETPCAP, "CAP_SETPCAP"),
+];
+
+/// The capability that brings the run's loopback interface up, needed unless the run keeps the
+/// host's network.
+const NETWORK_CAPABILITY: (rustix::thread::CapabilitySet, &str) = (rustix::thread::CapabilitySet::NET_ADMIN, "CAP_NET_ADMIN");
+
+/// Returns the names of the capabilities in [`ROOT_CAPABILITIES`], and with `network` the
+/// [`NETWORK_CAPABILITY`], that this process lacks in its effective set. A failed `capget`
+/// counts as lacking them all.
+fn missing_root_capabilities(network: bool) -> Vec<&'static str> {
+    let effective = rustix::thread::capabilities(None).map(|sets| sets.effective).unwrap_or(rustix::thread::CapabilitySet::empty());
+    let network = network.then_some(&NETWORK_CAPABILITY);
+    ROOT_CAPABILITIES.iter().chain(network).filter(|(capability, _)| !effective.contains(*capability)).map(|(_, name)| *name).collect()
+}
+
 /// Reports whether this process is in the host's first user namespace, whose uid map is the
 /// identity over every id. A root user there is the host's root.
 fn in_initial_user_namespace() -> bool {
@@ -367,6 +396,12 @@ fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> R
         }
     }
     let identity = Identity::current();
+    if let Identity::Root { .. } = identity {
+        let missing = missing_root_capabilities(!matches!(policy.network, NetworkMode::Full));
+        if !missing.is_empty() {
+            return Err(Error::RootCapabilitiesMissing { missing: missing.join(", ") });
+        }
+    }
     // Taken before the plan looks for placeholders, and held until the run ends.
     let root_locks = supervisor::RootLocks::take(&policy.filesystem.writable);
     let mut plan = plan_for(policy, identity);
