@@ -8,13 +8,15 @@
 //! docs/security.md). The ceiling gives the one property that mattered from an allow list.
 //!
 //! The program is written here by hand, and seccompiler installs it. seccompiler's compiler
-//! checks the architecture but not the x32 bit, has one action for every match, and compiles
-//! each namespace flag and socket family as a rule of its own: 139 instructions for what a
-//! bit test and a few comparisons express in 12. Each instruction costs time at every install,
-//! when the kernel checks the filter, converts it to eBPF and compiles it. The program checks
-//! the architecture, the x32 bit, the ceiling and `clone3`, then runs a binary search that
-//! allows a call without rules, refuses a call denied outright, and sends the four calls with
-//! argument rules (`ioctl`, `clone`, `unshare`, `socket`) to a short block each.
+//! checks the architecture but not the x32 bit, and it has one action for every match. It also
+//! compiles each namespace flag and socket family as a rule of its own, 139 instructions for
+//! what a bit test and a few comparisons express in 12. Each instruction costs time at every
+//! install, when the kernel checks the filter, converts it to eBPF and compiles it.
+//!
+//! The program checks the architecture, the x32 bit, the ceiling and `clone3` first. A binary
+//! search follows: it allows a call without rules and rejects a call denied outright. The four
+//! calls with argument rules (`ioctl`, `clone`, `unshare`, `socket`) go on to a short block
+//! each.
 
 use std::collections::BTreeMap;
 

@@ -117,10 +117,10 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
 /// several times (when it canonicalises them, for protected names, for planted symlinks).
 ///
 /// Missing names are looked up one by one. An earlier version listed each parent directory
-/// instead and answered missing names from the listing, but reading a directory cost more than
-/// the failed `statx` calls it saved: without listings, a run of the default profile took
-/// 0.1 to 0.2 ms less on a 2-CPU VM, with the workspace in a small directory and in a `/tmp` of
-/// 270 entries alike (docs/benchmarks.md).
+/// instead and found missing names in the listing, but reading a directory cost more than the
+/// failed `statx` calls it saved. Without listings, a run of the default profile took 0.1 to
+/// 0.2 ms less on a 2-CPU VM, with the workspace in a small directory and in a `/tmp` of 270
+/// entries alike (docs/benchmarks.md).
 pub(crate) mod listing {
     use std::cell::RefCell;
     use std::collections::BTreeMap;

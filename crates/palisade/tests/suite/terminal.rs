@@ -390,10 +390,10 @@ both_identities!(ctrl_c_ends_the_run, |f: &Fixture| {
     let _cleanup = MarkedProcesses(marker.clone());
     // The child prints READY, so Ctrl-C arrives while it runs. The `echo` after it keeps the
     // shell from replacing itself with its last command.
-    // Python's own SIGINT handler only sets a flag, so a SIGINT that lands between the print
-    // and the start of the sleep's system call left python asleep for the full 31 s under load
-    // (seen in a signal trace: the handler ran, KeyboardInterrupt never came). With the default
-    // action the kernel ends python at once.
+    // Python's own SIGINT handler only sets a flag. A SIGINT that landed between the print and
+    // the start of the sleep's system call left python asleep for the full 31 s under load: in a
+    // signal trace the handler ran, and no KeyboardInterrupt followed. With the default action
+    // the kernel ends python at once.
     let script = r#"/usr/bin/python3 -c 'import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); print("READY", flush=True); time.sleep(31)' "$0"; echo after"#;
     let ctrl_c = Action::Type { after: "READY", text: "\x03" };
     let run = run_on_pty(f, ctrl_c, &[palisade_binary().to_str().unwrap(), "run", "--", "/bin/sh", "-c", script, &marker]);
