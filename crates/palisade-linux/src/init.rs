@@ -359,9 +359,14 @@ fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild
     Ok((proxy_port, detach))
 }
 
-/// Describes a failure to detach the host's root after `pivot_root`.
+/// Describes a failure to detach the host's root after `pivot_root`. `ECHILD` is what
+/// [`sys::DetachChild::wait`] returns for a child that ended without a result.
 fn explain_detach_failure(error: rustix::io::Errno) -> String {
-    format!("failed to detach the host's root from the sandbox: {}", std::io::Error::from(error))
+    let cause = match error {
+        rustix::io::Errno::CHILD => "the child detaching it ended without a result".to_owned(),
+        other => std::io::Error::from(other).to_string(),
+    };
+    format!("failed to detach the host's root from the sandbox: {cause}")
 }
 
 /// Moves init into the network namespace that `child` created, whose loopback interface the
@@ -487,8 +492,9 @@ fn reap_all() -> bool {
     }
 }
 
-/// Becomes the command: drops every privilege, then executes it. Never returns. `terminal` is
-/// the slave side of the command's pseudo-terminal, with `--pty`.
+/// Becomes the command: drops every privilege, then executes it. Never returns. `stage` brings
+/// the proxy's port, the slave side of the command's pseudo-terminal (with `--pty`) and the
+/// child detaching the host's root.
 fn command_stage(policy: &Policy, workload: &Workload<'_>, identity: Identity, confinement: &Confinement, stage: &Stage<'_, '_>, report: &OwnedFd) -> ! {
     let (proxy_port, terminal) = (stage.proxy_port, stage.terminal);
     // A new session: the command leaves palisade's process group, so `kill 0` and terminal job

@@ -120,7 +120,7 @@ fn missing_root_capabilities(network: bool) -> Vec<&'static str> {
 /// Reports whether this process is in the host's first user namespace, whose uid map is the
 /// identity over every id. A root user there is the host's root.
 fn in_initial_user_namespace() -> bool {
-    // An unreadable map counts as the host's: refusing is the safe side.
+    // An unreadable map counts as the host's, because rejecting the run is the safe side.
     std::fs::read_to_string("/proc/self/uid_map").map_or(true, |map| {
         map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
     })
@@ -329,7 +329,8 @@ pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&L
 }
 
 fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
-    if matches!(Identity::current(), Identity::User { uid: 0, .. }) && in_initial_user_namespace() {
+    let identity = Identity::current();
+    if matches!(identity, Identity::User { uid: 0, .. }) && in_initial_user_namespace() {
         return Err(Error::RootWithoutAdmin);
     }
     let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
@@ -395,7 +396,6 @@ fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> R
             return degraded::run(policy, argv, layers, &fix, on_start);
         }
     }
-    let identity = Identity::current();
     if let Identity::Root { .. } = identity {
         let missing = missing_root_capabilities(!matches!(policy.network, NetworkMode::Full));
         if !missing.is_empty() {

@@ -343,11 +343,11 @@ fn target_or_placeholder(
         Some(fd) => fd,
         None => match rustix::fs::openat2(root, relative_parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), resolve) {
             Ok(fd) => fd,
-        // The parent does not exist either (for example .git/hooks without .git). Creating the
-        // whole chain on the host would leave more behind than one placeholder.
-        // A protected name under a missing parent can therefore still be created by the
-        // command. The common case, a repository created with `git init` in a writable root,
-        // is neutralised after the run (see `scrub`).
+            // The parent does not exist either (for example .git/hooks without .git). Creating
+            // the whole chain on the host would leave more behind than one placeholder.
+            // A protected name under a missing parent can therefore still be created by the
+            // command. The common case, a repository created with `git init` in a writable
+            // root, is neutralised after the run (see `scrub`).
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(error) => return step_rustix("open", parent, Err(error)),
         },
@@ -383,8 +383,8 @@ struct Placeholders {
     /// The first one, opened before anything covers it; later ones link to its inode.
     first: Option<OwnedFd>,
     /// The directory the last placeholder went into, kept for the next one there (a workspace
-    /// gets about ten). Only placeholders and covers are mounted between two uses, on names
-    /// inside it, never on the directory itself, so every other operation drops it.
+    /// gets about ten). Between two uses only names inside it get mounts: operations run parents
+    /// first, so none mounts on the directory itself, and every other kind drops it.
     parent: Option<(PathBuf, OwnedFd)>,
 }
 

@@ -57,9 +57,10 @@ pub fn prepare(max_output: Option<u64>) -> std::io::Result<Streams> {
 }
 
 impl Streams {
-    /// Gives the pipes to `uid`, the command's user when palisade runs as root. A pipe belongs
-    /// to its creator with mode 0600, and a command running as another user could not reopen its
-    /// own stdout or stderr through `/dev/stdout` (`/proc/self/fd/1`), as many scripts do.
+    /// Gives the pipes to `uid` and the group of the same number, the command's user when
+    /// palisade runs as root. A pipe belongs to its creator with mode 0600, so a command running
+    /// as another user could not reopen its own stdout or stderr through `/dev/stdout`
+    /// (`/proc/self/fd/1`), as many scripts do.
     pub fn give_to(&self, uid: u32) -> std::io::Result<()> {
         let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(uid));
         for pipe in self.write_ends.iter().flatten() {

@@ -140,9 +140,9 @@ const ARGUMENT_RULES: &[(i64, Block)] = &[
 /// so bits set above them change nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Block {
-    /// `ioctl`: refuses TIOCSTI and TIOCLINUX.
+    /// `ioctl`: rejects TIOCSTI and TIOCLINUX.
     Ioctl,
-    /// `clone` and `unshare`: refuses any namespace flag.
+    /// `clone` and `unshare`: rejects any namespace flag.
     Namespaces,
     /// `socket`: allows the families of [`ALLOWED_FAMILIES`], netlink only for routing.
     Socket,
@@ -295,7 +295,7 @@ pub fn build(options: FilterOptions) -> BpfProgram {
         denied.push(libc::SYS_socket);
     }
     let number = |number: i64| u32::try_from(number).expect("system call numbers are positive");
-    // A call denied outright is refused by the search, even if it also has a block.
+    // A call denied outright is rejected by the search, even if it also has a block.
     let mut targets: BTreeMap<u32, Target> = ARGUMENT_RULES.iter().map(|&(ruled, block)| (number(ruled), Target::Block(block))).collect();
     targets.extend(denied.iter().map(|&refused| (number(refused), Target::Eperm)));
 
@@ -313,7 +313,7 @@ pub fn build(options: FilterOptions) -> BpfProgram {
         // to clone, whose flags the filter checks. EPERM would make libc give up instead.
         Insn::jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, Target::Enosys, Target::Next),
     ];
-    // Calls without a rule are allowed here, and denied calls are refused.
+    // Calls without a rule are allowed here, and denied calls are rejected.
     search(&targets.iter().map(|(&number, &target)| (number, target)).collect::<Vec<_>>(), &mut insns);
     // The blocks and returns come after the search, because classic BPF only jumps forward.
     let mut blocks = BTreeMap::new();

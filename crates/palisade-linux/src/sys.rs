@@ -361,8 +361,7 @@ impl DetachChild {
 
 impl Drop for DetachChild {
     fn drop(&mut self) {
-        // The child's stack must stay mapped until the child is gone; reaping also waits for
-        // it. A child that init's reaping loop took already makes this return at once.
+        // The child's stack must stay mapped until the child is gone, and reaping waits for it.
         crate::userns::reap_child(self.pid);
     }
 }

@@ -157,7 +157,7 @@ both_identities!(protected_names_apply_in_every_writable_root, |f: &Fixture| {
 
 // Root mode needs CAP_SYS_ADMIN. The host's root user without it (a bounding set narrowed by
 // setpriv or a container runtime) used to fall back to a user namespace of its own. There the
-// command was still the host's uid 0 and could read /etc/shadow. Palisade now refuses.
+// command was still the host's uid 0 and could read /etc/shadow. Palisade now rejects the run.
 // The case exists only for the host's root user, so the unprivileged variant skips.
 both_identities!(host_root_without_cap_sys_admin_is_refused, |f: &Fixture| {
     if f.who == crate::suite::harness::Who::User {
