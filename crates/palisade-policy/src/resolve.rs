@@ -146,7 +146,21 @@ const HOME_VARIABLE: &str = "HOME";
 #[cfg(windows)]
 const HOME_VARIABLE: &str = "USERPROFILE";
 
+/// The machine's memory in bytes: `MemTotal` of `/proc/meminfo`, which `sysinfo` gives in
+/// one system call.
+#[cfg(target_os = "linux")]
+fn read_memory_total() -> Option<u64> {
+    // SAFETY: sysinfo only writes the structure it is given, which is plain data.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo structure.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    (info.totalram as u64).checked_mul(u64::from(info.mem_unit))
+}
+
 /// Reads `MemTotal` from `/proc/meminfo`. Returns `None` where there is no such file.
+#[cfg(not(target_os = "linux"))]
 fn read_memory_total() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find_map(|line| line.strip_prefix("MemTotal:"))?;
