@@ -472,8 +472,18 @@ const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids"];
 
 /// Finds this process's cgroup v2 directory from `/proc/self`.
 pub(crate) fn own_cgroup() -> Result<std::path::PathBuf, String> {
-    let membership = std::fs::read_to_string("/proc/self/cgroup").map_err(|error| format!("failed to read /proc/self/cgroup: {error}"))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|error| format!("failed to read /proc/self/mountinfo: {error}"))?;
+    // /proc files report a size of 0, so `fs::read_to_string` starts with 32-byte reads and
+    // doubles: eight system calls for a typical mountinfo. One page takes one read and the
+    // end-of-file, and the buffer still grows for a longer file.
+    let read = |path: &str| {
+        let mut text = String::with_capacity(4096);
+        std::fs::File::open(path)
+            .and_then(|mut file| std::io::Read::read_to_string(&mut file, &mut text))
+            .map(|_| text)
+            .map_err(|error| format!("failed to read {path}: {error}"))
+    };
+    let membership = read("/proc/self/cgroup")?;
+    let mountinfo = read("/proc/self/mountinfo")?;
     cgroup::locate(&membership, &mountinfo)
 }
 
