@@ -207,6 +207,11 @@ pub fn run(
     if rustix::io::write(&go_write, b"1").is_err() {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
+    // The caller's memory is freed after it has exited (see the function). Without that child,
+    // the caller's own exit frees it, which only takes longer.
+    if options.exits_after_run {
+        let _ = sys::defer_memory_teardown();
+    }
     // Init sends the proxy's socket before it builds the root. If it fails before that, it
     // closes its end, and its report gives the reason.
     let services = match (proxy_channel, rules) {

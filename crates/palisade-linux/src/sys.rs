@@ -261,6 +261,67 @@ impl Drop for NetworkChild {
     }
 }
 
+/// Starts a child that shares this process's memory until this process exits, so that the
+/// kernel frees that memory in the child, after this process has exited, and not within the
+/// exit that the caller of palisade waits for.
+///
+/// Freeing the address space unmaps every page palisade touched, most of them pages of its own
+/// binary and of libc (about 4 MiB resident). In `perf record` over 300 runs on a 2-CPU VM
+/// that took 0.19 ms of each exit of palisade, more than the rest of its exit together.
+/// While another process still uses the memory, an exit only drops its reference, and the
+/// memory goes with the child's exit.
+///
+/// The child runs on a small stack of its own, which stays mapped until this process exits. It
+/// closes its copy of the descriptor table first, so it keeps no pipe of the caller's open, and
+/// asks to be killed when the thread that started it exits. It then waits for that signal. It
+/// makes its system calls through rustix, which never writes errno, except `close_range`,
+/// which cannot fail with its arguments.
+pub fn defer_memory_teardown() -> io::Result<()> {
+    let stack = ChildStack::new(KEEPER_STACK_SIZE)?;
+    let parent = rustix::process::getpid().as_raw_nonzero().get();
+    // SAFETY: the stack's top lies at the end of a live mapping, which is never unmapped (see
+    // below). The child function uses no heap, touches nothing of this process's memory, and
+    // makes its system calls without errno (see the function). Without CLONE_SETTLS it shares
+    // the caller's thread-local block, which it does not touch.
+    let pid = unsafe { libc::clone(keep_memory, stack.top(), libc::CLONE_VM | libc::SIGCHLD, parent as usize as *mut libc::c_void) };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The child runs on the stack until this process exits.
+    std::mem::forget(stack);
+    // The teardown runs at the lowest priority there is, so it waits while the caller of
+    // palisade, just woken by palisade's exit, or any other program, needs the CPU.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads a valid sched_param. Failing leaves the child at normal
+    // priority, which only makes the teardown compete for the CPU.
+    unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &param) };
+    Ok(())
+}
+
+/// The stack of the child [`defer_memory_teardown`] starts, which makes three system calls
+/// and then waits.
+const KEEPER_STACK_SIZE: usize = 16 * 1024;
+
+/// The function the child of [`defer_memory_teardown`] runs. `arg` is the pid of the process
+/// that started it.
+extern "C" fn keep_memory(arg: *mut libc::c_void) -> libc::c_int {
+    let parent = arg as usize as libc::pid_t;
+    // SAFETY: close_range only closes descriptors of this child's own table, a copy of the
+    // parent's. With first 0, last the maximum and no flags it cannot fail, so the libc wrapper
+    // never writes errno, which the child shares with the thread that started it.
+    unsafe { libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) };
+    if rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).is_err() {
+        return 0;
+    }
+    // The parent may have exited before the signal was set.
+    if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get()) != Some(parent) {
+        return 0;
+    }
+    loop {
+        rustix::event::pause();
+    }
+}
+
 /// A child that detaches the host's root, stacked on the new root by `pivot_root(".", ".")`,
 /// while the command stage confines itself, and that the stage waits for before `execve`.
 ///

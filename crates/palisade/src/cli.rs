@@ -373,7 +373,7 @@ impl PolicyArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let launch = |policy: &Policy, notice: &mut dyn FnMut(&palisade_linux::Layers)| -> anyhow::Result<palisade_linux::Outcome> {
         let events = args.events.as_deref().map(report::event_sink).transpose()?;
-        let options = palisade_linux::RunOptions { pty: args.pty };
+        let options = palisade_linux::RunOptions { pty: args.pty, exits_after_run: true };
         Ok(palisade_linux::run(policy, &args.command, options, notice, events)?)
     };
     run_and_report(&args.policy, &args.command, launch)

@@ -305,10 +305,13 @@ fn assert_nothing_left(f: &Fixture, marker: &str) {
     }
 }
 
-/// Waits until a process with `marker` runs, so the script has started its children.
+/// Waits until the three children of `detaching_script` run. Their command lines start with
+/// `sh -c` and the script's text; palisade's own processes, whose command lines hold the whole
+/// script too, start otherwise.
 fn wait_for_start(marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while crate::suite::process::pids_matching(marker).len() < 3 && Instant::now() < deadline {
+    let children = format!("^sh -c (sleep|trap) .*{marker}");
+    while crate::suite::process::pids_matching(&children).len() < 3 && Instant::now() < deadline {
         sleep(Duration::from_millis(50));
     }
 }
