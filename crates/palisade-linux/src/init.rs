@@ -164,6 +164,15 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     if let Err(error) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
         fail(&context.report, format!("failed to set the parent-death signal: {error}"));
     }
+    // Two steps of the command's confinement that init's own work does not need, done while
+    // the supervisor finishes its part before the go byte rather than in the command stage,
+    // which inherits both. Signal dispositions go back to their defaults: an ignored one would
+    // survive execve. Init itself keeps working without them: it takes its signals through a
+    // signalfd, and as PID 1 of its namespace it ignores a signal it has no handler for.
+    sys::reset_signal_dispositions();
+    if let Err(error) = sys::drop_bounding_set() {
+        fail(&context.report, format!("failed to drop the capability bounding set: {error}"));
+    }
     let mut go = [0u8; 1];
     let go_pipe = context.go.take().expect("start pipe is set");
     match rustix::io::read(&go_pipe, &mut go) {
@@ -628,9 +637,9 @@ pub(crate) fn confine(confinement: &Confinement, minimum_abi: i32) -> Result<(),
 /// Leaves the command with no capabilities, no way to gain any (`no_new_privs`, locked
 /// securebits), and, when palisade runs as root, the identity of an unprivileged user.
 fn drop_privileges(identity: Identity) -> Result<(), String> {
-    // The mask stays as it is: blocked until just before execve.
-    sys::reset_signal_dispositions();
-    sys::lock_capabilities().map_err(|error| format!("failed to drop the capability bounding set: {error}"))?;
+    // Init reset the signal dispositions and dropped the bounding set at its start, and the
+    // stage inherited both. The mask stays as it is: blocked until just before execve.
+    sys::lock_capabilities().map_err(|error| format!("failed to lock the securebits and ambient capabilities: {error}"))?;
     if let Identity::Root { sandbox_uid } = identity {
         let id = rustix::thread::Gid::from_raw(sandbox_uid);
         rustix::thread::set_thread_groups(&[]).map_err(|error| format!("failed to drop supplementary groups: {error}"))?;

@@ -540,15 +540,26 @@ pub fn cloexec_from(first: RawFd) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Empties the bounding set, so no later `execve` can grant a capability (file capabilities,
+/// a setuid-root program). The permitted and effective sets stay as they are. Stops at the
+/// first capability number the kernel does not know (EINVAL), which spares reading
+/// `/proc/sys/kernel/cap_last_cap`.
+pub fn drop_bounding_set() -> io::Result<()> {
+    for cap in 0..64 {
+        match prctl(libc::PR_CAPBSET_DROP, cap, 0) {
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => break,
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 /// Locks the securebits that would let a uid-0 process regain capabilities through `execve`
-/// or a uid change, and empties the bounding and ambient sets. The permitted and effective
-/// sets stay until [`clear_capabilities`], so the caller can still change its uid in between.
+/// or a uid change, and empties the ambient set. The permitted and effective sets stay until
+/// [`clear_capabilities`], so the caller can still change its uid in between. The bounding set
+/// is [`drop_bounding_set`]'s.
 pub fn lock_capabilities() -> io::Result<()> {
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|text| text.trim().parse::<libc::c_ulong>().ok())
-        .unwrap_or(63);
-    // Securebits need CAP_SETPCAP, so they come before the capabilities are dropped.
+    // Securebits need CAP_SETPCAP, so they come before the capabilities are cleared.
     let secure = libc::SECBIT_NOROOT
         | libc::SECBIT_NOROOT_LOCKED
         | libc::SECBIT_NO_SETUID_FIXUP
@@ -557,13 +568,6 @@ pub fn lock_capabilities() -> io::Result<()> {
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE
         | libc::SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
     prctl(libc::PR_SET_SECUREBITS, secure as libc::c_ulong, 0)?;
-    for cap in 0..=last_cap {
-        match prctl(libc::PR_CAPBSET_DROP, cap, 0) {
-            // EINVAL: the kernel has fewer capabilities than cap_last_cap claimed.
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => break,
-            other => other?,
-        }
-    }
     prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0)
 }
 
