@@ -116,94 +116,39 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
 /// Lookups remembered while one policy is resolved: resolution looks up the same paths
 /// several times (when it canonicalises them, for protected names, for planted symlinks).
 ///
-/// Names are looked up one by one, until [`LIST_AFTER`] names in one directory have been: that
-/// directory is then listed once, and the listing answers for the rest of its names. The home
-/// directory gets about fifty lookups of built-in names, most of them missing. An earlier
-/// version listed every parent directory at its first lookup, which cost more than it saved:
-/// most directories get one to four lookups, and the workspace's parent may be large
-/// (docs/benchmarks.md).
+/// Missing names are looked up one by one. An earlier version listed each parent directory
+/// instead and found missing names in the listing, but reading a directory cost more than the
+/// failed `statx` calls it saved. Without listings, a run of the default profile took 0.1 to
+/// 0.2 ms less on a 2-CPU VM, with the workspace in a small directory and in a `/tmp` of 270
+/// entries alike (docs/benchmarks.md).
 pub(crate) mod listing {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
     use std::ffi::OsString;
     use std::path::Path;
 
-    /// How many names of one directory are looked up one by one before it is listed instead.
-    /// Reading a small directory costs about as much as ten failed `statx` calls.
-    pub const LIST_AFTER: u32 = 8;
-    /// A directory with more entries is not listed: reading it would cost more than the
-    /// lookups it spares.
-    const MAX_LISTED: usize = 256;
-
-    /// What is known of the filesystem while one policy is resolved.
-    #[derive(Default)]
-    struct Cache {
-        /// Whether each path looked up is a symlink, or `None` for a missing one. Keyed by
-        /// the path's bytes: the paths are normalised, and comparing bytes costs less than
-        /// hashing a `Path` component by component.
-        paths: BTreeMap<OsString, Option<bool>>,
-        /// Each directory whose names were looked up: how many so far, or whether it was
-        /// listed.
-        directories: BTreeMap<OsString, Directory>,
-    }
-
-    #[derive(Clone, Copy)]
-    enum Directory {
-        /// This many of its names were looked up one by one.
-        Counted(u32),
-        /// Every name in it is in `paths`; a name that is not is missing.
-        Listed,
-        /// It could not be listed, or was too large: its names are looked up one by one.
-        Unlisted,
-    }
-
     thread_local! {
-        /// `None` outside [`with_cache`].
-        static LOOKUPS: RefCell<Option<Cache>> = const { RefCell::new(None) };
+        /// Whether each path looked up is a symlink, or `None` for a missing one. `None`
+        /// outside [`with_cache`]. Keyed by the path's bytes: the paths are normalised, and
+        /// comparing bytes costs less than hashing a `Path` component by component.
+        static LOOKUPS: RefCell<Option<BTreeMap<OsString, Option<bool>>>> = const { RefCell::new(None) };
     }
 
     /// Runs `work` with lookups cached, and drops them afterwards so a later resolution reads
     /// the filesystem as it is then.
     pub fn with_cache<T>(work: impl FnOnce() -> T) -> T {
-        LOOKUPS.with(|cell| *cell.borrow_mut() = Some(Cache::default()));
+        LOOKUPS.with(|cell| *cell.borrow_mut() = Some(BTreeMap::new()));
         let result = work();
         LOOKUPS.with(|cell| *cell.borrow_mut() = None);
         result
     }
 
     /// Looks `path` up without following a final symlink and returns whether it is a symlink.
-    /// Within [`with_cache`], a path looked up before, found or missing, or named in a listing
-    /// of its directory, is returned from memory: resolution takes the filesystem as it was
-    /// when it first looked.
+    /// Within [`with_cache`], a path looked up before, found or missing, is returned from
+    /// memory: resolution takes the filesystem as it was when it first looked.
     pub fn lookup(path: &Path) -> std::io::Result<bool> {
         let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
-        let cached = LOOKUPS.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            let cache = cell.as_mut()?;
-            if let Some(known) = cache.paths.get(path.as_os_str()) {
-                return Some(*known);
-            }
-            let parent = path.parent()?;
-            let state = cache.directories.get(parent.as_os_str()).copied().unwrap_or(Directory::Counted(0));
-            match state {
-                Directory::Listed => Some(None),
-                Directory::Unlisted => None,
-                Directory::Counted(count) if count + 1 < LIST_AFTER => {
-                    cache.directories.insert(parent.as_os_str().to_owned(), Directory::Counted(count + 1));
-                    None
-                }
-                Directory::Counted(_) => {
-                    let listed = list(parent, &mut cache.paths);
-                    cache.directories.insert(parent.as_os_str().to_owned(), if listed { Directory::Listed } else { Directory::Unlisted });
-                    if listed {
-                        Some(cache.paths.get(path.as_os_str()).copied().flatten())
-                    } else {
-                        None
-                    }
-                }
-            }
-        });
-        if let Some(known) = cached {
+        if let Some(known) = LOOKUPS.with(|cell| cell.borrow().as_ref().and_then(|cache| cache.get(path.as_os_str()).copied())) {
             return known.ok_or_else(missing);
         }
         let found = match path.symlink_metadata() {
@@ -213,33 +158,10 @@ pub(crate) mod listing {
         };
         LOOKUPS.with(|cell| {
             if let Some(cache) = cell.borrow_mut().as_mut() {
-                cache.paths.insert(path.as_os_str().to_owned(), found);
+                cache.insert(path.as_os_str().to_owned(), found);
             }
         });
         found.ok_or_else(missing)
-    }
-
-    /// Adds every entry of `dir` to `paths`, with whether it is a symlink, and returns true.
-    /// Returns false, adding nothing, when the directory cannot be read (a directory may be
-    /// searchable but not readable) or has more than [`MAX_LISTED`] entries.
-    fn list(dir: &Path, paths: &mut BTreeMap<OsString, Option<bool>>) -> bool {
-        let Ok(entries) = std::fs::read_dir(dir) else { return false };
-        let mut found = Vec::new();
-        for entry in entries {
-            let Ok(entry) = entry else { return false };
-            // `file_type` takes the type from the listing where the filesystem gives it, and
-            // makes a `statx` call of its own where it does not.
-            let Ok(kind) = entry.file_type() else { return false };
-            if found.len() == MAX_LISTED {
-                return false;
-            }
-            found.push((entry.path().into_os_string(), Some(kind.is_symlink())));
-        }
-        for (path, is_symlink) in found {
-            // A path looked up before keeps its first answer.
-            paths.entry(path).or_insert(is_symlink);
-        }
-        true
     }
 
     /// Reports whether `path` exists, without following a final symlink. Within [`with_cache`]
@@ -304,31 +226,6 @@ pub fn is_within(path: &Path, root: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Once a directory is listed, its listing answers as the lookups one by one would have:
-    /// present and missing names, symlinks, and names looked up before it was listed.
-    #[cfg(unix)]
-    #[test]
-    fn a_listed_directory_answers_as_lookups_do() {
-        let dir = std::env::temp_dir().join(format!("palisade-listing-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("file"), b"").unwrap();
-        std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
-        std::os::unix::fs::symlink("nowhere", dir.join("dangling")).unwrap();
-        let names: Vec<String> = (0..listing::LIST_AFTER + 4)
-            .map(|index| format!("missing{index}"))
-            .chain(["file", "link", "dangling", "sub", "sub/inner", "missing0"].map(String::from))
-            .collect();
-        let answers = |cached: bool| -> Vec<(String, Option<bool>)> {
-            let ask = || names.iter().map(|name| (name.clone(), listing::lookup(&dir.join(name)).ok())).collect();
-            if cached { listing::with_cache(ask) } else { ask() }
-        };
-        let expected = answers(false);
-        assert_eq!(expected.iter().filter(|(_, answer)| answer.is_some()).count(), 4, "{expected:?}");
-        assert_eq!(answers(true), expected);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn sibling_with_shared_prefix_is_outside() {
