@@ -499,11 +499,14 @@ fn run_cgroup(limits: &palisade_policy::Limits) -> Result<cgroup::RunCgroup, Str
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     /// The period of the CPU bandwidth limit: the kernel's default, 100 ms.
     const CPU_PERIOD_US: u64 = 100_000;
-    let dir = own_cgroup()?;
     let mut needed = CGROUP_CONTROLLERS.to_vec();
     if limits.cpus_milli.is_some() {
         needed.push("cpu");
     }
+    if let Some(cause) = std::fs::read_to_string("/proc/cgroups").ok().and_then(|text| cgroup::unavailable_on_v2(&text, &needed)) {
+        return Err(cause);
+    }
+    let dir = own_cgroup()?;
     cgroup::check(&dir, &needed).map_err(|(cause, _)| cause)?;
     // Only the root of the hierarchy lacks `cgroup.type`.
     let is_root = !dir.join("cgroup.type").exists();
