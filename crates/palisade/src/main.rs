@@ -1,5 +1,8 @@
 //! The `palisade` command: parses the command line, runs, prints any error once, and maps the
 //! outcome to the documented exit status.
+//!
+//! On Linux the process starts in [`start`], not behind the standard library's runtime start.
+#![cfg_attr(all(target_os = "linux", not(test)), no_main)]
 
 mod cli;
 #[cfg(target_os = "macos")]
@@ -9,11 +12,13 @@ mod mcp;
 mod report;
 #[cfg(any(target_os = "linux", windows, target_os = "macos"))]
 mod selftest;
+#[cfg(all(target_os = "linux", not(test)))]
+mod start;
 #[cfg(windows)]
 mod windows;
 
+#[cfg(any(not(target_os = "linux"), test))]
 use std::process::ExitCode;
-
 
 use cli::{Cli, Command};
 
@@ -25,14 +30,20 @@ const EXIT_TIMED_OUT: u8 = 124;
 /// report names the limit.
 const EXIT_KILLED_AT_LIMIT: u8 = 137;
 
+#[cfg(any(not(target_os = "linux"), test))]
 fn main() -> ExitCode {
+    ExitCode::from(palisade_main())
+}
+
+/// Runs palisade and returns its exit status.
+fn palisade_main() -> u8 {
     // Sanitise first: nothing inherited may leak into the sandbox. On Windows, a new process
     // inherits only the handles palisade passes in its handle list. On macOS, the stage closes
     // every inherited descriptor before it becomes the command.
     #[cfg(target_os = "linux")]
     if let Err(error) = palisade_linux::close_inherited_descriptors() {
         eprintln!("palisade: error: {error}");
-        return ExitCode::from(EXIT_PALISADE_FAILED);
+        return EXIT_PALISADE_FAILED;
     }
     // Usage errors exit with 125 like every other failure of palisade itself, so a harness can
     // tell them from the command's own statuses. Help and version still exit 0.
@@ -41,7 +52,7 @@ fn main() -> ExitCode {
         Err(error) => {
             let code = if error.use_stderr() { EXIT_PALISADE_FAILED } else { 0 };
             let _ = error.print();
-            return ExitCode::from(code);
+            return code;
         }
     };
     // The runner exits with the command's 32-bit exit code, which ExitCode cannot carry, and
@@ -58,10 +69,10 @@ fn main() -> ExitCode {
     }
     init_logging();
     match run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(error) => {
             eprintln!("palisade: error: {}", error_message(&error));
-            ExitCode::from(EXIT_PALISADE_FAILED)
+            EXIT_PALISADE_FAILED
         }
     }
 }
