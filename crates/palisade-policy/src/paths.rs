@@ -116,39 +116,59 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
 /// Lookups remembered while one policy is resolved: resolution looks up the same paths
 /// several times (when it canonicalises them, for protected names, for planted symlinks).
 ///
-/// Missing names are looked up one by one. An earlier version listed each parent directory
-/// instead and found missing names in the listing, but reading a directory cost more than the
-/// failed `statx` calls it saved. Without listings, a run of the default profile took 0.1 to
-/// 0.2 ms less on a 2-CPU VM, with the workspace in a small directory and in a `/tmp` of 270
-/// entries alike (docs/benchmarks.md).
+/// Missing names are looked up one by one, except in the home directory and `~/.config`,
+/// which resolution reads whole when they are small ([`listing::prefetch`]). Listing every
+/// parent directory cost more than the failed `statx` calls it saved: 0.1 to 0.2 ms per run
+/// with the workspace in a small directory and in a `/tmp` of 270 entries alike, and a
+/// listing after a few lookups made a home directory of 2 000 entries 0.5 ms slower
+/// (docs/benchmarks.md).
 pub(crate) mod listing {
     use std::cell::RefCell;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::ffi::OsString;
     use std::path::Path;
 
+    /// What resolution has seen of the filesystem. Keyed by the paths' bytes: the paths are
+    /// normalised, and comparing bytes costs less than hashing a `Path` component by
+    /// component.
+    #[derive(Default)]
+    struct Cache {
+        /// Whether each path looked up is a symlink, or `None` for a missing one.
+        paths: BTreeMap<OsString, Option<bool>>,
+        /// Directories read whole by [`prefetch`]: a name in one that `paths` lacks is missing.
+        listed: BTreeSet<OsString>,
+    }
+
     thread_local! {
-        /// Whether each path looked up is a symlink, or `None` for a missing one. `None`
-        /// outside [`with_cache`]. Keyed by the path's bytes: the paths are normalised, and
-        /// comparing bytes costs less than hashing a `Path` component by component.
-        static LOOKUPS: RefCell<Option<BTreeMap<OsString, Option<bool>>>> = const { RefCell::new(None) };
+        /// `None` outside [`with_cache`].
+        static LOOKUPS: RefCell<Option<Cache>> = const { RefCell::new(None) };
     }
 
     /// Runs `work` with lookups cached, and drops them afterwards so a later resolution reads
     /// the filesystem as it is then.
     pub fn with_cache<T>(work: impl FnOnce() -> T) -> T {
-        LOOKUPS.with(|cell| *cell.borrow_mut() = Some(BTreeMap::new()));
+        LOOKUPS.with(|cell| *cell.borrow_mut() = Some(Cache::default()));
         let result = work();
         LOOKUPS.with(|cell| *cell.borrow_mut() = None);
         result
     }
 
     /// Looks `path` up without following a final symlink and returns whether it is a symlink.
-    /// Within [`with_cache`], a path looked up before, found or missing, is returned from
-    /// memory: resolution takes the filesystem as it was when it first looked.
+    /// Within [`with_cache`], a path looked up before, found or missing, or in a directory
+    /// [`prefetch`] read, is returned from memory: resolution takes the filesystem as it was
+    /// when it first looked.
     pub fn lookup(path: &Path) -> std::io::Result<bool> {
         let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
-        if let Some(known) = LOOKUPS.with(|cell| cell.borrow().as_ref().and_then(|cache| cache.get(path.as_os_str()).copied())) {
+        let known = LOOKUPS.with(|cell| {
+            let cell = cell.borrow();
+            let cache = cell.as_ref()?;
+            if let Some(known) = cache.paths.get(path.as_os_str()) {
+                return Some(*known);
+            }
+            let parent = listed_parent(path)?;
+            cache.listed.contains(parent.as_os_str()).then_some(None)
+        });
+        if let Some(known) = known {
             return known.ok_or_else(missing);
         }
         let found = match path.symlink_metadata() {
@@ -158,11 +178,91 @@ pub(crate) mod listing {
         };
         LOOKUPS.with(|cell| {
             if let Some(cache) = cell.borrow_mut().as_mut() {
-                cache.insert(path.as_os_str().to_owned(), found);
+                cache.paths.insert(path.as_os_str().to_owned(), found);
             }
         });
         found.ok_or_else(missing)
     }
+
+    /// Returns the directory `path` names an entry of, when `path` is that directory, a
+    /// separator and the entry's name, as [`prefetch`] records entries. Not for a path that
+    /// ends in `.`, `..` or a separator: its entry is not one of the names read.
+    #[cfg(target_os = "linux")]
+    fn listed_parent(path: &Path) -> Option<&Path> {
+        use std::os::unix::ffi::OsStrExt;
+        let (parent, name) = (path.parent()?, path.file_name()?);
+        let separator = usize::from(!parent.as_os_str().as_bytes().ends_with(b"/"));
+        let bytes = path.as_os_str().as_bytes();
+        (bytes.ends_with(name.as_bytes()) && bytes.len() == parent.as_os_str().len() + separator + name.len()).then_some(parent)
+    }
+
+    /// Elsewhere no directory is read whole.
+    #[cfg(not(target_os = "linux"))]
+    fn listed_parent(_path: &Path) -> Option<&Path> {
+        None
+    }
+
+    /// The most entries [`prefetch`] takes from a directory, and the size of its buffer, which
+    /// holds about 100 entries with short names. A larger directory is left to lookups one by
+    /// one: reading it cost more than the lookups it spared (docs/benchmarks.md).
+    #[cfg(target_os = "linux")]
+    const PREFETCH_ENTRIES: usize = 128;
+    #[cfg(target_os = "linux")]
+    const PREFETCH_BUFFER: usize = 4096;
+    /// The largest directory size, as `stat` reports it, that [`prefetch`] reads: one ext4
+    /// block, about 200 entries on tmpfs.
+    #[cfg(target_os = "linux")]
+    const PREFETCH_MAX_SIZE: u64 = 4096;
+
+    /// Within [`with_cache`], reads `dir` whole if it is small, so its entries need no lookup of
+    /// their own. Resolution looks up about fifty built-in names in the home directory, most of
+    /// them missing, and reading it costs about as much as five of those lookups. A directory
+    /// larger than [`PREFETCH_MAX_SIZE`] or with more than [`PREFETCH_ENTRIES`] entries, an
+    /// unreadable one, or one whose listing lacks an entry's type, is left as it was.
+    #[cfg(target_os = "linux")]
+    pub fn prefetch(dir: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(fd) = rustix::fs::open(dir, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+        else {
+            return;
+        };
+        // Only a small directory is read. On ext4 a directory of more than one block is
+        // indexed, and reading even the start of one with 2 000 entries took 0.1 ms.
+        if !rustix::fs::fstat(&fd).is_ok_and(|stat| u64::try_from(stat.st_size).is_ok_and(|size| size <= PREFETCH_MAX_SIZE)) {
+            return;
+        }
+        let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); PREFETCH_BUFFER];
+        let mut entries = rustix::fs::RawDir::new(fd, &mut buffer);
+        let mut found = Vec::new();
+        while let Some(entry) = entries.next() {
+            let Ok(entry) = entry else { return };
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let is_symlink = match entry.file_type() {
+                rustix::fs::FileType::Unknown => return,
+                kind => kind == rustix::fs::FileType::Symlink,
+            };
+            if found.len() == PREFETCH_ENTRIES {
+                return;
+            }
+            found.push((dir.join(std::ffi::OsStr::from_bytes(name)).into_os_string(), is_symlink));
+        }
+        LOOKUPS.with(|cell| {
+            if let Some(cache) = cell.borrow_mut().as_mut() {
+                for (path, is_symlink) in found {
+                    // A path looked up before keeps its first answer.
+                    cache.paths.entry(path).or_insert(Some(is_symlink));
+                }
+                cache.listed.insert(dir.as_os_str().to_owned());
+            }
+        });
+    }
+
+    /// Elsewhere every name is looked up one by one.
+    #[cfg(not(target_os = "linux"))]
+    pub fn prefetch(_dir: &Path) {}
 
     /// Reports whether `path` exists, without following a final symlink. Within [`with_cache`]
     /// the result may come from memory, as for [`lookup`].
@@ -226,6 +326,53 @@ pub fn is_within(path: &Path, root: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory read by `prefetch` answers as lookups one by one do: present and missing
+    /// names, symlinks, dangling ones, and names looked up before it was read.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_prefetched_directory_answers_as_lookups_do() {
+        let dir = std::env::temp_dir().join(format!("palisade-prefetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("file"), b"").unwrap();
+        std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
+        std::os::unix::fs::symlink("nowhere", dir.join("dangling")).unwrap();
+        let names = ["missing", "file", "link", "dangling", "sub", "sub/inner", ".", "..", "sub/.", "sub/", "sub/.."];
+        let ask = || names.iter().map(|name| (*name, listing::lookup(&dir.join(name)).ok())).collect::<Vec<_>>();
+        let expected = ask();
+        assert_eq!(expected.iter().filter(|(_, answer)| answer.is_some()).count(), 9, "{expected:?}");
+        let cached = listing::with_cache(|| {
+            let early = listing::lookup(&dir.join("file")).ok();
+            listing::prefetch(&dir);
+            std::fs::write(dir.join("missing"), b"").unwrap();
+            (early, ask())
+        });
+        assert_eq!(cached.0, Some(false));
+        // "missing" was created after the directory was read, so resolution still sees it
+        // missing, as it would had it looked the name up first.
+        assert_eq!(cached.1, expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A directory too large to read in two small buffers is left to lookups one by one.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_directory_is_not_prefetched() {
+        let dir = std::env::temp_dir().join(format!("palisade-prefetch-large-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for index in 0..300 {
+            std::fs::write(dir.join(format!("entry-{index}")), b"").unwrap();
+        }
+        let seen_late = listing::with_cache(|| {
+            listing::prefetch(&dir);
+            std::fs::write(dir.join("late"), b"").unwrap();
+            listing::lookup(&dir.join("late")).is_ok()
+        });
+        assert!(seen_late, "a name created after a refused prefetch is looked up for real");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn sibling_with_shared_prefix_is_outside() {

@@ -936,6 +936,9 @@ fn resolve_filesystem(
         }
     }
 
+    // Most of the built-in names below are looked up in these two directories.
+    listing::prefetch(home);
+    listing::prefetch(&home.join(".config"));
     let mut hidden = PathSet::default();
     for name in builtin::CREDENTIAL_STORES {
         hidden.add(canonicalize_below(home, name).unwrap_or_else(|_| home.join(name)));
