@@ -568,7 +568,7 @@ mod tests {
 ";
 
     #[test]
-    fn controllers_bound_to_v1_rule_out_a_run_cgroup() {
+    fn unavailable_on_v2_by_host_kind() {
         let hybrid = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t4\t46\t1\nhugetlb\t0\t1\t1\npids\t8\t1\t1\n";
         let cause = unavailable_on_v2(hybrid, &["memory", "pids"]).unwrap();
         assert!(cause.contains("memory controller is bound to a cgroup v1 hierarchy"), "{cause}");

@@ -307,8 +307,9 @@ const KEEPER_STACK_SIZE: usize = 16 * 1024;
 extern "C" fn keep_memory(arg: *mut libc::c_void) -> libc::c_int {
     let parent = arg as usize as libc::pid_t;
     // SAFETY: close_range only closes descriptors of this child's own table, a copy of the
-    // parent's. With first 0, last the maximum and no flags it cannot fail, so the libc wrapper
-    // never writes errno, which the child shares with the thread that started it.
+    // parent's. The kernel returns an error only for unknown flags or a first descriptor above
+    // the last, neither of which these arguments have, so the libc wrapper never writes errno,
+    // which the child shares with the thread that started it.
     unsafe { libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) };
     if rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).is_err() {
         return 0;

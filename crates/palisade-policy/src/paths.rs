@@ -118,9 +118,9 @@ fn resolve_below<'a>(mut resolved: PathBuf, components: impl Iterator<Item = Com
 ///
 /// Missing names are looked up one by one, except in the home directory and `~/.config`,
 /// which resolution reads whole when they are small ([`listing::prefetch`]). Listing every
-/// parent directory cost more than the failed `statx` calls it saved: 0.1 to 0.2 ms per run
-/// with the workspace in a small directory and in a `/tmp` of 270 entries alike, and a
-/// listing after a few lookups made a home directory of 2 000 entries 0.5 ms slower
+/// parent directory cost more than the failed `statx` calls it saved: 0.1 to 0.2 ms per run,
+/// with the workspace in a small directory and in a `/tmp` of 270 entries alike. A listing
+/// after a few lookups made a home directory of 2 000 entries 0.5 ms slower
 /// (docs/benchmarks.md).
 pub(crate) mod listing {
     use std::cell::RefCell;
@@ -128,7 +128,7 @@ pub(crate) mod listing {
     use std::ffi::OsString;
     use std::path::Path;
 
-    /// What resolution has seen of the filesystem. Keyed by the paths' bytes: the paths are
+    /// The filesystem as resolution has found it. Keyed by the paths' bytes: the paths are
     /// normalised, and comparing bytes costs less than hashing a `Path` component by
     /// component.
     #[derive(Default)]
@@ -202,8 +202,8 @@ pub(crate) mod listing {
         None
     }
 
-    /// The most entries [`prefetch`] takes from a directory, and the size of its buffer, which
-    /// holds about 100 entries with short names. A larger directory is left to lookups one by
+    /// The maximum number of entries [`prefetch`] takes from a directory, and the size of its
+    /// buffer, room for about 100 entries with short names. A larger directory is left to lookups one by
     /// one: reading it cost more than the lookups it spared (docs/benchmarks.md).
     #[cfg(target_os = "linux")]
     const PREFETCH_ENTRIES: usize = 128;
@@ -252,7 +252,7 @@ pub(crate) mod listing {
         LOOKUPS.with(|cell| {
             if let Some(cache) = cell.borrow_mut().as_mut() {
                 for (path, is_symlink) in found {
-                    // A path looked up before keeps its first answer.
+                    // A path looked up before keeps its first result.
                     cache.paths.entry(path).or_insert(Some(is_symlink));
                 }
                 cache.listed.insert(dir.as_os_str().to_owned());
@@ -327,11 +327,11 @@ pub fn is_within(path: &Path, root: &Path) -> bool {
 mod tests {
     use super::*;
 
-    /// A directory read by `prefetch` answers as lookups one by one do: present and missing
-    /// names, symlinks, dangling ones, and names looked up before it was read.
+    /// A directory read by `prefetch` gives the results that lookups one by one give: present
+    /// and missing names, symlinks, dangling ones, and names looked up before it was read.
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_prefetched_directory_answers_as_lookups_do() {
+    fn prefetch_matches_lookups() {
         let dir = std::env::temp_dir().join(format!("palisade-prefetch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("sub")).unwrap();
@@ -349,7 +349,7 @@ mod tests {
             (early, ask())
         });
         assert_eq!(cached.0, Some(false));
-        // "missing" was created after the directory was read, so resolution still sees it
+        // "missing" was created after the directory was read, so resolution still finds it
         // missing, as it would had it looked the name up first.
         assert_eq!(cached.1, expected);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -358,7 +358,7 @@ mod tests {
     /// A directory too large to read in two small buffers is left to lookups one by one.
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_large_directory_is_not_prefetched() {
+    fn prefetch_skips_large_directory() {
         let dir = std::env::temp_dir().join(format!("palisade-prefetch-large-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

@@ -146,8 +146,8 @@ const HOME_VARIABLE: &str = "HOME";
 #[cfg(windows)]
 const HOME_VARIABLE: &str = "USERPROFILE";
 
-/// The machine's memory in bytes: `MemTotal` of `/proc/meminfo`, which `sysinfo` gives in
-/// one system call.
+/// Returns the machine's memory in bytes: `MemTotal` of `/proc/meminfo`, which `sysinfo`
+/// gives in one system call.
 #[cfg(target_os = "linux")]
 fn read_memory_total() -> Option<u64> {
     // SAFETY: sysinfo only writes the structure it is given, which is plain data.

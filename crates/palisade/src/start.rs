@@ -44,7 +44,7 @@ fn open_standard_descriptors() -> bool {
             break;
         }
         if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // Without poll's answer, ask each descriptor for its flags instead.
+            // When poll fails, each descriptor's flags tell whether it is open.
             for pollfd in &mut fds {
                 // SAFETY: F_GETFD only reads the flags of a descriptor number, open or not.
                 let closed = unsafe { libc::fcntl(pollfd.fd, libc::F_GETFD) } == -1;
