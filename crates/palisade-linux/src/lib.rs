@@ -333,6 +333,21 @@ pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&L
     launch(policy, Job { workload: Workload::Session(socket), options: RunOptions::default(), on_denial }, on_start)
 }
 
+/// Returns why palisade, run as the host's root user, cannot build the sandbox: no
+/// CAP_SYS_ADMIN, or another capability root mode needs missing. With `network`, the run has a
+/// network namespace of its own, which needs CAP_NET_ADMIN too. `None` for an unprivileged
+/// caller and for root with every capability needed.
+pub(crate) fn root_capability_problem(network: bool) -> Option<Error> {
+    match Identity::current() {
+        Identity::User { uid: 0, .. } if in_initial_user_namespace() => Some(Error::RootWithoutAdmin),
+        Identity::Root { .. } => {
+            let missing = missing_root_capabilities(network);
+            (!missing.is_empty()).then(|| Error::RootCapabilitiesMissing { missing: missing.join(", ") })
+        }
+        Identity::User { .. } => None,
+    }
+}
+
 fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
     let identity = Identity::current();
     if matches!(identity, Identity::User { uid: 0, .. }) && in_initial_user_namespace() {
@@ -402,9 +417,8 @@ fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> R
         }
     }
     if let Identity::Root { .. } = identity {
-        let missing = missing_root_capabilities(!matches!(policy.network, NetworkMode::Full));
-        if !missing.is_empty() {
-            return Err(Error::RootCapabilitiesMissing { missing: missing.join(", ") });
+        if let Some(error) = root_capability_problem(!matches!(policy.network, NetworkMode::Full)) {
+            return Err(error);
         }
     }
     // Taken before the plan looks for placeholders, and held until the run ends.

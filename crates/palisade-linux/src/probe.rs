@@ -48,8 +48,11 @@ pub fn all() -> Vec<Layer> {
         }
         None => Err(landlock::missing_reason()),
     };
+    // As root, `palisade run` stops before it creates any namespace when a capability it needs is
+    // missing, so the namespaces count as missing then.
+    let namespaces = root_capabilities().and_then(|()| namespaces()).map(|()| "user, mount, PID, network, IPC, UTS and cgroup namespaces".to_owned());
     vec![
-        Layer::new("namespaces", true, namespaces().map(|()| "user, mount, PID, network, IPC, UTS and cgroup namespaces".to_owned())),
+        Layer::new("namespaces", true, namespaces),
         Layer::new("landlock", true, landlock),
         Layer::new("seccomp", true, seccomp().map(|()| "seccomp-bpf filters".to_owned())),
         Layer::new("cgroup_v2", false, cgroup_v2()),
@@ -157,6 +160,18 @@ fn can_create_user_namespace() -> std::io::Result<()> {
     }
 }
 
+/// Checks that palisade, when it runs as root, has the capabilities root mode needs for the
+/// default policy, whose run has a network namespace of its own. `palisade run` stops without
+/// them, with or without `--allow-degraded`.
+pub fn root_capabilities() -> Result<(), (String, String)> {
+    let Some(error) = crate::root_capability_problem(true) else { return Ok(()) };
+    let message = error.to_string();
+    match message.split_once("\nfix: ") {
+        Some((cause, fix)) => Err((cause.to_owned(), fix.to_owned())),
+        None => Err((message, String::new())),
+    }
+}
+
 /// Checks for a delegated cgroup v2 directory of this process with the memory and pids
 /// controllers, in which palisade can create one cgroup per run.
 pub fn cgroup_v2() -> Result<String, (String, String)> {
@@ -173,8 +188,16 @@ pub fn accounting() -> Result<String, (String, String)> {
 }
 
 /// Reports whether degraded mode can run here: it needs Landlock ABI 3 (truncation is a right
-/// from ABI 3 on, and without it a read-only file could be emptied) and seccomp.
-pub fn degraded_possible() -> Result<(), String> {
+/// from ABI 3 on, and without it a read-only file could be emptied) and seccomp. With the
+/// namespaces available (`namespaces`), `--allow-degraded` only lets a run go without the
+/// other missing layers. As root without a capability root mode needs, nothing runs.
+pub fn degraded_possible(namespaces: bool) -> Result<(), String> {
+    if root_capabilities().is_err() {
+        return Err("as root without the capabilities named above, palisade stops every run, degraded or not".to_owned());
+    }
+    if namespaces {
+        return Ok(());
+    }
     match landlock::kernel_abi() {
         None => return Err(format!("it needs Landlock, and {}", landlock::missing_reason().0)),
         Some(abi) if abi < 3 => return Err(format!("it needs Landlock ABI 3 (Linux 6.2), and this kernel offers ABI {abi}")),

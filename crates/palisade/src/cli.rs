@@ -508,7 +508,8 @@ pub fn print_policy(args: PolicyArgs) -> anyhow::Result<u8> {
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let layers = palisade_linux::probe::all();
     let full = layers.iter().all(|layer| layer.available || !layer.required);
-    let degraded_possible = palisade_linux::probe::degraded_possible();
+    let namespaces = layers.iter().any(|layer| layer.name == "namespaces" && layer.available);
+    let degraded_possible = palisade_linux::probe::degraded_possible(namespaces);
     if args.json {
         let entries: serde_json::Map<String, serde_json::Value> = layers
             .iter()

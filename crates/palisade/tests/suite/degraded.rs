@@ -321,6 +321,24 @@ both_identities!(check_reports_each_layer, |f: &Fixture| {
     assert_eq!(value["degraded_mode_possible"], true);
 });
 
+// With the namespaces available, `--allow-degraded` lets a run go without Landlock or without
+// seccomp, and `check` reports it. It used to print that degraded mode could not help, because
+// it only considered a machine without namespaces.
+both_identities!(check_offers_degraded_mode_without_one_layer, |f: &Fixture| {
+    let bin = palisade_binary().to_str().unwrap().to_owned();
+    for (calls, layer) in [(LANDLOCK_CALLS, "landlock"), (SECCOMP_CALL, "seccomp")] {
+        let run = f.host(&f.ws, "/usr/bin/python3", &["-c", WITHOUT, calls, &bin, "check", "--json"]);
+        assert_eq!(run.code, Some(1), "{layer}: check must exit 1\n{}{}", run.stdout, run.stderr);
+        let value: serde_json::Value = serde_json::from_str(&run.stdout).expect("check --json prints JSON");
+        assert_eq!(value["layers"][layer]["available"], false, "{layer}: {value}");
+        assert_eq!(value["layers"]["namespaces"]["available"], true, "{layer}: {value}");
+        assert_eq!(value["degraded_mode_possible"], true, "{layer}: {value}");
+
+        let text = f.host(&f.ws, "/usr/bin/python3", &["-c", WITHOUT, calls, &bin, "check"]);
+        assert!(text.stdout.contains("With --allow-degraded it runs"), "{layer}: {}", text.stdout);
+    }
+});
+
 // The run report records the layers of a normal run and the reason of a refused one.
 both_identities!(report_records_layers_and_refusals, |f: &Fixture| {
     let path = f.out.join("run.json");

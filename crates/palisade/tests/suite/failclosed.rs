@@ -214,3 +214,28 @@ both_identities!(root_without_a_needed_capability_names_it, |f: &Fixture| {
     assert_eq!(run.code, Some(0), "a run with the host's network needs no CAP_NET_ADMIN\nstderr: {}", run.stderr);
     assert!(marker.exists(), "the command did not run");
 });
+
+// `palisade check` judges root mode as `palisade run` does. As root without CAP_SYS_ADMIN, or
+// without another capability root mode needs, `check` used to report the default policy as
+// fully enforced and exit 0 while every run stopped with exit 125. It now marks the namespaces
+// missing, names the capability and reports that degraded mode cannot help either.
+both_identities!(check_names_missing_root_capabilities, |f: &Fixture| {
+    if f.who == crate::suite::harness::Who::User {
+        skip(&f.name, "only root mode needs these capabilities");
+        return;
+    }
+    let binary = palisade_binary().to_str().unwrap();
+    for (dropped, named) in [("-sys_admin", "CAP_SYS_ADMIN"), ("-chown,-net_admin", "CAP_CHOWN, CAP_NET_ADMIN")] {
+        let bounding = format!("--bounding-set={dropped}");
+        let inheritable = format!("--inh-caps={dropped}");
+        let run = f.host(&f.ws, "setpriv", &[&bounding, &inheritable, "--", binary, "check", "--json"]);
+        assert_eq!(run.code, Some(1), "{dropped}: check must exit 1\n{}{}", run.stdout, run.stderr);
+        let value: serde_json::Value = serde_json::from_str(&run.stdout).expect("check --json prints JSON");
+        assert_eq!(value["layers"]["namespaces"]["available"], false, "{dropped}: {value}");
+        let detail = value["layers"]["namespaces"]["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(named), "{dropped}: the detail must name {named}: {value}");
+        assert!(value["layers"]["namespaces"]["fix"].is_string(), "{dropped}: {value}");
+        assert_eq!(value["default_policy_enforced"], false, "{dropped}: {value}");
+        assert_eq!(value["degraded_mode_possible"], false, "{dropped}: {value}");
+    }
+});
