@@ -273,7 +273,7 @@ impl Drop for NetworkChild {
 ///
 /// The child runs on a small stack of its own, which stays mapped until this process exits. It
 /// closes its copy of the descriptor table first, so it keeps no pipe of the caller's open, and
-/// asks to be killed when the thread that started it exits. It then waits for that signal. It
+/// sets SIGKILL as its parent-death signal, so it dies when the thread that started it exits. It then waits for that signal. It
 /// makes its system calls through rustix, which never writes errno, except `close_range`,
 /// which cannot fail with its arguments.
 pub fn defer_memory_teardown() -> io::Result<()> {

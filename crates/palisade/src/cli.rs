@@ -10,9 +10,9 @@ use palisade_policy::{Context, Overrides, Policy, RawPolicy};
 #[cfg(target_os = "linux")]
 use crate::{exit_code_for, report};
 
-/// What `palisade --help` says palisade is.
+/// The description of palisade in `palisade --help`.
 const ABOUT: &str = "Run a command in a sandbox made for AI coding agents";
-/// What the help says `palisade run` does.
+/// The description of `palisade run` in the help.
 const RUN_ABOUT: &str = "Run a command in a sandbox.";
 
 #[derive(Debug, Parser)]
