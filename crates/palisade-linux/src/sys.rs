@@ -273,9 +273,10 @@ impl Drop for NetworkChild {
 ///
 /// The child runs on a small stack of its own, which stays mapped until this process exits. It
 /// closes its copy of the descriptor table first, so it keeps no pipe of the caller's open, and
-/// sets SIGKILL as its parent-death signal, so it dies when the thread that started it exits. It then waits for that signal. It
-/// makes its system calls through rustix, which never writes errno, except `close_range`,
-/// whose arguments leave the kernel no error to return (see the call).
+/// sets SIGKILL as its parent-death signal, so it dies when the thread that started it exits.
+/// It then waits for that signal. It makes its system calls through rustix, which never writes
+/// errno, except `close_range`, whose arguments leave the kernel no error to return (see the
+/// call).
 pub fn defer_memory_teardown() -> io::Result<()> {
     let stack = ChildStack::new(KEEPER_STACK_SIZE)?;
     let parent = rustix::process::getpid().as_raw_nonzero().get();
