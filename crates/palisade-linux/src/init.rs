@@ -164,11 +164,10 @@ pub fn main(mut context: InitContext<'_>) -> ! {
     if let Err(error) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
         fail(&context.report, format!("failed to set the parent-death signal: {error}"));
     }
-    // Two steps of the command's confinement that init's own work does not need, done while
-    // the supervisor finishes its part before the go byte rather than in the command stage,
-    // which inherits both. Signal dispositions go back to their defaults: an ignored one would
-    // survive execve. Init itself keeps working without them: it takes its signals through a
-    // signalfd, and as PID 1 of its namespace it ignores a signal it has no handler for.
+    // Two steps of the command's confinement, made here while the supervisor finishes its part
+    // before the go byte. The command stage inherits both. An ignored signal would survive
+    // execve, so every disposition goes back to its default. Init itself needs neither: it
+    // takes its signals through a signalfd, and as PID 1 it ignores signals without a handler.
     sys::reset_signal_dispositions();
     if let Err(error) = sys::drop_bounding_set() {
         fail(&context.report, format!("failed to drop the capability bounding set: {error}"));

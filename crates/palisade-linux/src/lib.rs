@@ -333,13 +333,19 @@ pub fn run_session(policy: &Policy, socket: OwnedFd, on_start: &mut dyn FnMut(&L
     launch(policy, Job { workload: Workload::Session(socket), options: RunOptions::default(), on_denial }, on_start)
 }
 
-/// Returns why palisade, run as the host's root user, cannot build the sandbox: no
-/// CAP_SYS_ADMIN, or another capability root mode needs missing. With `network`, the run has a
-/// network namespace of its own, which needs CAP_NET_ADMIN too. `None` for an unprivileged
-/// caller and for root with every capability needed.
-pub(crate) fn root_capability_problem(network: bool) -> Option<Error> {
-    match Identity::current() {
-        Identity::User { uid: 0, .. } if in_initial_user_namespace() => Some(Error::RootWithoutAdmin),
+/// Reports whether `identity` is the host's root user without CAP_SYS_ADMIN, which root mode
+/// needs (see [`Error::RootWithoutAdmin`]).
+fn is_host_root_without_admin(identity: Identity) -> bool {
+    matches!(identity, Identity::User { uid: 0, .. }) && in_initial_user_namespace()
+}
+
+/// Returns why palisade, run as the host's root user with `identity`, cannot build the
+/// sandbox: no CAP_SYS_ADMIN, or another capability root mode needs missing. With `network`,
+/// the run has a network namespace of its own, which needs CAP_NET_ADMIN too. `None` for an
+/// unprivileged caller and for root with every capability needed.
+pub(crate) fn root_capability_problem(identity: Identity, network: bool) -> Option<Error> {
+    match identity {
+        _ if is_host_root_without_admin(identity) => Some(Error::RootWithoutAdmin),
         Identity::Root { .. } => {
             let missing = missing_root_capabilities(network);
             (!missing.is_empty()).then(|| Error::RootCapabilitiesMissing { missing: missing.join(", ") })
@@ -350,7 +356,7 @@ pub(crate) fn root_capability_problem(network: bool) -> Option<Error> {
 
 fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> Result<Outcome, Error> {
     let identity = Identity::current();
-    if matches!(identity, Identity::User { uid: 0, .. }) && in_initial_user_namespace() {
+    if is_host_root_without_admin(identity) {
         return Err(Error::RootWithoutAdmin);
     }
     let mut layers = Layers { namespaces: true, rlimits: vec!["core=0".into()], ..Layers::default() };
@@ -417,7 +423,7 @@ fn launch(policy: &Policy, job: Job<'_>, on_start: &mut dyn FnMut(&Layers)) -> R
         }
     }
     if let Identity::Root { .. } = identity {
-        if let Some(error) = root_capability_problem(!matches!(policy.network, NetworkMode::Full)) {
+        if let Some(error) = root_capability_problem(identity, !matches!(policy.network, NetworkMode::Full)) {
             return Err(error);
         }
     }

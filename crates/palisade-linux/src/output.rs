@@ -238,7 +238,7 @@ fn pump(read_end: &OwnedFd, index: usize, shared: &Shared, wait_when_empty: bool
     let target = if index == 0 { stdout.as_fd() } else { stderr.as_fd() };
     // The buffer grows to its full size once a read fills it. A pipe the command never wrote
     // to, which `Pumps::finish` drains at the end of every run, then costs no zeroed 64 KiB
-    // (16 page faults, about 20 us per pipe).
+    // (16 page faults, about 15 us per pipe).
     let mut buffer = vec![0u8; 4096];
     let mut writable = true;
     loop {

@@ -164,7 +164,7 @@ fn can_create_user_namespace() -> std::io::Result<()> {
 /// default policy, whose run has a network namespace of its own. `palisade run` stops without
 /// them, with or without `--allow-degraded`.
 pub fn root_capabilities() -> Result<(), (String, String)> {
-    let Some(error) = crate::root_capability_problem(true) else { return Ok(()) };
+    let Some(error) = crate::root_capability_problem(Identity::current(), true) else { return Ok(()) };
     let message = error.to_string();
     match message.split_once("\nfix: ") {
         Some((cause, fix)) => Err((cause.to_owned(), fix.to_owned())),
@@ -187,10 +187,11 @@ pub fn accounting() -> Result<String, (String, String)> {
     Ok("reads the run's processes from /proc to hold the memory and CPU time limits where no cgroup does".to_owned())
 }
 
-/// Reports whether degraded mode can run here: it needs Landlock ABI 3 (truncation is a right
-/// from ABI 3 on, and without it a read-only file could be emptied) and seccomp. With the
-/// namespaces available (`namespaces`), `--allow-degraded` only lets a run go without the
-/// other missing layers. As root without a capability root mode needs, nothing runs.
+/// Reports whether `--allow-degraded` lets a run go here. With the namespaces available
+/// (`namespaces`), it does: the run keeps them and goes without the other missing layers.
+/// Without them, degraded mode needs Landlock ABI 3 (truncation is a right from ABI 3 on, and
+/// without it a read-only file could be emptied) and seccomp. As root without a capability
+/// root mode needs, no run goes at all.
 pub fn degraded_possible(namespaces: bool) -> Result<(), String> {
     if root_capabilities().is_err() {
         return Err("as root without the capabilities named above, palisade stops every run, degraded or not".to_owned());

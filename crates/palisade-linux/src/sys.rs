@@ -261,9 +261,9 @@ impl Drop for NetworkChild {
     }
 }
 
-/// Starts a child that shares this process's memory until this process exits, so that the
-/// kernel frees that memory in the child, after this process has exited, and not within the
-/// exit that the caller of palisade waits for.
+/// Starts a child that shares this process's memory and lives until this process exits. The
+/// kernel then frees the memory when the child exits, not within the exit that the caller of
+/// palisade waits for.
 ///
 /// Freeing the address space unmaps every page palisade touched, most of them pages of its own
 /// binary and of libc (about 4 MiB resident). In `perf record` over 300 runs on a 2-CPU VM
@@ -299,7 +299,7 @@ pub fn defer_memory_teardown() -> io::Result<()> {
     Ok(())
 }
 
-/// The stack of the child [`defer_memory_teardown`] starts, which makes three system calls
+/// The stack size of the child [`defer_memory_teardown`] starts, which makes four system calls
 /// and then waits.
 const KEEPER_STACK_SIZE: usize = 16 * 1024;
 

@@ -216,7 +216,7 @@ pub(crate) mod listing {
 
     /// Within [`with_cache`], reads `dir` whole if it is small, so its entries need no lookup of
     /// their own. Resolution looks up about fifty built-in names in the home directory, most of
-    /// them missing, and reading it costs about as much as five of those lookups. A directory
+    /// them missing, and reading it costs about as much as ten of those lookups. A directory
     /// larger than [`PREFETCH_MAX_SIZE`] or with more than [`PREFETCH_ENTRIES`] entries, an
     /// unreadable one, or one whose listing lacks an entry's type, is left as it was.
     #[cfg(target_os = "linux")]
@@ -355,7 +355,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A directory too large to read in two small buffers is left to lookups one by one.
+    /// A directory larger than one ext4 block is left to lookups one by one.
     #[cfg(target_os = "linux")]
     #[test]
     fn prefetch_skips_large_directory() {

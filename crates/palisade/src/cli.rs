@@ -562,7 +562,7 @@ mod tests {
     /// The parse of a command line that starts with `run`, its help and its errors are those
     /// of the whole command-line definition.
     #[test]
-    fn run_alone_parses_as_the_whole_command_line() {
+    fn run_alone_parses_like_full_cli() {
         let lines: &[&[&str]] = &[
             &["palisade", "run", "--", "true"],
             &["palisade", "run", "-w", "/tmp", "--allow-read", "a", "--memory", "1G", "--", "sh", "-c", "exit 3"],

@@ -26,8 +26,8 @@ extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
     // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of this process.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let code = crate::palisade_main();
-    // The standard library keeps stdout line-buffered, and only its runtime start flushes it
-    // at the end: output without a final newline would be lost.
+    // The standard library keeps stdout line-buffered, and only its runtime flushes it after
+    // `main` returns. Output without a final newline would otherwise be lost.
     let _ = std::io::stdout().flush();
     c_int::from(code)
 }

@@ -324,7 +324,7 @@ both_identities!(check_reports_each_layer, |f: &Fixture| {
 // With the namespaces available, `--allow-degraded` lets a run go without Landlock or without
 // seccomp, and `check` reports it. It used to print that degraded mode could not help, because
 // it only considered a machine without namespaces.
-both_identities!(check_offers_degraded_mode_without_one_layer, |f: &Fixture| {
+both_identities!(check_degraded_without_one_layer, |f: &Fixture| {
     let bin = palisade_binary().to_str().unwrap().to_owned();
     for (calls, layer) in [(LANDLOCK_CALLS, "landlock"), (SECCOMP_CALL, "seccomp")] {
         let run = f.host(&f.ws, "/usr/bin/python3", &["-c", WITHOUT, calls, &bin, "check", "--json"]);

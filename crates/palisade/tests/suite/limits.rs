@@ -306,8 +306,8 @@ fn assert_nothing_left(f: &Fixture, marker: &str) {
 }
 
 /// Waits until the three children of `detaching_script` run. Their command lines start with
-/// `sh -c` and the script's text; palisade's own processes, whose command lines hold the whole
-/// script too, start otherwise.
+/// `sh -c` and the script's text. Palisade's own processes, whose command lines contain the
+/// whole script too, start otherwise.
 fn wait_for_start(marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let children = format!("^sh -c (sleep|trap) .*{marker}");
