@@ -34,8 +34,6 @@ pub enum Message {
     Error(String),
     /// The command could not be executed; the supervisor exits with `code` (126 or 127).
     Exec { code: i32, reason: String },
-    /// A placeholder was created on the host and must be removed after the run.
-    Placeholder(PathBuf),
     /// The command exited with this status.
     Exited(i32),
     /// The command was killed by this signal.
@@ -54,11 +52,6 @@ impl Message {
         let mut line = match self {
             Message::Error(text) => format!("error {}", one_line(text)).into_bytes(),
             Message::Exec { code, reason } => format!("exec {code} {}", one_line(reason)).into_bytes(),
-            Message::Placeholder(path) => {
-                let mut bytes = b"placeholder ".to_vec();
-                bytes.extend_from_slice(path.as_os_str().as_bytes());
-                bytes
-            }
             Message::Exited(code) => format!("exited {code}").into_bytes(),
             Message::Signaled(signal) => format!("signaled {signal}").into_bytes(),
             Message::Usage { user_us, system_us, max_rss_kib } => format!("usage {user_us} {system_us} {max_rss_kib}").into_bytes(),
@@ -84,7 +77,6 @@ impl Message {
                 let (code, reason) = text.split_once(' ')?;
                 Some(Message::Exec { code: code.parse().ok()?, reason: reason.to_owned() })
             }
-            b"placeholder" => Some(Message::Placeholder(PathBuf::from(OsStr::from_bytes(rest)))),
             b"exited" => Some(Message::Exited(text().parse().ok()?)),
             b"signaled" => Some(Message::Signaled(text().parse().ok()?)),
             b"usage" => {
@@ -139,10 +131,15 @@ pub struct Confinement {
 }
 
 fn send(report: &OwnedFd, message: &Message) {
+    send_all(report, std::slice::from_ref(message));
+}
+
+/// Sends `messages` in one write, so the supervisor wakes once for all of them.
+fn send_all(report: &OwnedFd, messages: &[Message]) {
     // The supervisor may already be gone; there is no one else to tell. A failed write is
     // ignored for the same reason: nothing here may panic, because the command stage shares
     // init's memory.
-    let bytes = message.encode();
+    let bytes: Vec<u8> = messages.iter().flat_map(Message::encode).collect();
     let mut written = 0;
     while written < bytes.len() {
         match rustix::io::write(report, &bytes[written..]) {
@@ -360,9 +357,7 @@ fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild
         idmap: context.idmap_userns.as_ref().map(|fd| fd.as_fd()),
         in_user_namespace: matches!(context.identity, Identity::User { .. }),
     };
-    let report = &context.report;
-    let detach = mounts::build_root(context.plan, &owner, &mut |path| send(report, &Message::Placeholder(path.to_owned())))
-        .map_err(|error| error.0)?;
+    let detach = mounts::build_root(context.plan, &owner).map_err(|error| error.0)?;
     join_network(network)?;
     Ok((proxy_port, detach))
 }
@@ -458,14 +453,14 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, mut socket_requests:
                     let code = libc::WEXITSTATUS(status);
                     (Message::Exited(code), code)
                 };
-                send(report, &message);
-                send(report, &children_usage());
+                let mut last = vec![message, children_usage()];
                 // Every process of a PID namespace is a descendant of its init, since orphans
                 // are reparented to it. With no child left, nothing of the run is alive, and the
                 // supervisor need not wait for the namespaces to be torn down.
                 if reap_all() {
-                    send(report, &Message::Finished);
+                    last.push(Message::Finished);
                 }
+                send_all(report, &last);
                 sys::exit_now(code);
             }
         }
@@ -660,7 +655,6 @@ mod tests {
         let messages = [
             Message::Error("failed to mount\nsomething".into()),
             Message::Exec { code: 127, reason: "foo: not found".into() },
-            Message::Placeholder("/ws/.claude".into()),
             Message::Exited(3),
             Message::Signaled(9),
             Message::Usage { user_us: 1_500_000, system_us: 20, max_rss_kib: 4096 },

@@ -62,12 +62,13 @@ pub struct Owner<'a> {
     pub in_user_namespace: bool,
 }
 
-/// Builds the new root from `plan` and pivots into it. Each placeholder created on
-/// the host is passed to `report_placeholder`, for removal after the run.
+/// Builds the new root from `plan` and pivots into it. Placeholders go only where
+/// [`MountPlan::placeholders`] lists them, which is where the supervisor looks for them after
+/// the run.
 ///
 /// Returns the child that detaches the host's tree, which is still stacked on the new root:
 /// nothing of the command may run before [`sys::DetachChild::wait`] succeeds.
-pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut dyn FnMut(&Path)) -> Result<sys::DetachChild, StepError> {
+pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChild, StepError> {
     let mut placeholders = Placeholders::default();
     // Step 1: no mount event from here on propagates back to the host.
     step_rustix(
@@ -138,7 +139,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
                 stage.attach_overlay(&root, path, lower, hidden)?;
             }
             MountOp::Hide { path, kind } => {
-                let Some(target) = target_or_placeholder(&root, path, *kind, owner, &mut placeholders, report_placeholder)? else { continue };
+                let Some(target) = target_or_placeholder(&root, path, *kind, owner, &mut placeholders)? else { continue };
                 let mask = match kind {
                     Kind::Missing => stage.empty_placeholder_cover()?,
                     Kind::Dir => stage.empty_mask(Kind::Dir)?,
@@ -147,7 +148,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, report_placeholder: &mut 
                 attach(&mask, &target, path)?;
             }
             MountOp::Protect { path, kind } => {
-                let Some(target) = target_or_placeholder(&root, path, *kind, owner, &mut placeholders, report_placeholder)? else { continue };
+                let Some(target) = target_or_placeholder(&root, path, *kind, owner, &mut placeholders)? else { continue };
                 if *kind == Kind::Missing {
                     let mask = stage.empty_placeholder_cover()?;
                     attach(&mask, &target, path)?;
@@ -316,8 +317,8 @@ fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd, StepE
 }
 
 /// Opens an existing path in the new root, or creates a placeholder for a missing one. The
-/// placeholder lands on the host (the path is inside a writable root), so it is reported for
-/// removal after the run.
+/// placeholder lands on the host (the path is inside a writable root), and the supervisor
+/// removes it after the run.
 ///
 /// The placeholder is a FIFO with mode 000, covered inside the sandbox by another one. A FIFO
 /// needs no data block, so it costs about a third of a directory to create and remove on ext4
@@ -330,7 +331,6 @@ fn target_or_placeholder(
     kind: Kind,
     owner: &Owner<'_>,
     placeholders: &mut Placeholders,
-    report: &mut dyn FnMut(&Path),
 ) -> Result<Option<OwnedFd>, StepError> {
     if kind != Kind::Missing {
         return open_target(root, path, kind).map(Some);
@@ -358,14 +358,10 @@ fn target_or_placeholder(
     let created = placeholders.create(&parent_fd, name);
     sys::set_fs_ids(previous.0, previous.1);
     match created {
-        Ok(()) => report(path),
         // Created between planning and now, or left by a run that was killed before cleaning
-        // up: adopt a stale placeholder, protect anything else as it is.
-        Err(rustix::io::Errno::EXIST) => {
-            if is_placeholder(&parent_fd, name) {
-                report(path);
-            }
-        }
+        // up: a stale placeholder is adopted (and removed after the run like a new one),
+        // anything else is protected as it is.
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(error) => return step_rustix("create placeholder", path, Err(error)),
     }
     let placeholder = step_rustix(
@@ -424,14 +420,6 @@ impl Placeholders {
             self.first = Some(rustix::fs::openat2(dir, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve)?);
         }
         Ok(())
-    }
-}
-
-/// Reports whether `name` in `dir` looks like a palisade placeholder: a FIFO with mode 000.
-fn is_placeholder(dir: &OwnedFd, name: &OsStr) -> bool {
-    match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(stat) => FileType::from_raw_mode(stat.st_mode) == FileType::Fifo && stat.st_mode & 0o7777 == 0,
-        Err(_) => false,
     }
 }
 

@@ -92,6 +92,20 @@ pub struct MountPlan {
     pub tmp_size: Option<u64>,
 }
 
+impl MountPlan {
+    /// The host paths where building the root may create a placeholder: each missing path the
+    /// plan hides or protects. The plan adds such an operation only inside a writable root, so
+    /// each of these paths is on the host. Init reports none of its placeholders: the
+    /// supervisor looks at every path listed here after the run, also when init was killed
+    /// during setup, and removes the placeholders it finds.
+    pub fn placeholders(&self) -> impl Iterator<Item = &Path> {
+        self.ops.iter().filter_map(|op| match op {
+            MountOp::Hide { path, kind: Kind::Missing } | MountOp::Protect { path, kind: Kind::Missing } => Some(path.as_path()),
+            _ => None,
+        })
+    }
+}
+
 /// Top-level paths that are often symlinks into `/usr`.
 const ROOT_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 
@@ -321,6 +335,19 @@ mod tests {
         });
         assert!(plan.ops.contains(&MountOp::Protect { path: "/work/ws/.claude".into(), kind: Kind::Missing }));
         assert!(plan.ops.contains(&MountOp::Protect { path: "/work/ws/.git/config".into(), kind: Kind::File }));
+    }
+
+    #[test]
+    fn placeholders_only_for_missing_names() {
+        let plan = plan(Filesystem {
+            writable: vec!["/work/ws".into()],
+            protected: vec!["/work/ws/.claude".into(), "/work/ws/.git/config".into(), "/work/ws/.git/hooks".into()],
+            hidden: vec!["/work/ws/token".into(), "/usr/secret".into()],
+            ..Default::default()
+        });
+        let mut placeholders: Vec<&Path> = plan.placeholders().collect();
+        placeholders.sort();
+        assert_eq!(placeholders, [Path::new("/work/ws/.claude"), Path::new("/work/ws/token")]);
     }
 
     #[test]

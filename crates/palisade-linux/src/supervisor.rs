@@ -186,21 +186,21 @@ pub fn run(
     let (pidfd, mut pumps) = match started_child {
         Ok(started) => started,
         Err(error) => {
-            abandon(pid, report_read, root_locks);
+            abandon(pid, plan, root_locks);
             return Err(error);
         }
     };
 
     if let Identity::User { uid, gid } = identity {
         if let Err(error) = userns::write_maps(pid, uid, gid) {
-            abandon(pid, report_read, root_locks);
+            abandon(pid, plan, root_locks);
             return Err(error);
         }
     }
     // Init enters the cgroup before it starts anything, so every process of the run is in it.
     if let Some(cgroup) = &cgroup {
         if let Err(reason) = cgroup.add(pid as u32) {
-            abandon(pid, report_read, root_locks);
+            abandon(pid, plan, root_locks);
             return Err(Error::Sandbox(reason));
         }
     }
@@ -230,7 +230,7 @@ pub fn run(
     let network_thread = match network_thread {
         Ok(thread) => thread,
         Err(error) => {
-            abandon(pid, report_read, root_locks);
+            abandon(pid, plan, root_locks);
             return Err(error);
         }
     };
@@ -262,7 +262,7 @@ pub fn run(
     let messages = Message::decode_all(&bytes);
     drop(go_write);
     let network = network_thread.map(network::NetworkThread::finish).unwrap_or_default();
-    remove_placeholders(&messages, root_locks);
+    remove_placeholders(plan, root_locks);
     revert.apply();
     // NOTE: the Linux report has no field for palisade's own failures after the run, so a
     // failed scrub shows only in the warnings `scrub` prints on stderr.
@@ -591,15 +591,12 @@ fn reap(pid: libc::pid_t) -> Option<(WaitStatus, sys::ResourceUsage)> {
     }
 }
 
-/// Kills init after a failure of palisade's own, reaps it, and removes the placeholders it
-/// reported: when the network thread fails to start, init may be building the root already.
-fn abandon(pid: libc::pid_t, report: OwnedFd, root_locks: &RootLocks) {
+/// Kills init after a failure of palisade's own, reaps it, and removes the placeholders it may
+/// have created: when the network thread fails to start, init may be building the root already.
+fn abandon(pid: libc::pid_t, plan: &MountPlan, root_locks: &RootLocks) {
     let _ = sys::kill(pid, libc::SIGKILL);
     reap(pid);
-    // Init is gone and with it every process of its PID namespace, so the pipe has no writer.
-    let mut bytes = Vec::new();
-    let _ = std::fs::File::from(report).read_to_end(&mut bytes);
-    remove_placeholders(&Message::decode_all(&bytes), root_locks);
+    remove_placeholders(plan, root_locks);
 }
 
 /// Shared `flock` locks on the writable roots of a run, held from before it plans its mounts
@@ -608,7 +605,7 @@ fn abandon(pid: libc::pid_t, report: OwnedFd, root_locks: &RootLocks) {
 /// Runs in one root share its placeholders: a run that finds one another run created adopts it
 /// and mounts over it. So a run removes its placeholders only when it can then lock the root
 /// exclusively, which means that no other run is live there. Otherwise the last run to end
-/// removes them, since every run that uses a placeholder reports it.
+/// removes them, since every run that uses a placeholder has it in its plan.
 pub(crate) struct RootLocks {
     roots: Vec<(PathBuf, std::fs::File)>,
 }
@@ -641,24 +638,22 @@ impl RootLocks {
     }
 }
 
-/// Removes the placeholders init created on the host. Each is removed only while it is still a
-/// FIFO with mode 000. A failure is reported on stderr, and the next run in the same workspace
-/// adopts and removes a leftover.
-fn remove_placeholders(messages: &[Message], root_locks: &RootLocks) {
-    for message in messages {
-        if let Message::Placeholder(path) = message {
-            if root_locks.is_alone(path) {
-                remove_placeholder(path);
-            }
+/// Removes the placeholders init created on the host: at each path where the plan allowed one,
+/// a FIFO with mode 000. Anything else there is left alone: init skips a path whose parent is
+/// missing, and then the command may have created the name itself. A failure is reported on
+/// stderr, and the next run in the same workspace adopts and removes a leftover.
+fn remove_placeholders(plan: &MountPlan, root_locks: &RootLocks) {
+    for path in plan.placeholders() {
+        if root_locks.is_alone(path) {
+            remove_placeholder(path);
         }
     }
 }
 
-fn remove_placeholder(path: &PathBuf) {
+fn remove_placeholder(path: &Path) {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let Ok(meta) = path.symlink_metadata() else { return };
     if !meta.file_type().is_fifo() || meta.permissions().mode() & 0o7777 != 0 {
-        eprintln!("palisade: warning: placeholder {} was changed on the host; leaving it in place", path.display());
         return;
     }
     match std::fs::remove_file(path) {
