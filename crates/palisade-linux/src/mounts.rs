@@ -352,23 +352,28 @@ fn target_or_placeholder(
             Err(error) => return step_rustix("open", parent, Err(error)),
         },
     };
-    // Created as the sandbox user: on an idmapped writable root only that user maps to a
-    // host owner, and the placeholder then belongs to the workspace's owner on the host.
-    let previous = sys::set_fs_ids(owner.uid, owner.gid);
-    let created = placeholders.create(&parent_fd, name);
-    sys::set_fs_ids(previous.0, previous.1);
-    match created {
-        // Created between planning and now, or left by a run that was killed before cleaning
-        // up: a stale placeholder is adopted (and removed after the run like a new one),
-        // anything else is protected as it is.
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(error) => return step_rustix("create placeholder", path, Err(error)),
-    }
-    let placeholder = step_rustix(
-        "open placeholder",
-        path,
-        rustix::fs::openat2(&parent_fd, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve),
-    )?;
+    let open = || rustix::fs::openat2(&parent_fd, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve);
+    // Usually the supervisor has created the placeholder already (see
+    // `create_placeholders_on_host`). An entry found here may also have been created between
+    // planning and now, or left by a run that was killed before cleaning up: a stale
+    // placeholder is adopted (and removed after the run like a new one), anything else is
+    // protected as it is.
+    let placeholder = match open() {
+        Ok(existing) => existing,
+        Err(rustix::io::Errno::NOENT) => {
+            // Created as the sandbox user: on an idmapped writable root only that user maps to
+            // a host owner, and the placeholder then belongs to the workspace's owner on the host.
+            let previous = sys::set_fs_ids(owner.uid, owner.gid);
+            let created = placeholders.create(&parent_fd, name);
+            sys::set_fs_ids(previous.0, previous.1);
+            match created {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(error) => return step_rustix("create placeholder", path, Err(error)),
+            }
+            step_rustix("open placeholder", path, open())?
+        }
+        Err(error) => return step_rustix("open placeholder", path, Err(error)),
+    };
     placeholders.keep_parent(parent, parent_fd);
     Ok(Some(placeholder))
 }
@@ -420,6 +425,35 @@ impl Placeholders {
             self.first = Some(rustix::fs::openat2(dir, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve)?);
         }
         Ok(())
+    }
+}
+
+/// Creates the placeholders of `plan` on the host, as the caller, before init reaches them.
+/// The supervisor calls this after the go byte, while init builds the root, so init only opens
+/// and covers each one. Init creates any placeholder that is not there yet; one it created
+/// first leaves this function an `EEXIST`, which is ignored. Nothing here can weaken a run: a
+/// failure here only leaves the work to init, and init covers whatever it finds at the name.
+///
+/// Each parent is opened from the host's root without following any symlink: plan paths are
+/// canonical, so a symlink on the way was planted in a writable root. A missing parent is
+/// skipped, as init skips it.
+pub fn create_placeholders_on_host(plan: &MountPlan) {
+    let mut first: Option<(OwnedFd, &OsStr)> = None;
+    for path in plan.placeholders() {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };
+        let Ok(dir) = rustix::fs::openat2(CWD, parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS) else {
+            continue;
+        };
+        // After the first, each is a hard link to it, as in `Placeholders::create`.
+        if let Some((first_dir, first_name)) = &first {
+            match rustix::fs::linkat(first_dir, *first_name, &dir, name, rustix::fs::AtFlags::empty()) {
+                Err(rustix::io::Errno::XDEV) => {}
+                _ => continue,
+            }
+        }
+        if rustix::fs::mknodat(&dir, name, FileType::Fifo, Mode::empty(), 0).is_ok() && first.is_none() {
+            first = Some((dir, name));
+        }
     }
 }
 

@@ -104,6 +104,17 @@ impl MountPlan {
             _ => None,
         })
     }
+
+    /// The writable roots bound from the host.
+    pub fn writable_roots(&self) -> Vec<PathBuf> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                MountOp::Bind { path, writable: true, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Top-level paths that are often symlinks into `/usr`.
