@@ -429,8 +429,8 @@ impl Placeholders {
 }
 
 /// Creates the placeholders of `plan` on the host, as the caller, before init reaches them.
-/// The supervisor calls this after the go byte, while init builds the root, so init only opens
-/// and covers each one. Init creates any placeholder that is not there yet; one it created
+/// The supervisor calls this just before the go byte, while init prepares itself, so init only
+/// opens and covers each one. Init creates any placeholder that is not there yet; one it created
 /// first leaves this function an `EEXIST`, which is ignored. Nothing here can weaken a run: a
 /// failure here only leaves the work to init, and init covers whatever it finds at the name.
 ///

@@ -204,11 +204,11 @@ pub fn run(
             return Err(Error::Sandbox(reason));
         }
     }
+    // Init drops its capability bounding set meanwhile, and later only opens these.
+    crate::mounts::create_placeholders_on_host(plan);
     if rustix::io::write(&go_write, b"1").is_err() {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
-    // Init only opens the placeholders this creates, later in its build of the root.
-    crate::mounts::create_placeholders_on_host(plan);
     // The caller's memory is freed after it has exited (see the function). Without that child,
     // the caller's own exit frees it, which only takes longer.
     if options.exits_after_run {
