@@ -354,10 +354,9 @@ fn target_or_placeholder(
     };
     let open = || rustix::fs::openat2(&parent_fd, name, OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), resolve);
     // Usually the supervisor has created the placeholder already (see
-    // `create_placeholders_on_host`). An entry found here may also have been created between
-    // planning and now, or left by a run that was killed before cleaning up: a stale
-    // placeholder is adopted (and removed after the run like a new one), anything else is
-    // protected as it is.
+    // `create_placeholders_on_host`). An entry found here may also have been created since
+    // planning, or left by a run that was killed before cleaning up. A stale placeholder is
+    // adopted and removed after the run like a new one. Anything else is protected as it is.
     let placeholder = match open() {
         Ok(existing) => existing,
         Err(rustix::io::Errno::NOENT) => {

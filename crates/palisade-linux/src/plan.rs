@@ -93,8 +93,8 @@ pub struct MountPlan {
 }
 
 impl MountPlan {
-    /// The host paths where building the root may create a placeholder: each missing path the
-    /// plan hides or protects. The plan adds such an operation only inside a writable root, so
+    /// Returns the host paths where building the root may create a placeholder: each missing
+    /// path the plan hides or protects. The plan adds such an operation only inside a writable root, so
     /// each of these paths is on the host. Init reports none of its placeholders: the
     /// supervisor looks at every path listed here after the run, also when init was killed
     /// during setup, and removes the placeholders it finds.
@@ -105,7 +105,7 @@ impl MountPlan {
         })
     }
 
-    /// The writable roots bound from the host.
+    /// Returns the writable roots bound from the host.
     pub fn writable_roots(&self) -> Vec<PathBuf> {
         self.ops
             .iter()

@@ -808,16 +808,16 @@ both_identities!(runs_leave_no_files_in_workspace, |f: &Fixture| {
 });
 
 // A run killed before its cleanup leaves its placeholders (FIFOs with mode 000) behind. The
-// next run in the workspace adopts each one and removes it with its own; a FIFO with any other
-// mode is the user's and stays.
+// next run in the workspace adopts each one and removes it with its own. A FIFO with any
+// other mode belongs to the user, so it stays.
 both_identities!(next_run_removes_stale_placeholders, |f: &Fixture| {
-    let made = f.host_sh("mkfifo -m 000 .codex && mkfifo -m 644 .claude");
-    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let setup = f.host_sh("mkfifo -m 000 .codex && mkfifo -m 644 .claude");
+    assert_eq!(setup.code, Some(0), "{}", setup.stderr);
     let run = f.palisade(&["run", "--", "sh", "-c", "mkdir .codex; mkdir .claude; true"]);
     assert_eq!(run.code, Some(0), "{}", describe(&run));
     assert!(!exists(&f.ws.join(".codex")), "the stale placeholder was left\n{}", describe(&run));
-    let kept = fs::symlink_metadata(f.ws.join(".claude")).expect("the user's FIFO was removed");
-    assert!(kept.file_type().is_fifo(), "the user's FIFO was replaced");
+    let user_fifo = fs::symlink_metadata(f.ws.join(".claude")).expect("the user's FIFO was removed");
+    assert!(user_fifo.file_type().is_fifo(), "the user's FIFO was replaced");
 });
 
 // Public report: openai/codex#9236: configured writable roots were neither readable nor
