@@ -428,21 +428,28 @@ impl Placeholders {
 }
 
 /// Creates the placeholders of `plan` on the host, as the caller, before init reaches them.
-/// The supervisor calls this just before the go byte, while init prepares itself, so init only
-/// opens and covers each one. Init creates any placeholder that is not there yet; one it created
-/// first leaves this function an `EEXIST`, which is ignored. Nothing here can weaken a run: a
-/// failure here only leaves the work to init, and init covers whatever it finds at the name.
+/// The supervisor calls this just before the go byte, while init prepares itself, so init
+/// usually only opens and covers each one. Init creates any placeholder still missing. An
+/// entry already at a name (`EEXIST`: a stale placeholder, another run's, or the user's) is
+/// left as it is, and init covers whatever it finds there. A failure here only leaves the
+/// work to init.
+///
+/// With `as_root`, a placeholder is created only in a directory that root owns and may write
+/// to as owner: init creates it as the sandbox user through the idmapped mount, where the
+/// owner's rights are all that user has. Elsewhere init makes the attempt, and a directory it
+/// cannot write stops the run as before, instead of getting root's placeholders.
 ///
 /// Each parent is opened from the host's root without following any symlink: plan paths are
 /// canonical, so a symlink on the way was planted in a writable root. A missing parent is
 /// skipped, as init skips it.
-pub fn create_placeholders_on_host(plan: &MountPlan) {
+pub fn create_placeholders_on_host(plan: &MountPlan, as_root: bool) {
     let mut first: Option<(OwnedFd, &OsStr)> = None;
     for path in plan.placeholders() {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };
-        let Ok(dir) = rustix::fs::openat2(CWD, parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS) else {
+        let Ok(dir) = open_host_dir(parent) else { continue };
+        if as_root && !rustix::fs::fstat(&dir).is_ok_and(|stat| stat.st_uid == 0 && stat.st_mode & 0o200 != 0) {
             continue;
-        };
+        }
         // After the first, each is a hard link to it, as in `Placeholders::create`.
         if let Some((first_dir, first_name)) = &first {
             match rustix::fs::linkat(first_dir, *first_name, &dir, name, rustix::fs::AtFlags::empty()) {
@@ -454,6 +461,12 @@ pub fn create_placeholders_on_host(plan: &MountPlan) {
             first = Some((dir, name));
         }
     }
+}
+
+/// Opens a host directory without following any symlink on the way (see
+/// [`create_placeholders_on_host`]).
+pub fn open_host_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(CWD, path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS)
 }
 
 /// Attaches a detached mount on top of `target`.

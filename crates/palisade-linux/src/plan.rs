@@ -94,10 +94,10 @@ pub struct MountPlan {
 
 impl MountPlan {
     /// Returns the host paths where building the root may create a placeholder: each missing
-    /// path the plan hides or protects. The plan adds such an operation only inside a writable root, so
-    /// each of these paths is on the host. Init reports none of its placeholders: the
-    /// supervisor looks at every path listed here after the run, also when init was killed
-    /// during setup, and removes the placeholders it finds.
+    /// path the plan hides or protects. The plan adds such an operation only inside a writable
+    /// root, so each of these paths is on the host. After the run, also when init was killed
+    /// during setup, the supervisor removes each mode-000 FIFO found at these paths, unless
+    /// another run is live in the same root.
     pub fn placeholders(&self) -> impl Iterator<Item = &Path> {
         self.ops.iter().filter_map(|op| match op {
             MountOp::Hide { path, kind: Kind::Missing } | MountOp::Protect { path, kind: Kind::Missing } => Some(path.as_path()),

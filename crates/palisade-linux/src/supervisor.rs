@@ -204,8 +204,9 @@ pub fn run(
             return Err(Error::Sandbox(reason));
         }
     }
-    // Init drops its capability bounding set meanwhile, and later only opens these.
-    crate::mounts::create_placeholders_on_host(plan);
+    // Init drops its capability bounding set meanwhile. It later covers these, and creates
+    // any that are missing.
+    crate::mounts::create_placeholders_on_host(plan, matches!(identity, Identity::Root { .. }));
     if rustix::io::write(&go_write, b"1").is_err() {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
@@ -593,8 +594,8 @@ fn reap(pid: libc::pid_t) -> Option<(WaitStatus, sys::ResourceUsage)> {
     }
 }
 
-/// Kills init after a failure of palisade's own, reaps it, and removes the placeholders it may
-/// have created: when the network thread fails to start, init may be building the root already.
+/// Kills init after a failure of palisade's own, reaps it, and removes the run's placeholders:
+/// the supervisor created them before the go byte, and init may have created more.
 fn abandon(pid: libc::pid_t, plan: &MountPlan, root_locks: &RootLocks) {
     let _ = sys::kill(pid, libc::SIGKILL);
     reap(pid);
@@ -640,10 +641,11 @@ impl RootLocks {
     }
 }
 
-/// Removes the placeholders init created on the host: at each path where the plan allowed one,
-/// a FIFO with mode 000. Anything else there is left alone: init skips a path whose parent is
-/// missing, and then the command may have created the name itself. A failure is reported on
-/// stderr, and the next run in the same workspace adopts and removes a leftover.
+/// Removes the run's placeholders from the host: at each path where the plan allowed one, a
+/// FIFO with mode 000, when no other run is live in its root. Anything else there is left
+/// alone: a path whose parent was missing got no placeholder, and the command may have created
+/// the name itself. A failure is reported on stderr, and the next run in the same workspace
+/// adopts and removes a leftover.
 fn remove_placeholders(plan: &MountPlan, root_locks: &RootLocks) {
     for path in plan.placeholders() {
         if root_locks.is_alone(path) {
@@ -652,16 +654,19 @@ fn remove_placeholders(plan: &MountPlan, root_locks: &RootLocks) {
     }
 }
 
+/// Removes the placeholder at `path`, if there is one. The parent is opened without following
+/// symlinks: under a parent that was missing, the command may have planted a symlink (`.git`
+/// pointing elsewhere), and what lies behind it is not this run's.
 fn remove_placeholder(path: &Path) {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let Ok(meta) = path.symlink_metadata() else { return };
-    if !meta.file_type().is_fifo() || meta.permissions().mode() & 0o7777 != 0 {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let Ok(dir) = crate::mounts::open_host_dir(parent) else { return };
+    let Ok(stat) = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return };
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo || stat.st_mode & 0o7777 != 0 {
         return;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => eprintln!("palisade: warning: failed to remove placeholder {}: {error}", path.display()),
+    match rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(error) => eprintln!("palisade: warning: failed to remove placeholder {}: {}", path.display(), std::io::Error::from(error)),
     }
 }
 

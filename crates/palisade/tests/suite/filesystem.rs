@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::both_identities;
-use crate::suite::harness::{CANARY, FAKE_CREDENTIALS, Fixture, Run};
+use crate::suite::harness::{CANARY, FAKE_CREDENTIALS, Fixture, Run, skip};
 
 /// Shell functions defined before every script.
 ///
@@ -818,6 +818,42 @@ both_identities!(next_run_removes_stale_placeholders, |f: &Fixture| {
     assert!(!exists(&f.ws.join(".codex")), "the stale placeholder was left\n{}", describe(&run));
     let user_fifo = fs::symlink_metadata(f.ws.join(".claude")).expect("the user's FIFO was removed");
     assert!(user_fifo.file_type().is_fifo(), "the user's FIFO was replaced");
+});
+
+// Without `.git`, the protected `.git/hooks` gets no placeholder, and the command may plant
+// `.git` as a symlink to another directory. The cleanup after the run must not follow it: a
+// mode-000 FIFO behind it (another run's placeholder, say) is not this run's to remove.
+both_identities!(cleanup_ignores_planted_git_symlink, |f: &Fixture| {
+    let elsewhere = f.out.join("elsewhere");
+    let setup = f.host_sh(&format!("rm -rf .git && mkdir {0} && mkfifo -m 000 {0}/hooks", elsewhere.display()));
+    assert_eq!(setup.code, Some(0), "{}", setup.stderr);
+    let script = format!("ln -s {} .git", elsewhere.display());
+    let run = f.palisade(&["run", "--", "sh", "-c", &script]);
+    assert_eq!(run.code, Some(0), "{}", describe(&run));
+    let fifo = fs::symlink_metadata(elsewhere.join("hooks")).expect("the FIFO behind the planted symlink was removed");
+    assert!(fifo.file_type().is_fifo(), "the FIFO behind the planted symlink was replaced");
+});
+
+// As root, another user's workspace is not writable in the sandbox, and a missing protected
+// name there cannot get a placeholder: the run does not start, and nothing is left behind.
+both_identities!(root_in_other_users_workspace_refused, |f: &Fixture| {
+    if f.who == crate::suite::harness::Who::User {
+        skip(&f.name, "only root can run palisade in another user's workspace");
+        return;
+    }
+    let Some((uid, gid)) = crate::suite::harness::test_user_ids() else {
+        skip(&f.name, "the unprivileged test user could not be created");
+        return;
+    };
+    let other = f.root.join("other-ws");
+    fs::create_dir(&other).unwrap();
+    std::os::unix::fs::chown(&other, Some(uid), Some(gid)).unwrap();
+    let workspace = other.display().to_string();
+    let run = f.palisade(&["run", "-w", &workspace, "--", "true"]);
+    assert_eq!(run.code, Some(125), "{}", describe(&run));
+    assert!(run.stderr.contains("failed to create placeholder"), "{}", describe(&run));
+    let left: Vec<_> = fs::read_dir(&other).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left in the workspace: {left:?}");
 });
 
 // Public report: openai/codex#9236: configured writable roots were neither readable nor
