@@ -213,6 +213,57 @@ fn run_on_another_cpu(pid: libc::pid_t) {
     }
 }
 
+/// A child that shares this process's memory and descriptor table and runs `entry` on another
+/// CPU, while this process goes on with its own work. `entry` must follow the rules of a
+/// memory-sharing child: no heap, no errno, and writes only to what `arg` points to.
+pub struct HelperChild {
+    pid: libc::pid_t,
+    reaped: bool,
+    _stack: ChildStack,
+}
+
+/// Size of a helper's stack: enough for a few small frames of system call wrappers.
+const HELPER_STACK_SIZE: usize = 64 * 1024;
+
+impl HelperChild {
+    /// Starts `entry(arg)` in the child.
+    ///
+    /// # Safety
+    ///
+    /// `arg` must stay valid, and nothing else may write to what it points to, until
+    /// [`HelperChild::wait`] has returned or the helper is dropped. `entry` must make its system
+    /// calls without errno (rustix's raw backend), use no heap and return.
+    pub unsafe fn start(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, arg: *mut libc::c_void) -> io::Result<HelperChild> {
+        let stack = ChildStack::new(HELPER_STACK_SIZE)?;
+        // SAFETY: the stack's top lies at the end of a live mapping, which moves into the
+        // returned value and is freed only after the child is reaped. The caller vouches for
+        // `entry` and `arg`. Without CLONE_SETTLS the child shares the caller's thread-local
+        // block, which such an entry does not touch.
+        let pid = unsafe { libc::clone(entry, stack.top(), libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD, arg) };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        run_on_another_cpu(pid);
+        Ok(HelperChild { pid, reaped: false, _stack: stack })
+    }
+
+    /// Waits until the child has exited.
+    pub fn wait(&mut self) {
+        if !self.reaped {
+            crate::userns::reap_child(self.pid);
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for HelperChild {
+    fn drop(&mut self) {
+        // The child runs on this value's stack and reads the caller's memory: it must be gone
+        // before either is freed.
+        self.wait();
+    }
+}
+
 impl NetworkChild {
     /// Starts the child. The caller must keep the result until [`NetworkChild::finish`] or drop
     /// it, which waits for the child.

@@ -856,6 +856,19 @@ both_identities!(root_in_other_users_workspace_refused, |f: &Fixture| {
     assert!(left.is_empty(), "left in the workspace: {left:?}");
 });
 
+// A path hidden inside a copy-on-write cache is a whiteout in the layer above the host's
+// cache. The directories on the way to it exist in that layer too, and must stay writable as
+// they are below: a build still writes next to the hidden entry.
+both_identities!(hidden_entry_in_cache_keeps_parent_writable, |f: &Fixture| {
+    let secret = f.home.join(".cargo/registry/secret");
+    f.write(&secret, "secret-in-cache\n");
+    let deny = secret.display().to_string();
+    let run = f.palisade(&["run", "--deny-read", &deny, "--", "sh", "-c", "cat ~/.cargo/registry/secret; echo built > ~/.cargo/registry/new && echo wrote"]);
+    assert!(!run.stdout.contains("secret-in-cache"), "the hidden entry was readable\n{}", describe(&run));
+    assert!(run.stdout.contains("wrote"), "the cache directory was not writable\n{}", describe(&run));
+    assert!(!exists(&f.home.join(".cargo/registry/new")), "the write reached the host's cache");
+});
+
 // Public report: openai/codex#9236: configured writable roots were neither readable nor
 // writable.
 both_identities!(extra_writable_roots_are_readable_and_writable, |f: &Fixture| {
