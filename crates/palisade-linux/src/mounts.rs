@@ -12,12 +12,11 @@
 //!    stage confines itself; the stage waits for it before `execve`.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{CWD, FileType, Mode, OFlags, ResolveFlags};
@@ -658,29 +657,30 @@ impl Stage {
 
 /// The copy-on-write layers of a plan, built by a helper child on another CPU while init works
 /// through the operations before them. Each overlay is mounted on a directory of the stage
-/// tmpfs and moved to its place when init reaches its operation. On a 2-CPU VM the two
-/// overlays of a home with `~/.cargo` and `~/.npm` took 0.21 ms of init's time. Most of that
-/// went to the kernel's checks of the upper filesystem (medians of 300 runs of a build with
-/// time stamps). A thread would have been simpler, but starting one took 0.17 ms of init's
-/// time.
+/// tmpfs and moved to its place when init reaches its operation. Mounting an overlay is one of
+/// the slowest steps of the root, most of it in the kernel's checks of the upper filesystem
+/// (docs/benchmarks.md). A thread would have been simpler, but starting one cost init about
+/// as much as the overlays.
 ///
 /// The child shares init's memory, so it follows [`sys::HelperChild`]'s rules: everything it
 /// needs, paths and mount options included, is prepared here, and it only makes system calls
 /// and stores its results in the jobs' atomics.
 struct OverlayHelper {
-    /// Declared first, so that dropping waits for the child before the jobs are freed.
-    child: Option<sys::HelperChild>,
-    /// Boxed because the child gets one thin pointer, to the Vec, and that address must not
-    /// change when the helper value moves.
-    #[allow(clippy::box_collection)]
-    jobs: Box<Vec<OverlayJob>>,
+    child: Option<sys::HelperChild<OverlayJobs>>,
+    built: Option<OverlayJobs>,
     next: usize,
+}
+
+/// The overlays the helper child builds, in plan order.
+struct OverlayJobs {
+    jobs: Vec<OverlayJob>,
 }
 
 /// One overlay for the helper child, and its result.
 struct OverlayJob {
     path: PathBuf,
-    lower_tree: OwnedFd,
+    /// The host tree, taken when init has the result.
+    lower_tree: Option<OwnedFd>,
     lower: CString,
     upper: CString,
     work: CString,
@@ -691,43 +691,83 @@ struct OverlayJob {
     whiteouts: Vec<CString>,
     options: CString,
     owner: (u32, u32),
-    /// The merged root's descriptor, or the negated errno of the step that failed.
+    /// The merged root's descriptor, the negated errno of the step that failed, or
+    /// [`sys::NO_RESULT`].
     result: AtomicI32,
-    /// The step that failed, an index into [`OVERLAY_STEPS`].
+    /// The step that failed, as an [`OverlayStep`].
     failed_step: AtomicUsize,
 }
 
-/// The steps of building an overlay, as the operation and object of an error message:
-/// "failed to <op> <object>".
-const OVERLAY_STEPS: [(&str, OverlayObject); 12] = [
-    ("create", OverlayObject::Lower),
-    ("open", OverlayObject::Lower),
-    ("attach the host tree on", OverlayObject::Lower),
-    ("create", OverlayObject::Upper),
-    ("create", OverlayObject::Work),
-    ("create", OverlayObject::Merged),
-    ("inspect", OverlayObject::Lower),
-    ("set owner and mode of", OverlayObject::Upper),
-    ("create a directory for whiteouts in", OverlayObject::Upper),
-    ("create whiteouts in", OverlayObject::Upper),
-    ("mount a copy-on-write layer on", OverlayObject::Target),
-    ("open", OverlayObject::Merged),
+impl Drop for OverlayJob {
+    fn drop(&mut self) {
+        // A merged root that was built but not taken, after an error elsewhere.
+        drop(sys::take_shared_fd(&self.result));
+    }
+}
+
+/// The steps of building an overlay that can fail.
+#[derive(Clone, Copy)]
+enum OverlayStep {
+    CreateLower,
+    AttachLower,
+    CreateUpper,
+    CreateWork,
+    CreateMerged,
+    InspectLower,
+    PrepareUpper,
+    CreateWhiteoutDir,
+    InspectWhiteoutDir,
+    PrepareWhiteoutDir,
+    CreateWhiteout,
+    Mount,
+    OpenMerged,
+}
+
+const OVERLAY_STEPS: [OverlayStep; 13] = [
+    OverlayStep::CreateLower,
+    OverlayStep::AttachLower,
+    OverlayStep::CreateUpper,
+    OverlayStep::CreateWork,
+    OverlayStep::CreateMerged,
+    OverlayStep::InspectLower,
+    OverlayStep::PrepareUpper,
+    OverlayStep::CreateWhiteoutDir,
+    OverlayStep::InspectWhiteoutDir,
+    OverlayStep::PrepareWhiteoutDir,
+    OverlayStep::CreateWhiteout,
+    OverlayStep::Mount,
+    OverlayStep::OpenMerged,
 ];
 
-#[derive(Clone, Copy)]
-enum OverlayObject {
-    Lower,
-    Upper,
-    Work,
-    Merged,
-    Target,
+impl OverlayStep {
+    /// The operation and object of the error message: "failed to <op> <object>".
+    fn describe(self, job: &OverlayJob) -> (&'static str, &OsStr) {
+        fn c(path: &CString) -> &OsStr {
+            OsStr::from_bytes(path.as_bytes())
+        }
+        match self {
+            OverlayStep::CreateLower => ("create", c(&job.lower)),
+            OverlayStep::AttachLower => ("attach the host tree on", c(&job.lower)),
+            OverlayStep::CreateUpper => ("create", c(&job.upper)),
+            OverlayStep::CreateWork => ("create", c(&job.work)),
+            OverlayStep::CreateMerged => ("create", c(&job.merged)),
+            OverlayStep::InspectLower => ("inspect", c(&job.lower)),
+            OverlayStep::PrepareUpper => ("set the owner and mode of", c(&job.upper)),
+            OverlayStep::CreateWhiteoutDir => ("create a directory for whiteouts in", c(&job.upper)),
+            OverlayStep::InspectWhiteoutDir => ("inspect a directory above a hidden entry in", c(&job.lower)),
+            OverlayStep::PrepareWhiteoutDir => ("set the owner and mode of a directory for whiteouts in", c(&job.upper)),
+            OverlayStep::CreateWhiteout => ("create a whiteout in", c(&job.upper)),
+            OverlayStep::Mount => ("mount a copy-on-write layer on", job.path.as_os_str()),
+            OverlayStep::OpenMerged => ("open", c(&job.merged)),
+        }
+    }
 }
 
 impl OverlayHelper {
     /// Prepares a job for each overlay of `plan`, with its lower tree taken from `detached`, and
     /// starts the child. Without overlays no child starts. The stage tmpfs must be mounted.
     fn start(plan: &MountPlan, detached: &mut [Option<OwnedFd>], owner: &Owner<'_>) -> Result<OverlayHelper, StepError> {
-        let c_path = |path: &Path| CString::new(path.as_os_str().as_bytes()).map_err(|_| StepError(format!("path with NUL byte: {}", path.display())));
+        let c_path = |path: &Path| CString::new(path.as_os_str().as_bytes()).map_err(|_| StepError(format!("invalid path (contains a NUL byte): {}", path.display())));
         let mut jobs = Vec::new();
         for (op, tree) in plan.ops.iter().zip(detached.iter_mut()) {
             let MountOp::Overlay { path, hidden, .. } = op else { continue };
@@ -736,7 +776,8 @@ impl OverlayHelper {
             let (lower, upper, work, merged) = (dir("lower"), dir("upper"), dir("work"), dir("merged"));
             let mut whiteout_dirs: Vec<&Path> = Vec::new();
             for relative in hidden {
-                for ancestor in relative.ancestors().skip(1).filter(|ancestor| !ancestor.as_os_str().is_empty()).collect::<Vec<_>>().into_iter().rev() {
+                let ancestors: Vec<&Path> = relative.ancestors().skip(1).filter(|ancestor| !ancestor.as_os_str().is_empty()).collect();
+                for ancestor in ancestors.into_iter().rev() {
                     if !whiteout_dirs.contains(&ancestor) {
                         whiteout_dirs.push(ancestor);
                     }
@@ -752,136 +793,140 @@ impl OverlayHelper {
             );
             jobs.push(OverlayJob {
                 path: path.clone(),
-                lower_tree: tree.take().expect("overlay lower was cloned"),
+                lower_tree: Some(tree.take().expect("overlay lower was cloned")),
                 lower: c_path(&lower)?,
                 upper: c_path(&upper)?,
                 work: c_path(&work)?,
                 merged: c_path(&merged)?,
                 whiteout_dirs: whiteout_dirs.iter().map(|dir| Ok((c_path(&upper.join(dir))?, c_path(&lower.join(dir))?))).collect::<Result<_, _>>()?,
                 whiteouts: hidden.iter().map(|relative| c_path(&upper.join(relative))).collect::<Result<_, _>>()?,
-                options: CString::new(options).map_err(|_| StepError(format!("path with NUL byte: {}", path.display())))?,
+                options: CString::new(options).map_err(|_| StepError(format!("invalid path (contains a NUL byte): {}", path.display())))?,
                 owner: (owner.uid, owner.gid),
-                result: AtomicI32::new(-libc::ECHILD),
+                result: AtomicI32::new(sys::NO_RESULT),
                 failed_step: AtomicUsize::new(0),
             });
         }
-        let mut helper = OverlayHelper { child: None, jobs: Box::new(jobs), next: 0 };
-        if !helper.jobs.is_empty() {
-            let arg = &*helper.jobs as *const Vec<OverlayJob> as *mut libc::c_void;
-            // SAFETY: `arg` points into the Box, whose contents do not move and which outlives
-            // the child (see the field order). Init only reads the jobs' atomics until the
-            // child is reaped. `build_overlays` follows the rules of a memory-sharing child.
-            let child = unsafe { sys::HelperChild::start(build_overlays, arg) };
-            helper.child = Some(step("start", "the child building the copy-on-write layers", child)?);
+        if jobs.is_empty() {
+            return Ok(OverlayHelper { child: None, built: Some(OverlayJobs { jobs }), next: 0 });
         }
-        Ok(helper)
+        // SAFETY: `build_overlays` uses no heap and no thread-local state, makes its system
+        // calls through rustix, cannot panic (no indexing, unwrapping or formatting), and
+        // writes only the jobs' atomics.
+        let child = unsafe { sys::HelperChild::start(OverlayJobs { jobs }, build_overlays) };
+        let child = step("start", "the child building the copy-on-write layers", child)?;
+        Ok(OverlayHelper { child: Some(child), built: None, next: 0 })
     }
 
     /// Returns the next overlay's merged root, in plan order, waiting for the child the first
     /// time.
     fn next(&mut self) -> Result<OwnedFd, StepError> {
-        if let Some(mut child) = self.child.take() {
-            child.wait();
+        if let Some(child) = self.child.take() {
+            let mut built = child.finish();
+            // The host trees are attached under the stage now; their descriptors can go.
+            for job in &mut built.jobs {
+                job.lower_tree = None;
+            }
+            self.built = Some(built);
         }
-        let job = self.jobs.get(self.next).ok_or_else(|| StepError("a copy-on-write layer was not planned".into()))?;
+        let job = self.built.as_ref().and_then(|built| built.jobs.get(self.next));
+        let job = job.ok_or_else(|| StepError("a copy-on-write layer was not planned".into()))?;
         self.next += 1;
-        let value = job.result.swap(-libc::ECHILD, Ordering::Acquire);
-        if value >= 0 {
-            // SAFETY: the child opened this descriptor in the table it shared with init, and
-            // the swap above made this the only owner of the number.
-            return Ok(unsafe { OwnedFd::from_raw_fd(value) });
-        }
-        let (op, object) = OVERLAY_STEPS[job.failed_step.load(Ordering::Relaxed).min(OVERLAY_STEPS.len() - 1)];
-        let object = match object {
-            OverlayObject::Lower => OsStr::from_bytes(job.lower.as_bytes()),
-            OverlayObject::Upper => OsStr::from_bytes(job.upper.as_bytes()),
-            OverlayObject::Work => OsStr::from_bytes(job.work.as_bytes()),
-            OverlayObject::Merged => OsStr::from_bytes(job.merged.as_bytes()),
-            OverlayObject::Target => job.path.as_os_str(),
-        };
-        let error = if value == -libc::ECHILD && job.failed_step.load(Ordering::Relaxed) == 0 {
-            io::Error::other("the child building it ended without a result")
-        } else {
-            io::Error::from_raw_os_error(-value)
-        };
-        step(op, object, Err(error))
-    }
-}
-
-impl Drop for OverlayHelper {
-    fn drop(&mut self) {
-        drop(self.child.take());
-        // Close the merged roots that were built but not taken, after an error elsewhere.
-        for job in self.jobs.iter() {
-            let value = job.result.swap(-libc::ECHILD, Ordering::Acquire);
-            if value >= 0 {
-                // SAFETY: as in `next`, this is the only owner of the number.
-                drop(unsafe { OwnedFd::from_raw_fd(value) });
+        match sys::take_shared_fd(&job.result) {
+            Ok(merged) => Ok(merged),
+            Err(sys::NO_RESULT) => Err(StepError(format!(
+                "failed to build the copy-on-write layer for {}: the child building it ended without a result",
+                job.path.display()
+            ))),
+            Err(negated) => {
+                let failed = OVERLAY_STEPS.get(job.failed_step.load(Ordering::Relaxed)).copied().unwrap_or(OverlayStep::Mount);
+                let (op, object) = failed.describe(job);
+                step(op, object, Err(io::Error::from_raw_os_error(-negated)))
             }
         }
     }
 }
 
-/// The helper child's entry: builds each overlay of the jobs `arg` points to, in order, and
-/// stops at the first failure. Uses no heap and makes its system calls through rustix.
-extern "C" fn build_overlays(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `OverlayHelper::start` passes a pointer to its jobs, which stay allocated and
-    // unchanged until this child has been reaped.
-    let jobs = unsafe { &*(arg as *const Vec<OverlayJob>) };
-    for job in jobs.iter() {
+/// The helper child's work: builds each overlay in order and stops at the first failure.
+fn build_overlays(jobs: &OverlayJobs) {
+    for job in &jobs.jobs {
         match build_overlay(job) {
             Ok(merged) => job.result.store(std::os::fd::IntoRawFd::into_raw_fd(merged), Ordering::Release),
             Err((step, errno)) => {
-                job.failed_step.store(step, Ordering::Relaxed);
+                job.failed_step.store(step as usize, Ordering::Relaxed);
                 job.result.store(-errno.raw_os_error(), Ordering::Release);
-                return 0;
+                return;
             }
         }
     }
-    0
 }
 
 /// Builds one overlay on the stage tmpfs: the host tree as its only lower layer, an upper
 /// layer with a whiteout for each hidden entry (overlayfs shows them as absent), and the
-/// merged root mounted on a stage directory. Returns that root, or the failed step's index
-/// into [`OVERLAY_STEPS`] with its error.
-fn build_overlay(job: &OverlayJob) -> Result<OwnedFd, (usize, rustix::io::Errno)> {
-    let at = |step: usize| move |errno: rustix::io::Errno| (step, errno);
+/// merged root mounted on a stage directory. Returns that root, or the step that failed.
+///
+/// Runs in the helper child: no heap, no errno, no panic. The one descriptor it keeps is the
+/// merged root it returns.
+fn build_overlay(job: &OverlayJob) -> Result<OwnedFd, (OverlayStep, rustix::io::Errno)> {
+    let at = |step: OverlayStep| move |errno: rustix::io::Errno| (step, errno);
     let dir_mode = Mode::from_raw_mode(0o777);
-    rustix::fs::mkdirat(CWD, job.lower.as_c_str(), dir_mode).map_err(at(0))?;
-    let lower = rustix::fs::open(job.lower.as_c_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(at(1))?;
-    rustix::mount::move_mount(&job.lower_tree, c"", &lower, c"", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH).map_err(at(2))?;
-    rustix::fs::mkdirat(CWD, job.upper.as_c_str(), dir_mode).map_err(at(3))?;
-    rustix::fs::mkdirat(CWD, job.work.as_c_str(), dir_mode).map_err(at(4))?;
-    rustix::fs::mkdirat(CWD, job.merged.as_c_str(), dir_mode).map_err(at(5))?;
+    let Some(lower_tree) = &job.lower_tree else { return Err((OverlayStep::AttachLower, rustix::io::Errno::BADF)) };
+    rustix::fs::mkdirat(CWD, job.lower.as_c_str(), dir_mode).map_err(at(OverlayStep::CreateLower))?;
+    rustix::mount::move_mount(lower_tree, c"", CWD, job.lower.as_c_str(), MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH).map_err(at(OverlayStep::AttachLower))?;
+    rustix::fs::mkdirat(CWD, job.upper.as_c_str(), dir_mode).map_err(at(OverlayStep::CreateUpper))?;
+    rustix::fs::mkdirat(CWD, job.work.as_c_str(), dir_mode).map_err(at(OverlayStep::CreateWork))?;
+    rustix::fs::mkdirat(CWD, job.merged.as_c_str(), dir_mode).map_err(at(OverlayStep::CreateMerged))?;
     // The merged root takes its owner and mode from the upper directory.
-    let lower_mode = rustix::fs::stat(job.lower.as_c_str()).map_err(at(6))?.st_mode & 0o7777;
+    let lower_mode = rustix::fs::stat(job.lower.as_c_str()).map_err(at(OverlayStep::InspectLower))?.st_mode & 0o7777;
     let (uid, gid) = (rustix::fs::Uid::from_raw(job.owner.0), rustix::fs::Gid::from_raw(job.owner.1));
-    rustix::fs::chown(job.upper.as_c_str(), Some(uid), Some(gid)).map_err(at(7))?;
-    rustix::fs::chmod(job.upper.as_c_str(), Mode::from_raw_mode(lower_mode)).map_err(at(7))?;
-    // A directory of the upper layer hides the attributes of its counterpart below, so each
-    // one gets the owner of the upper root and the mode of the directory it stands for.
-    // Otherwise the command could no longer write to a directory of the cache that holds a
-    // hidden entry.
+    rustix::fs::chown(job.upper.as_c_str(), Some(uid), Some(gid)).map_err(at(OverlayStep::PrepareUpper))?;
+    rustix::fs::chmod(job.upper.as_c_str(), Mode::from_raw_mode(lower_mode)).map_err(at(OverlayStep::PrepareUpper))?;
     for (dir, below) in &job.whiteout_dirs {
         match rustix::fs::mkdirat(CWD, dir.as_c_str(), dir_mode) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(errno) => return Err((8, errno)),
+            Err(errno) => return Err((OverlayStep::CreateWhiteoutDir, errno)),
         }
-        rustix::fs::chown(dir.as_c_str(), Some(uid), Some(gid)).map_err(at(8))?;
-        if let Ok(stat) = rustix::fs::stat(below.as_c_str()) {
-            rustix::fs::chmod(dir.as_c_str(), Mode::from_raw_mode(stat.st_mode & 0o7777)).map_err(at(8))?;
-        }
+        prepare_whiteout_dir(dir, below, (uid, gid))?;
     }
     for whiteout in &job.whiteouts {
-        rustix::fs::mknodat(CWD, whiteout.as_c_str(), FileType::CharacterDevice, Mode::empty(), 0).map_err(at(9))?;
+        rustix::fs::mknodat(CWD, whiteout.as_c_str(), FileType::CharacterDevice, Mode::empty(), 0).map_err(at(OverlayStep::CreateWhiteout))?;
     }
     // NOTE: copying up an entry whose owner has no mapping in the sandbox (a file in the
     // cache owned by another user or group) fails with EOVERFLOW. Writing to such an entry
     // then fails inside the sandbox, and the host's cache is not affected either way.
     let flags = MountFlags::NOSUID | MountFlags::NODEV;
-    rustix::mount::mount(c"overlay", job.merged.as_c_str(), c"overlay", flags, Some(job.options.as_c_str())).map_err(at(10))?;
-    rustix::fs::open(job.merged.as_c_str(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(at(11))
+    rustix::mount::mount(c"overlay", job.merged.as_c_str(), c"overlay", flags, Some(job.options.as_c_str())).map_err(at(OverlayStep::Mount))?;
+    rustix::fs::open(job.merged.as_c_str(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(at(OverlayStep::OpenMerged))
+}
+
+/// Gives a directory of the upper layer the owner and mode of its counterpart `below`, as
+/// overlayfs does when it copies a directory up: the upper one hides the lower one's
+/// attributes. Without this, the command could not write next to a hidden entry in a
+/// directory it may write to. An owner the kernel cannot set here (one without a mapping in
+/// the sandbox's user namespace) leaves the sandbox user as owner with only the rights the
+/// lower directory grants to others. A counterpart that does not exist leaves the directory
+/// the sandbox user's: it exists only in this layer.
+fn prepare_whiteout_dir(dir: &CString, below: &CString, (uid, gid): (rustix::fs::Uid, rustix::fs::Gid)) -> Result<(), (OverlayStep, rustix::io::Errno)> {
+    let at = |step: OverlayStep| move |errno: rustix::io::Errno| (step, errno);
+    let lower = match rustix::fs::statat(CWD, below.as_c_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => Some(stat),
+        Ok(_) | Err(rustix::io::Errno::NOENT) => None,
+        Err(errno) => return Err((OverlayStep::InspectWhiteoutDir, errno)),
+    };
+    let Some(lower) = lower else {
+        return rustix::fs::chown(dir.as_c_str(), Some(uid), Some(gid)).map_err(at(OverlayStep::PrepareWhiteoutDir));
+    };
+    let mode = lower.st_mode & 0o7777;
+    let owner = (rustix::fs::Uid::from_raw(lower.st_uid), rustix::fs::Gid::from_raw(lower.st_gid));
+    let mode = match rustix::fs::chown(dir.as_c_str(), Some(owner.0), Some(owner.1)) {
+        Ok(()) => mode,
+        Err(rustix::io::Errno::INVAL) => {
+            rustix::fs::chown(dir.as_c_str(), Some(uid), Some(gid)).map_err(at(OverlayStep::PrepareWhiteoutDir))?;
+            let others = mode & 0o7;
+            (mode & 0o7000) | (others << 6) | (others << 3) | others
+        }
+        Err(errno) => return Err((OverlayStep::PrepareWhiteoutDir, errno)),
+    };
+    rustix::fs::chmod(dir.as_c_str(), Mode::from_raw_mode(mode)).map_err(at(OverlayStep::PrepareWhiteoutDir))
 }
 
 /// Escapes the characters overlayfs treats specially in its options.
@@ -897,4 +942,17 @@ fn escape_overlay(path: &Path) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OVERLAY_STEPS, OverlayStep};
+
+    #[test]
+    fn overlay_steps_match_their_index() {
+        for (index, step) in OVERLAY_STEPS.iter().enumerate() {
+            assert_eq!(*step as usize, index);
+        }
+        assert_eq!(OVERLAY_STEPS.len(), OverlayStep::OpenMerged as usize + 1);
+    }
 }

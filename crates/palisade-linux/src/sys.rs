@@ -1,5 +1,5 @@
-//! System calls that rustix does not wrap, each in one small function with its safety argument.
-//! Everything `unsafe` in this crate lives here.
+//! System calls that rustix does not wrap, each in one small function with its safety argument,
+//! and the children that share palisade's memory. Most of this crate's `unsafe` lives here.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -135,9 +135,6 @@ pub fn clone_holder(namespace_flags: libc::c_int, read: BorrowedFd<'_>, write: B
     if pid < 0 { Err(io::Error::last_os_error()) } else { Ok((pid, HolderMemory { _stack: stack, _pipe: pipe })) }
 }
 
-/// The value of a [`NetworkChild`]'s result until the child stores one.
-const NO_RESULT: i32 = i32::MIN;
-
 /// A child that creates the run's network namespace and brings its loopback interface up while
 /// init builds the root, and leaves init a socket in it to join it by.
 ///
@@ -213,42 +210,85 @@ fn run_on_another_cpu(pid: libc::pid_t) {
     }
 }
 
-/// A child that shares this process's memory and descriptor table and runs `entry` on another
-/// CPU, while this process goes on with its own work. `entry` must follow the rules of a
-/// memory-sharing child: no heap, no errno, and writes only to what `arg` points to.
-pub struct HelperChild {
+/// The value of a result slot shared with a child until the child stores one.
+pub const NO_RESULT: i32 = i32::MIN;
+
+/// Takes the descriptor a child stored in `slot`: a number of the descriptor table it shared
+/// with this process. Returns `Err` with the slot's other value ([`NO_RESULT`], or a negated
+/// errno) and leaves `NO_RESULT` behind, so a number is owned only once.
+pub fn take_shared_fd(slot: &std::sync::atomic::AtomicI32) -> Result<OwnedFd, i32> {
+    let value = slot.swap(NO_RESULT, std::sync::atomic::Ordering::Acquire);
+    if value < 0 {
+        return Err(value);
+    }
+    // SAFETY: a child that shared this process's descriptor table opened the number and stored
+    // it once; the swap above made this call its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(value) })
+}
+
+/// A child that shares this process's memory and descriptor table and runs `work(&data)` while
+/// this process goes on with its own work. The child is kept off this process's CPU where
+/// another is allowed (see [`run_on_another_cpu`]). Descriptors it opens appear in this
+/// process's table. Results go into atomics inside `data`, which this process reads after
+/// [`HelperChild::finish`].
+pub struct HelperChild<T: Sync> {
     pid: libc::pid_t,
     reaped: bool,
+    /// Boxed, so its address stays the one the child got while this value moves. Freed only
+    /// after the child is reaped (see `Drop`).
+    task: Option<Box<HelperTask<T>>>,
     _stack: ChildStack,
+}
+
+struct HelperTask<T> {
+    data: T,
+    work: fn(&T),
 }
 
 /// Size of a helper's stack: enough for a few small frames of system call wrappers.
 const HELPER_STACK_SIZE: usize = 64 * 1024;
 
-impl HelperChild {
-    /// Starts `entry(arg)` in the child.
+extern "C" fn run_helper_task<T: Sync>(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `HelperChild::start` passes its boxed task, which stays allocated and unchanged
+    // until this child has been reaped.
+    let task = unsafe { &*(arg as *const HelperTask<T>) };
+    (task.work)(&task.data);
+    0
+}
+
+impl<T: Sync> HelperChild<T> {
+    /// Starts the child running `work(&data)`.
     ///
     /// # Safety
     ///
-    /// `arg` must stay valid, and nothing else may write to what it points to, until
-    /// [`HelperChild::wait`] has returned or the helper is dropped. `entry` must make its system
-    /// calls without errno (rustix's raw backend), use no heap and return.
-    pub unsafe fn start(entry: extern "C" fn(*mut libc::c_void) -> libc::c_int, arg: *mut libc::c_void) -> io::Result<HelperChild> {
+    /// `work` runs in memory shared with this process, without a thread of its own: it must
+    /// use no heap, touch no thread-local state (errno included, so its system calls go
+    /// through rustix's raw backend), never panic, and return. It may write only to atomics in
+    /// `data`. The helper must be finished or dropped, not leaked: the child runs on its stack.
+    pub unsafe fn start(data: T, work: fn(&T)) -> io::Result<HelperChild<T>> {
         let stack = ChildStack::new(HELPER_STACK_SIZE)?;
-        // SAFETY: the stack's top lies at the end of a live mapping, which moves into the
-        // returned value and is freed only after the child is reaped. The caller vouches for
-        // `entry` and `arg`. Without CLONE_SETTLS the child shares the caller's thread-local
-        // block, which such an entry does not touch.
-        let pid = unsafe { libc::clone(entry, stack.top(), libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD, arg) };
+        let task = Box::new(HelperTask { data, work });
+        let arg = &*task as *const HelperTask<T> as *mut libc::c_void;
+        // SAFETY: the stack's top lies at the end of a live mapping, and `arg` points to the
+        // boxed task; both move into the returned value, which frees them only after the child
+        // is reaped. The caller vouches for `work`. Without CLONE_SETTLS the child shares the
+        // caller's thread-local block, which such a function does not touch.
+        let pid = unsafe { libc::clone(run_helper_task::<T>, stack.top(), libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD, arg) };
         if pid < 0 {
             return Err(io::Error::last_os_error());
         }
         run_on_another_cpu(pid);
-        Ok(HelperChild { pid, reaped: false, _stack: stack })
+        Ok(HelperChild { pid, reaped: false, task: Some(task), _stack: stack })
     }
 
-    /// Waits until the child has exited.
-    pub fn wait(&mut self) {
+    /// Waits until the child has exited and returns the data, with what the child stored in it.
+    pub fn finish(mut self) -> T {
+        self.wait();
+        let task = self.task.take().expect("a helper's task stays until it is finished");
+        task.data
+    }
+
+    fn wait(&mut self) {
         if !self.reaped {
             crate::userns::reap_child(self.pid);
             self.reaped = true;
@@ -256,10 +296,10 @@ impl HelperChild {
     }
 }
 
-impl Drop for HelperChild {
+impl<T: Sync> Drop for HelperChild<T> {
     fn drop(&mut self) {
-        // The child runs on this value's stack and reads the caller's memory: it must be gone
-        // before either is freed.
+        // The child runs on this value's stack and reads its task: it must be gone before
+        // either is freed.
         self.wait();
     }
 }

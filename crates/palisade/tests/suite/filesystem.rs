@@ -869,6 +869,20 @@ both_identities!(hidden_entry_in_cache_keeps_parent_writable, |f: &Fixture| {
     assert!(!exists(&f.home.join(".cargo/registry/new")), "the write reached the host's cache");
 });
 
+// The same directories keep a read-only mode too: a directory of the cache that nobody may
+// write to stays so next to a hidden entry.
+both_identities!(hidden_entry_in_cache_keeps_parent_mode, |f: &Fixture| {
+    let dir = f.home.join(".cargo/sealed");
+    let secret = dir.join("secret");
+    f.write(&secret, "secret-in-cache\n");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let deny = secret.display().to_string();
+    let run = f.palisade(&["run", "--deny-read", &deny, "--", "sh", "-c", "stat -c %a ~/.cargo/sealed; touch ~/.cargo/sealed/new && echo wrote"]);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(run.stdout.contains("555"), "the directory's mode changed\n{}", describe(&run));
+    assert!(!run.stdout.contains("wrote"), "the read-only directory became writable\n{}", describe(&run));
+});
+
 // Public report: openai/codex#9236: configured writable roots were neither readable nor
 // writable.
 both_identities!(extra_writable_roots_are_readable_and_writable, |f: &Fixture| {
