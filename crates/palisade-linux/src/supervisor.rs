@@ -647,24 +647,33 @@ impl RootLocks {
 /// the name itself. A failure is reported on stderr, and the next run in the same workspace
 /// adopts and removes a leftover.
 fn remove_placeholders(plan: &MountPlan, root_locks: &RootLocks) {
+    // The placeholders of one directory follow each other in the plan (a workspace has about
+    // ten), so its descriptor is kept for the next.
+    let mut dir: Option<(&Path, OwnedFd)> = None;
     for path in plan.placeholders() {
-        if root_locks.is_alone(path) {
-            remove_placeholder(path);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };
+        if !root_locks.is_alone(path) {
+            continue;
+        }
+        // The parent is opened without following symlinks: under a parent that was missing,
+        // the command may have planted a symlink (`.git` pointing elsewhere), and what lies
+        // behind it is not this run's.
+        if dir.as_ref().is_none_or(|(open, _)| *open != parent) {
+            dir = crate::mounts::open_host_dir(parent).ok().map(|fd| (parent, fd));
+        }
+        if let Some((_, fd)) = &dir {
+            remove_placeholder(fd, path, name);
         }
     }
 }
 
-/// Removes the placeholder at `path`, if there is one. The parent is opened without following
-/// symlinks: under a parent that was missing, the command may have planted a symlink (`.git`
-/// pointing elsewhere), and what lies behind it is not this run's.
-fn remove_placeholder(path: &Path) {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return };
-    let Ok(dir) = crate::mounts::open_host_dir(parent) else { return };
-    let Ok(stat) = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return };
+/// Removes the placeholder `name` in `dir`, if there is one. `path` names it in a warning.
+fn remove_placeholder(dir: &OwnedFd, path: &Path, name: &std::ffi::OsStr) {
+    let Ok(stat) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else { return };
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo || stat.st_mode & 0o7777 != 0 {
         return;
     }
-    match rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()) {
+    match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => {}
         Err(error) => eprintln!("palisade: warning: failed to remove placeholder {}: {}", path.display(), std::io::Error::from(error)),
     }
