@@ -248,8 +248,8 @@ const DEV_NUMBERS: [(&str, u32, u32); 6] = [("null", 1, 3), ("zero", 1, 5), ("fu
 
 /// Where the sandbox's device nodes come from. Inside a user namespace a device node on a new
 /// tmpfs cannot be opened, so the host's nodes are bound. As root they are created on the
-/// sandbox's `/dev` with the same numbers: two system calls each instead of five for a bind,
-/// about 0.07 ms of each run on a 2-CPU VM (docs/benchmarks.md).
+/// sandbox's `/dev` with the same numbers: two system calls each instead of five for a bind
+/// (measured in docs/benchmarks.md).
 enum DevNodes {
     Cloned(Vec<(&'static str, OwnedFd)>),
     Created,
