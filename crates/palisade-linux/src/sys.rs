@@ -160,7 +160,6 @@ extern "C" fn create_network_namespace(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: init passes a pointer to the AtomicI32 in a NetworkChild, which it keeps alive
     // until this child has been reaped.
     let result = unsafe { &*(arg as *const std::sync::atomic::AtomicI32) };
-    take_parent_cpus();
     let created = (|| {
         // SAFETY: the flag only moves this child into a new network namespace. The descriptor
         // table stays shared, so the socket created next is in init's table too.
@@ -211,17 +210,6 @@ fn run_on_another_cpu(pid: libc::pid_t) {
     }
 }
 
-/// Gives the calling child back its parent's CPUs, once [`run_on_another_cpu`] has made it start
-/// elsewhere: the scheduler may then move it to the parent's CPU when that one waits for it,
-/// instead of leaving it behind other work on the CPU it started on. Makes its system calls
-/// through rustix, so a memory-sharing child may call it.
-fn take_parent_cpus() {
-    let Some(parent) = rustix::process::getppid() else { return };
-    if let Ok(cpus) = rustix::thread::sched_getaffinity(Some(parent)) {
-        let _ = rustix::thread::sched_setaffinity(None, &cpus);
-    }
-}
-
 /// The value of a result slot shared with a child until the child stores one.
 pub const NO_RESULT: i32 = i32::MIN;
 
@@ -264,7 +252,6 @@ extern "C" fn run_helper_task<T: Sync>(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `HelperChild::start` passes its boxed task, which stays allocated and unchanged
     // until this child has been reaped.
     let task = unsafe { &*(arg as *const HelperTask<T>) };
-    take_parent_cpus();
     (task.work)(&task.data);
     0
 }
