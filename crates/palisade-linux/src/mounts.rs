@@ -34,8 +34,8 @@ const NEW_ROOT: &str = "/tmp";
 /// and the home tmpfs, the overlay layers and the mask sources. Because they share this one
 /// tmpfs, the policy's `tmp_size` bounds all of them together.
 ///
-/// The stage is mounted over the host's `/dev` in the old root, once the device nodes have been
-/// cloned from there. It then goes away with the old root, which is detached after
+/// The stage is mounted over the host's `/dev` in the old root, once that directory is open
+/// (`open_host_dev`), so its device nodes can still be bound. It then goes away with the old root, which is detached after
 /// `pivot_root`, so it needs no detach of its own (each detach waits for an RCU grace period).
 const STAGE: &str = "/dev";
 
@@ -94,7 +94,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChil
             _ => None,
         });
     }
-    let dev_nodes = if owner.in_user_namespace { DevNodes::Cloned(clone_dev_nodes()?) } else { DevNodes::Created };
+    let host_dev = open_host_dev()?;
 
     // Step 3: the new root.
     mount_tmpfs(NEW_ROOT, "mode=0755,size=16m", MountFlags::NOSUID | MountFlags::NODEV)?;
@@ -118,7 +118,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChil
             MountOp::Proc => attach_proc(&root)?,
             MountOp::Dev => {
                 let shm = stage.scratch_dir("shm", 0o1777, None)?;
-                attach_dev(&root, &dev_nodes, &shm)?;
+                attach_dev(&root, &host_dev, owner.in_user_namespace, &shm)?;
             }
             MountOp::Tmp { path, writable, .. } => {
                 let scratch = stage.scratch_dir("tmp", 0o1777, None)?;
@@ -239,41 +239,45 @@ fn clone_host_tree(path: &Path, read_only: bool, idmap: Option<BorrowedFd<'_>>) 
     Ok(tree)
 }
 
-/// The device nodes a sandbox gets, cloned from the host's `/dev`.
-const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The device nodes a sandbox gets, with their device numbers (the kernel's list of them is
+/// `Documentation/admin-guide/devices.txt`).
+const DEV_NODES: [(&str, u32, u32); 6] = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
-/// The same nodes with their device numbers (the kernel's documented numbers for them), for
-/// creating them directly.
-const DEV_NUMBERS: [(&str, u32, u32); 6] = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
-
-/// Where the sandbox's device nodes come from. Inside a user namespace a device node on a new
-/// tmpfs cannot be opened, so the host's nodes are bound. As root they are created on the
-/// sandbox's `/dev` with the same numbers: two system calls each instead of five for a bind
-/// (measured in docs/benchmarks.md).
-enum DevNodes {
-    Cloned(Vec<(&'static str, OwnedFd)>),
-    Created,
+/// Opens the host's `/dev`, which the stage tmpfs covers later, so its nodes can still be
+/// bound from it.
+fn open_host_dev() -> Result<OwnedFd, StepError> {
+    let opened = rustix::fs::openat2(CWD, "/dev", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS);
+    step_rustix("open", "/dev", opened)
 }
 
-fn clone_dev_nodes() -> Result<Vec<(&'static str, OwnedFd)>, StepError> {
-    let mut nodes = Vec::new();
-    for name in DEV_NODES {
-        let path = Path::new("/dev").join(name);
-        // A node the host lacks is left out.
-        let source = match rustix::fs::openat2(CWD, &path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS) {
-            Err(rustix::io::Errno::NOENT) => continue,
-            opened => step_rustix("open", &path, opened)?,
-        };
-        // Device nodes must keep working, so only nosuid is added here.
-        let tree = step_rustix(
-            "clone",
-            &path,
-            rustix::mount::open_tree(source.as_fd(), "", OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH),
-        )?;
-        step("restrict", &path, sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_NOSUID, None))?;
-        nodes.push((*name, tree));
+/// Puts device node `name` into the sandbox's `/dev` (`dev_fd`, at `dev`). Outside a user
+/// namespace it is created with `mknod`: two system calls instead of the five of a bind
+/// (measured together with another change in docs/benchmarks.md). Where that fails (no
+/// `CAP_MKNOD` in the host's first user namespace, or a device cgroup that forbids it), and
+/// always inside a user namespace, whose tmpfs cannot hold usable nodes, the host's node is
+/// bound. A node the host lacks is then left out.
+fn add_dev_node(dev_fd: &OwnedFd, dev: &Path, host_dev: &OwnedFd, (name, major, minor): (&str, u32, u32), in_user_namespace: bool) -> Result<(), StepError> {
+    let path = dev.join(name);
+    if !in_user_namespace
+        && rustix::fs::mknodat(dev_fd, name, FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(major, minor)).is_ok()
+    {
+        // mknod applies the umask.
+        let mode = rustix::fs::chmodat(dev_fd, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty());
+        return step_rustix("set mode of", &path, mode);
     }
-    Ok(nodes)
+    let host_path = Path::new("/dev").join(name);
+    let source = match rustix::fs::openat2(host_dev, name, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH) {
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        opened => step_rustix("open", &host_path, opened)?,
+    };
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH;
+    let tree = step_rustix("clone", &host_path, rustix::mount::open_tree(source.as_fd(), "", flags))?;
+    // Device nodes must keep working, so only nosuid is added here.
+    step("restrict", &host_path, sys::mount_setattr(tree.as_fd(), false, sys::MOUNT_ATTR_NOSUID, None))?;
+    // The new file's descriptor is the mount point.
+    let file = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let target = step_rustix("create mount point", &path, rustix::fs::openat(dev_fd, name, file, Mode::from_raw_mode(0o444)))?;
+    attach(&tree, &target, &path)
 }
 
 /// Opens `path` inside the new root for use as a mount point, creating missing parents and the
@@ -461,8 +465,8 @@ impl Placeholders {
 /// skipped, as init skips it.
 pub fn create_placeholders_on_host(plan: &MountPlan, as_root: bool) {
     let mut first: Option<(Rc<OwnedFd>, &OsStr)> = None;
-    // The placeholders of one directory follow each other in the plan, so its descriptor, and
-    // whether placeholders go there, are kept for the next.
+    // The placeholders of one directory usually follow each other in the plan, so its
+    // descriptor, and whether placeholders go there, are kept for the next.
     let mut current: Option<(&Path, Option<Rc<OwnedFd>>)> = None;
     for path in plan.placeholders() {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };
@@ -524,7 +528,7 @@ fn attach_proc(root: &OwnedFd) -> Result<(), StepError> {
     )
 }
 
-fn attach_dev(root: &OwnedFd, nodes: &DevNodes, shm: &OwnedFd) -> Result<(), StepError> {
+fn attach_dev(root: &OwnedFd, host_dev: &OwnedFd, in_user_namespace: bool, shm: &OwnedFd) -> Result<(), StepError> {
     let _ = open_target(root, Path::new("/dev"), Kind::Dir)?;
     let dev = new_root_path(Path::new("/dev"));
     let dev_text = dev.to_string_lossy().into_owned();
@@ -532,27 +536,8 @@ fn attach_dev(root: &OwnedFd, nodes: &DevNodes, shm: &OwnedFd) -> Result<(), Ste
     // Everything below is created in this new, empty tmpfs, which no other process can reach
     // yet, so names are created and used through this descriptor without a walk from the root.
     let dev_fd = step_rustix("open", &dev, rustix::fs::open(&dev, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
-    match nodes {
-        DevNodes::Cloned(nodes) => {
-            for (name, tree) in nodes {
-                // The new file's descriptor is the mount point.
-                let target = step_rustix(
-                    "create mount point",
-                    dev.join(name),
-                    rustix::fs::openat(&dev_fd, *name, OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o444)),
-                )?;
-                attach(tree, &target, &dev.join(name))?;
-            }
-        }
-        DevNodes::Created => {
-            for (name, major, minor) in DEV_NUMBERS {
-                let node = rustix::fs::mknodat(&dev_fd, name, FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(major, minor));
-                step_rustix("create device node", dev.join(name), node)?;
-                // mknod applies the umask.
-                let mode = rustix::fs::chmodat(&dev_fd, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty());
-                step_rustix("set mode of", dev.join(name), mode)?;
-            }
-        }
+    for node in DEV_NODES {
+        add_dev_node(&dev_fd, &dev, host_dev, node, in_user_namespace)?;
     }
     for dir in ["pts", "shm"] {
         step_rustix("create", dev.join(dir), rustix::fs::mkdirat(&dev_fd, dir, Mode::from_raw_mode(0o755)))?;

@@ -647,8 +647,8 @@ impl RootLocks {
 /// the name itself. A failure is reported on stderr, and the next run in the same workspace
 /// adopts and removes a leftover.
 fn remove_placeholders(plan: &MountPlan, root_locks: &RootLocks) {
-    // The placeholders of one directory follow each other in the plan (a workspace has about
-    // ten), so its descriptor is kept for the next.
+    // The placeholders of one directory usually follow each other in the plan (a workspace
+    // has about ten), so its descriptor is kept for the next.
     let mut dir: Option<(&Path, OwnedFd)> = None;
     for path in plan.placeholders() {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };

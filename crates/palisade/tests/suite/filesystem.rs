@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::both_identities;
-use crate::suite::harness::{CANARY, FAKE_CREDENTIALS, Fixture, Run, skip};
+use crate::suite::harness::{CANARY, FAKE_CREDENTIALS, Fixture, Run, palisade_binary, skip};
 
 /// Shell functions defined before every script.
 ///
@@ -881,6 +881,41 @@ both_identities!(hidden_entry_in_cache_keeps_parent_mode, |f: &Fixture| {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     assert!(run.stdout.contains("555"), "the directory's mode changed\n{}", describe(&run));
     assert!(!run.stdout.contains("wrote"), "the read-only directory became writable\n{}", describe(&run));
+});
+
+// The sandbox's device nodes are created as root and bound from the host otherwise. Either
+// way each is a character device with the host's numbers, readable and writable by all, and
+// behaves as one: /dev/full refuses writes with ENOSPC, /dev/zero reads zeros.
+both_identities!(device_nodes_match_the_host, |f: &Fixture| {
+    let names = ["null", "zero", "full", "random", "urandom", "tty"];
+    let script = format!(
+        "for n in {}; do stat -c \"%n %F %t:%T %a\" /dev/$n; done; dd if=/dev/zero of=/dev/full bs=1 count=1 2>&1; head -c 4 /dev/zero | od -An -tx1",
+        names.join(" ")
+    );
+    let run = f.palisade(&["run", "--", "sh", "-c", &script]);
+    assert_eq!(run.code, Some(0), "{}", describe(&run));
+    for name in names {
+        let host = Command::new("stat").args(["-c", "%t:%T", &format!("/dev/{name}")]).output().unwrap();
+        let numbers = String::from_utf8_lossy(&host.stdout).trim().to_owned();
+        let line = format!("/dev/{name} character special file {numbers} 666");
+        assert!(run.stdout.contains(&line), "missing {line:?}\n{}", describe(&run));
+    }
+    assert!(run.stdout.contains("No space left on device"), "/dev/full accepted a write\n{}", describe(&run));
+    assert!(run.stdout.contains("00 00 00 00"), "/dev/zero read no zeros\n{}", describe(&run));
+});
+
+// Root without CAP_MKNOD (a container runtime's default set, say) cannot create device nodes,
+// so palisade binds the host's instead of failing the run.
+both_identities!(root_without_mknod_binds_devices, |f: &Fixture| {
+    if f.who == crate::suite::harness::Who::User {
+        skip(&f.name, "only root creates device nodes; an unprivileged run always binds them");
+        return;
+    }
+    let binary = palisade_binary();
+    let args = ["--bounding-set=-mknod", "--inh-caps=-mknod", "--", binary.to_str().unwrap(), "run", "--", "stat", "-c", "%n %t:%T %a", "/dev/null"];
+    let run = f.host(&f.ws, "setpriv", &args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("/dev/null 1:3 666"), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
 });
 
 // Public report: openai/codex#9236: configured writable roots were neither readable nor
