@@ -758,7 +758,7 @@ const OVERLAY_STEPS: [OverlayStep; 13] = [
 ];
 
 impl OverlayStep {
-    /// The operation and object of the error message: "failed to <op> <object>".
+    /// Returns the operation and object of the error message: "failed to <op> <object>".
     fn describe(self, job: &OverlayJob) -> (&'static str, &OsStr) {
         fn c(path: &CString) -> &OsStr {
             OsStr::from_bytes(path.as_bytes())

@@ -869,8 +869,8 @@ both_identities!(hidden_entry_in_cache_keeps_parent_writable, |f: &Fixture| {
     assert!(!exists(&f.home.join(".cargo/registry/new")), "the write reached the host's cache");
 });
 
-// The same directories keep a read-only mode too: a directory of the cache that nobody may
-// write to stays so next to a hidden entry.
+// The same directories keep a read-only mode too: a directory of the cache without write
+// permission stays without it next to a hidden entry.
 both_identities!(hidden_entry_in_cache_keeps_parent_mode, |f: &Fixture| {
     let dir = f.home.join(".cargo/sealed");
     let secret = dir.join("secret");
