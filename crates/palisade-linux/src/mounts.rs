@@ -16,9 +16,9 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{CWD, FileType, Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
@@ -35,8 +35,9 @@ const NEW_ROOT: &str = "/tmp";
 /// tmpfs, the policy's `tmp_size` bounds all of them together.
 ///
 /// The stage is mounted over the host's `/dev` in the old root, once that directory is open
-/// (`open_host_dev`), so its device nodes can still be bound. It then goes away with the old root, which is detached after
-/// `pivot_root`, so it needs no detach of its own (each detach waits for an RCU grace period).
+/// (`open_host_dev`), so its device nodes can still be bound. It then goes away with the old
+/// root, which is detached after `pivot_root`, so it needs no detach of its own (each detach
+/// waits for an RCU grace period).
 const STAGE: &str = "/dev";
 
 /// A failed step, already phrased as "failed to <op> <object>: <cause>".
@@ -827,9 +828,9 @@ impl OverlayHelper {
         if jobs.is_empty() {
             return Ok(OverlayHelper { child: None, built: Some(OverlayJobs { jobs }), next: 0 });
         }
-        // SAFETY: `build_overlays` uses no heap and no thread-local state, makes its system
-        // calls through rustix, cannot panic (no indexing, unwrapping or formatting), and
-        // writes only the jobs' atomics.
+        // SAFETY: `build_overlays` uses no heap and no thread-local state, and makes its
+        // system calls through rustix. It contains no indexing, unwrapping or formatting that
+        // could panic, and writes only the jobs' atomics.
         let child = unsafe { sys::HelperChild::start(OverlayJobs { jobs }, build_overlays) };
         let child = step("start", "the child building the copy-on-write layers", child)?;
         Ok(OverlayHelper { child: Some(child), built: None, next: 0 })
@@ -882,8 +883,8 @@ fn build_overlays(jobs: &OverlayJobs) {
 /// layer with a whiteout for each hidden entry (overlayfs shows them as absent), and the
 /// merged root mounted on a stage directory. Returns that root, or the step that failed.
 ///
-/// Runs in the helper child: no heap, no errno, no panic. The one descriptor it keeps is the
-/// merged root it returns.
+/// Runs in the helper child, so it uses no heap, no errno and nothing that panics. The only
+/// descriptor it keeps is the merged root it returns.
 fn build_overlay(job: &OverlayJob) -> Result<OwnedFd, (OverlayStep, rustix::io::Errno)> {
     let at = |step: OverlayStep| move |errno: rustix::io::Errno| (step, errno);
     let dir_mode = Mode::from_raw_mode(0o777);

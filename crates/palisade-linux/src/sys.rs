@@ -143,23 +143,27 @@ pub fn clone_holder(namespace_flags: libc::c_int, read: BorrowedFd<'_>, write: B
 /// Created by the clone of init itself, it held up the supervisor. Created by this child, on
 /// another CPU where there is one, it overlaps the mounts that build the root instead.
 ///
-/// The child shares init's memory and descriptor table (`CLONE_VM | CLONE_FILES`) and runs on a
-/// small stack of its own. It makes four system calls through rustix, which never writes
-/// errno, touches nothing of init's but its result, and exits.
+/// The child is a [`HelperChild`]: it shares init's memory and descriptor table, makes four
+/// system calls through rustix, which never writes errno, touches nothing of init's but its
+/// result, and exits.
 pub struct NetworkChild {
-    pid: libc::pid_t,
-    /// A socket in the new namespace, as a number in the shared descriptor table, or a negated
-    /// errno, or [`NO_RESULT`]. Taking the socket out leaves [`NO_RESULT`] behind.
-    result: Box<std::sync::atomic::AtomicI32>,
-    reaped: bool,
-    _stack: ChildStack,
+    helper: HelperChild<NetworkResult>,
 }
 
-/// The function a [`NetworkChild`] runs. `arg` points to its result.
-extern "C" fn create_network_namespace(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: init passes a pointer to the AtomicI32 in a NetworkChild, which it keeps alive
-    // until this child has been reaped.
-    let result = unsafe { &*(arg as *const std::sync::atomic::AtomicI32) };
+/// The result slot of a [`NetworkChild`]: a socket in the new namespace, as a number in the
+/// shared descriptor table, or a negated errno, or [`NO_RESULT`]. Dropping it closes a socket
+/// that was not taken.
+struct NetworkResult(std::sync::atomic::AtomicI32);
+
+impl Drop for NetworkResult {
+    fn drop(&mut self) {
+        drop(take_shared_fd(&self.0));
+    }
+}
+
+/// Creates the network namespace and brings its loopback interface up: the work of a
+/// [`NetworkChild`].
+fn create_network_namespace(result: &NetworkResult) {
     let created = (|| {
         // SAFETY: the flag only moves this child into a new network namespace. The descriptor
         // table stays shared, so the socket created next is in init's table too.
@@ -172,8 +176,7 @@ extern "C" fn create_network_namespace(arg: *mut libc::c_void) -> libc::c_int {
         Ok(socket) => std::os::fd::IntoRawFd::into_raw_fd(socket),
         Err(errno) => -errno.raw_os_error(),
     };
-    result.store(value, std::sync::atomic::Ordering::Release);
-    0
+    result.0.store(value, std::sync::atomic::Ordering::Release);
 }
 
 /// Sets the flags `IFF_UP` and `IFF_RUNNING` on the loopback interface of the network namespace
@@ -198,7 +201,8 @@ fn set_loopback_up(socket: BorrowedFd<'_>) -> rustix::io::Result<()> {
 /// process behind its parent although another CPU is idle. A child that works while its parent
 /// does (the network namespace is created while init builds the root) then starts at once.
 /// On a 2-CPU VM the child otherwise started 0.44 to 0.58 ms after its fork (medians of 300
-/// runs of a build with time stamps), and init waited for it. With one allowed CPU, or when the affinity cannot be read or set, nothing changes.
+/// runs of a build with time stamps), and init waited for it. With one allowed CPU, or when the
+/// affinity cannot be read or set, nothing changes.
 fn run_on_another_cpu(pid: libc::pid_t) {
     let Ok(mut others) = rustix::thread::sched_getaffinity(None) else { return };
     others.unset(rustix::thread::sched_getcpu());
@@ -261,16 +265,17 @@ impl<T: Sync> HelperChild<T> {
     ///
     /// # Safety
     ///
-    /// `work` runs in memory shared with this process, without a thread of its own: it must
-    /// use no heap, touch no thread-local state (errno included, so its system calls go
-    /// through rustix's raw backend), never panic, and return. It may write only to atomics in
-    /// `data`. The helper must be finished or dropped, not leaked: the child runs on its stack.
+    /// `work` runs in memory shared with this process, without a thread of its own. So it may
+    /// use no heap and no thread-local state (errno included: its system calls go through
+    /// rustix's raw backend), must not panic, and must return. It may write only to atomics in
+    /// `data`. The helper must be finished or dropped, not leaked, because the child runs on
+    /// its stack.
     pub unsafe fn start(data: T, work: fn(&T)) -> io::Result<HelperChild<T>> {
         let stack = ChildStack::new(HELPER_STACK_SIZE)?;
         let task = Box::new(HelperTask { data, work });
         let arg = &*task as *const HelperTask<T> as *mut libc::c_void;
         // SAFETY: the stack's top lies at the end of a live mapping, and `arg` points to the
-        // boxed task; both move into the returned value, which frees them only after the child
+        // boxed task. Both move into the returned value, which frees them only after the child
         // is reaped. The caller vouches for `work`. Without CLONE_SETTLS the child shares the
         // caller's thread-local block, which such a function does not touch.
         let pid = unsafe { libc::clone(run_helper_task::<T>, stack.top(), libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD, arg) };
@@ -305,66 +310,24 @@ impl<T: Sync> Drop for HelperChild<T> {
 }
 
 impl NetworkChild {
-    /// Starts the child. The caller must keep the result until [`NetworkChild::finish`] or drop
-    /// it, which waits for the child.
+    /// Starts the child. Finishing or dropping the result waits for the child.
     pub fn start() -> io::Result<NetworkChild> {
-        let stack = ChildStack::new(HOLDER_STACK_SIZE)?;
-        let result = Box::new(std::sync::atomic::AtomicI32::new(NO_RESULT));
-        // SAFETY: the stack's top lies at the end of a live mapping, and `result` points to a live
-        // AtomicI32. Both move into the returned NetworkChild, which reaps the child before it
-        // frees them; moving them moves neither the mapping nor the Box's contents. The child
-        // function uses no heap,
-        // makes its system calls without errno, and writes only `result`. Without CLONE_SETTLS
-        // it shares the caller's thread-local block, which it does not touch.
-        let pid = unsafe {
-            libc::clone(
-                create_network_namespace,
-                stack.top(),
-                libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
-                &*result as *const std::sync::atomic::AtomicI32 as *mut libc::c_void,
-            )
-        };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        run_on_another_cpu(pid);
-        Ok(NetworkChild { pid, result, reaped: false, _stack: stack })
+        let result = NetworkResult(std::sync::atomic::AtomicI32::new(NO_RESULT));
+        // SAFETY: `create_network_namespace` uses no heap and no thread-local state, makes its
+        // system calls through rustix and contains nothing that panics. It writes only the
+        // result's atomic.
+        let helper = unsafe { HelperChild::start(result, create_network_namespace) }?;
+        Ok(NetworkChild { helper })
     }
 
     /// Waits for the child and returns a descriptor of the network namespace it created, or
     /// the error that stopped it.
-    pub fn finish(mut self) -> io::Result<OwnedFd> {
-        self.reap();
-        let value = self.result.swap(NO_RESULT, std::sync::atomic::Ordering::Acquire);
-        if value == NO_RESULT {
-            return Err(io::Error::other("the child creating the network namespace ended without a result"));
-        }
-        if value < 0 {
-            return Err(io::Error::from_raw_os_error(-value));
-        }
-        // SAFETY: the child created this descriptor in the table it shared with this process,
-        // and the swap above made this the only owner of the number.
-        let socket = unsafe { OwnedFd::from_raw_fd(value) };
-        network_namespace_of(socket.as_fd())
-    }
-
-    fn reap(&mut self) {
-        if !self.reaped {
-            crate::userns::reap_child(self.pid);
-            self.reaped = true;
-        }
-    }
-}
-
-impl Drop for NetworkChild {
-    fn drop(&mut self) {
-        // The child's stack must stay allocated until the child is gone, so reap first. Fields
-        // drop after this body.
-        self.reap();
-        let value = self.result.swap(NO_RESULT, std::sync::atomic::Ordering::Acquire);
-        if value >= 0 {
-            // SAFETY: the number is the socket the child left, which nothing else owns.
-            drop(unsafe { OwnedFd::from_raw_fd(value) });
+    pub fn finish(self) -> io::Result<OwnedFd> {
+        let result = self.helper.finish();
+        match take_shared_fd(&result.0) {
+            Ok(socket) => network_namespace_of(socket.as_fd()),
+            Err(NO_RESULT) => Err(io::Error::other("the child creating the network namespace ended without a result")),
+            Err(negated) => Err(io::Error::from_raw_os_error(-negated)),
         }
     }
 }

@@ -836,7 +836,7 @@ both_identities!(cleanup_ignores_planted_git_symlink, |f: &Fixture| {
 
 // As root, another user's workspace is not writable in the sandbox, and a missing protected
 // name there cannot get a placeholder: the run does not start, and nothing is left behind.
-both_identities!(root_in_other_users_workspace_refused, |f: &Fixture| {
+both_identities!(root_in_other_users_workspace_rejected, |f: &Fixture| {
     if f.who == crate::suite::harness::Who::User {
         skip(&f.name, "only root can run palisade in another user's workspace");
         return;
@@ -885,7 +885,7 @@ both_identities!(hidden_entry_in_cache_keeps_parent_mode, |f: &Fixture| {
 
 // The sandbox's device nodes are created as root and bound from the host otherwise. Either
 // way each is a character device with the host's numbers, readable and writable by all, and
-// behaves as one: /dev/full refuses writes with ENOSPC, /dev/zero reads zeros.
+// behaves as one: /dev/full rejects writes with ENOSPC, /dev/zero reads zeros.
 both_identities!(device_nodes_match_the_host, |f: &Fixture| {
     let names = ["null", "zero", "full", "random", "urandom", "tty"];
     let script = format!(
