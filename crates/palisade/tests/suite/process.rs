@@ -530,6 +530,58 @@ except OSError as error:
     }
 });
 
+// Any process of the same user and the same IPC namespace can attach a System V segment or
+// queue by its key. The run has an IPC namespace of its own: a segment the same user made on
+// the host is not listed inside, and a queue made inside is gone from the host's view.
+both_identities!(host_ipc_objects_invisible, |f: &Fixture| {
+    let made = f.as_owner("ipcmk").args(["-M", "4096"]).output().unwrap();
+    let made = String::from_utf8_lossy(&made.stdout).into_owned();
+    let Some(id) = made.trim().strip_prefix("Shared memory id: ").map(str::to_owned) else {
+        panic!("ipcmk made no segment on the host: {made:?}");
+    };
+    let host_shm = fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    let key = host_shm
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(1) == Some(&id.as_str()))
+        .map(|fields| fields[0].to_owned())
+        .expect("the host lists its new segment");
+    let script = "awk 'NR>1 {print \"SHM \" $1}' /proc/sysvipc/shm; ipcmk -Q >/dev/null && awk 'NR>1 {print \"MSG \" $1}' /proc/sysvipc/msg";
+    let run = f.palisade(&["run", "--", "sh", "-c", script]);
+    let _ = Command::new("ipcrm").args(["-m", &id]).status();
+    run.expect_code(0);
+    assert!(!run.lines_starting("SHM ").contains(&format!("SHM {key}").as_str()), "the host's segment is listed inside:\n{}", run.stdout);
+    let queues = run.lines_starting("MSG ");
+    assert_eq!(queues.len(), 1, "the queue made inside is missing:\n{}\n{}", run.stdout, run.stderr);
+    let inside_key = queues[0].trim_start_matches("MSG ");
+    let host_msg = fs::read_to_string("/proc/sysvipc/msg").unwrap();
+    assert!(
+        !host_msg.lines().any(|line| line.split_whitespace().next() == Some(inside_key)),
+        "the queue made inside shows on the host:\n{host_msg}"
+    );
+});
+
+// Unprivileged, the run's System V segments are bounded only by the machine (docs/security.md);
+// as root, palisade sets the IPC namespace's limits to the run's tmp_size, and only the run's:
+// the host's limits stay as they were.
+both_identities!(shm_limits_follow_tmp_size, |f: &Fixture| {
+    if f.who == Who::User {
+        crate::suite::harness::skip(&f.name, "only root may set an IPC namespace's limits; an unprivileged run keeps the kernel's defaults");
+        return;
+    }
+    let host_limits = || ["shmmax", "shmall"].map(|name| fs::read_to_string(format!("/proc/sys/kernel/{name}")).unwrap());
+    let before = host_limits();
+    let script = "cat /proc/sys/kernel/shmmax /proc/sys/kernel/shmall; ipcmk -M 16777216 >/dev/null 2>&1 && echo BIG-MADE; ipcmk -M 4096 >/dev/null && echo SMALL-MADE";
+    let run = f.palisade(&["run", "--tmp-size", "8M", "--", "sh", "-c", script]);
+    assert_eq!(host_limits(), before, "the run changed the host's limits");
+    run.expect_code(0);
+    let pages = 8 * 1024 * 1024 / page_size();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.get(..2), Some(&["8388608", pages.to_string().as_str()][..]), "limits inside:\n{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("BIG-MADE"), "a segment above tmp_size was made:\n{}", run.stdout);
+    assert!(run.stdout.contains("SMALL-MADE"), "a small segment failed:\n{}\n{}", run.stdout, run.stderr);
+});
+
 // Public report: nolabs-ai/nono#255 (Landlock mediates device ioctls only from ABI 5). A device
 // node that is absent needs no mediation.
 both_identities!(dev_holds_minimal_nodes, |f: &Fixture| {
@@ -802,3 +854,9 @@ both_identities!(command_reopens_its_stdout_and_stderr, |f: &Fixture| {
     assert!(run.stdout.contains("to-stdout"), "stdout: {}", run.stdout);
     assert!(run.stderr.contains("to-stderr"), "stderr: {}", run.stderr);
 });
+
+/// Returns the kernel's page size, as `getconf` reports it.
+fn page_size() -> u64 {
+    let out = Command::new("getconf").arg("PAGESIZE").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
