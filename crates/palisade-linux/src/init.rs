@@ -334,13 +334,10 @@ fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
 /// root. Returns the proxy's port in allowlist mode and the child detaching the host's root.
 fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild), String> {
     rustix::system::sethostname(b"palisade").map_err(|error| format!("failed to set the hostname: {error}"))?;
-    // Only root may write these files (see the function), so an unprivileged run skips them.
-    if let (Some(bytes), Identity::Root { .. }) = (context.plan.tmp_size, context.identity) {
-        limit_shared_memory_segments(bytes);
-    }
     let mut proxy_port = None;
-    // With the host's network, there is no namespace of the run's own. Otherwise a child
-    // creates it while the root is built (see `sys::NetworkChild`).
+    // With the host's network, there is no network namespace of the run's own, and init's
+    // clone created the IPC namespace. Otherwise a child creates both while the root is built
+    // (see `sys::NetworkChild`).
     let mut network = match context.policy.network {
         palisade_policy::NetworkMode::Full => None,
         _ => Some(sys::NetworkChild::start().map_err(|error| format!("failed to start creating the network namespace: {error}"))?),
@@ -362,6 +359,11 @@ fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild
     };
     let detach = mounts::build_root(context.plan, &owner).map_err(|error| error.0)?;
     join_network(network)?;
+    // Init is in the run's IPC namespace now, whose limits these files set. Only root may
+    // write them (see the function), so an unprivileged run skips them.
+    if let (Some(bytes), Identity::Root { .. }) = (context.plan.tmp_size, context.identity) {
+        limit_shared_memory_segments(bytes);
+    }
     Ok((proxy_port, detach))
 }
 
@@ -375,14 +377,16 @@ fn explain_detach_failure(error: rustix::io::Errno) -> String {
     format!("failed to detach the host's root from the sandbox: {cause}")
 }
 
-/// Moves init into the network namespace that `child` created, whose loopback interface the
-/// child brought up. Nothing of the command runs before this succeeds, so a failure here leaves
-/// no process of the run in the host's network.
+/// Moves init into the network and IPC namespaces that `child` created; the child brought the
+/// loopback interface up. Nothing of the command runs before this succeeds, so a failure here
+/// leaves no process of the run in the host's network or IPC namespace.
 fn join_network(child: Option<sys::NetworkChild>) -> Result<(), String> {
     let Some(child) = child else { return Ok(()) };
-    let namespace = child.finish().map_err(|error| explain_network_failure(&error))?;
-    rustix::thread::move_into_link_name_space(namespace.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-        .map_err(|error| format!("failed to enter the run's network namespace: {error}"))
+    let (network, ipc) = child.finish().map_err(|error| explain_network_failure(&error))?;
+    rustix::thread::move_into_link_name_space(network.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+        .map_err(|error| format!("failed to enter the run's network namespace: {error}"))?;
+    rustix::thread::move_into_link_name_space(ipc.as_fd(), Some(rustix::thread::LinkNameSpaceType::InterProcessCommunication))
+        .map_err(|error| format!("failed to enter the run's IPC namespace: {error}"))
 }
 
 /// Describes a failure to create the run's network namespace, with the host setting to change

@@ -73,8 +73,8 @@ pub fn run(
     if let Identity::Root { sandbox_uid } = identity {
         let _ = streams.give_to(sandbox_uid);
     }
-    // The holder of the idmap namespace is reaped when this function returns, after the run.
-    let (idmap_userns, _idmap_holder) = match identity {
+    // The holder of the idmap namespace is reaped after the go byte (see below).
+    let (idmap_userns, idmap_holder) = match identity {
         Identity::Root { sandbox_uid } if plan.needs_idmap() => {
             let (fd, holder) = userns::idmap_namespace(sandbox_uid)?;
             (Some(fd), Some(holder))
@@ -129,9 +129,13 @@ pub fn run(
         (None, None)
     };
 
-    // The network namespace is not among these: init has a child create it while it builds
-    // the root (`sys::NetworkChild`), so its cost overlaps the mounts.
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+    // The network and IPC namespaces are not among these: init has a child create them while
+    // it builds the root (`sys::NetworkChild`), so their cost overlaps the mounts. With the
+    // host's network there is no such child, and the clone creates the IPC namespace.
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+    if matches!(policy.network, NetworkMode::Full) {
+        flags |= libc::CLONE_NEWIPC;
+    }
     if matches!(identity, Identity::User { .. }) {
         flags |= libc::CLONE_NEWUSER;
     }
@@ -215,6 +219,10 @@ pub fn run(
     if options.exits_after_run {
         let _ = sys::defer_memory_teardown();
     }
+    // The holder let its namespace go before the clone, so it has exited or is about to.
+    // Reaping it here, while init builds the root, keeps the wait and the unmapping of its
+    // stack out of the end of the run.
+    drop(idmap_holder);
     // Init sends the proxy's socket before it builds the root. If it fails before that, it
     // closes its end, and its report gives the reason.
     let services = match (proxy_channel, rules) {
