@@ -460,15 +460,22 @@ fn supervise(command_pid: libc::pid_t, signal_fd: &OwnedFd, mut socket_requests:
                     let code = libc::WEXITSTATUS(status);
                     (Message::Exited(code), code)
                 };
-                let mut last = vec![message, children_usage()];
+                let [message, usage] = [message, children_usage()];
                 // Every process of a PID namespace is a descendant of its init, since orphans
                 // are reparented to it. With no child left, nothing of the run is alive, and the
                 // supervisor need not wait for the namespaces to be torn down.
-                if reap_all() {
-                    detach_covers(roots);
-                    last.push(Message::Finished);
+                match (reap_all(), roots.is_empty()) {
+                    (true, true) => send_all(report, &[message, usage, Message::Finished]),
+                    // The outcome goes first, so that the supervisor wakes up while init
+                    // detaches the roots, and finds the end waiting once it has read the
+                    // outcome. One message after the detach took 0.04 ms longer.
+                    (true, false) => {
+                        send_all(report, &[message, usage]);
+                        detach_covers(roots);
+                        send(report, &Message::Finished);
+                    }
+                    (false, _) => send_all(report, &[message, usage]),
                 }
-                send_all(report, &last);
                 sys::exit_now(code);
             }
         }

@@ -254,18 +254,26 @@ fn check_supported(policy: &Policy) -> Result<(), Error> {
 
 /// Builds the mount plan for `policy` against the real host.
 pub fn plan_for(policy: &Policy, identity: Identity) -> MountPlan {
-    let inspect = |path: &Path| match path.symlink_metadata() {
-        // A placeholder left by a run that was killed counts as missing, so this run adopts it
-        // and removes it afterwards.
-        Ok(meta) if is_stale_placeholder(&meta) => Kind::Missing,
-        Ok(meta) if meta.is_dir() => Kind::Dir,
-        Ok(_) => Kind::File,
-        Err(_) => Kind::Missing,
+    // The plan asks about some paths more than once (a workspace's `.git` for each protected
+    // entry in it); each is looked up once.
+    let seen: std::cell::RefCell<Vec<(std::path::PathBuf, Kind)>> = std::cell::RefCell::new(Vec::new());
+    let inspect = |path: &Path| {
+        if let Some((_, kind)) = seen.borrow().iter().find(|(known, _)| known == path) {
+            return *kind;
+        }
+        let kind = match path.symlink_metadata() {
+            // A placeholder left by a run that was killed counts as missing, so this run adopts
+            // it and removes it afterwards.
+            Ok(meta) if is_stale_placeholder(&meta) => Kind::Missing,
+            Ok(meta) if meta.is_dir() => Kind::Dir,
+            Ok(_) => Kind::File,
+            Err(_) => Kind::Missing,
+        };
+        seen.borrow_mut().push((path.to_path_buf(), kind));
+        kind
     };
-    let readlink = |path: &Path| match path.symlink_metadata() {
-        Ok(meta) if meta.file_type().is_symlink() => std::fs::read_link(path).ok(),
-        _ => None,
-    };
+    // readlink fails on anything but a symlink, so no lookup is needed first.
+    let readlink = |path: &Path| std::fs::read_link(path).ok();
     plan::build(policy, matches!(identity, Identity::Root { .. }), &inspect, &readlink)
 }
 
