@@ -235,7 +235,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
             rustix::process::setsid().map_err(std::io::Error::from)?;
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(std::io::Error::from)?;
             rustix::thread::set_no_new_privs(true).map_err(std::io::Error::from)?;
-            confine(&confinement, MINIMUM_ABI).map_err(to_io)
+            confine(&confinement, None, MINIMUM_ABI).map_err(to_io)
         });
     }
     let mut streams = crate::output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?;

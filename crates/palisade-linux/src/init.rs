@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use palisade_policy::Policy;
 
+use crate::landlock::Ruleset;
 use crate::mounts::{self, Owner};
 use crate::plan::MountPlan;
 use crate::pty;
@@ -126,6 +127,8 @@ pub struct InitContext<'a> {
 /// fork. `None` means the layer is missing and the run was allowed without it.
 pub struct Confinement {
     pub rlimits: Vec<crate::limits::Rlimit>,
+    /// With namespaces, only what the filesystem rules do not cover (the ports): init adds
+    /// those while it mounts. In degraded mode, the whole policy as paths.
     pub landlock: Option<crate::landlock::Rules>,
     pub seccomp: Option<seccompiler::BpfProgram>,
 }
@@ -183,7 +186,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         fail(&context.report, format!("failed to make init non-dumpable: {error}"));
     }
 
-    let (proxy_port, detach) = match setup(&mut context) {
+    let (proxy_port, detach, ruleset) = match setup(&mut context) {
         Ok(done) => done,
         Err(text) => fail(&context.report, text),
     };
@@ -231,6 +234,7 @@ pub fn main(mut context: InitContext<'_>) -> ! {
         proxy_port,
         terminal: terminal.as_ref(),
         detach: &detach,
+        landlock: ruleset.as_ref(),
     };
     let started = match context.workload {
         // A command stage ends in execve at once, so it may borrow init's memory until then,
@@ -282,6 +286,8 @@ struct Stage<'a, 'b> {
     terminal: Option<&'a OwnedFd>,
     /// The child detaching the host's root, which the command must not run before.
     detach: &'a sys::DetachChild,
+    /// The Landlock ruleset init filled while it built the root.
+    landlock: Option<&'a Ruleset>,
 }
 
 /// The entry point of a stage started by [`sys::spawn_sharing_memory`]. `arg` points to the
@@ -332,7 +338,7 @@ fn attach_output(output: &[Option<OwnedFd>; 2]) -> rustix::io::Result<()> {
 
 /// Prepares the namespaces: hostname, loopback, the proxy's listening socket, and the new
 /// root. Returns the proxy's port in allowlist mode and the child detaching the host's root.
-fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild), String> {
+fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild, Option<Ruleset>), String> {
     rustix::system::sethostname(b"palisade").map_err(|error| format!("failed to set the hostname: {error}"))?;
     let mut proxy_port = None;
     // With the host's network, there is no network namespace of the run's own, and init's
@@ -357,14 +363,16 @@ fn setup(context: &mut InitContext<'_>) -> Result<(Option<u16>, sys::DetachChild
         idmap: context.idmap_userns.as_ref().map(|fd| fd.as_fd()),
         in_user_namespace: matches!(context.identity, Identity::User { .. }),
     };
-    let detach = mounts::build_root(context.plan, &owner).map_err(|error| error.0)?;
+    // Init fills the command's Landlock ruleset as it mounts, and the stage enforces it.
+    let mut ruleset = context.confinement.landlock.as_ref().map(|rules| crate::landlock::create(rules, 1)).transpose()?;
+    let detach = mounts::build_root(context.plan, &owner, ruleset.as_mut()).map_err(|error| error.0)?;
     join_network(network)?;
     // Init is in the run's IPC namespace now, whose limits these files set. Only root may
     // write them (see the function), so an unprivileged run skips them.
     if let (Some(bytes), Identity::Root { .. }) = (context.plan.tmp_size, context.identity) {
         limit_shared_memory_segments(bytes);
     }
-    Ok((proxy_port, detach))
+    Ok((proxy_port, detach, ruleset))
 }
 
 /// Describes a failure to detach the host's root after `pivot_root`. `ECHILD` is what
@@ -552,7 +560,7 @@ fn command_stage(policy: &Policy, workload: &Workload<'_>, identity: Identity, c
     if let Err(error) = sys::cloexec_from(3) {
         fail(report, format!("failed to mark inherited descriptors close-on-exec: {error}"));
     }
-    if let Err(text) = confine(confinement, 1) {
+    if let Err(text) = confine(confinement, stage.landlock, 1) {
         fail(report, text);
     }
 
@@ -641,14 +649,17 @@ pub(crate) fn execute(argv: &[OsString], envp: &[CString], path: Option<&OsStr>)
 }
 
 /// Applies the last layers, in order: the rlimits, Landlock, and the seccomp filter, which
-/// must come last because it refuses calls the steps before it make. `minimum_abi` is the
-/// Landlock ABI the policy cannot do without.
-pub(crate) fn confine(confinement: &Confinement, minimum_abi: i32) -> Result<(), String> {
+/// must come last because it refuses calls the steps before it make. Landlock enforces
+/// `ruleset` where init filled one, and otherwise the rules of `confinement`, looked up by
+/// path. `minimum_abi` is the Landlock ABI the policy cannot do without.
+pub(crate) fn confine(confinement: &Confinement, ruleset: Option<&Ruleset>, minimum_abi: i32) -> Result<(), String> {
     // The list starts with core dumps off: a core dump would write the command's memory into
     // the working directory.
     crate::limits::apply(&confinement.rlimits)?;
-    if let Some(rules) = &confinement.landlock {
-        crate::landlock::apply(rules, minimum_abi)?;
+    match (ruleset, &confinement.landlock) {
+        (Some(ruleset), _) => drop(ruleset.enforce()?),
+        (None, Some(rules)) => drop(crate::landlock::apply(rules, minimum_abi)?),
+        (None, None) => {}
     }
     if let Some(program) = &confinement.seccomp {
         crate::seccomp::install(program)?;

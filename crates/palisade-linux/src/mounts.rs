@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use rustix::fs::{CWD, FileType, Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
 
+use crate::landlock::{Grant, Ruleset};
 use crate::plan::{Kind, MountOp, MountPlan};
 use crate::sys;
 
@@ -69,9 +70,12 @@ pub struct Owner<'a> {
 /// [`MountPlan::placeholders`] lists them, which is where the supervisor looks for them after
 /// the run.
 ///
+/// With `ruleset`, each mount it attaches gets its Landlock rule there, made from the mount's
+/// descriptor (see [`crate::landlock::grant_for`]).
+///
 /// Returns the child that detaches the host's tree, which is still stacked on the new root:
 /// nothing of the command may run before [`sys::DetachChild::wait`] succeeds.
-pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChild, StepError> {
+pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, mut ruleset: Option<&mut Ruleset>) -> Result<sys::DetachChild, StepError> {
     let mut placeholders = Placeholders::default();
     // Step 1: no mount event from here on propagates back to the host.
     step_rustix(
@@ -115,16 +119,25 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChil
         if !matches!(op, MountOp::Hide { .. } | MountOp::Protect { .. }) {
             placeholders.forget_parent();
         }
+        let grant = crate::landlock::grant_for(op);
         match op {
-            MountOp::Proc => attach_proc(&root)?,
+            MountOp::Proc => {
+                attach_proc(&root)?;
+                if let Some(ruleset) = ruleset.as_deref_mut() {
+                    let proc = new_root_path(Path::new("/proc"));
+                    let opened = step_rustix("open", &proc, rustix::fs::open(&proc, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?;
+                    add_rule(ruleset, &opened, Grant::Proc, true, Path::new("/proc"))?;
+                }
+            }
             MountOp::Dev => {
                 let shm = stage.scratch_dir("shm", 0o1777, None)?;
-                attach_dev(&root, &host_dev, owner.in_user_namespace, &shm)?;
+                attach_dev(&root, &host_dev, owner.in_user_namespace, &shm, ruleset.as_deref_mut())?;
             }
             MountOp::Tmp { path, writable, .. } => {
                 let scratch = stage.scratch_dir("tmp", 0o1777, None)?;
                 let target = open_target(&root, path, Kind::Dir)?;
                 attach(&scratch, &target, path)?;
+                add_grant(ruleset.as_deref_mut(), &scratch, grant, true, path)?;
                 if !writable {
                     seal_later.push(path.clone());
                 }
@@ -133,15 +146,19 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChil
                 let scratch = stage.scratch_dir("home", 0o755, Some((owner.uid, owner.gid)))?;
                 let target = open_target(&root, path, Kind::Dir)?;
                 attach(&scratch, &target, path)?;
+                add_grant(ruleset.as_deref_mut(), &scratch, grant, true, path)?;
             }
             MountOp::Bind { path, kind, .. } => {
                 let target = open_target(&root, path, *kind)?;
-                attach(tree.as_ref().expect("bind was cloned"), &target, path)?;
+                let tree = tree.as_ref().expect("bind was cloned");
+                attach(tree, &target, path)?;
+                add_grant(ruleset.as_deref_mut(), tree, grant, *kind == Kind::Dir, path)?;
             }
             MountOp::Overlay { path, .. } => {
                 let overlay = overlays.next()?;
                 let target = open_target(&root, path, Kind::Dir)?;
                 attach(&overlay, &target, path)?;
+                add_grant(ruleset.as_deref_mut(), &overlay, grant, true, path)?;
             }
             MountOp::Hide { path, kind } => {
                 let Some(target) = target_or_placeholder(&root, path, *kind, owner, &mut placeholders)? else { continue };
@@ -165,6 +182,7 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChil
                 let file = stage.file_with(contents)?;
                 let target = open_target(&root, path, Kind::File)?;
                 attach(&file, &target, path)?;
+                add_grant(ruleset.as_deref_mut(), &file, grant, false, path)?;
             }
             MountOp::Pin { path } => {
                 let target = open_target(&root, path, Kind::Dir)?;
@@ -183,6 +201,11 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChil
     }
 
 
+    // The root itself only lists its entries, each a mount with a rule of its own.
+    if let Some(ruleset) = ruleset {
+        add_rule(ruleset, &root, Grant::List, true, Path::new("/"))?;
+    }
+
     // Step 4: swap roots. The host's tree, now stacked on the new root, is detached by a
     // child while the command stage confines itself (see `sys::DetachChild`).
     step_rustix("enter", NEW_ROOT, rustix::process::chdir(NEW_ROOT))?;
@@ -192,6 +215,19 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>) -> Result<sys::DetachChil
     // is that tmpfs, opened before the pivot.
     step("make read-only", "/", sys::mount_setattr(root.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None))?;
     Ok(detach)
+}
+
+/// Adds the Landlock rule that `grant` names for the mount `tree`, attached at `path`, when
+/// there is a ruleset to fill.
+fn add_grant(ruleset: Option<&mut Ruleset>, tree: &OwnedFd, grant: Option<Grant>, is_dir: bool, path: &Path) -> Result<(), StepError> {
+    match (ruleset, grant) {
+        (Some(ruleset), Some(grant)) => add_rule(ruleset, tree, grant, is_dir, path),
+        _ => Ok(()),
+    }
+}
+
+fn add_rule(ruleset: &mut Ruleset, fd: &OwnedFd, grant: Grant, is_dir: bool, path: &Path) -> Result<(), StepError> {
+    ruleset.grant(fd.as_fd(), grant, is_dir, path).map_err(StepError)
 }
 
 /// Returns `path` as seen from the new root before the pivot.
@@ -527,7 +563,7 @@ fn attach_proc(root: &OwnedFd) -> Result<(), StepError> {
     )
 }
 
-fn attach_dev(root: &OwnedFd, host_dev: &OwnedFd, in_user_namespace: bool, shm: &OwnedFd) -> Result<(), StepError> {
+fn attach_dev(root: &OwnedFd, host_dev: &OwnedFd, in_user_namespace: bool, shm: &OwnedFd, mut ruleset: Option<&mut Ruleset>) -> Result<(), StepError> {
     let _ = open_target(root, Path::new("/dev"), Kind::Dir)?;
     let dev = new_root_path(Path::new("/dev"));
     let dev_text = dev.to_string_lossy().into_owned();
@@ -556,6 +592,20 @@ fn attach_dev(root: &OwnedFd, host_dev: &OwnedFd, in_user_namespace: bool, shm: 
         rustix::fs::openat(&dev_fd, "shm", OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()),
     )?;
     attach(shm, &shm_target, &dev.join("shm"))?;
+    if let Some(ruleset) = ruleset.as_deref_mut() {
+        add_rule(ruleset, &dev_fd, Grant::DeviceDir, true, Path::new("/dev"))?;
+        add_rule(ruleset, shm, Grant::Write, true, Path::new("/dev/shm"))?;
+        // The terminals: the controlling terminal's node, the pseudo-terminals and their
+        // multiplexer, which /dev/ptmx links to.
+        for (name, is_dir) in [("tty", false), ("pts", true), ("pts/ptmx", false)] {
+            let path = Path::new("/dev").join(name);
+            match rustix::fs::openat(&dev_fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+                // A node the host lacks was left out, and has nothing to grant.
+                Err(rustix::io::Errno::NOENT) => {}
+                opened => add_rule(ruleset, &step_rustix("open", &path, opened)?, Grant::Terminal, is_dir, &path)?,
+            }
+        }
+    }
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),

@@ -49,13 +49,13 @@ pub fn run(
     let started = Instant::now();
     let rlimits = limits::rlimits(&policy.limits);
     layers.rlimits = rlimits.iter().map(limits::Rlimit::describe).collect();
-    // Both are computed here, before the fork, so the command stage only applies them.
+    // Both are computed here, before the fork, so the command stage only applies them. Init
+    // adds the filesystem rules to the Landlock ruleset as it mounts (`mounts::build_root`).
     let confinement = init::Confinement {
         rlimits,
-        landlock: layers.landlock_abi.map(|_| {
-            let mut rules = landlock::rules_for_plan(plan);
-            rules.bind_ports = policy.ports.listen.clone().filter(|_| layers.landlock_tcp);
-            rules
+        landlock: layers.landlock_abi.map(|_| landlock::Rules {
+            bind_ports: policy.ports.listen.clone().filter(|_| layers.landlock_tcp),
+            ..landlock::Rules::default()
         }),
         seccomp: layers.seccomp.then(|| seccomp::build(seccomp::FilterOptions { allow_ptrace: policy.allow_ptrace, no_sockets: false })),
     };

@@ -612,6 +612,25 @@ echo discarded > /dev/null && echo "null writable"
     assert!(run.stdout.contains("null writable"), "/dev/null does not work:\n{}", run.stdout);
 });
 
+// Which files take device ioctls is Landlock's decision, not the mounts': from ABI 5 the plain
+// devices take none, so a terminal request on /dev/null fails with EACCES instead of the
+// ENOTTY the device itself gives. The command thus runs under the ruleset init filled while it
+// mounted, and /dev's rule grants no ioctls.
+both_identities!(plain_devices_refuse_ioctls, |f: &Fixture| {
+    let script = "import fcntl, termios\ntry:\n    fcntl.ioctl(open('/dev/null'), termios.TIOCGWINSZ, bytes(8))\n    print('IOCTL done')\nexcept OSError as error:\n    print('IOCTL errno', error.errno)";
+    let report_path = f.root.join("report.json");
+    let report_arg = report_path.display().to_string();
+    let run = f.palisade(&["run", "--report", &report_arg, "--", PYTHON, "-c", script]);
+    run.expect_code(0);
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(&report_path).unwrap()).expect("the report is JSON");
+    let abi = report["layers"]["landlock"]["abi"].as_i64().expect("the run had Landlock");
+    if abi < 5 {
+        crate::suite::harness::skip(&f.name, &format!("this kernel offers Landlock ABI {abi}; device ioctls are mediated from ABI 5"));
+        return;
+    }
+    assert_eq!(run.lines_starting("IOCTL "), vec![format!("IOCTL errno {}", libc::EACCES).as_str()], "{}\n{}", run.stdout, run.stderr);
+});
+
 both_identities!(exit_status_on_timeout, |f: &Fixture| {
     let started = Instant::now();
     let run = f.palisade(&["run", "--timeout", "1s", "--", "sleep", "10"]);
