@@ -385,8 +385,8 @@ fn explain_detach_failure(error: rustix::io::Errno) -> String {
     format!("failed to detach the host's root from the sandbox: {cause}")
 }
 
-/// Moves init into the network and IPC namespaces that `child` created; the child brought the
-/// loopback interface up. Nothing of the command runs before this succeeds, so a failure here
+/// Moves init into the network and IPC namespaces that `child` created, after the child
+/// brought the loopback interface up. Nothing of the command runs before this succeeds, so a failure here
 /// leaves no process of the run in the host's network or IPC namespace.
 fn join_network(child: Option<sys::NetworkChild>) -> Result<(), String> {
     let Some(child) = child else { return Ok(()) };

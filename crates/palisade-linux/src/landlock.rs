@@ -81,7 +81,7 @@ pub fn missing_reason() -> (String, String) {
     }
 }
 
-/// What a rule grants beneath the file or directory it is made on.
+/// The access a rule grants beneath the file or directory it is made on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
     /// Read files, list directories, execute: a read-only mount.
@@ -170,7 +170,7 @@ pub struct Ruleset {
 }
 
 /// Creates a ruleset that handles every filesystem right of the ABI, the network rights
-/// `rules` asks for and, from ABI 6, scoping, with `rules`' ports already allowed. Its path
+/// `rules` needs and, from ABI 6, scoping, with `rules`' ports already allowed. Its path
 /// lists are not added (see [`apply`]). Fails unless the kernel offers at least
 /// `minimum_abi` and every right asked for.
 pub fn create(rules: &Rules, minimum_abi: i32) -> Result<Ruleset, String> {

@@ -254,8 +254,8 @@ fn check_supported(policy: &Policy) -> Result<(), Error> {
 
 /// Builds the mount plan for `policy` against the real host.
 pub fn plan_for(policy: &Policy, identity: Identity) -> MountPlan {
-    // The plan asks about some paths more than once (a workspace's `.git` for each protected
-    // entry in it); each is looked up once.
+    // The plan inspects some paths more than once (a workspace's `.git` for each protected
+    // entry in it), and each is looked up once.
     let seen: std::cell::RefCell<Vec<(std::path::PathBuf, Kind)>> = std::cell::RefCell::new(Vec::new());
     let inspect = |path: &Path| {
         if let Some((_, kind)) = seen.borrow().iter().find(|(known, _)| known == path) {

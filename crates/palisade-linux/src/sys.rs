@@ -156,7 +156,7 @@ pub struct NetworkChild {
 
 /// The result slots of a [`NetworkChild`]: a socket in the new network namespace and a
 /// descriptor of the new IPC namespace, as numbers in the shared descriptor table. `socket`
-/// holds a negated errno instead if the child failed, and both stay [`NO_RESULT`] until it has
+/// has a negated errno instead if the child failed, and both stay [`NO_RESULT`] until it has
 /// finished. Dropping it closes what was not taken.
 struct NetworkResult {
     socket: std::sync::atomic::AtomicI32,
@@ -179,7 +179,7 @@ fn create_network_namespace(result: &NetworkResult) {
         unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET | rustix::thread::UnshareFlags::NEWIPC) }?;
         let socket = rustix::net::socket_with(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, rustix::net::SocketFlags::CLOEXEC, None)?;
         set_loopback_up(socket.as_fd())?;
-        // Init has not mounted the sandbox's /proc yet; this is the host's, where "self" is
+        // Init has not mounted the sandbox's /proc yet. This is the host's, where "self" is
         // this child.
         let ipc = rustix::fs::open(c"/proc/self/ns/ipc", rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
         Ok::<_, rustix::io::Errno>((socket, ipc))

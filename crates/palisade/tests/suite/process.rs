@@ -534,10 +534,10 @@ except OSError as error:
 // queue by its key. The run has an IPC namespace of its own: a segment the same user made on
 // the host is not listed inside, and a queue made inside is gone from the host's view.
 both_identities!(host_ipc_objects_invisible, |f: &Fixture| {
-    let made = f.as_owner("ipcmk").args(["-M", "4096"]).output().unwrap();
-    let made = String::from_utf8_lossy(&made.stdout).into_owned();
-    let Some(id) = made.trim().strip_prefix("Shared memory id: ").map(str::to_owned) else {
-        panic!("ipcmk made no segment on the host: {made:?}");
+    let created = f.as_owner("ipcmk").args(["-M", "4096"]).output().unwrap();
+    let created = String::from_utf8_lossy(&created.stdout).into_owned();
+    let Some(id) = created.trim().strip_prefix("Shared memory id: ").map(str::to_owned) else {
+        panic!("ipcmk made no segment on the host: {created:?}");
     };
     let host_shm = fs::read_to_string("/proc/sysvipc/shm").unwrap();
     let key = host_shm
@@ -561,9 +561,9 @@ both_identities!(host_ipc_objects_invisible, |f: &Fixture| {
     );
 });
 
-// Unprivileged, the run's System V segments are bounded only by the machine (docs/security.md);
-// as root, palisade sets the IPC namespace's limits to the run's tmp_size, and only the run's:
-// the host's limits stay as they were.
+// Unprivileged, the run's System V segments are bounded only by the machine (docs/security.md).
+// As root, palisade sets the IPC namespace's limits to the run's tmp_size. Only the run's limits
+// change, and the host's stay as they were.
 both_identities!(shm_limits_follow_tmp_size, |f: &Fixture| {
     if f.who == Who::User {
         crate::suite::harness::skip(&f.name, "only root may set an IPC namespace's limits; an unprivileged run keeps the kernel's defaults");
