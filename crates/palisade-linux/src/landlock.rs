@@ -87,7 +87,8 @@ pub enum Grant {
     /// Read files, list directories, execute: a read-only mount.
     Read,
     /// Only list the directory itself and what lies below it (no file reads): the sandbox's
-    /// root, whose entries are all mounts with rules of their own.
+    /// root, which has mounts, the root symlinks and the directories on the way to mount
+    /// points, and no file of its own.
     List,
     /// Everything except device ioctls: a writable mount.
     Write,
@@ -124,8 +125,9 @@ impl Grant {
 ///
 /// Init makes each rule from the descriptor of the mount it has just attached
 /// (`mounts::build_root`), not from its path after the pivot. Landlock ties a rule to the
-/// inode, which is the same either way, and the descriptor saves a path walk and a `stat`
-/// per rule: about 2 µs of the 4 µs each rule cost (measured on a 2-CPU VM).
+/// inode, which is the same either way, and the descriptor saves the path walk and palisade's
+/// own `stat` of each rule. With time stamps around each part in 100 runs on a 2-CPU VM,
+/// opening and inspecting the paths took 60 µs of the 116 µs that 30 rules cost.
 pub fn grant_for(op: &MountOp) -> Option<Grant> {
     match op {
         MountOp::Proc => Some(Grant::Proc),

@@ -201,7 +201,8 @@ pub fn build_root(plan: &MountPlan, owner: &Owner<'_>, mut ruleset: Option<&mut 
     }
 
 
-    // The root itself only lists its entries, each a mount with a rule of its own.
+    // The root itself may only be listed. Everything below it is reached through a mount with
+    // a rule of its own, or is a symlink or a directory on the way to one.
     if let Some(ruleset) = ruleset {
         add_rule(ruleset, &root, Grant::List, true, Path::new("/"))?;
     }
@@ -289,10 +290,10 @@ fn open_host_dev() -> Result<OwnedFd, StepError> {
 
 /// Puts device node `name` into the sandbox's `/dev` (`dev_fd`, at `dev`). Outside a user
 /// namespace it is created with `mknod`, one system call instead of the five of a bind
-/// (measured in docs/benchmarks.md). The caller clears the umask first. Where that fails (no
-/// `CAP_MKNOD` in the host's first user namespace, or a device cgroup that forbids it), and
-/// always inside a user namespace, whose tmpfs cannot hold usable nodes, the host's node is
-/// bound. A node the host lacks is then left out.
+/// (measured together with another change in docs/benchmarks.md). The caller clears the
+/// umask first. Where that fails (no `CAP_MKNOD` in the host's first user namespace, or a
+/// device cgroup that forbids it), and always inside a user namespace, whose tmpfs cannot
+/// hold usable nodes, the host's node is bound. A node the host lacks is then left out.
 fn add_dev_node(dev_fd: &OwnedFd, dev: &Path, host_dev: &OwnedFd, (name, major, minor): (&str, u32, u32), in_user_namespace: bool) -> Result<(), StepError> {
     let path = dev.join(name);
     if !in_user_namespace

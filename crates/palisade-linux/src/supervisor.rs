@@ -133,7 +133,7 @@ pub fn run(
     // it builds the root (`sys::NetworkChild`), so their cost overlaps the mounts. With the
     // host's network there is no such child, and the clone creates the IPC namespace.
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
-    if matches!(policy.network, NetworkMode::Full) {
+    if !init::uses_network_child(&policy.network) {
         flags |= libc::CLONE_NEWIPC;
     }
     if matches!(identity, Identity::User { .. }) {

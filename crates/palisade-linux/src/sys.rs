@@ -143,11 +143,11 @@ pub fn clone_holder(namespace_flags: libc::c_int, read: BorrowedFd<'_>, write: B
 /// `unshare true`), and the sandbox needs it before the command runs.
 /// Created by the clone of init itself, it held up the supervisor. Created by this child, on
 /// another CPU where there is one, it overlaps the mounts that build the root instead. The IPC
-/// namespace goes with it for the same reason: its own mqueue filesystem made it the dearest
-/// namespace of the clone after the mount namespace (28 µs of `unshare` on a 2-CPU VM,
-/// against 6 µs for UTS).
+/// namespace goes with it for the same reason: with its own mqueue filesystem, it was the most
+/// expensive namespace of the clone after the mount namespace (medians of 200 `unshare` calls
+/// of each kind in a C program on a 2-CPU VM: 28 µs, against 6 µs for UTS).
 ///
-/// The child is a [`HelperChild`]: it shares init's memory and descriptor table, makes five
+/// The child is a [`HelperChild`]: it shares init's memory and descriptor table, makes its
 /// system calls through rustix, which never writes errno, touches nothing of init's but its
 /// result, and exits.
 pub struct NetworkChild {
@@ -155,13 +155,31 @@ pub struct NetworkChild {
 }
 
 /// The result slots of a [`NetworkChild`]: a socket in the new network namespace and a
-/// descriptor of the new IPC namespace, as numbers in the shared descriptor table. `socket`
-/// has a negated errno instead if the child failed, and both stay [`NO_RESULT`] until it has
-/// finished. Dropping it closes what was not taken.
+/// descriptor of the new IPC namespace, as numbers in the shared descriptor table. If the child
+/// failed, `socket` has a negated errno instead and `failed_step` the step. Both descriptor
+/// slots stay [`NO_RESULT`] until the child has finished. Dropping it closes what was not
+/// taken.
 struct NetworkResult {
     socket: std::sync::atomic::AtomicI32,
     ipc: std::sync::atomic::AtomicI32,
+    failed_step: std::sync::atomic::AtomicUsize,
 }
+
+/// The steps of a [`NetworkChild`], in order, so that a failure names the namespace at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceStep {
+    /// `unshare(CLONE_NEWNET)`.
+    Network,
+    /// The socket in the new network namespace, and its loopback interface brought up.
+    Loopback,
+    /// `unshare(CLONE_NEWIPC)`.
+    Ipc,
+    /// Opening `/proc/self/ns/ipc`, the descriptor init joins the IPC namespace by.
+    OpenIpc,
+}
+
+/// [`NamespaceStep`]s by their number in [`NetworkResult::failed_step`].
+const NAMESPACE_STEPS: [NamespaceStep; 4] = [NamespaceStep::Network, NamespaceStep::Loopback, NamespaceStep::Ipc, NamespaceStep::OpenIpc];
 
 impl Drop for NetworkResult {
     fn drop(&mut self) {
@@ -170,26 +188,47 @@ impl Drop for NetworkResult {
     }
 }
 
-/// Creates the network namespace and brings its loopback interface up: the work of a
-/// [`NetworkChild`].
+/// Creates the network namespace, brings its loopback interface up and creates the IPC
+/// namespace: the work of a [`NetworkChild`]. Descriptors are kept as numbers and closed
+/// through rustix on failure, so no `OwnedFd` drop calls libc's `close`, which may write errno.
 fn create_network_namespace(result: &NetworkResult) {
-    let created = (|| {
-        // SAFETY: the flags only move this child into new network and IPC namespaces. The
-        // descriptor table stays shared, so the descriptors opened next are in init's table too.
-        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET | rustix::thread::UnshareFlags::NEWIPC) }?;
-        let socket = rustix::net::socket_with(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, rustix::net::SocketFlags::CLOEXEC, None)?;
-        set_loopback_up(socket.as_fd())?;
-        // Init has not mounted the sandbox's /proc yet. This is the host's, where "self" is
-        // this child.
-        let ipc = rustix::fs::open(c"/proc/self/ns/ipc", rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
-        Ok::<_, rustix::io::Errno>((socket, ipc))
-    })();
-    let (socket, ipc) = match created {
-        Ok((socket, ipc)) => (std::os::fd::IntoRawFd::into_raw_fd(socket), std::os::fd::IntoRawFd::into_raw_fd(ipc)),
-        Err(errno) => (-errno.raw_os_error(), NO_RESULT),
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::Ordering;
+    use rustix::thread::UnshareFlags;
+    let fail = |step: NamespaceStep, errno: rustix::io::Errno, opened: Option<RawFd>| {
+        if let Some(fd) = opened {
+            // SAFETY: this child opened the number, and no value owns it.
+            unsafe { rustix::io::close(fd) };
+        }
+        result.failed_step.store(step as usize, Ordering::Relaxed);
+        result.socket.store(-errno.raw_os_error(), Ordering::Release);
     };
-    result.ipc.store(ipc, std::sync::atomic::Ordering::Release);
-    result.socket.store(socket, std::sync::atomic::Ordering::Release);
+    // SAFETY: the flag only moves this child into a new network namespace. The descriptor
+    // table stays shared, so the descriptors opened next are in init's table too.
+    if let Err(errno) = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) } {
+        return fail(NamespaceStep::Network, errno, None);
+    }
+    let socket = match rustix::net::socket_with(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, rustix::net::SocketFlags::CLOEXEC, None) {
+        Ok(socket) => socket.into_raw_fd(),
+        Err(errno) => return fail(NamespaceStep::Loopback, errno, None),
+    };
+    // SAFETY: `socket` was just opened, and is closed only below or by init.
+    if let Err(errno) = set_loopback_up(unsafe { BorrowedFd::borrow_raw(socket) }) {
+        return fail(NamespaceStep::Loopback, errno, Some(socket));
+    }
+    // SAFETY: the flag only moves this child into a new IPC namespace.
+    if let Err(errno) = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWIPC) } {
+        return fail(NamespaceStep::Ipc, errno, Some(socket));
+    }
+    // Before init's pivot this is the host's /proc, after it the sandbox's. In both, "self" is
+    // this child.
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+    let ipc = match rustix::fs::open(c"/proc/self/ns/ipc", flags, rustix::fs::Mode::empty()) {
+        Ok(ipc) => ipc.into_raw_fd(),
+        Err(errno) => return fail(NamespaceStep::OpenIpc, errno, Some(socket)),
+    };
+    result.ipc.store(ipc, Ordering::Release);
+    result.socket.store(socket, Ordering::Release);
 }
 
 /// Sets the flags `IFF_UP` and `IFF_RUNNING` on the loopback interface of the network namespace
@@ -325,7 +364,11 @@ impl<T: Sync> Drop for HelperChild<T> {
 impl NetworkChild {
     /// Starts the child. Finishing or dropping the result waits for the child.
     pub fn start() -> io::Result<NetworkChild> {
-        let result = NetworkResult { socket: std::sync::atomic::AtomicI32::new(NO_RESULT), ipc: std::sync::atomic::AtomicI32::new(NO_RESULT) };
+        let result = NetworkResult {
+            socket: std::sync::atomic::AtomicI32::new(NO_RESULT),
+            ipc: std::sync::atomic::AtomicI32::new(NO_RESULT),
+            failed_step: std::sync::atomic::AtomicUsize::new(0),
+        };
         // SAFETY: `create_network_namespace` uses no heap and no thread-local state, makes its
         // system calls through rustix and contains nothing that panics. It writes only the
         // result's atomics.
@@ -334,16 +377,20 @@ impl NetworkChild {
     }
 
     /// Waits for the child and returns descriptors of the network and IPC namespaces it
-    /// created, or the error that stopped it.
-    pub fn finish(self) -> io::Result<(OwnedFd, OwnedFd)> {
+    /// created, or the step that failed and its error.
+    pub fn finish(self) -> Result<(OwnedFd, OwnedFd), (NamespaceStep, io::Error)> {
         let result = self.helper.finish();
         let socket = match take_shared_fd(&result.socket) {
             Ok(socket) => socket,
-            Err(NO_RESULT) => return Err(io::Error::other("the child creating the network namespace ended without a result")),
-            Err(negated) => return Err(io::Error::from_raw_os_error(-negated)),
+            Err(NO_RESULT) => return Err((NamespaceStep::Network, io::Error::other("the child creating the namespaces ended without a result"))),
+            Err(negated) => {
+                let step = NAMESPACE_STEPS.get(result.failed_step.load(std::sync::atomic::Ordering::Relaxed)).copied().unwrap_or(NamespaceStep::Network);
+                return Err((step, io::Error::from_raw_os_error(-negated)));
+            }
         };
-        let ipc = take_shared_fd(&result.ipc).map_err(|_| io::Error::other("the child creating the IPC namespace ended without a result"))?;
-        Ok((network_namespace_of(socket.as_fd())?, ipc))
+        let ipc = take_shared_fd(&result.ipc).map_err(|_| (NamespaceStep::OpenIpc, io::Error::other("the child creating the namespaces left no IPC namespace")))?;
+        let network = network_namespace_of(socket.as_fd()).map_err(|error| (NamespaceStep::Loopback, error))?;
+        Ok((network, ipc))
     }
 }
 
@@ -857,5 +904,18 @@ pub fn wait4(pid: libc::pid_t) -> io::Result<(libc::c_int, ResourceUsage)> {
         if rc < 0 && error.raw_os_error() != Some(libc::EINTR) {
             return Err(error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NAMESPACE_STEPS, NamespaceStep};
+
+    #[test]
+    fn namespace_steps_match_their_index() {
+        for (index, step) in NAMESPACE_STEPS.iter().enumerate() {
+            assert_eq!(*step as usize, index);
+        }
+        assert_eq!(NAMESPACE_STEPS.len(), NamespaceStep::OpenIpc as usize + 1);
     }
 }

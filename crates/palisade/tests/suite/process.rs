@@ -531,34 +531,40 @@ except OSError as error:
 });
 
 // Any process of the same user and the same IPC namespace can attach a System V segment or
-// queue by its key. The run has an IPC namespace of its own: a segment the same user made on
-// the host is not listed inside, and a queue made inside is gone from the host's view.
+// queue by its key. The run has an IPC namespace of its own in every network mode (the helper
+// that makes the network namespace makes it, and with the host's network init's clone does).
+// A segment the same user made on the host is not listed inside, a segment made inside is,
+// and a queue made inside never appears on the host.
 both_identities!(host_ipc_objects_invisible, |f: &Fixture| {
-    let created = f.as_owner("ipcmk").args(["-M", "4096"]).output().unwrap();
+    // As root, init writes the System V limits of the run's namespace, which must not be the
+    // host's.
+    let limits = HostShmLimits::read();
+    let created = f.as_owner("ipcmk").env("LC_ALL", "C").args(["-M", "4096"]).output().unwrap();
     let created = String::from_utf8_lossy(&created.stdout).into_owned();
     let Some(id) = created.trim().strip_prefix("Shared memory id: ").map(str::to_owned) else {
         panic!("ipcmk made no segment on the host: {created:?}");
     };
-    let host_shm = fs::read_to_string("/proc/sysvipc/shm").unwrap();
-    let key = host_shm
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields.get(1) == Some(&id.as_str()))
-        .map(|fields| fields[0].to_owned())
-        .expect("the host lists its new segment");
-    let script = "awk 'NR>1 {print \"SHM \" $1}' /proc/sysvipc/shm; ipcmk -Q >/dev/null && awk 'NR>1 {print \"MSG \" $1}' /proc/sysvipc/msg";
-    let run = f.palisade(&["run", "--", "sh", "-c", script]);
-    let _ = Command::new("ipcrm").args(["-m", &id]).status();
-    run.expect_code(0);
-    assert!(!run.lines_starting("SHM ").contains(&format!("SHM {key}").as_str()), "the host's segment is listed inside:\n{}", run.stdout);
-    let queues = run.lines_starting("MSG ");
-    assert_eq!(queues.len(), 1, "the queue made inside is missing:\n{}\n{}", run.stdout, run.stderr);
-    let inside_key = queues[0].trim_start_matches("MSG ");
-    let host_msg = fs::read_to_string("/proc/sysvipc/msg").unwrap();
-    assert!(
-        !host_msg.lines().any(|line| line.split_whitespace().next() == Some(inside_key)),
-        "the queue made inside shows on the host:\n{host_msg}"
-    );
+    let _segment = IpcGuard { kind: "-m", id: id.clone() };
+    let key = sysv_keys("/proc/sysvipc/shm").into_iter().find(|(_, found)| *found == id).map(|(key, _)| key).expect("the host lists its new segment");
+    let script = "ipcmk -M 4096 >/dev/null || exit 3
+awk 'NR>1 {print \"SHM \" $1}' /proc/sysvipc/shm || exit 4
+ipcmk -Q >/dev/null || exit 5
+awk 'NR>1 {print \"MSG \" $1}' /proc/sysvipc/msg || exit 6";
+    for mode in [&[][..], &["--net", "full"][..], &["--allow-domain", "127.0.0.1:9"][..]] {
+        let host_before = [sysv_keys("/proc/sysvipc/shm"), sysv_keys("/proc/sysvipc/msg")];
+        let run = f.sandbox_sh(mode, script);
+        let inside_queues = keys_listed(&run, "MSG ");
+        // What leaked to the host is removed before anything is asserted.
+        let leaked_queues = remove_leaked("/proc/sysvipc/msg", "-q", &inside_queues, &host_before[1]);
+        remove_leaked("/proc/sysvipc/shm", "-m", &keys_listed(&run, "SHM "), &host_before[0]);
+        assert!(limits.unchanged(), "with {mode:?}, the run changed the host's System V limits");
+        run.expect_code(0);
+        let segments = run.lines_starting("SHM ");
+        assert_eq!(segments.len(), 1, "with {mode:?}, the segment made inside is not the only one listed:\n{}", run.stdout);
+        assert_ne!(segments[0], format!("SHM {key}"), "with {mode:?}, the host's segment is listed inside");
+        assert_eq!(inside_queues.len(), 1, "with {mode:?}, the queue made inside is missing:\n{}\n{}", run.stdout, run.stderr);
+        assert_eq!(leaked_queues, 0, "with {mode:?}, the queue made inside shows on the host");
+    }
 });
 
 // Unprivileged, the run's System V segments are bounded only by the machine (docs/security.md).
@@ -569,54 +575,35 @@ both_identities!(shm_limits_follow_tmp_size, |f: &Fixture| {
         crate::suite::harness::skip(&f.name, "only root may set an IPC namespace's limits; an unprivileged run keeps the kernel's defaults");
         return;
     }
-    let host_limits = || ["shmmax", "shmall"].map(|name| fs::read_to_string(format!("/proc/sys/kernel/{name}")).unwrap());
-    let before = host_limits();
-    let script = "cat /proc/sys/kernel/shmmax /proc/sys/kernel/shmall; ipcmk -M 16777216 >/dev/null 2>&1 && echo BIG-MADE; ipcmk -M 4096 >/dev/null && echo SMALL-MADE";
-    let run = f.palisade(&["run", "--tmp-size", "8M", "--", "sh", "-c", script]);
-    assert_eq!(host_limits(), before, "the run changed the host's limits");
-    run.expect_code(0);
-    let pages = 8 * 1024 * 1024 / page_size();
-    let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.get(..2), Some(&["8388608", pages.to_string().as_str()][..]), "limits inside:\n{}\n{}", run.stdout, run.stderr);
-    assert!(!run.stdout.contains("BIG-MADE"), "a segment above tmp_size was made:\n{}", run.stdout);
-    assert!(run.stdout.contains("SMALL-MADE"), "a small segment failed:\n{}\n{}", run.stdout, run.stderr);
-});
-
-// Public report: nolabs-ai/nono#255 (Landlock mediates device ioctls only from ABI 5). A device
-// node that is absent needs no mediation.
-both_identities!(dev_holds_minimal_nodes, |f: &Fixture| {
-    let script = r#"
-ls -A /dev
-echo "-- end of listing"
-for node in /dev/kvm /dev/fuse /dev/net/tun /dev/dri/card0 /dev/mem /dev/kmsg /dev/sda /dev/nvme0n1 \
-            /dev/input/event0 /dev/snd/controlC0 /dev/hidraw0 /dev/vsock /dev/vhost-vsock /dev/loop0; do
-    [ -e "$node" ] && echo "PRESENT $node"
-done
-echo "urandom bytes: $(head -c 4 /dev/urandom | wc -c)"
-echo discarded > /dev/null && echo "null writable"
-"#;
-    let run = f.sandbox_sh(&[], script);
-    run.expect_code(0);
-
-    let mut listed: Vec<&str> = run
-        .stdout
-        .lines()
-        .take_while(|line| *line != "-- end of listing")
-        .filter(|name| *name != "console")
-        .collect();
-    listed.sort_unstable();
-    let expected = ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"];
-    assert_eq!(listed, expected, "/dev holds other nodes");
-    assert!(run.lines_starting("PRESENT").is_empty(), "a host device is visible:\n{}", run.stdout);
-    assert!(run.stdout.contains("urandom bytes: 4"), "/dev/urandom does not work:\n{}", run.stdout);
-    assert!(run.stdout.contains("null writable"), "/dev/null does not work:\n{}", run.stdout);
+    let guard = HostShmLimits::read();
+    let script = "cat /proc/sys/kernel/shmmax /proc/sys/kernel/shmall
+ipcmk -M 16777216 >/dev/null 2>&1 && echo BIG-MADE
+ipcmk -M 4096 >/dev/null && echo SMALL-MADE
+awk 'NR>1 {print \"SHM \" $1}' /proc/sysvipc/shm";
+    for mode in [&[][..], &["--net", "full"][..]] {
+        let mut args = vec!["run", "--tmp-size", "8M"];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let host_before = sysv_keys("/proc/sysvipc/shm");
+        let run = f.palisade(&args);
+        let leaked = remove_leaked("/proc/sysvipc/shm", "-m", &keys_listed(&run, "SHM "), &host_before);
+        assert_eq!(leaked, 0, "with {mode:?}, a segment made inside shows on the host");
+        assert!(guard.unchanged(), "with {mode:?}, the run changed the host's limits");
+        run.expect_code(0);
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines.first(), Some(&"8388608"), "with {mode:?}, shmmax inside:\n{}\n{}", run.stdout, run.stderr);
+        let pages = (8 * 1024 * 1024 / page_size()).to_string();
+        assert_eq!(lines.get(1), Some(&pages.as_str()), "with {mode:?}, shmall inside:\n{}", run.stdout);
+        assert!(!run.stdout.contains("BIG-MADE"), "with {mode:?}, a segment above tmp_size was made:\n{}", run.stdout);
+        assert!(run.stdout.contains("SMALL-MADE"), "with {mode:?}, a small segment failed:\n{}\n{}", run.stdout, run.stderr);
+    }
 });
 
 // Which files take device ioctls is Landlock's decision, not the mounts': from ABI 5 the plain
 // devices take none, so a terminal request on /dev/null fails with EACCES instead of the
 // ENOTTY the device itself gives. The command thus runs under the ruleset init filled while it
 // mounted, and /dev's rule grants no ioctls.
-both_identities!(plain_devices_refuse_ioctls, |f: &Fixture| {
+both_identities!(plain_devices_reject_ioctls, |f: &Fixture| {
     let script = "import fcntl, termios\ntry:\n    fcntl.ioctl(open('/dev/null'), termios.TIOCGWINSZ, bytes(8))\n    print('IOCTL done')\nexcept OSError as error:\n    print('IOCTL errno', error.errno)";
     let report_path = f.root.join("report.json");
     let report_arg = report_path.display().to_string();
@@ -878,4 +865,74 @@ both_identities!(command_reopens_its_stdout_and_stderr, |f: &Fixture| {
 fn page_size() -> u64 {
     let out = Command::new("getconf").arg("PAGESIZE").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Returns the key and id of each System V object a `/proc/sysvipc` file lists.
+fn sysv_keys(file: &str) -> Vec<(String, String)> {
+    let text = fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Returns the keys on the lines of `run`'s stdout that start with `prefix`.
+fn keys_listed(run: &Run, prefix: &str) -> Vec<String> {
+    run.lines_starting(prefix).iter().map(|line| line.trim_start_matches(prefix).to_owned()).collect()
+}
+
+/// Removes from the host the System V objects of `file` (`ipcrm` with `kind`) whose keys a run
+/// listed inside (`inside`) and that the host did not have before it (`before`). Returns how
+/// many it found: each is an object of the run that reached the host.
+fn remove_leaked(file: &str, kind: &'static str, inside: &[String], before: &[(String, String)]) -> usize {
+    let leaked: Vec<(String, String)> = sysv_keys(file).into_iter().filter(|(key, _)| inside.contains(key) && !before.iter().any(|(old, _)| old == key)).collect();
+    for (_, id) in &leaked {
+        drop(IpcGuard { kind, id: id.clone() });
+    }
+    leaked.len()
+}
+
+/// A System V object on the host, removed with `ipcrm` when the value is dropped, also when
+/// the test panics.
+struct IpcGuard {
+    /// `-m` for a segment, `-q` for a queue.
+    kind: &'static str,
+    id: String,
+}
+
+impl Drop for IpcGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ipcrm").args([self.kind, &self.id]).status();
+    }
+}
+
+/// The host's System V shared memory limits, written back when the value is dropped if a run
+/// changed them, so a failing test leaves the machine as it was.
+struct HostShmLimits {
+    before: [String; 2],
+}
+
+const SHM_LIMITS: [&str; 2] = ["/proc/sys/kernel/shmmax", "/proc/sys/kernel/shmall"];
+
+impl HostShmLimits {
+    fn read() -> HostShmLimits {
+        HostShmLimits { before: SHM_LIMITS.map(|file| fs::read_to_string(file).unwrap()) }
+    }
+
+    fn unchanged(&self) -> bool {
+        SHM_LIMITS.iter().zip(&self.before).all(|(file, before)| fs::read_to_string(file).unwrap() == *before)
+    }
+}
+
+impl Drop for HostShmLimits {
+    fn drop(&mut self) {
+        for (file, before) in SHM_LIMITS.iter().zip(&self.before) {
+            if fs::read_to_string(file).unwrap_or_default() != *before {
+                let _ = fs::write(file, before.trim());
+            }
+        }
+    }
 }
