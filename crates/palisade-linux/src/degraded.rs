@@ -196,9 +196,12 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     // host, so the process limit rests on the accounting alone.
     let rlimits: Vec<_> = crate::limits::rlimits(&policy.limits).into_iter().filter(|limit| limit.name() != "nproc").collect();
     layers.rlimits = rlimits.iter().map(crate::limits::Rlimit::describe).collect();
+    // The ruleset is made here, so that a rule the kernel cannot take is reported with its
+    // reason. In the child before execve, an error could only reach palisade as an errno.
+    let ruleset = crate::landlock::prepare(&rules, MINIMUM_ABI).map_err(|reason| Error::Sandbox(format!("degraded mode cannot apply Landlock: {reason}")))?;
     let confinement = Confinement {
         rlimits,
-        landlock: Some(rules),
+        landlock: None,
         seccomp: Some(seccomp::build(FilterOptions { allow_ptrace: policy.allow_ptrace, no_sockets })),
     };
     let fs = &policy.filesystem;
@@ -235,7 +238,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
             rustix::process::setsid().map_err(std::io::Error::from)?;
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(std::io::Error::from)?;
             rustix::thread::set_no_new_privs(true).map_err(std::io::Error::from)?;
-            confine(&confinement, None, MINIMUM_ABI).map_err(to_io)
+            confine(&confinement, Some(&ruleset)).map_err(to_io)
         });
     }
     let mut streams = crate::output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?;

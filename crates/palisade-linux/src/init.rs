@@ -127,8 +127,8 @@ pub struct InitContext<'a> {
 /// fork. `None` means the layer is missing and the run was allowed without it.
 pub struct Confinement {
     pub rlimits: Vec<crate::limits::Rlimit>,
-    /// With namespaces, only the port rules: init adds the filesystem rules while it mounts.
-    /// In degraded mode, the whole policy as paths.
+    /// The Landlock settings other than the filesystem rules (the ports), which init adds
+    /// while it mounts. Degraded mode prepares its whole ruleset before it starts the command.
     pub landlock: Option<crate::landlock::Rules>,
     pub seccomp: Option<seccompiler::BpfProgram>,
 }
@@ -577,7 +577,7 @@ fn command_stage(policy: &Policy, workload: &Workload<'_>, identity: Identity, c
     if let Err(error) = sys::cloexec_from(3) {
         fail(report, format!("failed to mark inherited descriptors close-on-exec: {error}"));
     }
-    if let Err(text) = confine(confinement, stage.landlock, 1) {
+    if let Err(text) = confine(confinement, stage.landlock) {
         fail(report, text);
     }
 
@@ -665,18 +665,15 @@ pub(crate) fn execute(argv: &[OsString], envp: &[CString], path: Option<&OsStr>)
     }
 }
 
-/// Applies the last layers, in order: the rlimits, Landlock, and the seccomp filter, which
-/// must come last because it refuses calls the steps before it make. Landlock enforces
-/// `ruleset` where init filled one, and otherwise the rules of `confinement`, looked up by
-/// path. `minimum_abi` is the Landlock ABI the policy cannot do without.
-pub(crate) fn confine(confinement: &Confinement, ruleset: Option<&Ruleset>, minimum_abi: i32) -> Result<(), String> {
+/// Applies the last layers, in order: the rlimits, Landlock's `ruleset`, and the seccomp
+/// filter, which must come last because it refuses calls the steps before it make. Without a
+/// ruleset, the run goes without Landlock, as the caller allowed.
+pub(crate) fn confine(confinement: &Confinement, ruleset: Option<&Ruleset>) -> Result<(), String> {
     // The list starts with core dumps off: a core dump would write the command's memory into
     // the working directory.
     crate::limits::apply(&confinement.rlimits)?;
-    match (ruleset, &confinement.landlock) {
-        (Some(ruleset), _) => drop(ruleset.enforce()?),
-        (None, Some(rules)) => drop(crate::landlock::apply(rules, minimum_abi)?),
-        (None, None) => {}
+    if let Some(ruleset) = ruleset {
+        ruleset.enforce()?;
     }
     if let Some(program) = &confinement.seccomp {
         crate::seccomp::install(program)?;

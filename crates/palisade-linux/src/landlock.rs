@@ -105,8 +105,11 @@ pub enum Grant {
 }
 
 impl Grant {
+    /// Returns the rights of the grant that `abi` has. Device ioctls, for one, are mediated
+    /// only from ABI 5: before it a terminal rule grants reads and writes, and ioctls are not
+    /// restricted at all.
     fn access(self, abi: ABI) -> BitFlags<AccessFs> {
-        match self {
+        let access = match self {
             Grant::Read => read_access(abi),
             Grant::List => BitFlags::from(AccessFs::ReadDir),
             Grant::Write => write_access(abi),
@@ -114,7 +117,8 @@ impl Grant {
             Grant::DeviceDir => read_access(abi) | device_access(abi),
             Grant::Terminal => device_access(abi) | AccessFs::IoctlDev,
             Grant::Proc => AccessFs::ReadFile | AccessFs::ReadDir | AccessFs::WriteFile,
-        }
+        };
+        access & AccessFs::from_all(abi)
     }
 }
 
@@ -193,7 +197,10 @@ pub fn create(rules: &Rules, minimum_abi: i32) -> Result<Ruleset, String> {
         // Every right asked for must be enforced: with a hard requirement the crate fails
         // instead of dropping a right the kernel lacks.
         let mut ruleset = landlock::Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(AccessFs::from_all(abi))?;
-        if rules.deny_tcp {
+        // Before ABI 4 Landlock has no TCP rules. Asking for none at all, as a hard requirement,
+        // failed the whole ruleset, so degraded mode with the network off could not run on
+        // such a kernel. There the seccomp filter keeps sockets from being created instead.
+        if rules.deny_tcp && tcp {
             ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
         } else if rules.bind_ports.is_some() {
             ruleset = ruleset.handle_access(AccessNet::BindTcp)?;
@@ -237,11 +244,11 @@ impl Ruleset {
     }
 }
 
-/// Restricts the calling thread (and everything it executes) to `rules`, looked up by path in
-/// the current view, with the newest ABI the kernel and this build share. Fails unless the
-/// kernel enforced every right asked for, and unless it offers at least `minimum_abi`.
-/// Degraded mode, which has no mounts of its own, uses this.
-pub fn apply(rules: &Rules, minimum_abi: i32) -> Result<Enforced, String> {
+/// Creates a ruleset with `rules`, looked up by path in the current view (see [`create`]).
+/// Degraded mode, which has no mounts of its own, prepares its ruleset this way before it
+/// starts the command, so a failure is reported with its reason, and the command only calls
+/// [`Ruleset::enforce`].
+pub fn prepare(rules: &Rules, minimum_abi: i32) -> Result<Ruleset, String> {
     let mut ruleset = create(rules, minimum_abi)?;
     let groups: [(&Vec<PathBuf>, Grant); 6] = [
         (&rules.read, Grant::Read),
@@ -258,7 +265,7 @@ pub fn apply(rules: &Rules, minimum_abi: i32) -> Result<Enforced, String> {
             ruleset.grant(fd.as_fd(), grant, is_directory(&fd), path)?;
         }
     }
-    ruleset.enforce()
+    Ok(ruleset)
 }
 
 /// Returns whether `fd` is a directory. Asking the open descriptor rather than the path saves
@@ -285,6 +292,17 @@ mod tests {
         assert_eq!(grant_for(&MountOp::Protect { path: "/ws/.git/hooks".into(), kind: Kind::Dir }), None);
         assert_eq!(grant_for(&MountOp::Hide { path: "/ws/.env".into(), kind: Kind::File }), None);
         assert_eq!(grant_for(&MountOp::Pin { path: "/ws/.git".into() }), None);
+    }
+
+    #[test]
+    fn grants_keep_to_the_abi() {
+        for grant in [Grant::Read, Grant::List, Grant::Write, Grant::Device, Grant::DeviceDir, Grant::Terminal, Grant::Proc] {
+            for abi in [ABI::V1, ABI::V2, ABI::V3, ABI::V4, ABI::V5, NEWEST_ABI] {
+                let access = grant.access(abi);
+                assert_eq!(access & AccessFs::from_all(abi), access, "{grant:?} on {abi:?}");
+            }
+        }
+        assert!(!Grant::Terminal.access(ABI::V3).contains(AccessFs::IoctlDev));
     }
 
     #[test]

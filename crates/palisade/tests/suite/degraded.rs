@@ -297,6 +297,81 @@ both_identities!(no_filesystem_layer_is_refused_even_when_degraded, |f: &Fixture
     assert!(!marker.exists());
 });
 
+/// Installs a seccomp filter on itself that hands `landlock_create_ruleset` to this script
+/// through a user notification, then starts the rest of its arguments as a child and serves
+/// the notifications until the child exits. A version query gets the ABI in the first
+/// argument, and every other call goes to the kernel: a kernel with an older Landlock, as
+/// palisade sees it. Usage: python3 -c OLD_LANDLOCK ABI program args...
+const OLD_LANDLOCK: &str = r#"
+import ctypes, os, select, struct, sys
+abi = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+insns = [struct.pack("HBBI", 0x20, 0, 0, 0),
+         struct.pack("HBBI", 0x15, 0, 1, 444),
+         struct.pack("HBBI", 0x06, 0, 0, 0x7fc00000),
+         struct.pack("HBBI", 0x06, 0, 0, 0x7fff0000)]
+buf = ctypes.create_string_buffer(b"".join(insns))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(insns), ctypes.cast(buf, ctypes.c_void_p))
+assert libc.prctl(38, 1, 0, 0, 0) == 0            # PR_SET_NO_NEW_PRIVS
+listener = libc.syscall(317, 1, 8, ctypes.byref(prog))  # seccomp(SET_MODE_FILTER, NEW_LISTENER)
+assert listener >= 0, os.strerror(ctypes.get_errno())
+pid = os.fork()
+if pid == 0:
+    os.close(listener)
+    os.execv(sys.argv[2], sys.argv[2:])
+RECV, SEND = 0xC0502100, 0xC0182101
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if not select.select([listener], [], [], 0.05)[0]:
+        continue
+    notification = ctypes.create_string_buffer(80)
+    if libc.ioctl(listener, RECV, notification) != 0:
+        continue
+    request = struct.unpack_from("Q", notification.raw, 0)[0]
+    flags = struct.unpack_from("6Q", notification.raw, 32)[2]
+    # LANDLOCK_CREATE_RULESET_VERSION gets the ABI; SECCOMP_USER_NOTIF_FLAG_CONTINUE otherwise.
+    answer = struct.pack("QqiI", request, abi, 0, 0) if flags == 1 else struct.pack("QqiI", request, 0, 0, 1)
+    libc.ioctl(listener, SEND, ctypes.create_string_buffer(answer, 24))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+// Degraded mode rests on Landlock alone for the filesystem, and before ABI 3 Landlock cannot
+// stop a read-only file from being truncated, so a kernel that offers ABI 2 is refused even
+// with --allow-degraded. With ABI 3 reported the same way, the run goes ahead: the fake
+// version is what makes the difference.
+both_identities!(old_landlock_refused_when_degraded, |f: &Fixture| {
+    let marker = f.ws.join("ran");
+    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+        return;
+    }
+    let run_with_abi = |abi: u32| {
+        let script = format!(
+            "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- /usr/bin/python3 -c {} {abi} {} run --allow-degraded -- touch {}",
+            quote(OLD_LANDLOCK),
+            palisade_binary().display(),
+            marker.display()
+        );
+        f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script])
+    };
+    let refused = run_with_abi(2);
+    assert_eq!(refused.code, Some(125), "{}", refused.stderr);
+    assert!(refused.stderr.contains("needs Landlock ABI 3 or later"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("this kernel offers ABI 2"), "{}", refused.stderr);
+    assert!(!marker.exists(), "the command ran on Landlock ABI 2");
+
+    let allowed = run_with_abi(3);
+    assert_eq!(allowed.code, Some(0), "{}", allowed.stderr);
+    assert!(allowed.stderr.contains("Landlock ABI 3"), "{}", allowed.stderr);
+    assert!(marker.exists(), "the command did not run on Landlock ABI 3");
+});
+
 // `palisade check` names every layer, exits 0 when the default policy holds, and otherwise
 // exits non-zero with the reason and whether degraded mode could run.
 both_identities!(check_reports_each_layer, |f: &Fixture| {
