@@ -177,7 +177,7 @@ pub struct Ruleset {
 
 /// Creates a ruleset that handles every filesystem right of the ABI, the network rights
 /// `rules` needs and, from ABI 6, scoping, with `rules`' ports already allowed. Its path
-/// lists are not added (see [`apply`]). Fails unless the kernel offers at least
+/// lists are not added (see [`prepare`]). Fails unless the kernel offers at least
 /// `minimum_abi` and every right asked for.
 pub fn create(rules: &Rules, minimum_abi: i32) -> Result<Ruleset, String> {
     let Some(kernel) = kernel_abi() else {

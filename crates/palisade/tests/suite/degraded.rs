@@ -300,8 +300,8 @@ both_identities!(no_filesystem_layer_is_refused_even_when_degraded, |f: &Fixture
 /// Installs a seccomp filter on itself that hands `landlock_create_ruleset` to this script
 /// through a user notification, then starts the rest of its arguments as a child and serves
 /// the notifications until the child exits. A version query gets the ABI in the first
-/// argument, and every other call goes to the kernel: a kernel with an older Landlock, as
-/// palisade sees it. Usage: python3 -c OLD_LANDLOCK ABI program args...
+/// argument, and every other call goes to the kernel: to palisade, a kernel with an older
+/// Landlock. Usage: python3 -c OLD_LANDLOCK ABI program args...
 const OLD_LANDLOCK: &str = r#"
 import ctypes, os, select, struct, sys
 abi = int(sys.argv[1])
@@ -360,10 +360,10 @@ both_identities!(old_landlock_refused_when_degraded, |f: &Fixture| {
         );
         f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script])
     };
-    let refused = run_with_abi(2);
-    assert_eq!(refused.code, Some(125), "{}", refused.stderr);
-    assert!(refused.stderr.contains("needs Landlock ABI 3 or later"), "{}", refused.stderr);
-    assert!(refused.stderr.contains("this kernel offers ABI 2"), "{}", refused.stderr);
+    let rejected = run_with_abi(2);
+    assert_eq!(rejected.code, Some(125), "{}", rejected.stderr);
+    assert!(rejected.stderr.contains("needs Landlock ABI 3 or later"), "{}", rejected.stderr);
+    assert!(rejected.stderr.contains("this kernel offers ABI 2"), "{}", rejected.stderr);
     assert!(!marker.exists(), "the command ran on Landlock ABI 2");
 
     let allowed = run_with_abi(3);
