@@ -29,13 +29,16 @@ use crate::seccomp::{self, FilterOptions};
 use crate::{sys, Error, Exit, Layers, Outcome};
 
 /// Landlock must handle truncation (ABI 3), because nothing else stops a read-only file being
-/// emptied.
-// NOTE: no test runs on a kernel with ABI 1 or 2, so the refusal for them is checked by reading.
+/// emptied. The test of the refusal reports ABI 2 to palisade through a seccomp notification,
+/// on a kernel with a newer ABI.
 const MINIMUM_ABI: i32 = 3;
 /// The maximum number of entries granted one by one to leave hidden paths out.
 const MAX_SPLIT_ENTRIES: usize = 4096;
 
 const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
+// NOTE: "/dev/pts" is the host's, so the command can open the caller's other pseudo-terminals
+// (same user) and read or write them. Granting only new ones would break programs that open a
+// pseudo-terminal; docs/security.md lists this among degraded mode's gaps.
 const TERMINALS: &[&str] = &["/dev/tty", "/dev/pts", "/dev/ptmx"];
 
 /// Refuses a policy degraded mode cannot enforce, naming the conflict.
@@ -196,8 +199,11 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     // host, so the process limit rests on the accounting alone.
     let rlimits: Vec<_> = crate::limits::rlimits(&policy.limits).into_iter().filter(|limit| limit.name() != "nproc").collect();
     layers.rlimits = rlimits.iter().map(crate::limits::Rlimit::describe).collect();
-    // The ruleset is made here, so that a rule the kernel cannot take is reported with its
-    // reason. In the child before execve, an error could only reach palisade as an errno.
+    // The ruleset is created here, so that a rule the kernel rejects is reported with its
+    // reason. In the child before execve, an error reaches palisade only as an errno.
+    // NOTE: the rest of the child's confinement (rlimits, restrict_self, the seccomp filter)
+    // still fails that way: the run ends with status 126 and "Invalid argument", not with
+    // palisade's reason and 125.
     let ruleset = crate::landlock::prepare(&rules, MINIMUM_ABI).map_err(|reason| Error::Sandbox(format!("degraded mode cannot apply Landlock: {reason}")))?;
     let confinement = Confinement {
         rlimits,

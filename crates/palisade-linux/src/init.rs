@@ -124,11 +124,13 @@ pub struct InitContext<'a> {
 }
 
 /// The layers the command stage applies after the root is built, each prepared before the
-/// fork. `None` means the layer is missing and the run was allowed without it.
+/// fork. A `None` seccomp filter means the layer is missing and the run was allowed without it.
 pub struct Confinement {
     pub rlimits: Vec<crate::limits::Rlimit>,
-    /// The Landlock settings other than the filesystem rules (the ports), which init adds
-    /// while it mounts. Degraded mode prepares its whole ruleset before it starts the command.
+    /// The settings of the run's Landlock ruleset other than its filesystem rules: the ports.
+    /// Init creates the ruleset from them and adds the filesystem rules while it mounts.
+    /// `None` means the run goes without Landlock. Degraded mode leaves this `None` and
+    /// prepares its whole ruleset itself (`landlock::prepare`).
     pub landlock: Option<crate::landlock::Rules>,
     pub seccomp: Option<seccompiler::BpfProgram>,
 }

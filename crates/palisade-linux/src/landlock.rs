@@ -105,9 +105,8 @@ pub enum Grant {
 }
 
 impl Grant {
-    /// Returns the rights of the grant that `abi` has. Device ioctls, for one, are mediated
-    /// only from ABI 5: before it a terminal rule grants reads and writes, and ioctls are not
-    /// restricted at all.
+    /// Returns the grant's rights that exist in `abi`. Device ioctls are mediated only from
+    /// ABI 5: before it, a terminal rule grants reads and writes, and ioctls are not restricted.
     fn access(self, abi: ABI) -> BitFlags<AccessFs> {
         let access = match self {
             Grant::Read => read_access(abi),
@@ -197,9 +196,9 @@ pub fn create(rules: &Rules, minimum_abi: i32) -> Result<Ruleset, String> {
         // Every right asked for must be enforced: with a hard requirement the crate fails
         // instead of dropping a right the kernel lacks.
         let mut ruleset = landlock::Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(AccessFs::from_all(abi))?;
-        // Before ABI 4 Landlock has no TCP rules. Asking for none at all, as a hard requirement,
-        // failed the whole ruleset, so degraded mode with the network off could not run on
-        // such a kernel. There the seccomp filter keeps sockets from being created instead.
+        // Landlock has TCP rules from ABI 4. Before it, a hard requirement for no TCP rights
+        // fails the ruleset, so none are asked for. Degraded mode with the network off then
+        // relies on the seccomp filter, which rejects the creation of sockets.
         if rules.deny_tcp && tcp {
             ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
         } else if rules.bind_ports.is_some() {
@@ -297,12 +296,14 @@ mod tests {
     #[test]
     fn grants_keep_to_the_abi() {
         for grant in [Grant::Read, Grant::List, Grant::Write, Grant::Device, Grant::DeviceDir, Grant::Terminal, Grant::Proc] {
-            for abi in [ABI::V1, ABI::V2, ABI::V3, ABI::V4, ABI::V5, NEWEST_ABI] {
+            for abi in [ABI::V1, ABI::V2, ABI::V3, ABI::V4, ABI::V5, ABI::V6, NEWEST_ABI] {
+                // Every right of a grant is one the ruleset that `create` makes handles.
                 let access = grant.access(abi);
                 assert_eq!(access & AccessFs::from_all(abi), access, "{grant:?} on {abi:?}");
             }
         }
-        assert!(!Grant::Terminal.access(ABI::V3).contains(AccessFs::IoctlDev));
+        assert!(!Grant::Terminal.access(ABI::V4).contains(AccessFs::IoctlDev));
+        assert!(Grant::Terminal.access(ABI::V5).contains(AccessFs::IoctlDev));
     }
 
     #[test]

@@ -299,9 +299,9 @@ both_identities!(no_filesystem_layer_is_refused_even_when_degraded, |f: &Fixture
 
 /// Installs a seccomp filter on itself that hands `landlock_create_ruleset` to this script
 /// through a user notification, then starts the rest of its arguments as a child and serves
-/// the notifications until the child exits. A version query gets the ABI in the first
-/// argument, and every other call goes to the kernel: to palisade, a kernel with an older
-/// Landlock. Usage: python3 -c OLD_LANDLOCK ABI program args...
+/// the notifications until the child exits. A version query returns the ABI in the first
+/// argument, and every other call goes to the kernel. Palisade then finds a kernel with an
+/// older Landlock. Usage: python3 -c OLD_LANDLOCK ABI program args...
 const OLD_LANDLOCK: &str = r#"
 import ctypes, os, select, struct, sys
 abi = int(sys.argv[1])
@@ -334,42 +334,80 @@ while True:
         continue
     request = struct.unpack_from("Q", notification.raw, 0)[0]
     flags = struct.unpack_from("6Q", notification.raw, 32)[2]
-    # LANDLOCK_CREATE_RULESET_VERSION gets the ABI; SECCOMP_USER_NOTIF_FLAG_CONTINUE otherwise.
+    # LANDLOCK_CREATE_RULESET_VERSION returns the ABI. Other calls go on (USER_NOTIF_FLAG_CONTINUE).
     answer = struct.pack("QqiI", request, abi, 0, 0) if flags == 1 else struct.pack("QqiI", request, 0, 0, 1)
     libc.ioctl(listener, SEND, ctypes.create_string_buffer(answer, 24))
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
 
+/// Runs `palisade run EXTRA -- sh -c SCRIPT` in the fixture's workspace, with `abi` as the
+/// result of Landlock's version query (see [`OLD_LANDLOCK`]). With `namespaces` false, it runs
+/// where user namespaces cannot be created, as in [`without_user_namespaces`].
+fn run_with_landlock_abi(f: &Fixture, abi: u32, namespaces: bool, extra: &[&str], script: &str) -> Run {
+    let binary = palisade_binary().display().to_string();
+    let abi = abi.to_string();
+    let mut args: Vec<&str> = vec!["-c", OLD_LANDLOCK, &abi, &binary, "run"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    if namespaces {
+        return f.host(&f.ws, "/usr/bin/python3", &args);
+    }
+    let command: Vec<String> = args.iter().map(|arg| quote(arg)).collect();
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- /usr/bin/python3 {}",
+        command.join(" ")
+    );
+    f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script])
+}
+
+/// A probe that prints the errno of a terminal ioctl on /dev/null: ENOTTY (25) where Landlock
+/// leaves ioctls alone, EACCES (13) where it mediates them.
+const IOCTL_PROBE: &str = "python3 -c 'import fcntl, termios
+try:
+    fcntl.ioctl(open(\"/dev/null\"), termios.TIOCGWINSZ, bytes(8))
+except OSError as error:
+    print(\"IOCTL errno\", error.errno)'";
+
 // Degraded mode rests on Landlock alone for the filesystem, and before ABI 3 Landlock cannot
-// stop a read-only file from being truncated, so a kernel that offers ABI 2 is refused even
-// with --allow-degraded. With ABI 3 reported the same way, the run goes ahead: the fake
-// version is what makes the difference.
-both_identities!(old_landlock_refused_when_degraded, |f: &Fixture| {
-    let marker = f.ws.join("ran");
+// stop a read-only file from being truncated, so a kernel that offers ABI 2 is rejected even
+// with --allow-degraded.
+both_identities!(landlock_abi_2_rejected_when_degraded, |f: &Fixture| {
     let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
     if probe.code != Some(0) {
         skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
         return;
     }
-    let run_with_abi = |abi: u32| {
-        let script = format!(
-            "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- /usr/bin/python3 -c {} {abi} {} run --allow-degraded -- touch {}",
-            quote(OLD_LANDLOCK),
-            palisade_binary().display(),
-            marker.display()
-        );
-        f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script])
-    };
-    let rejected = run_with_abi(2);
-    assert_eq!(rejected.code, Some(125), "{}", rejected.stderr);
-    assert!(rejected.stderr.contains("needs Landlock ABI 3 or later"), "{}", rejected.stderr);
-    assert!(rejected.stderr.contains("this kernel offers ABI 2"), "{}", rejected.stderr);
+    let marker = f.ws.join("ran");
+    let run = run_with_landlock_abi(f, 2, false, &["--allow-degraded"], &format!("touch {}", marker.display()));
+    assert_eq!(run.code, Some(125), "{}", run.stderr);
+    assert!(run.stderr.contains("needs Landlock ABI 3 or later"), "{}", run.stderr);
+    assert!(run.stderr.contains("this kernel offers ABI 2"), "{}", run.stderr);
     assert!(!marker.exists(), "the command ran on Landlock ABI 2");
+});
 
-    let allowed = run_with_abi(3);
-    assert_eq!(allowed.code, Some(0), "{}", allowed.stderr);
-    assert!(allowed.stderr.contains("Landlock ABI 3"), "{}", allowed.stderr);
-    assert!(marker.exists(), "the command did not run on Landlock ABI 3");
+// Landlock ABI 3 (Linux 6.2 to 6.6) has no device ioctl rights. A run on it works and is
+// confined, with namespaces and in degraded mode. The command writes in its workspace but not
+// outside it, and an ioctl on /dev/null reaches the device. Both runs failed while the
+// terminal rules asked for the ioctl right.
+both_identities!(landlock_abi_3_confines_the_command, |f: &Fixture| {
+    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+        return;
+    }
+    for (namespaces, extra) in [(true, &[][..]), (false, &["--allow-degraded"][..])] {
+        let inside = f.ws.join(format!("ran-{namespaces}"));
+        let outside = f.out.join(format!("escaped-{namespaces}"));
+        let script = format!("touch {}; touch {} 2>/dev/null; {IOCTL_PROBE}", inside.display(), outside.display());
+        let run = run_with_landlock_abi(f, 3, namespaces, extra, &script);
+        assert_eq!(run.code, Some(0), "namespaces {namespaces}: {}", run.stderr);
+        assert!(inside.exists(), "namespaces {namespaces}: the command did not write in its workspace");
+        assert!(!outside.exists(), "namespaces {namespaces}: the command wrote outside its workspace");
+        assert_eq!(run.lines_starting("IOCTL "), vec!["IOCTL errno 25"], "namespaces {namespaces}: {}", run.stdout);
+        if !namespaces {
+            assert!(run.stderr.contains("enforced Landlock ABI 3,"), "{}", run.stderr);
+        }
+    }
 });
 
 // `palisade check` names every layer, exits 0 when the default policy holds, and otherwise
