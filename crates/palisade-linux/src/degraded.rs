@@ -201,9 +201,6 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     layers.rlimits = rlimits.iter().map(crate::limits::Rlimit::describe).collect();
     // The ruleset is created here, so that a rule the kernel rejects is reported with its
     // reason. In the child before execve, an error reaches palisade only as an errno.
-    // NOTE: the rest of the child's confinement (rlimits, restrict_self, the seccomp filter)
-    // still fails that way: the run ends with status 126 and "Invalid argument", not with
-    // palisade's reason and 125.
     let ruleset = crate::landlock::prepare(&rules, MINIMUM_ABI).map_err(|reason| Error::Sandbox(format!("degraded mode cannot apply Landlock: {reason}")))?;
     let confinement = Confinement {
         rlimits,
@@ -235,16 +232,26 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     for name in ["TMPDIR", "TMP", "TEMP"] {
         command.env(name, &tmp.0);
     }
+    // The child writes a failure of its confinement here. From a pre_exec hook std passes only
+    // an errno on, which would read as a failure to execute the command.
+    let (setup_read, setup_write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::setup("create", "the pipe for setup errors", e.into()))?;
     // SAFETY: the closure runs in the forked child before exec. Palisade is single-threaded, so
     // allocating there is safe, and everything it calls only affects the child.
     unsafe {
         command.pre_exec(move || {
-            let to_io = |text: String| std::io::Error::other(text);
-            sys::reset_signals()?;
-            rustix::process::setsid().map_err(std::io::Error::from)?;
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(std::io::Error::from)?;
-            rustix::thread::set_no_new_privs(true).map_err(std::io::Error::from)?;
-            confine(&confinement, Some(&ruleset)).map_err(to_io)
+            let confined = (|| -> Result<(), String> {
+                sys::reset_signals().map_err(|error| format!("failed to reset the signal dispositions: {error}"))?;
+                rustix::process::setsid().map_err(|error| format!("failed to start a new session: {error}"))?;
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                    .map_err(|error| format!("failed to set the parent-death signal: {error}"))?;
+                rustix::thread::set_no_new_privs(true).map_err(|error| format!("failed to set no_new_privs: {error}"))?;
+                confine(&confinement, Some(&ruleset))
+            })();
+            confined.map_err(|text| {
+                let _ = rustix::io::write(&setup_write, text.as_bytes());
+                std::io::Error::other(text)
+            })
         });
     }
     let mut streams = crate::output::prepare(policy.limits.max_output).map_err(|e| Error::setup("create", "the output pipes", e))?;
@@ -258,13 +265,16 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     on_start(&layers);
     let started = Instant::now();
     let spawned = command.spawn();
-    // Only the command has the write ends of the output pipes now.
+    // Only the command has the write ends of the output pipes now, and no process has the
+    // setup pipe's: this one's went with the hook, the child's at its exit or execve.
     drop(command);
     let mut child = match spawned {
         Ok(child) => child,
-        // A failure of palisade's own setup in the child comes back without an errno.
-        Err(error) if error.raw_os_error().is_none() => return Err(Error::Sandbox(error.to_string())),
         Err(error) => {
+            let mut text = [0u8; 4096];
+            if let Ok(read @ 1..) = rustix::io::read(&setup_read, &mut text) {
+                return Err(Error::Sandbox(format!("degraded mode failed to confine the command: {}", String::from_utf8_lossy(&text[..read]))));
+            }
             let code = if error.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             let reason = format!("{}: {error}", argv[0].to_string_lossy());
             let usage = Default::default();

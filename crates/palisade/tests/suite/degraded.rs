@@ -410,6 +410,69 @@ both_identities!(landlock_abi_3_confines_the_command, |f: &Fixture| {
     }
 });
 
+/// Like [`OLD_LANDLOCK`], but the system call it serves is `seccomp(SECCOMP_SET_MODE_FILTER)`,
+/// which fails with EINVAL: a filter the kernel rejects when the child installs it, after
+/// palisade's checks of the machine have passed. Usage: python3 -c SECCOMP_REJECTED program
+/// args...
+const SECCOMP_REJECTED: &str = r#"
+import ctypes, os, select, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+insns = [struct.pack("HBBI", 0x20, 0, 0, 0),
+         struct.pack("HBBI", 0x15, 0, 3, 317),
+         struct.pack("HBBI", 0x20, 0, 0, 16),
+         struct.pack("HBBI", 0x15, 0, 1, 1),
+         struct.pack("HBBI", 0x06, 0, 0, 0x7fc00000),
+         struct.pack("HBBI", 0x06, 0, 0, 0x7fff0000)]
+buf = ctypes.create_string_buffer(b"".join(insns))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(insns), ctypes.cast(buf, ctypes.c_void_p))
+assert libc.prctl(38, 1, 0, 0, 0) == 0            # PR_SET_NO_NEW_PRIVS
+listener = libc.syscall(317, 1, 8, ctypes.byref(prog))  # seccomp(SET_MODE_FILTER, NEW_LISTENER)
+assert listener >= 0, os.strerror(ctypes.get_errno())
+pid = os.fork()
+if pid == 0:
+    os.close(listener)
+    os.execv(sys.argv[1], sys.argv[1:])
+RECV, SEND = 0xC0502100, 0xC0182101
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if not select.select([listener], [], [], 0.05)[0]:
+        continue
+    notification = ctypes.create_string_buffer(80)
+    if libc.ioctl(listener, RECV, notification) != 0:
+        continue
+    request = struct.unpack_from("Q", notification.raw, 0)[0]
+    libc.ioctl(listener, SEND, ctypes.create_string_buffer(struct.pack("QqiI", request, 0, -22, 0), 24))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+// A failure of the confinement in degraded mode's child, after every check passed, ends the
+// run with palisade's status 125 and the reason. From the child std passes only an errno on,
+// which read as a failure to execute the command (126, "Invalid argument").
+both_identities!(degraded_setup_failure_names_its_reason, |f: &Fixture| {
+    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+        return;
+    }
+    let marker = f.ws.join("ran");
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- /usr/bin/python3 -c {} {} run --allow-degraded -- touch {}",
+        quote(SECCOMP_REJECTED),
+        palisade_binary().display(),
+        marker.display()
+    );
+    let run = f.host(&f.ws, "unshare", &["-Urn", "sh", "-c", &script]);
+    assert_eq!(run.code, Some(125), "{}", run.stderr);
+    assert!(run.stderr.contains("degraded mode failed to confine the command"), "{}", run.stderr);
+    assert!(run.stderr.contains("failed to install the seccomp filter"), "{}", run.stderr);
+    assert!(!marker.exists(), "the command ran without its seccomp filter");
+});
+
 // `palisade check` names every layer, exits 0 when the default policy holds, and otherwise
 // exits non-zero with the reason and whether degraded mode could run.
 both_identities!(check_reports_each_layer, |f: &Fixture| {
