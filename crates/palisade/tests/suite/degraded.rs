@@ -297,18 +297,19 @@ both_identities!(no_filesystem_layer_is_refused_even_when_degraded, |f: &Fixture
     assert!(!marker.exists());
 });
 
-/// Installs a seccomp filter on itself that hands `landlock_create_ruleset` to this script
-/// through a user notification, then starts the rest of its arguments as a child and serves
-/// the notifications until the child exits. A version query returns the ABI in the first
-/// argument, and every other call goes to the kernel. Palisade then finds a kernel with an
-/// older Landlock. Usage: python3 -c OLD_LANDLOCK ABI program args...
-const OLD_LANDLOCK: &str = r#"
+/// Installs a seccomp filter on itself that hands system call NR to this script through a
+/// user notification, then starts the rest of its arguments as a child and serves the
+/// notifications until the child exits. A call whose argument INDEX is VALUE returns RESULT
+/// (`val:N` for the value N, `errno:N` for a failure with errno N), and every other call goes
+/// to the kernel. Usage: python3 -c ANSWER NR INDEX VALUE RESULT program args...
+const ANSWER: &str = r#"
 import ctypes, os, select, struct, sys
-abi = int(sys.argv[1])
+nr, index, value = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+kind, number = sys.argv[4].split(":")
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 insns = [struct.pack("HBBI", 0x20, 0, 0, 0),
-         struct.pack("HBBI", 0x15, 0, 1, 444),
+         struct.pack("HBBI", 0x15, 0, 1, nr),
          struct.pack("HBBI", 0x06, 0, 0, 0x7fc00000),
          struct.pack("HBBI", 0x06, 0, 0, 0x7fff0000)]
 buf = ctypes.create_string_buffer(b"".join(insns))
@@ -321,7 +322,7 @@ assert listener >= 0, os.strerror(ctypes.get_errno())
 pid = os.fork()
 if pid == 0:
     os.close(listener)
-    os.execv(sys.argv[2], sys.argv[2:])
+    os.execv(sys.argv[5], sys.argv[5:])
 RECV, SEND = 0xC0502100, 0xC0182101
 while True:
     done, status = os.waitpid(pid, os.WNOHANG)
@@ -333,20 +334,32 @@ while True:
     if libc.ioctl(listener, RECV, notification) != 0:
         continue
     request = struct.unpack_from("Q", notification.raw, 0)[0]
-    flags = struct.unpack_from("6Q", notification.raw, 32)[2]
-    # LANDLOCK_CREATE_RULESET_VERSION returns the ABI. Other calls go on (USER_NOTIF_FLAG_CONTINUE).
-    answer = struct.pack("QqiI", request, abi, 0, 0) if flags == 1 else struct.pack("QqiI", request, 0, 0, 1)
+    args = struct.unpack_from("6Q", notification.raw, 32)
+    if args[index] != value:
+        answer = struct.pack("QqiI", request, 0, 0, 1)       # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+    elif kind == "val":
+        answer = struct.pack("QqiI", request, int(number), 0, 0)
+    else:
+        answer = struct.pack("QqiI", request, 0, -int(number), 0)
     libc.ioctl(listener, SEND, ctypes.create_string_buffer(answer, 24))
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
 
+/// The arguments of [`ANSWER`] that make Landlock's version query (`landlock_create_ruleset`
+/// with the flag LANDLOCK_CREATE_RULESET_VERSION in argument 2) return `abi`.
+fn landlock_version(abi: u32) -> [String; 4] {
+    ["444".to_owned(), "2".to_owned(), "1".to_owned(), format!("val:{abi}")]
+}
+
 /// Runs `palisade run EXTRA -- sh -c SCRIPT` in the fixture's workspace, with `abi` as the
-/// result of Landlock's version query (see [`OLD_LANDLOCK`]). With `namespaces` false, it runs
+/// result of Landlock's version query (see [`ANSWER`]). With `namespaces` false, it runs
 /// where user namespaces cannot be created, as in [`without_user_namespaces`].
 fn run_with_landlock_abi(f: &Fixture, abi: u32, namespaces: bool, extra: &[&str], script: &str) -> Run {
     let binary = palisade_binary().display().to_string();
-    let abi = abi.to_string();
-    let mut args: Vec<&str> = vec!["-c", OLD_LANDLOCK, &abi, &binary, "run"];
+    let answer = landlock_version(abi);
+    let mut args: Vec<&str> = vec!["-c", ANSWER];
+    args.extend(answer.iter().map(String::as_str));
+    args.extend_from_slice(&[&binary, "run"]);
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", script]);
     if namespaces {
@@ -410,46 +423,6 @@ both_identities!(landlock_abi_3_confines_the_command, |f: &Fixture| {
     }
 });
 
-/// Like [`OLD_LANDLOCK`], but the system call it serves is `seccomp(SECCOMP_SET_MODE_FILTER)`,
-/// which fails with EINVAL: a filter the kernel rejects when the child installs it, after
-/// palisade's checks of the machine have passed. Usage: python3 -c SECCOMP_REJECTED program
-/// args...
-const SECCOMP_REJECTED: &str = r#"
-import ctypes, os, select, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-insns = [struct.pack("HBBI", 0x20, 0, 0, 0),
-         struct.pack("HBBI", 0x15, 0, 3, 317),
-         struct.pack("HBBI", 0x20, 0, 0, 16),
-         struct.pack("HBBI", 0x15, 0, 1, 1),
-         struct.pack("HBBI", 0x06, 0, 0, 0x7fc00000),
-         struct.pack("HBBI", 0x06, 0, 0, 0x7fff0000)]
-buf = ctypes.create_string_buffer(b"".join(insns))
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-prog = Prog(len(insns), ctypes.cast(buf, ctypes.c_void_p))
-assert libc.prctl(38, 1, 0, 0, 0) == 0            # PR_SET_NO_NEW_PRIVS
-listener = libc.syscall(317, 1, 8, ctypes.byref(prog))  # seccomp(SET_MODE_FILTER, NEW_LISTENER)
-assert listener >= 0, os.strerror(ctypes.get_errno())
-pid = os.fork()
-if pid == 0:
-    os.close(listener)
-    os.execv(sys.argv[1], sys.argv[1:])
-RECV, SEND = 0xC0502100, 0xC0182101
-while True:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        break
-    if not select.select([listener], [], [], 0.05)[0]:
-        continue
-    notification = ctypes.create_string_buffer(80)
-    if libc.ioctl(listener, RECV, notification) != 0:
-        continue
-    request = struct.unpack_from("Q", notification.raw, 0)[0]
-    libc.ioctl(listener, SEND, ctypes.create_string_buffer(struct.pack("QqiI", request, 0, -22, 0), 24))
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
-
 // A failure of the confinement in degraded mode's child, after every check passed, ends the
 // run with palisade's status 125 and the reason. From the child std passes only an errno on,
 // which read as a failure to execute the command (126, "Invalid argument").
@@ -460,9 +433,11 @@ both_identities!(degraded_setup_failure_names_its_reason, |f: &Fixture| {
         return;
     }
     let marker = f.ws.join("ran");
+    // seccomp(SECCOMP_SET_MODE_FILTER) fails with EINVAL: a filter the kernel rejects when the
+    // child installs it, after palisade's checks of the machine (SECCOMP_GET_ACTION_AVAIL) passed.
     let script = format!(
-        "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- /usr/bin/python3 -c {} {} run --allow-degraded -- touch {}",
-        quote(SECCOMP_REJECTED),
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec setpriv --bounding-set=-all --inh-caps=-all -- /usr/bin/python3 -c {} 317 0 1 errno:22 {} run --allow-degraded -- touch {}",
+        quote(ANSWER),
         palisade_binary().display(),
         marker.display()
     );
