@@ -36,10 +36,11 @@ const MINIMUM_ABI: i32 = 3;
 const MAX_SPLIT_ENTRIES: usize = 4096;
 
 const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
-// NOTE: "/dev/pts" is the host's, so the command can open the caller's other pseudo-terminals
-// (same user) and read or write them. Granting only new ones would break programs that open a
-// pseudo-terminal; docs/security.md lists this among degraded mode's gaps.
-const TERMINALS: &[&str] = &["/dev/tty", "/dev/pts", "/dev/ptmx"];
+/// Only the controlling terminal. The host's `/dev/pts` has the caller's other
+/// pseudo-terminals, whose typing the command could read, and a new one opened through
+/// `/dev/ptmx` could not be used without it. Programs that open a pseudo-terminal therefore
+/// fail in degraded mode.
+const TERMINALS: &[&str] = &["/dev/tty"];
 
 /// Refuses a policy degraded mode cannot enforce, naming the conflict.
 fn check_enforceable(policy: &Policy) -> Result<(), Error> {

@@ -221,6 +221,24 @@ both_identities!(deny_inside_allow_is_enforced_or_refused, |f: &Fixture| {
     assert!(!run.stdout.contains(CANARY));
 });
 
+// Degraded mode shows the host's /dev/pts, with the caller's other pseudo-terminals in it.
+// The command must not open one: it could read what is typed there. A pseudo-terminal of the
+// same user, open on the host during the run, stays closed to it.
+both_identities!(degraded_mode_keeps_other_terminals_out, |f: &Fixture| {
+    let prelude = r#"/usr/bin/python3 -c 'import os, time
+master, slave = os.openpty()
+open("pty.tmp", "w").write(os.ttyname(slave))
+os.rename("pty.tmp", "pty")
+time.sleep(30)' &
+until [ -s pty ]; do sleep 0.05; done
+[ -r "$(cat pty)" ] && [ -w "$(cat pty)" ] && echo "OPENABLE OUTSIDE""#;
+    let script = "import errno\ntry:\n    open(open('pty').read(), 'rb+', buffering=0)\n    print('INSIDE opened')\nexcept OSError as error:\n    print('INSIDE', errno.errorcode[error.errno])";
+    let Some(run) = without_user_namespaces(f, prelude, &["run", "--allow-degraded", "--", "/usr/bin/python3", "-c", script]) else { return };
+    assert_eq!(run.lines_starting("OPENABLE "), vec!["OPENABLE OUTSIDE"], "the control pseudo-terminal is missing:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.lines_starting("INSIDE "), vec!["INSIDE EACCES"], "{}\n{}", run.stdout, run.stderr);
+});
+
 // Without a PID namespace, Landlock's scoping keeps host processes out of reach, and the
 // timeout still ends every process of the run, detached ones included.
 both_identities!(degraded_mode_confines_processes, |f: &Fixture| {
