@@ -10,7 +10,10 @@
 //! - the command sees the host's `/proc` and process list, and gets a private temporary
 //!   directory through `TMPDIR` instead of a private `/tmp`;
 //! - no socket can be created (only `socketpair`), since host UNIX sockets are otherwise
-//!   reachable; `/dev/shm` is not writable.
+//!   reachable; `/dev/shm` is not writable;
+//! - no pseudo-terminal can be opened, since the host's `/dev/pts` has the caller's others
+//!   ([`TERMINALS`]);
+//! - before Landlock ABI 5, device ioctls are not mediated.
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
