@@ -43,13 +43,23 @@ os.execv(sys.argv[2], sys.argv[2:])
 const LANDLOCK_CALLS: &str = "444,445,446";
 const SECCOMP_CALL: &str = "317";
 
+/// Reports whether this machine lets the test create a user and a network namespace of its
+/// own (`unshare -Urn`), the world the tests without user namespaces are built in. Prints a
+/// SKIP line for the fixture when it does not.
+fn can_unshare_user(f: &Fixture) -> bool {
+    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
+    if probe.code != Some(0) {
+        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+        return false;
+    }
+    true
+}
+
 /// Runs `palisade ARGS` where user namespaces cannot be created: `prelude` runs first in the
 /// same private user and network namespace (to start servers), with a capability-free
 /// process. Returns `None` (after a visible SKIP) where the test cannot build that world.
 fn without_user_namespaces(f: &Fixture, prelude: &str, args: &[&str]) -> Option<Run> {
-    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
-    if probe.code != Some(0) {
-        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+    if !can_unshare_user(f) {
         return None;
     }
     let command: Vec<String> = args.iter().map(|arg| quote(arg)).collect();
@@ -298,9 +308,7 @@ both_identities!(missing_landlock_or_seccomp_is_refused_unless_allowed, |f: &Fix
 // even when degraded mode is allowed.
 both_identities!(no_filesystem_layer_is_refused_even_when_degraded, |f: &Fixture| {
     let marker = f.ws.join("ran");
-    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
-    if probe.code != Some(0) {
-        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+    if !can_unshare_user(f) {
         return;
     }
     let script = format!(
@@ -403,9 +411,7 @@ except OSError as error:
 // stop a read-only file from being truncated, so a kernel that offers ABI 2 is rejected even
 // with --allow-degraded.
 both_identities!(landlock_abi_2_rejected_when_degraded, |f: &Fixture| {
-    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
-    if probe.code != Some(0) {
-        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+    if !can_unshare_user(f) {
         return;
     }
     let marker = f.ws.join("ran");
@@ -421,9 +427,7 @@ both_identities!(landlock_abi_2_rejected_when_degraded, |f: &Fixture| {
 // outside it, and an ioctl on /dev/null reaches the device. Both runs failed while the
 // terminal rules asked for the ioctl right.
 both_identities!(landlock_abi_3_confines_the_command, |f: &Fixture| {
-    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
-    if probe.code != Some(0) {
-        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+    if !can_unshare_user(f) {
         return;
     }
     for (namespaces, extra) in [(true, &[][..]), (false, &["--allow-degraded"][..])] {
@@ -445,9 +449,7 @@ both_identities!(landlock_abi_3_confines_the_command, |f: &Fixture| {
 // run with palisade's status 125 and the reason. From the child std passes only an errno on,
 // which read as a failure to execute the command (126, "Invalid argument").
 both_identities!(degraded_setup_failure_names_its_reason, |f: &Fixture| {
-    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
-    if probe.code != Some(0) {
-        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+    if !can_unshare_user(f) {
         return;
     }
     let marker = f.ws.join("ran");
@@ -565,9 +567,7 @@ both_identities!(degraded_mode_holds_the_limits, |f: &Fixture| {
 // namespace for the idmapped mounts of the workspace, so palisade rejects the run with the
 // cause and the fix, or runs degraded when that is allowed, instead of failing with ENOSPC.
 both_identities!(root_without_user_namespaces_is_explained, |f: &Fixture| {
-    let probe = f.host(Path::new("/"), "unshare", &["-Urn", "true"]);
-    if probe.code != Some(0) {
-        skip(&f.name, &format!("unshare -Urn is not permitted here: {}", probe.stderr.trim()));
+    if !can_unshare_user(f) {
         return;
     }
     let marker = f.ws.join("ran");
