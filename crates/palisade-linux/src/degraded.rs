@@ -205,7 +205,7 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     layers.rlimits = rlimits.iter().map(crate::limits::Rlimit::describe).collect();
     // The ruleset is created here, so that a rule the kernel rejects is reported with its
     // reason. In the child before execve, an error reaches palisade only as an errno.
-    let ruleset = crate::landlock::prepare(&rules, MINIMUM_ABI).map_err(|reason| Error::Sandbox(format!("degraded mode cannot apply Landlock: {reason}")))?;
+    let ruleset = crate::landlock::prepare(&rules, MINIMUM_ABI).map_err(|reason| Error::Sandbox(format!("degraded mode failed to apply Landlock: {reason}")))?;
     let confinement = Confinement {
         rlimits,
         landlock: None,
@@ -269,8 +269,9 @@ pub fn run(policy: &Policy, argv: &[OsString], mut layers: Layers, fix: &str, on
     on_start(&layers);
     let started = Instant::now();
     let spawned = command.spawn();
-    // Only the command has the write ends of the output pipes now, and no process has the
-    // setup pipe's: this one's went with the hook, the child's at its exit or execve.
+    // Only the command has the write ends of the output pipes now. No process has the setup
+    // pipe's write end: palisade's copy went with the hook, and the child's closed at its exit
+    // or execve.
     drop(command);
     let mut child = match spawned {
         Ok(child) => child,

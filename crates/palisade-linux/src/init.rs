@@ -668,7 +668,7 @@ pub(crate) fn execute(argv: &[OsString], envp: &[CString], path: Option<&OsStr>)
 }
 
 /// Applies the last layers, in order: the rlimits, Landlock's `ruleset`, and the seccomp
-/// filter, which must come last because it refuses calls the steps before it make. Without a
+/// filter, which must come last because it rejects calls the steps before it make. Without a
 /// ruleset, the run goes without Landlock, as the caller allowed.
 pub(crate) fn confine(confinement: &Confinement, ruleset: Option<&Ruleset>) -> Result<(), String> {
     // The list starts with core dumps off: a core dump would write the command's memory into

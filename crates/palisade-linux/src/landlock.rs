@@ -95,7 +95,7 @@ pub enum Grant {
     /// Read and write device files, no ioctls.
     Device,
     /// `Read` and `Device` together, in one rule: the sandbox's own `/dev`, a read-only tmpfs
-    /// that holds only the plain device nodes (null, zero, full, random, urandom), the
+    /// that contains only the plain device nodes (null, zero, full, random, urandom), the
     /// terminals and `/dev/shm`, each of which needs at least these rights.
     DeviceDir,
     /// Read, write and ioctl on terminal devices.
@@ -312,7 +312,7 @@ mod tests {
             assert!(!grant.access(NEWEST_ABI).contains(AccessFs::IoctlDev), "{grant:?}");
         }
         assert!(Grant::Terminal.access(NEWEST_ABI).contains(AccessFs::IoctlDev));
-        // /dev is read-only and holds only device nodes: nothing may be made in it.
+        // /dev is read-only and contains only device nodes, so nothing may be created in it.
         let dev = Grant::DeviceDir.access(NEWEST_ABI);
         assert!(dev.contains(AccessFs::WriteFile | AccessFs::ReadFile | AccessFs::ReadDir));
         assert!(!dev.intersects(AccessFs::MakeReg | AccessFs::MakeDir | AccessFs::MakeChar | AccessFs::RemoveFile));

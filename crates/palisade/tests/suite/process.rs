@@ -531,10 +531,10 @@ except OSError as error:
 });
 
 // Any process of the same user and the same IPC namespace can attach a System V segment or
-// queue by its key. The run has an IPC namespace of its own in every network mode (the helper
-// that makes the network namespace makes it, and with the host's network init's clone does).
-// A segment the same user made on the host is not listed inside, a segment made inside is,
-// and a queue made inside never appears on the host.
+// queue by its key. The run has an IPC namespace of its own in every network mode: the helper
+// that creates the network namespace creates it, and with the host's network init's clone
+// does. A segment the same user created on the host is not listed inside, a segment created
+// inside is, and a queue created inside never appears on the host.
 both_identities!(host_ipc_objects_invisible, |f: &Fixture| {
     // As root, init writes the System V limits of the run's namespace, which must not be the
     // host's.
