@@ -12,3 +12,38 @@ both_identities!(workspace_write_reaches_host, |f: &Fixture| {
     f.sandbox_sh(&[], "echo hello > created.txt").expect_code(0);
     assert_eq!(std::fs::read_to_string(f.ws.join("created.txt")).unwrap(), "hello\n");
 });
+
+/// The program header type of the dynamic loader's path, which only a dynamically linked
+/// executable has.
+const PT_INTERP: u32 = 3;
+/// The ELF type of a position-independent executable (and of a shared object).
+const ET_DYN: u16 = 3;
+
+/// Where the toolchain has glibc's static archives, the build links palisade as a static,
+/// position-independent executable: no dynamic loader at start, and an address the kernel
+/// still randomizes.
+#[test]
+fn binary_is_static_pie() {
+    if !cfg!(target_env = "gnu") {
+        crate::suite::harness::skip("binary_is_static_pie", "palisade was built for a C library other than glibc, which the build script leaves to the toolchain");
+        return;
+    }
+    let linkage = option_env!("PALISADE_LINKAGE").expect("the build script sets PALISADE_LINKAGE on Linux with glibc");
+    if let Some(reason) = linkage.strip_prefix("dynamic: ") {
+        crate::suite::harness::skip("binary_is_static_pie", &format!("the build linked palisade dynamically: {reason}"));
+        return;
+    }
+    let binary = crate::suite::harness::palisade_binary();
+    let elf = std::fs::read(binary).expect("read the palisade binary");
+    assert_eq!(&elf[..4], b"\x7fELF", "{} is not an ELF file", binary.display());
+    let half = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]);
+    assert_eq!(half(16), ET_DYN, "palisade is not position-independent (ELF type {})", half(16));
+    let header_offset = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let (entry_size, count) = (half(54) as usize, half(56) as usize);
+    let types: Vec<u32> = (0..count)
+        .map(|index| header_offset + index * entry_size)
+        .map(|at| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()))
+        .collect();
+    assert!(!types.is_empty(), "palisade has no program headers");
+    assert!(!types.contains(&PT_INTERP), "palisade names a dynamic loader although the build reported a static link");
+}
