@@ -13,9 +13,13 @@ both_identities!(workspace_write_reaches_host, |f: &Fixture| {
     assert_eq!(std::fs::read_to_string(f.ws.join("created.txt")).unwrap(), "hello\n");
 });
 
+/// The program header type of the dynamic section.
+const PT_DYNAMIC: u32 = 2;
 /// The program header type of the dynamic loader's path, which only a dynamically linked
 /// executable has.
 const PT_INTERP: u32 = 3;
+/// The dynamic section's tag for a shared library the executable needs.
+const DT_NEEDED: u64 = 1;
 /// The ELF type of a position-independent executable (and of a shared object).
 const ET_DYN: u16 = 3;
 
@@ -38,12 +42,21 @@ fn binary_is_static_pie() {
     assert_eq!(&elf[..4], b"\x7fELF", "{} is not an ELF file", binary.display());
     let half = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]);
     assert_eq!(half(16), ET_DYN, "palisade is not position-independent (ELF type {})", half(16));
-    let header_offset = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let word = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    let header_offset = word(32) as usize;
     let (entry_size, count) = (half(54) as usize, half(56) as usize);
-    let types: Vec<u32> = (0..count)
-        .map(|index| header_offset + index * entry_size)
-        .map(|at| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()))
-        .collect();
-    assert!(!types.is_empty(), "palisade has no program headers");
-    assert!(!types.contains(&PT_INTERP), "palisade names a dynamic loader although the build reported a static link");
+    let headers: Vec<usize> = (0..count).map(|index| header_offset + index * entry_size).collect();
+    let kind = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap());
+    assert!(!headers.is_empty(), "palisade has no program headers");
+    assert!(headers.iter().all(|&at| kind(at) != PT_INTERP), "palisade names a dynamic loader although the build reported a static link");
+
+    // A static-pie has a dynamic section for its own relocations, but needs no library. One
+    // that names libraries but no loader crashes at start.
+    for &at in headers.iter().filter(|&&at| kind(at) == PT_DYNAMIC) {
+        let (offset, size) = (word(at + 8) as usize, word(at + 32) as usize);
+        let needed = (offset..offset + size).step_by(16).take_while(|&entry| word(entry) != 0).filter(|&entry| word(entry) == DT_NEEDED).count();
+        assert_eq!(needed, 0, "palisade needs {needed} shared libraries although the build reported a static link");
+    }
+    let version = std::process::Command::new(binary).arg("--version").output().expect("run palisade --version");
+    assert!(version.status.success(), "palisade --version failed: {:?}", version.status);
 }
