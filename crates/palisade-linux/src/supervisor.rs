@@ -168,6 +168,7 @@ pub fn run(
                 socket_requests: init_factory_channel,
                 forwarded: &listen_addresses,
                 terminal: init_terminal,
+                network_before_go: cgroup.is_none(),
             })
         }
         Ok(pid) => pid,
