@@ -152,8 +152,8 @@ fn write_static_shims(linker: &str, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Links a C program that calls the C library and the unwinder with `-static-pie` against the
-/// scripts in `dir`, and runs it. A toolchain too old for `-static-pie`, or an archive that
+/// Links a small C program with `-static-pie` against the scripts in `dir`, as rustc links
+/// palisade, and runs it. A toolchain too old for `-static-pie`, or an archive that
 /// does not link, fails here rather than in the link of palisade.
 fn probe_static_link(linker: &str, dir: &Path) -> Result<(), String> {
     let source = dir.join("probe.c");
