@@ -2,8 +2,8 @@
 //! static archives, and links the unwinder statically in every case.
 //!
 //! Why static: loading `libc.so.6` at each start costs the dynamic loader's work on every
-//! `palisade run`. On a 2-CPU VM, the static build ran `palisade run -- /bin/true` 0.43 to
-//! 0.45 ms faster than the dynamic one, in two runs of 400 and 500 interleaved rounds
+//! `palisade run`. On a 2-CPU VM, the static build ran `palisade run -- /bin/true` 0.29 to
+//! 0.45 ms faster than the dynamic one, in three runs of 400 to 500 interleaved rounds
 //! (docs/benchmarks.md, eighth set).
 //!
 //! Why by hand: rustc links glibc statically only with `-C target-feature=+crt-static`, and a

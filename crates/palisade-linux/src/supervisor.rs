@@ -129,9 +129,10 @@ pub fn run(
         (None, None)
     };
 
-    // The network and IPC namespaces are not among these: init has a child create them while
-    // it builds the root (`sys::NetworkChild`), so their cost overlaps the mounts. With the
-    // host's network there is no such child, and the clone creates the IPC namespace.
+    // The network and IPC namespaces are not among these: init has a child create them
+    // (`sys::NetworkChild`), so their cost overlaps the mounts and, without a cgroup, this
+    // process's work up to the go byte. With the host's network there is no such child, and
+    // the clone creates the IPC namespace.
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
     if !init::uses_network_child(&policy.network) {
         flags |= libc::CLONE_NEWIPC;

@@ -16,7 +16,7 @@ pub enum PolicyError {
     #[error("invalid {what} '{value}' {origin}: {reason}")]
     InvalidValue { what: &'static str, value: String, origin: String, reason: String },
 
-    #[error("{what} '{path}' {origin} does not exist; create it first or remove it from the policy")]
+    #[error("{what} '{path}' {origin} does not exist; create it first or name an existing path")]
     MissingPath { what: &'static str, path: PathBuf, origin: String },
 
     #[error("contradictory policy: {0}")]

@@ -802,16 +802,25 @@ fn resolve_env(raw: &RawPolicy, overrides: &Overrides, context: &Context, home: 
 
 fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Overrides) -> Result<(), PolicyError> {
     let fs = &raw.filesystem;
-    let has_rules = !(fs.writable.is_empty()
-        && fs.readable.is_empty()
-        && fs.deny_read.is_empty()
-        && fs.protected.is_empty()
-        && fs.copy_on_write.is_empty())
-        || !(overrides.allow_write.is_empty() && overrides.allow_read.is_empty() && overrides.deny_read.is_empty());
-    if has_rules {
-        return Err(PolicyError::Contradiction(
-            "the unconfined profile enforces no filesystem rules, but some were given; choose workspace-write or read-only".into(),
-        ));
+    let given: Vec<&str> = [
+        ("[filesystem] writable", fs.writable.is_empty()),
+        ("[filesystem] readable", fs.readable.is_empty()),
+        ("[filesystem] deny_read", fs.deny_read.is_empty()),
+        ("[filesystem] protected", fs.protected.is_empty()),
+        ("[filesystem] copy_on_write", fs.copy_on_write.is_empty()),
+        ("--allow-write", overrides.allow_write.is_empty()),
+        ("--allow-read", overrides.allow_read.is_empty()),
+        ("--deny-read", overrides.deny_read.is_empty()),
+    ]
+    .into_iter()
+    .filter(|(_, empty)| !empty)
+    .map(|(name, _)| name)
+    .collect();
+    if !given.is_empty() {
+        return Err(PolicyError::Contradiction(format!(
+            "the unconfined profile enforces no filesystem rules, but {} given; choose workspace-write or read-only, or remove them",
+            if given.len() == 1 { format!("{} was", given[0]) } else { format!("{} were", given.join(", ")) }
+        )));
     }
     Ok(())
 }
@@ -1584,6 +1593,19 @@ mod tests {
         ] {
             assert!(matches!(world.resolve("", overrides), Err(PolicyError::Contradiction(_))));
         }
+    }
+
+    #[test]
+    fn unconfined_names_filesystem_rules_given() {
+        let world = World::new("unconfined-rules");
+        let flag = Overrides { profile: Some("unconfined".into()), allow_read: vec!["/usr".into()], ..Default::default() };
+        let message = contradiction(world.resolve("", flag));
+        assert!(message.contains("but --allow-read was given"), "{message}");
+
+        let file = "[filesystem]\nreadable = [\"/usr\"]\n";
+        let both = Overrides { profile: Some("unconfined".into()), deny_read: vec!["/etc".into()], ..Default::default() };
+        let message = contradiction(world.resolve(file, both));
+        assert!(message.contains("but [filesystem] readable, --deny-read were given"), "{message}");
     }
 
     fn contradiction(result: Result<Policy, PolicyError>) -> String {
