@@ -802,7 +802,7 @@ fn resolve_env(raw: &RawPolicy, overrides: &Overrides, context: &Context, home: 
 
 fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Overrides) -> Result<(), PolicyError> {
     let fs = &raw.filesystem;
-    let given: Vec<&str> = [
+    let rules_given: Vec<&str> = [
         ("[filesystem] writable", fs.writable.is_empty()),
         ("[filesystem] readable", fs.readable.is_empty()),
         ("[filesystem] deny_read", fs.deny_read.is_empty()),
@@ -816,10 +816,10 @@ fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Override
     .filter(|(_, empty)| !empty)
     .map(|(name, _)| name)
     .collect();
-    if !given.is_empty() {
+    if !rules_given.is_empty() {
         return Err(PolicyError::Contradiction(format!(
             "the unconfined profile enforces no filesystem rules, but {} given; choose workspace-write or read-only, or remove them",
-            if given.len() == 1 { format!("{} was", given[0]) } else { format!("{} were", given.join(", ")) }
+            if rules_given.len() == 1 { format!("{} was", rules_given[0]) } else { format!("{} were", rules_given.join(", ")) }
         )));
     }
     Ok(())
