@@ -817,9 +817,10 @@ fn reject_filesystem_rules_when_unconfined(raw: &RawPolicy, overrides: &Override
     .map(|(name, _)| name)
     .collect();
     if !rules_given.is_empty() {
+        let verb = if rules_given.len() == 1 { "was" } else { "were" };
         return Err(PolicyError::Contradiction(format!(
-            "the unconfined profile enforces no filesystem rules, but {} given; choose workspace-write or read-only, or remove them",
-            if rules_given.len() == 1 { format!("{} was", rules_given[0]) } else { format!("{} were", rules_given.join(", ")) }
+            "the unconfined profile enforces no filesystem rules, but {} {verb} given; choose workspace-write or read-only, or remove them",
+            rules_given.join(", ")
         )));
     }
     Ok(())
